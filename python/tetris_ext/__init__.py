@@ -1,0 +1,44 @@
+"""TETRIS draft-token selection for batch speculative decoding, as torch custom ops.
+
+Importing the package loads the compiled library, which registers ``torch.ops.tetris.*``
+(CPU, and CUDA when built with it). ``tetris_ext.ops`` has a typed wrapper per op.
+"""
+
+from pathlib import Path
+
+import torch
+
+
+def _load_library() -> None:
+    candidates = sorted(Path(__file__).parent.glob("_C*.so"))
+    if not candidates:
+        raise ImportError(
+            "tetris_ext: the compiled library _C.abi3.so is missing next to "
+            f"{__file__}; build it with `make build` or `pip install --no-build-isolation .`"
+        )
+    torch.ops.load_library(str(candidates[0]))
+
+
+_load_library()
+
+from . import ops  # noqa: E402  (registers the fake implementations)
+from .ops import (  # noqa: E402
+    draft_cumprod,
+    select,
+    tree_mask,
+    tree_mask_packed,
+    verify_greedy,
+    verify_sampling,
+)
+
+HAS_EMULATION = bool(torch._C._jit_get_schemas_for_operator("tetris_emu::select"))
+
+__all__ = [
+    "draft_cumprod",
+    "select",
+    "tree_mask",
+    "tree_mask_packed",
+    "verify_greedy",
+    "verify_sampling",
+    "HAS_EMULATION",
+]
