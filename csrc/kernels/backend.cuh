@@ -8,6 +8,7 @@
 // includes the kernel header.
 #pragma once
 
+#include "hd.h"
 #include "kernels/tags.h"
 
 #if defined(__CUDACC__)
@@ -15,7 +16,6 @@
 #include <cstdint>
 #define TETRIS_KERNEL_NS cuda
 #define TETRIS_BACKEND_TAG ::tetris::CudaTag
-#define TETRIS_HD __host__ __device__ __forceinline__
 // Dynamic shared memory: the emulator cannot spell `extern __shared__`, hence this accessor.
 #define TETRIS_DYNAMIC_SMEM(T) \
   ([]() -> T* { extern __shared__ __align__(16) unsigned char tetris_dynamic_smem[]; \
@@ -24,7 +24,7 @@
 #define TETRIS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
   kernel<<<(grid), (block), (smem_bytes), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
 #elif defined(TETRIS_EMU_BUILD)
-// csrc/emu/emu.h has defined TETRIS_KERNEL_NS (emu), TETRIS_BACKEND_TAG, TETRIS_HD,
+// csrc/emu/emu.h has defined TETRIS_KERNEL_NS (emu), TETRIS_BACKEND_TAG,
 // TETRIS_DYNAMIC_SMEM, TETRIS_LAUNCH and the CUDA built-ins the kernels use.
 #else
 #error "kernel headers compile under nvcc or after emu/emu.h"
