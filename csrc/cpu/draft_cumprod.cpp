@@ -20,13 +20,14 @@
 #include "args/draft_cumprod.h"
 #include "cpu/fast_exp.h"
 #include "cpu/index_view.h"
+#include "hd/bits.h"
 #include "hd/half.h"
 #include "hd/logsumexp.h"
 
 // Hot loops compiled for AVX2 and AVX-512 too, selected once at load time (GNU ifunc).
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define TETRIS_CPU_MULTIVERSION \
-  __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define TETRIS_CPU_MULTIVERSION
 #endif
@@ -45,41 +46,46 @@ struct RowLse {
   bool saw_nan = false;
 };
 
+// Order-preserving int32 of a float (for non-NaN values: a < b <=> ordered(a) < ordered(b)).
+// Integer max reductions vectorise; float ones do not (NaN and -0.0 rules) without
+// -ffast-math. A positive NaN orders above +inf, a negative one below -inf.
+__attribute__((always_inline)) inline int32_t ordered_int(float x) {
+  const int32_t bits = static_cast<int32_t>(float_as_bits(x));
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);
+}
+
+__attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
+  return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
+}
+
 // Adds kChunk raw logits (scaled by inv_t here) to the running normaliser.
 TETRIS_CPU_MULTIVERSION
 void lse_add_chunk(RowLse& lse, const float* x, float inv_t) {
-  float lane_max[kLanes];
-  uint32_t lane_nan[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) {
-    lane_max[l] = -kInf;
-    lane_nan[l] = 0;
-  }
-  for (int64_t i = 0; i < kChunk; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const float v = x[i + l];
-      lane_max[l] = v > lane_max[l] ? v : lane_max[l];
-      lane_nan[l] |= v != v;
-    }
-  }
-  float chunk_max = -kInf;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    chunk_max = std::max(chunk_max, lane_max[l]);
-    lse.saw_nan |= lane_nan[l] != 0;
+  int32_t chunk_max_key = ordered_int(-kInf);
+  for (int64_t i = 0; i < kChunk; ++i) chunk_max_key = std::max(chunk_max_key, ordered_int(x[i]));
+  if (chunk_max_key > ordered_int(kInf)) {  // a (positive) NaN
+    lse.saw_nan = true;
+    return;
   }
   // Scaling by inv_t > 0 is monotone, even after rounding: max(x * c) == max(x) * c.
-  const float m = chunk_max * inv_t;
+  const float m = from_ordered_int(chunk_max_key) * inv_t;
   if (m > lse.max) {
     lse.sum *= std::exp(lse.max - m);  // exp(-inf) = 0 when max was -inf
     lse.max = m;
   }
-  // A row that is all -inf so far adds nothing; a row with +inf ends as NaN anyway.
-  if (!std::isfinite(lse.max)) return;
+  if (!std::isfinite(lse.max)) {
+    // All -inf so far: the terms are 0, but a NaN must still poison the row. (+inf: the
+    // result is NaN whatever follows.)
+    for (int64_t i = 0; i < kChunk; ++i) lse.saw_nan |= std::isnan(x[i]);
+    return;
+  }
+  // exp(x - max) for x <= max; NaN passes the clamp and makes the sum NaN.
   const float max = lse.max;
+  alignas(64) float shifted[kChunk];
+  for (int64_t i = 0; i < kChunk; ++i) shifted[i] = std::max(x[i] * inv_t - max, -87.0f);
   float lane_sum[kLanes] = {};
   for (int64_t i = 0; i < kChunk; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      lane_sum[l] += fast_exp_nonpositive(x[i + l] * inv_t - max);
-    }
+    for (int64_t l = 0; l < kLanes; ++l) lane_sum[l] += fast_exp_clamped(shifted[i + l]);
   }
   float sum = 0.0f;
   for (int64_t l = 0; l < kLanes; ++l) sum += lane_sum[l];
@@ -118,6 +124,7 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
       std::fill(buffer + len, buffer + kChunk, -kInf);
     }
     lse_add_chunk(lse, chunk, inv_t);
+    if (lse.saw_nan) break;  // the row's answer is NaN
   }
   const float x_token = load_logit<kType>(base, row + token * stride) * inv_t;
   return token_logprob_from_lse(x_token, lse.max, lse.saw_nan ? NAN : lse.sum);
