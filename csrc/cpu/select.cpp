@@ -123,14 +123,16 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
   const int64_t B = scores.size(0);
   const int64_t N = scores.size(1);
   const float* score_data = scores.data_ptr<float>();
+  const int64_t stride_b = scores.stride(0);
+  const int64_t stride_n = scores.stride(1);
   std::optional<IndexView> caps;
   if (max_per_request.has_value()) caps.emplace(*max_per_request);
   std::vector<uint64_t> scratch;
   int64_t kept = 0;
   for (int64_t b = 0; b < B; ++b) {
     uint32_t* key = keys + b * N;
-    const int64_t eligible = effective_keys(score_data + b * scores.stride(0), scores.stride(1),
-                                            parents, b, N, min_key, key);
+    const int64_t eligible = effective_keys(score_data + b * stride_b, stride_n, parents, b, N,
+                                            min_key, key);
     const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
     if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
     kept += std::min(eligible, cap);
@@ -212,14 +214,20 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
     const uint32_t* key = keys.get() + b * N;
     bool* out = selected_out + b * N;
     int32_t count = 0;
-    for (int64_t n = 0; n < N; ++n) {
+    bool in_bucket = false;
+    for (int64_t n = 0; n < N; ++n) {  // vectorised
       const uint32_t digit = key[n] >> kTopShift;
       out[n] = digit > take_above;
       count += digit > take_above;
-      bucket_index[listed] = b * N + n;  // branch-free listing
-      listed += digit == list_digit;
+      in_bucket |= digit == list_digit;
     }
     counts_out[b] = count;
+    if (in_bucket) {
+      for (int64_t n = 0; n < N; ++n) {
+        bucket_index[listed] = b * N + n;  // branch-free listing
+        listed += key[n] >> kTopShift == list_digit;
+      }
+    }
   }
   if (listed == 0) return {selected, counts};
 
