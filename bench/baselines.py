@@ -143,6 +143,10 @@ def verify_greedy_tree(slot_tokens: Tensor, slot_parent: Tensor, target_tokens: 
 def verify_sampling(slot_tokens, slot_parent, target_probs, draft_probs, uniforms):
     """One vectorised pass over the slots (children come after their parent, siblings in
     slot order): the per-request walk keeps its current node and working distribution p.
+
+    The rules of docs/ops_tree_verify.md: p unnormalised with mass m = sum(p); a child x drawn
+    from q is accepted when u * q(x) * m < p(x), and a rejection leaves max(p - m * q, 0); a
+    deterministic child is accepted when u * m < p(x), and a rejection zeroes p(x).
     """
     B, M, V = target_probs.shape
     dev = target_probs.device
@@ -156,13 +160,14 @@ def verify_sampling(slot_tokens, slot_parent, target_probs, draft_probs, uniform
         is_child = (slot_parent[:, s] == cur) & (x >= 0) & (x < V)
         x = x.clamp(0, V - 1).unsqueeze(1)
         px = p.gather(1, x).squeeze(1)
+        mass = p.sum(1)
         if draft_probs is not None:
             q = draft_probs[rows, cur]
-            accept = is_child & (uniforms[:, s] * q.gather(1, x).squeeze(1) < px)
+            accept = is_child & (uniforms[:, s] * q.gather(1, x).squeeze(1) * mass < px)
             reject = is_child & ~accept
-            p = torch.where(reject.unsqueeze(1), (p - q).clamp_min(0), p)
+            p = torch.where(reject.unsqueeze(1), (p - mass.unsqueeze(1) * q).clamp_min(0), p)
         else:
-            accept = is_child & (uniforms[:, s] * p.sum(1) < px)
+            accept = is_child & (uniforms[:, s] * mass < px)
             reject = is_child & ~accept
             p = p.scatter(1, x, torch.where(reject, 0.0, px).unsqueeze(1))
         accepted[rows, num_accepted] = torch.where(accept, s, accepted[rows, num_accepted])

@@ -168,22 +168,29 @@ def verify_greedy_cases(B, M, tree, device, gen) -> list[Case]:
     )]
 
 
-def verify_sampling_cases(B, M, V, tree, device, gen) -> list[Case]:
-    """Chains come with draft probabilities, trees without (deterministic children).
+def dyadic_distributions(B, M, V, favoured, gen, headroom: int = 1) -> torch.Tensor:
+    """[B, M, V] probabilities that are multiples of 2^-k summing to exactly 1 per row, with
+    the remainder (about half the mass) on the token `favoured[b, i]`. Every sum the
+    verification walk forms is then exact in float32, so our op and the baseline must agree
+    bit for bit, and the favoured (drafted) tokens are likely to be accepted."""
+    weights = torch.randint(0, 8, (B, M, V), generator=gen)
+    scale = 1 << (8 * headroom * V - 1).bit_length()  # a power of two above twice the random mass
+    rest = scale - weights.sum(-1)
+    weights.scatter_add_(2, favoured.unsqueeze(-1), rest.unsqueeze(-1))
+    return weights.double().div(scale).float()
 
-    Probabilities are small integers (unnormalised, as the op allows), so every sum is exact
-    and our op and the baseline must agree bit for bit. The drafted tokens get a large target
-    (and draft) weight so that acceptance is likely and the walks go deep.
-    """
-    slot_parent, slot_tokens = random_slots(B, M, tree, gen)
+
+def verify_sampling_cases(B, M, V, tree, device, gen) -> list[Case]:
+    """Chains come with draft probabilities, trees without (deterministic children)."""
+    slot_parent, _ = random_slots(B, M, tree, gen)
     slot_tokens = torch.randint(0, V, (B, M), generator=gen)
-    target_probs = torch.randint(0, 8, (B, M, V), generator=gen).float()
-    rows = torch.arange(B).unsqueeze(1).expand(B, M - 1)
-    target_probs[rows, slot_parent[:, 1:], slot_tokens[:, 1:]] = float(4 * V)
-    draft_probs = None
-    if not tree:
-        draft_probs = torch.randint(0, 8, (B, M, V), generator=gen).float()
-        draft_probs[rows, slot_parent[:, 1:], slot_tokens[:, 1:]] = float(5 * V)
+    # the favoured token after slot i: the token of its first child (if any)
+    favoured = torch.randint(0, V, (B, M), generator=gen)
+    for s in reversed(range(1, M)):
+        favoured[torch.arange(B), slot_parent[:, s]] = slot_tokens[:, s]
+    target_probs = dyadic_distributions(B, M, V, favoured, gen)
+    # a draft more confident than the target: about 3 in 4 drafted tokens are accepted
+    draft_probs = None if tree else dyadic_distributions(B, M, V, favoured, gen, headroom=2)
     uniforms = torch.rand(B, M, generator=gen)
     args = [slot_tokens, slot_parent, target_probs, draft_probs, uniforms]
     args = [a.to(device) if a is not None else None for a in args]
@@ -198,6 +205,9 @@ def verify_sampling_cases(B, M, V, tree, device, gen) -> list[Case]:
 def grid(size: str):
     """(op, builder, kwargs) for every case of the grid `size` (tiny, default, full)."""
     gb = 1 << 30
+    if size == "goals":
+        return [("select", select_cases, dict(B=256, N=16)), ("select", select_cases, dict(B=1024, N=16)),
+                ("draft_cumprod", draft_cumprod_cases, dict(B=64, N=8, V=32000, dtype=torch.float32, tree=False))]
     if size == "tiny":
         Bs, Ns, Vs, dtypes, max_bytes = [1, 8], [4], [32000], [torch.float32], gb // 8
     elif size == "default":
@@ -322,6 +332,7 @@ def main(argv=None) -> int:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the whole grid (long)")
     size.add_argument("--tiny", action="store_true", help="a few small cases (smoke test)")
+    size.add_argument("--goals", action="store_true", help="only the issue-2 goal shapes")
     ap.add_argument("--ops", nargs="*", help="only these ops (e.g. select draft_cumprod)")
     ap.add_argument("--seconds-per-case", type=float, default=1.5)
     ap.add_argument("--threads", type=int,
@@ -334,7 +345,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no GPU is available")
 
-    size_name = "full" if args.full else "tiny" if args.tiny else "default"
+    size_name = "full" if args.full else "tiny" if args.tiny else "goals" if args.goals else "default"
     meta = run_metadata(args.device) | {"grid": size_name}
     gen = torch.Generator().manual_seed(0)
     rows = []
