@@ -1,0 +1,256 @@
+// select on the CPU: the TETRIS greedy over the whole batch (docs/ops.md).
+//
+// The walk "eligible candidates in the order (e desc, b asc, n asc), each taken while the
+// budget and its request's cap allow" equals: keep the candidates whose rank inside their
+// request (e desc, n asc) is below the cap, then take the first `budget` kept candidates in the
+// global order. So the op never sorts the batch:
+//   1. per request: effective-score keys (order-preserving uint32, csrc/hd/score_key.h),
+//      eligibility, the cap (a partial selection inside the request, trees only), and a
+//      histogram of the top key bits of the kept candidates;
+//   2. the histogram names the bucket B* that holds the budget-th best key. One pass writes
+//      `selected` and `counts` for every candidate outside B* and lists those inside it in
+//      flat (b, n) order;
+//   3. a radix select over the (few) listed keys finds the cut key T; keys > T are taken, and
+//      the first ones (in flat order, which is the tie order b asc, n asc) equal to T.
+// Memory: one uint32 key per candidate; time: O(B * N), plus O(N log N) per capped tree.
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "args/select.h"
+#include "cpu/index_view.h"
+#include "hd/score_key.h"
+
+namespace tetris::cpu {
+namespace {
+
+// Key of a candidate that is not kept (ineligible, or over its request's cap). Every kept key
+// is > kNegInfKey, so its top digit is never 0.
+constexpr uint32_t kDropped = 0;
+
+// Radix digits of the 32-bit key: 11 + 11 + 10 bits.
+constexpr int kTopBits = 11;
+constexpr int kTopShift = 32 - kTopBits;
+using TopHistogram = std::array<int32_t, 1 << kTopBits>;
+// A value no top digit has.
+constexpr uint32_t kNoDigit = 0xFFFFFFFFu;
+
+// Keys of one request: key[n] = min(score_key(scores[n]), key[parent]), so a NaN score or an
+// invalid parent (key kDropped, below every key) drops the whole subtree; then kDropped below
+// `min_key`. Dropping at once is exact: keys only decrease along a path.
+// Returns the number of eligible candidates.
+template <class Parents>
+int64_t effective_keys(const float* scores, int64_t stride, const Parents& parents, int64_t b,
+                       int64_t N, uint32_t min_key, uint32_t* key) {
+  int64_t eligible = 0;
+  if constexpr (Parents::kIsChain) {
+    // Eligible candidates form a prefix of the chain.
+    uint32_t path = kPosInfKey;
+    for (; eligible < N; ++eligible) {
+      path = std::min(path, score_key(scores[eligible * stride]));
+      if (path < min_key) break;
+      key[eligible] = path;
+    }
+    std::fill(key + eligible, key + N, kDropped);
+  } else {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t parent = parents(b, n);
+      uint32_t k = score_key(scores[n * stride]);
+      if (!is_valid_parent(parent, n)) {
+        k = kDropped;
+      } else if (parent >= 0) {
+        k = std::min(k, key[parent]);
+      }
+      if (k < min_key) k = kDropped;
+      key[n] = k;
+      eligible += k != kDropped;
+    }
+  }
+  return eligible;
+}
+
+// Keeps the `cap` best eligible candidates of one request (e desc, n asc). Eligible sets are
+// ancestor-closed, so for chains the best `cap` are the first `cap`.
+template <class Parents>
+void apply_cap(int64_t N, int64_t cap, uint32_t* key, std::vector<uint64_t>& scratch) {
+  if constexpr (Parents::kIsChain) {
+    std::fill(key + cap, key + N, kDropped);
+  } else {
+    if (cap == 0) {
+      std::fill(key, key + N, kDropped);
+      return;
+    }
+    // Rank key: score key above, ~n below (the smaller n wins a tie); all distinct.
+    auto rank_key = [&](int64_t n) {
+      return (uint64_t{key[n]} << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(n));
+    };
+    scratch.clear();
+    for (int64_t n = 0; n < N; ++n) {
+      if (key[n] != kDropped) scratch.push_back(rank_key(n));
+    }
+    std::nth_element(scratch.begin(), scratch.begin() + (cap - 1), scratch.end(),
+                     std::greater<uint64_t>());
+    const uint64_t last_kept = scratch[cap - 1];
+    for (int64_t n = 0; n < N; ++n) {
+      if (rank_key(n) < last_kept) key[n] = kDropped;
+    }
+  }
+}
+
+// Histogram of the top digits of keys[0..count). Four interleaved sub-histograms, so that
+// neighbours with the same digit (common: keys never increase along a path) do not wait for
+// each other's increment of one counter.
+void top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
+  std::array<TopHistogram, 4> part{};
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    for (int j = 0; j < 4; ++j) ++part[j][keys[i + j] >> kTopShift];
+  }
+  for (; i < count; ++i) ++part[0][keys[i] >> kTopShift];
+  for (size_t d = 0; d < top.size(); ++d) top[d] = part[0][d] + part[1][d] + part[2][d] + part[3][d];
+}
+
+// Pass 1 over all requests: the kept keys. Returns the number of kept candidates.
+template <class Parents>
+int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
+                  const std::optional<at::Tensor>& max_per_request, uint32_t min_key,
+                  uint32_t* keys) {
+  const int64_t B = scores.size(0);
+  const int64_t N = scores.size(1);
+  const float* score_data = scores.data_ptr<float>();
+  const int64_t stride_b = scores.stride(0);
+  const int64_t stride_n = scores.stride(1);
+  std::optional<IndexView> caps;
+  if (max_per_request.has_value()) caps.emplace(*max_per_request);
+  std::vector<uint64_t> scratch;
+  int64_t kept = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    uint32_t* key = keys + b * N;
+    const int64_t eligible = effective_keys(score_data + b * stride_b, stride_n, parents, b, N,
+                                            min_key, key);
+    const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
+    if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
+    kept += std::min(eligible, cap);
+  }
+  return kept;
+}
+
+// Finds, in a histogram of digits, the digit holding the `rank`-th largest element
+// (1 <= rank <= total), and the rank it has inside that digit's bucket.
+template <class Histogram>
+uint32_t digit_of_rank(const Histogram& hist, int64_t& rank) {
+  uint32_t digit = hist.size() - 1;
+  while (hist[digit] < rank) rank -= hist[digit--];
+  return digit;
+}
+
+// The cut inside the top-digit bucket: keys > key are taken, and `ties` of those == key.
+struct Cut {
+  uint32_t key;
+  int64_t ties;
+};
+
+// Radix select of the rank-th largest of `bucket` (keys sharing their top digit, `prefix`)
+// on the two lower digits.
+Cut cut_in_bucket(const std::vector<uint32_t>& bucket, uint32_t prefix, int64_t rank) {
+  std::array<int32_t, 1 << 11> middle{};
+  for (const uint32_t k : bucket) ++middle[(k >> 10) & 0x7FFu];
+  prefix |= digit_of_rank(middle, rank) << 10;
+  std::array<int32_t, 1 << 10> low{};
+  for (const uint32_t k : bucket) {
+    if ((k & ~0x3FFu) == prefix) ++low[k & 0x3FFu];
+  }
+  prefix |= digit_of_rank(low, rank);
+  return {prefix, rank};
+}
+
+std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t budget,
+                                              const std::optional<at::Tensor>& parents,
+                                              const std::optional<at::Tensor>& max_per_request,
+                                              std::optional<double> min_score) {
+  check_select_args(scores, budget, parents, max_per_request, min_score);
+  const int64_t B = scores.size(0);
+  const int64_t N = scores.size(1);
+  at::Tensor selected = at::empty({B, N}, scores.options().dtype(at::kBool));
+  at::Tensor counts = at::empty({B}, scores.options().dtype(at::kInt));
+  bool* selected_out = selected.data_ptr<bool>();
+  int32_t* counts_out = counts.data_ptr<int32_t>();
+  if (B * N == 0) {
+    std::fill(counts_out, counts_out + B, 0);
+    return {selected, counts};
+  }
+
+  // 1. Kept keys.
+  auto keys = std::make_unique_for_overwrite<uint32_t[]>(B * N);
+  const uint32_t min_key = select_min_eligible_key(min_score);
+  const int64_t kept = visit_parents(parents, [&](const auto& parent_view) {
+    return kept_keys(scores, parent_view, max_per_request, min_key, keys.get());
+  });
+
+  // 2. Everything kept fits: take every kept key (digit > 0). No budget: take nothing.
+  // Otherwise the budget-th best key lies in bucket `cut_digit` of the top-digit histogram:
+  // take the digits above it and list the bucket's candidates.
+  uint32_t take_above = 0;
+  uint32_t list_digit = kNoDigit;
+  int64_t rank = budget;
+  int64_t bucket_size = 0;
+  if (budget == 0) {
+    take_above = kNoDigit;
+  } else if (kept > budget) {
+    TopHistogram top;
+    top_histogram(keys.get(), B * N, top);
+    take_above = list_digit = digit_of_rank(top, rank);
+    bucket_size = top[list_digit];
+  }
+  // +1: the loop below writes one slot past the last listed candidate.
+  auto bucket_index = std::make_unique_for_overwrite<int64_t[]>(bucket_size + 1);
+  int64_t listed = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const uint32_t* key = keys.get() + b * N;
+    bool* out = selected_out + b * N;
+    int32_t count = 0;
+    bool in_bucket = false;
+    for (int64_t n = 0; n < N; ++n) {  // vectorised
+      const uint32_t digit = key[n] >> kTopShift;
+      out[n] = digit > take_above;
+      count += digit > take_above;
+      in_bucket |= digit == list_digit;
+    }
+    counts_out[b] = count;
+    if (in_bucket) {
+      for (int64_t n = 0; n < N; ++n) {
+        bucket_index[listed] = b * N + n;  // branch-free listing
+        listed += key[n] >> kTopShift == list_digit;
+      }
+    }
+  }
+  if (listed == 0) return {selected, counts};
+
+  // 3. The cut inside the bucket; ties at the cut go in flat (b, n) order.
+  std::vector<uint32_t> bucket(listed);
+  for (int64_t i = 0; i < listed; ++i) bucket[i] = keys[bucket_index[i]];
+  Cut cut = cut_in_bucket(bucket, list_digit << kTopShift, rank);
+  for (int64_t i = 0; i < listed; ++i) {
+    bool take = bucket[i] > cut.key;
+    if (bucket[i] == cut.key && cut.ties > 0) {
+      take = true;
+      --cut.ties;
+    }
+    if (take) {
+      selected_out[bucket_index[i]] = true;
+      ++counts_out[bucket_index[i] / N];
+    }
+  }
+  return {selected, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tetris, CPU, m) { m.impl("select", &select_cpu); }
+
+}  // namespace tetris::cpu
