@@ -33,37 +33,53 @@ class StepShape:
 
     requests: int  # requests verified in this step
     query_tokens: int  # tokens through the target: sum over requests of (verified drafts + 1)
-    context_tokens: int  # sum over requests of the KV-cache length before the step
+    context_tokens: int = 0  # sum over requests of the KV-cache length before the step
     attention_work: int = 0  # sum over requests of query_len * context_len
+    padded_query_tokens: int = 0  # requests * block width (what a padded batch computes); 0: = query_tokens
+    drafting_requests: int = 0  # requests the drafter proposed for
     drafted_tokens: int = 0  # candidates the drafter proposed (all, selected or not)
     draft_passes: int = 0  # sequential forward passes of a draft model (0 for model-free drafters)
     prefill_tokens: int = 0  # prompt tokens of requests that join in this step
+    prefill_requests: int = 0  # requests that join in this step
 
 
 class CostModel(Protocol):
     name: str
 
-    def step_seconds(self, step: StepShape) -> float: ...
+    def step_seconds(self, step: StepShape) -> float:
+        """Seconds of the whole step: prefill of joining requests, drafting, verification."""
+
+    def draft_seconds(self, step: StepShape) -> float:
+        """The drafting part of step_seconds (what policies see as draft latency)."""
 
 
 @dataclass
 class LinearCostModel:
-    """seconds = sum(coef[f] * feature f); features from `features()`; fitted with NNLS."""
+    """seconds = sum(coef[f] * feature f); features from `features()`; fitted with NNLS.
+
+    `padded`: charge the target for requests * block width query tokens (what a padded batch,
+    like this project's reference loop, computes) rather than the real ones (a varlen engine).
+    """
 
     coef: dict[str, float]
     name: str = "fitted"
+    padded: bool = True
     info: dict = field(default_factory=dict)  # how it was fitted: samples, residuals, machine
 
-    FEATURES = ("step", "request", "query_token", "attention_pair", "prefill_token", "draft_pass")
+    FEATURES = ("step", "request", "query_token", "attention_pair", "prefill_request", "prefill_token",
+                "drafting_request", "draft_pass")
+    DRAFT_FEATURES = ("drafting_request", "draft_pass")
 
-    @staticmethod
-    def features(s: StepShape) -> dict[str, float]:
+    def features(self, s: StepShape) -> dict[str, float]:
+        query = s.padded_query_tokens if (self.padded and s.padded_query_tokens) else s.query_tokens
         return {
             "step": 1.0,
             "request": float(s.requests),
-            "query_token": float(s.query_tokens),
+            "query_token": float(query),
             "attention_pair": float(s.attention_work),
+            "prefill_request": float(s.prefill_requests),
             "prefill_token": float(s.prefill_tokens),
+            "drafting_request": float(s.drafting_requests),
             "draft_pass": float(s.draft_passes),
         }
 
@@ -71,15 +87,23 @@ class LinearCostModel:
         f = self.features(step)
         return sum(self.coef.get(k, 0.0) * v for k, v in f.items())
 
+    def draft_seconds(self, step: StepShape) -> float:
+        f = self.features(step)
+        return sum(self.coef.get(k, 0.0) * f[k] for k in self.DRAFT_FEATURES)
+
     @classmethod
-    def fit(cls, samples: list[tuple[StepShape, float]], name: str = "fitted", **info) -> "LinearCostModel":
+    def fit(cls, samples: list[tuple[StepShape, float]], name: str = "fitted", padded: bool = True,
+            **info) -> "LinearCostModel":
         """Non-negative least squares on relative error (each sample weighted by 1 / its time),
-        so that small steps count as much as large ones."""
+        so that small steps count as much as large ones. Features that are 0 in every sample
+        are left out (their coefficient is 0)."""
         import numpy as np
         from scipy.optimize import nnls
 
-        used = [k for k in cls.FEATURES if any(cls.features(s)[k] for s, _ in samples)]
-        X = np.array([[cls.features(s)[k] for k in used] for s, _ in samples])
+        probe = cls({}, padded=padded)
+        rows = [probe.features(s) for s, _ in samples]
+        used = [k for k in cls.FEATURES if any(r[k] for r in rows)]
+        X = np.array([[r[k] for k in used] for r in rows])
         y = np.array([t for _, t in samples])
         w = 1.0 / y
         coef, _ = nnls(X * w[:, None], y * w)
@@ -87,14 +111,15 @@ class LinearCostModel:
         rel = np.abs(pred - y) / y
         info = info | {"samples": len(samples), "median_rel_error": float(np.median(rel)),
                        "max_rel_error": float(rel.max())}
-        return cls(dict(zip(used, map(float, coef))), name=name, info=info)
+        return cls(dict(zip(used, map(float, coef))), name=name, padded=padded, info=info)
 
     def to_json(self) -> dict:
-        return {"kind": "linear", "name": self.name, "coef": self.coef, "info": self.info}
+        return {"kind": "linear", "name": self.name, "padded": self.padded, "coef": self.coef, "info": self.info}
 
     @classmethod
     def from_json(cls, d: dict) -> "LinearCostModel":
-        return cls(dict(d["coef"]), name=d.get("name", "fitted"), info=d.get("info", {}))
+        return cls(dict(d["coef"]), name=d.get("name", "fitted"), padded=d.get("padded", True),
+                   info=d.get("info", {}))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -142,10 +167,14 @@ class RooflineCostModel:
         t = self.step_overhead_s + self._roofline(self.params, s.query_tokens, kv, attn)
         if s.prefill_tokens:
             t += self._roofline(self.params, s.prefill_tokens, 0.0, 0.0)
-        if self.draft_params and s.draft_passes:
-            per_pass = max(1, s.drafted_tokens // max(1, s.draft_passes))
-            t += s.draft_passes * self._roofline(self.draft_params, per_pass, 0.0, 0.0)
-        return t
+        return t + self.draft_seconds(s)
+
+    def draft_seconds(self, s: StepShape) -> float:
+        """A draft model's passes (each reads its weights once); model-free drafting is free."""
+        if not (self.draft_params and s.draft_passes):
+            return 0.0
+        per_pass = max(1, s.drafted_tokens // s.draft_passes)
+        return s.draft_passes * self._roofline(self.draft_params, per_pass, 0.0, 0.0)
 
     def to_json(self) -> dict:
         return {"kind": "roofline"} | asdict(self)
@@ -219,4 +248,23 @@ def measure_step_times(
             shape = StepShape(requests=B, query_tokens=B * q, context_tokens=B * context_len,
                               attention_work=B * q * context_len)
             samples.append((shape, statistics.median(times[1:])))
+    return samples
+
+
+def samples_from_run_stats(stats: dict) -> list[tuple[StepShape, float]]:
+    """(StepShape, seconds) of every step of a live run (`generate(...).stats`): drafting,
+    selection and verification, as the loop measured them (prefill is timed apart)."""
+    samples = []
+    for s in stats["per_step"]:
+        B = len(s["requests"])
+        verified = sum(s["verified"])
+        shape = StepShape(
+            requests=B,
+            query_tokens=B + verified,
+            padded_query_tokens=B * s["block_width"],
+            # the drafter ran (a step without drafting spends microseconds before selection)
+            drafting_requests=B if s["draft_seconds"] > 1e-4 else 0,
+            drafted_tokens=sum(s["drafted"]),
+        )
+        samples.append((shape, s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]))
     return samples
