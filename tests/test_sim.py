@@ -171,3 +171,12 @@ def test_roofline_is_flat_until_compute_bound():
     flops = m.gpus * m.flops_per_s * m.compute_efficiency
     assert t[4] - t[3] == pytest.approx(2 * m.params * 1024 / flops, rel=1e-9)  # linear when compute bound
     assert m.draft_seconds(StepShape(requests=4, query_tokens=8)) == 0.0
+
+
+def test_also_price_equals_a_replay_under_that_model(ngram_trace):
+    gpu = h100x4_llama70b()
+    both = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), num_requests=40)
+    alone = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=gpu, num_requests=40)
+    assert both.also[gpu.name] == pytest.approx(alone.metrics)
+    with pytest.raises(ValueError, match="arrival"):
+        replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), arrival=1.0)

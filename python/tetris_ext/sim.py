@@ -280,11 +280,12 @@ class _SimRequest:
     """A replayed request: `index` is its id (the calibration keys on it), `row` its trace row,
     `t` its output length so far. `tokens` (prompt + output) is built only when asked for."""
 
-    __slots__ = ("index", "row", "t", "arrival", "start", "finish", "_trace")
+    __slots__ = ("index", "row", "t", "arrival", "start", "finish", "finish_also", "_trace")
 
     def __init__(self, index: int, row: int, arrival: float, trace: Trace):
         self.index, self.row, self.arrival, self._trace = index, row, arrival, trace
         self.t, self.start, self.finish = 0, math.nan, math.nan
+        self.finish_also: list[float] = []
 
     @property
     def tokens(self) -> list[int]:
@@ -325,9 +326,9 @@ class _ProposalSource:
         if self.drafter is not None and tr.draft_features is not None:
             feats = tr.draft_features[rows, ts, :n]
             matches = []
-            for b in range(len(requests)):
-                k = int((tokens[b] >= 0).sum())
-                matches.append(NgramMatch(tokens[b, :k].tolist(), [tuple(map(float, f)) for f in feats[b, :k]]))
+            counts = (tokens >= 0).sum(1).tolist()
+            for b, k in enumerate(counts):
+                matches.append(NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()))
             return self.drafter.proposal_from_matches(matches, [r.index for r in requests], n)
         parents = None if not tr.is_tree else torch.from_numpy(tr.draft_parents[rows, ts, :n].copy())
         return Proposal(
@@ -351,9 +352,15 @@ class _ProposalSource:
 
 @dataclass
 class ReplayResult:
+    """metrics: throughput, latency percentiles, verification success rate, waste, per-step
+    means (under `cost_model`). also: the same metrics priced by each of `also_price`.
+    per_step: one record per step (as the live loop's stats["per_step"], plus seconds).
+    requests: id, trace row, arrival, start and finish time, tokens of every request."""
+
     metrics: dict
     per_step: list[dict]
     requests: list[dict]
+    also: dict[str, dict] = field(default_factory=dict)
 
 
 def _arrival_times(arrival, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -378,6 +385,7 @@ def replay(
     num_requests: int | None = None,
     seed: int = 0,
     drafter=None,
+    also_price: tuple[CostModel, ...] = (),
     keep_steps: bool = True,
     progress: bool = False,
 ) -> ReplayResult:
@@ -390,10 +398,14 @@ def replay(
     otherwise that many requests drawn uniformly with replacement from the trace (seed).
     drafter: for n-gram traces, a fresh NgramDrafter to re-run (default: one with the
     recorded settings and the default calibration). The policy object is used as is (pass a
-    fresh one: policies keep state).
+    fresh one: policies keep state). also_price: more cost models that price the very same
+    steps (valid when every request arrives at once and the policy's decisions do not depend
+    on latency, i.e. not for GoodputSD / GoodputTetris, which see `cost_model`'s latencies).
     """
     if batch_size < 1:
         raise ValueError("replay: batch_size must be >= 1")
+    if also_price and not (arrival is None or arrival == "all"):
+        raise ValueError("replay: also_price needs arrival='all' (arrivals interact with the clock)")
     rng = np.random.default_rng(seed)
     if num_requests is None:
         rows = np.arange(trace.num_requests)
@@ -411,6 +423,7 @@ def replay(
     per_step: list[dict] = []
     totals = dict.fromkeys(("steps", "drafted", "verified", "accepted", "generated", "padded_tokens"), 0)
     clock = 0.0
+    clocks_also = [0.0] * len(also_price)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -469,6 +482,8 @@ def replay(
                                         padded_tokens=B * block.width, draft_seconds=draft_seconds,
                                         verify_seconds=seconds - draft_seconds))
             clock += seconds
+            for i, model in enumerate(also_price):
+                clocks_also[i] += model.step_seconds(shape)
 
             totals["steps"] += 1
             totals["drafted"] += int(drafted.sum())
@@ -494,25 +509,32 @@ def replay(
             if len(keep) < B:
                 for r in active:
                     if r.t >= trace.out_len[r.row]:
-                        r.finish = clock
+                        r.finish, r.finish_also = clock, list(clocks_also)
                         done.append(r)
                 source.keep(keep)
                 active = [active[i] for i in keep]
     if bar is not None:
         bar.close()
-    return ReplayResult(_metrics(totals, done, clock, policy, batch_size, cost_model), per_step,
-                        [{"id": r.index, "row": r.row, "arrival": r.arrival, "start": r.start,
-                          "finish": r.finish, "tokens": r.t} for r in sorted(done, key=lambda r: r.index)])
+    also = {model.name: _metrics(totals, [r.finish_also[i] - r.arrival for r in done], clocks_also[i],
+                                 policy, batch_size, model)
+            for i, model in enumerate(also_price)}
+    return ReplayResult(
+        _metrics(totals, [r.finish - r.arrival for r in done], clock, policy, batch_size, cost_model),
+        per_step,
+        [{"id": r.index, "row": r.row, "arrival": r.arrival, "start": r.start, "finish": r.finish,
+          "tokens": r.t} for r in sorted(done, key=lambda r: r.index)],
+        also,
+    )
 
 
-def _metrics(totals: dict, done: list[_SimRequest], clock: float, policy, batch_size, cost_model) -> dict:
-    latency = np.array([r.finish - r.arrival for r in done]) if done else np.zeros(1)
+def _metrics(totals: dict, latencies: list[float], clock: float, policy, batch_size, cost_model) -> dict:
+    latency = np.array(latencies) if latencies else np.zeros(1)
     steps = max(1, totals["steps"])
     return {
         "policy": str(policy),
         "batch_size": batch_size,
         "cost_model": cost_model.name,
-        "requests": len(done),
+        "requests": len(latencies),
         "steps": totals["steps"],
         "simulated_seconds": clock,
         "throughput_tokens_per_s": totals["generated"] / clock if clock > 0 else math.nan,
