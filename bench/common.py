@@ -50,16 +50,18 @@ def time_side_by_side(
     contenders: dict[str, Callable[[], object]],
     device: str = "cpu",
     warmup: int = 3,
-    min_reps: int = 7,
-    max_reps: int = 50,
-    min_rep_seconds: float = 2e-3,
+    min_reps: int = 9,
+    max_reps: int = 60,
+    min_rep_seconds: float = 1e-3,
     seconds_per_case: float = 2.0,
-) -> dict[str, float]:
-    """Median seconds per call of each contender, measured in one interleaved loop.
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender in every repetition of one interleaved loop.
 
     Each repetition calls a contender `inner` times in a row so that one repetition lasts at
     least `min_rep_seconds` (timer resolution, launch noise); the number of repetitions fits
-    `seconds_per_case` but never falls below `min_reps`.
+    `seconds_per_case` but never falls below `min_reps`. Callers take medians, and for ratios
+    the median of the per-repetition ratios: the two sides of a ratio ran back to back, so a
+    burst of load from another process slows both (see `paired_ratio`).
     """
     inner: dict[str, int] = {}
     for name, fn in contenders.items():
@@ -74,7 +76,16 @@ def time_side_by_side(
     for _ in range(reps):
         for name, fn in contenders.items():
             samples[name].append(_time_once(fn, inner[name], device))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over repetitions of numerator[i] / denominator[i] (measured back to back)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
 
 
 def _git_commit() -> str | None:
