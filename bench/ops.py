@@ -321,6 +321,7 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
                 ax.plot([x - 0.4, x + 0.4], [r["goal"]] * 2, color="tab:blue", lw=2)
                 ax.annotate(f"goal {r['goal']:g}x", (x, r["goal"]), fontsize=7, ha="center", va="bottom")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
@@ -345,7 +346,15 @@ def main(argv=None) -> int:
                     help="torch.set_num_threads; default 1 on the CPU (see bench/README.md), torch's on CUDA")
     ap.add_argument("--out", type=Path, help="result path prefix (default bench/results/ops_<device>)")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the chart of an earlier run")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        saved = json.loads(args.replot.read_text())
+        chart(saved["rows"], saved["meta"], args.replot.with_suffix(".png"))
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return 0
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
     if args.device == "cuda" and not torch.cuda.is_available():
