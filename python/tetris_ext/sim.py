@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -477,10 +477,12 @@ def replay(
                 prefill_requests=len(joining),
             )
             seconds = cost_model.step_seconds(shape)
+            # The live loop times prefill apart from the step it reports to the policy.
+            step_only = cost_model.step_seconds(replace(shape, prefill_tokens=0, prefill_requests=0))
             draft_seconds = cost_model.draft_seconds(shape)
             policy.observe(StepFeedback(verified=num_verified, accepted=num_accepted,
                                         padded_tokens=B * block.width, draft_seconds=draft_seconds,
-                                        verify_seconds=seconds - draft_seconds))
+                                        verify_seconds=step_only - draft_seconds))
             clock += seconds
             for i, model in enumerate(also_price):
                 clocks_also[i] += model.step_seconds(shape)
