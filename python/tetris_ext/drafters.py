@@ -174,11 +174,16 @@ class ModelDrafter:
             tokens, parents, rows = self._grow_chain(root_logits, num_draft, temperature, generator)
         else:
             tokens, parents, rows = self._grow_tree(root_logits, num_draft)
-        # The draft probability of each candidate under the distribution it came from.
-        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
-            rows, tokens, parents, temperature if temperature > 0 else 1.0
-        )
         sampled = temperature > 0 and self.tree_width == 1
+        # Acceptance estimate of each candidate: its draft probability. For *sampled* tokens,
+        # the draft's confidence at the node (the probability of its most likely token) stands
+        # in: whether a sampled token is verified must not depend on the token itself, or the
+        # output distribution is no longer the target's (a policy could favour tokens the draft
+        # over-estimates). It may depend on the ancestors, which the cumulative sum does.
+        scored = rows.argmax(-1) if sampled else tokens
+        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
+            rows, scored, parents, temperature if temperature > 0 else 1.0
+        )
         draft_probs = torch.softmax(rows / temperature, dim=-1) if sampled else None
         return Proposal(tokens, parents, token_logprobs, cum_logprobs, draft_probs=draft_probs)
 
