@@ -45,8 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary")
     p.add_argument("--tree-width", type=int, default=1, help="with --draft-model: children per tree node")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                   help="target weights (default bfloat16: about 2x faster on CPUs with AMX/AVX512-BF16; "
+                        "float32 makes every output identical to autoregressive decoding)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on a small shared machine a second thread "
+                        "makes timings erratic; 0 = torch's default)")
     p.add_argument("--out", type=Path, default=Path("bench/results/tmp/demo"), help="output directory")
     return p.parse_args(argv)
 
@@ -203,7 +207,7 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     import transformers
 

@@ -155,11 +155,13 @@ class ModelDrafter:
         self.cache = RaggedKVCache(model)
         self._node_columns: Tensor | None = None  # [B, N] cache column of each candidate, -1 if not fed
 
+    @torch.inference_mode()
     def add(self, requests) -> None:
         joining = RaggedKVCache(self.model)
         joining.append([r.tokens[:-1] for r in requests])
         self.cache.extend(joining)
 
+    @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
         self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
 
@@ -269,6 +271,7 @@ class ModelDrafter:
         self._node_columns = columns
         return tokens, parents, rows
 
+    @torch.inference_mode()
     def update(self, requests, proposal: Proposal, outcome: Outcome) -> None:
         """Keep the accepted candidates the draft model was fed; the rest of the tree rolls back."""
         path = outcome.accepted_path
