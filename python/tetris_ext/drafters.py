@@ -155,11 +155,13 @@ class ModelDrafter:
         self.cache = RaggedKVCache(model)
         self._node_columns: Tensor | None = None  # [B, N] cache column of each candidate, -1 if not fed
 
+    @torch.inference_mode()
     def add(self, requests) -> None:
         joining = RaggedKVCache(self.model)
         joining.append([r.tokens[:-1] for r in requests])
         self.cache.extend(joining)
 
+    @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
         self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
 
@@ -174,11 +176,16 @@ class ModelDrafter:
             tokens, parents, rows = self._grow_chain(root_logits, num_draft, temperature, generator)
         else:
             tokens, parents, rows = self._grow_tree(root_logits, num_draft)
-        # The draft probability of each candidate under the distribution it came from.
-        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
-            rows, tokens, parents, temperature if temperature > 0 else 1.0
-        )
         sampled = temperature > 0 and self.tree_width == 1
+        # Acceptance estimate of each candidate: its draft probability. For *sampled* tokens,
+        # the draft's confidence at the node (the probability of its most likely token) stands
+        # in: whether a sampled token is verified must not depend on the token itself, or the
+        # output distribution is no longer the target's (a policy could favour tokens the draft
+        # over-estimates). It may depend on the ancestors, which the cumulative sum does.
+        scored = rows.argmax(-1) if sampled else tokens
+        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
+            rows, scored, parents, temperature if temperature > 0 else 1.0
+        )
         draft_probs = torch.softmax(rows / temperature, dim=-1) if sampled else None
         return Proposal(tokens, parents, token_logprobs, cum_logprobs, draft_probs=draft_probs)
 
@@ -264,6 +271,7 @@ class ModelDrafter:
         self._node_columns = columns
         return tokens, parents, rows
 
+    @torch.inference_mode()
     def update(self, requests, proposal: Proposal, outcome: Outcome) -> None:
         """Keep the accepted candidates the draft model was fed; the rest of the tree rolls back."""
         path = outcome.accepted_path

@@ -70,8 +70,11 @@ def _seeded(build, seed: int):
         return build().eval()
 
 
-def tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides) -> LlamaForCausalLM:
-    """A randomly initialised 2-layer Llama for tests (fp32, sdpa attention)."""
+def tiny_llama(vocab_size: int = 128, seed: int = 0, initializer_range: float = 0.2, **overrides) -> LlamaForCausalLM:
+    """A randomly initialised 2-layer Llama for tests (fp32, sdpa attention).
+
+    The default init std 0.02 gives nearly uniform next-token distributions; 0.2 gives peaked,
+    model-like ones (fewer near-ties in greedy tests)."""
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -84,16 +87,17 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0, **overrides) -> LlamaForCau
         eos_token_id=None,
         pad_token_id=None,
         attn_implementation="sdpa",
+        initializer_range=initializer_range,
         **overrides,
     )
-    # Random init with std 0.02 gives nearly uniform next-token distributions; a larger
-    # scale gives peaked, model-like distributions (fewer near-ties in greedy tests).
-    config.initializer_range = overrides.get("initializer_range", 0.2)
     return _seeded(lambda: LlamaForCausalLM(config), seed)
 
 
-def tiny_gemma3(vocab_size: int = 128, seed: int = 0, sliding_window: int = 8, **overrides) -> Gemma3ForCausalLM:
-    """A randomly initialised 3-layer Gemma 3 (two sliding-window layers, one global) for tests."""
+def tiny_gemma3(
+    vocab_size: int = 128, seed: int = 0, sliding_window: int = 8, initializer_range: float = 0.02, **overrides
+) -> Gemma3ForCausalLM:
+    """A randomly initialised 3-layer Gemma 3 (two sliding-window layers, one global) for tests.
+    (Gemma's scaled embeddings make larger init scales degenerate into repeating one token.)"""
     config = Gemma3TextConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -110,9 +114,9 @@ def tiny_gemma3(vocab_size: int = 128, seed: int = 0, sliding_window: int = 8, *
         eos_token_id=None,
         pad_token_id=None,
         attn_implementation="sdpa",
+        initializer_range=initializer_range,
         **overrides,
     )
-    config.initializer_range = overrides.get("initializer_range", 0.2)
     return _seeded(lambda: Gemma3ForCausalLM(config), seed)
 
 

@@ -164,8 +164,8 @@ class LatencyModel:
 
     seconds = c0 + c1 * real_tokens + c2 * padded_tokens, where real_tokens = requests +
     verified drafts (what a varlen engine computes) and padded_tokens = requests * block width
-    (what a padded batch computes). Ridge least squares over every observed step, with a weak
-    prior of a constant latency, so that a few steps suffice and collinear data stays stable.
+    (what a padded batch computes). Least squares over every observed step, with a small
+    ridge on the slopes, so that collinear data (padded == real) stays stable.
     """
 
     def __init__(self, ridge: float = 1e-3):
@@ -186,9 +186,10 @@ class LatencyModel:
         self.xtx += torch.outer(x, x)
         self.xty += x * seconds
         self.count += 1
-        # Scale the ridge with the data so it stays a tie-breaker, not a bias.
-        scale = self.ridge * (torch.diagonal(self.xtx).mean() + 1.0)
-        self.coefficients = torch.linalg.solve(self.xtx + scale * torch.eye(3, dtype=torch.float64), self.xty)
+        # A ridge on the two slopes only (never the intercept), relative to the data's scale:
+        # a tie-breaker when real and padded tokens move together, not a bias.
+        penalty = self.ridge * torch.diag(torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+        self.coefficients = torch.linalg.lstsq(self.xtx + penalty, self.xty.unsqueeze(1)).solution.squeeze(1)
 
     def predict(self, real_tokens, padded_tokens) -> Tensor:
         """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
