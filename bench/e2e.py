@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
     ap.add_argument("--tree-width", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see bench/README.md)")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="as the demo (default bfloat16)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -170,20 +171,20 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from sim import bundled_prompts, load_target  # the same model and prompts as the scaling study
 
-    target, tokenizer = load_target()
+    target, tokenizer = load_target(args.dtype)
     prompts = bundled_prompts(tokenizer, args.prompts, path=args.prompts_file)
     max_draft = max(max(ks) + max(extras), args.max_k)
     if args.draft_model:
         from transformers import AutoModelForCausalLM
 
-        draft = AutoModelForCausalLM.from_pretrained(args.draft_model).eval()
+        draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
         make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
         drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
     else:
         make_drafter = lambda: NgramDrafter(max_draft)  # noqa: E731
         drafter_name = f"NgramDrafter({max_draft})"
     meta = run_metadata("cpu") | {
-        "target": "Gemma 3 270M (Q4_K_M GGUF de-quantised to float32)", "drafter": drafter_name,
+        "target": f"Gemma 3 270M (Q4_K_M GGUF de-quantised, {args.dtype})", "drafter": drafter_name,
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
         "ks": ks, "extras": extras, "max_k": args.max_k,
     }

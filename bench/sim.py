@@ -3,12 +3,12 @@
     python bench/sim.py                       # record (once), fit the CPU cost model (once), replay
     python bench/sim.py --requests 2000 --batch-sizes 1 8 64 512     # a quicker look
 
-1. Trace: Gemma 3 270M (tetris_ext.models.load_gemma3_270m) greedy-decodes the bundled prompts
+1. Trace: Gemma 3 270M in bfloat16 (tetris_ext.models.load_gemma3_270m) greedy-decodes the bundled prompts
    with the n-gram drafter, and `tetris_ext.sim.record` stores every position's draft and the
    target's continuation (bench/results/traces/, committed: the study then needs no model).
 2. Cost models: `cpu` is fitted (tetris_ext.cost_models.LinearCostModel.fit) to the step times of
    live `generate` runs of Gemma 3 270M on this machine, over several policies and batch sizes;
-   `gpu` is the documented roofline of a 70B target on 4x H100 (cost_models.h100x4_llama70b).
+   (bfloat16, one thread); `gpu` is the documented roofline of a 70B target on 4x H100 (cost_models.h100x4_llama70b).
 3. Replay: `--requests` requests drawn from the trace (all arriving at once, a queue longer than
    the batch, as in the paper's setting) through every policy and batch size; a non-adaptive
    policy's steps are priced by both cost models in one replay, the goodput policies (which
@@ -37,8 +37,8 @@ from tetris_ext.policies import (  # noqa: E402
 )
 from tetris_ext.sim import Trace, record, replay  # noqa: E402
 
-TRACE_PATH = RESULTS_DIR / "traces" / "gemma3-270m_ngram_d8_t64.npz"
-CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m.json"
+TRACE_PATH = RESULTS_DIR / "traces" / "gemma3-270m-bf16_ngram_d8_t64.npz"
+CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 
 # name -> (factory, adapts to latency)
@@ -56,13 +56,16 @@ POLICIES = {
 }
 
 
-def load_target():
+DTYPE = "bfloat16"  # as the demo: on this CPU a bfloat16 step is faster and flatter in tokens
+
+
+def load_target(dtype: str = DTYPE):
     import transformers
 
     from tetris_ext.models import load_gemma3_270m
 
     transformers.logging.set_verbosity_error()
-    return load_gemma3_270m()
+    return load_gemma3_270m(dtype=getattr(torch, dtype))
 
 
 def bundled_prompts(tokenizer, limit=None, path: Path | None = None) -> list[list[int]]:
@@ -111,7 +114,7 @@ def fit_cpu_cost_model(path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, pro
             samples += samples_from_run_stats(result.stats)
             prefill_seconds += result.stats["prefill_seconds"]
             prefill_tokens += sum(len(p) - 1 for p in token_lists)
-    model = LinearCostModel.fit(samples, name="cpu-gemma3-270m", padded=True,
+    model = LinearCostModel.fit(samples, name="cpu-gemma3-270m-bf16", padded=True,
                                 machine=run_metadata("cpu"), batch_sizes=list(batch_sizes))
     # Prefill is timed apart from the steps; charge its measured mean per prompt token.
     model.coef["prefill_token"] = prefill_seconds / max(1, prefill_tokens)
