@@ -44,3 +44,23 @@ def test_ops_bench_tiny_grid(tmp_path):
                 assert r["status"].startswith("unavailable"), (op, r)
     if any(has_cpu_kernel(op) for op in OPS):
         assert prefix.with_suffix(".png").stat().st_size > 0
+
+
+def test_sim_bench_replays_the_committed_trace(tmp_path):
+    """bench/sim.py on the committed Gemma trace and fitted cost model (no model needed)."""
+    prefix = tmp_path / "sim_smoke"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sim.py"), "--requests", "12", "--batch-sizes", "1", "4",
+         "--policies", "StandardSD(3)", "Tetris(3, 2)", "GoodputSD(6)", "--out", str(prefix)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(
+            [str(Path(tetris_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
+    # 3 policies x 2 batch sizes x 2 cost models
+    assert len(rows) == 12
+    assert all(r["requests"] == 12 and r["throughput_tokens_per_s"] > 0 for r in rows)
+    # Tetris and StandardSD verify the same at batch 1 (one request's best k drafts are its first k)
+    same = [r for r in rows if r["batch_size"] == 1 and r["policy"] in ("StandardSD(3)", "Tetris(3, 2)")]
+    assert len({(r["verified_tokens"], r["accepted_tokens"]) for r in same}) == 1
