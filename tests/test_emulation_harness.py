@@ -33,15 +33,17 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def harness_output(tmp_path_factory):
+# The default context switch (hand-written on x86-64) and glibc's swapcontext (emu/context.h).
+@pytest.fixture(scope="module", params=["default-switch", "ucontext"])
+def harness_output(request, tmp_path_factory):
     compiler = shutil.which("g++")
     if compiler is None:
         pytest.skip("g++ is not installed")
     binary = tmp_path_factory.mktemp("emu") / "emu_harness"
+    defines = ["-DTETRIS_EMU_UCONTEXT=1"] if request.param == "ucontext" else []
     subprocess.run(
-        [compiler, "-std=c++20", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
-         str(SOURCE), "-o", str(binary)],
+        [compiler, "-std=c++20", "-O1", "-Wall", "-Wextra", "-Werror", *defines,
+         f"-I{ROOT / 'csrc'}", str(SOURCE), "-o", str(binary)],
         check=True,
     )
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)

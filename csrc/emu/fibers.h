@@ -1,5 +1,5 @@
-// The emulator's scheduler: every thread of a CUDA block is a cooperative fiber (ucontext,
-// its own stack); blocks of a launch run one after another on the launching OS thread.
+// The emulator's scheduler: every thread of a CUDA block is a cooperative fiber (its own
+// stack, emu/context.h); blocks of a launch run one after another on the launching OS thread.
 //
 // A fiber runs until it reaches a synchronisation point (__syncthreads, a warp shuffle or
 // vote) or returns, then hands the CPU straight to the next runnable fiber (a FIFO run queue,
@@ -21,7 +21,6 @@
 
 #include <pthread.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -35,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "emu/context.h"
 #include "emu/types.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -79,7 +79,7 @@ struct Collective {
 };
 
 struct Fiber {
-  ucontext_t context;
+  Context context;
   void* stack = nullptr;  // lowest usable address; kStackBytes long, a guard page below
   uint3 thread_idx{0, 0, 0};
   unsigned linear = 0, lane = 0, warp = 0;
@@ -157,7 +157,7 @@ struct Launch {
   void (*body)(void*) = nullptr;
   void* body_arg = nullptr;
 
-  ucontext_t main_context;
+  Context main_context;
   void* main_fake_stack = nullptr;
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
@@ -216,8 +216,8 @@ inline Fiber& current_fiber() { return *current_launch().current; }
 // Hands the CPU from `from` (nullptr: the launching thread) to `to` (nullptr: the launching
 // thread). Returns when somebody hands it back to `from`, never if `from_exits`.
 inline void transfer(Launch& L, Fiber* from, Fiber* to, bool from_exits) {
-  ucontext_t* from_context = from ? &from->context : &L.main_context;
-  ucontext_t* to_context = to ? &to->context : &L.main_context;
+  Context& from_context = from ? from->context : L.main_context;
+  Context& to_context = to ? to->context : L.main_context;
   L.current = to;
 #ifdef TETRIS_EMU_ASAN
   void** fake = from_exits ? nullptr : (from ? &from->asan_fake_stack : &L.main_fake_stack);
@@ -226,7 +226,7 @@ inline void transfer(Launch& L, Fiber* from, Fiber* to, bool from_exits) {
 #else
   (void)from_exits;
 #endif
-  swapcontext(from_context, to_context);
+  switch_context(from_context, to_context);
 #ifdef TETRIS_EMU_ASAN
   __sanitizer_finish_switch_fiber(from ? from->asan_fake_stack : L.main_fake_stack, nullptr,
                                   nullptr);
@@ -325,18 +325,13 @@ inline void run_block(Launch& L) {
     f.what = "";
     f.asan_fake_stack = nullptr;
     f.stack = t_stack_pool.get(i);
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack;
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_main, 0);
 #ifdef TETRIS_EMU_ASAN
     // A fresh fiber starts on a clean stack: clear what earlier fibers left in ASan's shadow
-    // (frames that never returned). Then hide the stack from ASan's swapcontext interceptor,
-    // which would otherwise clear it again at every switch, live frames' redzones included.
+    // memory (frames that never returned).
     __asan_unpoison_memory_region(f.stack, kStackBytes);
-    f.context.uc_stack.ss_size = 0;
 #endif
+    make_context(f.context, f.stack, kStackBytes, fiber_main);
+    hide_stack_from_asan_interceptor(f.context);
   }
   for (unsigned k = 0; k < L.nthreads; ++k) L.push(L.fibers[L.reversed ? L.nthreads - 1 - k : k]);
   transfer(L, nullptr, L.pop(), false);

@@ -1,0 +1,219 @@
+// draft_cumprod on the CPU (docs/ops.md):
+//   token_logprobs[b,n] = log_softmax(logits[b,n] / T)[tokens[b,n]]
+//   cum_logprobs[b,n]   = token_logprobs[b,n] + cum_logprobs[b, parent]   (0 at the root)
+//
+// Each (b, n) row is read once: chunks of kChunk logits go through an online max / sum-exp
+// (float32, rescaling the running sum when the maximum grows), so no [B, N, V] intermediate
+// exists. The chunk loop is written for the compiler to vectorise (lane arrays, a
+// branch-free exp) and is compiled for several x86 levels, picked at load time.
+// Rows run in parallel (at::parallel_for), then each request sums along its paths.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "args/draft_cumprod.h"
+#include "cpu/fast_exp.h"
+#include "cpu/index_view.h"
+#include "hd/bits.h"
+#include "hd/half.h"
+#include "hd/logsumexp.h"
+
+// Hot loops compiled for AVX2 and AVX-512 too, selected once at load time (GNU ifunc).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define TETRIS_CPU_MULTIVERSION \
+  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define TETRIS_CPU_MULTIVERSION
+#endif
+
+namespace tetris::cpu {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kLanes = 16;   // independent accumulators: one AVX-512 register
+constexpr int64_t kChunk = 512;  // logits per online step (2 KiB, stays in L1)
+
+// Online softmax normaliser of one row of scaled logits.
+struct RowLse {
+  float max = -kInf;  // largest scaled logit so far
+  float sum = 0.0f;   // sum of exp(x - max) so far
+  bool saw_nan = false;
+};
+
+// Order-preserving int32 of a float (for non-NaN values: a < b <=> ordered(a) < ordered(b)).
+// Integer max reductions vectorise; float ones do not (NaN and -0.0 rules) without
+// -ffast-math. A positive NaN orders above +inf, a negative one below -inf.
+__attribute__((always_inline)) inline int32_t ordered_int(float x) {
+  const int32_t bits = static_cast<int32_t>(float_as_bits(x));
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);
+}
+
+__attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
+  return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
+}
+
+// Adds kChunk raw logits (scaled by inv_t here) to the running normaliser.
+TETRIS_CPU_MULTIVERSION
+void lse_add_chunk(RowLse& lse, const float* x, float inv_t) {
+  int32_t chunk_max_key = ordered_int(-kInf);
+  for (int64_t i = 0; i < kChunk; ++i) chunk_max_key = std::max(chunk_max_key, ordered_int(x[i]));
+  if (chunk_max_key > ordered_int(kInf)) {  // a (positive) NaN
+    lse.saw_nan = true;
+    return;
+  }
+  // Scaling by inv_t > 0 is monotone, even after rounding: max(x * c) == max(x) * c.
+  const float m = from_ordered_int(chunk_max_key) * inv_t;
+  if (m > lse.max) {
+    lse.sum *= std::exp(lse.max - m);  // exp(-inf) = 0 when max was -inf
+    lse.max = m;
+  }
+  if (!std::isfinite(lse.max)) {
+    // All -inf so far: the terms are 0, but a NaN must still poison the row. (+inf: the
+    // result is NaN whatever follows.)
+    for (int64_t i = 0; i < kChunk; ++i) lse.saw_nan |= std::isnan(x[i]);
+    return;
+  }
+  // exp(x - max) for x <= max; NaN passes the clamp and makes the sum NaN.
+  const float max = lse.max;
+  alignas(64) float shifted[kChunk];
+  for (int64_t i = 0; i < kChunk; ++i) shifted[i] = std::max(x[i] * inv_t - max, -87.0f);
+  float lane_sum[kLanes] = {};
+  for (int64_t i = 0; i < kChunk; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane_sum[l] += fast_exp_clamped(shifted[i + l]);
+  }
+  float sum = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lane_sum[l];
+  lse.sum += sum;
+}
+
+// One logit as float32, whatever the storage type.
+template <at::ScalarType kType>
+float load_logit(const void* base, int64_t offset) {
+  if constexpr (kType == at::kFloat) {
+    return static_cast<const float*>(base)[offset];
+  } else if constexpr (kType == at::kHalf) {
+    return half_bits_to_float(static_cast<const uint16_t*>(base)[offset]);
+  } else {
+    return bfloat16_bits_to_float(static_cast<const uint16_t*>(base)[offset]);
+  }
+}
+
+// log_softmax(row / T)[token] for one row of V logits starting at `row` (stride `stride`).
+// Contiguous float32 chunks are read in place; anything else (half types, strides, the
+// last partial chunk) is converted into a buffer padded with -inf, which changes neither
+// the maximum nor the sum.
+template <at::ScalarType kType>
+float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V, int64_t token,
+                        float inv_t) {
+  const bool in_place = kType == at::kFloat && stride == 1;
+  RowLse lse;
+  alignas(64) float buffer[kChunk];
+  for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
+    const int64_t len = std::min(kChunk, V - v0);
+    const float* chunk = buffer;
+    if (in_place && len == kChunk) {
+      chunk = static_cast<const float*>(base) + row + v0;
+    } else {
+      for (int64_t i = 0; i < len; ++i) buffer[i] = load_logit<kType>(base, row + (v0 + i) * stride);
+      std::fill(buffer + len, buffer + kChunk, -kInf);
+    }
+    lse_add_chunk(lse, chunk, inv_t);
+    if (lse.saw_nan) break;  // the row's answer is NaN
+  }
+  const float x_token = load_logit<kType>(base, row + token * stride) * inv_t;
+  return token_logprob_from_lse(x_token, lse.max, lse.saw_nan ? NAN : lse.sum);
+}
+
+bool is_valid_candidate(const IndexView& tokens, const ParentView& parents, int64_t b, int64_t n,
+                        int64_t V) {
+  const int64_t token = tokens(b, n);
+  return token >= 0 && token < V && is_valid_parent(parents(b, n), n);
+}
+
+template <at::ScalarType kType>
+void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens,
+                        const ParentView& parents, float inv_t, float* out) {
+  const int64_t N = logits.size(1);
+  const int64_t V = logits.size(2);
+  const int64_t stride_b = logits.stride(0);
+  const int64_t stride_n = logits.stride(1);
+  const int64_t stride_v = logits.stride(2);
+  const void* base = logits.data_ptr();
+  // About 32K logits per task, so that small batches stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
+  at::parallel_for(0, logits.size(0) * N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / N;
+      const int64_t n = r % N;
+      out[r] = is_valid_candidate(tokens, parents, b, n, V)
+                   ? row_token_logprob<kType>(base, b * stride_b + n * stride_n, stride_v, V,
+                                              tokens(b, n), inv_t)
+                   : -kInf;
+    }
+  });
+}
+
+// cum[b,n] = token_logprobs[b,n] + cum[b,parent]; -inf unless every candidate on the path
+// from the root is valid.
+void cumulate_paths(const IndexView& tokens, const ParentView& parents, int64_t B, int64_t N,
+                    int64_t V, const float* token_logprobs, float* cum) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / N);
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    std::vector<char> on_valid_path(N);
+    for (int64_t b = begin; b < end; ++b) {
+      const float* lp = token_logprobs + b * N;
+      float* c = cum + b * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t parent = parents(b, n);
+        const bool valid = is_valid_candidate(tokens, parents, b, n, V) &&
+                           (parent < 0 || on_valid_path[parent]);
+        on_valid_path[n] = valid;
+        c[n] = !valid ? -kInf : parent < 0 ? lp[n] : lp[n] + c[parent];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> draft_cumprod_cpu(const at::Tensor& logits,
+                                                     const at::Tensor& tokens,
+                                                     const std::optional<at::Tensor>& parents,
+                                                     double temperature) {
+  check_draft_cumprod_args(logits, tokens, parents, temperature);
+  const int64_t B = logits.size(0);
+  const int64_t N = logits.size(1);
+  const int64_t V = logits.size(2);
+  const auto options = logits.options().dtype(at::kFloat);
+  at::Tensor token_logprobs = at::empty({B, N}, options);
+  at::Tensor cum_logprobs = at::empty({B, N}, options);
+  if (B * N == 0) return {token_logprobs, cum_logprobs};
+
+  const IndexView token_view(tokens);
+  const ParentView parent_view(parents);
+  const float inv_t = inverse_temperature(temperature);
+  float* token_out = token_logprobs.data_ptr<float>();
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      token_logprobs_cpu<at::kFloat>(logits, token_view, parent_view, inv_t, token_out);
+      break;
+    case at::kHalf:
+      token_logprobs_cpu<at::kHalf>(logits, token_view, parent_view, inv_t, token_out);
+      break;
+    default:  // kBFloat16 (checked above)
+      token_logprobs_cpu<at::kBFloat16>(logits, token_view, parent_view, inv_t, token_out);
+      break;
+  }
+  cumulate_paths(token_view, parent_view, B, N, V, token_out, cum_logprobs.data_ptr<float>());
+  return {token_logprobs, cum_logprobs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tetris, CPU, m) { m.impl("draft_cumprod", &draft_cumprod_cpu); }
+
+}  // namespace tetris::cpu
