@@ -130,15 +130,16 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
   return token_logprob_from_lse(x_token, lse.max, lse.saw_nan ? NAN : lse.sum);
 }
 
-bool is_valid_candidate(const IndexView& tokens, const ParentView& parents, int64_t b, int64_t n,
+template <class Parents>
+bool is_valid_candidate(const IndexView& tokens, const Parents& parents, int64_t b, int64_t n,
                         int64_t V) {
   const int64_t token = tokens(b, n);
   return token >= 0 && token < V && is_valid_parent(parents(b, n), n);
 }
 
-template <at::ScalarType kType>
-void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens,
-                        const ParentView& parents, float inv_t, float* out) {
+template <at::ScalarType kType, class Parents>
+void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens, const Parents& parents,
+                        float inv_t, float* out) {
   const int64_t N = logits.size(1);
   const int64_t V = logits.size(2);
   const int64_t stride_b = logits.stride(0);
@@ -161,7 +162,8 @@ void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens,
 
 // cum[b,n] = token_logprobs[b,n] + cum[b,parent]; -inf unless every candidate on the path
 // from the root is valid.
-void cumulate_paths(const IndexView& tokens, const ParentView& parents, int64_t B, int64_t N,
+template <class Parents>
+void cumulate_paths(const IndexView& tokens, const Parents& parents, int64_t B, int64_t N,
                     int64_t V, const float* token_logprobs, float* cum) {
   const int64_t grain = std::max<int64_t>(1, 4096 / N);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
@@ -194,21 +196,23 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_cpu(const at::Tensor& logits,
   if (B * N == 0) return {token_logprobs, cum_logprobs};
 
   const IndexView token_view(tokens);
-  const ParentView parent_view(parents);
   const float inv_t = inverse_temperature(temperature);
   float* token_out = token_logprobs.data_ptr<float>();
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      token_logprobs_cpu<at::kFloat>(logits, token_view, parent_view, inv_t, token_out);
-      break;
-    case at::kHalf:
-      token_logprobs_cpu<at::kHalf>(logits, token_view, parent_view, inv_t, token_out);
-      break;
-    default:  // kBFloat16 (checked above)
-      token_logprobs_cpu<at::kBFloat16>(logits, token_view, parent_view, inv_t, token_out);
-      break;
-  }
-  cumulate_paths(token_view, parent_view, B, N, V, token_out, cum_logprobs.data_ptr<float>());
+  float* cum_out = cum_logprobs.data_ptr<float>();
+  visit_parents(parents, [&](const auto& parent_view) {
+    switch (logits.scalar_type()) {
+      case at::kFloat:
+        token_logprobs_cpu<at::kFloat>(logits, token_view, parent_view, inv_t, token_out);
+        break;
+      case at::kHalf:
+        token_logprobs_cpu<at::kHalf>(logits, token_view, parent_view, inv_t, token_out);
+        break;
+      default:  // kBFloat16 (checked above)
+        token_logprobs_cpu<at::kBFloat16>(logits, token_view, parent_view, inv_t, token_out);
+        break;
+    }
+    cumulate_paths(token_view, parent_view, B, N, V, token_out, cum_out);
+  });
   return {token_logprobs, cum_logprobs};
 }
 

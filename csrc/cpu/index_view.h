@@ -1,5 +1,5 @@
-// Read-only element access to int32/int64 index tensors of any strides (tokens, parents,
-// caps) without copying them. The dtype test is one well-predicted branch per element.
+// Read-only element access to the index tensors (tokens, parents, caps) of any strides,
+// without copying them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +9,8 @@
 
 namespace tetris::cpu {
 
+// An int32/int64 tensor of up to two dimensions; the dtype test is one well-predicted branch
+// per element (for tensors read once per candidate or request, outside hot loops).
 class IndexView {
  public:
   explicit IndexView(const at::Tensor& t)
@@ -32,18 +34,34 @@ class IndexView {
   int64_t stride1_;
 };
 
-// Parent of candidate n of request b: parents[b, n], or n - 1 for chains (parents = None).
-class ParentView {
+// parents = None: candidate n hangs below n - 1 (a chain).
+struct ChainParents {
+  static constexpr bool kIsChain = true;
+  int64_t operator()(int64_t /*b*/, int64_t n) const { return n - 1; }
+};
+
+// parents[b, n] of dtype T (int32_t or int64_t).
+template <class T>
+class TreeParents {
  public:
-  explicit ParentView(const std::optional<at::Tensor>& parents) {
-    if (parents.has_value()) view_.emplace(*parents);
-  }
-  bool is_chain() const { return !view_.has_value(); }
-  int64_t operator()(int64_t b, int64_t n) const { return view_ ? (*view_)(b, n) : n - 1; }
+  static constexpr bool kIsChain = false;
+  explicit TreeParents(const at::Tensor& parents)
+      : data_(parents.data_ptr<T>()), stride0_(parents.stride(0)), stride1_(parents.stride(1)) {}
+  int64_t operator()(int64_t b, int64_t n) const { return data_[b * stride0_ + n * stride1_]; }
 
  private:
-  std::optional<IndexView> view_;
+  const T* data_;
+  int64_t stride0_;
+  int64_t stride1_;
 };
+
+// Calls f(parents accessor) with the accessor type matching `parents` (for hot loops).
+template <class F>
+decltype(auto) visit_parents(const std::optional<at::Tensor>& parents, F&& f) {
+  if (!parents.has_value()) return f(ChainParents{});
+  if (parents->scalar_type() == at::kLong) return f(TreeParents<int64_t>(*parents));
+  return f(TreeParents<int32_t>(*parents));
+}
 
 // A parent index is valid when it is the root (-1) or an earlier candidate.
 inline bool is_valid_parent(int64_t parent, int64_t n) { return parent >= -1 && parent < n; }

@@ -3,15 +3,16 @@
 // The walk "eligible candidates in the order (e desc, b asc, n asc), each taken while the
 // budget and its request's cap allow" equals: keep the candidates whose rank inside their
 // request (e desc, n asc) is below the cap, then take the first `budget` kept candidates in the
-// global order. So the op never sorts:
+// global order. So the op never sorts the batch:
 //   1. per request: effective-score keys (order-preserving uint32, csrc/hd/score_key.h),
 //      eligibility, the cap (a partial selection inside the request, trees only), and a
 //      histogram of the top key bits of the kept candidates;
-//   2. a radix select over the kept keys finds the budget-th largest key T and how many of
-//      the candidates with key == T fit (those come first in flat index order = b, n order);
-//   3. one pass writes `selected` and `counts`.
-// Memory: one uint32 key per candidate; time: O(B * N) plus O(N log N) per capped tree.
-#include <ATen/Parallel.h>
+//   2. the histogram names the bucket B* that holds the budget-th best key. One pass writes
+//      `selected` and `counts` for every candidate outside B* and lists those inside it in
+//      flat (b, n) order;
+//   3. a radix select over the (few) listed keys finds the cut key T; keys > T are taken, and
+//      the first ones (in flat order, which is the tie order b asc, n asc) equal to T.
+// Memory: one uint32 key per candidate; time: O(B * N), plus O(N log N) per capped tree.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -28,112 +29,144 @@
 namespace tetris::cpu {
 namespace {
 
-// Key of a candidate that is not kept (ineligible, or over its request's cap).
+// Key of a candidate that is not kept (ineligible, or over its request's cap). Every kept key
+// is > kNegInfKey, so its top digit is never 0.
 constexpr uint32_t kDropped = 0;
 
-// Radix select digits: 11 + 11 + 10 bits of the 32-bit key.
+// Radix digits of the 32-bit key: 11 + 11 + 10 bits.
 constexpr int kTopBits = 11;
 constexpr int kTopShift = 32 - kTopBits;
-using TopHistogram = std::array<int64_t, 1 << kTopBits>;
+using TopHistogram = std::array<int32_t, 1 << kTopBits>;
+// A value no top digit has.
+constexpr uint32_t kNoDigit = 0xFFFFFFFFu;
 
-class ScoreView {
- public:
-  explicit ScoreView(const at::Tensor& scores)
-      : data_(scores.data_ptr<float>()), stride0_(scores.stride(0)), stride1_(scores.stride(1)) {}
-  float operator()(int64_t b, int64_t n) const { return data_[b * stride0_ + n * stride1_]; }
-
- private:
-  const float* data_;
-  int64_t stride0_;
-  int64_t stride1_;
-};
-
-// Keys of request b: key[n] = min(score_key(scores[b, n]), key[parent]) (so NaN and invalid
-// parents make the whole subtree ineligible), then kDropped below `min_key`.
+// Keys of one request: key[n] = min(score_key(scores[n]), key[parent]), so a NaN score or an
+// invalid parent (key kDropped, below every key) drops the whole subtree; then kDropped below
+// `min_key`. Dropping at once is exact: keys only decrease along a path.
 // Returns the number of eligible candidates.
-int64_t effective_keys(const ScoreView& scores, const ParentView& parents, int64_t b, int64_t N,
-                       uint32_t min_key, uint32_t* key) {
+template <class Parents>
+int64_t effective_keys(const float* scores, int64_t stride, const Parents& parents, int64_t b,
+                       int64_t N, uint32_t min_key, uint32_t* key) {
   int64_t eligible = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t parent = parents(b, n);
-    uint32_t k = score_key(scores(b, n));
-    if (!is_valid_parent(parent, n)) {
-      k = kDropped;
-    } else if (parent >= 0) {
-      k = std::min(k, key[parent]);
+  if constexpr (Parents::kIsChain) {
+    // Eligible candidates form a prefix of the chain.
+    uint32_t path = kPosInfKey;
+    for (; eligible < N; ++eligible) {
+      path = std::min(path, score_key(scores[eligible * stride]));
+      if (path < min_key) break;
+      key[eligible] = path;
     }
-    // Dropping at once is exact: keys only decrease along a path, and a dropped parent
-    // (kDropped = 0, below every key) drops its children through the min.
-    if (k < min_key) k = kDropped;
-    key[n] = k;
-    eligible += k != kDropped;
+    std::fill(key + eligible, key + N, kDropped);
+  } else {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t parent = parents(b, n);
+      uint32_t k = score_key(scores[n * stride]);
+      if (!is_valid_parent(parent, n)) {
+        k = kDropped;
+      } else if (parent >= 0) {
+        k = std::min(k, key[parent]);
+      }
+      if (k < min_key) k = kDropped;
+      key[n] = k;
+      eligible += k != kDropped;
+    }
   }
   return eligible;
 }
 
 // Keeps the `cap` best eligible candidates of one request (e desc, n asc). Eligible sets are
-// ancestor-closed, so for chains the best `cap` are simply the first `cap`.
-void apply_cap(bool is_chain, int64_t N, int64_t cap, uint32_t* key,
-               std::vector<uint64_t>& scratch) {
-  if (is_chain) {
+// ancestor-closed, so for chains the best `cap` are the first `cap`.
+template <class Parents>
+void apply_cap(int64_t N, int64_t cap, uint32_t* key, std::vector<uint64_t>& scratch) {
+  if constexpr (Parents::kIsChain) {
     std::fill(key + cap, key + N, kDropped);
-    return;
-  }
-  // Rank key: score key above, ~n below (smaller n wins ties). All distinct.
-  scratch.clear();
-  for (int64_t n = 0; n < N; ++n) {
-    if (key[n] != kDropped) {
-      scratch.push_back((uint64_t{key[n]} << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(n)));
+  } else {
+    if (cap == 0) {
+      std::fill(key, key + N, kDropped);
+      return;
     }
-  }
-  if (cap == 0) {
-    std::fill(key, key + N, kDropped);
-    return;
-  }
-  std::nth_element(scratch.begin(), scratch.begin() + (cap - 1), scratch.end(),
-                   std::greater<uint64_t>());
-  const uint64_t last_kept = scratch[cap - 1];
-  for (int64_t n = 0; n < N; ++n) {
-    const uint64_t rank_key = (uint64_t{key[n]} << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(n));
-    if (key[n] != kDropped && rank_key < last_kept) key[n] = kDropped;
+    // Rank key: score key above, ~n below (the smaller n wins a tie); all distinct.
+    auto rank_key = [&](int64_t n) {
+      return (uint64_t{key[n]} << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(n));
+    };
+    scratch.clear();
+    for (int64_t n = 0; n < N; ++n) {
+      if (key[n] != kDropped) scratch.push_back(rank_key(n));
+    }
+    std::nth_element(scratch.begin(), scratch.begin() + (cap - 1), scratch.end(),
+                     std::greater<uint64_t>());
+    const uint64_t last_kept = scratch[cap - 1];
+    for (int64_t n = 0; n < N; ++n) {
+      if (rank_key(n) < last_kept) key[n] = kDropped;
+    }
   }
 }
 
-// The cut of the global order: every kept key > `key` is selected, and the first `ties`
-// (in flat index order) of the kept keys == `key`.
+// Histogram of the top digits of keys[0..count). Four interleaved sub-histograms, so that
+// neighbours with the same digit (common: keys never increase along a path) do not wait for
+// each other's increment of one counter.
+void top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
+  std::array<TopHistogram, 4> part{};
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    for (int j = 0; j < 4; ++j) ++part[j][keys[i + j] >> kTopShift];
+  }
+  for (; i < count; ++i) ++part[0][keys[i] >> kTopShift];
+  for (size_t d = 0; d < top.size(); ++d) top[d] = part[0][d] + part[1][d] + part[2][d] + part[3][d];
+}
+
+// Pass 1 over all requests: the kept keys. Returns the number of kept candidates.
+template <class Parents>
+int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
+                  const std::optional<at::Tensor>& max_per_request, uint32_t min_key,
+                  uint32_t* keys) {
+  const int64_t B = scores.size(0);
+  const int64_t N = scores.size(1);
+  const float* score_data = scores.data_ptr<float>();
+  const int64_t stride_b = scores.stride(0);
+  const int64_t stride_n = scores.stride(1);
+  std::optional<IndexView> caps;
+  if (max_per_request.has_value()) caps.emplace(*max_per_request);
+  std::vector<uint64_t> scratch;
+  int64_t kept = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    uint32_t* key = keys + b * N;
+    const int64_t eligible = effective_keys(score_data + b * stride_b, stride_n, parents, b, N,
+                                            min_key, key);
+    const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
+    if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
+    kept += std::min(eligible, cap);
+  }
+  return kept;
+}
+
+// Finds, in a histogram of digits, the digit holding the `rank`-th largest element
+// (1 <= rank <= total), and the rank it has inside that digit's bucket.
+template <class Histogram>
+uint32_t digit_of_rank(const Histogram& hist, int64_t& rank) {
+  uint32_t digit = hist.size() - 1;
+  while (hist[digit] < rank) rank -= hist[digit--];
+  return digit;
+}
+
+// The cut inside the top-digit bucket: keys > key are taken, and `ties` of those == key.
 struct Cut {
   uint32_t key;
   int64_t ties;
 };
 
-// Radix select of the `take`-th largest of the kept keys (1 <= take <= number kept), given the
-// histogram of their top kTopBits bits.
-Cut radix_cut(const uint32_t* keys, int64_t count, const TopHistogram& top, int64_t take) {
-  // Digit 1: from the histogram built with the keys.
-  int64_t remaining = take;
-  uint32_t digit = top.size() - 1;
-  while (top[digit] < remaining) remaining -= top[digit--];
-  uint32_t prefix = digit << kTopShift;
-
-  // The keys in that bucket (usually a small part of the batch), then two more digits.
-  std::vector<uint32_t> bucket;
-  bucket.reserve(top[digit]);
-  for (int64_t i = 0; i < count; ++i) {
-    if (keys[i] != kDropped && (keys[i] >> kTopShift) == digit) bucket.push_back(keys[i]);
+// Radix select of the rank-th largest of `bucket` (keys sharing their top digit, `prefix`)
+// on the two lower digits.
+Cut cut_in_bucket(const std::vector<uint32_t>& bucket, uint32_t prefix, int64_t rank) {
+  std::array<int32_t, 1 << 11> middle{};
+  for (const uint32_t k : bucket) ++middle[(k >> 10) & 0x7FFu];
+  prefix |= digit_of_rank(middle, rank) << 10;
+  std::array<int32_t, 1 << 10> low{};
+  for (const uint32_t k : bucket) {
+    if ((k & ~0x3FFu) == prefix) ++low[k & 0x3FFu];
   }
-  int shift = kTopShift;
-  for (const int bits : {11, 10}) {
-    shift -= bits;
-    std::vector<int64_t> hist(size_t{1} << bits, 0);
-    const uint32_t mask = (1u << bits) - 1;
-    for (const uint32_t k : bucket) {
-      if ((k & ~((1u << (shift + bits)) - 1)) == prefix) ++hist[(k >> shift) & mask];
-    }
-    uint32_t d = mask;
-    while (hist[d] < remaining) remaining -= hist[d--];
-    prefix |= d << shift;
-  }
-  return {prefix, remaining};
+  prefix |= digit_of_rank(low, rank);
+  return {prefix, rank};
 }
 
 std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t budget,
@@ -152,54 +185,66 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
     return {selected, counts};
   }
 
-  // Pass 1: kept keys per request and the histogram of their top bits.
-  const ScoreView score_view(scores);
-  const ParentView parent_view(parents);
-  std::optional<IndexView> caps;
-  if (max_per_request.has_value()) caps.emplace(*max_per_request);
-  const uint32_t min_key = select_min_eligible_key(min_score);
-
+  // 1. Kept keys.
   auto keys = std::make_unique_for_overwrite<uint32_t[]>(B * N);
-  TopHistogram top{};
-  std::vector<uint64_t> scratch;
-  int64_t kept = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    uint32_t* key = keys.get() + b * N;
-    const int64_t eligible = effective_keys(score_view, parent_view, b, N, min_key, key);
-    const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
-    if (eligible > cap) apply_cap(parent_view.is_chain(), N, cap, key, scratch);
-    for (int64_t n = 0; n < N; ++n) {
-      if (key[n] != kDropped) {
-        ++top[key[n] >> kTopShift];
-        ++kept;
-      }
-    }
-  }
+  const uint32_t min_key = select_min_eligible_key(min_score);
+  const int64_t kept = visit_parents(parents, [&](const auto& parent_view) {
+    return kept_keys(scores, parent_view, max_per_request, min_key, keys.get());
+  });
 
-  // Pass 2: where the budget cuts the global order. Everything kept fits: cut below all keys.
-  Cut cut{kDropped, 0};
+  // 2. Everything kept fits: take every kept key (digit > 0). No budget: take nothing.
+  // Otherwise the budget-th best key lies in bucket `cut_digit` of the top-digit histogram:
+  // take the digits above it and list the bucket's candidates.
+  uint32_t take_above = 0;
+  uint32_t list_digit = kNoDigit;
+  int64_t rank = budget;
+  int64_t bucket_size = 0;
   if (budget == 0) {
-    cut = {kPosInfKey, 0};  // no kept key is above +inf; no ties taken
+    take_above = kNoDigit;
   } else if (kept > budget) {
-    cut = radix_cut(keys.get(), B * N, top, budget);
+    TopHistogram top;
+    top_histogram(keys.get(), B * N, top);
+    take_above = list_digit = digit_of_rank(top, rank);
+    bucket_size = top[list_digit];
   }
-
-  // Pass 3: outputs. Ties at the cut are taken in flat (b, n) order.
-  int64_t ties = cut.ties;
+  // +1: the loop below writes one slot past the last listed candidate.
+  auto bucket_index = std::make_unique_for_overwrite<int64_t[]>(bucket_size + 1);
+  int64_t listed = 0;
   for (int64_t b = 0; b < B; ++b) {
     const uint32_t* key = keys.get() + b * N;
     bool* out = selected_out + b * N;
     int32_t count = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      bool take = key[n] > cut.key;
-      if (key[n] == cut.key && key[n] != kDropped && ties > 0) {
-        take = true;
-        --ties;
-      }
-      out[n] = take;
-      count += take;
+    bool in_bucket = false;
+    for (int64_t n = 0; n < N; ++n) {  // vectorised
+      const uint32_t digit = key[n] >> kTopShift;
+      out[n] = digit > take_above;
+      count += digit > take_above;
+      in_bucket |= digit == list_digit;
     }
     counts_out[b] = count;
+    if (in_bucket) {
+      for (int64_t n = 0; n < N; ++n) {
+        bucket_index[listed] = b * N + n;  // branch-free listing
+        listed += key[n] >> kTopShift == list_digit;
+      }
+    }
+  }
+  if (listed == 0) return {selected, counts};
+
+  // 3. The cut inside the bucket; ties at the cut go in flat (b, n) order.
+  std::vector<uint32_t> bucket(listed);
+  for (int64_t i = 0; i < listed; ++i) bucket[i] = keys[bucket_index[i]];
+  Cut cut = cut_in_bucket(bucket, list_digit << kTopShift, rank);
+  for (int64_t i = 0; i < listed; ++i) {
+    bool take = bucket[i] > cut.key;
+    if (bucket[i] == cut.key && cut.ties > 0) {
+      take = true;
+      --cut.ties;
+    }
+    if (take) {
+      selected_out[bucket_index[i]] = true;
+      ++counts_out[bucket_index[i] / N];
+    }
   }
   return {selected, counts};
 }

@@ -48,6 +48,8 @@
 
 inline void __trap() { ::tetris::emu_rt::fail("__trap() called"); }
 
+#define TETRIS_UNROLL
+
 // Dynamic shared memory: the bytes passed to the launch, one buffer per launch.
 #define TETRIS_DYNAMIC_SMEM(T) (reinterpret_cast<T*>(::tetris::emu_rt::dynamic_smem()))
 
@@ -70,6 +72,14 @@ inline void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
     }
   } call{kernel, Params(std::forward<Args>(args)...)};
   ::tetris::emu_rt::run_grid(grid, block, dynamic_smem_bytes, &Call::run, &call);
+}
+
+// Dynamic shared memory a kernel may use: as on an H100 (227 KiB per block) less a typical
+// kernel's static shared memory, so that kernels that choose between shared and global
+// memory by size take the same path here as there.
+template <class... KernelArgs>
+inline size_t max_dynamic_smem(void (*)(KernelArgs...)) {
+  return 227 * 1024 - 16 * 1024;
 }
 
 }  // namespace tetris::emu

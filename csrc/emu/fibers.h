@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -63,7 +64,7 @@ inline constexpr size_t kStackBytes = 64 * 1024;
 enum class Wait : uint8_t { kRunnable, kBarrier, kWarp, kExited };
 
 enum class WarpOpKind : uint8_t {
-  kSyncWarp, kShfl, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll
+  kSyncWarp, kShfl, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kMatchAny
 };
 
 enum class BarrierKind : uint8_t { kPlain, kCount, kAnd, kOr };
@@ -196,7 +197,9 @@ inline bool same_site(const std::source_location& a, const std::source_location&
 }
 
 inline std::string describe(const uint3& v) {
-  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "(%u,%u,%u)", v.x, v.y, v.z);
+  return buf;
 }
 
 inline std::string hex(unsigned v) {
@@ -475,6 +478,13 @@ inline void complete_warp_op(Launch& L, unsigned warp, unsigned group, const cha
       case WarpOpKind::kBallot: op.result = ballot; break;
       case WarpOpKind::kAny: op.result = votes > 0; break;
       case WarpOpKind::kAll: op.result = votes == members; break;
+      case WarpOpKind::kMatchAny: {
+        uint64_t peers = 0;
+        for (unsigned m = 0; m < kWarpSize; ++m)
+          if ((group >> m & 1) && lanes[m].op.value == op.value) peers |= 1ull << m;
+        op.result = peers;
+        break;
+      }
       default: {
         unsigned source = shuffle_source(op, l);
         if (source >= kWarpSize || !(group >> source & 1))

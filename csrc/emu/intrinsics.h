@@ -47,6 +47,8 @@ inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); 
   inline T max(T a, T b) { return a < b ? b : a; }
 TETRIS_EMU_MINMAX(int)
 TETRIS_EMU_MINMAX(unsigned)
+TETRIS_EMU_MINMAX(long)
+TETRIS_EMU_MINMAX(unsigned long)
 TETRIS_EMU_MINMAX(long long)
 TETRIS_EMU_MINMAX(unsigned long long)
 #undef TETRIS_EMU_MINMAX

@@ -99,6 +99,19 @@ inline int __all_sync(unsigned mask, int predicate,
   return static_cast<int>(vote(WarpOpKind::kAll, mask, predicate, "__all_sync", site));
 }
 
+// The lanes of the mask whose `value` equals the caller's (CUDA's __match_any_sync).
+template <class T>
+inline unsigned __match_any_sync(unsigned mask, T value,
+                                 std::source_location site = std::source_location::current()) {
+  using namespace tetris::emu_rt;
+  static_assert(std::is_integral_v<T> && sizeof(T) >= 4, "__match_any_sync takes 32/64-bit integers");
+  Collective op;
+  op.kind = WarpOpKind::kMatchAny;
+  op.mask = mask;
+  op.value = to_bits(value);
+  return static_cast<unsigned>(warp_collective(op, "__match_any_sync", site));
+}
+
 inline void __syncwarp(unsigned mask = 0xffffffffu,
                        std::source_location site = std::source_location::current()) {
   using namespace tetris::emu_rt;

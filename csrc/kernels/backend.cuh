@@ -12,6 +12,8 @@
 //   TETRIS_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
 //                              the launch on `stream` (a kernel name with template arguments
 //                              goes in parentheses: TETRIS_LAUNCH((k<T, 256>), ...))
+//   TETRIS_UNROLL              `#pragma unroll` for the loop that follows (nothing on the CPU)
+//   max_dynamic_smem(kernel)   the most dynamic shared memory `kernel` may ask for at launch
 #pragma once
 
 #include "hd.h"
@@ -22,7 +24,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #define TETRIS_KERNEL_NS cuda
 #define TETRIS_BACKEND_TAG ::tetris::CudaTag
@@ -45,9 +50,40 @@ inline void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
       std::forward<Args>(args)...);
 }
 
+// The most dynamic shared memory one block of `kernel` may use on the current device: the
+// opt-in limit (above the default 48 KiB) less the kernel's static shared memory. Raises the
+// kernel's limit to that, once per (kernel, device); later calls only read a cache, so the
+// first call should come before any CUDA graph capture (the ops' warm-up call does).
+inline size_t max_dynamic_smem(const void* kernel) {
+  static std::mutex mutex;
+  static std::vector<std::tuple<const void*, int, size_t>> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [k, d, limit] : cache)
+    if (k == kernel && d == device) return limit;
+  int optin = 0;
+  cudaFuncAttributes attributes{};
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
+    return 0;
+  const size_t limit = static_cast<size_t>(optin) - attributes.sharedSizeBytes;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(limit)) != cudaSuccess)
+    return 0;
+  cache.emplace_back(kernel, device, limit);
+  return limit;
+}
+
+template <class... KernelArgs>
+inline size_t max_dynamic_smem(void (*kernel)(KernelArgs...)) {
+  return max_dynamic_smem(reinterpret_cast<const void*>(kernel));
+}
+
 }  // namespace tetris::cuda
 
 #define TETRIS_DYNAMIC_SMEM(T) (::tetris::cuda::dynamic_smem<T>())
+#define TETRIS_UNROLL _Pragma("unroll")
 #define TETRIS_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
   ::tetris::cuda::launch_kernel(kernel, grid, block, smem_bytes, stream, __VA_ARGS__)
 

@@ -50,13 +50,14 @@ __global__ void warp_patterns(int* scan, int* broadcast, int* rotate, float* dow
   down[lane] = __shfl_down_sync(kFull, 0.5f * lane, 4, 16);  // own value past the segment
 }
 
-// Votes on a partial warp, and the counting barriers.
-__global__ void votes(unsigned* ballots, int* flags) {
+// Votes and __match_any_sync on a partial warp, and the counting barriers.
+__global__ void votes(unsigned* ballots, unsigned* match, int* flags) {
   const unsigned t = threadIdx.x;
   const unsigned mask = t < 32 ? kFull : 0xffu;  // block of 40: warp 1 has 8 lanes
   ballots[t] = __ballot_sync(mask, t % 3 == 0);
   flags[3 * t + 0] = __any_sync(mask, t == 35);
   flags[3 * t + 1] = __all_sync(mask, t < 39);
+  match[t] = __match_any_sync(mask, static_cast<int>(t % 4));
   flags[3 * t + 2] = __syncthreads_count(t % 2 == 0) * 100 + __syncthreads_or(t == 7) * 10 +
                      __syncthreads_and(t < 40);
 }
@@ -191,14 +192,16 @@ void check_warp_patterns() {
 }
 
 void check_votes() {
-  std::vector<unsigned> ballots(40);
+  std::vector<unsigned> ballots(40), match(40);
   std::vector<int> flags(120);
-  TETRIS_LAUNCH(votes, 1, 40, 0, nullptr, ballots.data(), flags.data());
+  TETRIS_LAUNCH(votes, 1, 40, 0, nullptr, ballots.data(), match.data(), flags.data());
   unsigned warp0 = 0, warp1 = 0;
   for (unsigned t = 0; t < 40; ++t)
     if (t % 3 == 0) (t < 32 ? warp0 : warp1) |= 1u << (t % 32);
   for (unsigned t = 0; t < 40; ++t) {
     expect(ballots[t] == (t < 32 ? warp0 : warp1), "ballot");
+    const unsigned same_residue = (t < 32 ? 0x11111111u : 0x11u) << (t % 4);
+    expect(match[t] == same_residue, "match_any");
     expect(flags[3 * t] == (t >= 32), "any");
     expect(flags[3 * t + 1] == (t < 32), "all");
     expect(flags[3 * t + 2] == 20 * 100 + 10 + 1, "syncthreads_count/or/and");

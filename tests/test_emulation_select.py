@@ -1,0 +1,89 @@
+"""The select CUDA kernel (run on the CPU by the emulation harness) against the CPU op.
+
+torch.ops.tetris_emu.select executes csrc/kernels/select.cuh, the text nvcc compiles for the
+GPU. Same random inputs as the op tests (tests/refs); outputs must be bit-identical, ties
+included.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import tetris_ext
+from refs.draft_cumprod import random_parents
+from refs.select import random_scores, select_inputs
+
+pytestmark = pytest.mark.skipif(
+    not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1"
+)
+
+cpu_op = torch.ops.tetris.select.default
+emu_op = torch.ops.tetris_emu.select.default
+
+
+def assert_emulation_matches_cpu(kw):
+    args = (kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
+    expected = cpu_op(*args)
+    actual = emu_op(*args)
+    assert actual[0].dtype == torch.bool and actual[1].dtype == torch.int32
+    assert torch.equal(actual[0], expected[0]), f"selected\n{actual[0]}\n!=\n{expected[0]}"
+    assert torch.equal(actual[1], expected[1]), f"counts {actual[1]} != {expected[1]}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(select_inputs())
+def test_matches_cpu(kw):
+    assert_emulation_matches_cpu(kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(select_inputs(max_batch=70, max_candidates=40))
+def test_matches_cpu_larger(kw):
+    assert_emulation_matches_cpu(kw)
+
+
+def inputs(B, N, budget, *, style="paths", tree=True, caps=False, min_score=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        scores=random_scores(gen, B, N, style, 0.05),
+        budget=budget,
+        parents=random_parents(gen, B, N, 0.02) if tree else None,
+        max_per_request=torch.randint(-1, N + 2, (B,), generator=gen) if caps else None,
+        min_score=min_score,
+    )
+
+
+# B, N and B * N around warp (32), 256 and block (1024 threads) boundaries, with budgets that
+# cut through ties ("ties" scores have 7 distinct values).
+@pytest.mark.parametrize(
+    "B, N",
+    [(1, 1), (31, 33), (32, 32), (33, 31), (256, 4), (257, 4), (1, 1023), (1, 1024), (1, 1025),
+     (1023, 1), (1024, 1), (1025, 1), (3, 700)],
+)
+@pytest.mark.parametrize("style", ["ties", "paths"])
+@pytest.mark.parametrize("tree, caps", [(False, False), (True, False), (True, True), (False, True)])
+def test_block_boundaries(B, N, style, tree, caps):
+    budget = (B * N) // 3 + 1
+    assert_emulation_matches_cpu(inputs(B, N, budget, style=style, tree=tree, caps=caps, seed=B + N))
+
+
+# The bench's largest shapes: B = 1024 requests of N = 16..64 candidates (the keys no longer fit
+# in shared memory from B * N = 32768 on: the kernel's global-memory path).
+@pytest.mark.parametrize("N, budget", [(16, 8192), (32, 8192), (64, 8192), (64, 30000)])
+@pytest.mark.parametrize("style", ["ties", "paths"])
+def test_bench_shapes(N, budget, style):
+    assert_emulation_matches_cpu(inputs(1024, N, budget, style=style, caps=True, min_score=-40.0))
+
+
+def test_budget_extremes():
+    for budget in [0, 1, 299, 300, 301, 10**9]:
+        assert_emulation_matches_cpu(inputs(10, 30, budget, style="ties", caps=True))
+
+
+# Threads in the opposite order (the harness's reverse schedule) give the same answer.
+@pytest.mark.parametrize("B, N, budget", [(5, 7, 9), (64, 33, 700), (1024, 16, 2048)])
+def test_reverse_thread_order(monkeypatch, B, N, budget):
+    monkeypatch.setenv("TETRIS_EMU_SCHEDULE", "reverse")
+    assert_emulation_matches_cpu(inputs(B, N, budget, style="ties", caps=True, seed=N))
