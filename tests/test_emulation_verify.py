@@ -157,6 +157,42 @@ def test_sampling_many_slots(M, draft):
     assert_same(SAMPLING, sampling_block_inputs(2, M, 300, seed=M, draft=draft, support=5))
 
 
+def test_greedy_first_matching_child_among_many():
+    """Stars of 1024 children, several with the target's token: the first one is taken (every
+    thread scans several slots; the block-wide min must see each thread's first match)."""
+    g = torch.Generator().manual_seed(9)
+    B, M = 3, 1025
+    tokens = torch.randint(0, 3, (B, M), generator=g)
+    targets = torch.randint(0, 3, (B, M), generator=g)
+    parents = torch.zeros(B, M, dtype=torch.int64)
+    parents[:, 0] = -1
+    assert_same(GREEDY, dict(slot_tokens=tokens, slot_parent=parents, target_tokens=targets))
+    parents[:, 1:] = torch.arange(M - 1)  # a chain: the walk goes through many strides
+    tokens[:, 1:] = targets[:, :-1]
+    tokens[:, 900] = -1
+    assert_same(GREEDY, dict(slot_tokens=tokens, slot_parent=parents, target_tokens=targets))
+
+
+@pytest.mark.parametrize("V", [5, 129, 4096, 4099, 9000])
+def test_sampling_cdf_boundaries(V):
+    """u0 * sum(p) exactly equal to a partial sum of p (normalised dyadic rows, so sum(p) = 1
+    and u0 = the partial sum): the sample is the next token with mass, not this one, wherever
+    the partial sum falls relative to the threads' chunks and the tiles."""
+    g = torch.Generator().manual_seed(V)
+    B = 8
+    target = peaked_probs((B, 1, V), 12, g, normalised=True) if V > 200 else random_probs((B, 1, V), g, True, True)
+    cumsum = target[:, 0].cumsum(-1)
+    u0 = torch.empty(B, 1)
+    for b in range(B):
+        below_one = torch.nonzero((target[b, 0] > 0) & (cumsum[b] < 1)).flatten()
+        u0[b, 0] = cumsum[b, below_one[int(torch.randint(0, len(below_one), (1,), generator=g))]] if len(below_one) else 0.5
+    inputs = dict(slot_tokens=torch.zeros(B, 1, dtype=torch.long), slot_parent=torch.full((B, 1), -1),
+                  target_probs=target, draft_probs=None, uniforms=u0)
+    assert_same(SAMPLING, inputs)
+    sample = torch.ops.tetris_emu.verify_sampling(**inputs)[2][:, 0]
+    assert torch.all(cumsum[torch.arange(B), sample] > u0[:, 0])  # past the tie, not on it
+
+
 def test_sampling_bench_shape():
     """A batch of 17-slot trees over a 32000-token vocabulary (8 tiles per pass)."""
     assert_same(SAMPLING, sampling_block_inputs(4, 17, 32000, seed=0, draft=True, support=8))
