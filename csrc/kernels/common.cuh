@@ -158,9 +158,9 @@ __device__ __forceinline__ void block_visit_row(const Storage<kType>* row, int64
   int64_t p = tid;
   for (; p + (kUnroll - 1) * threads < num_packs; p += kUnroll * threads) {
     Pack loaded[kUnroll];
-TETRIS_UNROLL
+    TETRIS_UNROLL
     for (int u = 0; u < kUnroll; ++u) loaded[u] = packs[p + u * threads];
-TETRIS_UNROLL
+    TETRIS_UNROLL
     for (int u = 0; u < kUnroll; ++u) {
       float x[kCount];
       TETRIS_UNROLL
@@ -171,7 +171,7 @@ TETRIS_UNROLL
   for (; p < num_packs; p += threads) {
     const Pack loaded = packs[p];
     float x[kCount];
-TETRIS_UNROLL
+    TETRIS_UNROLL
     for (int c = 0; c < kCount; ++c) x[c] = to_float<kType>(loaded.values[c]);
     visit(x, kCount);
   }

@@ -10,8 +10,8 @@
 //   2. radix select over the kept keys, 8 bits at a time from the top (warp-aggregated
 //      histogram, block scan to find the digit), giving the budget-th largest key T and how
 //      many of the keys equal to T fit;
-//   3. outputs: keys > T are selected, and the first ties (keys == T) in flat (b, n) order, by
-//      a block scan over contiguous per-thread ranges; counts by a thread per request.
+//   3. outputs: keys > T are selected, and the first ties (keys == T) in flat (b, n) order,
+//      found by a block scan over contiguous per-thread ranges; counts by a thread per request.
 // The tie order (e desc, b asc, n asc) is thus exactly the CPU's: a candidate's position in
 // the global order is its 64-bit key (score key, then flat index b * N + n), whose low half is
 // resolved by the flat-order scan instead of four more radix passes (docs/kernels.md).
@@ -27,6 +27,8 @@ namespace tetris::TETRIS_KERNEL_NS {
 
 inline constexpr unsigned kSelectThreads = 1024;
 inline constexpr uint32_t kDropped = 0;         // key of a candidate that is not kept
+inline constexpr uint32_t kTakenTie = 0xFFFFFFFFu;  // above every score key
+static_assert(kTakenTie > kPosInfKey);
 inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 1]
 inline constexpr int kRadixBits = 8;
 inline constexpr unsigned kRadixBuckets = 1u << kRadixBits;
@@ -154,25 +156,26 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
     cut = radix_cut(key, K, static_cast<unsigned>(p.budget));
   }
 
-  // 3. Outputs: keys above the cut, then the first `cut.ties` keys equal to it in flat order.
-  for (int64_t i = tid; i < K; i += threads) p.selected[i] = key[i] > cut.key;
+  // 3. Outputs. The first `cut.ties` keys equal to the cut in flat order are taken: they get a
+  // key above every score key, so that afterwards "selected" is simply "key above the cut".
   if (cut.ties > 0) {
     const int64_t per_thread = (K + threads - 1) / threads;
     const int64_t begin = min(K, tid * per_thread), end = min(K, begin + per_thread);
     unsigned ties_here = 0;
     for (int64_t i = begin; i < end; ++i) ties_here += key[i] == cut.key;
-    unsigned rank = block_exclusive_sum(ties_here).exclusive;  // (its barriers order the writes)
+    unsigned rank = block_exclusive_sum(ties_here).exclusive;
     for (int64_t i = begin; i < end && rank < cut.ties; ++i) {
       if (key[i] == cut.key) {
-        p.selected[i] = true;
+        key[i] = kTakenTie;
         ++rank;
       }
     }
+    __syncthreads();
   }
-  __syncthreads();
+  for (int64_t i = tid; i < K; i += threads) p.selected[i] = key[i] > cut.key;
   for (int64_t b = tid; b < B; b += threads) {
     int32_t count = 0;
-    for (int64_t n = 0; n < N; ++n) count += p.selected[b * N + n];
+    for (int64_t n = 0; n < N; ++n) count += key[b * N + n] > cut.key;
     p.counts[b] = count;
   }
 }
