@@ -71,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor> tree_mask_packed_device(
   at::Tensor slot_index = at::empty({B, M}, long_opts);
   at::Tensor slot_parent = at::empty({B, M}, long_opts);
   at::Tensor cu_seqlens = at::empty({B + 1}, selected.options().dtype(at::kInt));
-  at::Tensor packed_mask = at::empty({B, M, packed_row_bytes(M)}, selected.options().dtype(at::kByte));
+  at::Tensor packed_mask =
+      at::empty({B, M, packed_row_bytes(M)}, selected.options().dtype(at::kByte));
   TreeMaskParams params = tree_mask_inputs(selected, parents, prefix_lens);
   params.slot_index = slot_index.data_ptr<int64_t>();
   params.slot_parent = slot_parent.data_ptr<int64_t>();

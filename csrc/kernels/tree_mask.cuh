@@ -25,7 +25,8 @@
 namespace tetris::TETRIS_KERNEL_NS {
 namespace tree_mask_kernels {
 
-constexpr unsigned kMaxThreads = 256;
+constexpr unsigned kMaxThreads = 256;         // per request
+constexpr unsigned kOffsetsThreads = 1024;    // the cu_seqlens scan over the batch
 
 __device__ __forceinline__ int64_t candidate_parent(const TreeMaskParams& p, int64_t b, int64_t n) {
   return p.parents.present() ? p.parents(b, n) : chain_parent(n);
@@ -140,7 +141,8 @@ __global__ void __launch_bounds__(kMaxThreads) layout_kernel(TreeMaskParams p) {
 
 // cu_seqlens[1..B] hold the query lengths (count + 1); an inclusive scan over the batch, tile
 // by tile, turns them into offsets in place.
-__global__ void __launch_bounds__(1024) query_offsets_kernel(int32_t* cu_seqlens, int64_t batch) {
+__global__ void __launch_bounds__(kOffsetsThreads)
+    query_offsets_kernel(int32_t* cu_seqlens, int64_t batch) {
   const int64_t tid = threadIdx.x;
   int32_t carry = 0;
   for (int64_t tile = 0; tile < batch; tile += blockDim.x) {
@@ -153,11 +155,10 @@ __global__ void __launch_bounds__(1024) query_offsets_kernel(int32_t* cu_seqlens
   if (tid == 0) cu_seqlens[0] = 0;
 }
 
-// Threads per request: a warp multiple covering the M slots, at most kMaxThreads.
-inline unsigned layout_threads(int64_t candidates) {
-  const int64_t slots = candidates + 1;
-  const int64_t warps = (slots + 31) / 32;
-  return static_cast<unsigned>(warps * 32 < kMaxThreads ? warps * 32 : kMaxThreads);
+// Threads for `work` items: whole warps covering them, at most `cap`.
+inline unsigned threads_covering(int64_t work, unsigned cap) {
+  const int64_t threads = (work + 31) / 32 * 32;
+  return static_cast<unsigned>(threads < cap ? threads : cap);
 }
 
 }  // namespace tree_mask_kernels
@@ -168,19 +169,20 @@ namespace tetris {
 void launch_tree_mask(TETRIS_BACKEND_TAG, const TreeMaskParams& params, void* stream) {
   namespace k = TETRIS_KERNEL_NS::tree_mask_kernels;
   if (params.batch == 0) return;
+  const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::BoolRows>), dim3(static_cast<unsigned>(params.batch)),
-                dim3(k::layout_threads(params.candidates)), 0, stream, params);
+                dim3(threads), 0, stream, params);
 }
 
 void launch_tree_mask_packed(TETRIS_BACKEND_TAG, const TreeMaskParams& params, void* stream) {
   namespace k = TETRIS_KERNEL_NS::tree_mask_kernels;
   if (params.batch == 0) return;  // cu_seqlens = [0] is written by the caller
+  const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::PackedRows>), dim3(static_cast<unsigned>(params.batch)),
-                dim3(k::layout_threads(params.candidates)), 0, stream, params);
-  const int64_t warps = (params.batch + 31) / 32;
-  const unsigned threads = static_cast<unsigned>(warps * 32 < 1024 ? warps * 32 : 1024);
-  TETRIS_LAUNCH(k::query_offsets_kernel, dim3(1), dim3(threads), 0, stream, params.cu_seqlens,
-                params.batch);
+                dim3(threads), 0, stream, params);
+  TETRIS_LAUNCH(k::query_offsets_kernel, dim3(1),
+                dim3(k::threads_covering(params.batch, k::kOffsetsThreads)), 0, stream,
+                params.cu_seqlens, params.batch);
 }
 
 }  // namespace tetris

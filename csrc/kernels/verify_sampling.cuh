@@ -26,7 +26,9 @@ constexpr unsigned kMaxThreads = 1024;
 constexpr int64_t kPerThread = 4;  // consecutive tokens per thread and pass: one float4
 
 struct Max {
-  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? b : a; }
+  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const {
+    return a < b ? b : a;
+  }
 };
 
 // A row of V probabilities with its stride (in elements).
@@ -119,7 +121,8 @@ class SamplingWalker {
   }
 
   __device__ bool offer(int64_t /*slot*/, int64_t child) const {
-    return token_in_vocab(p_.slot_tokens(b_, child), V_);  // a child with an invalid token is skipped
+    // A child with an invalid token is skipped: never tried, p left as it is.
+    return token_in_vocab(p_.slot_tokens(b_, child), V_);
   }
 
   __device__ bool try_child(int64_t slot, int64_t child) {

@@ -17,7 +17,9 @@ namespace tetris::TETRIS_KERNEL_NS {
 namespace verify_walk {
 
 struct Min {
-  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const { return b < a ? b : a; }
+  __device__ __forceinline__ int64_t operator()(int64_t a, int64_t b) const {
+    return b < a ? b : a;
+  }
 };
 
 // The first slot s in (after, M) that is a child of `current` and that `offer(s)` accepts to
@@ -76,10 +78,10 @@ __device__ void walk_verification_block(const Params& p, int64_t b, Walker& walk
   }
 }
 
-// Threads per request for a walk over M slots: a warp multiple, at most `cap`.
+// Threads of a block for `work` items (slots, chunks of tokens): whole warps covering them,
+// at least one warp, at most `cap`.
 inline unsigned threads_for(int64_t work, unsigned cap) {
-  const int64_t warps = (work + 31) / 32;
-  const int64_t threads = warps * 32;
+  const int64_t threads = (work + 31) / 32 * 32;
   return static_cast<unsigned>(threads < 32 ? 32 : (threads > cap ? cap : threads));
 }
 

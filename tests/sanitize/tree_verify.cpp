@@ -44,7 +44,11 @@ int64_t uniform_int(int64_t lo, int64_t hi) {
 }
 bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
 
-const int64_t kInvalidIds[] = {-2, -7, INT32_MIN, INT32_MAX};
+// An index no tensor has: negative, or too large for any of them.
+int64_t invalid_id() {
+  const int64_t ids[] = {-2, -7, INT32_MIN, INT32_MAX};
+  return ids[uniform_int(0, 3)];
+}
 
 // The bytes of several output buffers, for comparing the two thread orders.
 struct Bytes {
@@ -91,7 +95,7 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t n = 0; n < N; ++n) {
       int64_t p = uniform_int(-1, n - 1);
-      if (chance(invalid_rate)) p = chance(0.5) ? kInvalidIds[uniform_int(0, 3)] : n + uniform_int(0, 3);
+      if (chance(invalid_rate)) p = chance(0.5) ? invalid_id() : n + uniform_int(0, 3);
       parents.at(b, n) = static_cast<Index>(p);
     }
   std::vector<uint8_t> selected_storage(B * N * 2);  // selected read with stride 2
@@ -148,7 +152,8 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     const int64_t* parent = &slot_parent[b * M];
     int64_t count = 0;
     while (count + 1 < M && index[count + 1] >= 0) ++count;
-    check(index[0] == -1 && parent[0] == -1 && positions[b * M] == prefix[b], "tree_mask: root slot");
+    check(index[0] == -1 && parent[0] == -1 && positions[b * M] == prefix[b],
+          "tree_mask: root slot");
     for (int64_t s = 1; s < M; ++s) {
       if (s <= count) {
         const int64_t n = index[s];
@@ -158,21 +163,25 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
         const bool sel = selected_storage[(b * N + n) * 2];
         check(sel, "tree_mask: only selected candidates");
         const int64_t pn = chains ? n - 1 : static_cast<int64_t>(parents.at(b, n));
-        check(pn == (parent[s] == 0 ? -1 : index[parent[s]]), "tree_mask: parent slot holds the parent");
+        check(pn == (parent[s] == 0 ? -1 : index[parent[s]]),
+              "tree_mask: parent slot holds the parent");
       } else {
-        check(index[s] == -1 && parent[s] == -1 && positions[b * M + s] == prefix[b], "tree_mask: padding");
+        check(index[s] == -1 && parent[s] == -1 && positions[b * M + s] == prefix[b],
+              "tree_mask: padding");
       }
       for (int64_t j = 0; j < M; ++j) {
         bool want = j == s;
         if (s >= 1 && s <= count && j < s) want = mask[(b * M + parent[s]) * M + j] != 0;
-        check((mask[(b * M + s) * M + j] != 0) == (want || j == s), "tree_mask: row = parent's row + itself");
+        check((mask[(b * M + s) * M + j] != 0) == (want || j == s),
+              "tree_mask: row = parent's row + itself");
         const bool bit = (packed[(b * M + s) * W + j / 8] >> (j % 8)) & 1;
         check(bit == (mask[(b * M + s) * M + j] != 0), "tree_mask_packed: bits of the dense mask");
       }
     }
     for (int64_t s = 0; s < M; ++s)
       for (int64_t j = M; j < 8 * W; ++j)
-        check(((packed[(b * M + s) * W + j / 8] >> (j % 8)) & 1) == 0, "tree_mask_packed: no bits past M");
+        check(((packed[(b * M + s) * W + j / 8] >> (j % 8)) & 1) == 0,
+              "tree_mask_packed: no bits past M");
     check(cu_seqlens[b + 1] - cu_seqlens[b] == count + 1, "tree_mask_packed: query lengths");
   }
 }
@@ -218,7 +227,7 @@ Indices<Index> slot_parents(int64_t B, int64_t M, double invalid_rate) {
     const int64_t count = uniform_int(0, M - 1);
     for (int64_t s = 0; s < M; ++s) {
       int64_t p = s >= 1 && s <= count ? uniform_int(0, s - 1) : -1;
-      if (chance(invalid_rate)) p = chance(0.5) ? kInvalidIds[uniform_int(0, 3)] : s + uniform_int(0, 2);
+      if (chance(invalid_rate)) p = chance(0.5) ? invalid_id() : s + uniform_int(0, 2);
       parents.at(b, s) = static_cast<Index>(p);
     }
   }
@@ -276,7 +285,8 @@ void verify_greedy(int64_t B, int64_t M) {
     bytes.add(out);
     return bytes;
   });
-  check_paths("verify_greedy: accepted paths follow slot_parent", B, M, parents, tokens, accepted, num, out);
+  check_paths("verify_greedy: accepted paths follow slot_parent", B, M, parents, tokens, accepted,
+              num, out);
   for (int64_t b = 0; b < B; ++b) {
     int64_t current = 0;
     for (int64_t i = 0; i < num[b]; ++i) {
@@ -316,12 +326,13 @@ void verify_sampling(int64_t B, int64_t M, int64_t V, bool draft, int64_t stride
   auto tokens = make_indices<int32_t>(B, M, 2);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t s = 0; s < M; ++s)
-      tokens.at(b, s) = static_cast<int32_t>(chance(0.1) ? kInvalidIds[uniform_int(0, 3)]
-                                                         : (chance(0.05) ? V : uniform_int(0, V - 1)));
+      tokens.at(b, s) = static_cast<int32_t>(
+          chance(0.1) ? invalid_id() : (chance(0.05) ? V : uniform_int(0, V - 1)));
   Probs target = probs(B, M, V, stride, offset, true);
   Probs drafts = probs(B, M, V, 1, 0, true);
   std::vector<float> uniforms(B * M);
-  for (auto& u : uniforms) u = chance(0.05) ? (chance(0.5) ? NAN : 1.5f) : std::uniform_real_distribution<float>(0, 1)(rng);
+  std::uniform_real_distribution<float> unit(0, 1);
+  for (auto& u : uniforms) u = chance(0.05) ? (chance(0.5) ? NAN : 1.5f) : unit(rng);
   std::vector<int64_t> accepted(B * M), out(B * M);
   std::vector<int32_t> num(B);
   both_schedules("verify_sampling: same result in both thread orders", [&] {
@@ -356,7 +367,8 @@ void verify_sampling(int64_t B, int64_t M, int64_t V, bool draft, int64_t stride
     bytes.add(out);
     return bytes;
   });
-  check_paths("verify_sampling: accepted paths follow slot_parent", B, M, parents, tokens, accepted, num, out);
+  check_paths("verify_sampling: accepted paths follow slot_parent", B, M, parents, tokens, accepted,
+              num, out);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t bonus = out[b * M + num[b]];
     check(bonus >= -1 && bonus < V, "verify_sampling: bonus token in range");
