@@ -4,8 +4,8 @@
 //
 // Each (b, n) row is read once: chunks of kChunk logits go through an online max / sum-exp
 // (float32, rescaling the running sum when the maximum grows), so no [B, N, V] intermediate
-// exists. The chunk loop is written for the compiler to vectorise (lane arrays, a
-// branch-free exp) and is compiled for several x86 levels, picked at load time.
+// exists. The chunk loop is written for the compiler to vectorise (an integer maximum, a
+// branch-free exp) and is compiled for several x86 levels (cpu/multiversion.h).
 // Rows run in parallel (at::parallel_for), then each request sums along its paths.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -20,17 +20,10 @@
 #include "args/draft_cumprod.h"
 #include "cpu/fast_exp.h"
 #include "cpu/index_view.h"
+#include "cpu/multiversion.h"
 #include "hd/bits.h"
 #include "hd/half.h"
 #include "hd/logsumexp.h"
-
-// Hot loops compiled for AVX2 and AVX-512 too, selected once at load time (GNU ifunc).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define TETRIS_CPU_MULTIVERSION \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TETRIS_CPU_MULTIVERSION
-#endif
 
 namespace tetris::cpu {
 namespace {
