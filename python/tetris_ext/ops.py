@@ -132,6 +132,62 @@ def _register_fakes(namespace: str) -> None:
         return verify_outputs(slot_tokens)
 
 
+# Autograd: draft_cumprod is differentiable in `logits` (for training drafters on the TETRIS
+# objective, or calibrating the proxy); select and the rest have integer outputs.
+
+
+def _draft_cumprod_setup_context(ctx, inputs, output):
+    logits, tokens, parents, temperature = inputs
+    ctx.save_for_backward(logits, tokens, parents)
+    ctx.temperature = temperature
+
+
+def _draft_cumprod_backward(ctx, grad_token_logprobs, grad_cum_logprobs):
+    """d token_logprobs[b,n] / d logits[b,n,:] = (onehot(token) - softmax(logits / T)) / T for a
+    valid candidate, 0 for an invalid one; cum_logprobs[b,m] sends its gradient to every
+    token_logprobs on the path root..m when that whole path is valid (else it is a constant -inf)."""
+    logits, tokens, parents, temperature = *ctx.saved_tensors, ctx.temperature
+    B, N, V = logits.shape
+    n = torch.arange(N, device=logits.device)
+    parent = (n - 1).expand(B, N) if parents is None else parents.long()
+    tokens = tokens.long()
+    valid = (tokens >= 0) & (tokens < V) & (parent >= -1) & (parent < n)
+    # on_path[b, m]: every candidate from the root to m is valid (then cum_logprobs is a sum).
+    on_path = valid.clone()
+    rows = torch.arange(B, device=logits.device)
+    for m in range(N):
+        has_parent = parent[:, m] >= 0
+        parent_on_path = on_path[rows, parent[:, m].clamp(0, max(N - 1, 0))]
+        on_path[:, m] &= ~has_parent | parent_on_path
+    # Gradient on each token_logprobs: its own, plus its subtree's cum_logprobs gradients
+    # (children come after their parents, so one sweep from the leaves up accumulates them).
+    subtree = torch.where(on_path, grad_cum_logprobs.float(), 0.0)
+    for m in reversed(range(N)):
+        send = on_path[:, m] & (parent[:, m] >= 0)
+        subtree.scatter_add_(
+            1,
+            parent[:, m].clamp(0, N - 1).unsqueeze(1),
+            torch.where(send, subtree[:, m], 0.0).unsqueeze(1),
+        )
+    grad_token = torch.where(valid, grad_token_logprobs.float(), 0.0) + subtree
+    inverse_temperature = torch.tensor(1.0 / temperature, dtype=torch.float32)
+    probs = torch.softmax(logits.float() * inverse_temperature, dim=-1)
+    onehot = torch.nn.functional.one_hot(tokens.clamp(0, max(V - 1, 0)), V).to(probs.dtype)
+    grad_logits = (grad_token * inverse_temperature).unsqueeze(-1) * (onehot - probs)
+    grad_logits = torch.where(valid.unsqueeze(-1), grad_logits, 0.0)
+    return grad_logits.to(logits.dtype), None, None, None
+
+
+def _register_autograd(namespace: str) -> None:
+    torch.library.register_autograd(
+        f"{namespace}::draft_cumprod",
+        _draft_cumprod_backward,
+        setup_context=_draft_cumprod_setup_context,
+    )
+
+
 _register_fakes("tetris")
+_register_autograd("tetris")
 if torch._C._jit_get_schemas_for_operator("tetris_emu::select"):
     _register_fakes("tetris_emu")
+    _register_autograd("tetris_emu")

@@ -1,0 +1,286 @@
+"""tetris::select on the CPU: the TETRIS walk, its optimality, edge cases and argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import tetris_ext  # noqa: F401  (registers torch.ops.tetris)
+from refs.draft_cumprod import parent_matrix, random_parents
+from refs.layouts import LAYOUTS, with_layout
+from refs.select import (
+    effective_scores,
+    eligible_candidates,
+    float32,
+    random_scores,
+    select_inputs,
+    select_ref,
+    select_walk,
+)
+
+select = torch.ops.tetris.select.default
+
+
+def run(kw):
+    return select(kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
+
+
+def assert_same(actual, expected):
+    assert torch.equal(actual[0], expected[0]), f"selected\n{actual[0]}\n!=\n{expected[0]}"
+    assert torch.equal(actual[1], expected[1]), f"counts {actual[1]} != {expected[1]}"
+    assert actual[0].dtype == torch.bool and actual[1].dtype == torch.int32
+
+
+@settings(max_examples=400, deadline=None)
+@given(select_inputs())
+def test_matches_the_walk(kw):
+    assert_same(run(kw), select_ref(**kw))
+
+
+def ranked_formulation(scores, budget, parents=None, max_per_request=None, min_score=None):
+    """The equivalent statement of issue 2: keep candidates whose rank inside their request
+    (e desc, n asc) is below the cap, then the first `budget` kept in (e desc, b asc, n asc)."""
+    B, N = scores.shape
+    e = effective_scores(scores, parents)
+    caps = [N] * B if max_per_request is None else [max(int(c), 0) for c in max_per_request.tolist()]
+    kept = []
+    for b in range(B):
+        mine = sorted((c for c in eligible_candidates(e, min_score) if c[0] == b), key=lambda c: (-e[b][c[1]], c[1]))
+        kept += mine[: caps[b]]
+    kept.sort(key=lambda c: (-e[c[0]][c[1]], c[0], c[1]))
+    selected = torch.zeros(B, N, dtype=torch.bool)
+    for b, n in kept[:budget]:
+        selected[b, n] = True
+    return selected, selected.sum(1, dtype=torch.int32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(select_inputs())
+def test_matches_the_ranked_formulation(kw):
+    assert_same(run(kw), ranked_formulation(**kw))
+
+
+def feasible(selected, kw, e) -> bool:
+    """Ancestor-closed, eligible only, within the budget and every cap."""
+    B, N = selected.shape
+    parents = parent_matrix(kw["parents"], B, N).tolist()
+    eligible = set(eligible_candidates(e, kw["min_score"]))
+    caps = kw["max_per_request"]
+    chosen = {(b, n) for b, n in selected.nonzero().tolist()}
+    if len(chosen) > kw["budget"] or not chosen <= eligible:
+        return False
+    for b in range(B):
+        cap = N if caps is None else max(int(caps[b]), 0)
+        if sum(1 for c in chosen if c[0] == b) > cap:
+            return False
+    return all(parents[b][n] == -1 or (b, parents[b][n]) in chosen for b, n in chosen)
+
+
+def best_by_brute_force(kw, e) -> float:
+    """max over all feasible selections of sum(exp(e))."""
+    B, N = kw["scores"].shape
+    candidates = eligible_candidates(e, kw["min_score"])
+    best = 0.0
+    for mask in range(1 << len(candidates)):
+        selected = torch.zeros(B, N, dtype=torch.bool)
+        for i, (b, n) in enumerate(candidates):
+            if mask >> i & 1:
+                selected[b, n] = True
+        if feasible(selected, kw, e):
+            best = max(best, sum(math.exp(e[b][n]) for b, n in selected.nonzero().tolist()))
+    return best
+
+
+@settings(max_examples=120, deadline=None)
+@given(select_inputs(max_batch=3, max_candidates=4))
+def test_optimal_among_ancestor_closed_selections(kw):
+    assume(not torch.isposinf(kw["scores"]).any())  # exp(+inf) makes every sum with it equal
+    e = effective_scores(kw["scores"], kw["parents"])
+    selected, counts = run(kw)
+    assert feasible(selected, kw, e)
+    assert torch.equal(counts, selected.sum(1, dtype=torch.int32))
+    value = sum(math.exp(e[b][n]) for b, n in selected.nonzero().tolist())
+    assert value >= best_by_brute_force(kw, e) * (1 - 1e-12)
+
+
+def test_ties_go_to_the_lowest_request_then_candidate():
+    # Every score ties: the walk takes requests in order, each chain from its root.
+    scores = torch.zeros(3, 4)
+    selected, counts = select(scores, 6, None, None, None)
+    assert counts.tolist() == [4, 2, 0]
+    assert selected[1].tolist() == [True, True, False, False]
+    # -0.0 ties with 0.0; the tie breaks on b, not on the sign bit.
+    scores = torch.tensor([[-0.0], [0.0]])
+    assert select(scores, 1, None, None, None)[0].flatten().tolist() == [True, False]
+
+
+def test_ties_never_break_the_budget_or_closure():
+    # torch.topk may return any of the tied candidates; select takes exactly `budget`, parents first.
+    scores = torch.full((8, 16), -1.0)
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]).expand(8, 16)
+    for budget in range(0, 129, 7):
+        selected, counts = select(scores, budget, parents, None, None)
+        assert int(counts.sum()) == budget
+        order = [(b, n) for b in range(8) for n in range(16)]
+        assert selected.flatten().tolist() == [i < budget for i in range(len(order))]
+
+
+def test_walk_order_is_reproduced_candidate_by_candidate():
+    # Growing the budget one at a time adds exactly the next candidate of the walk.
+    g = torch.Generator().manual_seed(3)
+    scores = random_scores(g, 6, 9, "ties", 0.1)
+    parents = random_parents(g, 6, 9, 0.1)
+    caps = torch.tensor([0, 1, 9, 4, -1, 3])
+    walk = select_walk(scores, 6 * 9, parents, caps, -1.5)
+    previous = torch.zeros(6, 9, dtype=torch.bool)
+    for budget in range(1, len(walk) + 2):
+        selected, _ = select(scores, budget, parents, caps, -1.5)
+        added = (selected & ~previous).nonzero().tolist()
+        assert added == ([list(walk[budget - 1])] if budget <= len(walk) else [])
+        previous = selected
+
+
+@pytest.mark.parametrize("style", ["paths", "ties", "any"])
+@pytest.mark.parametrize("tree", [False, True])
+def test_large_batches(style, tree):
+    # Exercises the radix cut with thousands of candidates per digit bucket.
+    g = torch.Generator().manual_seed(7)
+    B, N = 300, 24
+    scores = random_scores(g, B, N, style, 0.02)
+    parents = random_parents(g, B, N, 0.01) if tree else None
+    caps = torch.randint(-1, N + 1, (B,), generator=g)
+    for budget in [0, 1, 777, 2048, 4000, B * N, B * N + 5]:
+        for cap in [None, caps]:
+            kw = dict(scores=scores, budget=budget, parents=parents, max_per_request=cap, min_score=None)
+            assert_same(run(kw), ranked_formulation(**kw))
+
+
+def test_keys_that_differ_in_the_lowest_bits():
+    # Neighbouring floats share the first two radix digits; many of them tie exactly.
+    base = torch.tensor(-3.0)
+    values = [base]
+    for _ in range(40):
+        values.append(torch.nextafter(values[-1], torch.tensor(-4.0)))
+    pool = torch.stack(values)
+    g = torch.Generator().manual_seed(11)
+    scores = pool[torch.randint(0, len(pool), (64, 32), generator=g)]
+    parents = torch.full((64, 32), -1)  # every candidate hangs at the root
+    for budget in [1, 100, 1000, 2047]:
+        kw = dict(scores=scores, budget=budget, parents=parents, max_per_request=None, min_score=None)
+        assert_same(run(kw), ranked_formulation(**kw))
+
+
+def test_budget_zero_and_above_the_candidates():
+    scores = torch.tensor([[-0.1, -0.2, float("nan")], [-0.3, float("-inf"), -0.4]])
+    selected, counts = select(scores, 0, None, None, None)
+    assert not selected.any() and counts.tolist() == [0, 0]
+    selected, counts = select(scores, 100, None, None, None)
+    assert selected.tolist() == [[True, True, False], [True, False, False]]
+    assert counts.tolist() == [2, 1]
+
+
+def test_caps_and_min_score():
+    scores = torch.tensor([[-0.1, -0.2, -0.3], [-0.15, -0.25, -0.35]])
+    caps = torch.tensor([1, -5])  # negative means 0
+    selected, counts = select(scores, 5, None, caps, None)
+    assert selected.tolist() == [[True, False, False], [False, False, False]]
+    selected, counts = select(scores, 5, None, None, -0.25)
+    assert counts.tolist() == [2, 2]
+    # min_score is rounded to float32 first, like comparing a float32 tensor with a number.
+    threshold = float32(-0.25) - 1e-12
+    assert select(scores, 5, None, None, threshold)[1].tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0)])
+def test_empty(shape):
+    scores = torch.zeros(shape)
+    parents = torch.zeros(shape, dtype=torch.int64)
+    caps = torch.zeros(shape[0], dtype=torch.int32)
+    selected, counts = select(scores, 3, parents, caps, 0.0)
+    assert selected.shape == shape and selected.dtype == torch.bool
+    assert counts.shape == (shape[0],) and counts.dtype == torch.int32
+    assert not counts.any()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_layout_same_result(layout):
+    g = torch.Generator().manual_seed(5)
+    scores = random_scores(g, 7, 9, "ties", 0.1)
+    parents = random_parents(g, 7, 9, 0.1)
+    caps = torch.randint(-1, 10, (7,), generator=g)
+    expected = select(scores, 20, parents, caps, -2.0)
+    actual = select(with_layout(scores, layout), 20, with_layout(parents, layout), with_layout(caps, layout), -2.0)
+    assert_same(actual, expected)
+
+
+def test_deterministic():
+    g = torch.Generator().manual_seed(9)
+    scores = random_scores(g, 64, 16, "ties", 0.05)
+    first = select(scores, 300, None, None, None)
+    for _ in range(5):
+        assert_same(select(scores, 300, None, None, None), first)
+
+
+def opcheck_inputs():
+    g = torch.Generator().manual_seed(13)
+    yield (random_scores(g, 4, 6, "paths", 0.0), 9, None, None, None)
+    yield (random_scores(g, 4, 6, "ties", 0.1), 5, random_parents(g, 4, 6, 0.1), torch.tensor([1, 2, 0, 9]), -1.0)
+    yield (random_scores(g, 3, 5, "any", 0.2), 0, random_parents(g, 3, 5, 0.0).int(), None, None)
+    yield (torch.zeros(0, 4), 2, None, torch.zeros(0, dtype=torch.int64), None)
+
+
+@pytest.mark.parametrize("args", list(opcheck_inputs()))
+def test_opcheck(args):
+    torch.library.opcheck(torch.ops.tetris.select.default, args)
+
+
+# Bad inputs: every check raises, naming the argument.
+
+S = torch.zeros(2, 3)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((S.double(), 1, None, None, None), TypeError, "argument 'scores': expected dtype Float"),
+        ((S.half(), 1, None, None, None), TypeError, "argument 'scores'"),
+        ((torch.zeros(6), 1, None, None, None), ValueError, "argument 'scores': expected a 2-D"),
+        ((torch.zeros(1, 2, 3), 1, None, None, None), ValueError, "argument 'scores'"),
+        ((S, -1, None, None, None), ValueError, "argument 'budget': expected an integer >= 0"),
+        ((S, 1, S, None, None), TypeError, "argument 'parents': expected dtype Int or Long"),
+        ((S, 1, torch.zeros(2, 4, dtype=torch.long), None, None), ValueError, "argument 'parents'.*N"),
+        ((S, 1, torch.zeros(3, 3, dtype=torch.long), None, None), ValueError, "argument 'parents'.*B"),
+        ((S, 1, torch.zeros(6, dtype=torch.long), None, None), ValueError, "argument 'parents'.*2-D"),
+        ((S, 1, None, torch.zeros(2), None), TypeError, "argument 'max_per_request'.*Int or Long"),
+        ((S, 1, None, torch.zeros(3, dtype=torch.int32), None), ValueError, "argument 'max_per_request'.*B"),
+        ((S, 1, None, torch.zeros(2, 1, dtype=torch.int32), None), ValueError, "argument 'max_per_request'.*1-D"),
+        ((S, 1, None, None, float("nan")), ValueError, "argument 'min_score'.*NaN"),
+    ],
+)
+def test_bad_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        select(*args)
+
+
+def test_tensors_on_another_device():
+    # The CPU kernel itself (reached by redispatch) refuses tensors from elsewhere.
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    meta_parents = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="argument 'parents': expected a tensor on cpu"):
+        torch.ops.tetris.select.default.redispatch(cpu, S, 1, meta_parents, None, None)
+    meta_caps = torch.zeros(2, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="argument 'max_per_request': expected a tensor on cpu"):
+        torch.ops.tetris.select.default.redispatch(cpu, S, 1, None, meta_caps, None)
+
+
+@given(st.integers(0, 5), st.integers(0, 5))
+@settings(max_examples=10, deadline=None)
+def test_counts_match_selected(B, N):
+    g = torch.Generator().manual_seed(B * 7 + N)
+    scores = random_scores(g, B, N, "any", 0.1)
+    selected, counts = select(scores, B * N // 2, None, None, None)
+    assert torch.equal(counts, selected.sum(1, dtype=torch.int32))
