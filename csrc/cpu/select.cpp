@@ -4,12 +4,12 @@
 // budget and its request's cap allow" equals: keep the candidates whose rank inside their
 // request (e desc, n asc) is below the cap, then take the first `budget` kept candidates in the
 // global order. So the op never sorts the batch:
-//   1. per request: effective-score keys (order-preserving uint32, csrc/hd/score_key.h),
-//      eligibility, the cap (a partial selection inside the request, trees only), and a
-//      histogram of the top key bits of the kept candidates;
-//   2. the histogram names the bucket B* that holds the budget-th best key. One pass writes
-//      `selected` and `counts` for every candidate outside B* and lists those inside it in
-//      flat (b, n) order;
+//   1. score keys (order-preserving uint32, csrc/hd/score_key.h), then per request the
+//      effective keys (a min along each path), eligibility and the cap (a partial selection
+//      inside the request; for chains a prefix);
+//   2. when more candidates are kept than the budget, a histogram of the top 11 key bits names
+//      the bucket that holds the budget-th best key. One pass writes `selected` and `counts`
+//      for every candidate outside that bucket and lists those inside it in flat (b, n) order;
 //   3. a radix select over the (few) listed keys finds the cut key T; keys > T are taken, and
 //      the first ones (in flat order, which is the tie order b asc, n asc) equal to T.
 // Memory: one uint32 key per candidate; time: O(B * N), plus O(N log N) per capped tree.
@@ -37,7 +37,7 @@ constexpr uint32_t kDropped = 0;
 // Radix digits of the 32-bit key: 11 + 11 + 10 bits.
 constexpr int kTopBits = 11;
 constexpr int kTopShift = 32 - kTopBits;
-using TopHistogram = std::array<int32_t, 1 << kTopBits>;
+using TopHistogram = std::array<int64_t, 1 << kTopBits>;
 // A value no top digit has.
 constexpr uint32_t kNoDigit = 0xFFFFFFFFu;
 
@@ -119,13 +119,17 @@ void apply_cap(int64_t N, int64_t cap, uint32_t* key, std::vector<uint64_t>& scr
 // neighbours with the same digit (common: keys never increase along a path) do not wait for
 // each other's increment of one counter.
 void top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
-  std::array<TopHistogram, 4> part{};
+  // uint32 parts keep them in L1; each counts a quarter of the keys (< 2^32 for any tensor
+  // below 64 GiB of scores).
+  std::array<std::array<uint32_t, 1 << kTopBits>, 4> part{};
   int64_t i = 0;
   for (; i + 4 <= count; i += 4) {
     for (int j = 0; j < 4; ++j) ++part[j][keys[i + j] >> kTopShift];
   }
   for (; i < count; ++i) ++part[0][keys[i] >> kTopShift];
-  for (size_t d = 0; d < top.size(); ++d) top[d] = part[0][d] + part[1][d] + part[2][d] + part[3][d];
+  for (size_t d = 0; d < top.size(); ++d) {
+    top[d] = int64_t{part[0][d]} + part[1][d] + part[2][d] + part[3][d];
+  }
 }
 
 // Pass 1 over all requests: the kept keys. Returns the number of kept candidates.
@@ -168,10 +172,10 @@ struct Cut {
 // Radix select of the rank-th largest of `bucket` (keys sharing their top digit, `prefix`)
 // on the two lower digits.
 Cut cut_in_bucket(const std::vector<uint32_t>& bucket, uint32_t prefix, int64_t rank) {
-  std::array<int32_t, 1 << 11> middle{};
+  std::array<int64_t, 1 << 11> middle{};
   for (const uint32_t k : bucket) ++middle[(k >> 10) & 0x7FFu];
   prefix |= digit_of_rank(middle, rank) << 10;
-  std::array<int32_t, 1 << 10> low{};
+  std::array<int64_t, 1 << 10> low{};
   for (const uint32_t k : bucket) {
     if ((k & ~0x3FFu) == prefix) ++low[k & 0x3FFu];
   }
