@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-import tetris_ext  # noqa: F401  (registers torch.ops.tetris and torch.ops.tetris_emu)
+import tetris_ext
 from refs.tree_mask import ancestor_closed, noncontiguous, random_tree_parents, tree_mask_inputs
 
-if not hasattr(torch.ops, "tetris_emu") or not torch._C._jit_get_schemas_for_operator("tetris_emu::tree_mask"):
+if not tetris_ext.HAS_EMULATION:
     pytest.skip("built without TETRIS_EMULATION=1", allow_module_level=True)
 
 OPS = {

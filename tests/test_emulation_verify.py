@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-import tetris_ext  # noqa: F401  (registers torch.ops.tetris and torch.ops.tetris_emu)
+import tetris_ext
 from refs.tree_mask import noncontiguous
 from refs.verify import random_probs, verify_greedy_inputs, verify_sampling_inputs
 
-if not torch._C._jit_get_schemas_for_operator("tetris_emu::verify_greedy"):
+if not tetris_ext.HAS_EMULATION:
     pytest.skip("built without TETRIS_EMULATION=1", allow_module_level=True)
 
 GREEDY = (torch.ops.tetris.verify_greedy.default, torch.ops.tetris_emu.verify_greedy.default)
