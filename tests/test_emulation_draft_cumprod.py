@@ -12,7 +12,9 @@ import torch
 from hypothesis import given, settings
 
 import tetris_ext
-from refs.draft_cumprod import draft_cumprod_inputs, random_logits, random_parents, random_tokens
+from refs.blocks import DRAFT_CUMPROD_BATCH_SHAPES, DRAFT_CUMPROD_VOCABS
+from refs.blocks import draft_cumprod_block_inputs as inputs
+from refs.draft_cumprod import draft_cumprod_inputs
 from refs.layouts import with_layout
 
 pytestmark = pytest.mark.skipif(
@@ -37,20 +39,9 @@ def test_matches_cpu(kw):
     assert_emulation_matches_cpu(kw)
 
 
-def inputs(B, N, V, dtype=torch.float32, tree=True, seed=0, specials=True, invalid_rate=0.1):
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        logits=random_logits(gen, B, N, V, 4.0, specials).to(dtype),
-        tokens=random_tokens(gen, B, N, V, invalid_rate),
-        parents=random_parents(gen, B, N, invalid_rate) if tree else None,
-        temperature=0.7,
-    )
-
-
-# V around the vector widths (4 float32 / 8 half per 16 bytes) and the per-thread unrolled
-# stripes of the 32..256-thread blocks, so that the head, vector body and tail all occur.
+# V around the vector widths and the blocks' unrolled stripes (tests/refs/blocks.py).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("V", [1, 3, 4, 5, 7, 8, 9, 31, 33, 127, 128, 129, 511, 513, 1023, 1025, 4097])
+@pytest.mark.parametrize("V", DRAFT_CUMPROD_VOCABS)
 def test_vocabulary_sizes(dtype, V):
     assert_emulation_matches_cpu(inputs(2, 3, V, dtype, seed=V))
 
@@ -76,11 +67,8 @@ def test_layouts(dtype, layout):
     assert_emulation_matches_cpu(kw)
 
 
-# Batch and candidate counts around warp (32), block (128 requests per path-sum block, 256)
-# and 1024 boundaries.
-@pytest.mark.parametrize(
-    "B, N", [(1, 1), (31, 33), (32, 32), (33, 31), (127, 2), (128, 2), (129, 2), (255, 1), (257, 1), (1, 1023), (1, 1025), (1025, 1)]
-)
+# Batch and candidate counts around warp, block and 1024 boundaries (tests/refs/blocks.py).
+@pytest.mark.parametrize("B, N", DRAFT_CUMPROD_BATCH_SHAPES)
 @pytest.mark.parametrize("tree", [False, True])
 def test_batch_shapes(B, N, tree):
     assert_emulation_matches_cpu(inputs(B, N, 6, tree=tree, seed=B * N))

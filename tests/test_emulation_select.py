@@ -12,8 +12,9 @@ import torch
 from hypothesis import given, settings
 
 import tetris_ext
-from refs.draft_cumprod import random_parents
-from refs.select import random_scores, select_inputs
+from refs.blocks import SELECT_BENCH_SHAPES, SELECT_BLOCK_SHAPES
+from refs.blocks import select_block_inputs as inputs
+from refs.select import select_inputs
 
 pytestmark = pytest.mark.skipif(
     not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1"
@@ -44,24 +45,9 @@ def test_matches_cpu_larger(kw):
     assert_emulation_matches_cpu(kw)
 
 
-def inputs(B, N, budget, *, style="paths", tree=True, caps=False, min_score=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        scores=random_scores(gen, B, N, style, 0.05),
-        budget=budget,
-        parents=random_parents(gen, B, N, 0.02) if tree else None,
-        max_per_request=torch.randint(-1, N + 2, (B,), generator=gen) if caps else None,
-        min_score=min_score,
-    )
-
-
-# B, N and B * N around warp (32), 256 and block (1024 threads) boundaries, with budgets that
-# cut through ties ("ties" scores have 7 distinct values).
-@pytest.mark.parametrize(
-    "B, N",
-    [(1, 1), (31, 33), (32, 32), (33, 31), (256, 4), (257, 4), (1, 1023), (1, 1024), (1, 1025),
-     (1023, 1), (1024, 1), (1025, 1), (3, 700)],
-)
+# B, N and B * N around warp, 256 and block boundaries (tests/refs/blocks.py), with budgets
+# that cut through ties ("ties" scores have 7 distinct values).
+@pytest.mark.parametrize("B, N", SELECT_BLOCK_SHAPES)
 @pytest.mark.parametrize("style", ["ties", "paths"])
 @pytest.mark.parametrize("tree, caps", [(False, False), (True, False), (True, True), (False, True)])
 def test_block_boundaries(B, N, style, tree, caps):
@@ -69,9 +55,8 @@ def test_block_boundaries(B, N, style, tree, caps):
     assert_emulation_matches_cpu(inputs(B, N, budget, style=style, tree=tree, caps=caps, seed=B + N))
 
 
-# The bench's largest shapes: B = 1024 requests of N = 16..64 candidates (the keys no longer fit
-# in shared memory from B * N = 32768 on: the kernel's global-memory path).
-@pytest.mark.parametrize("N, budget", [(16, 8192), (32, 8192), (64, 8192), (64, 30000)])
+# The bench's largest shapes (from B * N = 32768 on, the kernel's global-memory path).
+@pytest.mark.parametrize("N, budget", SELECT_BENCH_SHAPES)
 @pytest.mark.parametrize("style", ["ties", "paths"])
 def test_bench_shapes(N, budget, style):
     assert_emulation_matches_cpu(inputs(1024, N, budget, style=style, caps=True, min_score=-40.0))

@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 
 import tetris_ext
-from refs.tree_mask import ancestor_closed, noncontiguous, random_tree_parents, tree_mask_inputs
+from refs.blocks import TREE_MASK_BATCHES, TREE_MASK_CANDIDATES
+from refs.blocks import tree_mask_block_inputs as random_block_inputs
+from refs.tree_mask import noncontiguous, tree_mask_inputs
 
 if not tetris_ext.HAS_EMULATION:
     pytest.skip("built without TETRIS_EMULATION=1", allow_module_level=True)
@@ -43,30 +45,7 @@ def test_noncontiguous_inputs(inputs):
     assert_same({k: None if v is None else noncontiguous(v) for k, v in inputs.items()})
 
 
-def random_block_inputs(B, N, seed, kind="tree", orphans=True, invalid=True):
-    """Random trees (or chains, or stars) with a random selection: ancestor-closed or not, and
-    with `invalid` some out-of-range parent values."""
-    g = torch.Generator().manual_seed(seed)
-    if kind == "chain":
-        parents = None
-    elif kind == "star":
-        parents = torch.full((B, N), -1, dtype=torch.int64)
-    else:
-        parents = random_tree_parents(B, N, g)
-    if parents is not None and invalid:
-        bad = torch.rand(B, N, generator=g) < 0.03
-        values = torch.tensor([N, N + 7, -2, -(2**31), 2**31 - 1])
-        parents[bad] = values[torch.randint(0, len(values), (int(bad.sum()),), generator=g)]
-    selected = torch.rand(B, N, generator=g) < 0.8
-    if not orphans:
-        plist = parents.tolist() if parents is not None else [[n - 1 for n in range(N)]] * B
-        selected = torch.tensor([ancestor_closed(p, k) for p, k in zip(plist, selected.tolist())],
-                                dtype=torch.bool).reshape(B, N)
-    prefix_lens = torch.randint(0, 2**20, (B,), generator=g, dtype=torch.int64)
-    return dict(selected=selected, parents=parents, prefix_lens=prefix_lens)
-
-
-@pytest.mark.parametrize("N", [31, 32, 33, 255, 256, 257, 600])
+@pytest.mark.parametrize("N", TREE_MASK_CANDIDATES)
 @pytest.mark.parametrize("kind", ["tree", "chain", "star"])
 def test_block_boundary_candidates(N, kind):
     # Every candidate selected: with chains all N join (the scan's carry crosses every tile).
@@ -76,7 +55,7 @@ def test_block_boundary_candidates(N, kind):
     assert_same(random_block_inputs(2, N, seed=N + 1, kind=kind))
 
 
-@pytest.mark.parametrize("B", [31, 32, 33, 1023, 1024, 1025])
+@pytest.mark.parametrize("B", TREE_MASK_BATCHES)
 def test_block_boundary_batch(B):
     assert_same(random_block_inputs(B, 5, seed=B))
 

@@ -14,6 +14,9 @@ import torch
 from hypothesis import given, settings
 
 import tetris_ext
+from refs.blocks import (
+    GREEDY_SLOTS, SAMPLING_VOCABS, greedy_block_inputs, peaked_probs, sampling_block_inputs,
+)
 from refs.tree_mask import noncontiguous
 from refs.verify import random_probs, verify_greedy_inputs, verify_sampling_inputs
 
@@ -22,7 +25,6 @@ if not tetris_ext.HAS_EMULATION:
 
 GREEDY = (torch.ops.tetris.verify_greedy.default, torch.ops.tetris_emu.verify_greedy.default)
 SAMPLING = (torch.ops.tetris.verify_sampling.default, torch.ops.tetris_emu.verify_sampling.default)
-INVALID_INDEX_VALUES = [-1, -2, -(2**31), 2**31 - 1]
 
 
 def assert_same(ops, inputs):
@@ -59,45 +61,7 @@ def test_noncontiguous_inputs(greedy_inputs, sampling_inputs):
 # -- block-boundary shapes ---------------------------------------------------------------------
 
 
-def random_slot_parents(B, M, g, max_children=None, invalid=True):
-    """[B, M] slot_parent of random trees in topological order over a random number of slots
-    (the rest padding, -1); with `invalid`, some out-of-range values."""
-    parents = torch.full((B, M), -1, dtype=torch.int64)
-    for b in range(B):
-        count = int(torch.randint(M // 2, M, (1,), generator=g)) if M > 1 else 0
-        children = [0] * M
-        for s in range(1, count + 1):
-            p = int(torch.randint(0, s, (1,), generator=g))
-            if max_children is not None and children[p] >= max_children:
-                p = s - 1 if children[s - 1] < max_children else -1  # a chain link, or padding
-            if p >= 0:
-                children[p] += 1
-            parents[b, s] = p
-    if invalid:
-        bad = torch.rand(B, M, generator=g) < 0.03
-        values = torch.tensor([M, M + 3] + INVALID_INDEX_VALUES)
-        parents[bad] = values[torch.randint(0, len(values), (int(bad.sum()),), generator=g)]
-    return parents
-
-
-def greedy_block_inputs(B, M, seed):
-    """Tokens over a vocabulary of 4 and targets that usually name some child's token, so
-    that long paths are accepted."""
-    g = torch.Generator().manual_seed(seed)
-    parents = random_slot_parents(B, M, g)
-    tokens = torch.randint(0, 4, (B, M), generator=g)
-    targets = torch.randint(0, 4, (B, M), generator=g)
-    for b in range(B):
-        for s in torch.randperm(M, generator=g).tolist():  # a random child names its parent's target
-            p = int(parents[b, s])
-            if 0 <= p < s and torch.rand(1, generator=g) < 0.9:
-                targets[b, p] = tokens[b, s]
-    bad = torch.rand(B, M, generator=g) < 0.02
-    tokens[bad] = -1
-    return dict(slot_tokens=tokens, slot_parent=parents.to(torch.int32), target_tokens=targets)
-
-
-@pytest.mark.parametrize("M", [31, 32, 33, 255, 256, 257, 1025])
+@pytest.mark.parametrize("M", GREEDY_SLOTS)
 def test_greedy_block_boundaries(M):
     assert_same(GREEDY, greedy_block_inputs(3, M, seed=M))
 
@@ -107,42 +71,7 @@ def test_greedy_many_requests(B):
     assert_same(GREEDY, greedy_block_inputs(B, 9, seed=B))
 
 
-def peaked_probs(shape, support, g, normalised):
-    """Dyadic rows whose mass sits on `support` tokens (the same tokens for every call with
-    the same generator state): over a large vocabulary children still get accepted."""
-    *rows, V = shape
-    values = random_probs((*rows, support), g, dyadic=True, normalised=normalised)
-    where = torch.randint(0, V, (*rows, support), generator=g)
-    return torch.zeros(shape).scatter_add_(-1, where, values)
-
-
-def sampling_block_inputs(B, M, V, seed, draft, normalised=True, support=None):
-    """Dyadic target (and draft) rows, spread over the vocabulary or (`support`) peaked on a
-    few tokens; children's tokens mostly drawn from the row they are verified against, some
-    random, some invalid; dyadic uniforms."""
-    g = torch.Generator().manual_seed(seed)
-    parents = random_slot_parents(B, M, g, max_children=3 if draft else None)
-
-    def probs(normalised):
-        if support is None:
-            return random_probs((B, M, V), g, dyadic=True, normalised=normalised)
-        return peaked_probs((B, M, V), support, torch.Generator().manual_seed(seed), normalised)
-
-    target = probs(normalised)
-    draft_probs = probs(True) if draft else None
-    source = draft_probs if draft else target  # token of slot s drawn from its parent's row
-    parent_rows = source[torch.arange(B)[:, None], parents.clamp(0, M - 1)]
-    tokens = torch.multinomial(parent_rows.reshape(B * M, V) + 1e-9, 1, generator=g).reshape(B, M)
-    random_tokens = torch.randint(0, V, (B, M), generator=g)
-    tokens = torch.where(torch.rand(B, M, generator=g) < 0.2, random_tokens, tokens)
-    bad = torch.rand(B, M, generator=g) < 0.05
-    tokens[bad] = V
-    uniforms = torch.randint(0, 1024, (B, M), generator=g).float() / 1024
-    return dict(slot_tokens=tokens, slot_parent=parents, target_probs=target,
-                draft_probs=draft_probs, uniforms=uniforms)
-
-
-@pytest.mark.parametrize("V", [1, 3, 5, 127, 128, 129, 4095, 4096, 4097, 4099])
+@pytest.mark.parametrize("V", SAMPLING_VOCABS)
 @pytest.mark.parametrize("draft", [False, True])
 def test_sampling_vocabulary_boundaries(V, draft):
     assert_same(SAMPLING, sampling_block_inputs(3, 9, V, seed=V, draft=draft))
