@@ -109,8 +109,6 @@ def generate(
     budgets = _budgets(prompts, max_new_tokens)
     eos = _eos_set(eos_token_id)
     max_batch_size = max_batch_size or max(1, len(prompts))
-    if drafter is None and policy.num_draft(max_batch_size) > 0:
-        raise ValueError(f"{policy} drafts tokens; pass a drafter")
     generator = torch.Generator().manual_seed(seed)
     waiting = deque(Request(i, list(p), len(p), n) for i, (p, n) in enumerate(zip(prompts, budgets)))
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -138,6 +136,8 @@ def step(batch: Batch, policy: Policy, temperature: float, generator, eos: set[i
     B = len(requests)
     t0 = time.perf_counter()
     num_draft = policy.num_draft(B)
+    if num_draft > 0 and batch.drafter is None:
+        raise ValueError(f"{policy} drafts tokens; pass a drafter")
     if num_draft > 0:
         proposal = batch.drafter.propose(requests, num_draft, temperature, generator)
     else:
@@ -159,19 +159,18 @@ def step(batch: Batch, policy: Policy, temperature: float, generator, eos: set[i
         batch.drafter.update(requests, proposal, outcome)
     t3 = time.perf_counter()
     generated = [_append_output(r, verified.out_tokens[b], eos) for b, r in enumerate(requests)]
+    seconds = {"draft": t1 - t0, "select": t2 - t1, "verify": t3 - t2}
+    # What the policy learns from; a replay rebuilds it from the per-step record.
     policy.observe(
         StepFeedback(
             verified=outcome.num_verified(),
             accepted=outcome.num_accepted(),
             padded_tokens=B * block.width,
-            draft_seconds=t1 - t0,
-            verify_seconds=t3 - t1,
+            draft_seconds=seconds["draft"],
+            verify_seconds=seconds["select"] + seconds["verify"],
         )
     )
-    stats.add_step(
-        [r.index for r in requests], proposal, outcome, block.width, generated,
-        {"draft": t1 - t0, "select": t2 - t1, "verify": t3 - t2},
-    )
+    stats.add_step([r.index for r in requests], proposal, outcome, block.width, generated, seconds)
     return sum(generated)
 
 

@@ -45,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary")
     p.add_argument("--tree-width", type=int, default=1, help="with --draft-model: children per tree node")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
-                   help="target weights (default bfloat16: about 2x faster on CPUs with AMX/AVX512-BF16; "
-                        "float32 makes every output identical to autoregressive decoding)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="target weights (default float32: every output identical to autoregressive decoding; "
+                        "bfloat16 is about 2x faster on CPUs with AMX, but rounds a verification block differently "
+                        "from one-token steps, so near-ties can flip)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a small shared machine a second thread "
                         "makes timings erratic; 0 = torch's default)")

@@ -11,8 +11,11 @@
   predicted_token (the estimate given its parent is accepted), tested (its parent was
   accepted, so its own acceptance was decided) and accepted.
 
-The per-step counts are what a trace replay must reproduce; the candidate lists give the
-calibration of the acceptance estimates (Brier score, reliability chart).
+The per-step counts are what a trace replay must reproduce. The policy's feedback of a step
+is rebuilt exactly from its record: ``StepFeedback(verified, accepted, padded_tokens =
+len(requests) * block_width, draft_seconds, verify_seconds = select_seconds + verify_seconds)``.
+The candidate lists give the calibration of the acceptance estimates (Brier score,
+reliability chart).
 """
 
 from __future__ import annotations
