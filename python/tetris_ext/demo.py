@@ -112,6 +112,7 @@ def summarize(name: str, result, baseline: dict | None) -> dict:
         "accepted_per_step": s["accepted_tokens"] / s["steps"],
         "verified_per_step": s["verified_tokens"] / s["steps"],
         "drafted_tokens": s["drafted_tokens"],
+        "ms_per_step": 1e3 * (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]) / s["steps"],
         "brier_path": brier_score(predicted, accepted) if len(predicted) else None,
         "brier_token": brier_score(token_predicted[tested], accepted[tested]) if bool(tested.any()) else None,
         "reliability_path": reliability(predicted, accepted) if len(predicted) else [],
@@ -132,14 +133,15 @@ def format_table(runs: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
-    head = f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} {'Brier':>6} {'same':>5}"
+    head = (f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
+            f"{'steps':>6} {'ms/step':>7} {'Brier':>6} {'same':>5}")
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
             f"{r['policy']:<22} {r['tokens_per_second']:>7.1f} {r['speedup']:>7.2f}x "
             f"{fmt(r['verification_success_rate'], '>6.2f')} {r['accepted_per_step']:>8.2f} "
-            f"{r['verified_per_step']:>8.2f} {fmt(r['brier_path'], '>6.3f')} "
-            f"{r['same_output_as_baseline']:>2}/{len(r['outputs'])}"
+            f"{r['verified_per_step']:>8.2f} {r['steps']:>6} {r['ms_per_step']:>7.1f} "
+            f"{fmt(r['brier_path'], '>6.3f')} {r['same_output_as_baseline']:>2}/{len(r['outputs'])}"
         )
     return "\n".join(lines)
 
@@ -147,8 +149,10 @@ def format_table(runs: list[dict]) -> str:
 TABLE_NOTES = (
     "tok/s: generated tokens per wall-clock second (prefill included); speed-up: over Autoregressive;\n"
     "VSR: verification success rate = accepted / verified draft tokens; acc/step, ver/step: accepted\n"
-    "and verified draft tokens per step, whole batch; Brier: calibration of the acceptance estimates\n"
-    "of verified candidates (path level); same: outputs identical to Autoregressive."
+    "and verified draft tokens per step, whole batch; steps: verification steps (target forwards\n"
+    "without the prefills); ms/step: draft + select + verify time per step; Brier: calibration\n"
+    "of the acceptance estimates of verified candidates (path level); same: outputs identical to\n"
+    "Autoregressive."
 )
 
 
