@@ -1,0 +1,302 @@
+"""Drafters: where candidate tokens come from.
+
+A drafter follows the batch of active requests (rows, in the loop's order) and, each step,
+proposes candidates for every row. The loop calls:
+
+- ``add(requests)``: new requests join at the end of the batch (``request.tokens`` is the prompt).
+- ``keep(rows)``: only these rows stay, in this order (finished requests left).
+- ``propose(requests, num_draft, temperature, generator) -> Proposal``: up to ``num_draft``
+  candidates per row; ``request.tokens`` holds prompt + accepted output, the last token being
+  the root that the candidates continue.
+- ``update(requests, proposal, outcome)``: what the target accepted (rollback, calibration).
+
+``request`` objects only need ``.index`` (a stable id) and ``.tokens`` (a list of ints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .calibration import NGRAM_FEATURES, AcceptanceCalibration
+from .kv_cache import RaggedKVCache
+from .proposal import Outcome, Proposal
+
+__all__ = ["NgramDrafter", "ModelDrafter", "NgramMatch", "ngram_match"]
+
+
+# ------------------------------------------------------------------------------------------
+# n-gram (prompt lookup) drafting
+
+
+@dataclass
+class NgramMatch:
+    """Continuation of the longest earlier match of a context's suffix, with raw statistics.
+
+    tokens: the drafted continuation. features: one row per token, ``NGRAM_FEATURES`` =
+    (match length, number of earlier occurrences of the suffix, fraction of those occurrences
+    that continue with this token at this offset, depth starting at 1).
+    """
+
+    tokens: list[int]
+    features: list[tuple[float, float, float, float]]
+
+
+def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> NgramMatch:
+    """Prompt-lookup drafting: find the longest suffix of ``context`` (``max_ngram`` down to
+    ``min_ngram`` tokens) that occurred earlier, and propose what followed its most recent
+    earlier occurrence (up to ``max_draft`` tokens)."""
+    L = len(context)
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        suffix = context[L - n :]
+        # Earlier occurrences that are followed by at least one token.
+        starts = [i for i in range(L - n) if context[i : i + n] == suffix]
+        if not starts:
+            continue
+        source = starts[-1] + n
+        tokens = context[source : source + max_draft]
+        features = []
+        for depth, token in enumerate(tokens):
+            followers = [context[s + n + depth] for s in starts if s + n + depth < L]
+            agreement = sum(f == token for f in followers) / len(followers)
+            features.append((float(n), float(len(starts)), agreement, float(depth + 1)))
+        return NgramMatch(tokens, features)
+    return NgramMatch([], [])
+
+
+class NgramDrafter:
+    """Model-free drafting from the prompt and the output so far (longest suffix match).
+
+    Each drafted token's acceptance probability comes from ``calibration`` (an
+    ``AcceptanceCalibration``, learned online from verification outcomes, globally and per
+    request) applied to the raw match statistics, which the proposal carries as ``features``.
+    """
+
+    def __init__(
+        self,
+        max_draft: int,
+        max_ngram: int = 4,
+        min_ngram: int = 1,
+        calibration: AcceptanceCalibration | None = None,
+    ):
+        if max_draft < 1 or min_ngram < 1 or max_ngram < min_ngram:
+            raise ValueError("NgramDrafter: need max_draft >= 1 and 1 <= min_ngram <= max_ngram")
+        self.max_draft, self.max_ngram, self.min_ngram = max_draft, max_ngram, min_ngram
+        self.calibration = calibration if calibration is not None else AcceptanceCalibration()
+
+    def add(self, requests) -> None:
+        pass  # stateless apart from the calibration
+
+    def keep(self, rows: list[int]) -> None:
+        pass
+
+    def propose(self, requests, num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
+        num_draft = min(num_draft, self.max_draft)
+        matches = [ngram_match(r.tokens, num_draft, self.max_ngram, self.min_ngram) for r in requests]
+        return self.proposal_from_matches(matches, [r.index for r in requests], num_draft)
+
+    def proposal_from_matches(self, matches: list[NgramMatch], request_ids: list[int], num_draft: int) -> Proposal:
+        """Proposal for raw matches (also what a replay of stored matches calls)."""
+        B, F = len(matches), len(NGRAM_FEATURES)
+        tokens = torch.full((B, num_draft), -1, dtype=torch.long)
+        features = torch.zeros(B, num_draft, F)
+        token_logprobs = torch.full((B, num_draft), float("-inf"))
+        for b, (match, request) in enumerate(zip(matches, request_ids)):
+            n = len(match.tokens)
+            if n == 0:
+                continue
+            tokens[b, :n] = torch.tensor(match.tokens)
+            features[b, :n] = torch.tensor(match.features)
+            token_logprobs[b, :n] = self.calibration.predict(features[b, :n], request).log().float()
+        cum_logprobs = token_logprobs.cumsum(1)  # chains: the path is the prefix
+        return Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
+
+    def update(self, requests, proposal: Proposal, outcome: Outcome) -> None:
+        tested = outcome.tested(proposal)
+        for b, request in enumerate(requests):
+            if tested[b].any():
+                self.calibration.update(proposal.features[b, tested[b]], request.index, outcome.accepted[b, tested[b]])
+
+
+# ------------------------------------------------------------------------------------------
+# drafting with a small model
+
+
+def _pick(logits: Tensor, count: int, temperature: float, generator) -> Tensor:
+    """[..., V] -> [..., count] tokens: top-``count`` (greedy), or one sample when count == 1
+    and temperature > 0."""
+    if temperature > 0 and count == 1:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(*logits.shape[:-1], 1)
+    return logits.topk(count, dim=-1).indices
+
+
+class ModelDrafter:
+    """Drafting with a small causal LM sharing the target's vocabulary.
+
+    ``tree_width == 1``: a chain of ``num_draft`` tokens (greedy at temperature 0, sampled
+    otherwise). ``tree_width > 1``: a tree grown level by level, each frontier node offering its
+    top-``tree_width`` children and the ``tree_width`` children with the highest path
+    probability becoming the next frontier, until ``num_draft`` nodes (EAGLE-2 style); children
+    are deterministic, so sampling verification treats them without draft probabilities.
+
+    The draft model keeps its own ``RaggedKVCache``: accepted tokens stay, the rest of the
+    step's tree is rolled back, and tokens it has not seen yet (the bonus token, or the last
+    accepted draft) are fed at the start of the next step.
+    """
+
+    def __init__(self, model, max_draft: int, tree_width: int = 1):
+        if max_draft < 1 or tree_width < 1:
+            raise ValueError("ModelDrafter: need max_draft >= 1 and tree_width >= 1")
+        self.model, self.max_draft, self.tree_width = model, max_draft, tree_width
+        self.cache = RaggedKVCache(model)
+        self._node_columns: Tensor | None = None  # [B, N] cache column of each candidate, -1 if not fed
+
+    @torch.inference_mode()
+    def add(self, requests) -> None:
+        joining = RaggedKVCache(self.model)
+        joining.append([r.tokens[:-1] for r in requests])
+        self.cache.extend(joining)
+
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> None:
+        self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
+
+    @torch.inference_mode()
+    def propose(self, requests, num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
+        num_draft = min(num_draft, self.max_draft)
+        # Catch up on accepted tokens the draft model has not seen (always the root, sometimes
+        # the last accepted draft before it).
+        seen = self.cache.lengths().tolist()
+        root_logits = self.cache.append([r.tokens[n:] for r, n in zip(requests, seen)], last_logits=True)
+        if self.tree_width == 1:
+            tokens, parents, rows = self._grow_chain(root_logits, num_draft, temperature, generator)
+        else:
+            tokens, parents, rows = self._grow_tree(root_logits, num_draft)
+        sampled = temperature > 0 and self.tree_width == 1
+        # Acceptance estimate of each candidate: its draft probability. For *sampled* tokens,
+        # the draft's confidence at the node (the probability of its most likely token) stands
+        # in: whether a sampled token is verified must not depend on the token itself, or the
+        # output distribution is no longer the target's (a policy could favour tokens the draft
+        # over-estimates). It may depend on the ancestors, which the cumulative sum does.
+        scored = rows.argmax(-1) if sampled else tokens
+        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
+            rows, scored, parents, temperature if temperature > 0 else 1.0
+        )
+        draft_probs = torch.softmax(rows / temperature, dim=-1) if sampled else None
+        return Proposal(tokens, parents, token_logprobs, cum_logprobs, draft_probs=draft_probs)
+
+    def _feed(self, tokens: Tensor, positions: Tensor, block_mask: Tensor, extra: Tensor) -> Tensor:
+        """Feed uncommitted draft nodes; returns their logits [B, q, V] and records nothing."""
+        B, q = tokens.shape
+        logits = self.cache.forward(tokens, positions, block_mask, extra, logits_at=torch.ones_like(tokens, dtype=torch.bool))
+        return logits.reshape(B, q, -1)
+
+    def _grow_chain(self, logits: Tensor, num_draft: int, temperature: float, generator):
+        """A chain: pick a token from the current logits, feed it, repeat (the last is not fed)."""
+        B, V = logits.shape
+        device = logits.device
+        next_position = self.cache.lengths()  # position of candidate 0
+        tokens, rows, fed_columns = [], [], []  # every row feeds depth d into the same column
+        one = torch.ones(B, 1, 1, dtype=torch.bool, device=device)
+        for depth in range(num_draft):
+            token = _pick(logits, 1, temperature, generator)[:, 0]
+            tokens.append(token)
+            rows.append(logits)
+            if depth == num_draft - 1:
+                break
+            # The new token sees the committed text and the chain drafted so far this step.
+            extra = torch.zeros(B, 1, self.cache.width, dtype=torch.bool, device=device)
+            extra[:, :, fed_columns] = True
+            fed_columns.append(self.cache.width)
+            logits = self._feed(token[:, None], (next_position + depth)[:, None], one, extra)[:, 0]
+        columns = fed_columns + [-1] * (num_draft - len(fed_columns))
+        self._node_columns = torch.tensor(columns, dtype=torch.long, device=device).expand(B, num_draft)
+        if not tokens:
+            return torch.zeros(B, 0, dtype=torch.long, device=device), None, logits.new_zeros(B, 0, V)
+        return torch.stack(tokens, 1), None, torch.stack(rows, 1)
+
+    def _grow_tree(self, root_logits: Tensor, num_draft: int):
+        B, V = root_logits.shape
+        device = root_logits.device
+        width = self.tree_width
+        base = self.cache.lengths()  # position of depth-1 nodes
+        tokens = torch.zeros(B, 0, dtype=torch.long, device=device)
+        parents = torch.zeros(B, 0, dtype=torch.long, device=device)
+        rows = root_logits.new_zeros(B, 0, V)
+        path = root_logits.new_zeros(B, 0)  # cumulative log-probability of each node
+        columns = torch.zeros(B, 0, dtype=torch.long, device=device)
+        ancestors = torch.zeros(B, 0, 0, dtype=torch.bool, device=device)  # [B, n, n], self included
+        # Frontier: the nodes whose children are offered next; at first only the root.
+        frontier = torch.full((B, 1), -1, dtype=torch.long, device=device)
+        frontier_logits = root_logits[:, None]
+        depth = 0
+        while tokens.shape[1] < num_draft:
+            F = frontier.shape[1]
+            # Every frontier node offers its top-`width` children ...
+            child_tokens = frontier_logits.topk(width, dim=-1).indices.reshape(B, F * width)
+            child_rows = frontier_logits[:, :, None].expand(B, F, width, V).reshape(B, F * width, V)
+            child_logprobs, _ = torch.ops.tetris.draft_cumprod(
+                child_rows, child_tokens, torch.full_like(child_tokens, -1), 1.0
+            )
+            parent_path = path.gather(1, frontier.clamp(min=0)) if path.shape[1] else path.new_zeros(B, F)
+            parent_path = torch.where(frontier >= 0, parent_path, 0.0)
+            child_path = child_logprobs + parent_path.repeat_interleave(width, dim=1)
+            # ... and the best `width` of them (by path probability) join the tree.
+            take = min(width, num_draft - tokens.shape[1])
+            best = child_path.topk(take, dim=1).indices.sort(dim=1).values  # keep a stable order
+            n0 = tokens.shape[1]
+            tokens = torch.cat([tokens, child_tokens.gather(1, best)], 1)
+            parents = torch.cat([parents, frontier.gather(1, best // width)], 1)
+            rows = torch.cat([rows, child_rows.gather(1, best[:, :, None].expand(B, take, V))], 1)
+            path = torch.cat([path, child_path.gather(1, best)], 1)
+            new = torch.arange(n0, n0 + take, device=device)
+            ancestors = _extend_ancestors(ancestors, parents[:, n0:])
+            depth += 1
+            if tokens.shape[1] >= num_draft:
+                columns = torch.cat([columns, torch.full((B, take), -1, dtype=torch.long, device=device)], 1)
+                break
+            # Feed the new nodes: each sees the committed text, its ancestors and itself.
+            width_before = self.cache.width
+            extra = _columns_mask(ancestors[:, n0:, :n0], columns, width_before)
+            columns = torch.cat([columns, (width_before + torch.arange(take, device=device)).expand(B, take)], 1)
+            own = torch.eye(take, dtype=torch.bool, device=device).expand(B, take, take)
+            positions = (base + depth - 1)[:, None].expand(B, take)
+            frontier_logits = self._feed(tokens[:, n0:], positions, own, extra)
+            frontier = new.expand(B, take)
+        self._node_columns = columns
+        return tokens, parents, rows
+
+    @torch.inference_mode()
+    def update(self, requests, proposal: Proposal, outcome: Outcome) -> None:
+        """Keep the accepted candidates the draft model was fed; the rest of the tree rolls back."""
+        path = outcome.accepted_path
+        if self._node_columns is not None and path.shape[1] and self._node_columns.shape[1]:
+            kept = torch.where(path >= 0, self._node_columns.gather(1, path.clamp(min=0)), -1)
+            self.cache.commit(kept)
+        self._node_columns = None
+        self.cache.maybe_compact()
+
+
+def _extend_ancestors(ancestors: Tensor, new_parents: Tensor) -> Tensor:
+    """Ancestor matrix [B, n, n] (self included) grown by nodes with parents new_parents [B, k]."""
+    B, n, _ = ancestors.shape
+    k = new_parents.shape[1]
+    grown = torch.zeros(B, n + k, n + k, dtype=torch.bool, device=ancestors.device)
+    grown[:, :n, :n] = ancestors
+    parent_rows = ancestors.gather(1, new_parents.clamp(min=0)[:, :, None].expand(B, k, n))
+    grown[:, n:, :n] = parent_rows & (new_parents >= 0)[:, :, None]
+    grown[:, n:, n:] = torch.eye(k, dtype=torch.bool, device=ancestors.device)
+    return grown
+
+
+def _columns_mask(node_sets: Tensor, columns: Tensor, width: int) -> Tensor:
+    """node_sets [B, q, n] bool over nodes -> [B, q, width] bool over their cache columns."""
+    B, q, n = node_sets.shape
+    mask = torch.zeros(B, q, width + 1, dtype=torch.bool, device=node_sets.device)
+    target = torch.where(columns >= 0, columns, width)[:, None, :].expand(B, q, n)  # unfed -> dummy
+    mask.scatter_(2, target, node_sets)
+    return mask[:, :, :width]

@@ -1,0 +1,320 @@
+"""Selection policies: how much each request drafts, and which candidates the target verifies.
+
+A policy never touches a model. Each step the loop (or the trace-replay simulator) calls
+
+1. ``num_draft(num_requests) -> int``: how many tokens each active request drafts;
+2. ``choose(proposal) -> selected``: [B, N] bool, the candidates to verify, always decided by
+   ``torch.ops.tetris.select`` (so the choice is ancestor-closed and ties are deterministic);
+3. ``observe(feedback)``: per-request verified / accepted counts and the measured (or
+   simulated) step latency, for policies that adapt online.
+
+Scores are the proposal's ``cum_logprobs``: the estimated probability, in log space, that a
+candidate and all its ancestors are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .proposal import Proposal
+
+__all__ = [
+    "Policy",
+    "StepFeedback",
+    "Autoregressive",
+    "StandardSD",
+    "Tetris",
+    "GoodputSD",
+    "ThresholdSD",
+    "GoodputTetris",
+    "LatencyModel",
+    "AcceptanceRate",
+]
+
+
+@dataclass
+class StepFeedback:
+    """What one step cost and achieved.
+
+    verified / accepted: [B] int64 per request. num_requests: B. padded_tokens: query tokens
+    of the target's (padded) verification forward, B * block width. draft_seconds /
+    verify_seconds: latency of drafting, and of selection + target forward + verification.
+    """
+
+    verified: Tensor
+    accepted: Tensor
+    padded_tokens: int
+    draft_seconds: float
+    verify_seconds: float
+
+    @property
+    def num_requests(self) -> int:
+        return self.verified.shape[0]
+
+
+class Policy:
+    """Base class; see the module docstring for the protocol."""
+
+    name = "Policy"
+
+    def num_draft(self, num_requests: int) -> int:
+        return 0
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        return _select(proposal, budget=0)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _select(proposal: Proposal, budget: int, per_request: int | None = None, min_prob: float | None = None) -> Tensor:
+    scores = proposal.cum_logprobs
+    caps = None
+    if per_request is not None:
+        caps = torch.full((proposal.batch_size,), per_request, dtype=torch.int64, device=scores.device)
+    min_score = None if min_prob is None else (math.log(min_prob) if min_prob > 0 else -math.inf)
+    selected, _ = torch.ops.tetris.select(scores, budget, proposal.parents, caps, min_score)
+    return selected
+
+
+class Autoregressive(Policy):
+    """No drafts: one token per request per step."""
+
+    name = "Autoregressive"
+
+
+class StandardSD(Policy):
+    """Every request drafts and verifies k tokens (k nodes of the best paths for trees)."""
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise ValueError("StandardSD: k must be >= 1")
+        self.k = k
+        self.name = f"StandardSD({k})"
+
+    def num_draft(self, num_requests: int) -> int:
+        return self.k
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        return _select(proposal, self.k * proposal.batch_size, per_request=self.k)
+
+
+class Tetris(Policy):
+    """TETRIS: draft k + extra per request, verify the best candidates of the whole batch.
+
+    Capacity: ``k * active requests`` (the same number of verified tokens as StandardSD(k)),
+    or the absolute ``capacity``. ``min_prob``: never verify a candidate whose estimated
+    probability of being accepted is below it, even with capacity left.
+    """
+
+    def __init__(self, k: int | None = None, extra: int = 1, capacity: int | None = None, min_prob: float | None = None):
+        if (k is None) == (capacity is None):
+            raise ValueError("Tetris: give exactly one of k (capacity k per request) and capacity")
+        if (k is not None and k < 1) or (capacity is not None and capacity < 0) or extra < 0:
+            raise ValueError("Tetris: need k >= 1, capacity >= 0, extra >= 0")
+        if min_prob is not None and not 0.0 <= min_prob <= 1.0:
+            raise ValueError("Tetris: min_prob must be in [0, 1]")
+        self.k, self.extra, self.capacity, self.min_prob = k, extra, capacity, min_prob
+        size = f"{k}, {extra}" if k is not None else f"capacity={capacity}, extra={extra}"
+        self.name = f"Tetris({size}{'' if min_prob is None else f', min_prob={min_prob:g}'})"
+
+    def budget(self, num_requests: int) -> int:
+        return self.capacity if self.capacity is not None else self.k * num_requests
+
+    def num_draft(self, num_requests: int) -> int:
+        per_request = self.k if self.k is not None else math.ceil(self.capacity / max(1, num_requests))
+        return per_request + self.extra
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        return _select(proposal, self.budget(proposal.batch_size), min_prob=self.min_prob)
+
+
+class ThresholdSD(Policy):
+    """SpecDec++-style stopping: each request verifies its chain while the predicted
+    probability that some drafted token is rejected (1 - cumulative probability) stays at or
+    below ``threshold``; at most ``max_k`` tokens, no batch budget."""
+
+    def __init__(self, threshold: float = 0.7, max_k: int = 6):
+        if not 0.0 <= threshold <= 1.0 or max_k < 1:
+            raise ValueError("ThresholdSD: need 0 <= threshold <= 1 and max_k >= 1")
+        self.threshold, self.max_k = threshold, max_k
+        self.name = f"ThresholdSD({threshold:g}, {max_k})"
+
+    def num_draft(self, num_requests: int) -> int:
+        return self.max_k
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        B = proposal.batch_size
+        return _select(proposal, self.max_k * B, per_request=self.max_k, min_prob=1.0 - self.threshold)
+
+
+# ------------------------------------------------------------------------------------------
+# online estimates for the goodput-driven policies
+
+
+class LatencyModel:
+    """Step latency as a linear function of the verification size, fitted online.
+
+    seconds = c0 + c1 * real_tokens + c2 * padded_tokens, where real_tokens = requests +
+    verified drafts (what a varlen engine computes) and padded_tokens = requests * block width
+    (what a padded batch computes). Least squares over every observed step, with a small
+    ridge on the slopes, so that collinear data (padded == real) stays stable.
+    """
+
+    def __init__(self, ridge: float = 1e-3):
+        self.ridge = ridge
+        self.xtx = torch.zeros(3, 3, dtype=torch.float64)
+        self.xty = torch.zeros(3, dtype=torch.float64)
+        self.count = 0
+        self.coefficients = torch.zeros(3, dtype=torch.float64)
+
+    @staticmethod
+    def _features(real_tokens, padded_tokens) -> Tensor:
+        real = torch.as_tensor(real_tokens, dtype=torch.float64)
+        padded = torch.as_tensor(padded_tokens, dtype=torch.float64)
+        return torch.stack([torch.ones_like(real), real, padded], dim=-1)
+
+    def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        x = self._features(real_tokens, padded_tokens)
+        self.xtx += torch.outer(x, x)
+        self.xty += x * seconds
+        self.count += 1
+        # A ridge on the two slopes only (never the intercept), relative to the data's scale:
+        # a tie-breaker when real and padded tokens move together, not a bias.
+        penalty = self.ridge * torch.diag(torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+        self.coefficients = torch.linalg.lstsq(self.xtx + penalty, self.xty.unsqueeze(1)).solution.squeeze(1)
+
+    def predict(self, real_tokens, padded_tokens) -> Tensor:
+        """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
+        return (self._features(real_tokens, padded_tokens) @ self.coefficients).clamp(min=1e-6)
+
+
+class AcceptanceRate:
+    """Running per-token acceptance rate alpha (geometric model), an exponential average.
+
+    A request that verified v tokens and accepted a made a + 1 acceptance trials with a
+    successes when a < v (the last trial failed), and a trials with a successes when a == v.
+    """
+
+    def __init__(self, prior: float = 0.5, decay: float = 0.9):
+        self.successes, self.trials, self.decay = prior, 1.0, decay
+
+    def observe(self, verified: Tensor, accepted: Tensor) -> None:
+        successes = float(accepted.sum())
+        trials = successes + float((accepted < verified).sum())
+        if trials > 0:
+            self.successes = self.decay * self.successes + successes
+            self.trials = self.decay * self.trials + trials
+
+    @property
+    def value(self) -> float:
+        return min(max(self.successes / self.trials, 1e-3), 0.999)
+
+
+class _GoodputPolicy(Policy):
+    """Shared machinery: the latency models, and a few exploration steps at different sizes
+    so that the latency fit sees more than one point."""
+
+    exploration = (1.0, 0.0, 0.5)  # fractions of the largest size tried in the first steps
+
+    def __init__(self):
+        self.verify_latency = LatencyModel()
+        self.draft_seconds = 0.0  # running mean of the drafting latency
+        self.steps = 0
+
+    def _exploring(self) -> float | None:
+        return self.exploration[self.steps] if self.steps < len(self.exploration) else None
+
+    def observe(self, feedback: StepFeedback) -> None:
+        real = feedback.num_requests + int(feedback.verified.sum())
+        self.verify_latency.observe(real, feedback.padded_tokens, feedback.verify_seconds)
+        self.draft_seconds = feedback.draft_seconds if self.steps == 0 else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
+        self.steps += 1
+
+
+class GoodputSD(_GoodputPolicy):
+    """DSD / SmartSpec-style: one window k in 0..max_k for the whole batch, chosen each step
+    to maximise predicted goodput = (expected accepted tokens + one bonus token per request)
+    / predicted step latency, with a running acceptance rate and the fitted latency model."""
+
+    def __init__(self, max_k: int):
+        super().__init__()
+        if max_k < 1:
+            raise ValueError("GoodputSD: max_k must be >= 1")
+        self.max_k = max_k
+        self.acceptance = AcceptanceRate()
+        self.name = f"GoodputSD({max_k})"
+        self.k = max_k
+
+    def num_draft(self, num_requests: int) -> int:
+        explore = self._exploring()
+        if explore is not None:
+            self.k = round(explore * self.max_k)
+            return self.k
+        ks = torch.arange(self.max_k + 1, dtype=torch.float64)
+        alpha = self.acceptance.value
+        # Expected accepted tokens of a k-chain: alpha + alpha^2 + ... + alpha^k.
+        expected = torch.tensor([sum(alpha**i for i in range(1, k + 1)) for k in range(self.max_k + 1)])
+        tokens = num_requests * (ks + 1)
+        latency = self.verify_latency.predict(tokens, tokens) + self.draft_seconds * (ks > 0)
+        goodput = num_requests * (expected + 1) / latency
+        self.k = int(goodput.argmax())
+        return self.k
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        return _select(proposal, self.k * proposal.batch_size, per_request=self.k)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        super().observe(feedback)
+        self.acceptance.observe(feedback.verified, feedback.accepted)
+
+
+class GoodputTetris(_GoodputPolicy):
+    """TETRIS ranking with a goodput-chosen capacity: draft ``max_draft`` per request, rank the
+    batch's candidates like Tetris, and verify the top m, m chosen to maximise
+    (sum of the top m acceptance estimates + one bonus per request) / predicted latency(m).
+    Never more than ``capacity`` when given."""
+
+    def __init__(self, max_draft: int, capacity: int | None = None):
+        super().__init__()
+        if max_draft < 1 or (capacity is not None and capacity < 0):
+            raise ValueError("GoodputTetris: need max_draft >= 1 and capacity >= 0")
+        self.max_draft, self.capacity = max_draft, capacity
+        self.name = f"GoodputTetris({max_draft}{'' if capacity is None else f', capacity={capacity}'})"
+        self.last_budget = 0
+
+    def num_draft(self, num_requests: int) -> int:
+        return self.max_draft
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        B = proposal.batch_size
+        limit = B * proposal.num_candidates if self.capacity is None else self.capacity
+        # The batch's candidates in TETRIS order (best estimate first; ancestors never rank
+        # below their descendants because cumulative log-probabilities only decrease).
+        scores = proposal.cum_logprobs.reshape(-1)
+        order = torch.sort(scores, descending=True, stable=True).indices
+        order = order[torch.isfinite(scores[order])][:limit]
+        explore = self._exploring()
+        if explore is not None:
+            budget = round(explore * len(order))
+        else:
+            budget = self._best_budget(scores[order].double().exp(), order // proposal.num_candidates, B)
+        self.last_budget = budget
+        return _select(proposal, budget)
+
+    def _best_budget(self, probs: Tensor, rows: Tensor, B: int) -> int:
+        m = torch.arange(len(probs) + 1, dtype=torch.float64)
+        expected = torch.cat([probs.new_zeros(1), probs.cumsum(0)])
+        # Block width after taking the top m: 1 + the largest per-request count.
+        per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
+        widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
+        latency = self.verify_latency.predict(B + m, B * (1 + widest)) + self.draft_seconds
+        goodput = (expected + B) / latency
+        return int(goodput.argmax())

@@ -1,0 +1,96 @@
+"""What drafters, policies and the decoding loop hand each other every step.
+
+These two records are independent of any model, so the trace-replay simulator builds them
+from recorded data and drives the same policies and drafter calibration with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Proposal", "Outcome"]
+
+
+@dataclass
+class Proposal:
+    """The candidate draft tokens of every active request for one step.
+
+    Row b is the b-th active request; candidate n of a row is a token proposed to follow its
+    parent (chains: candidate n-1; the root, i.e. the request's last accepted token, for n = 0).
+
+    tokens: [B, N] int64; -1 marks padding (the row has fewer candidates).
+    parents: [B, N] int64 with -1 = the root and otherwise an index < n, or None for chains.
+    token_logprobs: [B, N] float32, log of the estimated probability that the target accepts
+        the token given that its parent was accepted (draft model: the draft probability;
+        n-gram: the calibrated estimate); -inf for padding.
+    cum_logprobs: [B, N] float32, the sum of token_logprobs along the path from the root:
+        the estimated probability that the token is accepted. What TETRIS ranks by.
+    draft_probs: [B, N, V] float32 or None: for tokens *sampled* from a draft distribution,
+        that distribution (lossless sampling verification needs it); None for tokens chosen
+        deterministically (greedy drafts, top-k trees, n-gram matches).
+    features: [B, N, F] float32 or None: raw drafter statistics behind token_logprobs (the
+        n-gram drafter's match statistics), kept so that a replay can recompute them.
+    """
+
+    tokens: Tensor
+    parents: Tensor | None
+    token_logprobs: Tensor
+    cum_logprobs: Tensor
+    draft_probs: Tensor | None = None
+    features: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_candidates(self) -> int:
+        return self.tokens.shape[1]
+
+    def counts(self) -> Tensor:
+        """[B] int64: candidates per request."""
+        return (self.tokens >= 0).sum(1)
+
+    def parent_index(self) -> Tensor:
+        """[B, N] int64 parents, with the chain convention made explicit."""
+        if self.parents is not None:
+            return self.parents
+        B, N = self.tokens.shape
+        return (torch.arange(N, device=self.tokens.device) - 1).expand(B, N)
+
+    @staticmethod
+    def empty(batch_size: int, device: torch.device | str = "cpu") -> "Proposal":
+        """No candidates (autoregressive steps)."""
+        tokens = torch.full((batch_size, 0), -1, dtype=torch.long, device=device)
+        logprobs = torch.zeros((batch_size, 0), dtype=torch.float32, device=device)
+        return Proposal(tokens, None, logprobs, logprobs.clone())
+
+
+@dataclass
+class Outcome:
+    """What verification decided for one step's proposal.
+
+    selected: [B, N] bool, the candidates the policy sent to the target.
+    accepted: [B, N] bool, the candidates the target accepted (a path from the root).
+    accepted_path: [B, K] int64, the accepted candidates' indices in path order, -1 padded.
+    """
+
+    selected: Tensor
+    accepted: Tensor
+    accepted_path: Tensor
+
+    def num_verified(self) -> Tensor:
+        return self.selected.sum(1)
+
+    def num_accepted(self) -> Tensor:
+        return self.accepted.sum(1)
+
+    def tested(self, proposal: Proposal) -> Tensor:
+        """[B, N] bool: verified candidates whose parent was accepted (or is the root): the
+        ones whose own acceptance was actually decided, hence the calibration data."""
+        parents = proposal.parent_index()
+        parent_accepted = self.accepted.gather(1, parents.clamp(min=0)) | (parents < 0)
+        return self.selected & parent_accepted

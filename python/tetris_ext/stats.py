@@ -1,0 +1,118 @@
+"""Run statistics of the decoding loop: totals, per-step records, per-candidate predictions.
+
+``result.stats`` is ``RunStats.as_dict()``:
+
+- totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
+  generated_tokens, wall_seconds, prefill_seconds, draft_seconds, select_seconds, verify_seconds;
+- ``per_step``: one record per verification step: the active request ids (row order), and
+  per request the drafted, verified and accepted counts, plus the block width and timings;
+- ``candidates``: one entry per verified candidate (parallel lists): step, request, depth,
+  predicted (its estimated cumulative acceptance probability, exp(cum_logprob)),
+  predicted_token (the estimate given its parent is accepted), tested (its parent was
+  accepted, so its own acceptance was decided) and accepted.
+
+The per-step counts are what a trace replay must reproduce. The policy's feedback of a step
+is rebuilt exactly from its record: ``StepFeedback(verified, accepted, padded_tokens =
+len(requests) * block_width, draft_seconds, verify_seconds = select_seconds + verify_seconds)``.
+The candidate lists give the calibration of the acceptance estimates (Brier score,
+reliability chart).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from .proposal import Outcome, Proposal
+
+__all__ = ["RunStats"]
+
+_TOTALS = (
+    "steps",
+    "target_forwards",
+    "drafted_tokens",
+    "verified_tokens",
+    "accepted_tokens",
+    "generated_tokens",
+    "wall_seconds",
+    "prefill_seconds",
+    "draft_seconds",
+    "select_seconds",
+    "verify_seconds",
+)
+
+
+class RunStats:
+    def __init__(self):
+        self.totals = dict.fromkeys(_TOTALS, 0)
+        self.per_step: list[dict] = []
+        self.candidates: dict[str, list] = defaultdict(list)
+
+    def add_prefill(self, seconds: float) -> None:
+        self.totals["target_forwards"] += 1
+        self.totals["prefill_seconds"] += seconds
+
+    def add_step(
+        self,
+        request_ids: list[int],
+        proposal: Proposal,
+        outcome: Outcome,
+        block_width: int,
+        generated: list[int],
+        seconds: dict[str, float],
+    ) -> None:
+        drafted = proposal.counts()
+        verified, accepted = outcome.num_verified(), outcome.num_accepted()
+        step = self.totals["steps"]
+        t = self.totals
+        t["steps"] += 1
+        t["target_forwards"] += 1
+        t["drafted_tokens"] += int(drafted.sum())
+        t["verified_tokens"] += int(verified.sum())
+        t["accepted_tokens"] += int(accepted.sum())
+        t["generated_tokens"] += sum(generated)
+        for key in ("draft", "select", "verify"):
+            t[f"{key}_seconds"] += seconds[key]
+        self.per_step.append(
+            {
+                "requests": request_ids,
+                "drafted": drafted.tolist(),
+                "verified": verified.tolist(),
+                "accepted": accepted.tolist(),
+                "generated": generated,
+                "block_width": block_width,
+                **{f"{key}_seconds": value for key, value in seconds.items()},
+            }
+        )
+        self._add_candidates(step, request_ids, proposal, outcome)
+
+    def _add_candidates(self, step: int, request_ids: list[int], proposal: Proposal, outcome: Outcome) -> None:
+        rows, columns = outcome.selected.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return
+        depth = _depths(proposal.parent_index())
+        tested = outcome.tested(proposal)
+        c = self.candidates
+        c["step"] += [step] * len(rows)
+        c["request"] += [request_ids[r] for r in rows.tolist()]
+        c["depth"] += depth[rows, columns].tolist()
+        c["predicted"] += proposal.cum_logprobs[rows, columns].double().exp().tolist()
+        c["predicted_token"] += proposal.token_logprobs[rows, columns].double().exp().tolist()
+        c["tested"] += tested[rows, columns].tolist()
+        c["accepted"] += outcome.accepted[rows, columns].tolist()
+
+    def as_dict(self) -> dict:
+        return {**self.totals, "per_step": self.per_step, "candidates": dict(self.candidates)}
+
+
+def _depths(parents: Tensor) -> Tensor:
+    """[B, N] depth of each candidate (1 for children of the root); parents index earlier nodes."""
+    B, N = parents.shape
+    depth = torch.zeros(B, N, dtype=torch.long)
+    for n in range(N):
+        p = parents[:, n]
+        parent_depth = depth.gather(1, p.clamp(min=0).unsqueeze(1)).squeeze(1) if n else torch.zeros(B, dtype=torch.long)
+        depth[:, n] = torch.where(p >= 0, parent_depth, 0) + 1
+    return depth

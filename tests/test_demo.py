@@ -1,0 +1,60 @@
+"""Smoke test of the demo path on a tiny model (the real demo runs Gemma 3 270M)."""
+
+import json
+
+import pytest
+import torch
+
+import tetris_ext  # noqa: F401
+from tetris_ext import demo
+from tetris_ext.drafters import NgramDrafter
+from tetris_ext.models import tiny_llama
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bundled_prompts():
+    prompts = demo.load_prompts(None, None)
+    assert len(prompts) >= 24
+    assert len({p["id"] for p in prompts}) == len(prompts)
+    categories = {p["category"] for p in prompts}
+    assert {"code-edit", "list", "summary", "free-text"} <= categories
+    assert len(demo.load_prompts(None, 5)) == 5
+
+
+def test_default_policies_are_the_issues_six():
+    args = demo.parse_args([])
+    names = [p.name for p in demo.make_policies(args)]
+    assert names == ["Autoregressive", "StandardSD(3)", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)"]
+    assert args.batch_size == 8 and args.max_new_tokens == 64
+    args = demo.parse_args(["--policy", "tetris", "--k", "2", "--extra", "1", "--batch-size", "4"])
+    assert [p.name for p in demo.make_policies(args)] == ["Autoregressive", "Tetris(2, 1)"]
+
+
+def test_demo_pipeline_on_a_tiny_model(tmp_path):
+    target = tiny_llama(vocab_size=48, seed=2)
+    g = torch.Generator().manual_seed(0)
+    # Prompts with repeats, so that n-gram drafting has something to find.
+    prompts = [(torch.randint(0, 48, (4,), generator=g).tolist() * 3)[: n] for n in (5, 12, 7, 9, 3, 11)]
+    policies = demo.make_policies(demo.parse_args([]))
+    runs = demo.run_policies(target, prompts, policies, lambda: NgramDrafter(6), batch_size=4, max_new_tokens=8, progress=False)
+    assert [r["policy"] for r in runs] == [p.name for p in policies]
+    assert runs[0]["speedup"] == 1.0
+    for r in runs:
+        assert r["same_output_as_baseline"] == len(prompts)  # greedy: every policy gives the same text
+        assert r["generated_tokens"] == 8 * len(prompts)
+    assert all(r["verification_success_rate"] is not None for r in runs[1:])
+    table = demo.format_table(runs)
+    assert "Tetris(3, 2)" in table and "speed-up" in table
+    paths = demo.write_outputs(runs, {"target": "tiny", "drafter": "NgramDrafter", "batch_size": 4}, tmp_path)
+    for key in ("json", "chart", "reliability", "table"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    data = json.loads(paths["json"].read_text())
+    assert [r["policy"] for r in data["runs"]] == [p.name for p in policies]
+    assert "brier_path" in data["runs"][1] and "reliability_path" in data["runs"][1]

@@ -1,0 +1,201 @@
+"""Drafters: n-gram matching and its online calibration; model drafting of chains and trees."""
+
+import math
+
+import pytest
+import torch
+
+import tetris_ext  # noqa: F401
+from tetris_ext.calibration import AcceptanceCalibration, brier_score, reliability
+from tetris_ext.drafters import ModelDrafter, NgramDrafter, ngram_match
+from tetris_ext.models import tiny_llama
+from tetris_ext.proposal import Outcome
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class R:  # the two attributes drafters read from a request
+    def __init__(self, index, tokens):
+        self.index, self.tokens = index, list(tokens)
+
+
+# ------------------------------------------------------------------------------------------
+# n-gram
+
+
+def test_ngram_match_takes_the_longest_suffix_and_its_most_recent_occurrence():
+    #          0  1  2  3  4  5  6  7  8  9 10 11
+    context = [1, 2, 3, 9, 1, 2, 3, 4, 5, 7, 2, 3]
+    match = ngram_match(context, max_draft=3, max_ngram=3)
+    # Suffix [7, 2, 3] never occurred; [2, 3] occurred at 1 and 5; the most recent (5) continues 4, 5, 7.
+    assert match.tokens == [4, 5, 7]
+    lengths, occurrences, agreement, depth = zip(*match.features)
+    assert lengths == (2.0, 2.0, 2.0) and occurrences == (2.0, 2.0, 2.0) and depth == (1.0, 2.0, 3.0)
+    # After [2, 3]: 9 (at 3) and 4 (at 7): half agree on 4; then 1 vs 5, then 2 vs 7.
+    assert agreement == (0.5, 0.5, 0.5)
+
+
+def test_ngram_match_edge_cases():
+    assert ngram_match([5], 4).tokens == []
+    assert ngram_match([1, 2, 3, 4], 4).tokens == []  # nothing repeats
+    assert ngram_match([7, 7], 4).tokens == [7]  # the continuation may overlap the suffix
+    assert ngram_match([1, 2, 1, 2, 1, 2], 4, max_ngram=2).tokens == [1, 2]
+    assert ngram_match([1, 2, 1], 4, min_ngram=2).tokens == []
+
+
+def test_ngram_drafter_proposal_layout():
+    drafter = NgramDrafter(4)
+    requests = [R(0, [1, 2, 3, 1, 2]), R(1, [4, 5, 6]), R(2, [8, 8, 8, 8])]
+    proposal = drafter.propose(requests, num_draft=3)
+    assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, -1, -1]]
+    assert proposal.parents is None and proposal.draft_probs is None
+    assert proposal.features.shape == (3, 3, 4)
+    valid = proposal.tokens >= 0
+    assert torch.isinf(proposal.token_logprobs[~valid]).all() and torch.isinf(proposal.cum_logprobs[~valid]).all()
+    assert (proposal.token_logprobs[valid] < 0).all()
+    torch.testing.assert_close(proposal.cum_logprobs[0], proposal.token_logprobs[0].cumsum(0))
+    # The same raw features give the same probabilities through the calibration.
+    again = drafter.calibration.predict(proposal.features[0], 0).log().float()
+    torch.testing.assert_close(again, proposal.token_logprobs[0])
+
+
+def test_calibration_learns_globally_and_per_request():
+    calibration = AcceptanceCalibration()
+    features = torch.tensor([[3.0, 2.0, 1.0, 1.0]] * 4)
+    before = calibration.predict(features[:1], 0).item()
+    for _ in range(30):
+        calibration.update(features, 0, torch.tensor([True] * 4))  # request 0's drafts always hold
+        calibration.update(features, 1, torch.tensor([False] * 4))  # request 1's always fail
+    good, bad, fresh = (calibration.predict(features[:1], r).item() for r in (0, 1, 2))
+    assert good > before and bad < fresh < good
+    assert 0.02 <= bad and good <= 0.98  # clamped
+    assert calibration.updates == 240
+
+
+def test_calibration_is_deterministic_for_replay():
+    def run():
+        calibration = AcceptanceCalibration()
+        g = torch.Generator().manual_seed(0)
+        for step in range(20):
+            features = torch.rand(5, 4, generator=g) * torch.tensor([4.0, 5.0, 1.0, 6.0])
+            calibration.update(features, step % 3, torch.rand(5, generator=g) < 0.5)
+        return calibration.predict(torch.tensor([[2.0, 1.0, 0.5, 2.0]]), 1)
+
+    assert torch.equal(run(), run())
+
+
+def test_ngram_drafter_update_learns_only_from_tested_candidates():
+    drafter = NgramDrafter(4)
+    requests = [R(0, [1, 2, 3, 1, 2])]
+    proposal = drafter.propose(requests, num_draft=3)
+    selected = torch.tensor([[True, True, False]])
+    accepted = torch.tensor([[False, False, False]])  # the first is rejected: the second untested
+    drafter.update(requests, proposal, Outcome(selected, accepted, torch.full((1, 3), -1)))
+    assert drafter.calibration.updates == 1
+
+
+def test_brier_and_reliability():
+    predicted = torch.tensor([0.95, 0.95, 0.15, 0.15], dtype=torch.float64)
+    observed = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    assert brier_score(predicted, observed) == pytest.approx((0.0025 + 0.0025 + 0.0225 + 0.7225) / 4)
+    table = reliability(predicted, observed, bins=10)
+    assert table[9]["count"] == 2 and table[9]["observed"] == 1.0
+    assert table[1]["count"] == 2 and table[1]["observed"] == 0.5
+    assert math.isnan(brier_score(torch.zeros(0), torch.zeros(0)))
+
+
+# ------------------------------------------------------------------------------------------
+# model drafting
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(vocab_size=32, seed=5)
+
+
+def _greedy(model, tokens, n):
+    out = model.generate(torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                         max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(tokens):].tolist()
+
+
+def test_model_drafter_chain_is_the_draft_models_greedy_continuation(model):
+    requests = [R(0, [1, 2, 3, 4]), R(1, [5]), R(2, [6, 7, 8, 9, 10, 11])]
+    drafter = ModelDrafter(model, max_draft=4)
+    drafter.add(requests)
+    proposal = drafter.propose(requests, num_draft=4)
+    for b, r in enumerate(requests):
+        assert proposal.tokens[b].tolist() == _greedy(model, r.tokens, 4)
+    # Draft probabilities: log_softmax of the logits each token was picked from.
+    with torch.no_grad():
+        logits = model(torch.tensor([requests[0].tokens + proposal.tokens[0, :3].tolist()])).logits[0, -4:]
+    reference = torch.log_softmax(logits, -1).gather(1, proposal.tokens[0, :, None]).squeeze(1)
+    torch.testing.assert_close(proposal.token_logprobs[0], reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(proposal.cum_logprobs[0], reference.cumsum(0), atol=1e-4, rtol=1e-4)
+
+
+def test_model_drafter_rolls_back_to_the_accepted_path(model):
+    requests = [R(0, [1, 2, 3, 4]), R(1, [5, 6])]
+    drafter = ModelDrafter(model, max_draft=3)
+    drafter.add(requests)
+    proposal = drafter.propose(requests, num_draft=3)
+    # Request 0 accepts 2 drafts then a different bonus token; request 1 accepts nothing.
+    accepted = torch.tensor([[True, True, False], [False, False, False]])
+    path = torch.tensor([[0, 1, -1], [-1, -1, -1]])
+    drafter.update(requests, proposal, Outcome(torch.ones(2, 3, dtype=torch.bool), accepted, path))
+    requests[0].tokens += proposal.tokens[0, :2].tolist() + [0]
+    requests[1].tokens += [9]
+    proposal = drafter.propose(requests, num_draft=3)
+    for b, r in enumerate(requests):
+        assert proposal.tokens[b].tolist() == _greedy(model, r.tokens, 3)
+    assert drafter.cache.lengths().tolist() == [len(r.tokens) for r in requests]
+
+
+def test_model_drafter_tree(model):
+    requests = [R(0, [1, 2, 3]), R(1, [4, 5, 6, 7, 8])]
+    drafter = ModelDrafter(model, max_draft=7, tree_width=2)
+    drafter.add(requests)
+    proposal = drafter.propose(requests, num_draft=7)
+    tokens, parents = proposal.tokens, proposal.parents
+    assert tokens.shape == (2, 7) and (tokens >= 0).all()
+    n = torch.arange(7)
+    assert ((parents >= -1) & (parents < n)).all()
+    assert (parents[:, :2] == -1).all()  # two children of the root
+    # The root's children are its top-2 tokens, best first.
+    with torch.no_grad():
+        for b, r in enumerate(requests):
+            top2 = model(torch.tensor([r.tokens])).logits[0, -1].topk(2).indices.tolist()
+            assert sorted(tokens[b, :2].tolist()) == sorted(top2)
+    # The greedy chain is a path of the tree (its best path grows at every level).
+    for b, r in enumerate(requests):
+        greedy = _greedy(model, r.tokens, 3)
+        node, depth_tokens = -1, []
+        for token in greedy:
+            children = [i for i in range(7) if parents[b, i] == node and tokens[b, i] == token]
+            if not children:
+                break
+            node = children[0]
+            depth_tokens.append(token)
+        assert depth_tokens == greedy[: len(depth_tokens)] and len(depth_tokens) >= 2
+    # Cumulative log-probabilities add up along the parents.
+    cum, tok = proposal.cum_logprobs, proposal.token_logprobs
+    for b in range(2):
+        for i in range(7):
+            p = int(parents[b, i])
+            expected = tok[b, i] + (cum[b, p] if p >= 0 else 0.0)
+            assert cum[b, i].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_drafter_arguments():
+    with pytest.raises(ValueError):
+        NgramDrafter(0)
+    with pytest.raises(ValueError):
+        NgramDrafter(3, max_ngram=1, min_ngram=2)
+    with pytest.raises(ValueError):
+        ModelDrafter(None, 0)
