@@ -113,7 +113,7 @@ def generate(
     waiting = deque(Request(i, list(p), len(p), n) for i, (p, n) in enumerate(zip(prompts, budgets)))
     outputs: list[list[int]] = [[] for _ in prompts]
     batch, stats = Batch(target, drafter), RunStats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         while waiting or batch.requests:
             joining = [waiting.popleft() for _ in range(min(len(waiting), max_batch_size - len(batch.requests)))]
@@ -127,6 +127,7 @@ def generate(
             for request in batch.retire():
                 outputs[request.index] = request.output
     stats.totals["wall_seconds"] = time.perf_counter() - start
+    stats.totals["cpu_seconds"] = time.process_time() - cpu_start
     return GenerationResult(outputs, stats.as_dict())
 
 
