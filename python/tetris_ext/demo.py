@@ -114,6 +114,7 @@ def summarize(name: str, result, baseline: dict | None) -> dict:
         "accepted_per_step": s["accepted_tokens"] / s["steps"],
         "verified_per_step": s["verified_tokens"] / s["steps"],
         "drafted_tokens": s["drafted_tokens"],
+        "padded_tokens_per_step": sum(len(p["requests"]) * p["block_width"] for p in s["per_step"]) / s["steps"],
         "ms_per_step": 1e3 * (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]) / s["steps"],
         "brier_path": brier_score(predicted, accepted) if len(predicted) else None,
         "brier_token": brier_score(token_predicted[tested], accepted[tested]) if bool(tested.any()) else None,
