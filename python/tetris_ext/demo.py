@@ -216,6 +216,20 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads > 0:
@@ -254,7 +268,7 @@ def main(argv=None) -> list[dict]:
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
-        "machine": f"{platform.machine()}, {platform.processor() or platform.node()}, {torch.get_num_threads()} torch threads",
+        "machine": _machine(),
         "torch": torch.__version__,
         "total_seconds": time.perf_counter() - started,
     }
