@@ -30,11 +30,12 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
-__all__ = ["RaggedKVCache", "accepts_custom_mask", "TreeAttentionUnsupported"]
+__all__ = ["RaggedKVCache", "accepts_custom_mask", "CustomMaskUnsupported"]
 
 
-class TreeAttentionUnsupported(RuntimeError):
-    """The model cannot take the custom 4D attention mask that tree verification needs."""
+class CustomMaskUnsupported(RuntimeError):
+    """The model cannot take the custom 4D attention mask this decoding needs (token trees, or a
+    sliding window over a ragged cache)."""
 
 
 def _sliding_window(model: PreTrainedModel) -> int | None:
@@ -210,10 +211,15 @@ class RaggedKVCache:
         B, q = positions.shape
         if not self.custom_mask:
             if extra is not None or not _is_chain(block_mask):
-                raise TreeAttentionUnsupported(
+                raise CustomMaskUnsupported(
                     f"{type(self.model).__name__} does not apply a custom 4D attention mask "
                     "(probed with tetris_ext.kv_cache.accepts_custom_mask), so it cannot verify "
                     "or draft token trees; use chains (tree_width=1, a drafter without parents)"
+                )
+            if self.window is not None and int(positions.max()) >= self.window:
+                raise CustomMaskUnsupported(
+                    f"{type(self.model).__name__} does not apply a custom 4D attention mask, and its "
+                    "sliding window cannot skip the holes of a ragged cache past the window"
                 )
             # 2D padding mask: holes are 0; the model adds causality inside the block.
             return torch.cat([self.valid, torch.ones_like(positions, dtype=torch.bool)], dim=1).long()

@@ -3,7 +3,8 @@
 ``result.stats`` is ``RunStats.as_dict()``:
 
 - totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
-  generated_tokens, wall_seconds, prefill_seconds, draft_seconds, select_seconds, verify_seconds;
+  generated_tokens, wall_seconds, cpu_seconds (process CPU time: with one thread, robust to other
+  processes on a shared machine), prefill_seconds, draft_seconds, select_seconds, verify_seconds;
 - ``per_step``: one record per verification step: the active request ids (row order), and
   per request the drafted, verified and accepted counts, plus the block width and timings;
 - ``candidates``: one entry per verified candidate (parallel lists): step, request, depth,
@@ -37,6 +38,7 @@ _TOTALS = (
     "accepted_tokens",
     "generated_tokens",
     "wall_seconds",
+    "cpu_seconds",
     "prefill_seconds",
     "draft_seconds",
     "select_seconds",
