@@ -8,7 +8,7 @@ export TORCH_CUDA_ARCH_LIST ?= 9.0
 export TETRIS_EMULATION ?= 1
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: venv build test demo wheel bench clean
+.PHONY: venv build test test-gpu gpu-tests gpu-sanitize gpu-bench demo wheel bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -21,6 +21,51 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# make test-gpu: on a machine with an NVIDIA GPU (docs/gpu.md). Builds the CUDA kernels for the
+# GPU present, then runs, in order (each step also alone, e.g. to stay under a time limit):
+#   gpu-tests     the CUDA tests and the op tests
+#   gpu-sanitize  compute-sanitizer memcheck over the CUDA tests, racecheck over a subset
+#   gpu-bench     bench/ops.py --device cuda
+# Logs and results go to bench/results/gpu_<date>_<gpu name>/.
+GPU_ARCH = $(or $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1),9.0)
+GPU_NAME = $(or $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'),unknown-gpu)
+GPU_RUN_DIR = bench/results/gpu_$(shell date -u +%Y-%m-%d)_$(GPU_NAME)
+GPU_TESTS := tests/test_cuda.py tests/test_build.py tests/test_draft_cumprod.py tests/test_select.py \
+  tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
+# compute-sanitizer ships with the CUDA toolkit, which is not always on PATH.
+COMPUTE_SANITIZER ?= $(firstword $(shell command -v compute-sanitizer) $(wildcard /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer) compute-sanitizer)
+# PYTORCH_NO_CUDA_MEMORY_CACHING: every tensor its own cudaMalloc, so that the sanitizer sees an
+# access past a tensor's end (the caching allocator hands out pieces of larger blocks).
+SANITIZE = PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(COMPUTE_SANITIZER) --error-exitcode 1 --target-processes all
+SANITIZE_FAILED = { echo "test-gpu: compute-sanitizer $(1) reported errors (or a test failed): $(GPU_RUN_DIR)/$(1).log"; exit 1; }
+
+test-gpu: gpu-tests gpu-sanitize gpu-bench
+	@echo "test-gpu: passed; results in $(GPU_RUN_DIR)/"
+
+test-gpu gpu-tests gpu-sanitize gpu-bench: export TETRIS_CUDA = on
+test-gpu gpu-tests gpu-sanitize gpu-bench: export TORCH_CUDA_ARCH_LIST = $(GPU_ARCH)
+test-gpu gpu-tests gpu-sanitize gpu-bench: SHELL := /bin/bash
+test-gpu gpu-tests gpu-sanitize gpu-bench: .SHELLFLAGS := -o pipefail -c
+
+gpu-tests: build
+	@$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu: torch sees no CUDA device')"
+	mkdir -p $(GPU_RUN_DIR)
+	{ date -u; git rev-parse HEAD; nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=$$TORCH_CUDA_ARCH_LIST"; \
+	  $(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"; } > $(GPU_RUN_DIR)/machine.txt
+	$(PY) -m pytest -q $(GPU_TESTS) 2>&1 | tee $(GPU_RUN_DIR)/pytest.log
+
+gpu-sanitize: build
+	mkdir -p $(GPU_RUN_DIR)
+	$(SANITIZE) --tool memcheck $(PY) -m pytest -q -x tests/test_cuda.py -k "not graph" \
+	  2>&1 | tee $(GPU_RUN_DIR)/memcheck.log || $(call SANITIZE_FAILED,memcheck)
+	$(SANITIZE) --tool racecheck $(PY) -m pytest -q -x tests/test_cuda.py \
+	  -k "deterministic or fully_written" \
+	  2>&1 | tee $(GPU_RUN_DIR)/racecheck.log || $(call SANITIZE_FAILED,racecheck)
+
+gpu-bench: build
+	mkdir -p $(GPU_RUN_DIR)
+	$(PY) bench/ops.py --device cuda --out $(GPU_RUN_DIR)/ops_cuda 2>&1 | tee $(GPU_RUN_DIR)/bench.log
 
 demo: build
 	$(PY) -m tetris_ext.demo

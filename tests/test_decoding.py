@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM
 import tetris_ext  # noqa: F401  (registers the ops)
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
-from tetris_ext.kv_cache import TreeAttentionUnsupported, accepts_custom_mask
+from tetris_ext.kv_cache import CustomMaskUnsupported, accepts_custom_mask
 from tetris_ext.models import noisy_copy, tiny_gemma3, tiny_llama
 from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 
@@ -217,7 +217,7 @@ def test_model_without_custom_masks_decodes_chains_and_refuses_trees(llama):
     result = generate(plain, prompts, Tetris(2, 1), NgramDrafter(4), max_new_tokens=NEW, max_batch_size=4)
     assert result.tokens == reference
     # Trees need the 4D mask: a clear error naming the class.
-    with pytest.raises(TreeAttentionUnsupported, match="NoCustomMaskLlama"):
+    with pytest.raises(CustomMaskUnsupported, match="NoCustomMaskLlama"):
         generate(plain, prompts, Tetris(2, 2), ModelDrafter(target, 4, tree_width=2), max_new_tokens=NEW)
 
 

@@ -47,10 +47,12 @@ def ranked_formulation(scores, budget, parents=None, max_per_request=None, min_s
     B, N = scores.shape
     e = effective_scores(scores, parents)
     caps = [N] * B if max_per_request is None else [max(int(c), 0) for c in max_per_request.tolist()]
+    by_request = [[] for _ in range(B)]
+    for b, n in eligible_candidates(e, min_score):
+        by_request[b].append((b, n))
     kept = []
-    for b in range(B):
-        mine = sorted((c for c in eligible_candidates(e, min_score) if c[0] == b), key=lambda c: (-e[b][c[1]], c[1]))
-        kept += mine[: caps[b]]
+    for b, mine in enumerate(by_request):
+        kept += sorted(mine, key=lambda c: (-e[b][c[1]], c[1]))[: caps[b]]
     kept.sort(key=lambda c: (-e[c[0]][c[1]], c[0], c[1]))
     selected = torch.zeros(B, N, dtype=torch.bool)
     for b, n in kept[:budget]:

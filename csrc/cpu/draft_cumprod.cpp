@@ -4,8 +4,8 @@
 //
 // Each (b, n) row is read once: chunks of kChunk logits go through an online max / sum-exp
 // (float32, rescaling the running sum when the maximum grows), so no [B, N, V] intermediate
-// exists. The chunk loop is written for the compiler to vectorise (lane arrays, a
-// branch-free exp) and is compiled for several x86 levels, picked at load time.
+// exists. The chunk loop is written for the compiler to vectorise (an integer maximum, a
+// branch-free exp) and is compiled for several x86 levels (cpu/multiversion.h).
 // Rows run in parallel (at::parallel_for), then each request sums along its paths.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -20,17 +20,10 @@
 #include "args/draft_cumprod.h"
 #include "cpu/fast_exp.h"
 #include "cpu/index_view.h"
+#include "cpu/multiversion.h"
 #include "hd/bits.h"
 #include "hd/half.h"
 #include "hd/logsumexp.h"
-
-// Hot loops compiled for AVX2 and AVX-512 too, selected once at load time (GNU ifunc).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define TETRIS_CPU_MULTIVERSION \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TETRIS_CPU_MULTIVERSION
-#endif
 
 namespace tetris::cpu {
 namespace {
@@ -58,11 +51,12 @@ __attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
   return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
 }
 
-// Adds kChunk raw logits (scaled by inv_t here) to the running normaliser.
+// Adds `count` raw logits (scaled by inv_t here; count a multiple of kLanes, at most kChunk)
+// to the running normaliser.
 TETRIS_CPU_MULTIVERSION
-void lse_add_chunk(RowLse& lse, const float* x, float inv_t) {
+void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
   int32_t chunk_max_key = ordered_int(-kInf);
-  for (int64_t i = 0; i < kChunk; ++i) chunk_max_key = std::max(chunk_max_key, ordered_int(x[i]));
+  for (int64_t i = 0; i < count; ++i) chunk_max_key = std::max(chunk_max_key, ordered_int(x[i]));
   if (chunk_max_key > ordered_int(kInf)) {  // a (positive) NaN
     lse.saw_nan = true;
     return;
@@ -76,15 +70,15 @@ void lse_add_chunk(RowLse& lse, const float* x, float inv_t) {
   if (!std::isfinite(lse.max)) {
     // All -inf so far: the terms are 0, but a NaN must still poison the row. (+inf: the
     // result is NaN whatever follows.)
-    for (int64_t i = 0; i < kChunk; ++i) lse.saw_nan |= std::isnan(x[i]);
+    for (int64_t i = 0; i < count; ++i) lse.saw_nan |= std::isnan(x[i]);
     return;
   }
   // exp(x - max) for x <= max; NaN passes the clamp and makes the sum NaN.
   const float max = lse.max;
   alignas(64) float shifted[kChunk];
-  for (int64_t i = 0; i < kChunk; ++i) shifted[i] = std::max(x[i] * inv_t - max, -87.0f);
+  for (int64_t i = 0; i < count; ++i) shifted[i] = std::max(x[i] * inv_t - max, -87.0f);
   float lane_sum[kLanes] = {};
-  for (int64_t i = 0; i < kChunk; i += kLanes) {
+  for (int64_t i = 0; i < count; i += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) lane_sum[l] += fast_exp_clamped(shifted[i + l]);
   }
   float sum = 0.0f;
@@ -105,9 +99,9 @@ float load_logit(const void* base, int64_t offset) {
 }
 
 // log_softmax(row / T)[token] for one row of V logits starting at `row` (stride `stride`).
-// Contiguous float32 chunks are read in place; anything else (half types, strides, the
-// last partial chunk) is converted into a buffer padded with -inf, which changes neither
-// the maximum nor the sum.
+// Contiguous float32 chunks are read in place; anything else (half types, strides, a last
+// chunk that is not a whole number of lanes) is converted into a buffer padded with -inf to
+// whole lanes, which changes neither the maximum nor the sum.
 template <at::ScalarType kType>
 float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V, int64_t token,
                         float inv_t) {
@@ -116,14 +110,15 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
   alignas(64) float buffer[kChunk];
   for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
     const int64_t len = std::min(kChunk, V - v0);
+    const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
     const float* chunk = buffer;
-    if (in_place && len == kChunk) {
+    if (in_place && len == padded) {
       chunk = static_cast<const float*>(base) + row + v0;
     } else {
       for (int64_t i = 0; i < len; ++i) buffer[i] = load_logit<kType>(base, row + (v0 + i) * stride);
-      std::fill(buffer + len, buffer + kChunk, -kInf);
+      std::fill(buffer + len, buffer + padded, -kInf);
     }
-    lse_add_chunk(lse, chunk, inv_t);
+    lse_add_chunk(lse, chunk, padded, inv_t);
     if (lse.saw_nan) break;  // the row's answer is NaN
   }
   const float x_token = load_logit<kType>(base, row + token * stride) * inv_t;

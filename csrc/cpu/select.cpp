@@ -4,12 +4,12 @@
 // budget and its request's cap allow" equals: keep the candidates whose rank inside their
 // request (e desc, n asc) is below the cap, then take the first `budget` kept candidates in the
 // global order. So the op never sorts the batch:
-//   1. per request: effective-score keys (order-preserving uint32, csrc/hd/score_key.h),
-//      eligibility, the cap (a partial selection inside the request, trees only), and a
-//      histogram of the top key bits of the kept candidates;
-//   2. the histogram names the bucket B* that holds the budget-th best key. One pass writes
-//      `selected` and `counts` for every candidate outside B* and lists those inside it in
-//      flat (b, n) order;
+//   1. score keys (order-preserving uint32, csrc/hd/score_key.h), then per request the
+//      effective keys (a min along each path), eligibility and the cap (a partial selection
+//      inside the request; for chains a prefix);
+//   2. when more candidates are kept than the budget, a histogram of the top 11 key bits names
+//      the bucket that holds the budget-th best key. One pass writes `selected` and `counts`
+//      for every candidate outside that bucket and lists those inside it in flat (b, n) order;
 //   3. a radix select over the (few) listed keys finds the cut key T; keys > T are taken, and
 //      the first ones (in flat order, which is the tie order b asc, n asc) equal to T.
 // Memory: one uint32 key per candidate; time: O(B * N), plus O(N log N) per capped tree.
@@ -24,6 +24,7 @@
 
 #include "args/select.h"
 #include "cpu/index_view.h"
+#include "cpu/multiversion.h"
 #include "hd/score_key.h"
 
 namespace tetris::cpu {
@@ -36,31 +37,43 @@ constexpr uint32_t kDropped = 0;
 // Radix digits of the 32-bit key: 11 + 11 + 10 bits.
 constexpr int kTopBits = 11;
 constexpr int kTopShift = 32 - kTopBits;
-using TopHistogram = std::array<int32_t, 1 << kTopBits>;
+using TopHistogram = std::array<int64_t, 1 << kTopBits>;
 // A value no top digit has.
 constexpr uint32_t kNoDigit = 0xFFFFFFFFu;
 
-// Keys of one request: key[n] = min(score_key(scores[n]), key[parent]), so a NaN score or an
-// invalid parent (key kDropped, below every key) drops the whole subtree; then kDropped below
-// `min_key`. Dropping at once is exact: keys only decrease along a path.
+// score_key of every score, in flat (b, n) order.
+TETRIS_CPU_MULTIVERSION
+void score_keys(const float* scores, int64_t B, int64_t N, int64_t stride_b, int64_t stride_n,
+                uint32_t* __restrict keys) {
+  if (stride_n == 1 && stride_b == N) {
+    for (int64_t i = 0; i < B * N; ++i) keys[i] = score_key(scores[i]);  // vectorised
+    return;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t n = 0; n < N; ++n) keys[b * N + n] = score_key(scores[b * stride_b + n * stride_n]);
+  }
+}
+
+// Turns one request's score keys into effective keys: key[n] = min(key[n], key[parent]), so a
+// NaN score or an invalid parent (key kDropped, below every key) drops the whole subtree; then
+// kDropped below `min_key`. Dropping at once is exact: keys only decrease along a path.
 // Returns the number of eligible candidates.
 template <class Parents>
-int64_t effective_keys(const float* scores, int64_t stride, const Parents& parents, int64_t b,
-                       int64_t N, uint32_t min_key, uint32_t* key) {
+int64_t effective_keys(const Parents& parents, int64_t b, int64_t N, uint32_t min_key,
+                       uint32_t* key) {
   int64_t eligible = 0;
   if constexpr (Parents::kIsChain) {
-    // Eligible candidates form a prefix of the chain.
     uint32_t path = kPosInfKey;
-    for (; eligible < N; ++eligible) {
-      path = std::min(path, score_key(scores[eligible * stride]));
-      if (path < min_key) break;
-      key[eligible] = path;
+    for (int64_t n = 0; n < N; ++n) {
+      path = std::min(path, key[n]);
+      const bool keep = path >= min_key;
+      key[n] = keep ? path : kDropped;
+      eligible += keep;
     }
-    std::fill(key + eligible, key + N, kDropped);
   } else {
     for (int64_t n = 0; n < N; ++n) {
       const int64_t parent = parents(b, n);
-      uint32_t k = score_key(scores[n * stride]);
+      uint32_t k = key[n];
       if (!is_valid_parent(parent, n)) {
         k = kDropped;
       } else if (parent >= 0) {
@@ -106,13 +119,17 @@ void apply_cap(int64_t N, int64_t cap, uint32_t* key, std::vector<uint64_t>& scr
 // neighbours with the same digit (common: keys never increase along a path) do not wait for
 // each other's increment of one counter.
 void top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
-  std::array<TopHistogram, 4> part{};
+  // uint32 parts keep them in L1; each counts a quarter of the keys (< 2^32 for any tensor
+  // below 64 GiB of scores).
+  std::array<std::array<uint32_t, 1 << kTopBits>, 4> part{};
   int64_t i = 0;
   for (; i + 4 <= count; i += 4) {
     for (int j = 0; j < 4; ++j) ++part[j][keys[i + j] >> kTopShift];
   }
   for (; i < count; ++i) ++part[0][keys[i] >> kTopShift];
-  for (size_t d = 0; d < top.size(); ++d) top[d] = part[0][d] + part[1][d] + part[2][d] + part[3][d];
+  for (size_t d = 0; d < top.size(); ++d) {
+    top[d] = int64_t{part[0][d]} + part[1][d] + part[2][d] + part[3][d];
+  }
 }
 
 // Pass 1 over all requests: the kept keys. Returns the number of kept candidates.
@@ -122,17 +139,14 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
                   uint32_t* keys) {
   const int64_t B = scores.size(0);
   const int64_t N = scores.size(1);
-  const float* score_data = scores.data_ptr<float>();
-  const int64_t stride_b = scores.stride(0);
-  const int64_t stride_n = scores.stride(1);
+  score_keys(scores.data_ptr<float>(), B, N, scores.stride(0), scores.stride(1), keys);
   std::optional<IndexView> caps;
   if (max_per_request.has_value()) caps.emplace(*max_per_request);
   std::vector<uint64_t> scratch;
   int64_t kept = 0;
   for (int64_t b = 0; b < B; ++b) {
     uint32_t* key = keys + b * N;
-    const int64_t eligible = effective_keys(score_data + b * stride_b, stride_n, parents, b, N,
-                                            min_key, key);
+    const int64_t eligible = effective_keys(parents, b, N, min_key, key);
     const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
     if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
     kept += std::min(eligible, cap);
@@ -158,15 +172,49 @@ struct Cut {
 // Radix select of the rank-th largest of `bucket` (keys sharing their top digit, `prefix`)
 // on the two lower digits.
 Cut cut_in_bucket(const std::vector<uint32_t>& bucket, uint32_t prefix, int64_t rank) {
-  std::array<int32_t, 1 << 11> middle{};
+  std::array<int64_t, 1 << 11> middle{};
   for (const uint32_t k : bucket) ++middle[(k >> 10) & 0x7FFu];
   prefix |= digit_of_rank(middle, rank) << 10;
-  std::array<int32_t, 1 << 10> low{};
+  std::array<int64_t, 1 << 10> low{};
   for (const uint32_t k : bucket) {
     if ((k & ~0x3FFu) == prefix) ++low[k & 0x3FFu];
   }
   prefix |= digit_of_rank(low, rank);
   return {prefix, rank};
+}
+
+// Pass 2: selected = (top digit > take_above) and the counts, for every candidate; lists (in
+// flat order) the candidates whose top digit is list_digit. Returns how many were listed.
+TETRIS_CPU_MULTIVERSION
+int64_t write_outputs(const uint32_t* __restrict keys, int64_t B, int64_t N, bool is_chain,
+                      uint32_t take_above,
+                      uint32_t list_digit, uint8_t* __restrict selected,
+                      int32_t* __restrict counts, int64_t* __restrict listed_index) {
+  // Loops over bytes vectorise 16 to 64 candidates at a time: flat, not per request.
+  for (int64_t i = 0; i < B * N; ++i) selected[i] = (keys[i] >> kTopShift) > take_above;
+  int64_t listed = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const uint32_t* key = keys + b * N;
+    int32_t count = 0;
+    int32_t in_bucket = 0;
+    for (int64_t n = 0; n < N; ++n) {  // vectorised
+      const uint32_t digit = key[n] >> kTopShift;
+      count += digit > take_above;
+      in_bucket += digit == list_digit;
+    }
+    counts[b] = count;
+    if (in_bucket == 0) continue;
+    if (is_chain) {
+      // Keys never increase along a chain: the bucket is the run after the `count` taken.
+      for (int64_t n = count; n < count + in_bucket; ++n) listed_index[listed++] = b * N + n;
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        listed_index[listed] = b * N + n;  // branch-free listing
+        listed += key[n] >> kTopShift == list_digit;
+      }
+    }
+  }
+  return listed;
 }
 
 std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t budget,
@@ -207,28 +255,12 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
     take_above = list_digit = digit_of_rank(top, rank);
     bucket_size = top[list_digit];
   }
-  // +1: the loop below writes one slot past the last listed candidate.
+  // +1: the listing writes one slot past the last listed candidate.
   auto bucket_index = std::make_unique_for_overwrite<int64_t[]>(bucket_size + 1);
-  int64_t listed = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const uint32_t* key = keys.get() + b * N;
-    bool* out = selected_out + b * N;
-    int32_t count = 0;
-    bool in_bucket = false;
-    for (int64_t n = 0; n < N; ++n) {  // vectorised
-      const uint32_t digit = key[n] >> kTopShift;
-      out[n] = digit > take_above;
-      count += digit > take_above;
-      in_bucket |= digit == list_digit;
-    }
-    counts_out[b] = count;
-    if (in_bucket) {
-      for (int64_t n = 0; n < N; ++n) {
-        bucket_index[listed] = b * N + n;  // branch-free listing
-        listed += key[n] >> kTopShift == list_digit;
-      }
-    }
-  }
+  const int64_t listed = write_outputs(keys.get(), B, N, !parents.has_value(), take_above,
+                                       list_digit,
+                                       reinterpret_cast<uint8_t*>(selected_out), counts_out,
+                                       bucket_index.get());
   if (listed == 0) return {selected, counts};
 
   // 3. The cut inside the bucket; ties at the cut go in flat (b, n) order.

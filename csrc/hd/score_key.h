@@ -23,14 +23,15 @@ constexpr uint32_t kNegInfKey = 0x007FFFFFu;
 // score_key(+inf): the largest key.
 constexpr uint32_t kPosInfKey = 0xFF800000u;
 
+// Branch-free (selects only), so that loops over it vectorise.
 TETRIS_HD uint32_t score_key(float x) {
   uint32_t bits = float_as_bits(x);
-  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return kNegInfKey;  // NaN
-  if (bits == 0x80000000u) bits = 0u;                          // -0.0 -> +0.0
+  const bool is_nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+  bits = bits == 0x80000000u ? 0u : bits;  // -0.0 -> +0.0
   // Non-negative floats: set the sign bit (they order above all negatives, by magnitude).
   // Negative floats: flip every bit (larger magnitude -> smaller key).
-  const uint32_t flip = (bits & 0x80000000u) ? 0xFFFFFFFFu : 0x80000000u;
-  return bits ^ flip;
+  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
+  return is_nan ? kNegInfKey : bits ^ flip;
 }
 
 // Inverse of score_key on its image (NaN comes back as -inf, -0.0 as +0.0).

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 
-def _load_library() -> None:
+def _load_library() -> Path:
     candidates = sorted(Path(__file__).parent.glob("_C*.so"))
     if not candidates:
         raise ImportError(
@@ -17,9 +17,18 @@ def _load_library() -> None:
             f"{__file__}; build it with `make build` or `pip install --no-build-isolation .`"
         )
     torch.ops.load_library(str(candidates[0]))
+    return candidates[0]
 
 
-_load_library()
+def _built_with_cuda(library: Path) -> bool:
+    """Whether the library has the CUDA kernels (it exports the answer, csrc/device/launch.cpp)."""
+    import ctypes
+
+    probe = getattr(ctypes.CDLL(str(library)), "tetris_ext_built_with_cuda", None)
+    return bool(probe is not None and probe())
+
+
+_LIBRARY = _load_library()
 
 from . import ops  # noqa: E402  (registers the fake implementations)
 from .ops import (  # noqa: E402
@@ -32,6 +41,7 @@ from .ops import (  # noqa: E402
 )
 
 HAS_EMULATION = bool(torch._C._jit_get_schemas_for_operator("tetris_emu::select"))
+BUILT_WITH_CUDA = _built_with_cuda(_LIBRARY)
 
 __all__ = [
     "draft_cumprod",
@@ -41,4 +51,5 @@ __all__ = [
     "verify_greedy",
     "verify_sampling",
     "HAS_EMULATION",
+    "BUILT_WITH_CUDA",
 ]

@@ -27,7 +27,7 @@ from .kv_cache import RaggedKVCache
 from .policies import Policy, StepFeedback
 from .proposal import Proposal
 from .stats import RunStats
-from .verification import build_block, verify
+from .verification import Block, Verified, build_block, verify
 
 __all__ = ["generate", "GenerationResult", "Request"]
 
@@ -81,8 +81,26 @@ class Batch:
             self.requests = [self.requests[i] for i in rows]
         return done
 
-    def roots(self) -> Tensor:
-        return torch.tensor([r.tokens[-1] for r in self.requests], dtype=torch.long)
+    def draft(self, num_draft: int, temperature: float, generator) -> Proposal:
+        if num_draft == 0:
+            return Proposal.empty(len(self.requests))
+        if self.drafter is None:
+            raise ValueError("the policy drafts tokens; pass a drafter")
+        return self.drafter.propose(self.requests, num_draft, temperature, generator)
+
+    def verify(self, proposal: Proposal, selected: Tensor, temperature: float, generator) -> tuple[Block, Verified]:
+        """One target forward over the selected candidates, then keep what the target accepts."""
+        roots = torch.tensor([r.tokens[-1] for r in self.requests], dtype=torch.long)
+        prefix_lens = torch.tensor([len(r.tokens) - 1 for r in self.requests], dtype=torch.long)
+        block = build_block(proposal, selected, roots, prefix_lens)
+        first_column = self.cache.width
+        logits = self.cache.forward(block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real)
+        verified = verify(block, logits, proposal, temperature, generator)
+        # Roll back: only the root and the accepted slots of each row stay in the cache.
+        kept_slots = torch.cat([torch.zeros_like(roots[:, None]), verified.accepted_slots], dim=1)
+        self.cache.commit(torch.where(kept_slots >= 0, first_column + kept_slots, -1))
+        self.cache.maybe_compact()
+        return block, verified
 
 
 def generate(
@@ -109,13 +127,11 @@ def generate(
     budgets = _budgets(prompts, max_new_tokens)
     eos = _eos_set(eos_token_id)
     max_batch_size = max_batch_size or max(1, len(prompts))
-    if drafter is None and policy.num_draft(max_batch_size) > 0:
-        raise ValueError(f"{policy} drafts tokens; pass a drafter")
     generator = torch.Generator().manual_seed(seed)
     waiting = deque(Request(i, list(p), len(p), n) for i, (p, n) in enumerate(zip(prompts, budgets)))
     outputs: list[list[int]] = [[] for _ in prompts]
     batch, stats = Batch(target, drafter), RunStats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         while waiting or batch.requests:
             joining = [waiting.popleft() for _ in range(min(len(waiting), max_batch_size - len(batch.requests)))]
@@ -129,49 +145,37 @@ def generate(
             for request in batch.retire():
                 outputs[request.index] = request.output
     stats.totals["wall_seconds"] = time.perf_counter() - start
+    stats.totals["cpu_seconds"] = time.process_time() - cpu_start
     return GenerationResult(outputs, stats.as_dict())
 
 
 def step(batch: Batch, policy: Policy, temperature: float, generator, eos: set[int], stats: RunStats) -> int:
     """One draft-select-verify step for every active request; returns the tokens generated."""
     requests = batch.requests
-    B = len(requests)
     t0 = time.perf_counter()
-    num_draft = policy.num_draft(B)
-    if num_draft > 0:
-        proposal = batch.drafter.propose(requests, num_draft, temperature, generator)
-    else:
-        proposal = Proposal.empty(B)
+    num_draft = policy.num_draft(len(requests))
+    proposal = batch.draft(num_draft, temperature, generator)
     t1 = time.perf_counter()
     selected = policy.choose(proposal)
     t2 = time.perf_counter()
-    prefix_lens = torch.tensor([len(r.tokens) - 1 for r in requests], dtype=torch.long)
-    block = build_block(proposal, selected, batch.roots(), prefix_lens)
-    first_column = batch.cache.width
-    logits = batch.cache.forward(block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real)
-    verified = verify(block, logits, proposal, temperature, generator)
-    # Roll back: keep the root and the accepted slots of each row in the target's cache.
-    kept_slots = torch.cat([torch.zeros(B, 1, dtype=torch.long), verified.accepted_slots], dim=1)
-    batch.cache.commit(torch.where(kept_slots >= 0, first_column + kept_slots, -1))
-    batch.cache.maybe_compact()
+    block, verified = batch.verify(proposal, selected, temperature, generator)
     outcome = verified.outcome(block, selected)
-    if batch.drafter is not None and num_draft > 0:
-        batch.drafter.update(requests, proposal, outcome)
+    if num_draft > 0:
+        batch.drafter.update(requests, proposal, outcome)  # rollback, calibration
     t3 = time.perf_counter()
     generated = [_append_output(r, verified.out_tokens[b], eos) for b, r in enumerate(requests)]
+    seconds = {"draft": t1 - t0, "select": t2 - t1, "verify": t3 - t2}
+    # What the policy learns from; a replay rebuilds it from the per-step record.
     policy.observe(
         StepFeedback(
             verified=outcome.num_verified(),
             accepted=outcome.num_accepted(),
-            padded_tokens=B * block.width,
-            draft_seconds=t1 - t0,
-            verify_seconds=t3 - t1,
+            padded_tokens=len(requests) * block.width,
+            draft_seconds=seconds["draft"],
+            verify_seconds=seconds["select"] + seconds["verify"],
         )
     )
-    stats.add_step(
-        [r.index for r in requests], proposal, outcome, block.width, generated,
-        {"draft": t1 - t0, "select": t2 - t1, "verify": t3 - t2},
-    )
+    stats.add_step([r.index for r in requests], proposal, outcome, block.width, generated, seconds)
     return sum(generated)
 
 

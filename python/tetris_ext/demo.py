@@ -45,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary")
     p.add_argument("--tree-width", type=int, default=1, help="with --draft-model: children per tree node")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
-                   help="target weights (default bfloat16: about 2x faster on CPUs with AMX/AVX512-BF16; "
-                        "float32 makes every output identical to autoregressive decoding)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="target weights (default float32: every output identical to autoregressive decoding; "
+                        "bfloat16 is about 2x faster on CPUs with AMX, but rounds a verification block differently "
+                        "from one-token steps, so near-ties can flip)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a small shared machine a second thread "
                         "makes timings erratic; 0 = torch's default)")
@@ -104,13 +105,17 @@ def summarize(name: str, result, baseline: dict | None) -> dict:
     run = {
         "policy": name,
         "tokens_per_second": generated / s["wall_seconds"],
+        "tokens_per_cpu_second": generated / s["cpu_seconds"],
         "wall_seconds": s["wall_seconds"],
+        "cpu_seconds": s["cpu_seconds"],
         "generated_tokens": generated,
         "steps": s["steps"],
         "verification_success_rate": s["accepted_tokens"] / s["verified_tokens"] if s["verified_tokens"] else None,
         "accepted_per_step": s["accepted_tokens"] / s["steps"],
         "verified_per_step": s["verified_tokens"] / s["steps"],
         "drafted_tokens": s["drafted_tokens"],
+        "padded_tokens_per_step": sum(len(p["requests"]) * p["block_width"] for p in s["per_step"]) / s["steps"],
+        "ms_per_step": 1e3 * (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]) / s["steps"],
         "brier_path": brier_score(predicted, accepted) if len(predicted) else None,
         "brier_token": brier_score(token_predicted[tested], accepted[tested]) if bool(tested.any()) else None,
         "reliability_path": reliability(predicted, accepted) if len(predicted) else [],
@@ -119,10 +124,11 @@ def summarize(name: str, result, baseline: dict | None) -> dict:
         "outputs": result.tokens,
     }
     if baseline is None:
-        run["speedup"] = 1.0
+        run["speedup"] = run["cpu_speedup"] = 1.0
         run["same_output_as_baseline"] = len(result.tokens)
     else:
         run["speedup"] = run["tokens_per_second"] / baseline["tokens_per_second"]
+        run["cpu_speedup"] = run["tokens_per_cpu_second"] / baseline["tokens_per_cpu_second"]
         run["same_output_as_baseline"] = sum(a == b for a, b in zip(result.tokens, baseline["outputs"]))
     return run
 
@@ -131,23 +137,28 @@ def format_table(runs: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
-    head = f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} {'Brier':>6} {'same':>5}"
+    head = (f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'(cpu)':>6} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
+            f"{'steps':>6} {'ms/step':>7} {'Brier':>6} {'same':>5}")
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
-            f"{r['policy']:<22} {r['tokens_per_second']:>7.1f} {r['speedup']:>7.2f}x "
+            f"{r['policy']:<22} {r['tokens_per_second']:>7.1f} {r['speedup']:>7.2f}x {r['cpu_speedup']:>5.2f}x "
             f"{fmt(r['verification_success_rate'], '>6.2f')} {r['accepted_per_step']:>8.2f} "
-            f"{r['verified_per_step']:>8.2f} {fmt(r['brier_path'], '>6.3f')} "
-            f"{r['same_output_as_baseline']:>2}/{len(r['outputs'])}"
+            f"{r['verified_per_step']:>8.2f} {r['steps']:>6} {r['ms_per_step']:>7.1f} "
+            f"{fmt(r['brier_path'], '>6.3f')} {r['same_output_as_baseline']:>2}/{len(r['outputs'])}"
         )
     return "\n".join(lines)
 
 
 TABLE_NOTES = (
     "tok/s: generated tokens per wall-clock second (prefill included); speed-up: over Autoregressive;\n"
+    "(cpu): the same speed-up in process CPU time, which other processes on a shared machine disturb\n"
+    "much less (with one thread);\n"
     "VSR: verification success rate = accepted / verified draft tokens; acc/step, ver/step: accepted\n"
-    "and verified draft tokens per step, whole batch; Brier: calibration of the acceptance estimates\n"
-    "of verified candidates (path level); same: outputs identical to Autoregressive."
+    "and verified draft tokens per step, whole batch; steps: verification steps (target forwards\n"
+    "without the prefills); ms/step: draft + select + verify time per step; Brier: calibration\n"
+    "of the acceptance estimates of verified candidates (path level); same: outputs identical to\n"
+    "Autoregressive."
 )
 
 
@@ -205,6 +216,20 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads > 0:
@@ -243,7 +268,7 @@ def main(argv=None) -> list[dict]:
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
-        "machine": f"{platform.machine()}, {platform.processor() or platform.node()}, {torch.get_num_threads()} torch threads",
+        "machine": _machine(),
         "torch": torch.__version__,
         "total_seconds": time.perf_counter() - started,
     }

@@ -196,28 +196,27 @@ class ModelDrafter:
         return logits.reshape(B, q, -1)
 
     def _grow_chain(self, logits: Tensor, num_draft: int, temperature: float, generator):
-        B = logits.shape[0]
+        """A chain: pick a token from the current logits, feed it, repeat (the last is not fed)."""
+        B, V = logits.shape
         device = logits.device
         next_position = self.cache.lengths()  # position of candidate 0
-        tokens, rows, columns = [], [], []
+        tokens, rows, fed_columns = [], [], []  # every row feeds depth d into the same column
+        one = torch.ones(B, 1, 1, dtype=torch.bool, device=device)
         for depth in range(num_draft):
             token = _pick(logits, 1, temperature, generator)[:, 0]
             tokens.append(token)
             rows.append(logits)
             if depth == num_draft - 1:
-                columns.append(torch.full((B,), -1, dtype=torch.long, device=device))
                 break
             # The new token sees the committed text and the chain drafted so far this step.
             extra = torch.zeros(B, 1, self.cache.width, dtype=torch.bool, device=device)
-            fed = [c[0].item() for c in columns]
-            extra[:, :, fed] = True
-            columns.append(torch.full((B,), self.cache.width, dtype=torch.long, device=device))
-            one = torch.ones(B, 1, 1, dtype=torch.bool, device=device)
+            extra[:, :, fed_columns] = True
+            fed_columns.append(self.cache.width)
             logits = self._feed(token[:, None], (next_position + depth)[:, None], one, extra)[:, 0]
-        self._node_columns = torch.stack(columns, 1) if columns else torch.zeros(B, 0, dtype=torch.long)
+        columns = fed_columns + [-1] * (num_draft - len(fed_columns))
+        self._node_columns = torch.tensor(columns, dtype=torch.long, device=device).expand(B, num_draft)
         if not tokens:
-            empty = torch.zeros(B, 0, dtype=torch.long, device=device)
-            return empty, None, logits.new_zeros(B, 0, logits.shape[-1])
+            return torch.zeros(B, 0, dtype=torch.long, device=device), None, logits.new_zeros(B, 0, V)
         return torch.stack(tokens, 1), None, torch.stack(rows, 1)
 
     def _grow_tree(self, root_logits: Tensor, num_draft: int):

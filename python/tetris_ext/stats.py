@@ -3,7 +3,8 @@
 ``result.stats`` is ``RunStats.as_dict()``:
 
 - totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
-  generated_tokens, wall_seconds, prefill_seconds, draft_seconds, select_seconds, verify_seconds;
+  generated_tokens, wall_seconds, cpu_seconds (process CPU time: with one thread, robust to other
+  processes on a shared machine), prefill_seconds, draft_seconds, select_seconds, verify_seconds;
 - ``per_step``: one record per verification step: the active request ids (row order), and
   per request the drafted, verified and accepted counts, plus the block width and timings;
 - ``candidates``: one entry per verified candidate (parallel lists): step, request, depth,
@@ -11,8 +12,11 @@
   predicted_token (the estimate given its parent is accepted), tested (its parent was
   accepted, so its own acceptance was decided) and accepted.
 
-The per-step counts are what a trace replay must reproduce; the candidate lists give the
-calibration of the acceptance estimates (Brier score, reliability chart).
+The per-step counts are what a trace replay must reproduce. The policy's feedback of a step
+is rebuilt exactly from its record: ``StepFeedback(verified, accepted, padded_tokens =
+len(requests) * block_width, draft_seconds, verify_seconds = select_seconds + verify_seconds)``.
+The candidate lists give the calibration of the acceptance estimates (Brier score,
+reliability chart).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _TOTALS = (
     "accepted_tokens",
     "generated_tokens",
     "wall_seconds",
+    "cpu_seconds",
     "prefill_seconds",
     "draft_seconds",
     "select_seconds",

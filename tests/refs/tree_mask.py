@@ -24,7 +24,7 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def tree_mask_ref(selected, parents, prefix_lens):
-    """(slot_index, slot_parent, positions, mask) exactly as docs/ops_tree_verify.md states."""
+    """(slot_index, slot_parent, positions, mask) exactly as docs/ops.md states."""
     B, N = selected.shape
     M = N + 1
     slot_index = torch.full((B, M), -1, dtype=torch.int64)

@@ -2,7 +2,7 @@
 
 The generators are hypothesis strategies that draw a dict of op arguments
 (``torch.ops.tetris.verify_greedy(**inputs)``); the emulation tests of the kernels reuse them.
-verify_sampling_ref does its float32 arithmetic in the order docs/ops_tree_verify.md fixes
+verify_sampling_ref does its float32 arithmetic in the order docs/ops.md fixes
 (sums sequential in token order), so the CPU op must equal it bit for bit on any input;
 with ``dyadic=True`` inputs every sum is exact and any summation order gives the same bits.
 """

@@ -1,0 +1,195 @@
+// select kernel (semantics: docs/ops.md; the CPU twin: csrc/cpu/select.cpp).
+//
+// One block of 1024 threads handles the whole batch in one launch, in the CPU's steps:
+//   0. score keys: score_key(scores[b, n]) (order-preserving uint32, csrc/hd/score_key.h) and
+//      parents, read coalesced into shared memory (global workspace when B * N is too large);
+//   1. effective keys, a thread per request walking n upwards (parents come first):
+//      key[n] = min(key[n], key[parent]), 0 ("dropped") for invalid parents and below
+//      min_key; then the per-request caps: a chain keeps its first `cap` candidates, a tree
+//      drops candidates whose rank in the request (key desc, n asc) is >= cap;
+//   2. radix select over the kept keys, 8 bits at a time from the top (warp-aggregated
+//      histogram, block scan to find the digit), giving the budget-th largest key T and how
+//      many of the keys equal to T fit;
+//   3. outputs: keys > T are selected, and the first ties (keys == T) in flat (b, n) order,
+//      found by a block scan over contiguous per-thread ranges; counts by a thread per request.
+// The tie order (e desc, b asc, n asc) is thus exactly the CPU's: a candidate's position in
+// the global order is its 64-bit key (score key, then flat index b * N + n), whose low half is
+// resolved by the flat-order scan instead of four more radix passes (docs/kernels.md).
+#pragma once
+
+#include <cstdint>
+
+#include "hd/score_key.h"
+#include "kernels/common.cuh"
+#include "kernels/select.h"
+
+namespace tetris::TETRIS_KERNEL_NS {
+
+inline constexpr unsigned kSelectThreads = 1024;
+inline constexpr uint32_t kDropped = 0;         // key of a candidate that is not kept
+inline constexpr uint32_t kTakenTie = 0xFFFFFFFFu;  // above every score key
+static_assert(kTakenTie > kPosInfKey);
+inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 1]
+inline constexpr int kRadixBits = 8;
+inline constexpr unsigned kRadixBuckets = 1u << kRadixBits;
+
+// Where the budget cuts the global order: every kept key above `key`, and the first `ties`
+// kept keys equal to it in flat order, are selected.
+struct Cut {
+  uint32_t key;
+  unsigned ties;
+};
+
+// Step 2: the `take`-th largest of the kept keys (1 <= take < number kept).
+__device__ __forceinline__ Cut radix_cut(const uint32_t* key, int64_t K, unsigned take) {
+  __shared__ unsigned histogram[kRadixBuckets];
+  __shared__ unsigned chosen_digit, chosen_remaining;
+  const unsigned tid = threadIdx.x;
+  uint32_t prefix = 0, prefix_mask = 0;
+  unsigned remaining = take;
+  for (int shift = 32 - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    for (unsigned d = tid; d < kRadixBuckets; d += blockDim.x) histogram[d] = 0;
+    __syncthreads();
+    // Every lane runs the same number of iterations, so that the warp can vote on digits:
+    // the lanes with equal digits add their count with one atomic.
+    for (int64_t base = 0; base < K; base += blockDim.x) {
+      const int64_t i = base + tid;
+      const uint32_t k = i < K ? key[i] : kDropped;
+      const bool counted = k != kDropped && (k & prefix_mask) == prefix;
+      const unsigned digit = counted ? (k >> shift) & (kRadixBuckets - 1) : kRadixBuckets;
+      const unsigned peers = __match_any_sync(kFullMask, digit);
+      if (counted && lane_id() == static_cast<unsigned>(__ffs(static_cast<int>(peers)) - 1))
+        atomicAdd(&histogram[digit], static_cast<unsigned>(__popc(peers)));
+    }
+    __syncthreads();
+    // Buckets from the largest digit down: thread j looks at digit (buckets - 1 - j). The digit
+    // where the running count reaches `remaining` holds the cut.
+    const unsigned count = tid < kRadixBuckets ? histogram[kRadixBuckets - 1 - tid] : 0;
+    const ScanResult<unsigned> above = block_exclusive_sum(count);
+    if (tid < kRadixBuckets && above.exclusive < remaining && above.exclusive + count >= remaining) {
+      chosen_digit = kRadixBuckets - 1 - tid;
+      chosen_remaining = remaining - above.exclusive;
+    }
+    __syncthreads();
+    prefix |= chosen_digit << shift;
+    prefix_mask |= (kRadixBuckets - 1) << shift;
+    remaining = chosen_remaining;
+  }
+  return {prefix, remaining};
+}
+
+__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, bool keys_in_shared) {
+  const int64_t B = p.B, N = p.N, K = B * N;
+  const unsigned tid = threadIdx.x, threads = blockDim.x;
+  const bool is_chain = !p.parents.present();
+  uint32_t* key = keys_in_shared ? TETRIS_DYNAMIC_SMEM(uint32_t) : p.workspace;
+  int32_t* parent_of = reinterpret_cast<int32_t*>(key + K);
+
+  // 0. Score keys and parents, coalesced.
+  for (int64_t i = tid; i < K; i += threads) {
+    const int64_t b = i / N, n = i % N;
+    key[i] = score_key(p.scores[b * p.scores_stride[0] + n * p.scores_stride[1]]);
+    if (!is_chain) {
+      const int64_t parent = p.parents(b, n);
+      parent_of[i] = parent >= -1 && parent < n ? static_cast<int32_t>(parent) : kInvalidParent;
+    }
+  }
+  __syncthreads();
+
+  // 1. Effective keys and caps, a thread per request. `counts` holds, until step 3, the cap
+  // of each tree request whose cap drops candidates (-1 otherwise).
+  for (int64_t b = tid; b < B; b += threads) {
+    uint32_t* request_key = key + b * N;
+    int64_t eligible = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t parent = is_chain ? static_cast<int32_t>(n - 1) : parent_of[b * N + n];
+      uint32_t k = request_key[n];
+      if (parent == kInvalidParent) {
+        k = kDropped;
+      } else if (parent >= 0) {
+        k = min(k, request_key[parent]);
+      }
+      // Dropping at once is exact: keys only decrease along a path, and a dropped parent
+      // (kDropped = 0, below every key) drops its children through the min.
+      if (k < p.min_key) k = kDropped;
+      request_key[n] = k;
+      eligible += k != kDropped;
+    }
+    const int64_t cap = p.caps.present() ? max(p.caps(b), int64_t{0}) : N;
+    const bool over_cap = eligible > cap;
+    if (over_cap && is_chain) {
+      // Eligible candidates of a chain are a prefix: the best `cap` are the first `cap`.
+      for (int64_t n = cap; n < N; ++n) request_key[n] = kDropped;
+    }
+    p.counts[b] = over_cap && !is_chain ? static_cast<int32_t>(cap) : -1;
+  }
+  __syncthreads();
+
+  if (p.caps.present() && !is_chain) {
+    // A tree candidate over its request's cap: rank (key desc, n asc) >= cap. The decision
+    // goes to `selected` (scratch until step 3) while the keys are still being read.
+    for (int64_t i = tid; i < K; i += threads) {
+      const int64_t b = i / N, n = i % N;
+      const int32_t cap = p.counts[b];
+      const uint32_t k = key[i];
+      if (cap < 0 || k == kDropped) continue;
+      const uint32_t* request_key = key + b * N;
+      int64_t rank = 0;
+      for (int64_t m = 0; m < N; ++m) rank += request_key[m] > k || (request_key[m] == k && m < n);
+      p.selected[i] = rank >= cap;
+    }
+    __syncthreads();
+    for (int64_t i = tid; i < K; i += threads) {
+      if (p.counts[i / N] >= 0 && key[i] != kDropped && p.selected[i]) key[i] = kDropped;
+    }
+    __syncthreads();
+  }
+
+  // 2. The cut.
+  unsigned kept_here = 0;
+  for (int64_t i = tid; i < K; i += threads) kept_here += key[i] != kDropped;
+  const unsigned kept = block_all_reduce(kept_here, Sum{});
+  Cut cut{kDropped, 0};  // everything kept fits
+  if (p.budget == 0) {
+    cut = {kPosInfKey, 0};  // no key is above +inf's, and no ties are taken
+  } else if (kept > p.budget) {
+    cut = radix_cut(key, K, static_cast<unsigned>(p.budget));
+  }
+
+  // 3. Outputs. The first `cut.ties` keys equal to the cut in flat order are taken: they get a
+  // key above every score key, so that afterwards "selected" is simply "key above the cut".
+  if (cut.ties > 0) {
+    const int64_t per_thread = (K + threads - 1) / threads;
+    const int64_t begin = min(K, tid * per_thread), end = min(K, begin + per_thread);
+    unsigned ties_here = 0;
+    for (int64_t i = begin; i < end; ++i) ties_here += key[i] == cut.key;
+    unsigned rank = block_exclusive_sum(ties_here).exclusive;
+    for (int64_t i = begin; i < end && rank < cut.ties; ++i) {
+      if (key[i] == cut.key) {
+        key[i] = kTakenTie;
+        ++rank;
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t i = tid; i < K; i += threads) p.selected[i] = key[i] > cut.key;
+  for (int64_t b = tid; b < B; b += threads) {
+    int32_t count = 0;
+    for (int64_t n = 0; n < N; ++n) count += key[b * N + n] > cut.key;
+    p.counts[b] = count;
+  }
+}
+
+}  // namespace tetris::TETRIS_KERNEL_NS
+
+namespace tetris {
+
+void launch_select(TETRIS_BACKEND_TAG, const SelectParams& p, void* stream) {
+  using namespace TETRIS_KERNEL_NS;
+  const size_t key_bytes = static_cast<size_t>(select_workspace_words(p.B, p.N)) * sizeof(uint32_t);
+  const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_kernel);
+  TETRIS_LAUNCH(select_kernel, 1, kSelectThreads, keys_in_shared ? key_bytes : 0, stream, p,
+                keys_in_shared);
+}
+
+}  // namespace tetris

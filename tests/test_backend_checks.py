@@ -1,0 +1,108 @@
+"""The checks tests/test_cuda.py makes of the CUDA kernels (tests/refs/backends.py), run here on
+the emulated kernels (tetris_emu on the CPU), so that they are exercised in CI where no GPU is
+present, together with negative controls showing that each check fails when it should.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tetris_ext
+from refs.backends import (
+    BAD_ARGUMENTS, EMULATED, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
+    assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
+    assert_replay_follows_inputs, bad_inputs, empty_batch, no_candidates, rerun_eagerly,
+    same_layout_on, small_inputs,
+)
+from refs.layouts import with_layout
+
+pytestmark = pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
+
+
+# -- the checks pass on the emulated kernels --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_emulated_kernels_pass_every_check(name):
+    assert_matches_cpu(EMULATED, name, small_inputs(name))
+    assert_deterministic(EMULATED, name, small_inputs(name))
+    assert_replay_follows_inputs(EMULATED, name, small_inputs(name, 1), small_inputs(name, 2), rerun_eagerly)
+    for empty in [empty_batch] + ([] if name.startswith("verify") else [no_candidates]):
+        assert_replay_follows_inputs(EMULATED, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)),
+                                     rerun_eagerly, values_matter=False)
+
+
+@pytest.mark.parametrize("name, arg, spoil", BAD_ARGUMENTS, ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_arguments(name, arg, spoil):
+    assert_rejects_like_cpu(EMULATED, name, bad_inputs(name, arg, spoil))
+
+
+# On the CPU the other device is "meta" (tests/test_cuda.py puts one argument on the CPU).
+@pytest.mark.parametrize("name, arg", OTHER_DEVICE_ARGUMENTS)
+def test_argument_on_another_device(name, arg):
+    assert_rejects_other_device(EMULATED, name, small_inputs(name), arg, "meta")
+
+
+# -- negative controls: each check fails on a wrong result --------------------------------------------
+
+
+def frozen_at_record_time(call):
+    """A 'graph' that computed its outputs once, from the values present when it was recorded
+    (what an op reading values on the host while capturing would give)."""
+    outputs = tuple(t.clone() for t in call())
+    return lambda: outputs
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_replay_check_catches_values_read_at_record_time(name):
+    with pytest.raises(AssertionError):
+        assert_replay_follows_inputs(EMULATED, name, small_inputs(name, 1), small_inputs(name, 2),
+                                     frozen_at_record_time)
+
+
+def test_replay_check_refuses_inputs_that_prove_nothing():
+    with pytest.raises(AssertionError, match="prove nothing"):
+        assert_replay_follows_inputs(EMULATED, "select", small_inputs("select"), small_inputs("select"), rerun_eagerly)
+
+
+def test_output_comparison_fails_on_any_difference():
+    ints, flags = torch.tensor([1, 2, 3]), torch.tensor([True, False])
+    floats = torch.tensor([0.5, float("-inf"), float("nan"), 3.0])
+    assert_outputs_match((ints, flags, floats), (ints.clone(), flags.clone(), floats.clone()), exact=True)
+    assert_outputs_match((floats + 1e-7,), (floats,))  # within 1e-5
+    wrong = [
+        ((ints + torch.tensor([0, 0, 1]),), (ints,)),  # one integer off by one
+        ((~flags,), (flags,)),
+        ((floats + 1e-3,), (floats,)),
+        ((floats + 1e-7,), (floats,), True),  # exact: one ulp matters
+        ((torch.tensor([0.5, -3.0e38, float("nan"), 3.0]),), (floats,)),  # -inf pattern
+        ((torch.tensor([0.5, float("-inf"), 0.0, 3.0]),), (floats,)),  # NaN pattern
+        ((ints.int(),), (ints,)),  # dtype
+        ((ints[:2],), (ints[:2].reshape(1, 2),)),  # shape
+        ((ints, ints), (ints,)),  # number of outputs
+    ]
+    for actual, expected, *exact in wrong:
+        with pytest.raises(AssertionError):
+            assert_outputs_match(actual, expected, exact=bool(exact))
+
+
+def test_bad_argument_check_requires_a_bad_argument():
+    with pytest.raises(AssertionError, match="not a bad-argument case"):
+        assert_rejects_like_cpu(EMULATED, "select", small_inputs("select"))
+
+
+def test_other_device_check_fails_when_accepted():
+    # The CPU op and the emulated kernel share a device: a CPU argument is accepted.
+    with pytest.raises(AssertionError, match="is accepted"):
+        assert_rejects_other_device(EMULATED, "select", small_inputs("select"), "parents", "cpu")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_inputs_keep_their_layout(layout):
+    t = with_layout(torch.randn(5, 7), layout)
+    for view in [t, t[1:, 3:], t[:, :1].expand(5, 4), t[:0]]:
+        copy = same_layout_on(view, "cpu")
+        assert copy.stride() == view.stride() and copy.storage_offset() == view.storage_offset()
+        assert copy.data_ptr() != view.data_ptr() or view.numel() == 0
+        assert torch.equal(copy, view)
