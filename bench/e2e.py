@@ -1,0 +1,241 @@
+"""End-to-end: the live decoding loop on the real default model, across policies, capacities
+and batch sizes.
+
+    python bench/e2e.py                 # default sweep: batch 8, k = 1..6, extra = 1, 2 (~15 min here)
+    python bench/e2e.py --full          # k = 1..6, extra = 0..3, batch sizes 4, 8, 16
+    python bench/e2e.py --draft-model PATH [--tree-width 2]   # a draft model instead of n-grams
+
+Gemma 3 270M (tetris_ext.models.load_gemma3_270m) greedy-decodes the bundled prompts through a
+continuous batch (more prompts than the batch, as in serving) once per configuration:
+Autoregressive (the baseline of each batch size), StandardSD(k), Tetris(k, extra) (capacity
+k per request, k + extra drafts), and the dynamic baselines GoodputSD, ThresholdSD and
+GoodputTetris. Every run's output is checked against the autoregressive one (greedy decoding
+is exact). Writes bench/results/e2e.json, e2e_throughput.png (throughput against capacity per
+policy) and e2e_vsr.png (verification success rate per policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, format_table, run_metadata, write_json  # noqa: E402
+
+from tetris_ext.decoding import generate  # noqa: E402
+from tetris_ext.drafters import ModelDrafter, NgramDrafter  # noqa: E402
+from tetris_ext.policies import (  # noqa: E402
+    Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD,
+)
+
+
+def configurations(ks, extras, max_k):
+    """(family, k, extra, policy factory) for every run of one batch size."""
+    runs = [("Autoregressive", 0, 0, Autoregressive)]
+    for k in ks:
+        runs.append(("StandardSD", k, 0, lambda k=k: StandardSD(k)))
+        for extra in extras:
+            if extra > 0:  # Tetris(k, 0) selects exactly what StandardSD(k) does
+                runs.append(("Tetris", k, extra, lambda k=k, e=extra: Tetris(k, e)))
+    runs += [
+        ("GoodputSD", max_k, 0, lambda: GoodputSD(max_k)),
+        ("ThresholdSD", max_k, 0, lambda: ThresholdSD(0.7, max_k)),
+        ("GoodputTetris", max_k, 0, lambda: GoodputTetris(max_k)),
+    ]
+    return runs
+
+
+def step_timings(stats: dict) -> list[list]:
+    """Compact per-step record for cost-model fits: [requests, block width, verified, seconds]."""
+    return [[len(s["requests"]), s["block_width"], sum(s["verified"]),
+             round(s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"], 6)] for s in stats["per_step"]]
+
+
+def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc) -> tuple[dict, list]:
+    from tqdm import tqdm
+
+    drafter = make_drafter() if policy.num_draft(batch_size) > 0 else None
+    with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar:
+        result = generate(target, prompts, policy, drafter, max_new_tokens=max_new_tokens,
+                          max_batch_size=batch_size, eos_token_id=eos, progress=bar)
+    s = result.stats
+    row = {
+        "policy": str(policy),
+        "batch_size": batch_size,
+        "tokens_per_second": s["generated_tokens"] / s["wall_seconds"],
+        "wall_seconds": s["wall_seconds"],
+        "generated_tokens": s["generated_tokens"],
+        "steps": s["steps"],
+        "drafted_tokens": s["drafted_tokens"],
+        "verified_tokens": s["verified_tokens"],
+        "accepted_tokens": s["accepted_tokens"],
+        "verification_success_rate": s["accepted_tokens"] / s["verified_tokens"] if s["verified_tokens"] else None,
+        "accepted_per_step": s["accepted_tokens"] / s["steps"],
+        "verified_per_step": s["verified_tokens"] / s["steps"],
+        "seconds": {k: s[f"{k}_seconds"] for k in ("prefill", "draft", "select", "verify")},
+        "step_timings": step_timings(s),
+    }
+    return row, result.tokens
+
+
+def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(6.5 * len(batch_sizes), 4.8), squeeze=False)
+    for ax, B in zip(axes[0], batch_sizes):
+        sel = [r for r in rows if r["batch_size"] == B]
+        lines = {}
+        for r in sel:
+            if r["family"] == "StandardSD":
+                lines.setdefault("StandardSD(k)", []).append(r)
+            elif r["family"] == "Tetris":
+                lines.setdefault(f"Tetris(k, extra={r['extra']})", []).append(r)
+        for name, pts in lines.items():
+            pts.sort(key=lambda r: r["k"])
+            ax.plot([r["k"] for r in pts], [r["tokens_per_second"] for r in pts],
+                    "-" if name.startswith("Tetris") else "--", marker="o", label=name)
+        for r in sel:
+            if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris"):
+                ax.axhline(r["tokens_per_second"], ls=":", lw=1.2, color={
+                    "Autoregressive": "black", "GoodputSD": "tab:gray", "ThresholdSD": "tab:brown",
+                    "GoodputTetris": "tab:purple"}[r["family"]], label=r["policy"])
+        ax.set_xlabel("capacity k (verified drafts per request per step)")
+        ax.set_ylabel("throughput (generated tokens / s)")
+        ax.set_title(f"batch {B}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Live loop, {meta['target']}, {meta['drafter']}, {meta['prompts']} prompts x "
+                 f"{meta['max_new_tokens']} tokens\n{meta['cpu']} ({meta['torch_threads']} threads), "
+                 f"{meta['date'][:10]}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_vsr(rows: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r["verification_success_rate"] is not None]
+    batch_sizes = sorted({r["batch_size"] for r in sel})
+    policies = list(dict.fromkeys(r["policy"] for r in sel))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(policies) * len(batch_sizes)), 4.8))
+    width = 0.8 / max(1, len(batch_sizes))
+    for i, B in enumerate(batch_sizes):
+        vals = {r["policy"]: r["verification_success_rate"] for r in sel if r["batch_size"] == B}
+        ax.bar([x + i * width for x in range(len(policies))], [vals.get(p, 0) for p in policies], width,
+               label=f"batch {B}")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(policies))], policies, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("verification success rate (accepted / verified drafts)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Verification success rate per policy — {meta['target']}, {meta['drafter']}, {meta['date'][:10]}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="k = 1..6, extra = 0..3, batch sizes 4, 8, 16")
+    ap.add_argument("--ks", type=int, nargs="+", help="capacities k (default 1..6)")
+    ap.add_argument("--extras", type=int, nargs="+", help="Tetris extra drafts (default 1 2)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="default 8")
+    ap.add_argument("--max-k", type=int, default=6, help="window of GoodputSD, ThresholdSD, GoodputTetris")
+    ap.add_argument("--prompts", type=int, default=24, help="how many bundled prompts (default 24)")
+    ap.add_argument("--prompts-file", type=Path, help="JSONL prompts (default: the bundled set)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
+    ap.add_argument("--tree-width", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see bench/README.md)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="float32 (default): every policy reproduces the greedy output exactly, so runs "
+                         "compare like with like; bfloat16 (the demo's) is faster but its rounding flips "
+                         "near-tied argmaxes, so outputs (and acceptance) differ between policies")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ks = args.ks or [1, 2, 3, 4, 5, 6]
+    extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])
+    batch_sizes = args.batch_sizes or ([4, 8, 16] if args.full else [8])
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sim import bundled_prompts, load_target  # the same model and prompts as the scaling study
+
+    target, tokenizer = load_target(args.dtype)
+    prompts = bundled_prompts(tokenizer, args.prompts, path=args.prompts_file)
+    max_draft = max(max(ks) + max(extras), args.max_k)
+    if args.draft_model:
+        from transformers import AutoModelForCausalLM
+
+        draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
+        make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
+        drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
+    else:
+        make_drafter = lambda: NgramDrafter(max_draft)  # noqa: E731
+        drafter_name = f"NgramDrafter({max_draft})"
+    meta = run_metadata("cpu") | {
+        "target": f"Gemma 3 270M (Q4_K_M GGUF de-quantised, {args.dtype})", "drafter": drafter_name,
+        "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
+        "ks": ks, "extras": extras, "max_k": args.max_k, "repeats": args.repeats, "dtype": args.dtype,
+    }
+    generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up, untimed
+
+    from tqdm import tqdm
+
+    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k)]
+    # Repetitions go round the whole sweep, so that a slow phase of a shared machine spreads over
+    # every configuration instead of landing on one; each row keeps the median run.
+    todo = [(rep, B, cfg) for rep in range(args.repeats) for B, cfg in configs]
+    runs: dict[tuple, list] = {}
+    t0 = time.perf_counter()
+    for rep, B, (family, k, extra, make) in tqdm(todo, desc="e2e runs", unit="run"):
+        policy = make()
+        row, outputs = run_one(target, prompts, policy, make_drafter, B, args.max_new_tokens,
+                               tokenizer.eos_token_id, desc=f"B={B} {policy} ({rep + 1}/{args.repeats})")
+        runs.setdefault((B, str(policy)), []).append((row | {"family": family, "k": k, "extra": extra}, outputs))
+    rows, reference = [], {}
+    for B, (family, k, extra, make) in configs:
+        attempts = runs[(B, str(make()))]
+        speeds = [row["tokens_per_second"] for row, _ in attempts]
+        row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
+        row["tokens_per_second_runs"] = speeds
+        if family == "Autoregressive":
+            reference[B] = (outputs, row["tokens_per_second"])
+        ref_outputs, ref_speed = reference[B]
+        row |= {"speedup": row["tokens_per_second"] / ref_speed,
+                "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
+        rows.append(row)
+    meta["total_seconds"] = time.perf_counter() - t0
+
+    print(format_table(rows, [
+        ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
+        ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
+        ("steps", "steps"), ("same_output_as_autoregressive", "exact")]))
+    mismatched = [r for r in rows if r["same_output_as_autoregressive"] != len(prompts)]
+    write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    chart_throughput(rows, meta, args.out.with_name(args.out.name + "_throughput.png"))
+    chart_vsr(rows, meta, args.out.with_name(args.out.name + "_vsr.png"))
+    print(f"\nwrote {args.out.with_suffix('.json')}, {args.out.name}_throughput.png, {args.out.name}_vsr.png "
+          f"({meta['total_seconds']:.0f} s)")
+    for r in mismatched:
+        print(f"WARNING: {r['policy']} at batch {r['batch_size']}: {r['same_output_as_autoregressive']}/{len(prompts)} "
+              "outputs equal the autoregressive ones")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

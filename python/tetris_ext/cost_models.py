@@ -1,0 +1,270 @@
+"""Step-latency models for the trace-replay simulator (tetris_ext.sim).
+
+A cost model turns the shape of one decoding step into seconds. Two kinds:
+
+- `LinearCostModel`: a + b * requests + c * query tokens + d * (query x context) attention work,
+  fitted by non-negative least squares to step times measured on a real machine
+  (`measure_step_times` times the target's forward passes with a KV cache, as the live loop
+  runs them; `LinearCostModel.fit` fits them).
+- `RooflineCostModel`: a GPU serving a large target, from first principles: every step reads
+  all weights once (memory bound) and does 2 * params FLOPs per token through the target
+  (compute bound); the step takes the larger of the two, plus the KV-cache read and a fixed
+  per-step overhead. The default parameters describe Llama-3.1-70B in bf16, tensor-parallel
+  over 4 H100 SXM GPUs (see `h100x4_llama70b`).
+
+The two disagree on purpose: on a CPU every verified token costs about as much as a decoded
+one, so verifying doubtful drafts is expensive; on a GPU a step's first ~hundreds of tokens are
+almost free, so capacity is cheap until the step turns compute bound. Seeing a policy ranking
+under both tells a user which regime their numbers come from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What one decoding step asks of the hardware."""
+
+    requests: int  # requests verified in this step
+    query_tokens: int  # tokens through the target: sum over requests of (verified drafts + 1)
+    context_tokens: int = 0  # sum over requests of the KV-cache length before the step
+    attention_work: int = 0  # sum over requests of query_len * context_len
+    padded_query_tokens: int = 0  # requests * block width (what a padded batch computes); 0: = query_tokens
+    drafting_requests: int = 0  # requests the drafter proposed for
+    drafted_tokens: int = 0  # candidates the drafter proposed (all, selected or not)
+    draft_passes: int = 0  # sequential forward passes of a draft model (0 for model-free drafters)
+    prefill_tokens: int = 0  # prompt tokens of requests that join in this step
+    prefill_requests: int = 0  # requests that join in this step
+
+
+class CostModel(Protocol):
+    name: str
+
+    def step_seconds(self, step: StepShape) -> float:
+        """Seconds of the whole step: prefill of joining requests, drafting, verification."""
+
+    def draft_seconds(self, step: StepShape) -> float:
+        """The drafting part of step_seconds (what policies see as draft latency)."""
+
+
+@dataclass
+class LinearCostModel:
+    """seconds = sum(coef[f] * feature f); features from `features()`; fitted with NNLS.
+
+    `padded`: charge the target for requests * block width query tokens (what a padded batch,
+    like this project's reference loop, computes) rather than the real ones (a varlen engine).
+    """
+
+    coef: dict[str, float]
+    name: str = "fitted"
+    padded: bool = True
+    info: dict = field(default_factory=dict)  # how it was fitted: samples, residuals, machine
+
+    FEATURES = ("step", "request", "query_token", "attention_pair", "prefill_request", "prefill_token",
+                "drafting_request", "draft_pass")
+    DRAFT_FEATURES = ("drafting_request", "draft_pass")
+
+    def features(self, s: StepShape) -> dict[str, float]:
+        query = s.padded_query_tokens if (self.padded and s.padded_query_tokens) else s.query_tokens
+        return {
+            "step": 1.0,
+            "request": float(s.requests),
+            "query_token": float(query),
+            "attention_pair": float(s.attention_work),
+            "prefill_request": float(s.prefill_requests),
+            "prefill_token": float(s.prefill_tokens),
+            "drafting_request": float(s.drafting_requests),
+            "draft_pass": float(s.draft_passes),
+        }
+
+    def step_seconds(self, step: StepShape) -> float:
+        f = self.features(step)
+        return sum(self.coef.get(k, 0.0) * v for k, v in f.items())
+
+    def draft_seconds(self, step: StepShape) -> float:
+        f = self.features(step)
+        return sum(self.coef.get(k, 0.0) * f[k] for k in self.DRAFT_FEATURES)
+
+    @classmethod
+    def fit(cls, samples: list[tuple[StepShape, float]], name: str = "fitted", padded: bool = True,
+            **info) -> "LinearCostModel":
+        """Non-negative least squares on relative error (each sample weighted by 1 / its time),
+        so that small steps count as much as large ones. Features that are 0 in every sample
+        are left out (their coefficient is 0)."""
+        import numpy as np
+        from scipy.optimize import nnls
+
+        probe = cls({}, padded=padded)
+        rows = [probe.features(s) for s, _ in samples]
+        used = [k for k in cls.FEATURES if any(r[k] for r in rows)]
+        X = np.array([[r[k] for k in used] for r in rows])
+        y = np.array([t for _, t in samples])
+        w = 1.0 / y
+        coef, _ = nnls(X * w[:, None], y * w)
+        pred = X @ coef
+        rel = np.abs(pred - y) / y
+        info = info | {"samples": len(samples), "median_rel_error": float(np.median(rel)),
+                       "max_rel_error": float(rel.max())}
+        return cls(dict(zip(used, map(float, coef))), name=name, padded=padded, info=info)
+
+    def to_json(self) -> dict:
+        return {"kind": "linear", "name": self.name, "padded": self.padded, "coef": self.coef, "info": self.info}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LinearCostModel":
+        return cls(dict(d["coef"]), name=d.get("name", "fitted"), padded=d.get("padded", True),
+                   info=d.get("info", {}))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "LinearCostModel":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RooflineCostModel:
+    """A dense transformer target on GPUs: max(memory time, compute time) + overhead per step.
+
+    memory: all weights once per step, plus the KV cache of every request once per step
+    (queries of one request share their KV reads, as in FlashAttention-style kernels);
+    compute: 2 * params FLOPs per query token, plus 4 * layers * q_dim FLOPs per
+    (query token, context token) pair for attention. Efficiencies scale the peak numbers
+    to what serving kernels reach. Draft models, when present, add their own roofline per pass.
+    """
+
+    name: str
+    params: float  # target parameters
+    layers: int
+    q_dim: int  # attention heads * head dim
+    kv_bytes_per_token: float  # K and V of one token over all layers
+    bytes_per_param: float
+    gpus: int
+    hbm_bytes_per_s: float  # per GPU
+    flops_per_s: float  # dense bf16 per GPU
+    bandwidth_efficiency: float = 0.8
+    compute_efficiency: float = 0.6
+    step_overhead_s: float = 1.5e-3  # launches, all-reduces, sampling, scheduling
+    draft_params: float = 0.0  # a draft model's parameters (0: model-free drafting)
+
+    def _roofline(self, params: float, tokens: int, kv_bytes: float, attn_flops: float) -> float:
+        bw = self.gpus * self.hbm_bytes_per_s * self.bandwidth_efficiency
+        flops = self.gpus * self.flops_per_s * self.compute_efficiency
+        memory = (params * self.bytes_per_param + kv_bytes) / bw
+        compute = (2.0 * params * tokens + attn_flops) / flops
+        return max(memory, compute)
+
+    def step_seconds(self, s: StepShape) -> float:
+        kv = s.context_tokens * self.kv_bytes_per_token
+        attn = 4.0 * self.layers * self.q_dim * s.attention_work
+        t = self.step_overhead_s + self._roofline(self.params, s.query_tokens, kv, attn)
+        if s.prefill_tokens:
+            t += self._roofline(self.params, s.prefill_tokens, 0.0, 0.0)
+        return t + self.draft_seconds(s)
+
+    def draft_seconds(self, s: StepShape) -> float:
+        """A draft model's passes (each reads its weights once); model-free drafting is free."""
+        if not (self.draft_params and s.draft_passes):
+            return 0.0
+        per_pass = max(1, s.drafted_tokens // s.draft_passes)
+        return s.draft_passes * self._roofline(self.draft_params, per_pass, 0.0, 0.0)
+
+    def to_json(self) -> dict:
+        return {"kind": "roofline"} | asdict(self)
+
+
+def h100x4_llama70b(**overrides) -> RooflineCostModel:
+    """Llama-3.1-70B (80 layers, 64 query heads and 8 KV heads of 128, bf16) on 4x H100 SXM
+    (3.35 TB/s HBM3 and 989 dense bf16 TFLOP/s each, tensor parallel). Weights take about
+    17 ms to read per step at 80% of peak bandwidth; a token costs 140 GFLOP, about 0.06 ms at
+    60% of peak, so a step turns compute bound near 300 tokens."""
+    return RooflineCostModel(**({
+        "name": "roofline-4xH100-70B",
+        "params": 70.6e9,
+        "layers": 80,
+        "q_dim": 64 * 128,
+        "kv_bytes_per_token": 80 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
+        "bytes_per_param": 2.0,
+        "gpus": 4,
+        "hbm_bytes_per_s": 3.35e12,
+        "flops_per_s": 989e12,
+    } | overrides))
+
+
+def cost_model_from_json(d: dict) -> CostModel:
+    if d["kind"] == "linear":
+        return LinearCostModel.from_json(d)
+    if d["kind"] == "roofline":
+        return RooflineCostModel(**{k: v for k, v in d.items() if k != "kind"})
+    raise ValueError(f"unknown cost model kind {d['kind']!r}")
+
+
+def measure_step_times(
+    target,
+    batch_sizes=(1, 4, 8, 16),
+    query_lens=(1, 2, 4, 8),
+    context_len=128,
+    repeats=3,
+    vocab_size: int | None = None,
+    progress: bool = True,
+) -> list[tuple[StepShape, float]]:
+    """Time the target's forward pass of `q` new tokens per request on a KV cache of
+    `context_len` tokens (the shape of a verification step), for every (batch, q) pair.
+    Returns (StepShape, median seconds) samples for `LinearCostModel.fit`."""
+    import statistics
+
+    import torch
+    from transformers import DynamicCache
+
+    vocab = vocab_size or target.config.vocab_size
+    device = next(target.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    pairs = [(b, q) for b in batch_sizes for q in query_lens]
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(pairs, desc="step times", unit="shape")
+    with torch.inference_mode():
+        for B, q in it:
+            prompt = torch.randint(0, vocab, (B, context_len), generator=gen).to(device)
+            cache = DynamicCache()
+            target(input_ids=prompt, past_key_values=cache, use_cache=True)
+            new = torch.randint(0, vocab, (B, q), generator=gen).to(device)
+            pos = torch.arange(context_len, context_len + q, device=device).expand(B, q)
+            times = []
+            for _ in range(repeats + 1):
+                t0 = time.perf_counter()
+                target(input_ids=new, past_key_values=cache, position_ids=pos, use_cache=True)
+                times.append(time.perf_counter() - t0)
+                cache.crop(context_len)
+            shape = StepShape(requests=B, query_tokens=B * q, context_tokens=B * context_len,
+                              attention_work=B * q * context_len)
+            samples.append((shape, statistics.median(times[1:])))
+    return samples
+
+
+def samples_from_run_stats(stats: dict) -> list[tuple[StepShape, float]]:
+    """(StepShape, seconds) of every step of a live run (`generate(...).stats`): drafting,
+    selection and verification, as the loop measured them (prefill is timed apart)."""
+    samples = []
+    for s in stats["per_step"]:
+        B = len(s["requests"])
+        verified = sum(s["verified"])
+        shape = StepShape(
+            requests=B,
+            query_tokens=B + verified,
+            padded_query_tokens=B * s["block_width"],
+            # the drafter ran (a step without drafting spends microseconds before selection)
+            drafting_requests=B if s["draft_seconds"] > 1e-4 else 0,
+            drafted_tokens=sum(s["drafted"]),
+        )
+        samples.append((shape, s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]))
+    return samples

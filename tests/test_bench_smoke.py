@@ -1,0 +1,66 @@
+"""bench/ops.py on its tiny grid: the script runs, writes its JSON and chart, and every op that
+has a CPU kernel agrees with its PyTorch baseline on the benchmark inputs (no timing asserted)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import tetris_ext  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ["select", "draft_cumprod", "tree_mask", "tree_mask_packed", "verify_greedy", "verify_sampling"]
+
+
+def has_cpu_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"tetris::{op}", "CPU")
+
+
+def test_ops_bench_tiny_grid(tmp_path):
+    prefix = tmp_path / "ops_smoke"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ops.py"), "--tiny", "--seconds-per-case", "0.02",
+         "--out", str(prefix)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(
+            [str(Path(tetris_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "issue-2 speed goals" in proc.stdout
+    result = json.loads(prefix.with_suffix(".json").read_text())
+    assert result["meta"]["torch"] == torch.__version__
+    by_op = {op: [r for r in result["rows"] if r["op"] == op] for op in OPS}
+    for op, rows in by_op.items():
+        assert rows, f"no case for {op}"
+        for r in rows:
+            if has_cpu_kernel(op):
+                assert r["status"] == "ok", (op, r)
+                assert r["ours_s"] > 0 and r["baseline_s"] > 0 and math.isfinite(r["ratio"])
+            else:
+                assert r["status"].startswith("unavailable"), (op, r)
+    if any(has_cpu_kernel(op) for op in OPS):
+        assert prefix.with_suffix(".png").stat().st_size > 0
+
+
+def test_sim_bench_replays_the_committed_trace(tmp_path):
+    """bench/sim.py on the committed Gemma trace and fitted cost model (no model needed)."""
+    prefix = tmp_path / "sim_smoke"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sim.py"), "--requests", "12", "--batch-sizes", "1", "4",
+         "--policies", "StandardSD(3)", "Tetris(3, 2)", "GoodputSD(6)", "--out", str(prefix)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(
+            [str(Path(tetris_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
+    # 3 policies x 2 batch sizes x 2 cost models
+    assert len(rows) == 12
+    assert all(r["requests"] == 12 and r["throughput_tokens_per_s"] > 0 for r in rows)
+    # Tetris and StandardSD verify the same at batch 1 (one request's best k drafts are its first k)
+    same = [r for r in rows if r["batch_size"] == 1 and r["policy"] in ("StandardSD(3)", "Tetris(3, 2)")]
+    assert len({(r["verified_tokens"], r["accepted_tokens"]) for r in same}) == 1

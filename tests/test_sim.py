@@ -1,0 +1,182 @@
+"""tetris_ext.sim: a replay of a recorded trace reproduces the live loop step for step.
+
+The live run and the replay use the same policy classes (fresh objects each) and the same
+batch size; the replay must give the same per-step active requests and drafted, verified,
+accepted and generated counts, for n-gram chains (whose online calibration the replay re-runs),
+model-drafted chains and model-drafted trees. Plus the cost models and the replay's
+bookkeeping at scale (resampled requests, Poisson arrivals).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import tetris_ext  # noqa: F401
+from tetris_ext.cost_models import LinearCostModel, StepShape, h100x4_llama70b
+from tetris_ext.decoding import generate
+from tetris_ext.drafters import ModelDrafter, NgramDrafter
+from tetris_ext.models import noisy_copy, tiny_llama
+from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
+from tetris_ext.sim import Trace, record, replay
+
+STEP_KEYS = ("requests", "drafted", "verified", "accepted", "generated", "block_width")
+COST = LinearCostModel({"step": 1e-3, "query_token": 1e-4}, padded=True)
+
+
+def step_counts(per_step):
+    return [{k: s[k] for k in STEP_KEYS} for s in per_step]
+
+
+def random_prompts(vocab, count, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (4 + 3 * i,), generator=g).tolist() for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def copier():
+    """A 16-token model whose greedy outputs fall into loops: n-gram drafts are often right."""
+    return tiny_llama(vocab_size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ngram_trace(copier, tmp_path_factory):
+    trace = record(copier, NgramDrafter(4), random_prompts(16, 6), max_new_tokens=24, max_draft=4)
+    path = trace.save(tmp_path_factory.mktemp("trace") / "ngram.npz")
+    return Trace.load(path)  # replays read the saved file, so the format is tested too
+
+
+NGRAM_POLICIES = [
+    lambda: Autoregressive(),
+    lambda: StandardSD(2),
+    lambda: Tetris(2, 2),
+    lambda: Tetris(1, 3, min_prob=0.3),
+    lambda: Tetris(capacity=4, extra=2),
+    lambda: ThresholdSD(0.6, 4),
+]
+
+
+@pytest.mark.parametrize("make_policy", NGRAM_POLICIES, ids=lambda f: str(f()))
+def test_replay_reproduces_live_ngram_run(copier, ngram_trace, make_policy):
+    prompts = ngram_trace.prompts
+    live_drafter, replay_drafter = NgramDrafter(4), NgramDrafter(4)
+    live = generate(copier, prompts, make_policy(), drafter=live_drafter, max_new_tokens=24, max_batch_size=3)
+    replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=COST, drafter=replay_drafter)
+    assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
+    assert replayed.metrics["accepted_tokens"] == live.stats["accepted_tokens"]
+    # The calibration learned the same thing from the same outcomes.
+    assert torch.equal(replay_drafter.calibration.weights, live_drafter.calibration.weights)
+    assert replay_drafter.calibration.request_bias == live_drafter.calibration.request_bias
+    # And the trace holds the live output.
+    for r, tokens in enumerate(live.tokens):
+        assert tokens == ngram_trace.continuation[r, : ngram_trace.out_len[r]].tolist()
+
+
+def test_some_ngram_drafts_are_accepted(ngram_trace):
+    # Otherwise the tests above would compare runs in which nothing interesting happens.
+    assert 0.1 < (ngram_trace.accept_len > 0).mean() < 0.9
+
+
+def test_replay_reproduces_live_run_with_eos(copier):
+    prompts = random_prompts(16, 5, seed=1)
+    eos = 4  # a frequent token of this model: requests finish at different steps
+    trace = record(copier, NgramDrafter(3), prompts, max_new_tokens=20, max_draft=3, eos_token_id=eos)
+    assert (trace.out_len < 20).any()
+    live = generate(copier, prompts, Tetris(2, 1), drafter=NgramDrafter(3), max_new_tokens=20,
+                    max_batch_size=2, eos_token_id=eos)
+    replayed = replay(trace, Tetris(2, 1), batch_size=2, cost_model=COST)
+    assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
+
+
+@pytest.fixture(scope="module")
+def target_and_draft():
+    target = tiny_llama(vocab_size=64, seed=0)
+    return target, noisy_copy(target, 0.1)
+
+
+@pytest.mark.parametrize("tree_width", [1, 2], ids=["chain", "tree"])
+def test_replay_reproduces_live_model_drafter_run(target_and_draft, tree_width):
+    target, draft = target_and_draft
+    prompts = random_prompts(64, 6, seed=2)
+    trace = record(target, ModelDrafter(draft, 4, tree_width=tree_width), prompts, max_new_tokens=16, max_draft=4)
+    assert trace.is_tree == (tree_width > 1)
+    assert trace.accept_len.mean() > 0.3
+    policies = [lambda: StandardSD(4), lambda: Tetris(2, 2), lambda: Tetris(3, 1, min_prob=0.2)]
+    if tree_width == 1:  # chains replay at any draft length (a prefix of the recorded chain)
+        policies += [lambda: StandardSD(2), lambda: ThresholdSD(0.5, 4)]
+    for make_policy in policies:
+        live = generate(target, prompts, make_policy(), drafter=ModelDrafter(draft, 4, tree_width=tree_width),
+                        max_new_tokens=16, max_batch_size=4)
+        replayed = replay(trace, make_policy(), batch_size=4, cost_model=COST)
+        assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"]), make_policy()
+
+
+def test_tree_trace_refuses_other_draft_lengths(target_and_draft):
+    target, draft = target_and_draft
+    trace = record(target, ModelDrafter(draft, 4, tree_width=2), random_prompts(64, 2), max_new_tokens=4, max_draft=4)
+    with pytest.raises(ValueError, match="trees of 4 drafts"):
+        replay(trace, StandardSD(2), batch_size=2, cost_model=COST)
+
+
+def test_accept_len_is_what_full_verification_accepts(ngram_trace):
+    # Verifying every drafted token of one request at a time: accepted = accept_len at each position.
+    replayed = replay(ngram_trace, StandardSD(4), batch_size=1, cost_model=COST)
+    positions = {r: 0 for r in range(ngram_trace.num_requests)}
+    for s in replayed.per_step:
+        (r,) = s["requests"]
+        assert s["accepted"][0] == ngram_trace.accept_len[r, positions[r]]
+        positions[r] += s["generated"][0]
+
+
+def test_replay_at_scale_with_arrivals(ngram_trace):
+    n = 200
+    result = replay(ngram_trace, Tetris(2, 2), batch_size=8, cost_model=h100x4_llama70b(), arrival=5.0,
+                    num_requests=n, seed=3)
+    m = result.metrics
+    assert m["requests"] == n and len(result.requests) == n
+    rows = np.array([r["row"] for r in result.requests])
+    assert m["generated_tokens"] == int(ngram_trace.out_len[rows].sum())
+    assert all(len(s["requests"]) <= 8 for s in result.per_step)
+    for r in result.requests:
+        assert r["arrival"] <= r["start"] <= r["finish"]
+    assert m["simulated_seconds"] >= max(r["arrival"] for r in result.requests)
+    assert 0 < m["verification_success_rate"] <= 1
+    assert m["latency_p50_s"] <= m["latency_p90_s"] <= m["latency_p99_s"]
+    assert m["wasted_verified_tokens"] == m["verified_tokens"] - m["accepted_tokens"]
+
+
+def test_replay_runs_goodput_policies(ngram_trace):
+    for policy in (GoodputSD(4), GoodputTetris(4)):
+        m = replay(ngram_trace, policy, batch_size=4, cost_model=h100x4_llama70b(), num_requests=30).metrics
+        assert m["generated_tokens"] > 0 and math.isfinite(m["throughput_tokens_per_s"])
+
+
+def test_linear_cost_model_fit_recovers_coefficients():
+    true = {"step": 2e-3, "request": 1e-4, "query_token": 5e-4}
+    model = LinearCostModel(true)
+    shapes = [StepShape(requests=b, query_tokens=b * q) for b in (1, 2, 4, 8, 16) for q in (1, 2, 3, 5)]
+    fitted = LinearCostModel.fit([(s, model.step_seconds(s)) for s in shapes], padded=False)
+    for k, v in true.items():
+        assert fitted.coef[k] == pytest.approx(v, rel=1e-6)
+    assert fitted.info["max_rel_error"] < 1e-9
+    again = LinearCostModel.from_json(fitted.to_json())
+    assert again.step_seconds(shapes[3]) == fitted.step_seconds(shapes[3])
+
+
+def test_roofline_is_flat_until_compute_bound():
+    m = h100x4_llama70b()
+    t = [m.step_seconds(StepShape(requests=1, query_tokens=q)) for q in (1, 16, 64, 1024, 2048)]
+    assert t[0] == pytest.approx(t[2], rel=1e-3)  # weight reads dominate small steps
+    flops = m.gpus * m.flops_per_s * m.compute_efficiency
+    assert t[4] - t[3] == pytest.approx(2 * m.params * 1024 / flops, rel=1e-9)  # linear when compute bound
+    assert m.draft_seconds(StepShape(requests=4, query_tokens=8)) == 0.0
+
+
+def test_also_price_equals_a_replay_under_that_model(ngram_trace):
+    gpu = h100x4_llama70b()
+    both = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), num_requests=40)
+    alone = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=gpu, num_requests=40)
+    assert both.also[gpu.name] == pytest.approx(alone.metrics)
+    with pytest.raises(ValueError, match="arrival"):
+        replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), arrival=1.0)
