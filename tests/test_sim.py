@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
-from tetris_ext.cost_models import LinearCostModel, StepShape, h100x4_llama70b
+from tetris_ext.cost_models import LinearCostModel, RecordedStepTimes, StepShape, h100x4_llama70b
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.models import noisy_copy, tiny_llama
@@ -71,6 +71,15 @@ def test_replay_reproduces_live_ngram_run(copier, ngram_trace, make_policy):
     # And the trace holds the live output.
     for r, tokens in enumerate(live.tokens):
         assert tokens == ngram_trace.continuation[r, : ngram_trace.out_len[r]].tolist()
+
+
+@pytest.mark.parametrize("make_policy", [lambda: GoodputSD(4), lambda: GoodputTetris(4)], ids=["GoodputSD", "GoodputTetris"])
+def test_replay_with_the_live_step_times_reproduces_latency_driven_policies(copier, ngram_trace, make_policy):
+    live = generate(copier, ngram_trace.prompts, make_policy(), drafter=NgramDrafter(4), max_new_tokens=24,
+                    max_batch_size=3)
+    replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=RecordedStepTimes(live.stats["per_step"]))
+    assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
+    assert len({sum(s["verified"]) for s in live.stats["per_step"]}) > 2  # the policy did adapt
 
 
 def test_some_ngram_drafts_are_accepted(ngram_trace):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +41,17 @@ class StepShape:
     draft_passes: int = 0  # sequential forward passes of a draft model (0 for model-free drafters)
     prefill_tokens: int = 0  # prompt tokens of requests that join in this step
     prefill_requests: int = 0  # requests that join in this step
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """seconds: the whole step, prefill of joining requests included (the simulated clock);
+    draft_seconds / verify_seconds: what a policy is told (the live loop times prefill apart,
+    and reports drafting, and selection + verification)."""
+
+    seconds: float
+    draft_seconds: float
+    verify_seconds: float
 
 
 class CostModel(Protocol):
@@ -196,6 +207,44 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
         "hbm_bytes_per_s": 3.35e12,
         "flops_per_s": 989e12,
     } | overrides))
+
+
+def price_step(model: CostModel, step: StepShape) -> StepCost:
+    """The cost of one step under `model` (a model may define `price` itself)."""
+    if hasattr(model, "price"):
+        return model.price(step)
+    total = model.step_seconds(step)
+    without_prefill = model.step_seconds(replace(step, prefill_tokens=0, prefill_requests=0))
+    draft = model.draft_seconds(step)
+    return StepCost(total, draft, without_prefill - draft)
+
+
+class RecordedStepTimes:
+    """The step times a live run measured (`generate(...).stats["per_step"]`), handed out one
+    step after another: a replay of that run then feeds latency-driven policies (GoodputSD,
+    GoodputTetris) exactly what they saw live. Prefill, which the live loop times apart, is not
+    included. Single use: one replay, of that run's very steps."""
+
+    name = "recorded"
+
+    def __init__(self, per_step: list[dict]):
+        self.per_step, self.next = per_step, 0
+
+    def price(self, step: StepShape) -> StepCost:
+        if self.next >= len(self.per_step):
+            raise RuntimeError("RecordedStepTimes: the replay has more steps than the recorded run")
+        s = self.per_step[self.next]
+        self.next += 1
+        if len(s["requests"]) != step.requests:
+            raise RuntimeError(f"RecordedStepTimes: step {self.next - 1} of the replay has {step.requests} "
+                               f"requests, the recorded run had {len(s['requests'])}")
+        verify = s["select_seconds"] + s["verify_seconds"]
+        return StepCost(s["draft_seconds"] + verify, s["draft_seconds"], verify)
+
+    def step_seconds(self, step: StepShape) -> float:
+        raise TypeError("RecordedStepTimes prices whole steps in order: use price_step")
+
+    draft_seconds = step_seconds
 
 
 def cost_model_from_json(d: dict) -> CostModel:

@@ -17,11 +17,12 @@ policy object's num_draft / choose / observe, the drafter's `proposal_from_match
 drafter's online calibration runs on the replayed outcomes, so its confidences evolve exactly as
 in a live run) or the recorded proposals of other drafters, `verification.build_block`
 (`tetris.tree_mask`) and `tetris.verify_greedy` against the recorded continuation. Time comes
-from a cost model (tetris_ext.cost_models): step latencies fitted on a real machine, or a GPU
-roofline. With the same batch size and no arrival process, a replay reproduces the live run's
-per-step drafted / verified / accepted / generated counts exactly (tests/test_sim.py); policies
-that adapt to measured latency (GoodputSD, GoodputTetris) see the cost model's latencies
-instead of wall-clock time, which is the point of simulating another machine.
+from a cost model (tetris_ext.cost_models): step latencies fitted on a real machine, a GPU
+roofline, or a live run's own measured step times (`RecordedStepTimes`). With the same batch
+size and no arrival process, a replay reproduces the live run's per-step drafted / verified /
+accepted / generated counts exactly (tests/test_sim.py); policies that adapt to measured
+latency (GoodputSD, GoodputTetris) do too when fed the live run's step times, and otherwise
+see the cost model's latencies, which is the point of simulating another machine.
 
 Limits: greedy decoding only; a drafter's proposal must depend only on the prefix (and, for
 the n-gram drafter, on the calibration the replay re-runs). Chains of recorded proposals are
@@ -34,13 +35,13 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cost_models import CostModel, StepShape
+from .cost_models import CostModel, StepShape, price_step
 from .decoding import Request, generate
 from .drafters import NgramDrafter, NgramMatch
 from .policies import Autoregressive, Policy, StepFeedback
@@ -476,16 +477,14 @@ def replay(
                 prefill_tokens=sum(len(trace.prompts[r.row]) - 1 for r in joining),
                 prefill_requests=len(joining),
             )
-            seconds = cost_model.step_seconds(shape)
-            # The live loop times prefill apart from the step it reports to the policy.
-            step_only = cost_model.step_seconds(replace(shape, prefill_tokens=0, prefill_requests=0))
-            draft_seconds = cost_model.draft_seconds(shape)
+            cost = price_step(cost_model, shape)
+            seconds = cost.seconds
             policy.observe(StepFeedback(verified=num_verified, accepted=num_accepted,
-                                        padded_tokens=B * block.width, draft_seconds=draft_seconds,
-                                        verify_seconds=step_only - draft_seconds))
+                                        padded_tokens=B * block.width, draft_seconds=cost.draft_seconds,
+                                        verify_seconds=cost.verify_seconds))
             clock += seconds
             for i, model in enumerate(also_price):
-                clocks_also[i] += model.step_seconds(shape)
+                clocks_also[i] += price_step(model, shape).seconds
 
             totals["steps"] += 1
             totals["drafted"] += int(drafted.sum())
