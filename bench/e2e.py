@@ -92,7 +92,7 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     batch_sizes = sorted({r["batch_size"] for r in rows})
-    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(6.5 * len(batch_sizes), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(max(10, 6.5 * len(batch_sizes)), 5), squeeze=False)
     for ax, B in zip(axes[0], batch_sizes):
         sel = [r for r in rows if r["batch_size"] == B]
         lines = {}
@@ -169,7 +169,16 @@ def main(argv=None) -> int:
                          "near-tied argmaxes, so outputs (and acceptance) differ between policies")
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the charts of an earlier run")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        saved = json.loads(args.replot.read_text())
+        stem = args.replot.with_suffix("")
+        chart_throughput(saved["rows"], saved["meta"], stem.with_name(stem.name + "_throughput.png"))
+        chart_vsr(saved["rows"], saved["meta"], stem.with_name(stem.name + "_vsr.png"))
+        return 0
     torch.set_num_threads(args.threads)
     ks = args.ks or [1, 2, 3, 4, 5, 6]
     extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])

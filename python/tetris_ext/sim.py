@@ -309,6 +309,9 @@ class _ProposalSource:
 
     def __init__(self, trace: Trace, drafter):
         self.trace, self.drafter = trace, drafter
+        if drafter is not None and trace.drafter.get("kind") != "ngram":
+            raise ValueError("replay: a drafter is re-run only for n-gram traces; "
+                             f"this trace holds recorded {trace.drafter.get('kind')} proposals")
         if trace.drafter.get("kind") == "ngram" and drafter is None:
             cfg = trace.drafter
             self.drafter = NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"])
