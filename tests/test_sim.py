@@ -79,7 +79,9 @@ def test_replay_with_the_live_step_times_reproduces_latency_driven_policies(copi
                     max_batch_size=3)
     replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=RecordedStepTimes(live.stats["per_step"]))
     assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
-    assert len({sum(s["verified"]) for s in live.stats["per_step"]}) > 2  # the policy did adapt
+    # Not vacuous: the policy chose more than one capacity. How many it chooses depends on the
+    # step times this machine measured (a loaded CI machine gave only two), so ask no more.
+    assert len({sum(s["verified"]) for s in live.stats["per_step"]}) >= 2
 
 
 def test_some_ngram_drafts_are_accepted(ngram_trace):
