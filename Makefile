@@ -70,6 +70,10 @@ gpu-bench: build
 demo: build
 	$(PY) -m tetris_ext.demo
 
+# Op microbenchmarks against their PyTorch baselines (bench/README.md for e2e.py, sim.py).
+bench: build
+	$(PY) bench/ops.py
+
 # Release wheel: no emulation, the GPU architectures users run.
 wheel: venv
 	TETRIS_EMULATION=0 TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0+PTX" \
