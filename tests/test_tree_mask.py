@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris)
+from refs.backends import assert_outputs_match
 from refs.tree_mask import (
     noncontiguous,
     random_tree_parents,
@@ -20,23 +21,17 @@ tree_mask_packed = torch.ops.tetris.tree_mask_packed.default
 SETTINGS = settings(max_examples=150, deadline=None)
 
 
-def assert_all_equal(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        assert torch.equal(g, w), (g, w)
-
 
 @SETTINGS
 @given(tree_mask_inputs())
 def test_dense_matches_reference(inputs):
-    assert_all_equal(tree_mask(**inputs), tree_mask_ref(**inputs))
+    assert_outputs_match(tree_mask(**inputs), tree_mask_ref(**inputs))
 
 
 @SETTINGS
 @given(tree_mask_inputs())
 def test_packed_matches_reference(inputs):
-    assert_all_equal(tree_mask_packed(**inputs), tree_mask_packed_ref(**inputs))
+    assert_outputs_match(tree_mask_packed(**inputs), tree_mask_packed_ref(**inputs))
 
 
 @SETTINGS
@@ -134,8 +129,8 @@ def test_empty(B, N, chains):
     selected = torch.ones(B, N, dtype=torch.bool)
     parents = None if chains else torch.full((B, N), -1)
     prefix_lens = torch.arange(B)
-    assert_all_equal(tree_mask(selected, parents, prefix_lens), tree_mask_ref(selected, parents, prefix_lens))
-    assert_all_equal(
+    assert_outputs_match(tree_mask(selected, parents, prefix_lens), tree_mask_ref(selected, parents, prefix_lens))
+    assert_outputs_match(
         tree_mask_packed(selected, parents, prefix_lens), tree_mask_packed_ref(selected, parents, prefix_lens)
     )
 
@@ -144,8 +139,8 @@ def test_empty(B, N, chains):
 @given(tree_mask_inputs())
 def test_noncontiguous_inputs(inputs):
     strided = {k: None if v is None else noncontiguous(v) for k, v in inputs.items()}
-    assert_all_equal(tree_mask(**strided), tree_mask_ref(**inputs))
-    assert_all_equal(tree_mask_packed(**strided), tree_mask_packed_ref(**inputs))
+    assert_outputs_match(tree_mask(**strided), tree_mask_ref(**inputs))
+    assert_outputs_match(tree_mask_packed(**strided), tree_mask_packed_ref(**inputs))
 
 
 def test_deterministic_and_batch_independent():
@@ -157,10 +152,10 @@ def test_deterministic_and_batch_independent():
     prefix_lens = torch.randint(0, 1000, (B,), generator=g)
     first = tree_mask(selected, parents, prefix_lens) + tree_mask_packed(selected, parents, prefix_lens)
     again = tree_mask(selected, parents, prefix_lens) + tree_mask_packed(selected, parents, prefix_lens)
-    assert_all_equal(again, first)
+    assert_outputs_match(again, first)
     for b in range(0, B, 37):
         row = tree_mask(selected[b : b + 1], parents[b : b + 1], prefix_lens[b : b + 1])
-        assert_all_equal(row, tuple(t[b : b + 1] for t in first[:4]))
+        assert_outputs_match(row, tuple(t[b : b + 1] for t in first[:4]))
 
 
 def test_prefix_positions_wrap_instead_of_overflowing():

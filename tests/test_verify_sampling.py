@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from scipy.stats import chisquare
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris)
+from refs.backends import assert_outputs_match
 from refs.tree_mask import noncontiguous
 from refs.verify import verify_sampling_inputs, verify_sampling_ref
 
@@ -16,22 +17,17 @@ verify_sampling = torch.ops.tetris.verify_sampling.default
 SETTINGS = settings(max_examples=200, deadline=None)
 
 
-def assert_all_equal(got, want):
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        assert torch.equal(g, w), (g, w)
-
 
 @SETTINGS
 @given(verify_sampling_inputs(dyadic=False))
 def test_matches_reference_bit_for_bit(inputs):
-    assert_all_equal(verify_sampling(**inputs), verify_sampling_ref(**inputs))
+    assert_outputs_match(verify_sampling(**inputs), verify_sampling_ref(**inputs))
 
 
 @SETTINGS
 @given(verify_sampling_inputs(dyadic=True))
 def test_matches_reference_on_dyadic_inputs(inputs):
-    assert_all_equal(verify_sampling(**inputs), verify_sampling_ref(**inputs))
+    assert_outputs_match(verify_sampling(**inputs), verify_sampling_ref(**inputs))
 
 
 # -- losslessness ------------------------------------------------------------------------------
@@ -253,7 +249,7 @@ def test_slots_with_invalid_tokens_behave_as_absent(inputs):
     V = inputs["target_probs"].shape[2]
     tokens = inputs["slot_tokens"].long()
     absent = {**inputs, "slot_parent": inputs["slot_parent"].masked_fill((tokens < 0) | (tokens >= V), -1)}
-    assert_all_equal(verify_sampling(**inputs), verify_sampling(**absent))
+    assert_outputs_match(verify_sampling(**inputs), verify_sampling(**absent))
 
 
 # -- shapes, strides, determinism, opcheck -----------------------------------------------------
@@ -267,7 +263,7 @@ def test_single_slot_and_empty_batch(B, with_draft):
     outputs = verify_sampling(
         torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target, target.clone() if with_draft else None, uniforms
     )
-    assert_all_equal(outputs, verify_sampling_ref(torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target, None, uniforms))
+    assert_outputs_match(outputs, verify_sampling_ref(torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target, None, uniforms))
     assert outputs[0].shape == (B, 1) and outputs[1].shape == (B,) and torch.all(outputs[2] >= 0)
 
 
@@ -275,24 +271,24 @@ def test_single_slot_and_empty_batch(B, with_draft):
 @given(verify_sampling_inputs(dyadic=False))
 def test_noncontiguous_inputs(inputs):
     strided = {k: None if v is None else noncontiguous(v) for k, v in inputs.items()}
-    assert_all_equal(verify_sampling(**strided), verify_sampling_ref(**inputs))
+    assert_outputs_match(verify_sampling(**strided), verify_sampling_ref(**inputs))
 
 
 def test_expanded_inputs():
     """Broadcast views (stride 0), as the lossless tests use, read correctly."""
     inputs = tree_with_draft(seed=5)
     dense = {k: v.contiguous() for k, v in inputs.items()}
-    assert_all_equal(verify_sampling(**inputs), verify_sampling(**dense))
+    assert_outputs_match(verify_sampling(**inputs), verify_sampling(**dense))
 
 
 @pytest.mark.parametrize("name", INSTANCES)
 def test_deterministic_and_batch_independent(name):
     inputs = INSTANCES[name][0](seed=4)
     first = verify_sampling(**inputs)
-    assert_all_equal(verify_sampling(**inputs), first)
+    assert_outputs_match(verify_sampling(**inputs), first)
     for b in range(0, SAMPLES, 4999):
         row = {k: None if v is None else v[b : b + 1] for k, v in inputs.items()}
-        assert_all_equal(verify_sampling(**row), tuple(t[b : b + 1] for t in first))
+        assert_outputs_match(verify_sampling(**row), tuple(t[b : b + 1] for t in first))
 
 
 @pytest.mark.parametrize("with_draft", [False, True])
