@@ -1,7 +1,7 @@
 """Drafters: where candidate tokens come from.
 
 A drafter follows the batch of active requests (rows, in the loop's order) and, each step,
-proposes candidates for every row. The loop calls:
+proposes candidates for every row. The loop (``engine.Engine``) calls:
 
 - ``add(requests)``: new requests join at the end of the batch (``request.tokens`` is the prompt).
 - ``keep(rows)``: only these rows stay, in this order (finished requests left).

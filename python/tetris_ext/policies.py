@@ -1,6 +1,7 @@
 """Selection policies: how much each request drafts, and which candidates the target verifies.
 
-A policy never touches a model. Each step the loop (or the trace-replay simulator) calls
+A policy never touches a model. Each step ``engine.Engine`` (the live loop and the trace replay
+alike) calls
 
 1. ``num_draft(num_requests) -> int``: how many tokens each active request drafts;
 2. ``choose(proposal) -> selected``: [B, N] bool, the candidates to verify, always decided by
