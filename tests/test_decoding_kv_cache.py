@@ -9,12 +9,7 @@ from tetris_ext.kv_cache import RaggedKVCache, accepts_custom_mask
 from tetris_ext.models import tiny_gemma3, tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 MODELS = {

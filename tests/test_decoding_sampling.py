@@ -22,12 +22,7 @@ TEMPERATURE = 1.0
 PROMPT = [1, 2, 3, 1, 2]  # the suffix [1, 2] occurred before: the n-gram drafter proposes [3, 1, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,14 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.calibration import AcceptanceCalibration, brier_score, reliability
+from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter, ngram_match
 from tetris_ext.models import tiny_llama
+from tetris_ext.policies import Tetris
 from tetris_ext.proposal import Outcome
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class R:  # the two attributes drafters read from a request
@@ -98,6 +95,33 @@ def test_ngram_drafter_update_learns_only_from_tested_candidates():
     accepted = torch.tensor([[False, False, False]])  # the first is rejected: the second untested
     drafter.update(requests, proposal, Outcome(selected, accepted, torch.full((1, 3), -1)))
     assert drafter.calibration.updates == 1
+
+
+def test_ngram_drafter_forgets_the_requests_that_leave():
+    drafter = NgramDrafter(4)
+    requests = [R(7, [1, 2, 3, 1, 2]), R(8, [4, 5, 4, 5]), R(9, [6, 6, 6])]
+    drafter.add(requests)
+    proposal = drafter.propose(requests, num_draft=2)
+    selected = proposal.tokens >= 0
+    accepted = torch.zeros_like(selected)
+    drafter.update(requests, proposal, Outcome(selected, accepted, torch.full((3, 2), -1)))
+    assert set(drafter.calibration.request_bias) == {7, 8, 9}
+    drafter.keep([2, 0])  # request 8 left; the rows are now 9, 7
+    assert set(drafter.calibration.request_bias) == {7, 9}
+    drafter.keep([0])
+    assert set(drafter.calibration.request_bias) == {9}
+    drafter.add([R(10, [1, 1])])
+    drafter.keep([1])  # rows were 9, 10
+    assert drafter.calibration.request_bias == {}
+
+
+def test_a_reused_ngram_drafter_starts_each_run_without_request_offsets(model):
+    # Every generate call numbers its prompts from 0: a leftover offset would be applied to
+    # another prompt of the next call.
+    drafter = NgramDrafter(4)
+    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5, 4, 5, 4]]
+    generate(model, prompts, Tetris(2, 1), drafter, max_new_tokens=8, max_batch_size=1)
+    assert drafter.calibration.updates > 0 and drafter.calibration.request_bias == {}
 
 
 def test_brier_and_reliability():

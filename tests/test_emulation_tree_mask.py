@@ -77,17 +77,6 @@ def test_prefix_positions_wrap_instead_of_overflowing():
                      prefix_lens=torch.tensor([2**63 - 1])))
 
 
-@pytest.fixture
-def poisoned_empty():
-    """at::empty fills new tensors (True, 255, INT_MAX, ...): an output element the kernel
-    fails to write shows up."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    assert torch.utils.deterministic.fill_uninitialized_memory
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
 def test_outputs_are_fully_written(poisoned_empty):
     assert_same(random_block_inputs(40, 70, seed=3))
     assert_same(random_block_inputs(3, 0, seed=3))

@@ -247,14 +247,6 @@ class RecordedStepTimes:
     draft_seconds = step_seconds
 
 
-def cost_model_from_json(d: dict) -> CostModel:
-    if d["kind"] == "linear":
-        return LinearCostModel.from_json(d)
-    if d["kind"] == "roofline":
-        return RooflineCostModel(**{k: v for k, v in d.items() if k != "kind"})
-    raise ValueError(f"unknown cost model kind {d['kind']!r}")
-
-
 def measure_step_times(
     target,
     batch_sizes=(1, 4, 8, 16),

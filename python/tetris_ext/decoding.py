@@ -1,6 +1,7 @@
 """Batch speculative decoding with continuous batching: the reference loop for the TETRIS ops.
 
-One step for the batch of active requests:
+``generate`` runs the shared step and loop (``tetris_ext.engine``) against ``LiveTarget``, a
+model with its KV cache. One step for the batch of active requests:
 
     draft   -> the drafter proposes candidates for every request        (draft_cumprod)
     choose  -> the policy picks which candidates the target verifies    (select)
@@ -21,30 +22,56 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
+from .engine import Engine, StepRecord, StepTimes
 from .kv_cache import RaggedKVCache
-from .policies import Policy, StepFeedback
+from .policies import Policy
 from .proposal import Proposal
 from .stats import RunStats
-from .verification import Block, Verified, build_block, verify
+from .verification import Block, Verified, verify
 
-__all__ = ["generate", "GenerationResult", "Request"]
+__all__ = ["generate", "GenerationResult", "Request", "LiveTarget"]
 
 
 @dataclass
 class Request:
-    """One prompt being decoded. ``tokens`` = prompt + accepted output; the last is the root."""
+    """One prompt being decoded. ``tokens`` = prompt + accepted output; the last is the root.
+    It finishes at a token of ``eos`` (kept in its output) or after ``max_new_tokens``."""
 
     index: int
     tokens: list[int]
     prompt_len: int
     max_new_tokens: int
+    eos: frozenset[int] = frozenset()
     finished: bool = False
+    arrival: float = 0.0  # every prompt of `generate` waits from the start
 
     @property
     def output(self) -> list[int]:
         return self.tokens[self.prompt_len :]
+
+    @property
+    def root(self) -> int:
+        return self.tokens[-1]
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.tokens) - 1
+
+    def advance(self, out_tokens: list[int]) -> int:
+        """Append accepted + bonus tokens (-1 padded), stopping at EOS or the budget; returns
+        how many."""
+        added = 0
+        for token in out_tokens:
+            if token < 0 or len(self.tokens) - self.prompt_len >= self.max_new_tokens:
+                break
+            self.tokens.append(token)
+            added += 1
+            if token in self.eos:
+                break
+        if len(self.tokens) - self.prompt_len >= self.max_new_tokens or (added and self.tokens[-1] in self.eos):
+            self.finished = True
+        return added
 
 
 @dataclass
@@ -53,54 +80,47 @@ class GenerationResult:
     stats: dict = field(default_factory=dict)
 
 
-class Batch:
-    """The active requests (rows) with the target's KV cache and the drafter kept in step."""
+class LiveTarget:
+    """The engine's target (``engine.Target``) for a real model: one forward over the
+    verification block on the batch's KV cache, then the rejected slots rolled back. Time is
+    the wall clock, measured."""
 
-    def __init__(self, target, drafter):
-        self.target, self.drafter = target, drafter
-        self.requests: list[Request] = []
-        self.cache = RaggedKVCache(target)
+    def __init__(self, model):
+        self.model = model
+        self.cache = RaggedKVCache(model)
+        self.start = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.start
+
+    def wait_until(self, when: float) -> None:
+        time.sleep(max(0.0, when - self.now()))
 
     def admit(self, joining: list[Request]) -> None:
         """Prefill the joining requests (all prompt tokens but the root) and append them as rows."""
-        prefill = RaggedKVCache(self.target)
+        prefill = RaggedKVCache(self.model)
         prefill.append([r.tokens[:-1] for r in joining])
         self.cache.extend(prefill)
-        if self.drafter is not None:
-            self.drafter.add(joining)
-        self.requests += joining
 
-    def retire(self) -> list[Request]:
-        """Remove finished requests; returns them."""
-        done = [r for r in self.requests if r.finished]
-        if done:
-            rows = [i for i, r in enumerate(self.requests) if not r.finished]
-            self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
-            if self.drafter is not None:
-                self.drafter.keep(rows)
-            self.requests = [self.requests[i] for i in rows]
-        return done
+    def keep(self, rows: list[int], leaving: list[Request]) -> None:
+        self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
 
-    def draft(self, num_draft: int, temperature: float, generator) -> Proposal:
-        if num_draft == 0:
-            return Proposal.empty(len(self.requests))
-        if self.drafter is None:
-            raise ValueError("the policy drafts tokens; pass a drafter")
-        return self.drafter.propose(self.requests, num_draft, temperature, generator)
-
-    def verify(self, proposal: Proposal, selected: Tensor, temperature: float, generator) -> tuple[Block, Verified]:
-        """One target forward over the selected candidates, then keep what the target accepts."""
-        roots = torch.tensor([r.tokens[-1] for r in self.requests], dtype=torch.long)
-        prefix_lens = torch.tensor([len(r.tokens) - 1 for r in self.requests], dtype=torch.long)
-        block = build_block(proposal, selected, roots, prefix_lens)
+    def verify(
+        self, requests: list[Request], block: Block, proposal: Proposal, temperature: float, generator
+    ) -> Verified:
+        """One target forward over the block, then keep what the target accepts."""
         first_column = self.cache.width
         logits = self.cache.forward(block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real)
         verified = verify(block, logits, proposal, temperature, generator)
         # Roll back: only the root and the accepted slots of each row stay in the cache.
-        kept_slots = torch.cat([torch.zeros_like(roots[:, None]), verified.accepted_slots], dim=1)
+        roots = torch.zeros_like(verified.accepted_slots[:, :1])
+        kept_slots = torch.cat([roots, verified.accepted_slots], dim=1)
         self.cache.commit(torch.where(kept_slots >= 0, first_column + kept_slots, -1))
         self.cache.maybe_compact()
-        return block, verified
+        return verified
+
+    def times(self, record: StepRecord) -> StepTimes:
+        return record.measured
 
 
 def generate(
@@ -125,73 +145,20 @@ def generate(
     number of generated tokens.
     """
     budgets = _budgets(prompts, max_new_tokens)
-    eos = _eos_set(eos_token_id)
-    max_batch_size = max_batch_size or max(1, len(prompts))
+    eos = frozenset(_eos_set(eos_token_id))
+    waiting = deque(Request(i, list(p), len(p), n, eos) for i, (p, n) in enumerate(zip(prompts, budgets)))
+    stats = RunStats()
     generator = torch.Generator().manual_seed(seed)
-    waiting = deque(Request(i, list(p), len(p), n) for i, (p, n) in enumerate(zip(prompts, budgets)))
-    outputs: list[list[int]] = [[] for _ in prompts]
-    batch, stats = Batch(target, drafter), RunStats()
+    engine = Engine(LiveTarget(target), drafter, policy, stats, temperature, generator)
     start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        while waiting or batch.requests:
-            joining = [waiting.popleft() for _ in range(min(len(waiting), max_batch_size - len(batch.requests)))]
-            if joining:
-                t0 = time.perf_counter()
-                batch.admit(joining)
-                stats.add_prefill(time.perf_counter() - t0)
-            generated = step(batch, policy, temperature, generator, eos, stats)
-            if progress is not None:
-                progress.update(generated)
-            for request in batch.retire():
-                outputs[request.index] = request.output
+        done = engine.run(waiting, max_batch_size or max(1, len(prompts)), progress)
     stats.totals["wall_seconds"] = time.perf_counter() - start
     stats.totals["cpu_seconds"] = time.process_time() - cpu_start
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for request in done:
+        outputs[request.index] = request.output
     return GenerationResult(outputs, stats.as_dict())
-
-
-def step(batch: Batch, policy: Policy, temperature: float, generator, eos: set[int], stats: RunStats) -> int:
-    """One draft-select-verify step for every active request; returns the tokens generated."""
-    requests = batch.requests
-    t0 = time.perf_counter()
-    num_draft = policy.num_draft(len(requests))
-    proposal = batch.draft(num_draft, temperature, generator)
-    t1 = time.perf_counter()
-    selected = policy.choose(proposal)
-    t2 = time.perf_counter()
-    block, verified = batch.verify(proposal, selected, temperature, generator)
-    outcome = verified.outcome(block, selected)
-    if num_draft > 0:
-        batch.drafter.update(requests, proposal, outcome)  # rollback, calibration
-    t3 = time.perf_counter()
-    generated = [_append_output(r, verified.out_tokens[b], eos) for b, r in enumerate(requests)]
-    seconds = {"draft": t1 - t0, "select": t2 - t1, "verify": t3 - t2}
-    # What the policy learns from; a replay rebuilds it from the per-step record.
-    policy.observe(
-        StepFeedback(
-            verified=outcome.num_verified(),
-            accepted=outcome.num_accepted(),
-            padded_tokens=len(requests) * block.width,
-            draft_seconds=seconds["draft"],
-            verify_seconds=seconds["select"] + seconds["verify"],
-        )
-    )
-    stats.add_step([r.index for r in requests], proposal, outcome, block.width, generated, seconds)
-    return sum(generated)
-
-
-def _append_output(request: Request, out_tokens: Tensor, eos: set[int]) -> int:
-    """Append accepted + bonus tokens, stopping at EOS or the budget; returns how many."""
-    added = 0
-    for token in out_tokens.tolist():
-        if token < 0 or len(request.output) >= request.max_new_tokens:
-            break
-        request.tokens.append(token)
-        added += 1
-        if token in eos:
-            break
-    if len(request.output) >= request.max_new_tokens or (added and request.tokens[-1] in eos):
-        request.finished = True
-    return added
 
 
 def _budgets(prompts, max_new_tokens) -> list[int]:

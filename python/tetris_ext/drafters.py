@@ -1,7 +1,7 @@
 """Drafters: where candidate tokens come from.
 
 A drafter follows the batch of active requests (rows, in the loop's order) and, each step,
-proposes candidates for every row. The loop calls:
+proposes candidates for every row. The loop (``engine.Engine``) calls:
 
 - ``add(requests)``: new requests join at the end of the batch (``request.tokens`` is the prompt).
 - ``keep(rows)``: only these rows stay, in this order (finished requests left).
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import ops
 from .calibration import NGRAM_FEATURES, AcceptanceCalibration
 from .kv_cache import RaggedKVCache
 from .proposal import Outcome, Proposal
@@ -72,6 +73,8 @@ class NgramDrafter:
     Each drafted token's acceptance probability comes from ``calibration`` (an
     ``AcceptanceCalibration``, learned online from verification outcomes, globally and per
     request) applied to the raw match statistics, which the proposal carries as ``features``.
+    A request's own offset is dropped when it leaves the batch, so request ids may be reused
+    (every ``generate`` call numbers its prompts from 0).
     """
 
     def __init__(
@@ -85,12 +88,22 @@ class NgramDrafter:
             raise ValueError("NgramDrafter: need max_draft >= 1 and 1 <= min_ngram <= max_ngram")
         self.max_draft, self.max_ngram, self.min_ngram = max_draft, max_ngram, min_ngram
         self.calibration = calibration if calibration is not None else AcceptanceCalibration()
+        self._request_ids: list[int] = []  # the batch's rows, for `keep`
 
     def add(self, requests) -> None:
-        pass  # stateless apart from the calibration
+        self._request_ids += [r.index for r in requests]
 
     def keep(self, rows: list[int]) -> None:
-        pass
+        """Only these rows stay; the calibration forgets the requests that left."""
+        kept = [self._request_ids[i] for i in rows]
+        self.release(set(self._request_ids) - set(kept))
+        self._request_ids = kept
+
+    def release(self, request_ids) -> None:
+        """Forget the per-request calibration of finished requests (for callers that track
+        requests by id rather than through add / keep)."""
+        for request in request_ids:
+            self.calibration.forget(request)
 
     def propose(self, requests, num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
         num_draft = min(num_draft, self.max_draft)
@@ -183,7 +196,7 @@ class ModelDrafter:
         # output distribution is no longer the target's (a policy could favour tokens the draft
         # over-estimates). It may depend on the ancestors, which the cumulative sum does.
         scored = rows.argmax(-1) if sampled else tokens
-        token_logprobs, cum_logprobs = torch.ops.tetris.draft_cumprod(
+        token_logprobs, cum_logprobs = ops.draft_cumprod(
             rows, scored, parents, temperature if temperature > 0 else 1.0
         )
         draft_probs = torch.softmax(rows / temperature, dim=-1) if sampled else None
@@ -239,7 +252,7 @@ class ModelDrafter:
             # Every frontier node offers its top-`width` children ...
             child_tokens = frontier_logits.topk(width, dim=-1).indices.reshape(B, F * width)
             child_rows = frontier_logits[:, :, None].expand(B, F, width, V).reshape(B, F * width, V)
-            child_logprobs, _ = torch.ops.tetris.draft_cumprod(
+            child_logprobs, _ = ops.draft_cumprod(
                 child_rows, child_tokens, torch.full_like(child_tokens, -1), 1.0
             )
             parent_path = path.gather(1, frontier.clamp(min=0)) if path.shape[1] else path.new_zeros(B, F)

@@ -1,10 +1,11 @@
 """Selection policies: how much each request drafts, and which candidates the target verifies.
 
-A policy never touches a model. Each step the loop (or the trace-replay simulator) calls
+A policy never touches a model. Each step ``engine.Engine`` (the live loop and the trace replay
+alike) calls
 
 1. ``num_draft(num_requests) -> int``: how many tokens each active request drafts;
 2. ``choose(proposal) -> selected``: [B, N] bool, the candidates to verify, always decided by
-   ``torch.ops.tetris.select`` (so the choice is ancestor-closed and ties are deterministic);
+   ``tetris_ext.ops.select`` (so the choice is ancestor-closed and ties are deterministic);
 3. ``observe(feedback)``: per-request verified / accepted counts and the measured (or
    simulated) step latency, for policies that adapt online.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import ops
 from .proposal import Proposal
 
 __all__ = [
@@ -80,7 +82,7 @@ def _select(proposal: Proposal, budget: int, per_request: int | None = None, min
     if per_request is not None:
         caps = torch.full((proposal.batch_size,), per_request, dtype=torch.int64, device=scores.device)
     min_score = None if min_prob is None else (math.log(min_prob) if min_prob > 0 else -math.inf)
-    selected, _ = torch.ops.tetris.select(scores, budget, proposal.parents, caps, min_score)
+    selected, _ = ops.select(scores, budget, proposal.parents, caps, min_score)
     return selected
 
 

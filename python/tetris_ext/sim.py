@@ -12,11 +12,12 @@ on it step by step, at any batch size and with thousands of requests, without a 
                     cost_model=h100x4_llama70b(), num_requests=10_000)
     result.metrics  # throughput, latency percentiles, verification success rate, waste
 
-`replay` runs the live loop's own pieces (tetris_ext.decoding.step, minus the models): the
-policy object's num_draft / choose / observe, the drafter's `proposal_from_matches` (the n-gram
-drafter's online calibration runs on the replayed outcomes, so its confidences evolve exactly as
-in a live run) or the recorded proposals of other drafters, `verification.build_block`
-(`tetris.tree_mask`) and `tetris.verify_greedy` against the recorded continuation. Time comes
+`replay` runs the live loop's own step and continuous-batching loop (`tetris_ext.engine`)
+with a `ReplayTarget` in place of the model: the policy object's num_draft / choose / observe,
+the drafter's `proposal_from_matches` (the n-gram drafter's online calibration runs on the
+replayed outcomes, so its confidences evolve exactly as in a live run) or the recorded
+proposals of other drafters, `verification.build_block` (`tetris.tree_mask`) and
+`tetris.verify_greedy` against the recorded continuation, and the same statistics. Time comes
 from a cost model (tetris_ext.cost_models): step latencies fitted on a real machine, a GPU
 roofline, or a live run's own measured step times (`RecordedStepTimes`). With the same batch
 size and no arrival process, a replay reproduces the live run's per-step drafted / verified /
@@ -44,9 +45,11 @@ import torch
 from .cost_models import CostModel, StepShape, price_step
 from .decoding import Request, generate
 from .drafters import NgramDrafter, NgramMatch
-from .policies import Autoregressive, Policy, StepFeedback
+from .engine import Engine, StepRecord, StepTimes
+from .policies import Autoregressive, Policy
 from .proposal import Outcome, Proposal
-from .verification import Verified, build_block
+from .stats import RunStats
+from .verification import Block, Verified, verify_greedy_tokens
 
 __all__ = ["Trace", "record", "replay", "ReplayResult"]
 
@@ -202,11 +205,47 @@ def record(
     if max_draft < 1 or max_new_tokens < 1:
         raise ValueError("record: need max_draft >= 1 and max_new_tokens >= 1")
     eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    continuation, out_len = _record_continuation(target, prompts, max_new_tokens, max_draft, eos, batch_size,
+                                                 progress)
+    drafts = _DraftArrays(len(prompts), max_new_tokens, max_draft)
+    bar = _progress_bar(progress, len(prompts) * max_new_tokens, "record: drafts", "pos")
+    chunk = batch_size or len(prompts)
+    with torch.inference_mode():
+        for lo in range(0, len(prompts), chunk):
+            rows = list(range(lo, min(len(prompts), lo + chunk)))
+            _record_chunk(drafter, prompts, rows, continuation, drafts, bar)
+    if bar is not None:
+        bar.close()
+    return Trace(
+        prompts=[list(p) for p in prompts],
+        continuation=continuation,
+        out_len=out_len,
+        draft_tokens=drafts.tokens,
+        draft_parents=drafts.parents,
+        draft_features=drafts.features,
+        draft_token_logprobs=drafts.token_logprobs,
+        draft_cum_logprobs=drafts.cum_logprobs,
+        accept_len=_greedy_accept_len(drafts.tokens, drafts.parents, continuation),
+        drafter=_drafter_config(drafter),
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=eos,
+    )
+
+
+def _progress_bar(enabled: bool, total: int, desc: str, unit: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+def _record_continuation(target, prompts, max_new_tokens: int, max_draft: int, eos: list[int], batch_size,
+                         progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The target's greedy continuation [R, T + D + 1] of every prompt (the live loop with
+    `Autoregressive`), and each request's output length [R] (T, or through its first EOS)."""
     R, T = len(prompts), max_new_tokens
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=R * (T + max_draft + 1), desc="record: target", unit="tok")
+    bar = _progress_bar(progress, R * (T + max_draft + 1), "record: target", "tok")
     result = generate(target, prompts, Autoregressive(), max_new_tokens=T + max_draft + 1,
                       max_batch_size=batch_size, progress=bar)
     if bar is not None:
@@ -217,60 +256,51 @@ def record(
         hits = [i for i, tok in enumerate(continuation[r, :T]) if tok in eos]
         if hits:
             out_len[r] = hits[0] + 1
+    return continuation, out_len
 
-    D = max_draft
-    tokens = np.full((R, T, D), -1, dtype=np.int64)
-    parents = None
-    features = None
-    token_lp = np.full((R, T, D), -np.inf, dtype=np.float32)
-    cum_lp = np.full((R, T, D), -np.inf, dtype=np.float32)
-    chunk = batch_size or R
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=R * T, desc="record: drafts", unit="pos")
-    with torch.inference_mode():
-        for lo in range(0, R, chunk):
-            rows = list(range(lo, min(R, lo + chunk)))
-            requests = [Request(r, list(prompts[r]), len(prompts[r]), T) for r in rows]
-            drafter.add(requests)
-            for t in range(T):
-                proposal = drafter.propose(requests, D, 0.0, None)
-                n = proposal.num_candidates
-                block = np.s_[lo:lo + len(rows), t, :n]
-                tokens[block] = proposal.tokens.numpy()
-                token_lp[block] = proposal.token_logprobs.numpy()
-                cum_lp[block] = proposal.cum_logprobs.numpy()
-                if proposal.parents is not None:
-                    if parents is None:
-                        parents = np.tile(np.arange(-1, D - 1, dtype=np.int64), (R, T, 1))
-                    parents[block] = proposal.parents.numpy()
-                if proposal.features is not None:
-                    if features is None:
-                        features = np.zeros((R, T, D, proposal.features.shape[-1]), dtype=np.float32)
-                    features[block] = proposal.features.numpy()
-                drafter.update(requests, proposal, _nothing_accepted(proposal))
-                for request, r in zip(requests, rows):
-                    request.tokens.append(int(continuation[r, t]))
-                if bar is not None:
-                    bar.update(len(rows))
-            drafter.keep([])  # the chunk leaves the drafter's batch
-    if bar is not None:
-        bar.close()
-    return Trace(
-        prompts=[list(p) for p in prompts],
-        continuation=continuation,
-        out_len=out_len,
-        draft_tokens=tokens,
-        draft_parents=parents,
-        draft_features=features,
-        draft_token_logprobs=token_lp,
-        draft_cum_logprobs=cum_lp,
-        accept_len=_greedy_accept_len(tokens, parents, continuation),
-        drafter=_drafter_config(drafter),
-        max_new_tokens=T,
-        eos_token_ids=eos,
-    )
+
+class _DraftArrays:
+    """The proposals of R requests at T positions, up to D candidates each (Trace's draft_*)."""
+
+    def __init__(self, R: int, T: int, D: int):
+        self.shape = (R, T, D)
+        self.tokens = np.full((R, T, D), -1, dtype=np.int64)
+        self.token_logprobs = np.full((R, T, D), -np.inf, dtype=np.float32)
+        self.cum_logprobs = np.full((R, T, D), -np.inf, dtype=np.float32)
+        self.parents: np.ndarray | None = None  # allocated at the first tree proposal
+        self.features: np.ndarray | None = None  # allocated at the first proposal with features
+
+    def store(self, rows: slice, t: int, proposal: Proposal) -> None:
+        R, T, D = self.shape
+        at = np.s_[rows, t, : proposal.num_candidates]
+        self.tokens[at] = proposal.tokens.numpy()
+        self.token_logprobs[at] = proposal.token_logprobs.numpy()
+        self.cum_logprobs[at] = proposal.cum_logprobs.numpy()
+        if proposal.parents is not None:
+            if self.parents is None:
+                self.parents = np.tile(np.arange(-1, D - 1, dtype=np.int64), (R, T, 1))
+            self.parents[at] = proposal.parents.numpy()
+        if proposal.features is not None:
+            if self.features is None:
+                self.features = np.zeros((R, T, D, proposal.features.shape[-1]), dtype=np.float32)
+            self.features[at] = proposal.features.numpy()
+
+
+def _record_chunk(drafter, prompts, rows: list[int], continuation: np.ndarray, drafts: _DraftArrays, bar) -> None:
+    """Propose for requests `rows` at every output position, advancing them one target token
+    at a time and verifying nothing."""
+    _, T, D = drafts.shape
+    requests = [Request(r, list(prompts[r]), len(prompts[r]), T) for r in rows]
+    drafter.add(requests)
+    for t in range(T):
+        proposal = drafter.propose(requests, D, 0.0, None)
+        drafts.store(slice(rows[0], rows[-1] + 1), t, proposal)
+        drafter.update(requests, proposal, _nothing_accepted(proposal))
+        for request, r in zip(requests, rows):
+            request.tokens.append(int(continuation[r, t]))
+        if bar is not None:
+            bar.update(len(rows))
+    drafter.keep([])  # the chunk leaves the drafter's batch
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,11 +311,12 @@ class _SimRequest:
     """A replayed request: `index` is its id (the calibration keys on it), `row` its trace row,
     `t` its output length so far. `tokens` (prompt + output) is built only when asked for."""
 
-    __slots__ = ("index", "row", "t", "arrival", "start", "finish", "finish_also", "_trace")
+    __slots__ = ("index", "row", "t", "out_len", "arrival", "start", "finish", "finish_also", "_trace")
 
     def __init__(self, index: int, row: int, arrival: float, trace: Trace):
         self.index, self.row, self.arrival, self._trace = index, row, arrival, trace
-        self.t, self.start, self.finish = 0, math.nan, math.nan
+        self.t, self.out_len = 0, int(trace.out_len[row])
+        self.start, self.finish = math.nan, math.nan
         self.finish_also: list[float] = []
 
     @property
@@ -302,10 +333,21 @@ class _SimRequest:
         """Tokens in the target's KV cache: prompt + output, minus the root."""
         return len(self._trace.prompts[self.row]) + self.t - 1
 
+    @property
+    def finished(self) -> bool:
+        return self.t >= self.out_len
+
+    def advance(self, out_tokens: list[int]) -> int:
+        """The verified tokens are the recorded continuation's: only count them, up to the
+        recorded output length (which ends at the first EOS)."""
+        taken = min(sum(1 for token in out_tokens if token >= 0), self.out_len - self.t)
+        self.t += taken
+        return taken
+
 
 class _ProposalSource:
-    """Rebuilds each step's Proposal from the trace: through the n-gram drafter's own
-    `proposal_from_matches` (its calibration), or from the recorded confidences."""
+    """The replay's drafter: rebuilds each step's Proposal from the trace, through the n-gram
+    drafter's own `proposal_from_matches` (its calibration), or from the recorded confidences."""
 
     def __init__(self, trace: Trace, drafter):
         self.trace, self.drafter = trace, drafter
@@ -317,7 +359,7 @@ class _ProposalSource:
             self.drafter = NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"])
         self.max_draft = trace.max_draft if self.drafter is None else min(trace.max_draft, self.drafter.max_draft)
 
-    def propose(self, requests: list[_SimRequest], num_draft: int) -> Proposal:
+    def propose(self, requests: list[_SimRequest], num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
         tr = self.trace
         n = min(num_draft, self.max_draft)
         if tr.is_tree and n != tr.max_draft:
@@ -329,10 +371,8 @@ class _ProposalSource:
         tokens = tr.draft_tokens[rows, ts, :n]
         if self.drafter is not None and tr.draft_features is not None:
             feats = tr.draft_features[rows, ts, :n]
-            matches = []
             counts = (tokens >= 0).sum(1).tolist()
-            for b, k in enumerate(counts):
-                matches.append(NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()))
+            matches = [NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()) for b, k in enumerate(counts)]
             return self.drafter.proposal_from_matches(matches, [r.index for r in requests], n)
         parents = None if not tr.is_tree else torch.from_numpy(tr.draft_parents[rows, ts, :n].copy())
         return Proposal(
@@ -354,11 +394,74 @@ class _ProposalSource:
             self.drafter.update(requests, proposal, outcome)
 
 
+class ReplayTarget:
+    """The engine's target (``engine.Target``) in a replay: the target's greedy tokens come
+    from the trace's continuation, and each step is priced by ``cost_model`` (and by each of
+    ``also_price``, on clocks of their own) on a simulated clock."""
+
+    def __init__(self, trace: Trace, cost_model: CostModel, also_price: tuple[CostModel, ...], max_draft: int):
+        self.trace, self.cost_model, self.also_price = trace, cost_model, also_price
+        self.continuation = torch.from_numpy(trace.continuation)
+        # Drafting costs a draft model one pass per drafted token; n-gram drafting costs none.
+        self.draft_passes_per_token = 0 if trace.drafter.get("kind") == "ngram" else 1
+        self.max_draft = max_draft
+        self.clock = 0.0
+        self.clocks_also = [0.0] * len(also_price)
+
+    def now(self) -> float:
+        return self.clock
+
+    def wait_until(self, when: float) -> None:
+        self.clock = max(self.clock, when)
+
+    def admit(self, joining: list[_SimRequest]) -> None:
+        for r in joining:
+            r.start = self.clock
+
+    def keep(self, rows: list[int], leaving: list[_SimRequest]) -> None:
+        for r in leaving:
+            r.finish, r.finish_also = self.clock, list(self.clocks_also)
+
+    def verify(self, requests: list[_SimRequest], block: Block, proposal: Proposal, temperature: float,
+               generator) -> Verified:
+        """The target's greedy token after each slot: the continuation at the slot's depth
+        (exact on the accepted path, the only slots verification reads)."""
+        rows = torch.tensor([r.row for r in requests], dtype=torch.long)
+        ts = torch.tensor([r.t for r in requests], dtype=torch.long)
+        depth = block.positions - block.positions[:, :1]  # slot 0 (the root) sits at the prefix length
+        target_tokens = self.continuation[rows.unsqueeze(1), ts.unsqueeze(1) + depth]
+        return verify_greedy_tokens(block, torch.where(block.real, target_tokens, -1))
+
+    def times(self, record: StepRecord) -> StepTimes:
+        shape = self._shape(record)
+        cost = price_step(self.cost_model, shape)
+        self.clock += cost.seconds
+        for i, model in enumerate(self.also_price):
+            self.clocks_also[i] += price_step(model, shape).seconds
+        return StepTimes(draft=cost.draft_seconds, select=0.0, verify=cost.verify_seconds, step=cost.seconds)
+
+    def _shape(self, record: StepRecord) -> StepShape:
+        B, prefix_lens = len(record.requests), record.prefix_lens
+        num_verified = record.outcome.num_verified()
+        return StepShape(
+            requests=B,
+            query_tokens=B + int(num_verified.sum()),
+            padded_query_tokens=B * record.block.width,
+            context_tokens=int(prefix_lens.sum()),
+            attention_work=int(((num_verified + 1) * (prefix_lens + num_verified + 1)).sum()),
+            drafting_requests=B if record.num_draft > 0 else 0,
+            drafted_tokens=int(record.proposal.counts().sum()),
+            draft_passes=self.draft_passes_per_token * min(record.num_draft, self.max_draft),
+            prefill_tokens=sum(len(self.trace.prompts[r.row]) - 1 for r in record.joining),
+            prefill_requests=len(record.joining),
+        )
+
+
 @dataclass
 class ReplayResult:
     """metrics: throughput, latency percentiles, verification success rate, waste, per-step
     means (under `cost_model`). also: the same metrics priced by each of `also_price`.
-    per_step: one record per step (as the live loop's stats["per_step"], plus seconds).
+    per_step: one record per step (as the live loop's stats["per_step"], the seconds priced).
     requests: id, trace row, arrival, start and finish time, tokens of every request."""
 
     metrics: dict
@@ -378,6 +481,19 @@ def _arrival_times(arrival, n: int, rng: np.random.Generator) -> np.ndarray:
     if times.shape != (n,):
         raise ValueError(f"replay: arrival times need shape ({n},), got {times.shape}")
     return times
+
+
+def _waiting_requests(trace: Trace, arrival, num_requests: int | None, seed: int) -> deque:
+    """The replay's requests in arrival order: every trace row once (ids = rows), or
+    `num_requests` rows drawn with replacement (ids 0..n-1)."""
+    rng = np.random.default_rng(seed)
+    if num_requests is None:
+        rows = np.arange(trace.num_requests)
+    else:
+        rows = rng.integers(0, trace.num_requests, size=num_requests)
+    arrivals = _arrival_times(arrival, len(rows), rng)
+    order = np.argsort(arrivals, kind="stable")
+    return deque(_SimRequest(int(i), int(rows[i]), float(arrivals[i]), trace) for i in order)
 
 
 def replay(
@@ -410,121 +526,22 @@ def replay(
         raise ValueError("replay: batch_size must be >= 1")
     if also_price and not (arrival is None or arrival == "all"):
         raise ValueError("replay: also_price needs arrival='all' (arrivals interact with the clock)")
-    rng = np.random.default_rng(seed)
-    if num_requests is None:
-        rows = np.arange(trace.num_requests)
-    else:
-        rows = rng.integers(0, trace.num_requests, size=num_requests)
-    arrivals = _arrival_times(arrival, len(rows), rng)
-    order = np.argsort(arrivals, kind="stable")
-    waiting = deque(_SimRequest(int(i), int(rows[i]), float(arrivals[i]), trace) for i in order)
+    waiting = _waiting_requests(trace, arrival, num_requests, seed)
     source = _ProposalSource(trace, drafter)
-    draft_passes_per_token = 0 if trace.drafter.get("kind") == "ngram" else 1
-    continuation = torch.from_numpy(trace.continuation)
-
-    active: list[_SimRequest] = []
-    done: list[_SimRequest] = []
-    per_step: list[dict] = []
-    totals = dict.fromkeys(("steps", "drafted", "verified", "accepted", "generated", "padded_tokens"), 0)
-    clock = 0.0
-    clocks_also = [0.0] * len(also_price)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=int(trace.out_len[rows].sum()), desc=f"replay {policy} B={batch_size}", unit="tok")
+    target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft)
+    stats = RunStats(keep_steps=keep_steps, keep_candidates=False)
+    bar = _progress_bar(progress, sum(r.out_len for r in waiting), f"replay {policy} B={batch_size}", "tok")
     with torch.inference_mode():
-        while waiting or active:
-            joining = []
-            while waiting and len(active) + len(joining) < batch_size and waiting[0].arrival <= clock:
-                joining.append(waiting.popleft())
-            if not active and not joining:
-                clock = waiting[0].arrival  # idle until the next request arrives
-                continue
-            for r in joining:
-                r.start = clock
-            source.add(joining)
-            active += joining
-            B = len(active)
-
-            num_draft = policy.num_draft(B)
-            proposal = source.propose(active, num_draft) if num_draft > 0 else Proposal.empty(B)
-            selected = policy.choose(proposal)
-            prefix_lens = torch.tensor([r.prefix_len for r in active], dtype=torch.long)
-            roots = torch.tensor([r.root for r in active], dtype=torch.long)
-            block = build_block(proposal, selected, roots, prefix_lens)
-            # The target's greedy token after each slot: the continuation at the slot's depth
-            # (exact on the accepted path, the only slots verification reads).
-            rows_t = torch.tensor([r.row for r in active], dtype=torch.long)
-            ts = torch.tensor([r.t for r in active], dtype=torch.long)
-            depth = block.positions - prefix_lens.unsqueeze(1)
-            target_tokens = continuation[rows_t.unsqueeze(1), ts.unsqueeze(1) + depth]
-            target_tokens = torch.where(block.real, target_tokens, -1)
-            verified = Verified(*torch.ops.tetris.verify_greedy(block.tokens, block.slot_parent, target_tokens))
-            outcome = verified.outcome(block, selected)
-            if num_draft > 0:
-                source.update(active, proposal, outcome)
-
-            num_verified, num_accepted = outcome.num_verified(), outcome.num_accepted()
-            out_len = trace.out_len[rows_t.numpy()]
-            generated = np.minimum(num_accepted.numpy() + 1, out_len - ts.numpy())
-            drafted = proposal.counts()
-            shape = StepShape(
-                requests=B,
-                query_tokens=B + int(num_verified.sum()),
-                padded_query_tokens=B * block.width,
-                context_tokens=int(prefix_lens.sum()),
-                attention_work=int(((num_verified + 1) * (prefix_lens + num_verified + 1)).sum()),
-                drafting_requests=B if num_draft > 0 else 0,
-                drafted_tokens=int(drafted.sum()),
-                draft_passes=draft_passes_per_token * min(num_draft, source.max_draft),
-                prefill_tokens=sum(len(trace.prompts[r.row]) - 1 for r in joining),
-                prefill_requests=len(joining),
-            )
-            cost = price_step(cost_model, shape)
-            seconds = cost.seconds
-            policy.observe(StepFeedback(verified=num_verified, accepted=num_accepted,
-                                        padded_tokens=B * block.width, draft_seconds=cost.draft_seconds,
-                                        verify_seconds=cost.verify_seconds))
-            clock += seconds
-            for i, model in enumerate(also_price):
-                clocks_also[i] += price_step(model, shape).seconds
-
-            totals["steps"] += 1
-            totals["drafted"] += int(drafted.sum())
-            totals["verified"] += int(num_verified.sum())
-            totals["accepted"] += int(num_accepted.sum())
-            totals["generated"] += int(generated.sum())
-            totals["padded_tokens"] += B * block.width
-            if keep_steps:
-                per_step.append({
-                    "requests": [r.index for r in active],
-                    "drafted": drafted.tolist(),
-                    "verified": num_verified.tolist(),
-                    "accepted": num_accepted.tolist(),
-                    "generated": generated.tolist(),
-                    "block_width": block.width,
-                    "seconds": seconds,
-                })
-            for r, g in zip(active, generated.tolist()):
-                r.t += g
-            if bar is not None:
-                bar.update(int(generated.sum()))
-            keep = [i for i, r in enumerate(active) if r.t < trace.out_len[r.row]]
-            if len(keep) < B:
-                for r in active:
-                    if r.t >= trace.out_len[r.row]:
-                        r.finish, r.finish_also = clock, list(clocks_also)
-                        done.append(r)
-                source.keep(keep)
-                active = [active[i] for i in keep]
+        done = Engine(target, source, policy, stats).run(waiting, batch_size, progress=bar)
     if bar is not None:
         bar.close()
-    also = {model.name: _metrics(totals, [r.finish_also[i] - r.arrival for r in done], clocks_also[i],
+    totals = stats.totals
+    also = {model.name: _metrics(totals, [r.finish_also[i] - r.arrival for r in done], target.clocks_also[i],
                                  policy, batch_size, model)
             for i, model in enumerate(also_price)}
     return ReplayResult(
-        _metrics(totals, [r.finish - r.arrival for r in done], clock, policy, batch_size, cost_model),
-        per_step,
+        _metrics(totals, [r.finish - r.arrival for r in done], target.clock, policy, batch_size, cost_model),
+        stats.per_step,
         [{"id": r.index, "row": r.row, "arrival": r.arrival, "start": r.start, "finish": r.finish,
           "tokens": r.t} for r in sorted(done, key=lambda r: r.index)],
         also,
@@ -532,8 +549,10 @@ def replay(
 
 
 def _metrics(totals: dict, latencies: list[float], clock: float, policy, batch_size, cost_model) -> dict:
+    """Replay metrics from RunStats totals."""
     latency = np.array(latencies) if latencies else np.zeros(1)
     steps = max(1, totals["steps"])
+    verified, accepted, generated = totals["verified_tokens"], totals["accepted_tokens"], totals["generated_tokens"]
     return {
         "policy": str(policy),
         "batch_size": batch_size,
@@ -541,18 +560,18 @@ def _metrics(totals: dict, latencies: list[float], clock: float, policy, batch_s
         "requests": len(latencies),
         "steps": totals["steps"],
         "simulated_seconds": clock,
-        "throughput_tokens_per_s": totals["generated"] / clock if clock > 0 else math.nan,
+        "throughput_tokens_per_s": generated / clock if clock > 0 else math.nan,
         "latency_p50_s": float(np.percentile(latency, 50)),
         "latency_p90_s": float(np.percentile(latency, 90)),
         "latency_p99_s": float(np.percentile(latency, 99)),
-        "generated_tokens": totals["generated"],
-        "drafted_tokens": totals["drafted"],
-        "verified_tokens": totals["verified"],
-        "accepted_tokens": totals["accepted"],
-        "wasted_verified_tokens": totals["verified"] - totals["accepted"],
-        "verification_success_rate": totals["accepted"] / totals["verified"] if totals["verified"] else math.nan,
-        "accepted_per_step": totals["accepted"] / steps,
-        "verified_per_step": totals["verified"] / steps,
-        "generated_per_step": totals["generated"] / steps,
+        "generated_tokens": generated,
+        "drafted_tokens": totals["drafted_tokens"],
+        "verified_tokens": verified,
+        "accepted_tokens": accepted,
+        "wasted_verified_tokens": verified - accepted,
+        "verification_success_rate": accepted / verified if verified else math.nan,
+        "accepted_per_step": accepted / steps,
+        "verified_per_step": verified / steps,
+        "generated_per_step": generated / steps,
         "padded_tokens_per_step": totals["padded_tokens"] / steps,
     }

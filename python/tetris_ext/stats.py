@@ -3,10 +3,13 @@
 ``result.stats`` is ``RunStats.as_dict()``:
 
 - totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
-  generated_tokens, wall_seconds, cpu_seconds (process CPU time: with one thread, robust to other
-  processes on a shared machine), prefill_seconds, draft_seconds, select_seconds, verify_seconds;
+  generated_tokens, padded_tokens (requests * block width, summed over steps), wall_seconds,
+  cpu_seconds (process CPU time: with one thread, robust to other processes on a shared
+  machine), prefill_seconds (wall time admitting requests: the live loop's prefill forwards; a
+  replay prices prefill within its steps instead), draft_seconds, select_seconds, verify_seconds;
 - ``per_step``: one record per verification step: the active request ids (row order), and
-  per request the drafted, verified and accepted counts, plus the block width and timings;
+  per request the drafted, verified, accepted and generated counts, plus the block width and
+  the step's draft / select / verify / step seconds (``engine.StepTimes``);
 - ``candidates``: one entry per verified candidate (parallel lists): step, request, depth,
   predicted (its estimated cumulative acceptance probability, exp(cum_logprob)),
   predicted_token (the estimate given its parent is accepted), tested (its parent was
@@ -37,6 +40,7 @@ _TOTALS = (
     "verified_tokens",
     "accepted_tokens",
     "generated_tokens",
+    "padded_tokens",
     "wall_seconds",
     "cpu_seconds",
     "prefill_seconds",
@@ -47,7 +51,11 @@ _TOTALS = (
 
 
 class RunStats:
-    def __init__(self):
+    """``keep_steps`` / ``keep_candidates``: whether to keep the per-step records and the
+    per-candidate lists (a replay at scale keeps only the totals)."""
+
+    def __init__(self, keep_steps: bool = True, keep_candidates: bool = True):
+        self.keep_steps, self.keep_candidates = keep_steps, keep_candidates
         self.totals = dict.fromkeys(_TOTALS, 0)
         self.per_step: list[dict] = []
         self.candidates: dict[str, list] = defaultdict(list)
@@ -65,6 +73,8 @@ class RunStats:
         generated: list[int],
         seconds: dict[str, float],
     ) -> None:
+        """One step: ``seconds`` has at least draft, select and verify (totals add those);
+        the per-step record keeps every entry as ``<key>_seconds``."""
         drafted = proposal.counts()
         verified, accepted = outcome.num_verified(), outcome.num_accepted()
         step = self.totals["steps"]
@@ -75,8 +85,15 @@ class RunStats:
         t["verified_tokens"] += int(verified.sum())
         t["accepted_tokens"] += int(accepted.sum())
         t["generated_tokens"] += sum(generated)
+        t["padded_tokens"] += len(request_ids) * block_width
         for key in ("draft", "select", "verify"):
             t[f"{key}_seconds"] += seconds[key]
+        if self.keep_steps:
+            self._add_record(request_ids, drafted, verified, accepted, generated, block_width, seconds)
+        if self.keep_candidates:
+            self._add_candidates(step, request_ids, proposal, outcome)
+
+    def _add_record(self, request_ids, drafted, verified, accepted, generated, block_width, seconds) -> None:
         self.per_step.append(
             {
                 "requests": request_ids,
@@ -88,7 +105,6 @@ class RunStats:
                 **{f"{key}_seconds": value for key, value in seconds.items()},
             }
         )
-        self._add_candidates(step, request_ids, proposal, outcome)
 
     def _add_candidates(self, step: int, request_ids: list[int], proposal: Proposal, outcome: Outcome) -> None:
         rows, columns = outcome.selected.nonzero(as_tuple=True)

@@ -1,10 +1,12 @@
 """The verification block: from a policy's selection to the target's accepted tokens.
 
-``build_block`` lays the selected candidates out as slots (``torch.ops.tetris.tree_mask``):
+``build_block`` lays the selected candidates out as slots (``tetris_ext.ops.tree_mask``):
 slot 0 is each request's root (its last accepted token), then the selected candidates in
 topological order, with positions and the tree attention mask the target forward needs.
 ``verify`` turns the target's logits at those slots into accepted tokens
-(``verify_greedy`` at temperature 0, lossless ``verify_sampling`` otherwise).
+(``verify_greedy`` at temperature 0, lossless ``verify_sampling`` otherwise);
+``verify_greedy_tokens`` does the greedy case from the target's tokens themselves (a replay
+reads them from a recorded continuation).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import ops
 from .proposal import Outcome, Proposal
 
-__all__ = ["Block", "Verified", "build_block", "verify"]
+__all__ = ["Block", "Verified", "build_block", "verify", "verify_greedy_tokens"]
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Verified:
 def build_block(proposal: Proposal, selected: Tensor, roots: Tensor, prefix_lens: Tensor) -> Block:
     """Slots, positions and tree mask for the selected candidates (roots [B]: last accepted
     tokens; prefix_lens [B]: tokens in the target's cache = the roots' positions)."""
-    slot_index, slot_parent, positions, mask = torch.ops.tetris.tree_mask(selected, proposal.parents, prefix_lens)
+    slot_index, slot_parent, positions, mask = ops.tree_mask(selected, proposal.parents, prefix_lens)
     real = slot_index >= 0
     real[:, 0] = True
     width = int(real.sum(1).max()) if real.shape[0] else 1
@@ -82,14 +85,18 @@ def verify(
     if temperature <= 0:
         target_tokens = torch.full((B, q), -1, dtype=torch.long)
         target_tokens[block.real] = logits.argmax(-1)
-        return Verified(*torch.ops.tetris.verify_greedy(block.tokens, block.slot_parent, target_tokens))
+        return verify_greedy_tokens(block, target_tokens)
     target_probs = logits.new_zeros(B, q, logits.shape[-1])
     target_probs[block.real] = torch.softmax(logits / temperature, dim=-1)
     draft_probs = _draft_probs_per_slot(block, proposal)
     uniforms = torch.rand(B, q, generator=generator)
-    return Verified(
-        *torch.ops.tetris.verify_sampling(block.tokens, block.slot_parent, target_probs, draft_probs, uniforms)
-    )
+    return Verified(*ops.verify_sampling(block.tokens, block.slot_parent, target_probs, draft_probs, uniforms))
+
+
+def verify_greedy_tokens(block: Block, target_tokens: Tensor) -> Verified:
+    """Greedy acceptance given the target's own token after each slot (target_tokens [B, q]
+    int64, -1 on padding slots)."""
+    return Verified(*ops.verify_greedy(block.tokens, block.slot_parent, target_tokens))
 
 
 def _draft_probs_per_slot(block: Block, proposal: Proposal) -> Tensor | None:

@@ -1,0 +1,208 @@
+"""One speculative decoding step and the continuous-batching loop, written once.
+
+The live loop (``decoding.generate``) and the trace replay (``sim.replay``) both run
+``Engine``; they differ only in the target they plug in:
+
+- ``decoding.LiveTarget`` runs the model's forward over a ragged KV cache, rolls back the
+  rejected slots, and reports the wall-clock time of each phase;
+- ``sim.ReplayTarget`` reads the target's greedy tokens from a recorded continuation and
+  prices each step with a cost model on a simulated clock.
+
+One step for the batch of active requests (rows):
+
+    propose -> the drafter's candidates, ``policy.num_draft`` per request     (drafters)
+    choose  -> the candidates the target verifies                              (policy.choose)
+    block   -> slots, positions and tree mask of the selection                 (build_block)
+    verify  -> the target's decision: accepted slots, output tokens            (target.verify)
+    outcome -> the decision in candidate indices; the drafter learns from it   (drafter.update)
+    advance -> every request takes its accepted tokens and the bonus token     (request.advance)
+    time    -> what the step cost; the policy observes it                      (target.times)
+    record  -> totals and per-step records                                     (RunStats)
+
+The loop admits waiting requests while the batch has room (and, in a replay, once they have
+arrived), runs a step, and retires the finished requests; the drafter and the target follow
+the batch's rows through ``add`` / ``admit`` and ``keep``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from .policies import Policy, StepFeedback
+from .proposal import Outcome, Proposal
+from .stats import RunStats
+from .verification import Block, Verified, build_block
+
+__all__ = ["Engine", "StepRecord", "StepTimes", "Target", "DecodingRequest"]
+
+
+class DecodingRequest(Protocol):
+    """What the engine reads of a request (``decoding.Request``, the replay's requests)."""
+
+    index: int  # a stable id: stats, per-request calibration
+    arrival: float  # when it may join, on the target's clock
+    finished: bool
+
+    @property
+    def root(self) -> int:
+        """The last accepted token: slot 0 of the next block, not yet in the target's cache."""
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens in the target's cache (prompt + output - the root) = the root's position."""
+
+    def advance(self, out_tokens: list[int]) -> int:
+        """Take the step's accepted tokens + bonus (-1 padded); returns how many were taken."""
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds of one step: drafting, selection, verification (target forward, acceptance,
+    rollback, drafter update) and the whole step (a replay also charges the prefill of joining
+    requests to it). A cost model prices selection within verification (select = 0)."""
+
+    draft: float
+    select: float
+    verify: float
+    step: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"draft": self.draft, "select": self.select, "verify": self.verify, "step": self.step}
+
+
+@dataclass
+class StepRecord:
+    """Everything a target needs to price one step (``Target.times``)."""
+
+    requests: Sequence[DecodingRequest]
+    joining: Sequence[DecodingRequest]  # admitted right before this step
+    num_draft: int
+    proposal: Proposal
+    block: Block
+    outcome: Outcome
+    prefix_lens: Tensor  # [B] int64
+    measured: StepTimes  # the wall clock of this process
+
+
+class Target(Protocol):
+    """The model side of a step, and the clock requests arrive on."""
+
+    def now(self) -> float:
+        """The current time on this target's clock."""
+
+    def wait_until(self, when: float) -> None:
+        """Idle until ``when`` (no request is active and the next one has not arrived)."""
+
+    def admit(self, joining: list) -> None:
+        """Requests join as the last rows (live: prefill all their tokens but the root)."""
+
+    def keep(self, rows: list[int], leaving: list) -> None:
+        """Only ``rows`` stay, in this order; ``leaving`` are the finished requests."""
+
+    def verify(self, requests: list, block: Block, proposal: Proposal, temperature: float, generator) -> Verified:
+        """The target's decision on ``block`` (and, live, the KV cache rolled back to it)."""
+
+    def times(self, record: StepRecord) -> StepTimes:
+        """What the step cost: measured (live) or priced (replay)."""
+
+
+class Engine:
+    """Runs steps of ``policy`` with ``drafter`` (or None: no drafts) against ``target``,
+    recording into ``stats``. ``temperature`` 0 is greedy; above 0, ``generator`` drives the
+    drafter's and the verification's sampling."""
+
+    def __init__(
+        self,
+        target: Target,
+        drafter,
+        policy: Policy,
+        stats: RunStats,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        self.target, self.drafter, self.policy, self.stats = target, drafter, policy, stats
+        self.temperature, self.generator = temperature, generator
+
+    def run(self, waiting: deque, max_batch_size: int, progress=None) -> list:
+        """Decode every request of ``waiting`` (in arrival order), at most ``max_batch_size``
+        at a time; returns the requests in the order they finished. ``progress``: a tqdm-like
+        object updated with the number of generated tokens."""
+        active: list = []
+        done: list = []
+        while waiting or active:
+            joining = []
+            while waiting and len(active) + len(joining) < max_batch_size and waiting[0].arrival <= self.target.now():
+                joining.append(waiting.popleft())
+            if not active and not joining:
+                self.target.wait_until(waiting[0].arrival)
+                continue
+            if joining:
+                self._admit(joining)
+                active += joining
+            generated = self.step(active, joining)
+            if progress is not None:
+                progress.update(sum(generated))
+            if any(r.finished for r in active):
+                rows = [i for i, r in enumerate(active) if not r.finished]
+                leaving = [r for r in active if r.finished]
+                self.target.keep(rows, leaving)
+                if self.drafter is not None:
+                    self.drafter.keep(rows)
+                done += leaving
+                active = [active[i] for i in rows]
+        return done
+
+    def _admit(self, joining: list) -> None:
+        start = time.perf_counter()
+        self.target.admit(joining)
+        if self.drafter is not None:
+            self.drafter.add(joining)
+        self.stats.add_prefill(time.perf_counter() - start)
+
+    def step(self, requests: list, joining: Sequence = ()) -> list[int]:
+        """One draft-select-verify step for every active request; returns the tokens each
+        request generated."""
+        t0 = time.perf_counter()
+        num_draft = self.policy.num_draft(len(requests))
+        proposal = self._propose(requests, num_draft)
+        t1 = time.perf_counter()
+        selected = self.policy.choose(proposal)
+        t2 = time.perf_counter()
+        roots = torch.tensor([r.root for r in requests], dtype=torch.long)
+        prefix_lens = torch.tensor([r.prefix_len for r in requests], dtype=torch.long)
+        block = build_block(proposal, selected, roots, prefix_lens)
+        verified = self.target.verify(requests, block, proposal, self.temperature, self.generator)
+        outcome = verified.outcome(block, selected)
+        if num_draft > 0:
+            self.drafter.update(requests, proposal, outcome)  # rollback, calibration
+        t3 = time.perf_counter()
+        generated = [r.advance(tokens) for r, tokens in zip(requests, verified.out_tokens.tolist())]
+        measured = StepTimes(draft=t1 - t0, select=t2 - t1, verify=t3 - t2, step=t3 - t0)
+        record = StepRecord(requests, joining, num_draft, proposal, block, outcome, prefix_lens, measured)
+        times = self.target.times(record)
+        # What the policy learns from; stats.py says how a per-step record rebuilds it.
+        self.policy.observe(
+            StepFeedback(
+                verified=outcome.num_verified(),
+                accepted=outcome.num_accepted(),
+                padded_tokens=len(requests) * block.width,
+                draft_seconds=times.draft,
+                verify_seconds=times.select + times.verify,
+            )
+        )
+        request_ids = [r.index for r in requests]
+        self.stats.add_step(request_ids, proposal, outcome, block.width, generated, times.as_dict())
+        return generated
+
+    def _propose(self, requests: list, num_draft: int) -> Proposal:
+        if num_draft == 0:
+            return Proposal.empty(len(requests))
+        if self.drafter is None:
+            raise ValueError("the policy drafts tokens; pass a drafter")
+        return self.drafter.propose(requests, num_draft, self.temperature, self.generator)
