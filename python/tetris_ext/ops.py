@@ -99,7 +99,8 @@ def _check_select_prefixes_args(probs: Tensor, rows: Tensor, lengths: Tensor, bu
     def fail(name: str, expected: str, error: type[Exception] = ValueError) -> None:
         raise error(f"select_prefixes: argument '{name}': expected {expected}")
 
-    c10_name = {torch.float32: "Float", torch.int32: "Int", torch.int64: "Long"}
+    def c10_name(dtype: torch.dtype) -> str:  # as C++ prints it: Float, Long, BFloat16, ...
+        return torch.empty((), dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
 
     for name, t, dtypes, layout in (
         ("probs", probs, (torch.float32,), "[R, S]"),
@@ -107,8 +108,8 @@ def _check_select_prefixes_args(probs: Tensor, rows: Tensor, lengths: Tensor, bu
         ("lengths", lengths, (torch.int32, torch.int64), "[B]"),
     ):
         if t.dtype not in dtypes:
-            names = " or ".join(c10_name[d] for d in dtypes)
-            fail(name, f"dtype {names}, got {c10_name.get(t.dtype, t.dtype)}", TypeError)
+            names = " or ".join(c10_name(d) for d in dtypes)
+            fail(name, f"dtype {names}, got {c10_name(t.dtype)}", TypeError)
         if t.dim() != len(layout.split(",")):
             fail(name, f"a {len(layout.split(','))}-D tensor {layout}, got shape {list(t.shape)}")
         if t.device != probs.device:
