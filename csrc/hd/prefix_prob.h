@@ -24,6 +24,13 @@ TETRIS_HD double clamped_probability(float p) {
   return p > 1.0f ? 1.0 : (p < 0.0f ? 0.0 : static_cast<double>(p));
 }
 
+// The key of a position whose running product is `path`: the product rounded to float32, or
+// kNotKept when it is NaN.
+TETRIS_HD uint32_t path_key(double path) {
+  const uint32_t k = score_key(static_cast<float>(path));  // NaN -> kNegInfKey
+  return k > kNegInfKey ? k : kNotKept;
+}
+
 // Writes key[0..S) for the request whose probabilities are row[n * stride] (row == nullptr: an
 // invalid row, nothing kept) and whose positions n >= cap do not take part. Returns how many
 // positions are kept (a prefix).
@@ -36,8 +43,7 @@ TETRIS_HD int64_t prefix_keys(const float* row, int64_t stride, int64_t S, int64
     uint32_t k = kNotKept;
     if (n < limit) {
       path *= clamped_probability(row[n * stride]);
-      k = score_key(static_cast<float>(path));  // NaN -> kNegInfKey
-      k = k > kNegInfKey ? k : kNotKept;
+      k = path_key(path);
     }
     key[n] = k;
     kept += k != kNotKept;
