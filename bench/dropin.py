@@ -20,6 +20,7 @@ B = 256, 8 steps; printed PASS/FAIL.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = []
     for B in BATCHES:
-        samples = time_side_by_side(contenders(B, STEPS, args.device), args.device, seconds_per_case=args.seconds)
+        samples = time_side_by_side(contenders(B, STEPS, args.device), args.device, min_rep_seconds=5e-3,
+                                    max_reps=400, seconds_per_case=args.seconds)
         row = {"B": B, "steps": STEPS, "budget": B * STEPS // 2}
         row.update({f"{name} us": median(s) * 1e6 for name, s in samples.items()})
         row["dropin vs eager"] = paired_ratio(samples["vllm eager"], samples["tetris dropin"])
@@ -90,14 +92,15 @@ def main(argv=None) -> int:
                ("dropin vs eager", "dropin vs eager"), ("dropin vs compiled", "dropin vs compiled"),
                ("compiled vs eager", "compiled vs eager")]
     meta = run_metadata(args.device)
-    meta.update(vllm=dropin.vllm_version(), wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
+    meta.update(vllm=dropin.vllm_version(), pythonpath=os.environ.get("PYTHONPATH"),
+                wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
     goal_line = (f"goal: tetris dropin >= {GOAL[1]}x vLLM's eager function at B={GOAL[0]}, {STEPS} steps, on the CPU: "
                  f"{goal_row['dropin vs eager']:.2f}x  {'PASS' if passed else 'FAIL'}")
     text = "\n".join([
         f"== vLLM adaptive verification budget step ({args.device}, {meta['torch_threads']} thread(s), "
         f"vLLM {meta['vllm']}, torch {meta['torch']})",
         format_table(rows, columns), "", goal_line,
-        f"command: {meta['command']}   wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
+        f"command: {'PYTHONPATH=' + meta['pythonpath'] + ' ' if meta['pythonpath'] else ''}{meta['command']}   wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
         f"load average {meta.get('load_average_1m', float('nan')):.1f}",
     ])
     print(text)
