@@ -18,8 +18,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
                                 reason="vLLM is installed here: tests_vllm/ covers it")
 
 
-def test_importing_does_not_import_vllm():
-    assert "vllm" not in sys.modules
+def test_register_is_the_package_name():
     assert dropin.register is __import__("tetris_ext.vllm", fromlist=["register"]).register
 
 

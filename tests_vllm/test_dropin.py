@@ -19,6 +19,8 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import subprocess
+import sys
 
 # Before vLLM is imported: offline, small KV cache, the engine core in this process (so that the
 # plugin's effect is visible here), few threads on a shared machine.
@@ -150,6 +152,11 @@ def test_unknown_vllm_is_left_alone_with_one_line(restore_vllm, caplog, spoil, r
     assert getattr(av, dropin.REPLACED_NAME, None) is original
     assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING
     assert caplog.records[0].getMessage().startswith(LINE_START + reason)
+
+
+def test_importing_the_dropin_does_not_import_vllm():
+    code = "import sys, tetris_ext.vllm.dropin; sys.exit('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_the_checked_signature_is_vllms():
