@@ -31,7 +31,7 @@ test: build
 GPU_ARCH = $(or $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1),9.0)
 GPU_NAME = $(or $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'),unknown-gpu)
 GPU_RUN_DIR = bench/results/gpu_$(shell date -u +%Y-%m-%d)_$(GPU_NAME)
-GPU_TESTS := tests/test_cuda.py tests/test_build.py tests/test_draft_cumprod.py tests/test_select.py \
+GPU_TESTS := tests/test_cuda.py tests/test_cuda_select_prefixes.py tests/test_build.py tests/test_draft_cumprod.py tests/test_select.py \
   tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
 # compute-sanitizer ships with the CUDA toolkit, which is not always on PATH.
 COMPUTE_SANITIZER ?= $(firstword $(shell command -v compute-sanitizer) $(wildcard /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer) compute-sanitizer)

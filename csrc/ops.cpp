@@ -13,6 +13,7 @@ void define_tetris_ops(torch::Library& m) {
   m.def(
       "select(Tensor scores, int budget, Tensor? parents=None, "
       "Tensor? max_per_request=None, float? min_score=None) -> (Tensor selected, Tensor counts)");
+  m.def("select_prefixes(Tensor probs, Tensor rows, Tensor(a!) lengths, int budget) -> ()");
   m.def(
       "tree_mask(Tensor selected, Tensor? parents, Tensor prefix_lens) -> "
       "(Tensor slot_index, Tensor slot_parent, Tensor positions, Tensor mask)");

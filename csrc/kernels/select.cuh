@@ -21,62 +21,15 @@
 
 #include "hd/score_key.h"
 #include "kernels/common.cuh"
+#include "kernels/radix_cut.cuh"
 #include "kernels/select.h"
 
 namespace tetris::TETRIS_KERNEL_NS {
 
 inline constexpr unsigned kSelectThreads = 1024;
-inline constexpr uint32_t kDropped = 0;         // key of a candidate that is not kept
 inline constexpr uint32_t kTakenTie = 0xFFFFFFFFu;  // above every score key
 static_assert(kTakenTie > kPosInfKey);
 inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 1]
-inline constexpr int kRadixBits = 8;
-inline constexpr unsigned kRadixBuckets = 1u << kRadixBits;
-
-// Where the budget cuts the global order: every kept key above `key`, and the first `ties`
-// kept keys equal to it in flat order, are selected.
-struct Cut {
-  uint32_t key;
-  unsigned ties;
-};
-
-// Step 2: the `take`-th largest of the kept keys (1 <= take < number kept).
-__device__ __forceinline__ Cut radix_cut(const uint32_t* key, int64_t K, unsigned take) {
-  __shared__ unsigned histogram[kRadixBuckets];
-  __shared__ unsigned chosen_digit, chosen_remaining;
-  const unsigned tid = threadIdx.x;
-  uint32_t prefix = 0, prefix_mask = 0;
-  unsigned remaining = take;
-  for (int shift = 32 - kRadixBits; shift >= 0; shift -= kRadixBits) {
-    for (unsigned d = tid; d < kRadixBuckets; d += blockDim.x) histogram[d] = 0;
-    __syncthreads();
-    // Every lane runs the same number of iterations, so that the warp can vote on digits:
-    // the lanes with equal digits add their count with one atomic.
-    for (int64_t base = 0; base < K; base += blockDim.x) {
-      const int64_t i = base + tid;
-      const uint32_t k = i < K ? key[i] : kDropped;
-      const bool counted = k != kDropped && (k & prefix_mask) == prefix;
-      const unsigned digit = counted ? (k >> shift) & (kRadixBuckets - 1) : kRadixBuckets;
-      const unsigned peers = __match_any_sync(kFullMask, digit);
-      if (counted && lane_id() == static_cast<unsigned>(__ffs(static_cast<int>(peers)) - 1))
-        atomicAdd(&histogram[digit], static_cast<unsigned>(__popc(peers)));
-    }
-    __syncthreads();
-    // Buckets from the largest digit down: thread j looks at digit (buckets - 1 - j). The digit
-    // where the running count reaches `remaining` holds the cut.
-    const unsigned count = tid < kRadixBuckets ? histogram[kRadixBuckets - 1 - tid] : 0;
-    const ScanResult<unsigned> above = block_exclusive_sum(count);
-    if (tid < kRadixBuckets && above.exclusive < remaining && above.exclusive + count >= remaining) {
-      chosen_digit = kRadixBuckets - 1 - tid;
-      chosen_remaining = remaining - above.exclusive;
-    }
-    __syncthreads();
-    prefix |= chosen_digit << shift;
-    prefix_mask |= (kRadixBuckets - 1) << shift;
-    remaining = chosen_remaining;
-  }
-  return {prefix, remaining};
-}
 
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, bool keys_in_shared) {
   const int64_t B = p.B, N = p.N, K = B * N;

@@ -13,6 +13,7 @@ from torch import Tensor
 __all__ = [
     "draft_cumprod",
     "select",
+    "select_prefixes",
     "tree_mask",
     "tree_mask_packed",
     "verify_greedy",
@@ -44,6 +45,18 @@ def select(
     Ties are broken by request, then candidate index (docs/ops.md).
     """
     return torch.ops.tetris.select.default(scores, budget, parents, max_per_request, min_score)
+
+
+def select_prefixes(probs: Tensor, rows: Tensor, lengths: Tensor, budget: int) -> None:
+    """TETRIS over chains given per-position probabilities; writes the chosen lengths in place.
+
+    probs [R, S] float32: probs[r, n] is the probability that position n of a chain drafted
+    from row r is accepted given its predecessors were. Request b uses row ``rows[b]`` and at
+    most ``lengths[b]`` positions ([B] int32/int64, read, then overwritten). Over the batch, the
+    ``budget`` positions with the largest path probability (running product) are chosen, ties
+    by (request, position); ``lengths[b]`` becomes request b's count, a prefix (docs/ops.md).
+    """
+    torch.ops.tetris.select_prefixes.default(probs, rows, lengths, budget)
 
 
 def tree_mask(
@@ -80,7 +93,36 @@ def verify_sampling(
     )
 
 
-# Fake implementations: shapes and dtypes only.
+def _check_select_prefixes_args(probs: Tensor, rows: Tensor, lengths: Tensor, budget: int) -> None:
+    """csrc/args/select_prefixes.h for the fake: same checks (but memory overlap), same errors."""
+
+    def fail(name: str, expected: str, error: type[Exception] = ValueError) -> None:
+        raise error(f"select_prefixes: argument '{name}': expected {expected}")
+
+    def c10_name(dtype: torch.dtype) -> str:  # as C++ prints it: Float, Long, BFloat16, ...
+        return torch.empty((), dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+
+    for name, t, dtypes, layout in (
+        ("probs", probs, (torch.float32,), "[R, S]"),
+        ("rows", rows, (torch.int32, torch.int64), "[B]"),
+        ("lengths", lengths, (torch.int32, torch.int64), "[B]"),
+    ):
+        if t.dtype not in dtypes:
+            names = " or ".join(c10_name(d) for d in dtypes)
+            fail(name, f"dtype {names}, got {c10_name(t.dtype)}", TypeError)
+        if t.dim() != len(layout.split(",")):
+            fail(name, f"a {len(layout.split(','))}-D tensor {layout}, got shape {list(t.shape)}")
+        if t.device != probs.device:
+            fail(name, f"a tensor on {probs.device} (the device of 'probs'), got {t.device}")
+    if lengths.shape[0] != rows.shape[0]:
+        fail("lengths", f"size {rows.shape[0]} (B, the size of 'rows') at dim 0, got shape {list(lengths.shape)}")
+    if budget < 0:
+        fail("budget", f"an integer >= 0, got {budget}")
+    if rows.shape[0] * probs.shape[1] > 2**31 - 1:
+        fail("probs", f"B * S < 2^31 positions, got B = {rows.shape[0]} and shape {list(probs.shape)}")
+
+
+# Fake implementations: shapes and dtypes only (select_prefixes: argument checks, no outputs).
 
 
 def _register_fakes(namespace: str) -> None:
@@ -95,6 +137,10 @@ def _register_fakes(namespace: str) -> None:
             scores.new_empty(scores.shape, dtype=torch.bool),
             scores.new_empty(scores.shape[:1], dtype=torch.int32),
         )
+
+    @torch.library.register_fake(f"{namespace}::select_prefixes")
+    def _(probs, rows, lengths, budget):
+        _check_select_prefixes_args(probs, rows, lengths, budget)
 
     @torch.library.register_fake(f"{namespace}::tree_mask")
     def _(selected, parents, prefix_lens):
