@@ -2,6 +2,7 @@
 #pragma once
 
 #include <limits>
+#include <string_view>
 
 #include "checks.h"
 
@@ -15,6 +16,13 @@ inline void check_tree_mask_args(const char* op, const at::Tensor& selected,
   check_dim(op, "selected", selected, 2, "[B, N]");
   const int64_t B = selected.size(0);
   const int64_t N = selected.size(1);
+  // B * (N + 1) slots; then the [B, N + 1, N + 1] mask has at most 2^62 entries (no overflow).
+  check_item_count(op, "selected", selected, items_product(B, N + 1), "B * (N + 1) slots");
+  const int64_t M = N + 1;
+  const int64_t mask_bytes = std::string_view(op) == "tree_mask_packed" ? B * M * ((M + 7) / 8)
+                                                                          : B * M * M;
+  check_output_bytes(op, "selected", selected, mask_bytes,
+                     std::string_view(op) == "tree_mask_packed" ? "packed_mask" : "mask");
   if (parents.has_value()) {
     check_index_matrix(op, "parents", *parents, B, N, selected, "selected");
   }
@@ -24,17 +32,12 @@ inline void check_tree_mask_args(const char* op, const at::Tensor& selected,
   check_same_device(op, "prefix_lens", prefix_lens, selected, "selected");
 }
 
-// cu_seqlens is int32 (what varlen attention kernels take), so the whole block must fit.
+// cu_seqlens is int32 (what varlen attention kernels take): check_tree_mask_args's
+// B * (N + 1) <= 2^31 - 1 slots makes the whole block fit.
 inline void check_tree_mask_packed_args(const at::Tensor& selected,
                                         const std::optional<at::Tensor>& parents,
                                         const at::Tensor& prefix_lens) {
-  const char* op = "tree_mask_packed";
-  check_tree_mask_args(op, selected, parents, prefix_lens);
-  const int64_t B = selected.size(0);
-  const int64_t M = selected.size(1) + 1;
-  TORCH_CHECK_VALUE(B == 0 || M <= std::numeric_limits<int32_t>::max() / B, op,
-                    ": argument 'selected': expected B * (N + 1) <= 2^31 - 1 (int32 cu_seqlens), "
-                    "got shape ", selected.sizes());
+  check_tree_mask_args("tree_mask_packed", selected, parents, prefix_lens);
 }
 
 }  // namespace tetris

@@ -24,17 +24,21 @@ struct Min {
 
 // The first slot s in (after, M) that is a child of `current` and that `offer(s)` accepts to
 // try, or M when there is none. Block-wide: every thread calls it with the same arguments.
+// The block looks at one window of blockDim.x slots at a time and stops at the first window
+// holding a child, so that a step costs the distance to the child, not the rest of the block
+// (issue 9: a fully accepted chain of M slots was O(M^2 / threads)); a whole walk is
+// O(M / threads + steps) windows.
 template <class Offer>
 __device__ int64_t next_child(const IndexMatrix& slot_parent, int64_t b, int64_t M,
                               int64_t current, int64_t after, Offer offer) {
-  int64_t found = M;
-  for (int64_t s = after + 1 + threadIdx.x; s < M; s += blockDim.x) {
-    if (is_child_slot(slot_parent(b, s), s, current) && offer(s)) {
-      found = s;  // this thread's later slots come after it
-      break;
-    }
+  for (int64_t window = after + 1; window < M; window += blockDim.x) {
+    const int64_t s = window + threadIdx.x;
+    const int64_t found =
+        s < M && is_child_slot(slot_parent(b, s), s, current) && offer(s) ? s : M;
+    const int64_t first = block_all_reduce(found, Min{});
+    if (first < M) return first;
   }
-  return block_all_reduce(found, Min{});
+  return M;
 }
 
 // Walker (cf. csrc/cpu/verify_walk.h), block-uniform, called by every thread:
