@@ -94,7 +94,7 @@ def check_index_matrix(op: str, name: str, t: Tensor, B: int, N: int, reference:
 
 def as_float(op: str, name: str, value, expected: str) -> float:
     """`value` as a double, or the op's message for it (strings, ints beyond a double)."""
-    if not isinstance(value, (int, float)):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
         _fail(op, name, f"{expected}, got {type(value).__name__}", TypeError)
     try:
         return float(value)
