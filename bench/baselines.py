@@ -26,6 +26,17 @@ def select_composite(token_logprobs: Tensor, budget: int) -> Tensor:
     return lengths.scatter_reduce_(0, flat // N, flat % N + 1, reduce="amax")
 
 
+def select_capped_roots(scores: Tensor, budget: int, cap: int) -> Tensor:
+    """select for candidates that all hang at the root (no path minimum) with one cap for every
+    request: top-`cap` per request, then top-`budget` of those over the batch. Returns the
+    selected mask [B, N] bool."""
+    B, N = scores.shape
+    per_request = torch.topk(scores, min(cap, N), dim=1)
+    kept = torch.full_like(scores, float("-inf")).scatter_(1, per_request.indices, per_request.values)
+    picks = torch.topk(kept.flatten(), min(budget, B * min(cap, N))).indices
+    return torch.zeros(B * N, dtype=torch.bool, device=scores.device).index_fill_(0, picks, True).view(B, N)
+
+
 def draft_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """log_softmax + gather + cumsum over a chain: (token_logprobs, cum_logprobs), float32."""
     if temperature != 1.0:

@@ -85,6 +85,33 @@ def select_cases(B: int, N: int, device, gen) -> list[Case]:
     )]
 
 
+# One long request (issue 9), at two lengths in the grid: the time should grow ~linearly.
+
+
+def long_select_cases(N: int, device, gen) -> list[Case]:
+    """select with a per-request cap over N candidates that all hang at the root (the kernel
+    used to rank each against the whole request: O(N^2))."""
+    scores = torch.rand(1, N, generator=gen).log().to(device)
+    roots = torch.full((1, N), -1, device=device)
+    cap, budget = 500, 1000
+    caps = torch.tensor([cap], device=device)
+    return [Case("select", {"B": 1, "N": N, "budget": budget, "cap": cap},
+                 ours=lambda: T.select(scores, budget, roots, caps),
+                 baseline=lambda: baselines.select_capped_roots(scores, budget, cap),
+                 check=lambda o, r: _equal((o[0], r)), baseline_name="topk per request, then over the batch")]
+
+
+def long_verify_cases(N: int, device, gen) -> list[Case]:
+    """verify_greedy over a fully accepted chain of N + 1 slots (one walk step per slot)."""
+    slot_tokens = torch.randint(0, 3, (1, N + 1), generator=gen).to(device)
+    target = torch.cat([slot_tokens[:, 1:], slot_tokens[:, :1]], 1)  # every draft token agrees
+    chain = torch.arange(-1, N, device=device).unsqueeze(0)
+    return [Case("verify_greedy", {"B": 1, "M": N + 1, "tree": False, "accepted": "all"},
+                 ours=lambda: T.verify_greedy(slot_tokens, chain, target),
+                 baseline=lambda: baselines.verify_greedy_chain(slot_tokens, target),
+                 check=lambda o, r: _equal(*zip(o, r)), baseline_name="torch cumprod of matches")]
+
+
 def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
     logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
     tokens = torch.randint(0, V, (B, N), generator=gen).to(device)
@@ -241,6 +268,9 @@ def grid(size: str):
             for N in Ns:
                 out.append(("tree_mask", tree_mask_cases, dict(B=B, N=N, tree=tree)))
                 out.append(("verify_greedy", verify_greedy_cases, dict(B=B, M=N + 1, tree=tree)))
+    for N in ([] if size == "tiny" else [20_000, 200_000]):  # long single requests (issue 9)
+        out.append(("select", long_select_cases, dict(N=N)))
+        out.append(("verify_greedy", long_verify_cases, dict(N=N)))
     vs_Bs = [b for b in Bs if b <= (8 if size == "tiny" else 64 if size == "default" else 256)]
     vs_Ms = [5] if size == "tiny" else [5, 9] if size == "default" else [5, 9, 17]
     for tree in [False, True]:

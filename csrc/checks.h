@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <initializer_list>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -46,9 +47,45 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
                     reference_name, "'), got ", t.device());
 }
 
-inline void check_finite_positive(const char* op, const char* name, double value) {
-  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, op, ": argument '", name,
-                    "': expected a finite number > 0, got ", value);
+// A temperature T scales logits by float32(1 / T): T must be finite, > 0, and 1 / T finite in
+// float32 (T >= ~2.94e-39; smaller ones would scale by +inf, NaN for the top logit).
+inline void check_temperature(const char* op, const char* name, double value) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0 &&
+                        std::isfinite(static_cast<float>(1.0 / value)),
+                    op, ": argument '", name,
+                    "': expected a finite number > 0 whose reciprocal is a finite float32 "
+                    "(about 2.94e-39 <= temperature), got ", value);
+}
+
+// Size limits, checked before anything is allocated so that every backend rejects the same
+// shapes (stride-0 expansions make any logical size cheap to pass in; issue 9).
+// Candidates, rows and slots are counted in int32 by the kernels (grid sizes, counts).
+inline constexpr int64_t kMaxItems = std::numeric_limits<int32_t>::max();
+// No output may be larger than a 47-bit user address space (128 TiB): beyond it the allocator
+// could only fail, or the product of the sizes overflow.
+inline constexpr int64_t kMaxOutputBytes = int64_t{1} << 47;
+
+// `count` = `what` (e.g. "B * N candidates") of argument `name`, at most 2^31 - 1. The caller
+// computes `count` from sizes that are each < 2^63 and whose product cannot overflow
+// (use items_product).
+inline void check_item_count(const char* op, const char* name, const at::Tensor& t,
+                             int64_t count, const char* what) {
+  TORCH_CHECK_VALUE(count <= kMaxItems, op, ": argument '", name, "': expected ", what,
+                    " <= 2^31 - 1, got shape ", t.sizes());
+}
+
+// a * b, saturated at kMaxItems + 1 (a, b >= 0), for check_item_count.
+inline int64_t items_product(int64_t a, int64_t b) {
+  if (a == 0 || b == 0) return 0;
+  return a > (kMaxItems + 1) / b ? kMaxItems + 1 : a * b;
+}
+
+// An output of `bytes` (computed without overflow: callers keep each factor <= 2^31) must fit.
+inline void check_output_bytes(const char* op, const char* name, const at::Tensor& t,
+                               int64_t bytes, const char* output) {
+  TORCH_CHECK_VALUE(bytes <= kMaxOutputBytes, op, ": argument '", name, "': the output '",
+                    output, "' would take ", bytes, " bytes, more than 2^47; got shape ",
+                    t.sizes());
 }
 
 inline const at::ScalarType kIndexTypes[] = {at::kInt, at::kLong};

@@ -16,11 +16,12 @@ inline void check_draft_cumprod_args(const at::Tensor& logits, const at::Tensor&
   check_dim(op, "logits", logits, 3, "[B, N, V]");
   const int64_t B = logits.size(0);
   const int64_t N = logits.size(1);
+  check_item_count(op, "logits", logits, items_product(B, N), "B * N rows");
   check_index_matrix(op, "tokens", tokens, B, N, logits, "logits");
   if (parents.has_value()) {
     check_index_matrix(op, "parents", *parents, B, N, logits, "logits");
   }
-  check_finite_positive(op, "temperature", temperature);
+  check_temperature(op, "temperature", temperature);
 }
 
 }  // namespace tetris

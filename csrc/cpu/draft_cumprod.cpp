@@ -53,7 +53,7 @@ __attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
   return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
 }
 
-// Adds `count` raw logits (scaled by inv_t here; count a multiple of kLanes, at most kChunk)
+// Adds `count` raw logits (scaled by inv_t inside the exp; count a multiple of kLanes, at most kChunk)
 // to the running normaliser.
 TETRIS_CPU_MULTIVERSION
 void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
@@ -69,16 +69,20 @@ void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
     lse.saw_nan = true;
     return;
   }
-  // Scaling by inv_t > 0 is monotone, even after rounding: max(x * c) == max(x) * c.
-  const float m = from_ordered_int(chunk_max_key) * inv_t;
+  // The maximum stays in raw logit units (csrc/hd/logsumexp.h: exp((x - max) * inv_t) makes
+  // the top term exactly 1 whatever the compiler contracts).
+  const float m = from_ordered_int(chunk_max_key);
   if (m > lse.max) {
-    lse.sum *= std::exp(lse.max - m);  // exp(-inf) = 0 when max was -inf
+    // Nothing but -inf so far: the sum is 0 (and (-inf) * inv_t would be NaN for inv_t = 0).
+    if (lse.max != -kInf) lse.sum *= std::exp((lse.max - m) * inv_t);
     lse.max = m;
   }
   // All -inf so far: the terms are 0. (+inf: the result is NaN whatever follows.)
   if (!std::isfinite(lse.max)) return;
-  // exp(x - max) for x <= max, in one pass over the chunk (still in L1 after the maximum),
-  // clamped to fast_exp_clamped's domain. kLanes independent sums: one vector register.
+  // exp((x - max) * inv_t) for x <= max, in one pass over the chunk (still in L1 after the
+  // maximum), clamped to fast_exp_clamped's domain; std::max(-87, y) also turns the NaN of a
+  // -inf logit (or padding) times inv_t = 0 into -87, i.e. a term of ~1.6e-38 (a -inf logit
+  // never gets probability). kLanes independent sums: one vector register.
   // Meanwhile the next kChunk logits (the rest of this row, or the next row of a contiguous
   // tensor) are prefetched, one cache line per vector, so that their load from memory overlaps
   // this compute-bound loop instead of stalling the next maximum pass. (A prefetch never
@@ -88,7 +92,7 @@ void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
   for (int64_t i = 0; i < count; i += kLanes) {
     __builtin_prefetch(x + kChunk + i, /*rw=*/0, /*locality=*/3);
     for (int64_t l = 0; l < kLanes; ++l) {
-      lane_sum[l] += fast_exp_clamped(std::max(x[i + l] * inv_t - max, -87.0f));
+      lane_sum[l] += fast_exp_clamped(std::max(-87.0f, (x[i + l] - max) * inv_t));
     }
   }
   float sum = 0.0f;
@@ -131,8 +135,8 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
     lse_add_chunk(lse, chunk, padded, inv_t);
     if (lse.saw_nan) break;  // the row's answer is NaN
   }
-  const float x_token = load_logit<kType>(base, row + token * stride) * inv_t;
-  return token_logprob_from_lse(x_token, lse.max, lse.saw_nan ? NAN : lse.sum);
+  const float x_token = load_logit<kType>(base, row + token * stride);
+  return token_logprob_from_lse(x_token, lse.max, lse.saw_nan ? NAN : lse.sum, inv_t);
 }
 
 template <class Parents>

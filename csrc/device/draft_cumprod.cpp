@@ -5,7 +5,6 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -37,9 +36,6 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_device(const at::Tensor& logits
   at::Tensor token_logprobs = at::empty({B, N}, options);
   at::Tensor cum_logprobs = at::empty({B, N}, options);
   if (B * N == 0) return {token_logprobs, cum_logprobs};
-  TORCH_CHECK_VALUE(B * N <= std::numeric_limits<int32_t>::max(),
-                    "draft_cumprod: argument 'logits': expected B * N < 2^31 rows, got shape ",
-                    logits.sizes());
   at::Tensor on_valid_path = at::empty({B, N}, logits.options().dtype(at::kByte));
 
   DraftCumprodParams p;

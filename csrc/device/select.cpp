@@ -5,7 +5,6 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -30,9 +29,6 @@ std::tuple<at::Tensor, at::Tensor> select_device(const at::Tensor& scores, int64
     counts.zero_();  // N = 0: B requests with nothing selected
     return {selected, counts};
   }
-  TORCH_CHECK_VALUE(B * N <= std::numeric_limits<int32_t>::max(),
-                    "select: argument 'scores': expected B * N < 2^31 candidates, got shape ",
-                    scores.sizes());
   at::Tensor workspace =
       at::empty({select_workspace_words(B, N)}, scores.options().dtype(at::kInt));
 

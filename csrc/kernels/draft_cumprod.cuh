@@ -25,8 +25,10 @@ __device__ __forceinline__ bool candidate_is_valid(const DraftCumprodParams& p, 
   return token >= 0 && token < p.V && parent >= -1 && parent < n;
 }
 
-// Online softmax normaliser: the largest scaled logit seen and the sum of exp(x - max).
-// A NaN logit makes `sum` NaN (never `max`); -inf logits add nothing.
+// Online softmax normaliser: the largest raw logit seen and the sum of
+// exp((x - max) * inverse_temperature) (csrc/hd/logsumexp.h: the maximum stays unscaled so
+// that the top term is exactly exp(0) = 1 whatever nvcc contracts). A NaN logit makes `sum`
+// NaN (never `max`); -inf logits add nothing.
 struct MaxSum {
   float max;
   float sum;
@@ -36,11 +38,19 @@ __device__ __forceinline__ MaxSum shfl_xor(MaxSum v, int lane_mask) {
   return {__shfl_xor_sync(kFullMask, v.max, lane_mask), __shfl_xor_sync(kFullMask, v.sum, lane_mask)};
 }
 
+// `sum` (taken at maximum `from`) rescaled to the maximum `to` >= from. Nothing but -inf
+// (or NaN) yet: the sum is 0 or NaN as it stands ((-inf) * 0 would be NaN when the inverse
+// temperature is 0).
+__device__ __forceinline__ float rescaled_sum(float sum, float from, float to, float inverse_temperature) {
+  return from == -INFINITY ? sum : sum * __expf((from - to) * inverse_temperature);
+}
+
 struct MergeMaxSum {
+  float inverse_temperature;
   __device__ __forceinline__ MaxSum operator()(MaxSum a, MaxSum b) const {
     const float max = fmaxf(a.max, b.max);
-    if (max == -INFINITY) return {max, a.sum + b.sum};  // nothing but -inf yet (or NaN)
-    return {max, a.sum * __expf(a.max - max) + b.sum * __expf(b.max - max)};
+    return {max, rescaled_sum(a.sum, a.max, max, inverse_temperature) +
+                     rescaled_sum(b.sum, b.max, max, inverse_temperature)};
   }
 };
 
@@ -50,18 +60,14 @@ struct RowNormaliser {
   MaxSum acc{-INFINITY, 0.0f};
 
   __device__ __forceinline__ void operator()(const float* logits, int count) {
-    float x[8];  // count <= Pack16<uint16_t>::kCount
     float group_max = -INFINITY;
-    for (int i = 0; i < count; ++i) {
-      x[i] = logits[i] * inverse_temperature;
-      group_max = x[i] > group_max ? x[i] : group_max;  // NaN never wins
-    }
+    for (int i = 0; i < count; ++i) group_max = logits[i] > group_max ? logits[i] : group_max;  // NaN never wins
     if (group_max > acc.max) {
-      acc.sum *= __expf(acc.max - group_max);  // exp(-inf) = 0 for the first finite group
+      acc.sum = rescaled_sum(acc.sum, acc.max, group_max, inverse_temperature);
       acc.max = group_max;
     }
-    for (int i = 0; i < count; ++i) {
-      if (x[i] != -INFINITY) acc.sum += __expf(x[i] - acc.max);  // NaN poisons the sum
+    for (int i = 0; i < count; ++i) {  // NaN poisons the sum
+      if (logits[i] != -INFINITY) acc.sum += __expf((logits[i] - acc.max) * inverse_temperature);
     }
   }
 };
@@ -82,14 +88,12 @@ __global__ void __launch_bounds__(kThreads) token_logprob_kernel(DraftCumprodPar
 
   RowNormaliser normaliser{p.inverse_temperature};
   block_visit_row<kType, 4>(logits, p.V, p.logits_stride[2], normaliser);
-  const MaxSum row_total = block_all_reduce(normaliser.acc, MergeMaxSum{});
+  const MaxSum row_total = block_all_reduce(normaliser.acc, MergeMaxSum{p.inverse_temperature});
 
   if (threadIdx.x == 0) {
     // An infinite maximum (all -inf, or a +inf logit) gives NaN, as torch.log_softmax does.
     p.token_logprobs[row] =
-        is_finite(row_total.max)
-            ? token_logprob_from_lse(token_logit * p.inverse_temperature, row_total.max, row_total.sum)
-            : NAN;
+        token_logprob_from_lse(token_logit, row_total.max, row_total.sum, p.inverse_temperature);
   }
 }
 

@@ -6,7 +6,7 @@
 //   1. effective keys, a thread per request walking n upwards (parents come first):
 //      key[n] = min(key[n], key[parent]), 0 ("dropped") for invalid parents and below
 //      min_key; then the per-request caps: a chain keeps its first `cap` candidates, a tree
-//      drops candidates whose rank in the request (key desc, n asc) is >= cap;
+//      over its cap keeps its `cap` best (key desc, n asc), a warp per request, O(N) each;
 //   2. radix select over the kept keys, 8 bits at a time from the top (warp-aggregated
 //      histogram, block scan to find the digit), giving the budget-th largest key T and how
 //      many of the keys equal to T fit;
@@ -30,6 +30,38 @@ inline constexpr unsigned kSelectThreads = 1024;
 inline constexpr uint32_t kTakenTie = 0xFFFFFFFFu;  // above every score key
 static_assert(kTakenTie > kPosInfKey);
 inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 1]
+
+// Step 1 for a tree request whose cap drops candidates: keep its `cap` best kept keys (key
+// desc, n asc), dropping the rest. Called by the 32 lanes of one warp, in O(N) per request
+// (issue 9: ranking each candidate against the whole request was O(N^2)):
+//   - the cap-th largest key, bit by bit from the top: the largest t with at least `cap` kept
+//     keys >= t (kDropped = 0 never counts; 32 counting passes of N / 32 per lane);
+//   - keys above it are kept, and its first ties in n order while `cap` is not reached (a
+//     ballot per 32 candidates).
+// cap = 0 drops everything (t ends at 0xFFFFFFFF, above every score key).
+__device__ __forceinline__ void keep_best_of_request(uint32_t* request_key, int64_t N, int64_t cap) {
+  const unsigned lane = lane_id();
+  uint32_t cut = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t trial = cut | (1u << bit);
+    unsigned at_least = 0;
+    for (int64_t n = lane; n < N; n += kWarpSize) at_least += request_key[n] >= trial;
+    if (warp_all_reduce(at_least, Sum{}) >= cap) cut = trial;
+  }
+  unsigned above_here = 0;
+  for (int64_t n = lane; n < N; n += kWarpSize) above_here += request_key[n] > cut;
+  int64_t ties_left = cap - static_cast<int64_t>(warp_all_reduce(above_here, Sum{}));
+  const unsigned lanes_before = (1u << lane) - 1u;
+  for (int64_t base = 0; base < N; base += kWarpSize) {
+    const int64_t n = base + lane;
+    const uint32_t k = n < N ? request_key[n] : kDropped;
+    const bool tie = k == cut;  // cut >= 1: never a dropped key
+    const unsigned ties = __ballot_sync(kFullMask, tie);
+    const bool keep = k > cut || (tie && __popc(ties & lanes_before) < ties_left);
+    if (k != kDropped && !keep) request_key[n] = kDropped;
+    ties_left -= __popc(ties);
+  }
+}
 
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, bool keys_in_shared) {
   const int64_t B = p.B, N = p.N, K = B * N;
@@ -79,21 +111,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
   __syncthreads();
 
   if (p.caps.present() && !is_chain) {
-    // A tree candidate over its request's cap: rank (key desc, n asc) >= cap. The decision
-    // goes to `selected` (scratch until step 3) while the keys are still being read.
-    for (int64_t i = tid; i < K; i += threads) {
-      const int64_t b = i / N, n = i % N;
+    // A tree request over its cap: a warp per request (no barrier inside).
+    for (int64_t b = warp_id(); b < B; b += num_warps()) {
       const int32_t cap = p.counts[b];
-      const uint32_t k = key[i];
-      if (cap < 0 || k == kDropped) continue;
-      const uint32_t* request_key = key + b * N;
-      int64_t rank = 0;
-      for (int64_t m = 0; m < N; ++m) rank += request_key[m] > k || (request_key[m] == k && m < n);
-      p.selected[i] = rank >= cap;
-    }
-    __syncthreads();
-    for (int64_t i = tid; i < K; i += threads) {
-      if (p.counts[i / N] >= 0 && key[i] != kDropped && p.selected[i]) key[i] = kDropped;
+      if (cap >= 0) keep_best_of_request(key + b * N, N, cap);
     }
     __syncthreads();
   }

@@ -24,17 +24,30 @@ struct Min {
 
 // The first slot s in (after, M) that is a child of `current` and that `offer(s)` accepts to
 // try, or M when there is none. Block-wide: every thread calls it with the same arguments.
+//   - The next 32 slots first, by every warp on its own (a ballot, no block barrier): each
+//     warp reads the same slots and gets the same answer, so a step whose child is near (every
+//     step of a chain) costs one warp vote.
+//   - Then window by window of blockDim.x slots, a thread per slot and a block-wide min,
+//     stopping at the first window that holds a child.
+// A walk thus costs O(M / threads) block reductions plus one vote per step (issue 9: every
+// thread used to scan its stride of all later slots at every step, O(M^2 / threads) for a
+// long accepted chain, with a block reduction per step). `offer` must be a pure function of
+// block-uniform state (it is evaluated redundantly by every warp).
 template <class Offer>
 __device__ int64_t next_child(const IndexMatrix& slot_parent, int64_t b, int64_t M,
                               int64_t current, int64_t after, Offer offer) {
-  int64_t found = M;
-  for (int64_t s = after + 1 + threadIdx.x; s < M; s += blockDim.x) {
-    if (is_child_slot(slot_parent(b, s), s, current) && offer(s)) {
-      found = s;  // this thread's later slots come after it
-      break;
-    }
+  const int64_t near = after + 1 + lane_id();
+  const bool near_hit = near < M && is_child_slot(slot_parent(b, near), near, current) && offer(near);
+  const unsigned near_hits = __ballot_sync(kFullMask, near_hit);
+  if (near_hits != 0) return after + __ffs(static_cast<int>(near_hits));  // after + 1 + first lane
+  for (int64_t window = after + 1 + kWarpSize; window < M; window += blockDim.x) {
+    const int64_t s = window + threadIdx.x;
+    const int64_t found =
+        s < M && is_child_slot(slot_parent(b, s), s, current) && offer(s) ? s : M;
+    const int64_t first = block_all_reduce(found, Min{});
+    if (first < M) return first;
   }
-  return block_all_reduce(found, Min{});
+  return M;
 }
 
 // Walker (cf. csrc/cpu/verify_walk.h), block-uniform, called by every thread:

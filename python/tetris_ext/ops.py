@@ -1,14 +1,18 @@
 """Typed wrappers and fake (meta) implementations of ``torch.ops.tetris.*``.
 
 The semantics of every op are in docs/ops.md; the C++ schemas are in csrc/ops.cpp.
-Fakes describe only output shapes and dtypes, so that the ops trace under torch.compile
-and FakeTensorMode; the argument checks themselves live in C++ (csrc/args/).
+Fakes run the argument checks of the real ops (op_args.py, the twin of csrc/args/) and
+describe the output shapes and dtypes, so that the ops trace under torch.compile and
+FakeTensorMode and reject there what the real ops reject; the wrappers check Python scalars
+and layouts before dispatch, so that those messages name the argument too.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from . import op_args
 
 __all__ = [
     "draft_cumprod",
@@ -29,6 +33,8 @@ def draft_cumprod(
     logits [B, N, V] (float32/16, bfloat16); tokens [B, N]; parents [B, N] or None for chains.
     Returns (token_logprobs, cum_logprobs), both [B, N] float32; -inf for invalid candidates.
     """
+    op_args.check_layouts("draft_cumprod", logits=logits, tokens=tokens, parents=parents)
+    temperature = op_args.check_temperature("draft_cumprod", temperature)
     return torch.ops.tetris.draft_cumprod.default(logits, tokens, parents, temperature)
 
 
@@ -44,6 +50,9 @@ def select(
     scores [B, N] float32 (e.g. cum_logprobs). Returns (selected [B, N] bool, counts [B] int32).
     Ties are broken by request, then candidate index (docs/ops.md).
     """
+    op_args.check_layouts("select", scores=scores, parents=parents, max_per_request=max_per_request)
+    budget = op_args.check_budget("select", budget)
+    min_score = op_args.check_min_score("select", min_score)
     return torch.ops.tetris.select.default(scores, budget, parents, max_per_request, min_score)
 
 
@@ -56,6 +65,8 @@ def select_prefixes(probs: Tensor, rows: Tensor, lengths: Tensor, budget: int) -
     ``budget`` positions with the largest path probability (running product) are chosen, ties
     by (request, position); ``lengths[b]`` becomes request b's count, a prefix (docs/ops.md).
     """
+    op_args.check_layouts("select_prefixes", probs=probs, rows=rows, lengths=lengths)
+    budget = op_args.check_budget("select_prefixes", budget)
     torch.ops.tetris.select_prefixes.default(probs, rows, lengths, budget)
 
 
@@ -63,6 +74,7 @@ def tree_mask(
     selected: Tensor, parents: Tensor | None, prefix_lens: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Verification block layout: (slot_index, slot_parent, positions [B, N+1], mask [B, N+1, N+1])."""
+    op_args.check_layouts("tree_mask", selected=selected, parents=parents, prefix_lens=prefix_lens)
     return torch.ops.tetris.tree_mask.default(selected, parents, prefix_lens)
 
 
@@ -70,6 +82,7 @@ def tree_mask_packed(
     selected: Tensor, parents: Tensor | None, prefix_lens: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Varlen layout: (cu_seqlens [B+1] int32, packed_mask [B, N+1, ceil((N+1)/8)] uint8)."""
+    op_args.check_layouts("tree_mask_packed", selected=selected, parents=parents, prefix_lens=prefix_lens)
     return torch.ops.tetris.tree_mask_packed.default(selected, parents, prefix_lens)
 
 
@@ -77,6 +90,8 @@ def verify_greedy(
     slot_tokens: Tensor, slot_parent: Tensor, target_tokens: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Greedy verification: (accepted_slots [B, M] int64, num_accepted [B] int32, out_tokens [B, M] int64)."""
+    op_args.check_layouts("verify_greedy", slot_tokens=slot_tokens, slot_parent=slot_parent,
+                          target_tokens=target_tokens)
     return torch.ops.tetris.verify_greedy.default(slot_tokens, slot_parent, target_tokens)
 
 
@@ -88,51 +103,26 @@ def verify_sampling(
     uniforms: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lossless rejection-sampling verification; randomness from ``uniforms`` [B, M] in [0, 1)."""
+    op_args.check_layouts("verify_sampling", slot_tokens=slot_tokens, slot_parent=slot_parent,
+                          target_probs=target_probs, draft_probs=draft_probs, uniforms=uniforms)
     return torch.ops.tetris.verify_sampling.default(
         slot_tokens, slot_parent, target_probs, draft_probs, uniforms
     )
 
 
-def _check_select_prefixes_args(probs: Tensor, rows: Tensor, lengths: Tensor, budget: int) -> None:
-    """csrc/args/select_prefixes.h for the fake: same checks (but memory overlap), same errors."""
-
-    def fail(name: str, expected: str, error: type[Exception] = ValueError) -> None:
-        raise error(f"select_prefixes: argument '{name}': expected {expected}")
-
-    def c10_name(dtype: torch.dtype) -> str:  # as C++ prints it: Float, Long, BFloat16, ...
-        return torch.empty((), dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
-
-    for name, t, dtypes, layout in (
-        ("probs", probs, (torch.float32,), "[R, S]"),
-        ("rows", rows, (torch.int32, torch.int64), "[B]"),
-        ("lengths", lengths, (torch.int32, torch.int64), "[B]"),
-    ):
-        if t.dtype not in dtypes:
-            names = " or ".join(c10_name(d) for d in dtypes)
-            fail(name, f"dtype {names}, got {c10_name(t.dtype)}", TypeError)
-        if t.dim() != len(layout.split(",")):
-            fail(name, f"a {len(layout.split(','))}-D tensor {layout}, got shape {list(t.shape)}")
-        if t.device != probs.device:
-            fail(name, f"a tensor on {probs.device} (the device of 'probs'), got {t.device}")
-    if lengths.shape[0] != rows.shape[0]:
-        fail("lengths", f"size {rows.shape[0]} (B, the size of 'rows') at dim 0, got shape {list(lengths.shape)}")
-    if budget < 0:
-        fail("budget", f"an integer >= 0, got {budget}")
-    if rows.shape[0] * probs.shape[1] > 2**31 - 1:
-        fail("probs", f"B * S < 2^31 positions, got B = {rows.shape[0]} and shape {list(probs.shape)}")
-
-
-# Fake implementations: shapes and dtypes only (select_prefixes: argument checks, no outputs).
+# Fake implementations: the real ops' argument checks, then output shapes and dtypes.
 
 
 def _register_fakes(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::draft_cumprod")
     def _(logits, tokens, parents=None, temperature=1.0):
+        op_args.check_draft_cumprod(logits, tokens, parents, temperature)
         shape = logits.shape[:2]
         return logits.new_empty(shape, dtype=torch.float32), logits.new_empty(shape, dtype=torch.float32)
 
     @torch.library.register_fake(f"{namespace}::select")
     def _(scores, budget, parents=None, max_per_request=None, min_score=None):
+        op_args.check_select(scores, budget, parents, max_per_request, min_score)
         return (
             scores.new_empty(scores.shape, dtype=torch.bool),
             scores.new_empty(scores.shape[:1], dtype=torch.int32),
@@ -140,10 +130,11 @@ def _register_fakes(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::select_prefixes")
     def _(probs, rows, lengths, budget):
-        _check_select_prefixes_args(probs, rows, lengths, budget)
+        op_args.check_select_prefixes(probs, rows, lengths, budget)
 
     @torch.library.register_fake(f"{namespace}::tree_mask")
     def _(selected, parents, prefix_lens):
+        op_args.check_tree_mask("tree_mask", selected, parents, prefix_lens)
         B, M = selected.shape[0], selected.shape[1] + 1
         long = dict(dtype=torch.int64)
         return (
@@ -155,6 +146,7 @@ def _register_fakes(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::tree_mask_packed")
     def _(selected, parents, prefix_lens):
+        op_args.check_tree_mask("tree_mask_packed", selected, parents, prefix_lens)
         B, M = selected.shape[0], selected.shape[1] + 1
         return (
             selected.new_empty((B + 1,), dtype=torch.int32),
@@ -171,10 +163,12 @@ def _register_fakes(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::verify_greedy")
     def _(slot_tokens, slot_parent, target_tokens):
+        op_args.check_verify_greedy(slot_tokens, slot_parent, target_tokens)
         return verify_outputs(slot_tokens)
 
     @torch.library.register_fake(f"{namespace}::verify_sampling")
     def _(slot_tokens, slot_parent, target_probs, draft_probs, uniforms):
+        op_args.check_verify_sampling(slot_tokens, slot_parent, target_probs, draft_probs, uniforms)
         return verify_outputs(slot_tokens)
 
 
@@ -217,7 +211,9 @@ def _draft_cumprod_backward(ctx, grad_token_logprobs, grad_cum_logprobs):
         )
     grad_token = torch.where(valid, grad_token_logprobs.float(), 0.0) + subtree
     inverse_temperature = torch.tensor(1.0 / temperature, dtype=torch.float32)
-    probs = torch.softmax(logits.float() * inverse_temperature, dim=-1)
+    # Differences from the row maximum, scaled (as the op computes them: no overflow at small T).
+    shifted = logits.float() - (logits.float().amax(dim=-1, keepdim=True) if V else 0.0)
+    probs = torch.softmax(shifted * inverse_temperature, dim=-1)
     onehot = torch.nn.functional.one_hot(tokens.clamp(0, max(V - 1, 0)), V).to(probs.dtype)
     grad_logits = (grad_token * inverse_temperature).unsqueeze(-1) * (onehot - probs)
     grad_logits = torch.where(valid.unsqueeze(-1), grad_logits, 0.0)

@@ -55,14 +55,31 @@ def path_sums(token_logprobs: torch.Tensor, valid: torch.Tensor, parents: torch.
     return torch.stack(cum_columns, 1)
 
 
+def scaled_log_softmax(logits, temperature):
+    """log_softmax(logits / T) as the op defines it (docs/ops.md): differences from the row's
+    maximum, scaled by float32(1 / T), so that the top logit is exactly 0 and nothing overflows
+    at small T; a -inf logit stays -inf at every T (also when 1 / T rounds to 0)."""
+    inverse_temperature = torch.tensor(1.0 / temperature, dtype=torch.float32)
+    x = logits.float()
+    shifted = x - x.amax(dim=-1, keepdim=True)
+    scaled = torch.where(shifted == NEG_INF, NEG_INF, shifted * inverse_temperature)
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def plain_log_softmax(logits, temperature):
+    """The textbook float32 reference log_softmax(logits * float32(1 / T)), which the op
+    matches within the tolerance of docs/ops.md where these products are finite."""
+    inverse_temperature = torch.tensor(1.0 / temperature, dtype=torch.float32)
+    return torch.log_softmax(logits.float() * inverse_temperature, dim=-1)
+
+
 def draft_cumprod_ref(logits, tokens, parents=None, temperature=1.0):
     """(token_logprobs, cum_logprobs), both float32 [B, N] (docs/ops.md)."""
     B, N, V = logits.shape
     valid = valid_candidates(tokens, parents, V)
     token_logprobs = torch.full((B, N), NEG_INF)
     if V > 0:
-        inverse_temperature = torch.tensor(1.0 / temperature, dtype=torch.float32)
-        logprobs = torch.log_softmax(logits.float() * inverse_temperature, dim=-1)
+        logprobs = scaled_log_softmax(logits, temperature)
         index = tokens.to(torch.int64).clamp(0, V - 1).unsqueeze(-1)
         token_logprobs = torch.where(valid, logprobs.gather(-1, index).squeeze(-1), NEG_INF)
     return token_logprobs, path_sums(token_logprobs, valid, parents)
