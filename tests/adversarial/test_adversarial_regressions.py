@@ -129,18 +129,21 @@ N = 200_000
 scores = -torch.rand(1, N, generator=torch.Generator().manual_seed(0))
 parents = torch.full((1, N), -1)
 caps = torch.tensor([500])
-start = time.perf_counter()
+start = time.process_time()
 ours = torch.ops.tetris_emu.select(scores, 1000, parents, caps)
-print("seconds", time.perf_counter() - start)
+seconds = time.process_time() - start
+print("CPU seconds", seconds)
 cpu = torch.ops.tetris.select(scores, 1000, parents, caps)
 assert torch.equal(ours[0], cpu[0]) and ours[1].tolist() == [500], ours[1]
+assert seconds < 10, seconds
 """
 
 
 @pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
 def test_emulated_select_with_a_cap_on_one_long_request_is_fast():
     # Before the fix: more than 60 s (a rank loop over the request per candidate); now ~0.1 s.
-    result = run_limited(LONG_CAPPED_SELECT, seconds=60, memory_gib=4)
+    # The wall limit only catches a hang (a loaded machine makes wall time meaningless).
+    result = run_limited(LONG_CAPPED_SELECT, seconds=300, memory_gib=4)
     assert result.returncode == 0, result.describe()
 
 
@@ -164,7 +167,8 @@ assert seconds < 10, seconds
 def test_emulated_verify_greedy_on_a_long_accepted_chain_is_fast():
     # A block reduction and a scan of every later slot per step before the fix: 35 s of CPU
     # here (38 s wall in the issue); now one warp vote per step: about 1.5 s of CPU.
-    result = run_limited(LONG_ACCEPTED_CHAIN, seconds=120, memory_gib=4)
+    # The child asserts on its CPU seconds; the wall limit only catches a hang.
+    result = run_limited(LONG_ACCEPTED_CHAIN, seconds=300, memory_gib=4)
     assert result.returncode == 0, result.describe()
 
 
