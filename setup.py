@@ -15,10 +15,15 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+# setuptools >= 70.1 has bdist_wheel; older ones need the wheel package. A bare GPU machine may
+# have neither, and `setup.py build_ext --inplace` (tools/gpu_check.py) needs no wheel.
 try:
     from setuptools.command.bdist_wheel import bdist_wheel
-except ImportError:  # setuptools < 70.1 (e.g. a bare GPU machine's; `build_ext --inplace` needs no wheel)
-    from wheel.bdist_wheel import bdist_wheel
+except ImportError:
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:
+        bdist_wheel = object
 
 ROOT = Path(__file__).resolve().parent
 
@@ -141,5 +146,5 @@ class AbiThreeWheel(bdist_wheel):
 if __name__ == "__main__":
     setup(
         ext_modules=[Extension("tetris_ext._C", sources=[], py_limited_api=True)],
-        cmdclass={"build_ext": CMakeBuild, "bdist_wheel": AbiThreeWheel},
+        cmdclass={"build_ext": CMakeBuild} | ({"bdist_wheel": AbiThreeWheel} if bdist_wheel is not object else {}),
     )

@@ -121,3 +121,31 @@ def test_without_a_gpu_a_real_run_stops_at_once(tmp_path):
                           cwd=ROOT, timeout=120)
     assert done.returncode == 2 and "no CUDA device" in done.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_run_all_skips_what_depends_on_a_failed_stage_and_a_missing_sanitizer(tmp_path):
+    stages = [stage(tmp_path, "import sys; sys.exit(1)", "build"),
+              gpu_check.Stage("tests", 5, [sys.executable, "-c", "pass"], "tests.log", needs=("build",)),
+              stage(tmp_path, "print('timed')", "bench"),
+              gpu_check.Stage("memcheck", 5, [sys.executable, "-c", "pass"], "memcheck.log"),
+              gpu_check.Stage("racecheck", 5, [sys.executable, "-c", "pass"], "racecheck.log")]
+    results = gpu_check.run_all(stages, tmp_path, sys.executable, None, time.monotonic())
+    status = {r.name: (r.status, r.note) for r in results}
+    assert status["build"] == ("failed", "exit status 1")
+    assert status["tests"] == ("skipped", "build did not pass")
+    assert status["bench"][0] == "passed" and "timed" in (tmp_path / "bench.log").read_text()
+    for name in ["memcheck", "racecheck"]:
+        assert status[name][0] == "skipped" and "compute-sanitizer not found" in status[name][1]
+
+
+def test_run_all_skips_stages_once_the_nine_minutes_are_spent(tmp_path):
+    stages = [stage(tmp_path, "pass", "build")]
+    started_long_ago = time.monotonic() - gpu_check.TOTAL_BUDGET_S + 8
+    [result] = gpu_check.run_all(stages, tmp_path, sys.executable, None, started_long_ago)
+    assert result.status == "skipped" and "no time left" in result.note
+
+
+def test_machine_report_names_the_software(tmp_path):
+    report = gpu_check.machine_report(sys.executable, None)
+    assert f"torch {torch.__version__}" in report and "transformers" in report
+    assert "compute-sanitizer: not found" in report and f"cores {__import__('os').cpu_count()}" in report

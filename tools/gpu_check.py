@@ -122,7 +122,7 @@ def machine_report(python: str, sanitizer: str | None) -> str:
         "import torch, platform; print('python', platform.python_version()); "
         "print('torch', torch.__version__, 'CUDA', torch.version.cuda); "
         "import importlib.util as u; t = u.find_spec('transformers'); "
-        "print('transformers', __import__('transformers').__version__ if t else 'absent')")])
+        "print('transformers', __import__('transformers').__version__ if t else 'absent')")], timeout=90)
     parts = [
         f"date {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         f"commit {run_quietly(['git', 'rev-parse', 'HEAD'])}",
@@ -359,7 +359,7 @@ def run_all(stages: list[Stage], out: Path, python: str, sanitizer: str | None, 
             result = Result(stage.name, "skipped", limit_s=stage.limit_s, note=f"{', '.join(failed_needs)} did not pass")
         elif refusal and stage.name in ("memcheck", "racecheck"):
             result = Result(stage.name, "skipped", limit_s=stage.limit_s, note=refusal)
-        elif limit < 10:
+        elif limit < min(10.0, stage.limit_s):
             result = Result(stage.name, "skipped", limit_s=stage.limit_s, note="no time left of the 9 minutes")
         else:
             log(f"{stage.name}: started (limit {limit:.0f} s, {stage.log})")
@@ -380,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build jobs (default: every core)")
     args = ap.parse_args(argv)
     start = time.monotonic()
+    try:
+        import torch  # noqa: F401  (the build and every stage use this interpreter's torch)
+    except ImportError:
+        log(f"{sys.executable} cannot import torch: run this script with the python that has it")
+        return 2
     python, sanitizer = sys.executable, find_sanitizer()
     arch, gpu = gpu_arch_and_name()
     if arch is None and not args.dry_run:
