@@ -89,7 +89,11 @@ def select_cases(B: int, N: int, device, gen) -> list[Case]:
 
 
 def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
-    logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
+    if torch.device(device).type == "cuda":  # up to a GiB of logits: drawn on the GPU, in a blink
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        logits = torch.randn(B, N, V, device=device, generator=torch.Generator(device).manual_seed(seed)).to(dtype)
+    else:
+        logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
     tokens = torch.randint(0, V, (B, N), generator=gen).to(device)
     parents = random_parents(B, N, gen, device) if tree else None
     if tree:

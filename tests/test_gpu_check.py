@@ -110,7 +110,7 @@ def test_summary_reports_stages_tests_sanitizers_and_bench(tmp_path):
     assert "| build | passed | 70.0 | 180 |" in text and "| tests | failed |" in text
     assert "1 failed, 410 passed in 61.20s (0:01:01)" in text and "FAILED tests/test_cuda.py::test_x" in text
     assert "ERROR SUMMARY: 0 errors" in text
-    assert "select B=256 N=16: ours 9.0 us, composite 5.00x slower, topk_budget 3.30x" in text
+    assert "select B=256 N=16: ours 9.0 us; time / ours: composite 5.00x, topk_budget 3.30x" in text
     assert "3000 GB/s (a plain read: 4000 GB/s)" in text and "read 0.75x" not in text
     assert (tmp_path / "summary.md").read_text() == text
 

@@ -160,7 +160,8 @@ def plan(python: str, out: Path, arch: str, jobs: int, sanitizer: str | None) ->
         Stage("build", 150, [python, "setup.py", "build_ext", "--inplace"], "build.log", build_env),
         Stage("tests", 150, pytest_argv(python, TEST_FILES, "-v", "--durations=15"), "tests.log", test_env,
               needs=("build",), collect=TEST_FILES),
-        Stage("bench", 75, [python, "bench/ops.py", "--device", "cuda", "--seconds-per-case", "0.2",
+        Stage("bench", 75, [python, "bench/ops.py", "--device", "cuda", "--ops", "select", "draft_cumprod",
+                            "--seconds-per-case", "0.2",
                             "--no-chart", "--out", str(out / "ops_cuda")], "bench.log", test_env, needs=("build",)),
         Stage("memcheck", 90, [*sanitize, "--tool", "memcheck", *pytest_argv(python, memcheck_tests, "-q", "-x")],
               "memcheck.log", sanitize_env, needs=("build",), collect=memcheck_tests),
@@ -311,7 +312,7 @@ def bench_findings(path: Path) -> list[str]:
         if r.get("status") != "ok":
             out.append(f"{r['op']} {shape}: {r.get('status')}")
             continue
-        line = f"{r['op']} {shape}: ours {r['ours_s'] * 1e6:.1f} us, {r['baseline_name']} {r['ratio']:.2f}x slower"
+        line = f"{r['op']} {shape}: ours {r['ours_s'] * 1e6:.1f} us; time / ours: {r['baseline_name']} {r['ratio']:.2f}x"
         line += "".join(f", {k[:-6]} {r[k]:.2f}x" for k in r if k.endswith("_ratio") and k != "read_ratio")
         if "ours_GBps" in r:
             line += f", {r['ours_GBps']:.0f} GB/s (a plain read: {r['read_GBps']:.0f} GB/s)"
