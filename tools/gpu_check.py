@@ -105,15 +105,27 @@ def gpu_arch_and_name() -> tuple[str | None, str | None]:
     return (match.group(1), match.group(2).strip()) if match else (None, None)
 
 
-def find_sanitizer() -> str | None:
-    """compute-sanitizer ships with the CUDA toolkit, which is not always on PATH."""
-    found = shutil.which("compute-sanitizer")
+def toolkit_tool(name: str) -> str | None:
+    """A CUDA toolkit program (nvcc, compute-sanitizer): the toolkit is not always on PATH."""
+    found = shutil.which(name)
     if found:
         return found
     for home in [os.environ.get("CUDA_HOME"), "/usr/local/cuda", *sorted(map(str, Path("/usr/local").glob("cuda-*")))]:
-        if home and Path(home, "bin", "compute-sanitizer").exists():
-            return str(Path(home, "bin", "compute-sanitizer"))
+        if home and Path(home, "bin", name).exists():
+            return str(Path(home, "bin", name))
     return None
+
+
+def find_sanitizer() -> str | None:
+    return toolkit_tool("compute-sanitizer")
+
+
+def build_cuda_home() -> dict[str, str]:
+    """CUDA_HOME for the build when neither it nor nvcc on PATH tells setup.py where the toolkit is."""
+    nvcc = toolkit_tool("nvcc")
+    if os.environ.get("CUDA_HOME") or shutil.which("nvcc") or nvcc is None:
+        return {}
+    return {"CUDA_HOME": str(Path(nvcc).parent.parent)}
 
 
 def machine_report(python: str, sanitizer: str | None) -> str:
@@ -127,7 +139,7 @@ def machine_report(python: str, sanitizer: str | None) -> str:
         f"date {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         f"commit {run_quietly(['git', 'rev-parse', 'HEAD'])}",
         f"cores {os.cpu_count()}", versions,
-        run_quietly(["nvidia-smi"]), run_quietly(["nvcc", "--version"]),
+        run_quietly(["nvidia-smi"]), run_quietly([toolkit_tool("nvcc") or "nvcc", "--version"]),
         run_quietly([sanitizer, "--version"]) if sanitizer else "compute-sanitizer: not found",
         run_quietly(["cmake", "--version"]).splitlines()[0] if shutil.which("cmake") else "cmake: not on PATH",
         f"ninja {run_quietly(['ninja', '--version'])}" if shutil.which("ninja") else "ninja: not on PATH",
@@ -149,7 +161,7 @@ def pytest_argv(python: str, files: list[str], *extra: str) -> list[str]:
 
 def plan(python: str, out: Path, arch: str, jobs: int, sanitizer: str | None) -> list[Stage]:
     build_env = {"TETRIS_CUDA": "on", "TORCH_CUDA_ARCH_LIST": arch, "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs),
-                 "TETRIS_EMULATION": "0"}
+                 "TETRIS_EMULATION": "0", **build_cuda_home()}
     test_env = {"PYTHONPATH": str(ROOT / "python"), "HYPOTHESIS_PROFILE": "ci"}
     # Every tensor its own cudaMalloc: an access past a tensor's end is then outside any allocation.
     sanitize_env = test_env | {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
