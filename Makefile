@@ -67,6 +67,21 @@ gpu-bench: build
 	mkdir -p $(GPU_RUN_DIR)
 	$(PY) bench/ops.py --device cuda --out $(GPU_RUN_DIR)/ops_cuda 2>&1 | tee $(GPU_RUN_DIR)/bench.log
 
+# --- gpu-check (issue 13) --------------------------------------------------------------------------
+# make gpu-check [OUT=dir]: on the GPU machine as it is (no venv, no network; python3 and its own
+# torch): tools/gpu_check.py builds in place for the GPU present with every core, then runs the
+# CUDA tests, bench/ops.py --device cuda, compute-sanitizer memcheck and racecheck, each stage
+# time-boxed, all within 9 minutes, and leaves <= 8 files in OUT (default
+# bench/results/gpu_<date>_<gpu>/). docs/gpu.md. gpu-check-dry: the same plan checked here, no GPU.
+GPU_CHECK_PYTHON ?= python3
+.PHONY: gpu-check gpu-check-dry
+gpu-check:
+	$(GPU_CHECK_PYTHON) tools/gpu_check.py $(if $(OUT),--out $(OUT))
+
+gpu-check-dry: build
+	$(PY) tools/gpu_check.py --dry-run --out $(or $(OUT),bench/results/tmp/gpu-check-dry)
+# --- end gpu-check ---------------------------------------------------------------------------------
+
 demo: build
 	$(PY) -m tetris_ext.demo
 

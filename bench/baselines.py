@@ -37,6 +37,19 @@ def select_capped_roots(scores: Tensor, budget: int, cap: int) -> Tensor:
     return torch.zeros(B * N, dtype=torch.bool, device=scores.device).index_fill_(0, picks, True).view(B, N)
 
 
+def topk_budget(token_logprobs: Tensor, budget: int) -> Tensor:
+    """A batch budget the way vLLM's adaptive verification assigns it (chains only): every
+    (request, position) slot scored by its survival (here the cumulative log-prob, the log of
+    vLLM's running product of confidences, same order), one topk(budget) over the flattened
+    batch, the winners marked in a flat mask and counted per request. Returns lengths [B] int64.
+    """
+    cum = token_logprobs.cumsum(-1)
+    flat = cum.flatten()
+    winners = flat.topk(min(budget, flat.numel())).indices
+    admitted = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, winners, True)
+    return admitted.view_as(cum).sum(1)
+
+
 def draft_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """log_softmax + gather + cumsum over a chain: (token_logprobs, cum_logprobs), float32."""
     if temperature != 1.0:

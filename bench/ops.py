@@ -2,7 +2,7 @@
 
     python bench/ops.py                 # default grid (a few minutes on a 2-core CPU)
     python bench/ops.py --full          # the whole grid (B 1..1024, N 4..64, V 32000 and 262144, all dtypes)
-    python bench/ops.py --device cuda   # on a GPU (CUDA events)
+    python bench/ops.py --device cuda   # on a GPU (CUDA events; make gpu-check runs it there)
 
 For each case, our op and its baseline (bench/baselines.py) first run once on the same inputs
 and must agree; then both are timed side by side (interleaved repetitions; times are medians,
@@ -77,11 +77,14 @@ def select_cases(B: int, N: int, device, gen) -> list[Case]:
     def check(ours, lengths):
         _equal((ours[1].long(), lengths))
 
+    # vLLM's topk batch budget (a third contender): same lengths, checked here before timing.
+    _equal((baselines.topk_budget(token_logprobs, budget), baselines.select_composite(token_logprobs, budget)))
     return [Case(
         "select", {"B": B, "N": N, "budget": budget},
         ours=lambda: T.select(cum, budget),
         baseline=lambda: baselines.select_composite(token_logprobs, budget),
         check=check, baseline_name="cumsum+topk+scatter_reduce(amax)",
+        extra={"topk_budget": lambda: baselines.topk_budget(token_logprobs, budget)},
     )]
 
 
@@ -113,7 +116,11 @@ def long_verify_cases(N: int, device, gen) -> list[Case]:
 
 
 def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
-    logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
+    if torch.device(device).type == "cuda":  # up to a GiB of logits: drawn on the GPU, in a blink
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        logits = torch.randn(B, N, V, device=device, generator=torch.Generator(device).manual_seed(seed)).to(dtype)
+    else:
+        logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
     tokens = torch.randint(0, V, (B, N), generator=gen).to(device)
     parents = random_parents(B, N, gen, device) if tree else None
     if tree:
@@ -301,6 +308,8 @@ def run_case(case: Case, device: str, seconds: float) -> dict:
     row.update(status="ok", ours_s=times["ours"], baseline_s=times["baseline"],
                ratio=paired_ratio(samples["baseline"], samples["ours"]),
                ratio_of_mins=min(samples["baseline"]) / min(samples["ours"]), reps=len(samples["ours"]))
+    for name in case.extra:  # each extra contender's time, and its time / ours (paired)
+        row[f"{name}_s"], row[f"{name}_ratio"] = times[name], paired_ratio(samples[name], samples["ours"])
     if case.bytes_read:
         row["ours_GBps"] = case.bytes_read / times["ours"] / 1e9
         row["read_GBps"] = case.bytes_read / times["read"] / 1e9
@@ -417,8 +426,11 @@ def main(argv=None) -> int:
                 ("ratio_of_mins", "(of mins)")]
         if op == "draft_cumprod":
             cols += [("ours_GBps", "ours GB/s"), ("read_GBps", "amax GB/s"), ("bw_fraction", "read/ours")]
+        if op == "select":
+            cols += [("topk_budget_us", "topk-budget us"), ("topk_budget_ratio", "topk-budget/ours")]
         table = [r | {"label": shape_label(r), "ours_us": r.get("ours_s", 0) * 1e6,
-                      "baseline_us": r.get("baseline_s", 0) * 1e6} for r in sel if r["status"] == "ok"]
+                      "baseline_us": r.get("baseline_s", 0) * 1e6,
+                      "topk_budget_us": r.get("topk_budget_s", 0) * 1e6} for r in sel if r["status"] == "ok"]
         print(format_table(table, cols))
 
     goal_rows = [r for r in ok if "goal" in r]

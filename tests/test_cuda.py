@@ -7,8 +7,9 @@ have been built with CUDA, and every op is checked on the inputs the emulation t
 large for the emulator: integer and boolean outputs bit-identical, float outputs within 1e-5;
 bad arguments raise as on the CPU, an argument on another device raises with its name; the
 ops run on the current stream, replay correctly from a CUDA graph after their inputs change
-in place (capture-safe: no sync, no value-dependent allocation), B = 0 / N = 0 included, and
-give the same bits twice. The comparison helpers are in tests/refs/backends.py and run on
+in place (capture-safe: no sync, no value-dependent allocation), B = 0 / N = 0 included, make
+no host synchronisation (torch.cuda.set_sync_debug_mode("error") around the call), and give
+the same bits twice. The comparison helpers are in tests/refs/backends.py and run on
 the emulated kernels in CI (tests/test_backend_checks.py), so they are known to be able to fail.
 """
 
@@ -306,6 +307,32 @@ def test_runs_on_the_current_stream(name, build):
         outputs = CUDA.op(name)(**static)
     torch.cuda.current_stream().wait_stream(side)
     assert_outputs_match(outputs, CPU(name, build(2)))
+
+
+def call_without_host_sync(name, inputs):
+    """The op on cuda `inputs` with torch's sync debug mode at "error": any call inside it that
+    waits for the GPU through torch (.item(), a copy to the host, nonzero, synchronize) raises.
+    The first call runs before, outside the mode (per-device setup on a first call is allowed)."""
+    inputs = to_device(inputs, "cuda")
+    CUDA.op(name)(**inputs)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return CUDA.op(name)(**inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.mark.parametrize("name, build", CASES)
+def test_no_host_synchronisation(name, build):
+    assert_outputs_match(call_without_host_sync(name, build(1)), CPU(name, build(1)))
+
+
+@pytest.mark.parametrize("name, empty", EMPTY_CASES)
+def test_no_host_synchronisation_on_empty_shapes(name, empty):
+    inputs = empty(small_inputs(name))
+    assert_outputs_match(call_without_host_sync(name, inputs), CPU(name, inputs))
 
 
 @pytest.mark.parametrize("name, build", CASES)

