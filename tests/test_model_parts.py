@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from tetris_ext.model_parts import MissingPartsError, PartsMismatchError, SplitGGUF, assemble, part_paths
-from tetris_ext.models import QWEN25_CODER
+from tetris_ext import models
+from tetris_ext.models import QWEN25_CODER, load_qwen25_coder
 
 _unique = itertools.count()
 
@@ -106,3 +107,18 @@ def test_qwen_specs_match_the_extra():
     extra = pyproject["project"]["optional-dependencies"]["qwen"]
     wanted = [p for spec in QWEN25_CODER.values() for p in spec.packages]
     assert sorted(requirement.split("==")[0] for requirement in extra) == sorted(wanted) and len(wanted) == 28
+
+
+def test_loader_rejects_unknown_sizes():
+    with pytest.raises(ValueError, match="argument 'size'.*'0.5b', '1.5b'"):
+        load_qwen25_coder("7b")
+
+
+def test_loader_names_missing_packages_before_converting(tmp_path, monkeypatch):
+    # An empty cache and parts that are not installed: the error names them, nothing is written.
+    monkeypatch.setenv("TETRIS_EXT_CACHE", str(tmp_path / "cache"))
+    absent = SplitGGUF("absent.gguf", "tetris_absent_part", "tetris-absent-part", 2, 10, "0" * 64)
+    monkeypatch.setitem(models.QWEN25_CODER, "0.5b", absent)
+    with pytest.raises(MissingPartsError, match="tetris-absent-part1, tetris-absent-part2"):
+        load_qwen25_coder("0.5b")
+    assert not list((tmp_path / "cache").glob("**/*.gguf*")) and not list((tmp_path / "cache").glob("qwen*"))

@@ -105,8 +105,8 @@ def load_qwen25_coder(
 
     The first call assembles the GGUF from its part packages (size and SHA-256 checked; a
     ``MissingPartsError`` names the packages to install), de-quantises it with transformers and
-    saves a bfloat16 copy under ``cache_dir()``; later calls load that in about a second. Stop
-    generation at ``QWEN_STOP_TOKEN_IDS``.
+    saves a bfloat16 copy under ``cache_dir()``, which later calls load (``dtype`` float32
+    up-casts it). Stop generation at ``QWEN_STOP_TOKEN_IDS``.
     """
     if size not in QWEN25_CODER:
         raise ValueError(f"load_qwen25_coder: argument 'size': expected one of {sorted(QWEN25_CODER)}, got {size!r}")
