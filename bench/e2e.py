@@ -133,10 +133,10 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
         ax.set_title(f"batch {B}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Live loop, {meta['target']}, {meta['drafter']}, {meta['prompts']} prompts x "
+    fig.suptitle(f"Live loop, {meta['target']},\n{meta['drafter']}, {meta['prompts']} prompts x "
                  f"{meta['max_new_tokens']} tokens\n{meta['cpu']} ({meta['torch_threads']} threads), "
                  f"{meta['date'][:10]}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.87))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
