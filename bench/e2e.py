@@ -4,6 +4,7 @@ and batch sizes.
     python bench/e2e.py                 # default sweep: batch 8, k = 1..6, extra = 1, 2 (~15 min here)
     python bench/e2e.py --full          # k = 1..6, extra = 0..3, batch sizes 4, 8, 16
     python bench/e2e.py --draft-model PATH [--tree-width 2]   # a draft model instead of n-grams
+    python bench/e2e.py --pair qwen2.5-coder --sources code   # Qwen2.5-Coder 1.5B + its 0.5B draft (bench/qwen_pair.py)
 
 Gemma 3 270M (tetris_ext.models.load_gemma3_270m) greedy-decodes the bundled prompts through a
 continuous batch (more prompts than the batch, as in serving) once per configuration:
@@ -55,6 +56,20 @@ def step_timings(stats: dict) -> list[list]:
              round(s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"], 6)] for s in stats["per_step"]]
 
 
+def completion_latency(stats: dict) -> dict:
+    """p50 / p99 over requests of the time from the run's start (every prompt queued at t = 0) to
+    the end of the request's last step, summing the recorded step times (prefills not included:
+    the loop times them in total only)."""
+    finished, clock = {}, 0.0
+    for s in stats["per_step"]:
+        clock += s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]
+        finished.update(dict.fromkeys(s["requests"], clock))
+    latencies = torch.tensor(sorted(finished.values()), dtype=torch.float64)
+    if not len(latencies):
+        return {"latency_p50": None, "latency_p99": None}
+    return {"latency_p50": float(latencies.quantile(0.5)), "latency_p99": float(latencies.quantile(0.99))}
+
+
 def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc) -> tuple[dict, list]:
     from tqdm import tqdm
 
@@ -80,6 +95,9 @@ def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, e
         "accepted_per_step": s["accepted_tokens"] / s["steps"],
         "verified_per_step": s["verified_tokens"] / s["steps"],
         "seconds": {k: s[f"{k}_seconds"] for k in ("prefill", "draft", "select", "verify")},
+        "target_forwards": s["target_forwards"],
+        "draft_share": s["draft_seconds"] / s["wall_seconds"],
+        **completion_latency(s),
         "step_timings": step_timings(s),
     }
     return row, result.tokens
@@ -115,10 +133,10 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
         ax.set_title(f"batch {B}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Live loop, {meta['target']}, {meta['drafter']}, {meta['prompts']} prompts x "
+    fig.suptitle(f"Live loop, {meta['target']},\n{meta['drafter']}, {meta['prompts']} prompts x "
                  f"{meta['max_new_tokens']} tokens\n{meta['cpu']} ({meta['torch_threads']} threads), "
                  f"{meta['date'][:10]}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.87))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -150,6 +168,37 @@ def chart_vsr(rows: list[dict], meta: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def load_setup(args, max_draft: int):
+    """(target, prompt token lists, eos ids, drafter factory, target name, drafter name)."""
+    if args.pair:
+        from qwen_pair import chat_prompts, load_pair
+
+        from tetris_ext.models import QWEN_STOP_TOKEN_IDS
+
+        target, draft, tokenizer = load_pair(args.dtype)
+        prompts = [p["tokens"] for p in chat_prompts(tokenizer, args.sources, limit=args.prompts)]
+        return (target, prompts, list(QWEN_STOP_TOKEN_IDS),
+                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature),
+                f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF de-quantised, {args.dtype})",
+                f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width}, "
+                f"score_temperature={args.score_temperature:g})")
+    from sim import bundled_prompts, load_target  # the same model and prompts as the scaling study
+
+    target, tokenizer = load_target(args.dtype)
+    prompts = bundled_prompts(tokenizer, args.prompts, path=args.prompts_file)
+    target_name = f"Gemma 3 270M (Q4_K_M GGUF de-quantised, {args.dtype})"
+    if args.draft_model:
+        from transformers import AutoModelForCausalLM
+
+        draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
+        return (target, prompts, tokenizer.eos_token_id,
+                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature), target_name,
+                f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width}, "
+                f"score_temperature={args.score_temperature:g})")
+    return (target, prompts, tokenizer.eos_token_id, lambda: NgramDrafter(max_draft), target_name,
+            f"NgramDrafter({max_draft})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="k = 1..6, extra = 0..3, batch sizes 4, 8, 16")
@@ -157,11 +206,17 @@ def main(argv=None) -> int:
     ap.add_argument("--extras", type=int, nargs="+", help="Tetris extra drafts (default 1 2)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", help="default 8")
     ap.add_argument("--max-k", type=int, default=6, help="window of GoodputSD, ThresholdSD, GoodputTetris")
-    ap.add_argument("--prompts", type=int, default=24, help="how many bundled prompts (default 24)")
+    ap.add_argument("--prompts", type=int, default=24, help="how many bundled prompts (default 24; with --pair: per source)")
     ap.add_argument("--prompts-file", type=Path, help="JSONL prompts (default: the bundled set)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
     ap.add_argument("--tree-width", type=int, default=1)
+    ap.add_argument("--pair", choices=("qwen2.5-coder",),
+                    help="a target with its own draft model instead of Gemma + n-grams (needs tetris_ext[qwen])")
+    ap.add_argument("--score-temperature", type=float, default=1.0,
+                    help="a draft model's score temperature (bench/qwen_calibration.py fits 0.75 for the Qwen pair)")
+    ap.add_argument("--sources", nargs="+", default=["code", "chat"],
+                    help="with --pair: prompt sources of bench/prompts/qwen_chat_code.jsonl (default both)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see bench/README.md)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="float32 (default): every policy reproduces the greedy output exactly, so runs "
@@ -184,23 +239,10 @@ def main(argv=None) -> int:
     extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])
     batch_sizes = args.batch_sizes or ([4, 8, 16] if args.full else [8])
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sim import bundled_prompts, load_target  # the same model and prompts as the scaling study
-
-    target, tokenizer = load_target(args.dtype)
-    prompts = bundled_prompts(tokenizer, args.prompts, path=args.prompts_file)
     max_draft = max(max(ks) + max(extras), args.max_k)
-    if args.draft_model:
-        from transformers import AutoModelForCausalLM
-
-        draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
-        make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
-        drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
-    else:
-        make_drafter = lambda: NgramDrafter(max_draft)  # noqa: E731
-        drafter_name = f"NgramDrafter({max_draft})"
+    target, prompts, eos, make_drafter, target_name, drafter_name = load_setup(args, max_draft)
     meta = run_metadata("cpu") | {
-        "target": f"Gemma 3 270M (Q4_K_M GGUF de-quantised, {args.dtype})", "drafter": drafter_name,
+        "target": target_name, "drafter": drafter_name, "sources": args.sources if args.pair else None,
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
         "ks": ks, "extras": extras, "max_k": args.max_k, "repeats": args.repeats, "dtype": args.dtype,
     }
@@ -217,7 +259,7 @@ def main(argv=None) -> int:
     for rep, B, (family, k, extra, make) in tqdm(todo, desc="e2e runs", unit="run"):
         policy = make()
         row, outputs = run_one(target, prompts, policy, make_drafter, B, args.max_new_tokens,
-                               tokenizer.eos_token_id, desc=f"B={B} {policy} ({rep + 1}/{args.repeats})")
+                               eos, desc=f"B={B} {policy} ({rep + 1}/{args.repeats})")
         runs.setdefault((B, str(policy)), []).append((row | {"family": family, "k": k, "extra": extra}, outputs))
     rows, reference = [], {}
     for B, (family, k, extra, make) in configs:
@@ -240,7 +282,8 @@ def main(argv=None) -> int:
         ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
         ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
         ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
-        ("steps", "steps"), ("same_output_as_autoregressive", "exact")]))
+        ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
+        ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
     mismatched = [r for r in rows if r["same_output_as_autoregressive"] != len(prompts)]
     write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
     chart_throughput(rows, meta, args.out.with_name(args.out.name + "_throughput.png"))

