@@ -73,6 +73,8 @@ class NgramDrafter:
     Each drafted token's acceptance probability comes from ``calibration`` (an
     ``AcceptanceCalibration``, learned online from verification outcomes, globally and per
     request) applied to the raw match statistics, which the proposal carries as ``features``.
+    A calibration with ``predict_batch`` / ``update_batch`` (``estimators.NgramLogistic``) is
+    called once per step for the whole batch instead of once per request.
     A request's own offset is dropped when it leaves the batch, so request ids may be reused
     (every ``generate`` call numbers its prompts from 0).
     """

@@ -1,0 +1,149 @@
+"""Held-out quality of the n-gram drafter's acceptance estimates (issue 10, part 1 and 2).
+
+    python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
+    python bench/estimates.py --print-prior   # also print the fitted prior (estimators.PRIOR_WEIGHTS)
+
+Traces (tetris_ext.sim.record, Gemma 3 270M bf16, n-gram drafter, 8 drafts, 64 tokens), one per
+prompt source; record a missing one with
+
+    python bench/sim.py --prepare-only --record --prompts-file bench/prompts/estimates_code.jsonl \\
+        --trace bench/results/traces/estimates_gemma3-270m-bf16_code_d8_t64.npz
+
+Protocol (tetris_ext.heldout): whole sources are tuning or held-out. On the tuning part only:
+the constant rate, the offline logistic prior (estimators.fit_logistic) and the online learning
+rate. On the held-out part: Brier, log loss, AUC, reliability diagram of every estimator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, run_metadata  # noqa: E402
+
+from tetris_ext import heldout  # noqa: E402
+from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
+from tetris_ext.estimators import FEATURES, ConstantRate, NgramLogistic, fit_logistic, token_class_table  # noqa: E402
+from tetris_ext.sim import Trace  # noqa: E402
+
+TRACES = RESULTS_DIR / "traces"
+SOURCES = {  # source -> trace (one prompt file each)
+    "bundled": TRACES / "gemma3-270m-bf16_ngram_d8_t64.npz",  # python/tetris_ext/data/prompts.jsonl
+    "code": TRACES / "estimates_gemma3-270m-bf16_code_d8_t64.npz",  # bench/prompts/estimates_code.jsonl
+    "chat": TRACES / "estimates_gemma3-270m-bf16_chat_d8_t64.npz",  # bench/prompts/estimates_chat.jsonl
+    "rewrite": TRACES / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
+}
+TUNING = ("bundled",)
+LEARNING_RATES = (0.0, 0.0005, 0.002, 0.005)
+
+
+class _Recording(NgramLogistic):
+    """NgramLogistic that keeps the inputs and outcomes of every tested token (the fit's data)."""
+
+    def __init__(self, **kw):
+        super().__init__(learning_rate=0.0, **kw)
+        self.rows, self.outcomes = [], []
+
+    def update_batch(self, features, requests, tested, accepted, tokens=None):
+        self.rows.append(self.design(features, requests, tokens)[tested])
+        self.outcomes.append(accepted[tested])
+        super().update_batch(features, requests, tested, accepted, tokens)
+
+
+def pooled(traces: dict, make) -> heldout.Predictions:
+    """Every trace replayed with a fresh estimator from ``make()``, predictions pooled."""
+    return heldout.Predictions.cat([heldout.collect(trace, make()) for trace in traces.values()])
+
+
+def fit_prior(tuning: dict, token_classes) -> torch.Tensor:
+    x, y = [], []
+    for trace in tuning.values():
+        recorder = _Recording(token_classes=token_classes)
+        heldout.collect(trace, recorder)
+        x += recorder.rows
+        y += recorder.outcomes
+    return fit_logistic(torch.cat(x), torch.cat(y))
+
+
+def load_token_classes():
+    """The Gemma 3 270M vocabulary's token classes (the tokenizer only, no weights)."""
+    import transformers
+
+    from tetris_ext.models import GEMMA_DIRNAME, cache_dir
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
+    return token_class_table(tokenizer)
+
+
+def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
+    """name -> factory of a fresh estimator; everything fitted on the tuning part only."""
+    rate = pooled(tuning, lambda: ConstantRate(0.5)).acceptance_rate
+    prior = fit_prior(tuning, token_classes)
+    prior_no_class = fit_prior(tuning, None)
+    if print_prior:
+        print("fitted prior (with token classes):", dict(zip(FEATURES, [round(v, 3) for v in prior.tolist()])))
+        print("fitted prior (no token classes):  ", tuple(round(v, 3) for v in prior_no_class.tolist()))
+    tuned = {}
+    for name, weights, classes in (("logistic", prior, token_classes), ("logistic-noclass", prior_no_class, None)):
+        briers = {lr: heldout.score(pooled(tuning, lambda: NgramLogistic(tuple(weights.tolist()), lr,
+                                                                          token_classes=classes)))["brier"]
+                  for lr in LEARNING_RATES}
+        tuned[name] = min(briers, key=briers.get)
+        print(f"{name}: tuning Brier by learning rate {briers} -> {tuned[name]}")
+    return {
+        f"constant({rate:.3f})": lambda: ConstantRate(rate),
+        "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
+        "NgramLogistic (shipped prior, no token classes)": lambda: NgramLogistic(),
+        f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})":
+            lambda: NgramLogistic(tuple(prior_no_class.tolist()), tuned["logistic-noclass"]),
+        f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})":
+            lambda: NgramLogistic(tuple(prior.tolist()), tuned["logistic"], token_classes=token_classes),
+    }, {"constant_rate": rate, "prior": prior.tolist(), "prior_no_class": prior_no_class.tolist(),
+        "learning_rates": tuned, "features": list(FEATURES)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
+    ap.add_argument("--print-prior", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    traces = {name: Trace.load(path) for name, path in SOURCES.items() if path.exists()}
+    tuning, held = heldout.split_by_source(traces, [s for s in traces if s not in args.tuning])
+    print(f"tuning sources: {list(tuning)}; held-out sources: {list(held)}")
+    factories, fitted = estimators(tuning, load_token_classes(), args.print_prior)
+    results = {}
+    for name, make in factories.items():
+        per_source = {src: heldout.score(pooled({src: tr}, make)) for src, tr in held.items()}
+        results[name] = {"held_out": heldout.score(pooled(held, make)), "per_source": per_source,
+                         "tuning": heldout.score(pooled(tuning, make))}
+    base = next(iter(results.values()))["held_out"]["brier"]
+    print(f"\n{'estimator':70s} {'Brier':>7s} {'vs const':>8s} {'logloss':>7s} {'AUC':>6s} {'pathAUC':>7s}")
+    for name, r in results.items():
+        h = r["held_out"]
+        print(f"{name:70s} {h['brier']:7.4f} {h['brier'] / base - 1:+8.1%} {h['log_loss']:7.4f} "
+              f"{h['auc']:6.3f} {h['path_auc']:7.3f}")
+        for src, s in r["per_source"].items():
+            print(f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = run_metadata("cpu") | {"command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
+                                  "sources": {k: str(v.relative_to(Path.cwd())) if v.is_relative_to(Path.cwd())
+                                              else str(v) for k, v in SOURCES.items() if k in traces},
+                                  "tuning": list(tuning), "held_out": list(held), "fitted": fitted}
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    heldout.plot_reliability({n: r["held_out"]["reliability"] for n, r in results.items()},
+                             args.out.with_name(args.out.name + "_reliability.png"),
+                             f"held-out ({', '.join(held)}), Gemma 3 270M n-gram drafts")
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.name}_reliability.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
