@@ -134,3 +134,17 @@ def test_token_classes_and_constant_rate():
         ConstantRate(1.0)
     with pytest.raises(ValueError):
         NgramLogistic(prior=PRIOR_WEIGHTS[:-1])
+
+
+def test_flat_list_interface_equals_the_batched_one():
+    g = torch.Generator().manual_seed(5)
+    features = torch.rand(3, 4, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 4.0])
+    tested = torch.tensor([[True, True, False, False], [True, False, False, False], [True, True, True, False]])
+    accepted = torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, False, False]])
+    batched, lists = NgramLogistic(learning_rate=0.01), NgramLogistic(learning_rate=0.01)
+    batched.update_batch(features, [4, 5, 6], tested, accepted)
+    flat = [(b, n) for b in range(3) for n in range(4) if tested[b, n]]
+    lists.update_many([tuple(features[b, n].tolist()) for b, n in flat], [[4, 5, 6][b] for b, _ in flat],
+                      [bool(accepted[b, n]) for b, n in flat])
+    torch.testing.assert_close(lists.weights, batched.weights)
+    torch.testing.assert_close(lists.predict_many(features, [4, 5, 6]), batched.predict_batch(features, [4, 5, 6]))
