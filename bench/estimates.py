@@ -2,6 +2,7 @@
 
     python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
     python bench/estimates.py --print-prior   # also print the fitted prior (estimators.PRIOR_WEIGHTS)
+    python bench/estimates.py --speed         # CPU cost per request per step, batched vs per request
 
 Traces (tetris_ext.sim.record, Gemma 3 270M bf16, n-gram drafter, 8 drafts, 64 tokens), one per
 prompt source; record a missing one with
@@ -108,13 +109,55 @@ def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
         "learning_rates": tuned, "features": list(FEATURES)}
 
 
+def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: int = 3) -> list[dict]:
+    """CPU seconds per request per step of scoring + learning: NgramLogistic (batched) and
+    AcceptanceCalibration (per request, per token), back to back in each repetition."""
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(batch, drafts, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 8.0])
+    tested = torch.rand(batch, drafts, generator=g) < 0.5
+    accepted = tested & (torch.rand(batch, drafts, generator=g) < 0.7)
+    ids = list(range(batch))
+
+    def batched():
+        model, t0 = NgramLogistic(), time.process_time()
+        for _ in range(steps):
+            model.predict_batch(features, ids)
+            model.update_batch(features, ids, tested, accepted)
+        return time.process_time() - t0
+
+    def per_request():
+        model, t0 = AcceptanceCalibration(), time.process_time()
+        for _ in range(steps):
+            for b in ids:
+                model.predict(features[b], b)
+            for b in ids:
+                if tested[b].any():
+                    model.update(features[b, tested[b]], b, accepted[b, tested[b]])
+        return time.process_time() - t0
+
+    rows = []
+    for _ in range(repeats):
+        new, old = batched(), per_request()
+        rows.append({"NgramLogistic_ms": 1e3 * new / steps / batch, "AcceptanceCalibration_ms": 1e3 * old / steps / batch,
+                     "ratio": old / new})
+        print(f"per request per step, CPU: NgramLogistic {rows[-1]['NgramLogistic_ms']:.4f} ms, "
+              f"AcceptanceCalibration {rows[-1]['AcceptanceCalibration_ms']:.4f} ms ({old / new:.1f}x)")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
     ap.add_argument("--print-prior", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.speed:
+        estimator_cost()
+        return 0
     traces = {name: Trace.load(path) for name, path in SOURCES.items() if path.exists()}
     tuning, held = heldout.split_by_source(traces, [s for s in traces if s not in args.tuning])
     print(f"tuning sources: {list(tuning)}; held-out sources: {list(held)}")
