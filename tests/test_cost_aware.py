@@ -147,3 +147,10 @@ def test_same_decisions_live_and_in_replay():
     keys = ("requests", "verified", "accepted", "generated", "block_width")
     assert [{k: s[k] for k in keys} for s in replayed.per_step] == [{k: s[k] for k in keys} for s in live.stats["per_step"]]
     assert len({s["block_width"] for s in live.stats["per_step"]}) >= 2  # it did choose widths
+
+
+def test_flat_engine_fits_its_latency_on_real_tokens_only():
+    flat = CostAwareTetris(4, padded=False)
+    feed(flat, 3, [4, 0, 0], 0.1 + 0.01 * 7, 5)  # padded width 5 -> 15 padded tokens, 7 real
+    x = flat.verify_latency.xtx
+    assert x[0, 1] == x[0, 2] == 7.0  # the fit saw real = padded = 7

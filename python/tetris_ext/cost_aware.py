@@ -35,11 +35,13 @@ verified (autoregressive decoding).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from .cost_models import CostModel, StepShape, price_step
-from .policies import _GoodputPolicy, _select
+from .policies import StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
 __all__ = ["CostAwareTetris"]
@@ -100,6 +102,13 @@ class CostAwareTetris(_GoodputPolicy):
 
     def num_draft(self, num_requests: int) -> int:
         return self.max_draft
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """A flattened engine's latency depends on the real tokens only: fit it on those."""
+        if not self.padded:
+            real = feedback.num_requests + int(feedback.verified.sum())
+            feedback = dataclasses.replace(feedback, padded_tokens=real)
+        super().observe(feedback)
 
     def _exploring(self):
         return None if self.fixed is not None else super()._exploring()
