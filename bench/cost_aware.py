@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from estimates import SOURCES, TUNING  # noqa: E402
+from estimates import SMOLLM2_SOURCES, SOURCES, TUNING  # noqa: E402
 
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b  # noqa: E402
@@ -135,7 +135,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def run_replays(args) -> int:
     cpu = LinearCostModel.load(CPU_COST_PATH)
     gpu = h100x4_llama70b()
-    traces = {name: Trace.load(path) for name, path in SOURCES.items() if path.exists()}
+    sources = SMOLLM2_SOURCES if args.model == "smollm2-135m" else SOURCES
+    traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
     for name, trace in traces.items():
@@ -144,7 +145,7 @@ def run_replays(args) -> int:
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
         rows += sweep("held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch))
-    meta = run_metadata("cpu") | {"held_out": held, "tuning": list(TUNING),
+    meta = run_metadata("cpu") | {"model": args.model, "held_out": held, "tuning": list(TUNING),
                                   "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()}}
     out = args.out
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -200,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="code", choices=["code", "chat", "rewrite"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
+                    help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)")
     ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive")
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
