@@ -11,7 +11,7 @@ from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.kv_cache import CustomMaskUnsupported, accepts_custom_mask
 from tetris_ext.models import noisy_copy, tiny_gemma3, tiny_llama
-from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
+from tetris_ext.policies import Autoregressive, CostAwareTetris, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 
 VOCAB = 64
 NEW = 16
@@ -71,6 +71,9 @@ CASES = [
     ("tetris-noisy-tree", lambda: Tetris(2, 2), ("noisy", 2)),
     ("tetris-same-tree", lambda: Tetris(3, 3), ("same", 3)),
     ("goodput-tetris-noisy-tree", lambda: GoodputTetris(6), ("noisy", 2)),
+    ("cost-aware-ngram", lambda: CostAwareTetris(6), ("ngram", 1)),
+    ("cost-aware-flat-noisy-chain", lambda: CostAwareTetris(6, padded=False), ("noisy", 1)),
+    ("cost-aware-noisy-tree", lambda: CostAwareTetris(6), ("noisy", 2)),
 ]
 
 

@@ -26,7 +26,8 @@ def test_bundled_prompts():
 def test_default_policies_are_the_issues_six():
     args = demo.parse_args([])
     names = [p.name for p in demo.make_policies(args)]
-    assert names == ["Autoregressive", "StandardSD(3)", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)"]
+    assert names == ["Autoregressive", "StandardSD(3)", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)",
+                     "CostAwareTetris(5, padded)"]
     assert args.batch_size == 8 and args.max_new_tokens == 64
     args = demo.parse_args(["--policy", "tetris", "--k", "2", "--extra", "1", "--batch-size", "4"])
     assert [p.name for p in demo.make_policies(args)] == ["Autoregressive", "Tetris(2, 1)"]

@@ -23,10 +23,11 @@ import torch
 
 from .calibration import brier_score, reliability
 from .decoding import generate
+from .cost_aware import CostAwareTetris
 from .drafters import ModelDrafter, NgramDrafter
 from .policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 
-POLICY_CHOICES = ("autoregressive", "standard", "goodput-sd", "threshold", "tetris", "goodput-tetris")
+POLICY_CHOICES = ("autoregressive", "standard", "goodput-sd", "threshold", "tetris", "goodput-tetris", "cost-aware")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +69,7 @@ def make_policies(args) -> list:
         "threshold": ThresholdSD(args.threshold, args.max_k),
         "tetris": Tetris(args.k, args.extra),
         "goodput-tetris": GoodputTetris(args.max_draft),
+        "cost-aware": CostAwareTetris(args.max_draft, padded=True),  # the recommended policy (this loop is padded)
     }
     return [Autoregressive()] + [policy for name, policy in every.items() if name in chosen]
 

@@ -73,6 +73,8 @@ class NgramDrafter:
     Each drafted token's acceptance probability comes from ``calibration`` (an
     ``AcceptanceCalibration``, learned online from verification outcomes, globally and per
     request) applied to the raw match statistics, which the proposal carries as ``features``.
+    A calibration with ``predict_batch`` / ``update_batch`` (``estimators.NgramLogistic``) is
+    called once per step for the whole batch instead of once per request.
     A request's own offset is dropped when it leaves the batch, so request ids may be reused
     (every ``generate`` call numbers its prompts from 0).
     """
@@ -116,18 +118,27 @@ class NgramDrafter:
         tokens = torch.full((B, num_draft), -1, dtype=torch.long)
         features = torch.zeros(B, num_draft, F)
         token_logprobs = torch.full((B, num_draft), float("-inf"))
+        batched = hasattr(self.calibration, "predict_batch")
         for b, (match, request) in enumerate(zip(matches, request_ids)):
             n = len(match.tokens)
             if n == 0:
                 continue
             tokens[b, :n] = torch.tensor(match.tokens)
             features[b, :n] = torch.tensor(match.features)
-            token_logprobs[b, :n] = self.calibration.predict(features[b, :n], request).log().float()
+            if not batched:
+                token_logprobs[b, :n] = self.calibration.predict(features[b, :n], request).log().float()
+        if batched:  # one call for the whole batch (estimators.NgramLogistic)
+            estimates = self.calibration.predict_batch(features, request_ids, tokens).log().float()
+            token_logprobs = torch.where(tokens >= 0, estimates, token_logprobs)
         cum_logprobs = token_logprobs.cumsum(1)  # chains: the path is the prefix
         return Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
 
     def update(self, requests, proposal: Proposal, outcome: Outcome) -> None:
         tested = outcome.tested(proposal)
+        if hasattr(self.calibration, "update_batch"):  # one call for the whole batch
+            ids = [r.index for r in requests]
+            self.calibration.update_batch(proposal.features, ids, tested, outcome.accepted, proposal.tokens)
+            return
         for b, request in enumerate(requests):
             if tested[b].any():
                 self.calibration.update(proposal.features[b, tested[b]], request.index, outcome.accepted[b, tested[b]])

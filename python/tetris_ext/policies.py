@@ -320,3 +320,13 @@ class GoodputTetris(_GoodputPolicy):
         latency = self.verify_latency.predict(B + m, B * (1 + widest)) + self.draft_seconds
         goodput = (expected + B) / latency
         return int(goodput.argmax())
+
+
+def __getattr__(name: str):
+    """``policies.CostAwareTetris``: the cost-aware policy lives in cost_aware.py (it builds on
+    _GoodputPolicy here, so it is imported on first use)."""
+    if name == "CostAwareTetris":
+        from .cost_aware import CostAwareTetris
+
+        return CostAwareTetris
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

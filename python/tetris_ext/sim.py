@@ -468,6 +468,7 @@ class ReplayResult:
     per_step: list[dict]
     requests: list[dict]
     also: dict[str, dict] = field(default_factory=dict)
+    candidates: dict[str, list] = field(default_factory=dict)  # RunStats candidates (keep_candidates)
 
 
 def _arrival_times(arrival, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -508,6 +509,7 @@ def replay(
     also_price: tuple[CostModel, ...] = (),
     keep_steps: bool = True,
     progress: bool = False,
+    keep_candidates: bool = False,
 ) -> ReplayResult:
     """Simulate continuous batching of the trace's requests under `policy`.
 
@@ -521,6 +523,8 @@ def replay(
     fresh one: policies keep state). also_price: more cost models that price the very same
     steps (valid when every request arrives at once and the policy's decisions do not depend
     on latency, i.e. not for GoodputSD / GoodputTetris, which see `cost_model`'s latencies).
+    keep_candidates: keep every verified candidate's estimates and outcome (ReplayResult.candidates,
+    the estimate calibration data of tetris_ext.heldout).
     """
     if batch_size < 1:
         raise ValueError("replay: batch_size must be >= 1")
@@ -529,7 +533,7 @@ def replay(
     waiting = _waiting_requests(trace, arrival, num_requests, seed)
     source = _ProposalSource(trace, drafter)
     target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft)
-    stats = RunStats(keep_steps=keep_steps, keep_candidates=False)
+    stats = RunStats(keep_steps=keep_steps, keep_candidates=keep_candidates)
     bar = _progress_bar(progress, sum(r.out_len for r in waiting), f"replay {policy} B={batch_size}", "tok")
     with torch.inference_mode():
         done = Engine(target, source, policy, stats).run(waiting, batch_size, progress=bar)
@@ -545,6 +549,7 @@ def replay(
         [{"id": r.index, "row": r.row, "arrival": r.arrival, "start": r.start, "finish": r.finish,
           "tokens": r.t} for r in sorted(done, key=lambda r: r.index)],
         also,
+        dict(stats.candidates),
     )
 
 

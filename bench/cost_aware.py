@@ -1,0 +1,215 @@
+"""CostAwareTetris against the baselines: replays of the held-out traces, and the live run.
+
+    python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
+    python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
+
+Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
+recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost
+model (bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled
+held-out traces at batch 8, 64, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
+engine). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
+reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2), GoodputTetris, all with the
+default n-gram calibration (AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with
+NgramLogistic, to tell the estimates' share from the policy's. The bundled (tuning) trace is
+replayed too, labelled as tuned-on.
+
+Live (--live): the same policies through decoding.generate on Gemma 3 270M bf16, one thread,
+the source's prompts (more than the batch), reporting tokens per CPU second and per wall second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
+from estimates import SMOLLM2_SOURCES, SOURCES, TUNING  # noqa: E402
+
+from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
+from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b  # noqa: E402
+from tetris_ext.drafters import NgramDrafter  # noqa: E402
+from tetris_ext.estimators import NgramLogistic  # noqa: E402
+from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD  # noqa: E402
+from tetris_ext.sim import Trace, replay  # noqa: E402
+
+CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
+MAX_DRAFT = 8
+RECOMMENDED = "CostAwareTetris"
+
+
+def policies(padded: bool, cost_model=None) -> dict:
+    """name -> (policy factory, estimator factory or None for the default calibration)."""
+    runs = {"Autoregressive": (Autoregressive, None)}
+    runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
+    runs |= {
+        "GoodputSD(6)": (lambda: GoodputSD(6), None),
+        "ThresholdSD(0.7, 6)": (lambda: ThresholdSD(0.7, 6), None),
+        "Tetris(3, 2)": (lambda: Tetris(3, 2), None),
+        "GoodputTetris(5)": (lambda: GoodputTetris(5), None),
+        "ThresholdSD(0.7, 6) + NgramLogistic": (lambda: ThresholdSD(0.7, 6), NgramLogistic),
+        "Tetris(3, 2) + NgramLogistic": (lambda: Tetris(3, 2), NgramLogistic),
+        "CostAwareTetris (online cost) + NgramLogistic": (lambda: CostAwareTetris(MAX_DRAFT, padded), NgramLogistic),
+    }
+    if cost_model is not None:
+        runs["CostAwareTetris (known cost) + NgramLogistic"] = (
+            lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model), NgramLogistic)
+    return runs
+
+
+def drafter_for(trace_or_cfg, estimator):
+    cfg = trace_or_cfg.drafter if isinstance(trace_or_cfg, Trace) else trace_or_cfg
+    return NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"],
+                        calibration=estimator() if estimator else None)
+
+
+def pool(traces: list[Trace]) -> Trace:
+    """One trace holding the requests of several (same lengths and draft size)."""
+    first = traces[0]
+    cat = lambda name: np.concatenate([getattr(t, name) for t in traces])  # noqa: E731
+    return Trace(prompts=[p for t in traces for p in t.prompts], continuation=cat("continuation"),
+                 out_len=cat("out_len"), draft_tokens=cat("draft_tokens"), draft_parents=None,
+                 draft_features=cat("draft_features"), draft_token_logprobs=cat("draft_token_logprobs"),
+                 draft_cum_logprobs=cat("draft_cum_logprobs"), accept_len=cat("accept_len"),
+                 drafter=first.drafter, max_new_tokens=first.max_new_tokens, eos_token_ids=first.eos_token_ids)
+
+
+def sweep(label: str, trace: Trace, cost_model, padded: bool, batch: int, requests: int | None) -> list[dict]:
+    rows = []
+    for name, (make_policy, estimator) in policies(padded, cost_model).items():
+        t0 = time.perf_counter()
+        m = replay(trace, make_policy(), batch, cost_model, num_requests=requests, keep_steps=False,
+                   drafter=drafter_for(trace, estimator)).metrics
+        rows.append(m | {"workload": label, "policy": name, "policy_object": m["policy"],
+                         "replay_seconds": time.perf_counter() - t0})
+    best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput_tokens_per_s"])
+    baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
+    best = max(baselines, key=lambda r: r["throughput_tokens_per_s"])
+    for r in rows:
+        r["vs_best_sd"] = r["throughput_tokens_per_s"] / best_sd["throughput_tokens_per_s"]
+        r["vs_best_baseline"] = r["throughput_tokens_per_s"] / best["throughput_tokens_per_s"]
+        r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
+    print(f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
+          f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})")
+    print(format_table(rows, [("policy", "policy"), ("throughput_tokens_per_s", "tok/s"), ("vs_best_baseline", "vs best"),
+                              ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"),
+                              ("verified_per_step", "ver/step"), ("steps", "steps")]), flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys((r["workload"], r["batch_size"], r["cost_model"]) for r in rows))
+    shown = ["best StandardSD", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)",
+             "CostAwareTetris (online cost) + NgramLogistic", "CostAwareTetris (known cost) + NgramLogistic"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(configs)), 4.5))
+    width = 0.8 / len(shown)
+    for i, name in enumerate(shown):
+        values = []
+        for c in configs:
+            sel = [r for r in rows if (r["workload"], r["batch_size"], r["cost_model"]) == c]
+            pick = [r for r in sel if r["policy"] == (sel[0]["best_sd"] if name == "best StandardSD" else name)]
+            ar = [r for r in sel if r["policy"] == "Autoregressive"][0]["throughput_tokens_per_s"]
+            values.append(pick[0]["throughput_tokens_per_s"] / ar if pick else np.nan)
+        ax.bar(np.arange(len(configs)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(configs)) + 0.4 - width / 2,
+                  [f"{w}\nB={b}\n{'cpu' if 'cpu' in c else 'gpu'}" for w, b, c in configs], fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylabel("throughput / Autoregressive (replay)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_replays(args) -> int:
+    cpu = LinearCostModel.load(CPU_COST_PATH)
+    gpu = h100x4_llama70b()
+    sources = SMOLLM2_SOURCES if args.model == "smollm2-135m" else SOURCES
+    traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
+    held = [name for name in traces if name not in TUNING]
+    rows = []
+    for name, trace in traces.items():
+        label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
+        rows += sweep(label, trace, cpu, True, 8, None)
+    pooled = pool([traces[n] for n in held])
+    for batch in args.gpu_batches:
+        rows += sweep("held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch))
+    meta = run_metadata("cpu") | {"model": args.model, "held_out": held, "tuning": list(TUNING),
+                                  "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()}}
+    out = args.out
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, out.with_name(out.name + ".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.name}.png")
+    return 0
+
+
+def run_live(args) -> int:
+    from sim import load_target
+
+    from tetris_ext.decoding import generate
+
+    torch.set_num_threads(1)
+    target, tokenizer = load_target()
+    path = Path(f"bench/prompts/estimates_{args.source}.jsonl")
+    prompts = [tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line]
+    generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up
+    cfg = {"max_draft": MAX_DRAFT, "max_ngram": 4, "min_ngram": 1}
+    rows, reference = [], None
+    chosen = {n: v for n, v in policies(True).items() if not args.only or n in args.only or n == "Autoregressive"}
+    for name, (make_policy, estimator) in chosen.items():
+        policy = make_policy()
+        drafter = drafter_for(cfg, estimator) if policy.num_draft(args.batch) > 0 else None
+        result = generate(target, prompts, policy, drafter, max_new_tokens=args.max_new_tokens,
+                          max_batch_size=args.batch, eos_token_id=tokenizer.eos_token_id)
+        reference = reference or result.tokens
+        s = result.stats
+        # bfloat16 rounding can flip a greedy token between a wide block and a one-token step
+        # (bench/e2e.py --dtype says more): count the outputs equal to the autoregressive ones.
+        same = sum(a == b for a, b in zip(result.tokens, reference))
+        rows.append({"policy": name, "same_output": f"{same}/{len(prompts)}", "tokens": s["generated_tokens"],
+                     "tok_per_cpu_s": s["generated_tokens"] / s["cpu_seconds"],
+                     "tok_per_wall_s": s["generated_tokens"] / s["wall_seconds"],
+                     "cpu_seconds": s["cpu_seconds"], "wall_seconds": s["wall_seconds"], "steps": s["steps"],
+                     "vsr": s["accepted_tokens"] / max(1, s["verified_tokens"])})
+        print(rows[-1], flush=True)
+    best = max((r for r in rows if not r["policy"].startswith(RECOMMENDED)), key=lambda r: r["tok_per_cpu_s"])
+    for r in rows:
+        r["vs_best_baseline_cpu"] = r["tok_per_cpu_s"] / best["tok_per_cpu_s"]
+    print(format_table(rows, [("policy", "policy"), ("tok_per_cpu_s", "tok/CPU s"), ("vs_best_baseline_cpu", "vs best"),
+                              ("tok_per_wall_s", "tok/wall s"), ("vsr", "VSR"), ("steps", "steps"),
+                              ("same_output", "same")]))
+    out = args.out.with_name(f"{args.out.name}_live_{args.source}_b{args.batch}.json")
+    out.write_text(json.dumps({"meta": run_metadata("cpu"), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--live", action="store_true")
+    ap.add_argument("--source", default="code", choices=["code", "chat", "rewrite"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
+                    help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)")
+    ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive")
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    return run_live(args) if args.live else run_replays(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

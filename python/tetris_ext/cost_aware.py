@@ -1,0 +1,167 @@
+"""CostAwareTetris: verify a candidate only while its expected gain pays for its marginal cost.
+
+Tetris(k, extra) verifies a fixed budget of k tokens per request every step, however doubtful
+the batch's candidates are; ThresholdSD stops each request at a fixed probability floor,
+however cheap verification is. Both constants belong to one machine. Here both follow, every
+step, from the step-cost model and the acceptance estimates:
+
+    choose the selection S that maximises  goodput(S) = (sum_{i in S} p_i + B) / T(S)
+
+p_i: the estimated probability that candidate i is accepted (``exp(cum_logprobs)``, the
+path estimate TETRIS ranks by); B: one bonus token per request; T(S): the predicted step
+latency. Adding candidate i pays iff p_i >= goodput * (marginal seconds of i): the *floor* is
+goodput x marginal cost, and the *budget* is where the floor meets the ranked estimates.
+
+The step cost depends on the engine:
+
+- ``padded=False`` (a flattened / varlen engine such as vLLM, the GPU roofline): T grows with
+  the real verified tokens, so S is a prefix of the batch-wide ranking (the TETRIS order); the
+  policy scans every prefix length m.
+- ``padded=True`` (this project's decoding loop, a [B, 1 + w] block): T grows with the block
+  width, and candidates within the width cost (almost) nothing more, so for each w every
+  request verifies its w best candidates (a chain: its first w), and the policy scans
+  w = 0..max_draft. Real tokens may still cost a little (``LatencyModel`` fits both); a
+  candidate is then dropped when its estimate is below the floor of that real-token cost.
+
+T comes from ``LatencyModel`` fitted online on the observed steps (as GoodputSD /
+GoodputTetris, with their exploration steps), or from a fixed ``cost_model``
+(tetris_ext.cost_models) when one is known, which needs no exploration.
+
+Limits: with zero marginal cost up to a ``capacity`` (and prohibitive beyond it), the choice is
+TETRIS's (the capacity's best candidates) for ``padded=False``, and StandardSD's (every request
+its ``capacity / B`` first tokens) for ``padded=True``; with prohibitive marginal cost nothing is
+verified (autoregressive decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from .cost_models import CostModel, StepShape, price_step
+from .policies import StepFeedback, _GoodputPolicy, _select
+from .proposal import Proposal
+
+__all__ = ["CostAwareTetris"]
+
+
+class _FixedLatency:
+    """Predicted step seconds (drafting + verification) from a known cost model.
+
+    A cost model prices one shape at a time; the policy asks for up to B * N sizes per step,
+    so the model is priced at ``points`` evenly spaced sizes and interpolated linearly
+    between them (exact for linear models, within one segment for a roofline's kink)."""
+
+    def __init__(self, cost_model: CostModel, padded: bool, points: int = 33):
+        self.cost_model, self.padded, self.points = cost_model, padded, points
+
+    def _price(self, requests: int, real: int, padded: int) -> float:
+        return price_step(self.cost_model, StepShape(
+            requests=requests, query_tokens=real, padded_query_tokens=padded if self.padded else real,
+            drafting_requests=requests)).seconds
+
+    def predict(self, requests: int, real_tokens: Tensor, padded_tokens: Tensor) -> Tensor:
+        real, padded = real_tokens.double(), padded_tokens.double()
+        if len(real) <= self.points:
+            grid = range(len(real))
+        else:
+            grid = torch.linspace(0, len(real) - 1, self.points).round().long().unique().tolist()
+        at = torch.tensor(grid, dtype=torch.float64)
+        seconds = torch.tensor([self._price(requests, int(real[i]), int(padded[i])) for i in grid], dtype=torch.float64)
+        index = torch.arange(len(real), dtype=torch.float64)
+        upper = torch.searchsorted(at, index).clamp(1, max(1, len(at) - 1)) if len(at) > 1 else torch.zeros_like(index, dtype=torch.long)
+        if len(at) == 1:
+            return seconds.expand(len(real)).clamp(min=1e-9)
+        lower = upper - 1
+        weight = (index - at[lower]) / (at[upper] - at[lower])
+        return (seconds[lower] + weight * (seconds[upper] - seconds[lower])).clamp(min=1e-9)
+
+
+class CostAwareTetris(_GoodputPolicy):
+    """Batch-wide ranking with the floor and the budget from the step-cost model (module doc).
+
+    max_draft: candidates drafted per request. padded: the engine computes a [B, width] block
+    (True: this project's live loop) or only the real tokens (False: vLLM, the roofline).
+    cost_model: a known step-cost model (no online fit, no exploration); None fits one online.
+    capacity: never verify more than this many candidates per step.
+    """
+
+    def __init__(self, max_draft: int = 8, padded: bool = True, cost_model: CostModel | None = None,
+                 capacity: int | None = None):
+        super().__init__()
+        if max_draft < 1 or (capacity is not None and capacity < 0):
+            raise ValueError("CostAwareTetris: need max_draft >= 1 and capacity >= 0")
+        self.max_draft, self.padded, self.capacity = max_draft, padded, capacity
+        self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
+        model = "" if cost_model is None else f", cost={cost_model.name}"
+        self.name = (f"CostAwareTetris({max_draft}, {'padded' if padded else 'flat'}{model}"
+                     f"{'' if capacity is None else f', capacity={capacity}'})")
+        self.last_budget, self.last_floor = 0, float("nan")
+
+    def num_draft(self, num_requests: int) -> int:
+        return self.max_draft
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """A flattened engine's latency depends on the real tokens only: fit it on those."""
+        if not self.padded:
+            real = feedback.num_requests + int(feedback.verified.sum())
+            feedback = dataclasses.replace(feedback, padded_tokens=real)
+        super().observe(feedback)
+
+    def _exploring(self):
+        return None if self.fixed is not None else super()._exploring()
+
+    def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
+        if self.fixed is not None:
+            return self.fixed.predict(B, real, padded)
+        return self.verify_latency.predict(real, padded if self.padded else real) + self.draft_seconds
+
+    def choose(self, proposal: Proposal) -> Tensor:
+        B, N = proposal.tokens.shape
+        probs = torch.nan_to_num(proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0))  # padding, NaN: 0
+        explore = self._exploring()
+        if self.padded:
+            selected = self._choose_width(proposal, probs, explore)
+        else:
+            selected = self._choose_prefix(proposal, probs, explore)
+        self.last_budget = int(selected.sum())
+        return selected
+
+    def _choose_prefix(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
+        """Flattened engine: the best prefix of the batch-wide ranking."""
+        B = proposal.batch_size
+        ranked = probs.reshape(-1).sort(descending=True, stable=True).values
+        ranked = ranked[ranked > 0][: self.capacity]
+        if explore is not None:
+            return _select(proposal, round(explore * len(ranked)))
+        m = torch.arange(len(ranked) + 1, dtype=torch.float64)
+        gain = torch.cat([ranked.new_zeros(1), ranked.cumsum(0)]) + B
+        latency = self._latency(B, B + m, B + m)
+        goodput = gain / latency
+        best = int(goodput.argmax())
+        self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))
+        return _select(proposal, best)
+
+    def _choose_width(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
+        """Padded loop: the best block width 1 + w; every request verifies its w best
+        candidates (a chain: its first w), less those whose estimate does not pay for their
+        real-token cost."""
+        B, N = proposal.tokens.shape
+        if explore is not None:
+            return _select(proposal, B * N, per_request=round(explore * N))
+        order = probs.argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(N).expand(B, N))  # 0 = best of its row
+        widths = torch.arange(N + 1)
+        inside = ((rank[None] < widths[:, None, None]) & (probs > 0)[None]).flatten(1)  # [W, B * N]
+        real = B + inside.sum(1).double()
+        latency = self._latency(B, real, B * (1 + widths.double()))
+        goodput = ((probs.flatten()[None] * inside).sum(1) + B) / latency
+        w = int(goodput.argmax())
+        # A candidate within the width still pays its real-token cost (if the model has one):
+        # verify it only when p >= goodput x the seconds of one more real token.
+        one_more = self._latency(B, real[w : w + 1] + 1, B * (1 + widths[w : w + 1].double()))
+        self.last_floor = float(goodput[w] * (one_more - latency[w : w + 1]).clamp(min=0))
+        cap = B * N if self.capacity is None else self.capacity
+        return _select(proposal, cap, per_request=w, min_prob=self.last_floor if self.last_floor > 0 else None)

@@ -1,0 +1,156 @@
+"""cost_aware.CostAwareTetris: the floor and the budget follow from the step cost; limits
+(TETRIS, StandardSD, autoregressive); the same object runs live and in a replay."""
+
+import math
+
+import pytest
+import torch
+
+import tetris_ext  # noqa: F401
+from tetris_ext.cost_aware import CostAwareTetris
+from tetris_ext.cost_models import LinearCostModel
+from tetris_ext.decoding import generate
+from tetris_ext.drafters import NgramDrafter
+from tetris_ext.estimators import NgramLogistic
+from tetris_ext.models import tiny_llama
+from tetris_ext.policies import StandardSD, StepFeedback, Tetris
+from tetris_ext.proposal import Proposal
+from tetris_ext.sim import record, replay
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROBS = [[0.95, 0.9, 0.85, 0.5], [0.6, 0.3, 0.1, 0.05], [0.99, 0.98, 0.97, 0.96]]
+
+
+def chain_proposal(probs):
+    """Rows of per-token acceptance probabilities -> a chain proposal."""
+    tokens = torch.full((len(probs), len(probs[0])), 7, dtype=torch.long)
+    token_logprobs = torch.tensor(probs).log()
+    return Proposal(tokens, None, token_logprobs, token_logprobs.cumsum(1))
+
+
+def rows(selected):
+    return [r.nonzero().flatten().tolist() for r in selected]
+
+
+class KinkedCost:
+    """Flat up to `free` query tokens (padded or real), `steep` seconds per token beyond."""
+
+    def __init__(self, free, steep, padded):
+        self.name, self.free, self.steep, self.padded = "kinked", free, steep, padded
+
+    def step_seconds(self, s):
+        tokens = s.padded_query_tokens if self.padded else s.query_tokens
+        return 0.1 + self.steep * max(0, tokens - self.free)
+
+    def draft_seconds(self, s):
+        return 0.0
+
+
+def brute_force_prefix(probs, B, seconds_of):
+    """The best prefix of the batch-wide ranking by (expected + B) / seconds."""
+    ranked = sorted((p for row in probs for p in row), reverse=True)
+    values = [(sum(ranked[:m]) + B) / seconds_of(m) for m in range(len(ranked) + 1)]
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def test_flat_engine_verifies_the_ranked_prefix_that_maximises_goodput():
+    proposal = chain_proposal(PROBS)
+    cum = proposal.cum_logprobs.exp().tolist()
+    for per_token in (1e-3, 5e-3, 2e-2, 0.05):
+        cost = LinearCostModel({"step": 0.1, "query_token": per_token}, padded=False)
+        policy = CostAwareTetris(4, padded=False, cost_model=cost)
+        selected = policy.choose(proposal)
+        best = brute_force_prefix(cum, 3, lambda m: 0.1 + per_token * (3 + m))
+        assert int(selected.sum()) == best
+        # The selection is TETRIS's for that budget, and every verified estimate clears the floor.
+        assert torch.equal(selected, Tetris(capacity=best, extra=0).choose(proposal))
+        chosen = proposal.cum_logprobs.exp()[selected]
+        assert bool((chosen >= policy.last_floor - 1e-9).all())
+
+
+def test_floor_rises_and_budget_falls_with_the_marginal_cost():
+    proposal = chain_proposal(PROBS)
+    budgets, floors = [], []
+    for per_token in (1e-4, 1e-3, 1e-2, 1e-1):
+        policy = CostAwareTetris(4, padded=False, cost_model=LinearCostModel({"step": 0.1, "query_token": per_token},
+                                                                             padded=False))
+        budgets.append(int(policy.choose(proposal).sum()))
+        floors.append(policy.last_floor)
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] > budgets[-1]
+    assert floors == sorted(floors)
+
+
+def test_limits_tetris_standard_sd_and_autoregressive():
+    proposal = chain_proposal(PROBS)
+    B = 3
+    # Free up to a capacity, prohibitive beyond: the capacity's best candidates = TETRIS.
+    flat = CostAwareTetris(4, padded=False, cost_model=KinkedCost(B + 2 * B, 10.0, padded=False))
+    assert torch.equal(flat.choose(proposal), Tetris(2, 2).choose(proposal))
+    # Padded loop, free up to width 1 + k: every request its first k = StandardSD(k).
+    for k in (1, 2, 3):
+        padded = CostAwareTetris(4, padded=True, cost_model=KinkedCost(B * (1 + k), 10.0, padded=True))
+        assert torch.equal(padded.choose(proposal), StandardSD(k).choose(proposal))
+    # Prohibitive marginal cost: nothing is verified.
+    for mode in (True, False):
+        costly = CostAwareTetris(4, padded=mode, cost_model=LinearCostModel({"step": 0.01, "query_token": 1.0},
+                                                                           padded=mode))
+        assert int(costly.choose(proposal).sum()) == 0
+
+
+def test_respects_capacity_and_never_selects_padding():
+    proposal = chain_proposal(PROBS)
+    proposal.tokens[1, 2:] = -1
+    proposal.cum_logprobs[1, 2:] = -math.inf
+    proposal.cum_logprobs[0, 3] = math.nan
+    for mode in (True, False):
+        policy = CostAwareTetris(4, padded=mode, capacity=4, cost_model=LinearCostModel({"step": 1.0}, padded=mode))
+        selected = policy.choose(proposal)
+        assert int(selected.sum()) <= 4
+        assert not selected[1, 2:].any() and not selected[0, 3]
+
+
+def feed(policy, B, verified, seconds, width):
+    policy.observe(StepFeedback(torch.tensor(verified), torch.zeros(B, dtype=torch.long), B * width, 0.0, seconds))
+
+
+def test_online_fit_explores_then_follows_the_measured_cost():
+    proposal = chain_proposal(PROBS)
+    B = 3
+    cheap, costly = CostAwareTetris(4, padded=True), CostAwareTetris(4, padded=True)
+    for policy, per_token in ((cheap, 1e-4), (costly, 0.5)):
+        for fraction in policy.exploration:
+            w = round(fraction * 4)
+            assert rows(policy.choose(proposal)) == [list(range(w))] * B  # exploration widths
+            feed(policy, B, [w] * B, 0.1 + per_token * B * (1 + w), 1 + w)
+    chosen = rows(cheap.choose(proposal))  # the full width; at most the worthless tail dropped
+    assert chosen[0] == chosen[2] == [0, 1, 2, 3] and chosen[1][:3] == [0, 1, 2]
+    assert int(costly.choose(proposal).sum()) == 0
+
+
+def test_invalid_arguments():
+    for make in (lambda: CostAwareTetris(0), lambda: CostAwareTetris(4, capacity=-1)):
+        with pytest.raises(ValueError):
+            make()
+
+
+def test_same_decisions_live_and_in_replay():
+    copier = tiny_llama(vocab_size=16, seed=0)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 16, (4 + 3 * i,), generator=g).tolist() for i in range(5)]
+    trace = record(copier, NgramDrafter(4), prompts, max_new_tokens=20, max_draft=4)
+    cost = LinearCostModel({"step": 1e-3, "query_token": 2e-4}, padded=True)
+    live = generate(copier, prompts, CostAwareTetris(4, cost_model=cost),
+                    drafter=NgramDrafter(4, calibration=NgramLogistic()), max_new_tokens=20, max_batch_size=3)
+    replayed = replay(trace, CostAwareTetris(4, cost_model=cost), batch_size=3, cost_model=cost,
+                      drafter=NgramDrafter(4, calibration=NgramLogistic()))
+    keys = ("requests", "verified", "accepted", "generated", "block_width")
+    assert [{k: s[k] for k in keys} for s in replayed.per_step] == [{k: s[k] for k in keys} for s in live.stats["per_step"]]
+    assert len({s["block_width"] for s in live.stats["per_step"]}) >= 2  # it did choose widths
+
+
+def test_flat_engine_fits_its_latency_on_real_tokens_only():
+    flat = CostAwareTetris(4, padded=False)
+    feed(flat, 3, [4, 0, 0], 0.1 + 0.01 * 7, 5)  # padded width 5 -> 15 padded tokens, 7 real
+    x = flat.verify_latency.xtx
+    assert x[0, 1] == x[0, 2] == 7.0  # the fit saw real = padded = 7
