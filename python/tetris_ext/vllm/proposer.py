@@ -21,7 +21,8 @@ for a request still in prefill). `DraftSelection.step` then
 vLLM passes no request ids to custom proposers; they come from the runner that calls
 ``propose`` (its ``input_batch.req_ids`` and the step's ``scheduler_output``), read from the
 calling frame. Per-request state lives while the request is in the batch and is released
-the first step it is not (finished, aborted or preempted).
+the first step it is not (finished, aborted or preempted): an idle engine holds at most the
+state of its last step's requests.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class DraftSelection:
         self.records: list[StepRecord] = []
         self.totals = {"steps": 0, "drafted": 0, "verified": 0, "accepted": 0, "seconds": 0.0}
         self._last_end: float | None = None  # when the previous call returned (step timing)
-        self._last_budget = 0
+        self.last_req_ids: list[str] = []
 
     def step(self, req_ids: list[str], sampled_token_ids: list[list[int]], num_tokens: np.ndarray,
              token_ids: np.ndarray, verified: dict[str, int] | None = None,
@@ -93,7 +94,7 @@ class DraftSelection:
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
-        req_ids = list(req_ids[:rows])
+        req_ids = self.last_req_ids = list(req_ids[:rows])
         for gone in self.requests.keys() - set(req_ids):  # finished, aborted or preempted
             del self.requests[gone]
             self.calibration.forget(gone)
@@ -206,14 +207,26 @@ class TetrisProposer:
         pass  # n-gram drafting: no model
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
-        caller = sys._getframe(1).f_locals  # GPUModelRunner.propose_draft_token_ids (vLLM 0.32)
-        runner, scheduler_output = caller.get("self"), caller.get("scheduler_output")
-        if runner is None or not hasattr(runner, "input_batch") or scheduler_output is None:
-            raise RuntimeError("tetris_ext.vllm: TetrisProposer.propose must be called by vLLM's V1 model "
-                               "runner (propose_draft_token_ids); this vLLM version calls it otherwise")
+        runner, scheduler_output = _calling_runner()
         verified = {rid: len(t) for rid, t in scheduler_output.scheduled_spec_decode_tokens.items()}
         return self.selection.step(runner.input_batch.req_ids, sampled_token_ids, num_tokens_no_spec,
                                    token_ids_cpu, verified, scheduler_output.total_num_scheduled_tokens)
+
+
+def _calling_runner():
+    """The model runner whose ``propose_draft_token_ids`` (vLLM 0.32) is calling us, and the
+    scheduler output of the step that just ran; a few frames up at most (wrappers allowed)."""
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "propose_draft_token_ids":
+            runner, scheduler_output = frame.f_locals.get("self"), frame.f_locals.get("scheduler_output")
+            if hasattr(runner, "input_batch") and scheduler_output is not None:
+                return runner, scheduler_output
+        frame = frame.f_back
+    raise RuntimeError("tetris_ext.vllm: TetrisProposer.propose must be called by vLLM's V1 model runner "
+                       "(propose_draft_token_ids, vLLM 0.32); this vLLM version calls it otherwise")
 
 
 def find_proposer(llm) -> TetrisProposer:
