@@ -31,13 +31,14 @@ the no-speculation output. JSON and PNG under bench/results/.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -143,37 +144,61 @@ def run_set(llm, prompts: list[str], batch: int, max_tokens: int, propose_second
     }
 
 
-def sweep(args) -> list[dict]:
-    from tetris_ext.vllm import gemma3_270m_path, speculative_config
+def engines_for(batch: int, configs) -> list[tuple[dict | None, list[str]]]:
+    """(speculative_config, the configurations that engine serves) for one max_num_seqs."""
+    from tetris_ext.vllm import speculative_config
+    from tetris_ext.vllm.config import ProposerOptions
+
+    engines: list[tuple[dict | None, list[str]]] = [(None, ["none"])]
+    engines += [({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
+                for n, c in configs if c and "ngram" in c]
+    ours = [n for n, c in configs if c and "ours" in c]
+    if ours:
+        most = max(ProposerOptions(**dict(configs)[n]["ours"]).max_drafts for n in ours)
+        engines.append((speculative_config("tetris", k=1, extra=most - 1), ours))
+    return engines
+
+
+def run_engine(job: dict) -> list[dict]:
+    """One engine (in this process) and every configuration it serves, on every prompt set."""
+    from tetris_ext.vllm import gemma3_270m_path
     from tetris_ext.vllm.config import ProposerOptions
     from tetris_ext.vllm.proposer import find_proposer
 
-    model, sets, configs = gemma3_270m_path(), prompt_sets(args.quick), configurations(args.quick)
+    configs, sets, batch = dict(job["configs"]), job["sets"], job["batch"]
+    t0 = time.perf_counter()
+    llm = make_engine(gemma3_270m_path(), batch, job["eager"], job["spec"])
+    start_s = time.perf_counter() - t0
+    seconds = time_proposer(llm)
+    rows = []
+    for name in job["names"]:
+        if configs[name] and "ours" in configs[name]:
+            find_proposer(llm).configure(ProposerOptions(**configs[name]["ours"]))
+        for set_name, prompts in sets.items():
+            row = {"config": name, "max_num_seqs": batch, "set": set_name, "engine_start_s": start_s}
+            row |= run_set(llm, prompts, batch, job["max_tokens"], seconds)
+            rows.append(row)
+            print(_line(row), flush=True)
+    return rows
+
+
+def sweep(args) -> list[dict]:
+    """Each engine in a fresh process: vLLM 0.32 cannot start a CPU engine in a process where its
+    numba n-gram proposer already ran (its Triton-override scan trips over llvmlite objects)."""
+    from tetris_ext.vllm import gemma3_270m_path
+
+    gemma3_270m_path()  # convert once, before the engines
+    sets, configs = prompt_sets(args.quick), configurations(args.quick)
     rows = []
     for batch in args.batch_sizes:
-        engines: list[tuple[dict | None, list[str]]] = [(None, ["none"])]
-        engines += [({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
-                    for n, c in configs if c and "ngram" in c]
-        ours = [n for n, c in configs if c and "ours" in c]
-        if ours:
-            most = max(ProposerOptions(**dict(configs)[n]["ours"]).max_drafts for n in ours)
-            engines.append((speculative_config("tetris", k=1, extra=most - 1), ours))
-        for spec, names in engines:
-            t0 = time.perf_counter()
-            llm = make_engine(model, batch, args.eager, spec)
-            start_s = time.perf_counter() - t0
-            seconds = time_proposer(llm)
-            for name in names:
-                options = dict(configs)[name]
-                if options and "ours" in options:
-                    find_proposer(llm).configure(ProposerOptions(**options["ours"]))
-                for set_name, prompts in sets.items():
-                    row = {"config": name, "max_num_seqs": batch, "set": set_name, "engine_start_s": start_s}
-                    row |= run_set(llm, prompts, batch, args.max_tokens, seconds)
-                    rows.append(row)
-                    print(_line(row), flush=True)
-            del llm
-            gc.collect()
+        for spec, names in engines_for(batch, configs):
+            job = {"batch": batch, "spec": spec, "names": names, "configs": configs, "sets": sets,
+                   "eager": args.eager, "max_tokens": args.max_tokens}
+            with tempfile.TemporaryDirectory() as tmp:
+                job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "rows.json"
+                job_file.write_text(json.dumps(job))
+                subprocess.run([sys.executable, __file__, "--engine-job", str(job_file), str(out_file)], check=True)
+                rows += json.loads(out_file.read_text())
     return rows
 
 
@@ -233,7 +258,12 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, help="new tokens per request (default 64; --quick: 16)")
     ap.add_argument("--eager", action="store_true", help="enforce_eager engines (start in ~1 min instead of ~2)")
     ap.add_argument("--out", type=Path, help="result files without suffix (default bench/results/vllm_e2e[_quick])")
+    ap.add_argument("--engine-job", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: one engine's runs
     args = ap.parse_args()
+    if args.engine_job:
+        job_file, out_file = args.engine_job
+        out_file.write_text(json.dumps(run_engine(json.loads(job_file.read_text()))))
+        return
     args.batch_sizes = args.batch_sizes or ([4] if args.quick else [8, 32])
     args.max_tokens = args.max_tokens or (16 if args.quick else 64)
     out = args.out or RESULTS / ("vllm_e2e_quick" if args.quick else "vllm_e2e")

@@ -82,6 +82,7 @@ class DraftSelection:
         self.totals = {"steps": 0, "drafted": 0, "verified": 0, "accepted": 0, "seconds": 0.0}
         self._last_end: float | None = None  # when the previous call returned (step timing)
         self.last_req_ids: list[str] = []
+        self._drafted_last: set[str] = set()  # requests the previous call drafted for
 
     def step(self, req_ids: list[str], sampled_token_ids: list[list[int]], num_tokens: np.ndarray,
              token_ids: np.ndarray, verified: dict[str, int] | None = None,
@@ -100,6 +101,7 @@ class DraftSelection:
             self.calibration.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
         active = [i for i in range(rows) if sampled_token_ids[i] and num_tokens[i] + 1 < self.max_model_len]
+        self._drafted_last = {req_ids[i] for i in active}
         drafts: list[list[int]] = [[] for _ in range(rows)]
         if active:
             self._draft_and_select(active, req_ids, num_tokens, token_ids, drafts)
@@ -114,11 +116,12 @@ class DraftSelection:
         features, owners, labels, counts = [], [], [], []
         for rid, sampled in zip(req_ids, sampled_token_ids):
             state = self.requests.get(rid)
-            if state is None or not state.pending:
+            if state is None or rid not in self._drafted_last:
                 continue
             pending, state.pending = state.pending, []
             if not sampled:  # the step produced nothing for it (e.g. discarded): no outcome
                 continue
+            # A request given 0 drafts still counts: the step-time model must see small steps too.
             v = len(pending) if verified is None else min(verified.get(rid, 0), len(pending))
             a = min(len(sampled) - 1, v)
             tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
