@@ -317,10 +317,12 @@ class GoodputTetris(_GoodputPolicy):
     def _best_budget(self, probs: Tensor, rows: Tensor, B: int) -> int:
         m = torch.arange(len(probs) + 1, dtype=torch.float64)
         expected = torch.cat([probs.new_zeros(1), probs.cumsum(0)])
-        # Block width after taking the top m: 1 + the largest per-request count.
-        per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
-        widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
-        padded_tokens = B * (1 + widest) if self.padded else B + m
+        padded_tokens = B + m  # varlen: the real tokens
+        if self.padded:
+            # Block width after taking the top m: 1 + the largest per-request count.
+            per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
+            widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
+            padded_tokens = B * (1 + widest)
         latency = self.verify_latency.predict(B + m, padded_tokens) + self.draft_seconds
         goodput = (expected + B) / latency
         return int(goodput.argmax())
