@@ -24,7 +24,7 @@ spec-decode counters), p50 / p99 request latency (all requests submitted at t=0)
 share of wall time (its `propose` calls, timed around the call), and whether every output equals
 the no-speculation output. JSON and PNG under bench/results/.
 
-    .venv-vllm/bin/python bench/vllm_e2e.py            # the full sweep (about 1 h on a quiet machine)
+    .venv-vllm/bin/python bench/vllm_e2e.py            # the full sweep (14 engine starts, 72 decoding runs)
     .venv-vllm/bin/python bench/vllm_e2e.py --quick    # a smoke run (a few minutes)
 """
 
