@@ -4,7 +4,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 import tetris_ext  # noqa: F401  (loads torch.ops.tetris)
 from tetris_ext.vllm import speculative_config
