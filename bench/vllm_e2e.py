@@ -192,6 +192,8 @@ def sweep(args) -> list[dict]:
 
     gemma3_270m_path()  # convert once, before the engines
     sets, configs = prompt_sets(args.quick), configurations(args.quick)
+    if args.configs:  # a subset (always with "none", the baseline of every ratio)
+        configs = [(n, c) for n, c in configs if n == "none" or n in args.configs]
     rows = []
     for batch in args.batch_sizes:
         for spec, names in engines_for(batch, configs):
@@ -259,6 +261,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: few configurations, 8 prompts per set")
     ap.add_argument("--batch-sizes", type=int, nargs="+", help="max_num_seqs values (default 8 32; --quick: 4)")
     ap.add_argument("--max-tokens", type=int, help="new tokens per request (default 64; --quick: 16)")
+    ap.add_argument("--configs", nargs="+", help='only these configurations, e.g. "ngram 3" "tetris 3+2" goodput')
     ap.add_argument("--eager", action="store_true", help="enforce_eager engines (start in ~1 min instead of ~2)")
     ap.add_argument("--out", type=Path, help="result files without suffix (default bench/results/vllm_e2e[_quick])")
     ap.add_argument("--engine-job", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: one engine's runs
