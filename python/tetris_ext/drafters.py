@@ -25,7 +25,7 @@ from .calibration import NGRAM_FEATURES, AcceptanceCalibration
 from .kv_cache import RaggedKVCache
 from .proposal import Outcome, Proposal
 
-__all__ = ["NgramDrafter", "ModelDrafter", "NgramMatch", "ngram_match"]
+__all__ = ["NgramDrafter", "ModelDrafter", "NgramMatch", "ngram_match", "NgramIndex"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -65,6 +65,49 @@ def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngra
             features.append((float(n), float(len(starts)), agreement, float(depth + 1)))
         return NgramMatch(tokens, features)
     return NgramMatch([], [])
+
+
+class NgramIndex:
+    """`ngram_match` for one growing context at the cost of its new tokens only.
+
+    For every n in [min_ngram, max_ngram] a dict maps each n-gram to the positions of the tokens
+    that followed it, in order; `extend` indexes only the appended tokens, and `match` looks up
+    the current suffix instead of scanning the context. `match` returns exactly what
+    `ngram_match(tokens, max_draft, max_ngram, min_ngram)` returns (tests/ compare them), so the
+    calibrated features mean the same in a serving engine as in the decoding loop.
+    """
+
+    def __init__(self, max_ngram: int = 4, min_ngram: int = 1):
+        if min_ngram < 1 or max_ngram < min_ngram:
+            raise ValueError("NgramIndex: need 1 <= min_ngram <= max_ngram")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.tokens: list[int] = []
+        self.followers: dict[int, dict[tuple[int, ...], list[int]]] = {n: {} for n in range(min_ngram, max_ngram + 1)}
+
+    def extend(self, tokens: list[int]) -> None:
+        context = self.tokens
+        for token in tokens:
+            p = len(context)  # the new token follows the n-grams that end at p - 1
+            context.append(token)
+            for n, index in self.followers.items():
+                if p >= n:
+                    index.setdefault(tuple(context[p - n : p]), []).append(p)
+
+    def match(self, max_draft: int) -> NgramMatch:
+        context, L = self.tokens, len(self.tokens)
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            positions = self.followers[n].get(tuple(context[L - n :]))
+            if not positions:
+                continue
+            source = positions[-1]
+            tokens = context[source : source + max_draft]
+            features = []
+            for depth, token in enumerate(tokens):
+                followers = [context[p + depth] for p in positions if p + depth < L]
+                agreement = sum(f == token for f in followers) / len(followers)
+                features.append((float(n), float(len(positions)), agreement, float(depth + 1)))
+            return NgramMatch(tokens, features)
+        return NgramMatch([], [])
 
 
 class NgramDrafter:

@@ -236,6 +236,8 @@ class _GoodputPolicy(Policy):
 
     def observe(self, feedback: StepFeedback) -> None:
         real = feedback.num_requests + int(feedback.verified.sum())
+        if not getattr(self, "padded", True):  # varlen engine: padded_tokens holds the real count
+            real = feedback.padded_tokens
         self.verify_latency.observe(real, feedback.padded_tokens, feedback.verify_seconds)
         self.draft_seconds = feedback.draft_seconds if self.steps == 0 else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
         self.steps += 1
@@ -282,10 +284,13 @@ class GoodputTetris(_GoodputPolicy):
     """TETRIS ranking with a goodput-chosen capacity: draft ``max_draft`` per request, rank the
     batch's candidates like Tetris, and verify the top m, m chosen to maximise
     (sum of the top m acceptance estimates + one bonus per request) / predicted latency(m).
-    Never more than ``capacity`` when given."""
+    Never more than ``capacity`` when given. ``padded=False``: a varlen engine (vLLM), where a
+    step costs its real tokens, not requests x block width; `observe` then reads
+    ``padded_tokens`` as the step's real token count."""
 
-    def __init__(self, max_draft: int, capacity: int | None = None):
+    def __init__(self, max_draft: int, capacity: int | None = None, padded: bool = True):
         super().__init__()
+        self.padded = padded
         if max_draft < 1 or (capacity is not None and capacity < 0):
             raise ValueError("GoodputTetris: need max_draft >= 1 and capacity >= 0")
         self.max_draft, self.capacity = max_draft, capacity
@@ -314,10 +319,13 @@ class GoodputTetris(_GoodputPolicy):
     def _best_budget(self, probs: Tensor, rows: Tensor, B: int) -> int:
         m = torch.arange(len(probs) + 1, dtype=torch.float64)
         expected = torch.cat([probs.new_zeros(1), probs.cumsum(0)])
-        # Block width after taking the top m: 1 + the largest per-request count.
-        per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
-        widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
-        latency = self.verify_latency.predict(B + m, B * (1 + widest)) + self.draft_seconds
+        padded_tokens = B + m  # varlen: the real tokens
+        if self.padded:
+            # Block width after taking the top m: 1 + the largest per-request count.
+            per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
+            widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
+            padded_tokens = B * (1 + widest)
+        latency = self.verify_latency.predict(B + m, padded_tokens) + self.draft_seconds
         goodput = (expected + B) / latency
         return int(goodput.argmax())
 

@@ -1,0 +1,296 @@
+"""TETRIS inside vLLM on this CPU: our proposer against vLLM's built-in n-gram and no speculation.
+
+Gemma 3 270M (float32, `tetris_ext.vllm.gemma3_270m_path()`) greedy-decodes the bundled prompts
+(tetris_ext/data/prompts.jsonl) split into two sets: "code" (categories code-*) and "text"
+(chat / instruction: free text, lists, data, summaries). Each set is queued at once, with more
+requests than `max_num_seqs` (a set shorter than 1.5 x max_num_seqs is repeated; prefix caching
+is off so that repeats cost what fresh prompts cost). Configurations, per max_num_seqs:
+
+- none:             vLLM without speculation (the baseline of every ratio);
+- ngram k:          vLLM's built-in n-gram proposer (prompt_lookup_max=4), k = 1..5;
+- sd k:             our proposer, policy "sd" (each request its first k n-gram drafts), k = 1..5;
+- tetris k+e:       our proposer, policy "tetris" (best k x requests drafts of the batch), k = 2..4, extra = 1..2;
+- goodput:          our proposer, policy "goodput" (k=3, extra=2: budget from the fitted step-time model).
+
+Our configurations share one in-process engine (num_speculative_tokens = 6, the most any of them
+drafts) and switch with `TetrisProposer.configure`; every other configuration has its own engine.
+Nothing here was tuned on either prompt set: the calibration prior and the policies' defaults
+come from the package; so both sets are held out.
+
+Reported per (max_num_seqs, set, configuration): output tokens/s (wall) and the ratio to "none",
+CPU seconds beside wall seconds (this process: the engine runs in it), engine steps, accepted and
+verified drafts per step and their ratio (verification success rate, VSR, from vLLM's own
+spec-decode counters), p50 / p99 request latency (all requests submitted at t=0), the proposer's
+share of wall time (its `propose` calls, timed around the call), and whether every output equals
+the no-speculation output. JSON and PNG under bench/results/.
+
+    .venv-vllm/bin/python bench/vllm_e2e.py            # the full sweep (14 engine starts, 72 decoding runs)
+    .venv-vllm/bin/python bench/vllm_e2e.py --quick    # a smoke run (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process: CPU time, proposer timing
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def prompt_sets(quick: bool) -> dict[str, list[str]]:
+    rows = [json.loads(line) for line in resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text().splitlines()]
+    sets = {"code": [r["prompt"] for r in rows if r["category"].startswith("code")],
+            "text": [r["prompt"] for r in rows if not r["category"].startswith("code")]}
+    return {name: prompts[:8] for name, prompts in sets.items()} if quick else sets
+
+
+def configurations(quick: bool) -> list[tuple[str, dict | None]]:
+    """(name, what it needs): None = no speculation; {"ngram": k}; {"ours": ProposerOptions kwargs}."""
+    if quick:
+        return [("none", None), ("ngram 3", {"ngram": 3}), ("sd 3", {"ours": dict(policy="sd", k=3, extra=0)}),
+                ("tetris 3+2", {"ours": dict(policy="tetris", k=3, extra=2)}),
+                ("goodput", {"ours": dict(policy="goodput", k=3, extra=2)})]
+    configs = [("none", None)] + [(f"ngram {k}", {"ngram": k}) for k in range(1, 6)]
+    configs += [(f"sd {k}", {"ours": dict(policy="sd", k=k, extra=0)}) for k in range(1, 6)]
+    configs += [(f"tetris {k}+{e}", {"ours": dict(policy="tetris", k=k, extra=e)}) for k in (2, 3, 4) for e in (1, 2)]
+    return configs + [("goodput", {"ours": dict(policy="goodput", k=3, extra=2)})]
+
+
+def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
+    import vllm
+
+    return vllm.LLM(model, dtype="float32", max_model_len=1024, max_num_seqs=batch, enforce_eager=eager, seed=0,
+                    enable_prefix_caching=False, disable_log_stats=False, speculative_config=spec)
+
+
+def runner_of(llm):
+    return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+
+
+def time_proposer(llm) -> list[float]:
+    """Wrap the engine's proposer so that every `propose` call's seconds are recorded."""
+    runner = runner_of(llm)
+    seconds: list[float] = []
+    drafter = getattr(runner, "drafter", None)
+    if drafter is None:
+        return seconds
+    inner = drafter.propose
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        seconds.append(time.perf_counter() - t0)
+        return out
+
+    drafter.propose = timed
+    return seconds
+
+
+def spec_counters(llm) -> dict[str, float]:
+    wanted = {"vllm:spec_decode_num_draft_tokens": "verified", "vllm:spec_decode_num_accepted_tokens": "accepted"}
+    out = {v: 0.0 for v in wanted.values()}
+    for metric in llm.get_metrics():
+        if metric.name in wanted:
+            out[wanted[metric.name]] += metric.value
+    return out
+
+
+def run_set(llm, prompts: list[str], batch: int, max_tokens: int, propose_seconds: list[float]) -> dict:
+    """All requests queued at t=0; step the engine until done. Returns the run's measurements."""
+    import vllm
+
+    engine = llm.llm_engine
+    requests = prompts * max(1, -(-(batch * 3 // 2) // len(prompts)))
+    params = vllm.SamplingParams(temperature=0, max_tokens=max_tokens)
+    before, n_propose = spec_counters(llm), len(propose_seconds)
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for i, prompt in enumerate(requests):
+        engine.add_request(f"r{i}-{time.monotonic_ns()}", prompt, params)
+    finished, steps, tokens = {}, 0, {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = time.perf_counter() - t0
+                tokens[out.request_id] = list(out.outputs[0].token_ids)
+        steps += 1
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    after = spec_counters(llm)
+    order = sorted(tokens, key=lambda rid: int(rid.split("-")[0][1:]))
+    latencies = sorted(finished.values())
+    verified, accepted = after["verified"] - before["verified"], after["accepted"] - before["accepted"]
+    out_tokens = sum(len(t) for t in tokens.values())
+    return {
+        "requests": len(requests), "output_tokens": out_tokens, "wall_s": wall,
+        "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+        "tok_per_s": out_tokens / wall, "steps": steps,
+        "verified_per_step": verified / steps, "accepted_per_step": accepted / steps,
+        "vsr": accepted / verified if verified else None,
+        "latency_p50_s": statistics.median(latencies), "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "propose_share": sum(propose_seconds[n_propose:]) / wall, "tokens": [tokens[r] for r in order],
+    }
+
+
+def engines_for(batch: int, configs) -> list[tuple[dict | None, list[str]]]:
+    """(speculative_config, the configurations that engine serves) for one max_num_seqs."""
+    from tetris_ext.vllm import speculative_config
+    from tetris_ext.vllm.config import ProposerOptions
+
+    engines: list[tuple[dict | None, list[str]]] = [(None, ["none"])]
+    engines += [({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
+                for n, c in configs if c and "ngram" in c]
+    ours = [n for n, c in configs if c and "ours" in c]
+    if ours:
+        most = max(ProposerOptions(**dict(configs)[n]["ours"]).max_drafts for n in ours)
+        engines.append((speculative_config("tetris", k=1, extra=most - 1), ours))
+    return engines
+
+
+def run_engine(job: dict) -> list[dict]:
+    """One engine (in this process) and every configuration it serves, on every prompt set."""
+    from tetris_ext.vllm import gemma3_270m_path
+    from tetris_ext.vllm.config import ProposerOptions
+    from tetris_ext.vllm.proposer import find_proposer
+
+    configs, sets, batch = dict(job["configs"]), job["sets"], job["batch"]
+    t0 = time.perf_counter()
+    llm = make_engine(gemma3_270m_path(), batch, job["eager"], job["spec"])
+    start_s = time.perf_counter() - t0
+    import vllm  # untimed warm-up: first-call costs (numba compilation of vLLM's n-gram, allocations)
+
+    llm.generate(next(iter(sets.values()))[:2], vllm.SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    seconds = time_proposer(llm)
+    rows = []
+    for name in job["names"]:
+        if configs[name] and "ours" in configs[name]:
+            find_proposer(llm).configure(ProposerOptions(**configs[name]["ours"]))
+        for set_name, prompts in sets.items():
+            row = {"config": name, "max_num_seqs": batch, "set": set_name, "engine_start_s": start_s}
+            row |= run_set(llm, prompts, batch, job["max_tokens"], seconds)
+            rows.append(row)
+            print(_line(row), flush=True)
+    return rows
+
+
+def sweep(args) -> list[dict]:
+    """Each engine in a fresh process: vLLM 0.32 cannot start a CPU engine in a process where its
+    numba n-gram proposer already ran (its Triton-override scan trips over llvmlite objects)."""
+    from tetris_ext.vllm import gemma3_270m_path
+
+    gemma3_270m_path()  # convert once, before the engines
+    sets, configs = prompt_sets(args.quick), configurations(args.quick)
+    if args.configs:  # a subset (always with "none", the baseline of every ratio)
+        configs = [(n, c) for n, c in configs if n == "none" or n in args.configs]
+    rows = []
+    for batch in args.batch_sizes:
+        for spec, names in engines_for(batch, configs):
+            job = {"batch": batch, "spec": spec, "names": names, "configs": configs, "sets": sets,
+                   "eager": args.eager, "max_tokens": args.max_tokens}
+            with tempfile.TemporaryDirectory() as tmp:
+                job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "rows.json"
+                job_file.write_text(json.dumps(job))
+                subprocess.run([sys.executable, __file__, "--engine-job", str(job_file), str(out_file)], check=True)
+                rows += json.loads(out_file.read_text())
+    return rows
+
+
+def _line(r: dict) -> str:
+    vsr = "-" if r["vsr"] is None else f"{r['vsr']:.2f}"
+    return (f"B={r['max_num_seqs']:<3} {r['set']:<5} {r['config']:<11} {r['tok_per_s']:7.1f} tok/s "
+            f"wall {r['wall_s']:6.1f}s cpu {r['cpu_s']:6.1f}s steps {r['steps']:4d} acc/step {r['accepted_per_step']:5.2f} "
+            f"ver/step {r['verified_per_step']:5.2f} VSR {vsr:>4} p50 {r['latency_p50_s']:5.1f}s p99 {r['latency_p99_s']:5.1f}s "
+            f"propose {100 * r['propose_share']:4.1f}%")
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """Ratios to "none" (same set, same max_num_seqs), output equality, and the issue's goals."""
+    lines = []
+    for r in rows:
+        base = next(b for b in rows if b["config"] == "none" and b["set"] == r["set"] and b["max_num_seqs"] == r["max_num_seqs"])
+        r["speedup"] = r["tok_per_s"] / base["tok_per_s"]
+        r["same_output"] = r["tokens"] == base["tokens"]
+    for batch in sorted({r["max_num_seqs"] for r in rows}):
+        for set_name in sorted({r["set"] for r in rows}):
+            group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
+            best = {kind: max((r for r in group if r["config"].startswith(kind)), key=lambda r: r["tok_per_s"], default=None)
+                    for kind in ("ngram", "tetris", "sd", "goodput")}
+            if best["ngram"] and best["tetris"]:
+                lines.append(f"B={batch} {set_name}: best tetris ({best['tetris']['config']}) / best built-in ngram "
+                             f"({best['ngram']['config']}) = {best['tetris']['tok_per_s'] / best['ngram']['tok_per_s']:.3f}x")
+    bad = [f"{r['config']} B={r['max_num_seqs']} {r['set']}" for r in rows if not r["same_output"]]
+    lines.append("outputs identical to no speculation: " + ("all" if not bad else "NOT for " + ", ".join(bad)))
+    return lines
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["max_num_seqs"], r["set"]) for r in rows})
+    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups)), squeeze=False)
+    colors = {"none": "grey", "ngram": "tab:blue", "sd": "tab:orange", "tetris": "tab:green", "goodput": "tab:red"}
+    for ax, (batch, set_name) in zip(axes[:, 0], groups):
+        group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
+        ax.bar([r["config"] for r in group], [r["speedup"] for r in group],
+               color=[colors[r["config"].split()[0]] for r in group])
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_ylabel("tok/s vs none")
+        ax.set_title(f"max_num_seqs={batch}, {set_name} prompts", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few configurations, 8 prompts per set")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="max_num_seqs values (default 8 32; --quick: 4)")
+    ap.add_argument("--max-tokens", type=int, help="new tokens per request (default 64; --quick: 16)")
+    ap.add_argument("--configs", nargs="+", help='only these configurations, e.g. "ngram 3" "tetris 3+2" goodput')
+    ap.add_argument("--eager", action="store_true", help="enforce_eager engines (start in ~1 min instead of ~2)")
+    ap.add_argument("--out", type=Path, help="result files without suffix (default bench/results/vllm_e2e[_quick])")
+    ap.add_argument("--engine-job", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: one engine's runs
+    args = ap.parse_args()
+    if args.engine_job:
+        job_file, out_file = args.engine_job
+        out_file.write_text(json.dumps(run_engine(json.loads(job_file.read_text()))))
+        return
+    args.batch_sizes = args.batch_sizes or ([4] if args.quick else [8, 32])
+    args.max_tokens = args.max_tokens or (16 if args.quick else 64)
+    out = args.out or RESULTS / ("vllm_e2e_quick" if args.quick else "vllm_e2e")
+    t0 = time.time()
+    rows = sweep(args)
+    lines = summarize(rows)
+    print("\n".join(lines))
+    import torch
+    import vllm
+
+    meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+            "vllm": vllm.__version__, "torch": torch.__version__, "model": "Gemma 3 270M float32",
+            "max_tokens": args.max_tokens, "eager": args.eager, "total_s": time.time() - t0}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=1) + "\n")
+    out.with_suffix(".txt").write_text("\n".join([json.dumps(meta)] + [_line(r) + f" x{r['speedup']:.2f}"
+                                                                        + ("" if r["same_output"] else " DIFFERENT") for r in rows] + lines) + "\n")
+    chart(rows, out.with_suffix(".png"))
+    print(f"wrote {out}.json/.txt/.png")
+
+
+if __name__ == "__main__":
+    main()

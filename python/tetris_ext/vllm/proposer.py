@@ -1,0 +1,257 @@
+"""The TETRIS proposer for vLLM's V1 runner (``speculative_config={"method": "custom_class", ...}``).
+
+Users write ``vllm.LLM(..., speculative_config=tetris_ext.vllm.speculative_config(...))``; the
+options travel in the class name (config.py), which this module's ``__getattr__`` turns into a
+`TetrisProposer` subclass bound to them.
+
+Each engine step vLLM (0.32) calls ``propose(sampled_token_ids, num_tokens_no_spec,
+token_ids_cpu, slot_mappings=...)`` after the step's bookkeeping: row i of the persistent input
+batch holds its request's tokens in ``token_ids_cpu[i, :num_tokens_no_spec[i]]`` (the tokens
+just sampled included), and ``sampled_token_ids[i]`` is what this step produced for it (empty
+for a request still in prefill). `DraftSelection.step` then
+
+1. learns from the previous step: a request that had v drafts verified and now produced s
+   tokens accepted s - 1 of them (its calibration and, for "goodput", the step-time model);
+2. drafts up to k + extra tokens per decoding request with an incremental n-gram index
+   (`tetris_ext.drafters.NgramIndex`: only the new tokens are indexed each step);
+3. scores them with the online `AcceptanceCalibration` and lets a `tetris_ext.policies` policy
+   pick the drafts to verify with ``torch.ops.tetris.select`` under the batch budget;
+4. returns each request's selected prefix (chains: what `select` keeps is a prefix).
+
+vLLM passes no request ids to custom proposers; they come from the runner that calls
+``propose`` (its ``input_batch.req_ids`` and the step's ``scheduler_output``), read from the
+calling frame. Per-request state lives while the request is in the batch and is released
+the first step it is not (finished, aborted or preempted): an idle engine holds at most the
+state of its last step's requests.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..calibration import AcceptanceCalibration
+from ..drafters import NgramIndex
+from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
+from ..proposal import Proposal
+from .config import ProposerOptions
+
+__all__ = ["TetrisProposer", "DraftSelection", "StepRecord", "find_proposer"]
+
+
+def _make_policy(options: ProposerOptions):
+    if options.policy == "sd":
+        return StandardSD(options.k)
+    if options.policy == "tetris":
+        return Tetris(options.k, options.extra)
+    return GoodputTetris(options.max_drafts, padded=False)
+
+
+@dataclass
+class _Request:
+    index: NgramIndex
+    pending: list[tuple[float, ...]] = field(default_factory=list)  # features of last step's drafts
+
+
+@dataclass
+class StepRecord:
+    """One step, kept when `DraftSelection.record` is on (tests, benchmark)."""
+
+    requests: int  # requests that drafted
+    budget: int  # the most drafts the policy could verify this step
+    drafted: int  # drafts offered to the policy
+    returned: list[int]  # drafts returned per drafting request
+    seconds: float  # drafting + selection + learning (this call)
+
+
+class DraftSelection:
+    """The proposer's engine-independent part: per-request n-gram indexes, calibration, policy."""
+
+    def __init__(self, options: ProposerOptions, max_model_len: int):
+        self.options, self.max_model_len = options, max_model_len
+        self.calibration = AcceptanceCalibration()
+        self.policy = _make_policy(options)
+        self.requests: dict[str, _Request] = {}
+        self.record = False
+        self.records: list[StepRecord] = []
+        self.totals = {"steps": 0, "drafted": 0, "verified": 0, "accepted": 0, "seconds": 0.0}
+        self._last_end: float | None = None  # when the previous call returned (step timing)
+        self.last_req_ids: list[str] = []
+        self._drafted_last: set[str] = set()  # requests the previous call drafted for
+
+    def step(self, req_ids: list[str], sampled_token_ids: list[list[int]], num_tokens: np.ndarray,
+             token_ids: np.ndarray, verified: dict[str, int] | None = None,
+             step_tokens: int | None = None) -> list[list[int]]:
+        """Drafts for rows 0..len(sampled_token_ids)-1 of the batch (see the module docstring).
+
+        verified: drafts of each request the engine verified in the step that just ran (None:
+        all that this object returned); step_tokens: the tokens that step computed (prefill
+        included), for the goodput policy's step-time model.
+        """
+        start = time.perf_counter()
+        rows = len(sampled_token_ids)
+        req_ids = self.last_req_ids = list(req_ids[:rows])
+        for gone in self.requests.keys() - set(req_ids):  # finished, aborted or preempted
+            del self.requests[gone]
+            self.calibration.forget(gone)
+        self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
+        active = [i for i in range(rows) if sampled_token_ids[i] and num_tokens[i] + 1 < self.max_model_len]
+        self._drafted_last = {req_ids[i] for i in active}
+        drafts: list[list[int]] = [[] for _ in range(rows)]
+        if active:
+            self._draft_and_select(active, req_ids, num_tokens, token_ids, drafts)
+        self.totals["seconds"] += time.perf_counter() - start
+        if self.record and active:
+            self.records[-1].seconds = time.perf_counter() - start
+        self._last_end = time.perf_counter()
+        return drafts
+
+    def _learn(self, req_ids, sampled_token_ids, verified, now: float, step_tokens: int | None) -> None:
+        """Calibration (and step-time) updates from what the engine accepted of the last drafts."""
+        features, owners, labels, counts = [], [], [], []
+        for rid, sampled in zip(req_ids, sampled_token_ids):
+            state = self.requests.get(rid)
+            if state is None or rid not in self._drafted_last:
+                continue
+            pending, state.pending = state.pending, []
+            if not sampled:  # the step produced nothing for it (e.g. discarded): no outcome
+                continue
+            # A request given 0 drafts still counts: the step-time model must see small steps too.
+            v = len(pending) if verified is None else min(verified.get(rid, 0), len(pending))
+            a = min(len(sampled) - 1, v)
+            tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
+            features += pending[:tested]
+            owners += [rid] * tested
+            labels += [True] * a + [False] * (tested - a)
+            counts.append((v, a))
+        if not counts:
+            return
+        self.calibration.update_many(features, owners, labels)
+        v_all, a_all = zip(*counts)
+        self.totals["verified"] += sum(v_all)
+        self.totals["accepted"] += sum(a_all)
+        if isinstance(self.policy, GoodputTetris) and self._last_end is not None:
+            engine_seconds = now - self._last_end
+            tokens = step_tokens if step_tokens is not None else len(counts) + sum(v_all)
+            if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
+                self.policy.observe(StepFeedback(torch.tensor(v_all), torch.tensor(a_all), tokens,
+                                                 self.totals["seconds"] / max(1, self.totals["steps"]), engine_seconds))
+
+    def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
+        options, N = self.options, self.options.max_drafts
+        matches = []
+        for i in active:
+            state = self.requests.get(req_ids[i])
+            if state is None:
+                state = self.requests[req_ids[i]] = _Request(NgramIndex(options.max_ngram, options.min_ngram))
+            length = int(num_tokens[i])
+            if length < len(state.index.tokens):  # the context shrank (cannot happen in 0.32): rebuild
+                state.index = NgramIndex(options.max_ngram, options.min_ngram)
+            state.index.extend(token_ids[i, len(state.index.tokens) : length].tolist())
+            matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
+        B = len(active)
+        tokens = torch.full((B, N), -1, dtype=torch.long)
+        features = torch.zeros(B, N, 4)
+        for b, match in enumerate(matches):
+            if match.tokens:
+                tokens[b, : len(match.tokens)] = torch.tensor(match.tokens)
+                features[b, : len(match.tokens)] = torch.tensor(match.features)
+        owners = [req_ids[i] for i in active]
+        token_logprobs = self.calibration.predict_many(features, owners).log().float()
+        token_logprobs[tokens < 0] = -math.inf
+        cum_logprobs = token_logprobs.cumsum(1)
+        if options.min_prob is not None:  # the floor, for every policy
+            floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
+            cum_logprobs[cum_logprobs < floor] = -math.inf
+        proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
+        counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
+        for b, (i, match) in enumerate(zip(active, matches)):
+            drafts[i] = match.tokens[: counts[b]]
+            self.requests[owners[b]].pending = match.features[: counts[b]]
+        self.totals["steps"] += 1
+        self.totals["drafted"] += int((tokens >= 0).sum())
+        if self.record:
+            self.records.append(StepRecord(B, self._budget(B, N), int((tokens >= 0).sum()), counts, 0.0))
+
+    def _budget(self, B: int, N: int) -> int:
+        if isinstance(self.policy, GoodputTetris):
+            return self.policy.last_budget
+        return self.options.k * B  # tetris: the batch's k x requests; sd: k per request
+
+
+class TetrisProposer:
+    """vLLM ``custom_class`` proposer; built by vLLM with its `VllmConfig` in each worker.
+
+    ``options`` is bound by the class name (see this module's ``__getattr__``); the plain
+    class runs the defaults of `ProposerOptions`.
+    """
+
+    options = ProposerOptions()
+
+    def __init__(self, vllm_config):
+        spec = vllm_config.speculative_config
+        self.num_speculative_tokens = spec.num_speculative_tokens
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self.configure(self.options)
+
+    def configure(self, options: ProposerOptions) -> None:
+        """Switch to other options (fresh state); at most ``num_speculative_tokens`` drafts."""
+        if options.max_drafts > self.num_speculative_tokens:
+            raise ValueError(f"tetris_ext.vllm: k + extra = {options.max_drafts} exceeds the engine's "
+                             f"num_speculative_tokens = {self.num_speculative_tokens}")
+        self.selection = DraftSelection(options, self.max_model_len)
+
+    def load_model(self, *args, **kwargs) -> None:
+        pass  # n-gram drafting: no model
+
+    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
+        runner, scheduler_output = _calling_runner()
+        verified = {rid: len(t) for rid, t in scheduler_output.scheduled_spec_decode_tokens.items()}
+        return self.selection.step(runner.input_batch.req_ids, sampled_token_ids, num_tokens_no_spec,
+                                   token_ids_cpu, verified, scheduler_output.total_num_scheduled_tokens)
+
+
+def _calling_runner():
+    """The model runner whose ``propose_draft_token_ids`` (vLLM 0.32) is calling us, and the
+    scheduler output of the step that just ran; a few frames up at most (wrappers allowed)."""
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "propose_draft_token_ids":
+            runner, scheduler_output = frame.f_locals.get("self"), frame.f_locals.get("scheduler_output")
+            if hasattr(runner, "input_batch") and scheduler_output is not None:
+                return runner, scheduler_output
+        frame = frame.f_back
+    raise RuntimeError("tetris_ext.vllm: TetrisProposer.propose must be called by vLLM's V1 model runner "
+                       "(propose_draft_token_ids, vLLM 0.32); this vLLM version calls it otherwise")
+
+
+def find_proposer(llm) -> TetrisProposer:
+    """The `TetrisProposer` of an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    try:
+        runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    except AttributeError as e:
+        raise RuntimeError("tetris_ext.vllm: the proposer is reachable only from an in-process engine "
+                           "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM)") from e
+    drafter = getattr(runner, "drafter", None)
+    if not isinstance(drafter, TetrisProposer):
+        raise RuntimeError(f"tetris_ext.vllm: the engine's proposer is {type(drafter).__name__}, not TetrisProposer")
+    return drafter
+
+
+_BOUND: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    """``TetrisProposer__policy__...``: a subclass bound to the options the name encodes."""
+    if not name.startswith("TetrisProposer__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _BOUND:
+        _BOUND[name] = type(name, (TetrisProposer,), {"options": ProposerOptions.from_class_name(name)})
+    return _BOUND[name]

@@ -1,0 +1,139 @@
+"""TETRIS proposer without an engine: config checks, n-gram index, budget, request lifetimes."""
+
+import random
+
+import numpy as np
+import pytest
+
+import tetris_ext  # noqa: F401  (loads torch.ops.tetris)
+from tetris_ext.vllm import speculative_config
+from tetris_ext.vllm.config import ProposerOptions
+from tetris_ext.vllm.proposer import DraftSelection
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"k": 0}, "k must be"), ({"extra": -1}, "extra must be"), ({"policy": "greedy"}, "policy must be"),
+    ({"min_prob": 1.5}, "min_prob"), ({"min_prob": -0.1}, "min_prob"), ({"k": 2.5}, "k must be"),
+    ({"max_ngram": 2, "min_ngram": 3}, "min_ngram"), ({"window": 3}, "unknown drafter options"),
+])
+def test_bad_configurations_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        speculative_config(**kwargs)
+
+
+def test_config_round_trips_through_the_class_name():
+    config = speculative_config("goodput", k=2, extra=1, min_prob=0.05, max_ngram=3)
+    assert config["method"] == "custom_class" and config["num_speculative_tokens"] == 3
+    assert all(part.isidentifier() for part in config["model"].split("."))
+    module, name = config["model"].rsplit(".", 1)
+    proposer_module = __import__(module, fromlist=[name])
+    assert getattr(proposer_module, name).options == ProposerOptions("goodput", 2, 1, 0.05, 3, 1)
+
+
+class FakeEngine:
+    """Greedy 'target' that continues each request with a fixed sequence; the batch layout of
+    vLLM's persistent batch (rows, token_ids_cpu, num_tokens_no_spec), requests joining/leaving."""
+
+    def __init__(self, selection: DraftSelection, max_len=512, rows=32, seed=0):
+        self.selection, self.rng = selection, random.Random(seed)
+        self.token_ids = np.zeros((rows, max_len), dtype=np.int32)
+        self.num_tokens = np.zeros(rows, dtype=np.int32)
+        self.req_ids: list[str] = []
+        self.truth: dict[str, list[int]] = {}
+        self.drafts: dict[str, list[int]] = {}
+        self.next_id = 0
+
+    def add(self):
+        rid = f"r{self.next_id}"
+        self.next_id += 1
+        pattern = [self.rng.randrange(50) for _ in range(self.rng.randrange(3, 8))]
+        self.truth[rid] = (pattern * 200)[:512]
+        row = len(self.req_ids)
+        self.req_ids.append(rid)
+        self.token_ids[row, :12] = self.truth[rid][:12]
+        self.num_tokens[row] = 12
+        self.drafts[rid] = []
+
+    def remove(self, row):
+        # vLLM's condense: the last row moves into the hole.
+        rid = self.req_ids[row]
+        last = len(self.req_ids) - 1
+        self.token_ids[row], self.num_tokens[row] = self.token_ids[last], self.num_tokens[last]
+        self.req_ids[row] = self.req_ids[last]
+        self.req_ids.pop()
+        del self.drafts[rid]
+
+    def step(self):
+        sampled, verified = [], {}
+        for row, rid in enumerate(self.req_ids):
+            n, truth, drafts = int(self.num_tokens[row]), self.truth[rid], self.drafts[rid]
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == truth[n + accepted]:
+                accepted += 1
+            new = truth[n : n + accepted + 1]
+            self.token_ids[row, n : n + len(new)] = new
+            self.num_tokens[row] = n + len(new)
+            sampled.append(new)
+            verified[rid] = len(drafts)
+        out = self.selection.step(self.req_ids, sampled, self.num_tokens, self.token_ids, verified)
+        assert len(out) == len(self.req_ids)
+        for rid, d in zip(self.req_ids, out):
+            self.drafts[rid] = d
+        return out
+
+
+def run_fake(options, batch=32, steps=60, seed=0):
+    selection = DraftSelection(options, max_model_len=512)
+    selection.record = True
+    engine = FakeEngine(selection, seed=seed)
+    for _ in range(batch):
+        engine.add()
+    outputs = []
+    for s in range(steps):
+        outputs.append(engine.step())
+        if s % 7 == 6:  # a request finishes, another joins
+            engine.remove(engine.rng.randrange(len(engine.req_ids)))
+            engine.add()
+    return selection, engine, outputs
+
+
+@pytest.mark.parametrize("options", [ProposerOptions("tetris", 3, 2), ProposerOptions("tetris", 2, 1, min_prob=0.3),
+                                     ProposerOptions("goodput", 3, 2), ProposerOptions("sd", 3, 2)])
+def test_budget_never_exceeded_and_state_released(options):
+    selection, engine, outputs = run_fake(options)
+    assert len(selection.records) == len(outputs)
+    for record, out in zip(selection.records, outputs):
+        assert sum(map(len, out)) == sum(record.returned) <= record.budget
+        assert max(map(len, out)) <= options.max_drafts
+    assert set(selection.requests) == set(engine.req_ids)  # finished requests released
+    assert set(selection.calibration.request_bias) <= set(engine.req_ids)
+    assert selection.totals["accepted"] > 0.5 * selection.totals["verified"] > 0  # repetitive text
+    if options.policy == "goodput":  # the step-time model keeps learning, even from 0-draft steps
+        assert selection.policy.steps >= len(outputs) - 1
+
+
+def test_sd_returns_min_k_drafts():
+    k = 3
+    selection, engine, outputs = run_fake(ProposerOptions("sd", k, 2))
+    selection.record = False
+    # Recompute what the drafter offers now and compare with one more step.
+    for rid in engine.req_ids:
+        engine.drafts[rid] = []
+    offered = {rid: len(selection.requests[rid].index.match(5).tokens) for rid in engine.req_ids}
+    out = engine.step()
+    for rid, drafts in zip(engine.req_ids, out):
+        if rid in offered:  # a row that had sampled tokens: its index grew by them
+            assert len(drafts) == min(k, len(selection.requests[rid].index.match(5).tokens))
+
+
+def test_tetris_spends_its_budget_on_the_likeliest_drafts():
+    # Row 0 repeats a 2-token pattern (long confident matches), row 1 is random: TETRIS moves
+    # budget from row 1 to row 0 where SD(k) gives each k.
+    selection = DraftSelection(ProposerOptions("tetris", 2, 3), max_model_len=256)
+    rng = np.random.default_rng(0)
+    token_ids = np.zeros((2, 256), dtype=np.int32)
+    token_ids[0, :40] = list(range(100, 110)) * 4
+    token_ids[1, :40] = rng.permutation(40)
+    token_ids[1, 39] = token_ids[1, 10]  # one weak match
+    out = selection.step(["a", "b"], [[109], [1]], np.array([40, 40]), token_ids)
+    assert len(out[0]) > 2 and len(out[0]) + len(out[1]) <= 4
