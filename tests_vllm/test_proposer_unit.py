@@ -98,7 +98,8 @@ def run_fake(options, batch=32, steps=60, seed=0):
 
 
 @pytest.mark.parametrize("options", [ProposerOptions("tetris", 3, 2), ProposerOptions("tetris", 2, 1, min_prob=0.3),
-                                     ProposerOptions("goodput", 3, 2), ProposerOptions("sd", 3, 2)])
+                                     ProposerOptions("goodput", 3, 2), ProposerOptions("cost-aware", 3, 2),
+                                     ProposerOptions("sd", 3, 2)])
 def test_budget_never_exceeded_and_state_released(options):
     selection, engine, outputs = run_fake(options)
     assert len(selection.records) == len(outputs)
@@ -108,7 +109,7 @@ def test_budget_never_exceeded_and_state_released(options):
     assert set(selection.requests) == set(engine.req_ids)  # finished requests released
     assert set(selection.calibration.request_bias) <= set(engine.req_ids)
     assert selection.totals["accepted"] > 0.5 * selection.totals["verified"] > 0  # repetitive text
-    if options.policy == "goodput":  # the step-time model keeps learning, even from 0-draft steps
+    if options.policy in ("goodput", "cost-aware"):  # the step-time model keeps learning, even from 0-draft steps
         assert selection.policy.steps >= len(outputs) - 1
 
 

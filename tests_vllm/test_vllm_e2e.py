@@ -27,8 +27,9 @@ def tetris_engine(reference):  # after the reference engine is gone: one engine 
 
 
 @pytest.mark.parametrize("options", [ProposerOptions("tetris", 3, 2), ProposerOptions("tetris", 2, 1, min_prob=0.2),
-                                     ProposerOptions("goodput", 3, 2), ProposerOptions("sd", 2, 0)],
-                         ids=["tetris-3-2", "tetris-2-1-min0.2", "goodput", "sd-2"])
+                                     ProposerOptions("goodput", 3, 2), ProposerOptions("cost-aware", 3, 2),
+                                     ProposerOptions("sd", 2, 0)],
+                         ids=["tetris-3-2", "tetris-2-1-min0.2", "goodput", "cost-aware", "sd-2"])
 def test_greedy_outputs_identical_and_budget_kept(reference, tetris_engine, options):
     proposer = find_proposer(tetris_engine)
     proposer.configure(options)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["speculative_config", "ProposerOptions", "POLICIES"]
 
-POLICIES = ("tetris", "goodput", "sd")
+POLICIES = ("tetris", "goodput", "cost-aware", "sd")
 PROPOSER_CLASS = "tetris_ext.vllm.proposer.TetrisProposer"
 _SEPARATOR = "__"
 

@@ -37,6 +37,7 @@ import torch
 
 from ..calibration import AcceptanceCalibration
 from ..drafters import NgramIndex
+from ..cost_aware import CostAwareTetris
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -49,7 +50,13 @@ def _make_policy(options: ProposerOptions):
         return StandardSD(options.k)
     if options.policy == "tetris":
         return Tetris(options.k, options.extra)
+    if options.policy == "cost-aware":  # floor and budget from the engine's step cost, fitted online
+        return CostAwareTetris(options.max_drafts, padded=False)
     return GoodputTetris(options.max_drafts, padded=False)
+
+
+# Policies that fit the engine's step time online and choose their own budget each step.
+_COST_FITTED = (GoodputTetris, CostAwareTetris)
 
 
 @dataclass
@@ -135,7 +142,7 @@ class DraftSelection:
         v_all, a_all = zip(*counts)
         self.totals["verified"] += sum(v_all)
         self.totals["accepted"] += sum(a_all)
-        if isinstance(self.policy, GoodputTetris) and self._last_end is not None:
+        if isinstance(self.policy, _COST_FITTED) and self._last_end is not None:
             engine_seconds = now - self._last_end
             tokens = step_tokens if step_tokens is not None else len(counts) + sum(v_all)
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
@@ -179,7 +186,7 @@ class DraftSelection:
             self.records.append(StepRecord(B, self._budget(B, N), int((tokens >= 0).sum()), counts, 0.0))
 
     def _budget(self, B: int, N: int) -> int:
-        if isinstance(self.policy, GoodputTetris):
+        if isinstance(self.policy, _COST_FITTED):
             return self.policy.last_budget
         return self.options.k * B  # tetris: the batch's k x requests; sd: k per request
 
