@@ -16,7 +16,13 @@ def _load_library() -> Path:
             "tetris_ext: the compiled library _C.abi3.so is missing next to "
             f"{__file__}; build it with `make build` or `pip install --no-build-isolation .`"
         )
-    torch.ops.load_library(str(candidates[0]))
+    try:
+        torch.ops.load_library(str(candidates[0]))
+    except OSError as error:  # most often: built against another torch than this one
+        raise ImportError(
+            f"tetris_ext: cannot load {candidates[0].name} into torch {torch.__version__} ({error}); "
+            "rebuild it against this torch: `pip install --no-build-isolation --no-deps .`"
+        ) from error
     return candidates[0]
 
 
