@@ -10,7 +10,8 @@ is off so that repeats cost what fresh prompts cost). Configurations, per max_nu
 - ngram k:          vLLM's built-in n-gram proposer (prompt_lookup_max=4), k = 1..5;
 - sd k:             our proposer, policy "sd" (each request its first k n-gram drafts), k = 1..5;
 - tetris k+e:       our proposer, policy "tetris" (best k x requests drafts of the batch), k = 2..4, extra = 1..2;
-- goodput:          our proposer, policy "goodput" (k=3, extra=2: budget from the fitted step-time model).
+- goodput:          our proposer, policy "goodput" (k=3, extra=2: budget from the fitted step-time model);
+- cost-aware:       our proposer, policy "cost-aware" (up to 5 drafts: floor and budget from the fitted step cost).
 
 Our configurations share one in-process engine (num_speculative_tokens = 6, the most any of them
 drafts) and switch with `TetrisProposer.configure`; every other configuration has its own engine.
@@ -66,7 +67,8 @@ def configurations(quick: bool) -> list[tuple[str, dict | None]]:
     configs = [("none", None)] + [(f"ngram {k}", {"ngram": k}) for k in range(1, 6)]
     configs += [(f"sd {k}", {"ours": dict(policy="sd", k=k, extra=0)}) for k in range(1, 6)]
     configs += [(f"tetris {k}+{e}", {"ours": dict(policy="tetris", k=k, extra=e)}) for k in (2, 3, 4) for e in (1, 2)]
-    return configs + [("goodput", {"ours": dict(policy="goodput", k=3, extra=2)})]
+    return configs + [("goodput", {"ours": dict(policy="goodput", k=3, extra=2)}),
+                      ("cost-aware", {"ours": dict(policy="cost-aware", k=3, extra=2)})]
 
 
 def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
@@ -226,7 +228,7 @@ def summarize(rows: list[dict]) -> list[str]:
         for set_name in sorted({r["set"] for r in rows}):
             group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
             best = {kind: max((r for r in group if r["config"].startswith(kind)), key=lambda r: r["tok_per_s"], default=None)
-                    for kind in ("ngram", "tetris", "sd", "goodput")}
+                    for kind in ("ngram", "tetris", "sd", "goodput", "cost-aware")}
             if best["ngram"] and best["tetris"]:
                 lines.append(f"B={batch} {set_name}: best tetris ({best['tetris']['config']}) / best built-in ngram "
                              f"({best['ngram']['config']}) = {best['tetris']['tok_per_s'] / best['ngram']['tok_per_s']:.3f}x")
@@ -243,7 +245,8 @@ def chart(rows: list[dict], path: Path) -> None:
 
     groups = sorted({(r["max_num_seqs"], r["set"]) for r in rows})
     fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups)), squeeze=False)
-    colors = {"none": "grey", "ngram": "tab:blue", "sd": "tab:orange", "tetris": "tab:green", "goodput": "tab:red"}
+    colors = {"none": "grey", "ngram": "tab:blue", "sd": "tab:orange", "tetris": "tab:green", "goodput": "tab:red",
+              "cost-aware": "tab:purple"}
     for ax, (batch, set_name) in zip(axes[:, 0], groups):
         group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
         ax.bar([r["config"] for r in group], [r["speedup"] for r in group],
