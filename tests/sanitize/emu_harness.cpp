@@ -1,10 +1,10 @@
-// Checks of the CPU emulation harness itself (csrc/emu/): barriers, warp shuffles and votes,
+// Checks of the CPU emulation harness itself (csrc/emulator/): barriers, warp shuffles and votes,
 // static and dynamic shared memory, atomics, multi-dimensional indices, and that misuse (a
 // barrier only part of the block reaches, a shuffle reading outside its mask, ...) stops the
 // launch with a clear message instead of hanging. Built and run by
 // tests/test_emulation_harness.py, and under ASan/UBSan by tests/test_sanitizers.py.
 // Prints "ok <check>" per check; exits non-zero on the first failure.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/backend.cuh"
+#include "kernel_common/backend.cuh"
 
 namespace tetris::TETRIS_KERNEL_NS {
 

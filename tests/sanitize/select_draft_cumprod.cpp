@@ -5,10 +5,10 @@
 // shared-memory and the global-workspace paths of select. Every launch also runs with the
 // threads of each block in reverse order and must give the same bytes (no races).
 // Buffers are sized exactly, so that ASan sees one element past the end.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/draft_cumprod.cuh"
-#include "kernels/select.cuh"
+#include "ops/draft_cumprod/kernel.cuh"
+#include "ops/select/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>

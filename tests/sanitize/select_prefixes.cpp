@@ -5,9 +5,9 @@
 // int32 and int64 lengths, and both the shared-memory and the global-workspace paths. Every
 // launch also runs with the threads in reverse order and must give the same lengths (no races).
 // Buffers are sized exactly, so that ASan sees one element past the end.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/select_prefixes.cuh"
+#include "ops/select_prefixes/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>

@@ -9,11 +9,11 @@
 // any input (slots in order, paths that follow slot_parent, the packed mask equal to the dense
 // one, tokens in range), and small worked examples for their exact values.
 // Prints "ok <check>" per group; exits non-zero if any check failed.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/tree_mask.cuh"
-#include "kernels/verify_greedy.cuh"
-#include "kernels/verify_sampling.cuh"
+#include "ops/tree_mask/kernel.cuh"
+#include "ops/verify_greedy/kernel.cuh"
+#include "ops/verify_sampling/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>

@@ -1,0 +1,33 @@
+// draft_cumprod on a device: parameters and the launchers (host-includable, no device code).
+// The kernels are in draft_cumprod.cuh; the torch-facing launcher is csrc/ops/draft_cumprod/device_launcher.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "host_device/index_matrix.h"
+#include "kernel_common/tags.h"
+
+namespace tetris {
+
+struct DraftCumprodParams {
+  // logits [B, N, V], any strides (in elements).
+  const void* logits = nullptr;
+  FloatType logits_type = FloatType::kFloat32;
+  int64_t B = 0, N = 0, V = 0;
+  int64_t logits_stride[3] = {0, 0, 0};
+  IndexMatrix tokens;   // [B, N]
+  IndexMatrix parents;  // [B, N], or absent for chains (parent of n is n - 1)
+  float inverse_temperature = 1.0f;
+  // Outputs, contiguous [B, N] float32.
+  float* token_logprobs = nullptr;
+  float* cum_logprobs = nullptr;
+  // Workspace of B * N bytes: whether each candidate's path from the root is valid.
+  uint8_t* on_valid_path = nullptr;
+};
+
+// Two launches on `stream`: token log-probabilities (a block per row), then the sums along
+// the paths (a thread per request). Requires B * N > 0.
+void launch_draft_cumprod(CudaTag, const DraftCumprodParams& params, void* stream);
+void launch_draft_cumprod(EmuTag, const DraftCumprodParams& params, void* stream);
+
+}  // namespace tetris

@@ -1,0 +1,34 @@
+// select on a device: parameters and the launchers (host-includable, no device code).
+// The kernel is in select.cuh; the torch-facing launcher is csrc/ops/select/device_launcher.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "host_device/index_matrix.h"
+#include "kernel_common/tags.h"
+
+namespace tetris {
+
+struct SelectParams {
+  const float* scores = nullptr;  // [B, N], any strides (in elements)
+  int64_t B = 0, N = 0;
+  int64_t scores_stride[2] = {0, 0};
+  IndexMatrix parents;  // [B, N], or absent for chains (parent of n is n - 1)
+  IndexMatrix caps;     // max_per_request [B], or absent (no per-request cap)
+  uint32_t min_key = 0;  // smallest eligible score key (select_min_eligible_key)
+  int64_t budget = 0;
+  // Outputs, contiguous: selected [B, N], counts [B].
+  bool* selected = nullptr;
+  int32_t* counts = nullptr;
+  // Workspace of select_workspace_words(B, N) 32-bit words, used when the keys do not fit in
+  // shared memory.
+  uint32_t* workspace = nullptr;
+};
+
+inline int64_t select_workspace_words(int64_t B, int64_t N) { return 2 * B * N; }
+
+// One launch on `stream` (a single block). Requires 0 < B * N < 2^31.
+void launch_select(CudaTag, const SelectParams& params, void* stream);
+void launch_select(EmuTag, const SelectParams& params, void* stream);
+
+}  // namespace tetris

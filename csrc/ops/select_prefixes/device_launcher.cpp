@@ -1,0 +1,59 @@
+// select_prefixes on CUDA (tetris::select_prefixes) and through the emulation harness
+// (tetris_emu::select_prefixes): checks the arguments exactly as the CPU op does, allocates the
+// workspace (used when the keys do not fit in shared memory; its size comes from the shapes), and
+// launches csrc/ops/select_prefixes/kernel.cuh, which writes `lengths` in place.
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include "ops/select_prefixes/checks.h"
+#include "common/device_launch.h"
+#include "ops/select_prefixes/params.h"
+
+namespace tetris {
+namespace {
+
+template <class Tag>
+void select_prefixes_device(const at::Tensor& probs, const at::Tensor& rows,
+                            const at::Tensor& lengths, int64_t budget) {
+  check_select_prefixes_args(probs, rows, lengths, budget);
+  const c10::DeviceGuard guard(probs.device());
+  const int64_t B = rows.size(0), S = probs.size(1);
+  if (B == 0) return;
+  if (S == 0) {
+    lengths.zero_();  // no position to select
+    return;
+  }
+  // One key per position; from the caching allocator (no host synchronisation, capture-safe).
+  at::Tensor workspace = at::empty({B * S}, probs.options().dtype(at::kInt));
+
+  SelectPrefixesParams p;
+  p.probs = probs.data_ptr<float>();
+  p.R = probs.size(0);
+  p.S = S;
+  p.probs_stride[0] = probs.stride(0);
+  p.probs_stride[1] = probs.stride(1);
+  p.rows = index_matrix(rows);
+  p.B = B;
+  p.budget = budget;
+  p.lengths = lengths.data_ptr();
+  p.lengths_int64 = lengths.scalar_type() == at::kLong;
+  p.lengths_stride = lengths.stride(0);
+  p.workspace = reinterpret_cast<uint32_t*>(workspace.data_ptr<int32_t>());
+  launch_select_prefixes(Tag{}, p, launch_stream(Tag{}, probs));
+  check_launch(Tag{});
+}
+
+}  // namespace
+
+#ifdef TETRIS_WITH_CUDA
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select_prefixes", &select_prefixes_device<CudaTag>); }
+#endif
+
+#ifdef TETRIS_EMULATION
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
+  m.impl("select_prefixes", &select_prefixes_device<EmuTag>);
+}
+#endif
+
+}  // namespace tetris

@@ -1,0 +1,32 @@
+// select_prefixes on a device: parameters and the launchers (host-includable, no device code).
+// The kernel is in select_prefixes.cuh; the torch-facing launcher is
+// csrc/ops/select_prefixes/device_launcher.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "host_device/index_matrix.h"
+#include "kernel_common/tags.h"
+
+namespace tetris {
+
+struct SelectPrefixesParams {
+  const float* probs = nullptr;  // [R, S], any strides (in elements)
+  int64_t R = 0, S = 0;
+  int64_t probs_stride[2] = {0, 0};
+  IndexMatrix rows;  // [B]: the row of probs of each request (any value: checked per request)
+  int64_t B = 0;
+  int64_t budget = 0;
+  // lengths [B], read (caps) and then written (selected prefix lengths) in place.
+  void* lengths = nullptr;
+  bool lengths_int64 = false;
+  int64_t lengths_stride = 0;
+  // Workspace of B * S 32-bit words, used when the keys do not fit in shared memory.
+  uint32_t* workspace = nullptr;
+};
+
+// One launch on `stream` (a single block). Requires 0 < B * S < 2^31.
+void launch_select_prefixes(CudaTag, const SelectPrefixesParams& params, void* stream);
+void launch_select_prefixes(EmuTag, const SelectPrefixesParams& params, void* stream);
+
+}  // namespace tetris
