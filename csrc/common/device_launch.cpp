@@ -1,6 +1,11 @@
-// The CUDA-only part of csrc/common/device_launch.h (the emulator needs none of it), and the flag
-// that says whether this library has the CUDA kernels.
+// The stream and launch check of csrc/common/device_launch.h (CUDA needs them; the emulator
+// does not), and the flag that says whether this library has the CUDA kernels.
 #include "common/device_launch.h"
+
+#ifdef TETRIS_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 // Read through ctypes by tetris_ext.BUILT_WITH_CUDA (python/tetris_ext/__init__.py), so that
 // tests can require a CUDA kernel for every op exactly when the build compiled them. Builds
@@ -13,17 +18,19 @@ extern "C" int tetris_ext_built_with_cuda() {
 #endif
 }
 
-#ifdef TETRIS_WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
 namespace tetris {
 
-void* launch_stream(CudaTag, const at::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+void* launch_stream(const at::Tensor& t) {
+#ifdef TETRIS_WITH_CUDA
+  if (t.is_cuda()) return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+#endif
+  return nullptr;
 }
 
-void check_launch(CudaTag) { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+void check_launch(const at::Tensor& t) {
+#ifdef TETRIS_WITH_CUDA
+  if (t.is_cuda()) C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
 
 }  // namespace tetris
-#endif

@@ -1,5 +1,5 @@
-// What the torch-facing launchers (csrc/ops/<op>/device_launcher.cpp) need from torch for each backend:
-// the stream to launch on, the check after a launch, and views of tensors as kernel params.
+// What the torch-facing device launchers (csrc/ops/<op>/device_launcher.cpp) share: views of
+// tensors as kernel params, and one launch of a backend's kernels on the caller's stream.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,20 +7,28 @@
 #include <optional>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
-// The current CUDA stream of the device of `t` (c10::cuda::getCurrentCUDAStream), so that
-// the kernels order with the caller's work and CUDA graph capture records them.
-void* launch_stream(CudaTag, const at::Tensor& t);
-// The emulator runs a launch to completion on the calling thread: no stream.
-inline void* launch_stream(EmuTag, const at::Tensor&) { return nullptr; }
+// One op's kernels on one backend: launch_<op>_cuda or launch_<op>_emulated (params.h).
+template <class Params>
+using KernelLauncher = void (*)(const Params& params, void* stream);
 
-// Raises the error of the launches just made, if any (C10_CUDA_KERNEL_LAUNCH_CHECK). The
-// emulator throws from the launch itself.
-void check_launch(CudaTag);
-inline void check_launch(EmuTag) {}
+// The stream a launch for `t` goes on: for a CUDA tensor torch's current stream of its device
+// (c10::cuda::getCurrentCUDAStream), so that the kernels order with the caller's work and CUDA
+// graph capture records them; for a CPU tensor (the emulator runs a launch to completion on the
+// calling thread) none.
+void* launch_stream(const at::Tensor& t);
+// Raises the error of the launches just made for `t`, if any (C10_CUDA_KERNEL_LAUNCH_CHECK; the
+// emulator throws from the launch itself).
+void check_launch(const at::Tensor& t);
+
+// Launches `launch` on the stream of `t`'s device and raises its launch error.
+template <class Params>
+void launch_kernels(KernelLauncher<Params> launch, const Params& params, const at::Tensor& t) {
+  launch(params, launch_stream(t));
+  check_launch(t);
+}
 
 // An int32/int64 index tensor (validated by the caller), or absent.
 inline IndexMatrix index_matrix(const std::optional<at::Tensor>& t) {

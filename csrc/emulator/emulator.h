@@ -21,11 +21,9 @@
 #include "emulator/intrinsics.h"
 #include "emulator/types.h"
 #include "emulator/warp.h"
-#include "kernel_common/tags.h"
 
 #define TETRIS_EMU_BUILD 1
 #define TETRIS_KERNEL_NS emu
-#define TETRIS_BACKEND_TAG ::tetris::EmuTag
 
 // CUDA's declaration specifiers. Kernels are `inline` so that a kernel header may be
 // included by several translation units (the library's and a sanitizer driver's).

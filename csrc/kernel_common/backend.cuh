@@ -1,13 +1,13 @@
-// What kernel source sees of the machine it runs on. Kernel headers (csrc/ops/*/kernel.cuh)
+// What kernel source sees of the machine it runs on. Kernel headers (csrc/ops/<op>/kernel.cuh)
 // include this and nothing backend-specific, so the same text compiles
-//   - under nvcc, for the GPU (csrc/ops/*/kernel.cu), into namespace tetris::cuda, and
-//   - under the host compiler with the CPU emulation harness (csrc/ops/*/kernel_emulated.cpp, which include
-//     emulator/emulator.h first), into namespace tetris::emu.
-// Each launcher is a plain function `launch_<op>(TETRIS_BACKEND_TAG, const Params&, void* stream)`
-// declared in csrc/ops/<op>/params.h and defined once per backend by the .cu / emu .cpp that
-// includes the kernel header. Both backends provide:
+//   - under nvcc, for the GPU (csrc/ops/<op>/kernel.cu), into namespace tetris::cuda, and
+//   - under the host compiler with the CPU emulator (csrc/ops/<op>/kernel_emulated.cpp, which
+//     includes emulator/emulator.h first), into namespace tetris::emu.
+// The two namespaces keep the two compilations of one kernel apart in one library. Each
+// kernel header ends with `launch_<op>(const Params&, void* stream)` in that namespace; kernel.cu
+// and kernel_emulated.cpp wrap it as the named entry points launch_<op>_cuda and
+// launch_<op>_emulated that params.h declares. Both backends provide:
 //   TETRIS_KERNEL_NS           cuda | emu
-//   TETRIS_BACKEND_TAG         ::tetris::CudaTag | ::tetris::EmuTag
 //   TETRIS_DYNAMIC_SMEM(T)     T* to the launch's dynamic shared memory
 //   TETRIS_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
 //                              the launch on `stream` (a kernel name with template arguments
@@ -17,7 +17,6 @@
 #pragma once
 
 #include "host_device/host_device.h"
-#include "kernel_common/tags.h"
 
 #if defined(__CUDACC__)
 #include <cuda_runtime.h>
@@ -30,7 +29,6 @@
 #include <vector>
 
 #define TETRIS_KERNEL_NS cuda
-#define TETRIS_BACKEND_TAG ::tetris::CudaTag
 
 namespace tetris::cuda {
 

@@ -20,7 +20,6 @@
 namespace {
 
 using tetris::DraftCumprodParams;
-using tetris::EmuTag;
 using tetris::FloatType;
 using tetris::IndexMatrix;
 using tetris::SelectParams;
@@ -113,7 +112,7 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
     p.token_logprobs = token_logprobs.data();
     p.cum_logprobs = cum.data();
     p.on_valid_path = on_valid_path.data();
-    tetris::launch_draft_cumprod(EmuTag{}, p, nullptr);
+    tetris::emu::launch_draft_cumprod(p, nullptr);
     for (int64_t i = 0; i < B * N; ++i) check(!(token_logprobs[i] > 0), "log-probabilities <= 0");
     std::vector<uint8_t> bytes(8 * B * N);
     std::memcpy(bytes.data(), token_logprobs.data(), 4 * B * N);
@@ -147,7 +146,7 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
     p.selected = reinterpret_cast<bool*>(selected.data());
     p.counts = counts.data();
     p.workspace = workspace.data();
-    tetris::launch_select(EmuTag{}, p, nullptr);
+    tetris::emu::launch_select(p, nullptr);
     int64_t total = 0;
     for (int64_t b = 0; b < B; ++b) total += counts[b];
     check(total <= budget, "select: no more than the budget");

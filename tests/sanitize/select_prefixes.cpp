@@ -39,7 +39,7 @@ std::vector<Length> run(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t
   p.lengths_int64 = sizeof(Length) == 8;
   p.lengths_stride = 1;
   p.workspace = workspace.data();
-  tetris::launch_select_prefixes(tetris::EmuTag{}, p, nullptr);
+  tetris::emu::launch_select_prefixes(p, nullptr);
   return lengths;
 }
 

@@ -24,7 +24,6 @@
 
 namespace {
 
-using tetris::EmuTag;
 using tetris::IndexMatrix;
 using tetris::emu_rt::Schedule;
 
@@ -123,7 +122,7 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     p.slot_parent = slot_parent.data();
     p.positions = positions.data();
     p.mask = reinterpret_cast<bool*>(mask.data());
-    tetris::launch_tree_mask(EmuTag{}, p, nullptr);
+    tetris::emu::launch_tree_mask(p, nullptr);
     Bytes bytes;
     bytes.add(slot_index);
     bytes.add(slot_parent);
@@ -139,7 +138,7 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     p.cu_seqlens = cu_seqlens.data();
     p.packed_mask = packed.data();
     if (B == 0) cu_seqlens[0] = 0;  // as the torch launcher does
-    tetris::launch_tree_mask_packed(EmuTag{}, p, nullptr);
+    tetris::emu::launch_tree_mask_packed(p, nullptr);
     Bytes bytes;
     bytes.add(cu_seqlens);
     bytes.add(packed);
@@ -207,7 +206,7 @@ void tree_mask_example() {
   p.slot_parent = slot_parent.data();
   p.positions = positions.data();
   p.mask = reinterpret_cast<bool*>(mask.data());
-  tetris::launch_tree_mask(EmuTag{}, p, nullptr);
+  tetris::emu::launch_tree_mask(p, nullptr);
   check(slot_index == std::vector<int64_t>{-1, 0, 1, 4, -1, -1}, "tree_mask example: slot_index");
   check(slot_parent == std::vector<int64_t>{-1, 0, 1, 2, -1, -1}, "tree_mask example: slot_parent");
   check(positions == std::vector<int64_t>{10, 11, 12, 13, 10, 10}, "tree_mask example: positions");
@@ -278,7 +277,7 @@ void verify_greedy(int64_t B, int64_t M) {
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();
     p.out_tokens = out.data();
-    tetris::launch_verify_greedy(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_greedy(p, nullptr);
     Bytes bytes;
     bytes.add(accepted);
     bytes.add(num);
@@ -360,7 +359,7 @@ void verify_sampling(int64_t B, int64_t M, int64_t V, bool draft, int64_t stride
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();
     p.out_tokens = out.data();
-    tetris::launch_verify_sampling(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_sampling(p, nullptr);
     Bytes bytes;
     bytes.add(accepted);
     bytes.add(num);
@@ -396,7 +395,7 @@ void verify_examples() {
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();
     p.out_tokens = out.data();
-    tetris::launch_verify_greedy(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_greedy(p, nullptr);
     check(num[0] == 2 && accepted == std::vector<int64_t>{1, 3, -1, -1} &&
               out == std::vector<int64_t>{5, 9, 4, -1},
           "verify_greedy example");
@@ -436,7 +435,7 @@ void verify_examples() {
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();
     p.out_tokens = out.data();
-    tetris::launch_verify_sampling(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_sampling(p, nullptr);
     if (draft)  // slot 1 accepted; leaf: bonus from target[1] = [1, 0, 0, 0] -> 0
       check(num[0] == 1 && accepted[0] == 1 && out == std::vector<int64_t>{0, 0, -1},
             "verify_sampling example (drafted)");

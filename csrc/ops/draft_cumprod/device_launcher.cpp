@@ -24,8 +24,8 @@ FloatType float_type(const at::Tensor& t) {
   }
 }
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor> draft_cumprod_device(const at::Tensor& logits,
+template <KernelLauncher<DraftCumprodParams> launch>
+std::tuple<at::Tensor, at::Tensor> draft_cumprod_on_device(const at::Tensor& logits,
                                                         const at::Tensor& tokens,
                                                         const std::optional<at::Tensor>& parents,
                                                         double temperature) {
@@ -51,19 +51,18 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_device(const at::Tensor& logits
   p.token_logprobs = token_logprobs.data_ptr<float>();
   p.cum_logprobs = cum_logprobs.data_ptr<float>();
   p.on_valid_path = on_valid_path.data_ptr<uint8_t>();
-  launch_draft_cumprod(Tag{}, p, launch_stream(Tag{}, logits));
-  check_launch(Tag{});
+  launch_kernels(launch, p, logits);
   return {token_logprobs, cum_logprobs};
 }
 
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("draft_cumprod", &draft_cumprod_device<CudaTag>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_cuda>); }
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("draft_cumprod", &draft_cumprod_device<EmuTag>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_emulated>); }
 #endif
 
 }  // namespace tetris

@@ -130,12 +130,9 @@ inline void launch_token_logprobs(const DraftCumprodParams& p, void* stream) {
   }
 }
 
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_draft_cumprod(TETRIS_BACKEND_TAG, const DraftCumprodParams& p, void* stream) {
-  using namespace TETRIS_KERNEL_NS;
+// The launcher, compiled once per backend: kernel.cu wraps it as launch_draft_cumprod_cuda,
+// kernel_emulated.cpp as launch_draft_cumprod_emulated (both declared in params.h).
+inline void launch_draft_cumprod(const DraftCumprodParams& p, void* stream) {
   switch (p.logits_type) {
     case FloatType::kFloat32: launch_token_logprobs<FloatType::kFloat32>(p, stream); break;
     case FloatType::kFloat16: launch_token_logprobs<FloatType::kFloat16>(p, stream); break;
@@ -146,4 +143,4 @@ void launch_draft_cumprod(TETRIS_BACKEND_TAG, const DraftCumprodParams& p, void*
   TETRIS_LAUNCH(cumulate_paths_kernel, grid, kThreads, 0, stream, p);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

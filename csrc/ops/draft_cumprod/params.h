@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -27,7 +26,7 @@ struct DraftCumprodParams {
 
 // Two launches on `stream`: token log-probabilities (a block per row), then the sums along
 // the paths (a thread per request). Requires B * N > 0.
-void launch_draft_cumprod(CudaTag, const DraftCumprodParams& params, void* stream);
-void launch_draft_cumprod(EmuTag, const DraftCumprodParams& params, void* stream);
+void launch_draft_cumprod_cuda(const DraftCumprodParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_draft_cumprod_emulated(const DraftCumprodParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

@@ -15,8 +15,8 @@
 namespace tetris {
 namespace {
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor> select_device(const at::Tensor& scores, int64_t budget,
+template <KernelLauncher<SelectParams> launch>
+std::tuple<at::Tensor, at::Tensor> select_on_device(const at::Tensor& scores, int64_t budget,
                                                  const std::optional<at::Tensor>& parents,
                                                  const std::optional<at::Tensor>& max_per_request,
                                                  std::optional<double> min_score) {
@@ -45,19 +45,18 @@ std::tuple<at::Tensor, at::Tensor> select_device(const at::Tensor& scores, int64
   p.selected = selected.data_ptr<bool>();
   p.counts = counts.data_ptr<int32_t>();
   p.workspace = reinterpret_cast<uint32_t*>(workspace.data_ptr<int32_t>());
-  launch_select(Tag{}, p, launch_stream(Tag{}, scores));
-  check_launch(Tag{});
+  launch_kernels(launch, p, scores);
   return {selected, counts};
 }
 
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select", &select_device<CudaTag>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select", &select_on_device<launch_select_cuda>); }
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("select", &select_device<EmuTag>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("select", &select_on_device<launch_select_emulated>); }
 #endif
 
 }  // namespace tetris

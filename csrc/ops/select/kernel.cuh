@@ -154,16 +154,13 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
   }
 }
 
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_select(TETRIS_BACKEND_TAG, const SelectParams& p, void* stream) {
-  using namespace TETRIS_KERNEL_NS;
+// The launcher, compiled once per backend: kernel.cu wraps it as launch_select_cuda,
+// kernel_emulated.cpp as launch_select_emulated (both declared in params.h).
+inline void launch_select(const SelectParams& p, void* stream) {
   const size_t key_bytes = static_cast<size_t>(select_workspace_words(p.B, p.N)) * sizeof(uint32_t);
   const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_kernel);
   TETRIS_LAUNCH(select_kernel, 1, kSelectThreads, keys_in_shared ? key_bytes : 0, stream, p,
                 keys_in_shared);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -28,7 +27,7 @@ struct SelectParams {
 inline int64_t select_workspace_words(int64_t B, int64_t N) { return 2 * B * N; }
 
 // One launch on `stream` (a single block). Requires 0 < B * N < 2^31.
-void launch_select(CudaTag, const SelectParams& params, void* stream);
-void launch_select(EmuTag, const SelectParams& params, void* stream);
+void launch_select_cuda(const SelectParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_select_emulated(const SelectParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

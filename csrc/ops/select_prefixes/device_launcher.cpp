@@ -13,8 +13,8 @@
 namespace tetris {
 namespace {
 
-template <class Tag>
-void select_prefixes_device(const at::Tensor& probs, const at::Tensor& rows,
+template <KernelLauncher<SelectPrefixesParams> launch>
+void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
                             const at::Tensor& lengths, int64_t budget) {
   check_select_prefixes_args(probs, rows, lengths, budget);
   const c10::DeviceGuard guard(probs.device());
@@ -40,19 +40,18 @@ void select_prefixes_device(const at::Tensor& probs, const at::Tensor& rows,
   p.lengths_int64 = lengths.scalar_type() == at::kLong;
   p.lengths_stride = lengths.stride(0);
   p.workspace = reinterpret_cast<uint32_t*>(workspace.data_ptr<int32_t>());
-  launch_select_prefixes(Tag{}, p, launch_stream(Tag{}, probs));
-  check_launch(Tag{});
+  launch_kernels(launch, p, probs);
 }
 
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select_prefixes", &select_prefixes_device<CudaTag>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_cuda>); }
 #endif
 
 #ifdef TETRIS_EMULATION
 TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("select_prefixes", &select_prefixes_device<EmuTag>);
+  m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_emulated>);
 }
 #endif
 

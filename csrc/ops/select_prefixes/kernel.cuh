@@ -82,16 +82,13 @@ __global__ void __launch_bounds__(kSelectPrefixesThreads)
   }
 }
 
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_select_prefixes(TETRIS_BACKEND_TAG, const SelectPrefixesParams& p, void* stream) {
-  using namespace TETRIS_KERNEL_NS;
+// The launcher, compiled once per backend: kernel.cu wraps it as launch_select_prefixes_cuda,
+// kernel_emulated.cpp as launch_select_prefixes_emulated (both declared in params.h).
+inline void launch_select_prefixes(const SelectPrefixesParams& p, void* stream) {
   const size_t key_bytes = static_cast<size_t>(p.B * p.S) * sizeof(uint32_t);
   const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_prefixes_kernel);
   TETRIS_LAUNCH(select_prefixes_kernel, 1, kSelectPrefixesThreads, keys_in_shared ? key_bytes : 0,
                 stream, p, keys_in_shared);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

@@ -6,7 +6,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -26,7 +25,7 @@ struct SelectPrefixesParams {
 };
 
 // One launch on `stream` (a single block). Requires 0 < B * S < 2^31.
-void launch_select_prefixes(CudaTag, const SelectPrefixesParams& params, void* stream);
-void launch_select_prefixes(EmuTag, const SelectPrefixesParams& params, void* stream);
+void launch_select_prefixes_cuda(const SelectPrefixesParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_select_prefixes_emulated(const SelectPrefixesParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

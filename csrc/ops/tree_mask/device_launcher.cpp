@@ -31,8 +31,8 @@ TreeMaskParams tree_mask_inputs(const at::Tensor& selected,
   return params;
 }
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_mask_device(
+template <KernelLauncher<TreeMaskParams> launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_mask_on_device(
     const at::Tensor& selected, const std::optional<at::Tensor>& parents,
     const at::Tensor& prefix_lens) {
   check_tree_mask_args("tree_mask", selected, parents, prefix_lens);
@@ -49,13 +49,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_mask_device(
   params.slot_parent = slot_parent.data_ptr<int64_t>();
   params.positions = positions.data_ptr<int64_t>();
   params.mask = mask.data_ptr<bool>();
-  launch_tree_mask(Tag{}, params, launch_stream(Tag{}, selected));
-  check_launch(Tag{});
+  launch_kernels(launch, params, selected);
   return {slot_index, slot_parent, positions, mask};
 }
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor> tree_mask_packed_device(
+template <KernelLauncher<TreeMaskParams> launch>
+std::tuple<at::Tensor, at::Tensor> tree_mask_packed_on_device(
     const at::Tensor& selected, const std::optional<at::Tensor>& parents,
     const at::Tensor& prefix_lens) {
   check_tree_mask_packed_args(selected, parents, prefix_lens);
@@ -78,8 +77,7 @@ std::tuple<at::Tensor, at::Tensor> tree_mask_packed_device(
   params.slot_parent = slot_parent.data_ptr<int64_t>();
   params.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
   params.packed_mask = packed_mask.data_ptr<uint8_t>();
-  launch_tree_mask_packed(Tag{}, params, launch_stream(Tag{}, selected));
-  check_launch(Tag{});
+  launch_kernels(launch, params, selected);
   return {cu_seqlens, packed_mask};
 }
 
@@ -87,15 +85,15 @@ std::tuple<at::Tensor, at::Tensor> tree_mask_packed_device(
 
 #ifdef TETRIS_WITH_CUDA
 TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("tree_mask", &tree_mask_device<CudaTag>);
-  m.impl("tree_mask_packed", &tree_mask_packed_device<CudaTag>);
+  m.impl("tree_mask", &tree_mask_on_device<launch_tree_mask_cuda>);
+  m.impl("tree_mask_packed", &tree_mask_packed_on_device<launch_tree_mask_packed_cuda>);
 }
 #endif
 
 #ifdef TETRIS_EMULATION
 TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("tree_mask", &tree_mask_device<EmuTag>);
-  m.impl("tree_mask_packed", &tree_mask_packed_device<EmuTag>);
+  m.impl("tree_mask", &tree_mask_on_device<launch_tree_mask_emulated>);
+  m.impl("tree_mask_packed", &tree_mask_packed_on_device<launch_tree_mask_packed_emulated>);
 }
 #endif
 

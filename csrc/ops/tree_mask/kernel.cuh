@@ -162,20 +162,18 @@ inline unsigned threads_covering(int64_t work, unsigned cap) {
 }
 
 }  // namespace tree_mask_kernels
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_tree_mask(TETRIS_BACKEND_TAG, const TreeMaskParams& params, void* stream) {
-  namespace k = TETRIS_KERNEL_NS::tree_mask_kernels;
+// The launchers, compiled once per backend: kernel.cu wraps them as launch_<name>_cuda,
+// kernel_emulated.cpp as launch_<name>_emulated (declared in params.h).
+inline void launch_tree_mask(const TreeMaskParams& params, void* stream) {
+  namespace k = tree_mask_kernels;
   if (params.batch == 0) return;
   const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::BoolRows>), dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
 }
 
-void launch_tree_mask_packed(TETRIS_BACKEND_TAG, const TreeMaskParams& params, void* stream) {
-  namespace k = TETRIS_KERNEL_NS::tree_mask_kernels;
+inline void launch_tree_mask_packed(const TreeMaskParams& params, void* stream) {
+  namespace k = tree_mask_kernels;
   if (params.batch == 0) return;  // cu_seqlens = [0] is written by the caller
   const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::PackedRows>), dim3(static_cast<unsigned>(params.batch)),
@@ -185,4 +183,4 @@ void launch_tree_mask_packed(TETRIS_BACKEND_TAG, const TreeMaskParams& params, v
                 params.cu_seqlens, params.batch);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

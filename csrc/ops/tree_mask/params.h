@@ -6,7 +6,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -32,9 +31,9 @@ struct TreeMaskParams {
 };
 
 // Both launch nothing when B = 0 (N = 0 still has the root slot, so it does launch).
-void launch_tree_mask(CudaTag, const TreeMaskParams& params, void* stream);
-void launch_tree_mask(EmuTag, const TreeMaskParams& params, void* stream);
-void launch_tree_mask_packed(CudaTag, const TreeMaskParams& params, void* stream);
-void launch_tree_mask_packed(EmuTag, const TreeMaskParams& params, void* stream);
+void launch_tree_mask_cuda(const TreeMaskParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_tree_mask_emulated(const TreeMaskParams& params, void* stream);  // kernel_emulated.cpp
+void launch_tree_mask_packed_cuda(const TreeMaskParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_tree_mask_packed_emulated(const TreeMaskParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

@@ -15,8 +15,8 @@
 namespace tetris {
 namespace {
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_device(
+template <KernelLauncher<VerifyGreedyParams> launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_on_device(
     const at::Tensor& slot_tokens, const at::Tensor& slot_parent, const at::Tensor& target_tokens) {
   check_verify_greedy_args(slot_tokens, slot_parent, target_tokens);
   const c10::DeviceGuard guard(slot_tokens.device());
@@ -35,19 +35,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_device(
   params.accepted_slots = accepted_slots.data_ptr<int64_t>();
   params.num_accepted = num_accepted.data_ptr<int32_t>();
   params.out_tokens = out_tokens.data_ptr<int64_t>();
-  launch_verify_greedy(Tag{}, params, launch_stream(Tag{}, slot_tokens));
-  check_launch(Tag{});
+  launch_kernels(launch, params, slot_tokens);
   return {accepted_slots, num_accepted, out_tokens};
 }
 
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("verify_greedy", &verify_greedy_device<CudaTag>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_cuda>); }
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("verify_greedy", &verify_greedy_device<EmuTag>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_emulated>); }
 #endif
 
 }  // namespace tetris

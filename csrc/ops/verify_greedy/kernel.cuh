@@ -37,16 +37,14 @@ __global__ void __launch_bounds__(kMaxThreads) verify_greedy_kernel(VerifyGreedy
 }
 
 }  // namespace verify_greedy_kernels
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_verify_greedy(TETRIS_BACKEND_TAG, const VerifyGreedyParams& params, void* stream) {
-  namespace k = TETRIS_KERNEL_NS::verify_greedy_kernels;
+// The launcher, compiled once per backend: kernel.cu wraps it as launch_verify_greedy_cuda,
+// kernel_emulated.cpp as launch_verify_greedy_emulated (both declared in params.h).
+inline void launch_verify_greedy(const VerifyGreedyParams& params, void* stream) {
+  namespace k = verify_greedy_kernels;
   if (params.batch == 0) return;
-  const unsigned threads = TETRIS_KERNEL_NS::verify_walk::threads_for(params.slots, k::kMaxThreads);
+  const unsigned threads = verify_walk::threads_for(params.slots, k::kMaxThreads);
   TETRIS_LAUNCH(k::verify_greedy_kernel, dim3(static_cast<unsigned>(params.batch)), dim3(threads),
                 0, stream, params);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -23,7 +22,7 @@ struct VerifyGreedyParams {
 };
 
 // Launches nothing when B = 0.
-void launch_verify_greedy(CudaTag, const VerifyGreedyParams& params, void* stream);
-void launch_verify_greedy(EmuTag, const VerifyGreedyParams& params, void* stream);
+void launch_verify_greedy_cuda(const VerifyGreedyParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_verify_greedy_emulated(const VerifyGreedyParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

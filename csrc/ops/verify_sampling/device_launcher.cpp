@@ -16,8 +16,8 @@
 namespace tetris {
 namespace {
 
-template <class Tag>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_device(
+template <KernelLauncher<VerifySamplingParams> launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_on_device(
     const at::Tensor& slot_tokens, const at::Tensor& slot_parent, const at::Tensor& target_probs,
     const std::optional<at::Tensor>& draft_probs, const at::Tensor& uniforms) {
   check_verify_sampling_args(slot_tokens, slot_parent, target_probs, draft_probs, uniforms);
@@ -55,8 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_device(
   params.accepted_slots = accepted_slots.data_ptr<int64_t>();
   params.num_accepted = num_accepted.data_ptr<int32_t>();
   params.out_tokens = out_tokens.data_ptr<int64_t>();
-  launch_verify_sampling(Tag{}, params, launch_stream(Tag{}, slot_tokens));
-  check_launch(Tag{});
+  launch_kernels(launch, params, slot_tokens);
   return {accepted_slots, num_accepted, out_tokens};
 }
 
@@ -64,13 +63,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_device(
 
 #ifdef TETRIS_WITH_CUDA
 TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("verify_sampling", &verify_sampling_device<CudaTag>);
+  m.impl("verify_sampling", &verify_sampling_on_device<launch_verify_sampling_cuda>);
 }
 #endif
 
 #ifdef TETRIS_EMULATION
 TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("verify_sampling", &verify_sampling_device<EmuTag>);
+  m.impl("verify_sampling", &verify_sampling_on_device<launch_verify_sampling_emulated>);
 }
 #endif
 

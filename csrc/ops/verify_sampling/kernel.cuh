@@ -190,18 +190,16 @@ __global__ void __launch_bounds__(kMaxThreads) verify_sampling_kernel(VerifySamp
 }
 
 }  // namespace verify_sampling_kernels
-}  // namespace tetris::TETRIS_KERNEL_NS
-
-namespace tetris {
-
-void launch_verify_sampling(TETRIS_BACKEND_TAG, const VerifySamplingParams& params, void* stream) {
-  namespace k = TETRIS_KERNEL_NS::verify_sampling_kernels;
+// The launcher, compiled once per backend: kernel.cu wraps it as launch_verify_sampling_cuda,
+// kernel_emulated.cpp as launch_verify_sampling_emulated (both declared in params.h).
+inline void launch_verify_sampling(const VerifySamplingParams& params, void* stream) {
+  namespace k = verify_sampling_kernels;
   if (params.batch == 0) return;
   // Enough threads for one tile to cover the vocabulary, up to kMaxThreads.
   const int64_t chunks = (params.vocab + k::kPerThread - 1) / k::kPerThread;
-  const unsigned threads = TETRIS_KERNEL_NS::verify_walk::threads_for(chunks, k::kMaxThreads);
+  const unsigned threads = verify_walk::threads_for(chunks, k::kMaxThreads);
   TETRIS_LAUNCH(k::verify_sampling_kernel, dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
 }
 
-}  // namespace tetris
+}  // namespace tetris::TETRIS_KERNEL_NS

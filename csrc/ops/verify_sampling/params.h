@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "host_device/index_matrix.h"
-#include "kernel_common/tags.h"
 
 namespace tetris {
 
@@ -34,7 +33,7 @@ struct VerifySamplingParams {
 };
 
 // Launches nothing when B = 0.
-void launch_verify_sampling(CudaTag, const VerifySamplingParams& params, void* stream);
-void launch_verify_sampling(EmuTag, const VerifySamplingParams& params, void* stream);
+void launch_verify_sampling_cuda(const VerifySamplingParams& params, void* stream);      // kernel.cu (nvcc)
+void launch_verify_sampling_emulated(const VerifySamplingParams& params, void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris
