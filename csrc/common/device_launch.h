@@ -4,9 +4,9 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <optional>
+#include <cstddef>
 
-#include "host_device/index_matrix.h"
+#include "common/index_tensors.h"
 
 namespace tetris {
 
@@ -30,15 +30,10 @@ void launch_kernels(KernelLauncher<Params> launch, const Params& params, const a
   check_launch(t);
 }
 
-// An int32/int64 index tensor (validated by the caller), or absent.
-inline IndexMatrix index_matrix(const std::optional<at::Tensor>& t) {
-  IndexMatrix m;
-  if (!t.has_value()) return m;
-  m.data = t->data_ptr();
-  m.is_int64 = t->scalar_type() == at::kLong;
-  m.stride0 = t->dim() > 0 ? t->stride(0) : 0;
-  m.stride1 = t->dim() > 1 ? t->stride(1) : 0;
-  return m;
+// The strides of `t` (in elements), for a params field `int64_t <name>_stride[D]` of a D-D tensor.
+template <size_t D>
+void copy_strides(const at::Tensor& t, int64_t (&stride)[D]) {
+  for (size_t d = 0; d < D; ++d) stride[d] = t.stride(static_cast<int64_t>(d));
 }
 
 }  // namespace tetris

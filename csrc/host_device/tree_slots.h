@@ -12,6 +12,9 @@ namespace tetris {
 // A candidate's parent index is valid when it is the root (-1) or an earlier candidate.
 TETRIS_HD bool parent_index_valid(int64_t parent, int64_t n) { return parent >= -1 && parent < n; }
 
+// A token id is valid when it indexes the vocabulary.
+TETRIS_HD bool token_in_vocab(int64_t token, int64_t vocab) { return token >= 0 && token < vocab; }
+
 // Without a parents tensor the candidates form a chain: n's parent is n - 1 (the root for n = 0).
 TETRIS_HD int64_t chain_parent(int64_t n) { return n - 1; }
 

@@ -27,6 +27,13 @@ __device__ __forceinline__ unsigned lane_id() { return threadIdx.x % kWarpSize; 
 __device__ __forceinline__ unsigned warp_id() { return threadIdx.x / kWarpSize; }
 __device__ __forceinline__ unsigned num_warps() { return blockDim.x / kWarpSize; }
 
+// Threads of a block for `work` items (slots, requests, chunks of tokens): whole warps covering
+// them, at least one warp, at most `cap` (a multiple of 32).
+inline unsigned threads_for(int64_t work, unsigned cap) {
+  const int64_t threads = (work + kWarpSize - 1) / kWarpSize * kWarpSize;
+  return static_cast<unsigned>(threads < kWarpSize ? kWarpSize : (threads > cap ? cap : threads));
+}
+
 // Neither infinite nor NaN (no <cmath> classification macros: they differ between nvcc and
 // the host compiler).
 __device__ __forceinline__ bool is_finite(float x) { return fabsf(x) < INFINITY; }

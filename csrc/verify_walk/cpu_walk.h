@@ -9,6 +9,7 @@
 
 #include <tuple>
 
+#include "common/index_tensors.h"
 #include "host_device/tree_slots.h"
 
 namespace tetris {
@@ -27,10 +28,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> walk_verification_blocks(
   at::Tensor accepted_slots = at::full({B, M}, -1, long_opts);
   at::Tensor num_accepted = at::zeros({B}, slot_tokens.options().dtype(at::kInt));
   at::Tensor out_tokens = at::full({B, M}, -1, long_opts);
-  const at::Tensor tokens64 = slot_tokens.to(at::kLong);
-  const at::Tensor parents64 = slot_parent.to(at::kLong);
-  const auto tokens = tokens64.accessor<int64_t, 2>();
-  const auto parents = parents64.accessor<int64_t, 2>();
+  const IndexMatrix tokens = index_matrix(slot_tokens);
+  const IndexMatrix parents = index_matrix(slot_parent);
   int64_t* accepted_out = accepted_slots.data_ptr<int64_t>();
   int32_t* count_out = num_accepted.data_ptr<int32_t>();
   int64_t* token_out = out_tokens.data_ptr<int64_t>();
@@ -44,9 +43,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> walk_verification_blocks(
       // Children of `current` are later slots; after descending into s, the children of s are
       // later than s, so one pass over the slots visits every candidate once.
       for (int64_t s = current + 1; s < M; ++s) {
-        if (!is_child_slot(parents[b][s], s, current) || !walker.try_child(b, current, s)) continue;
+        if (!is_child_slot(parents(b, s), s, current) || !walker.try_child(b, current, s)) continue;
         accepted_out[b * M + count] = s;
-        token_out[b * M + count] = tokens[b][s];
+        token_out[b * M + count] = tokens(b, s);
         ++count;
         current = s;
         walker.enter(b, current);

@@ -91,12 +91,5 @@ __device__ void walk_verification_block(const Params& p, int64_t b, Walker& walk
   }
 }
 
-// Threads of a block for `work` items (slots, chunks of tokens): whole warps covering them,
-// at least one warp, at most `cap`.
-inline unsigned threads_for(int64_t work, unsigned cap) {
-  const int64_t threads = (work + 31) / 32 * 32;
-  return static_cast<unsigned>(threads < 32 ? 32 : (threads > cap ? cap : threads));
-}
-
 }  // namespace verify_walk
 }  // namespace tetris::TETRIS_KERNEL_NS

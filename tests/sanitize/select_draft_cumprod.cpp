@@ -100,9 +100,9 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
     DraftCumprodParams p;
     p.logits = logits.data() + offset;
     p.logits_type = type;
-    p.B = B;
-    p.N = N;
-    p.V = V;
+    p.batch = B;
+    p.candidates = N;
+    p.vocab = V;
     p.logits_stride[0] = N * row;
     p.logits_stride[1] = row;
     p.logits_stride[2] = stride;
@@ -135,8 +135,8 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
     std::vector<uint32_t> workspace(tetris::select_workspace_words(B, N));
     SelectParams p;
     p.scores = scores.data();
-    p.B = B;
-    p.N = N;
+    p.batch = B;
+    p.candidates = N;
     p.scores_stride[0] = N;
     p.scores_stride[1] = 1;
     if (tree) p.parents = matrix(parents, N);

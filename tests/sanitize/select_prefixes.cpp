@@ -28,12 +28,12 @@ std::vector<Length> run(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t
   std::vector<uint32_t> workspace(B * S);
   tetris::SelectPrefixesParams p;
   p.probs = probs.data();
-  p.R = R;
-  p.S = S;
+  p.prob_rows = R;
+  p.positions = S;
   p.probs_stride[0] = S * stride;
   p.probs_stride[1] = stride;
   p.rows = {rows.data(), false, 1, 0};
-  p.B = B;
+  p.batch = B;
   p.budget = budget;
   p.lengths = lengths.data();
   p.lengths_int64 = sizeof(Length) == 8;

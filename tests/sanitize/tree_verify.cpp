@@ -107,8 +107,8 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     p.batch = B;
     p.candidates = N;
     p.selected = reinterpret_cast<const bool*>(selected_storage.data());
-    p.selected_stride0 = 2 * N;
-    p.selected_stride1 = 2;
+    p.selected_stride[0] = 2 * N;
+    p.selected_stride[1] = 2;
     if (!chains) p.parents = parents.matrix();
     p.prefix_lens = {prefix.data(), false, 1, 0};
     return p;
@@ -198,8 +198,8 @@ void tree_mask_example() {
   p.batch = 1;
   p.candidates = N;
   p.selected = reinterpret_cast<const bool*>(selected);
-  p.selected_stride0 = N;
-  p.selected_stride1 = 1;
+  p.selected_stride[0] = N;
+  p.selected_stride[1] = 1;
   p.parents = {parents, true, N, 1};
   p.prefix_lens = {&prefix, true, 1, 0};
   p.slot_index = slot_index.data();
@@ -343,18 +343,18 @@ void verify_sampling(int64_t B, int64_t M, int64_t V, bool draft, int64_t stride
     p.slot_tokens = tokens.matrix();
     p.slot_parent = parents.matrix();
     p.target_probs = target.data();
-    p.target_stride0 = M * target.row;
-    p.target_stride1 = target.row;
-    p.target_stride2 = stride;
+    p.target_stride[0] = M * target.row;
+    p.target_stride[1] = target.row;
+    p.target_stride[2] = stride;
     if (draft) {
       p.draft_probs = drafts.data();
-      p.draft_stride0 = M * V;
-      p.draft_stride1 = V;
-      p.draft_stride2 = 1;
+      p.draft_stride[0] = M * V;
+      p.draft_stride[1] = V;
+      p.draft_stride[2] = 1;
     }
     p.uniforms = uniforms.data();
-    p.uniforms_stride0 = M;
-    p.uniforms_stride1 = 1;
+    p.uniforms_stride[0] = M;
+    p.uniforms_stride[1] = 1;
     p.scratch = scratch.data();
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();
@@ -419,18 +419,18 @@ void verify_examples() {
     p.slot_tokens = {tokens, false, 3, 1};
     p.slot_parent = {parents, false, 3, 1};
     p.target_probs = target;
-    p.target_stride0 = 12;
-    p.target_stride1 = 4;
-    p.target_stride2 = 1;
+    p.target_stride[0] = 12;
+    p.target_stride[1] = 4;
+    p.target_stride[2] = 1;
     if (draft) {
       p.draft_probs = q;
-      p.draft_stride0 = 12;
-      p.draft_stride1 = 4;
-      p.draft_stride2 = 1;
+      p.draft_stride[0] = 12;
+      p.draft_stride[1] = 4;
+      p.draft_stride[2] = 1;
     }
     p.uniforms = uniforms;
-    p.uniforms_stride0 = 3;
-    p.uniforms_stride1 = 1;
+    p.uniforms_stride[0] = 3;
+    p.uniforms_stride[1] = 1;
     p.scratch = scratch.data();
     p.accepted_slots = accepted.data();
     p.num_accepted = num.data();

@@ -19,7 +19,8 @@
 
 #include "ops/draft_cumprod/checks.h"
 #include "cpu_common/fast_exp.h"
-#include "cpu_common/index_view.h"
+#include "common/index_tensors.h"
+#include "cpu_common/parents.h"
 #include "cpu_common/multiversion.h"
 #include "host_device/bits.h"
 #include "host_device/half.h"
@@ -140,14 +141,14 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
 }
 
 template <class Parents>
-bool is_valid_candidate(const IndexView& tokens, const Parents& parents, int64_t b, int64_t n,
+bool is_valid_candidate(const IndexMatrix& tokens, const Parents& parents, int64_t b, int64_t n,
                         int64_t V) {
   const int64_t token = tokens(b, n);
-  return token >= 0 && token < V && is_valid_parent(parents(b, n), n);
+  return token_in_vocab(token, V) && parent_index_valid(parents(b, n), n);
 }
 
 template <at::ScalarType kType, class Parents>
-void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens, const Parents& parents,
+void token_logprobs_cpu(const at::Tensor& logits, const IndexMatrix& tokens, const Parents& parents,
                         float inv_t, float* out) {
   const int64_t N = logits.size(1);
   const int64_t V = logits.size(2);
@@ -172,7 +173,7 @@ void token_logprobs_cpu(const at::Tensor& logits, const IndexView& tokens, const
 // cum[b,n] = token_logprobs[b,n] + cum[b,parent]; -inf unless every candidate on the path
 // from the root is valid.
 template <class Parents>
-void cumulate_paths(const IndexView& tokens, const Parents& parents, int64_t B, int64_t N,
+void cumulate_paths(const IndexMatrix& tokens, const Parents& parents, int64_t B, int64_t N,
                     int64_t V, const float* token_logprobs, float* cum) {
   const int64_t grain = std::max<int64_t>(1, 4096 / N);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
@@ -204,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_cpu(const at::Tensor& logits,
   at::Tensor cum_logprobs = at::empty({B, N}, options);
   if (B * N == 0) return {token_logprobs, cum_logprobs};
 
-  const IndexView token_view(tokens);
+  const IndexMatrix token_view = index_matrix(tokens);
   const float inv_t = inverse_temperature(temperature);
   float* token_out = token_logprobs.data_ptr<float>();
   float* cum_out = cum_logprobs.data_ptr<float>();

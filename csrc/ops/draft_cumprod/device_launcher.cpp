@@ -41,10 +41,10 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_on_device(const at::Tensor& log
   DraftCumprodParams p;
   p.logits = logits.data_ptr();
   p.logits_type = float_type(logits);
-  p.B = B;
-  p.N = N;
-  p.V = V;
-  for (int d = 0; d < 3; ++d) p.logits_stride[d] = logits.stride(d);
+  p.batch = B;
+  p.candidates = N;
+  p.vocab = V;
+  copy_strides(logits, p.logits_stride);
   p.tokens = index_matrix(tokens);
   p.parents = index_matrix(parents);
   p.inverse_temperature = inverse_temperature(temperature);

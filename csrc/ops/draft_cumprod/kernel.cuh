@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "ops/draft_cumprod/logsumexp.h"
+#include "host_device/tree_slots.h"
 #include "kernel_common/primitives.cuh"
 #include "ops/draft_cumprod/params.h"
 
@@ -21,8 +22,8 @@ namespace tetris::TETRIS_KERNEL_NS {
 // The (b, n) candidate's own validity: its token is in [0, V) and its parent in [-1, n - 1].
 __device__ __forceinline__ bool candidate_is_valid(const DraftCumprodParams& p, int64_t b, int64_t n) {
   const int64_t token = p.tokens(b, n);
-  const int64_t parent = p.parents.present() ? p.parents(b, n) : n - 1;
-  return token >= 0 && token < p.V && parent >= -1 && parent < n;
+  const int64_t parent = p.parents.present() ? p.parents(b, n) : chain_parent(n);
+  return token_in_vocab(token, p.vocab) && parent_index_valid(parent, n);
 }
 
 // Online softmax normaliser: the largest raw logit seen and the sum of
@@ -76,7 +77,7 @@ template <FloatType kType, int kThreads>
 __global__ void __launch_bounds__(kThreads) token_logprob_kernel(DraftCumprodParams p) {
   using S = Storage<kType>;
   const int64_t row = blockIdx.x;
-  const int64_t b = row / p.N, n = row % p.N;
+  const int64_t b = row / p.candidates, n = row % p.candidates;
   // The same for every thread of the block, so the early return skips no barrier.
   if (!candidate_is_valid(p, b, n)) {
     if (threadIdx.x == 0) p.token_logprobs[row] = -INFINITY;
@@ -87,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) token_logprob_kernel(DraftCumprodPar
   if (threadIdx.x == 0) token_logit = to_float<kType>(logits[p.tokens(b, n) * p.logits_stride[2]]);
 
   RowNormaliser normaliser{p.inverse_temperature};
-  block_visit_row<kType, 4>(logits, p.V, p.logits_stride[2], normaliser);
+  block_visit_row<kType, 4>(logits, p.vocab, p.logits_stride[2], normaliser);
   const MaxSum row_total = block_all_reduce(normaliser.acc, MergeMaxSum{p.inverse_temperature});
 
   if (threadIdx.x == 0) {
@@ -99,11 +100,11 @@ __global__ void __launch_bounds__(kThreads) token_logprob_kernel(DraftCumprodPar
 
 __global__ void cumulate_paths_kernel(DraftCumprodParams p) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= p.B) return;
-  const float* token_logprobs = p.token_logprobs + b * p.N;
-  float* cum = p.cum_logprobs + b * p.N;
-  uint8_t* on_valid_path = p.on_valid_path + b * p.N;
-  for (int64_t n = 0; n < p.N; ++n) {
+  if (b >= p.batch) return;
+  const float* token_logprobs = p.token_logprobs + b * p.candidates;
+  float* cum = p.cum_logprobs + b * p.candidates;
+  uint8_t* on_valid_path = p.on_valid_path + b * p.candidates;
+  for (int64_t n = 0; n < p.candidates; ++n) {
     const int64_t parent = p.parents.present() ? p.parents(b, n) : n - 1;
     const bool valid = candidate_is_valid(p, b, n) && (parent < 0 || on_valid_path[parent]);
     on_valid_path[n] = valid;
@@ -120,8 +121,8 @@ inline unsigned row_threads(int64_t V, int elements_per_pack) {
 
 template <FloatType kType>
 inline void launch_token_logprobs(const DraftCumprodParams& p, void* stream) {
-  const dim3 grid(static_cast<unsigned>(p.B * p.N));
-  const unsigned threads = row_threads(p.V, Pack16<Storage<kType>>::kCount);
+  const dim3 grid(static_cast<unsigned>(p.batch * p.candidates));
+  const unsigned threads = row_threads(p.vocab, Pack16<Storage<kType>>::kCount);
   switch (threads) {
     case 32: TETRIS_LAUNCH((token_logprob_kernel<kType, 32>), grid, 32, 0, stream, p); break;
     case 64: TETRIS_LAUNCH((token_logprob_kernel<kType, 64>), grid, 64, 0, stream, p); break;
@@ -139,7 +140,7 @@ inline void launch_draft_cumprod(const DraftCumprodParams& p, void* stream) {
     case FloatType::kBFloat16: launch_token_logprobs<FloatType::kBFloat16>(p, stream); break;
   }
   constexpr unsigned kThreads = 128;
-  const dim3 grid(static_cast<unsigned>((p.B + kThreads - 1) / kThreads));
+  const dim3 grid(static_cast<unsigned>((p.batch + kThreads - 1) / kThreads));
   TETRIS_LAUNCH(cumulate_paths_kernel, grid, kThreads, 0, stream, p);
 }
 

@@ -1,5 +1,5 @@
-// draft_cumprod on a device: parameters and the launchers (host-includable, no device code).
-// The kernels are in draft_cumprod.cuh; the torch-facing launcher is csrc/ops/draft_cumprod/device_launcher.cpp.
+// draft_cumprod on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
+// and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,9 @@ struct DraftCumprodParams {
   // logits [B, N, V], any strides (in elements).
   const void* logits = nullptr;
   FloatType logits_type = FloatType::kFloat32;
-  int64_t B = 0, N = 0, V = 0;
+  int64_t batch = 0;       // B
+  int64_t candidates = 0;  // N
+  int64_t vocab = 0;       // V
   int64_t logits_stride[3] = {0, 0, 0};
   IndexMatrix tokens;   // [B, N]
   IndexMatrix parents;  // [B, N], or absent for chains (parent of n is n - 1)

@@ -23,7 +23,8 @@
 #include <vector>
 
 #include "ops/select/checks.h"
-#include "cpu_common/index_view.h"
+#include "common/index_tensors.h"
+#include "cpu_common/parents.h"
 #include "cpu_common/multiversion.h"
 #include "cpu_common/radix_select.h"
 #include "host_device/score_key.h"
@@ -68,7 +69,7 @@ int64_t effective_keys(const Parents& parents, int64_t b, int64_t N, uint32_t mi
     for (int64_t n = 0; n < N; ++n) {
       const int64_t parent = parents(b, n);
       uint32_t k = key[n];
-      if (!is_valid_parent(parent, n)) {
+      if (!parent_index_valid(parent, n)) {
         k = kDropped;
       } else if (parent >= 0) {
         k = std::min(k, key[parent]);
@@ -117,14 +118,13 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
   const int64_t B = scores.size(0);
   const int64_t N = scores.size(1);
   score_keys(scores.data_ptr<float>(), B, N, scores.stride(0), scores.stride(1), keys);
-  std::optional<IndexView> caps;
-  if (max_per_request.has_value()) caps.emplace(*max_per_request);
+  const IndexMatrix caps = index_matrix(max_per_request);
   std::vector<uint64_t> scratch;
   int64_t kept = 0;
   for (int64_t b = 0; b < B; ++b) {
     uint32_t* key = keys + b * N;
     const int64_t eligible = effective_keys(parents, b, N, min_key, key);
-    const int64_t cap = caps ? std::max<int64_t>((*caps)(b), 0) : N;
+    const int64_t cap = caps.present() ? std::max<int64_t>(caps(b), 0) : N;
     if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
     kept += std::min(eligible, cap);
   }

@@ -34,10 +34,9 @@ std::tuple<at::Tensor, at::Tensor> select_on_device(const at::Tensor& scores, in
 
   SelectParams p;
   p.scores = scores.data_ptr<float>();
-  p.B = B;
-  p.N = N;
-  p.scores_stride[0] = scores.stride(0);
-  p.scores_stride[1] = scores.stride(1);
+  p.batch = B;
+  p.candidates = N;
+  copy_strides(scores, p.scores_stride);
   p.parents = index_matrix(parents);
   p.caps = index_matrix(max_per_request);
   p.min_key = select_min_eligible_key(min_score);

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "host_device/score_key.h"
+#include "host_device/tree_slots.h"
 #include "kernel_common/primitives.cuh"
 #include "kernel_common/radix_cut.cuh"
 #include "ops/select/params.h"
@@ -64,7 +65,7 @@ __device__ __forceinline__ void keep_best_of_request(uint32_t* request_key, int6
 }
 
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, bool keys_in_shared) {
-  const int64_t B = p.B, N = p.N, K = B * N;
+  const int64_t B = p.batch, N = p.candidates, K = B * N;
   const unsigned tid = threadIdx.x, threads = blockDim.x;
   const bool is_chain = !p.parents.present();
   uint32_t* key = keys_in_shared ? TETRIS_DYNAMIC_SMEM(uint32_t) : p.workspace;
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
     key[i] = score_key(p.scores[b * p.scores_stride[0] + n * p.scores_stride[1]]);
     if (!is_chain) {
       const int64_t parent = p.parents(b, n);
-      parent_of[i] = parent >= -1 && parent < n ? static_cast<int32_t>(parent) : kInvalidParent;
+      parent_of[i] = parent_index_valid(parent, n) ? static_cast<int32_t>(parent) : kInvalidParent;
     }
   }
   __syncthreads();
@@ -157,7 +158,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
 // The launcher, compiled once per backend: kernel.cu wraps it as launch_select_cuda,
 // kernel_emulated.cpp as launch_select_emulated (both declared in params.h).
 inline void launch_select(const SelectParams& p, void* stream) {
-  const size_t key_bytes = static_cast<size_t>(select_workspace_words(p.B, p.N)) * sizeof(uint32_t);
+  const size_t key_bytes = static_cast<size_t>(select_workspace_words(p.batch, p.candidates)) * sizeof(uint32_t);
   const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_kernel);
   TETRIS_LAUNCH(select_kernel, 1, kSelectThreads, keys_in_shared ? key_bytes : 0, stream, p,
                 keys_in_shared);

@@ -1,5 +1,5 @@
-// select on a device: parameters and the launchers (host-includable, no device code).
-// The kernel is in select.cuh; the torch-facing launcher is csrc/ops/select/device_launcher.cpp.
+// select on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
+// and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,8 @@ namespace tetris {
 
 struct SelectParams {
   const float* scores = nullptr;  // [B, N], any strides (in elements)
-  int64_t B = 0, N = 0;
+  int64_t batch = 0;       // B
+  int64_t candidates = 0;  // N
   int64_t scores_stride[2] = {0, 0};
   IndexMatrix parents;  // [B, N], or absent for chains (parent of n is n - 1)
   IndexMatrix caps;     // max_per_request [B], or absent (no per-request cap)

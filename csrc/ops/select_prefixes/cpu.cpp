@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "ops/select_prefixes/checks.h"
-#include "cpu_common/index_view.h"
+#include "common/index_tensors.h"
 #include "cpu_common/multiversion.h"
 #include "cpu_common/radix_select.h"
 #include "ops/select_prefixes/prefix_keys.h"
@@ -41,7 +41,7 @@ void gather_columns(const at::Tensor& probs, const at::Tensor& rows, const at::T
   const int64_t R = probs.size(0), S = probs.size(1), B = rows.size(0);
   const float* data = probs.data_ptr<float>();
   const int64_t stride_r = probs.stride(0), stride_n = probs.stride(1);
-  const IndexView row_of(rows), cap_of(lengths);
+  const IndexMatrix row_of = index_matrix(rows), cap_of = index_matrix(lengths);
   constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = row_of(b);

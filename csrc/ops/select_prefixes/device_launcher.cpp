@@ -29,12 +29,11 @@ void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
 
   SelectPrefixesParams p;
   p.probs = probs.data_ptr<float>();
-  p.R = probs.size(0);
-  p.S = S;
-  p.probs_stride[0] = probs.stride(0);
-  p.probs_stride[1] = probs.stride(1);
+  p.prob_rows = probs.size(0);
+  p.positions = S;
+  copy_strides(probs, p.probs_stride);
   p.rows = index_matrix(rows);
-  p.B = B;
+  p.batch = B;
   p.budget = budget;
   p.lengths = lengths.data_ptr();
   p.lengths_int64 = lengths.scalar_type() == at::kLong;

@@ -39,7 +39,7 @@ __device__ __forceinline__ void store_length(const SelectPrefixesParams& p, int6
 
 __global__ void __launch_bounds__(kSelectPrefixesThreads)
     select_prefixes_kernel(SelectPrefixesParams p, bool keys_in_shared) {
-  const int64_t B = p.B, S = p.S;
+  const int64_t B = p.batch, S = p.positions;
   const unsigned tid = threadIdx.x, threads = blockDim.x;
   uint32_t* key = keys_in_shared ? TETRIS_DYNAMIC_SMEM(uint32_t) : p.workspace;
 
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kSelectPrefixesThreads)
   unsigned kept_here = 0;
   for (int64_t b = tid; b < B; b += threads) {
     const int64_t r = p.rows(b);
-    const float* row = r >= 0 && r < p.R ? p.probs + r * p.probs_stride[0] : nullptr;
+    const float* row = r >= 0 && r < p.prob_rows ? p.probs + r * p.probs_stride[0] : nullptr;
     kept_here += static_cast<unsigned>(prefix_keys(row, p.probs_stride[1], S, load_length(p, b), key + b * S));
   }
   const unsigned kept = block_all_reduce(kept_here, Sum{});  // also the barrier after step 1
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kSelectPrefixesThreads)
 // The launcher, compiled once per backend: kernel.cu wraps it as launch_select_prefixes_cuda,
 // kernel_emulated.cpp as launch_select_prefixes_emulated (both declared in params.h).
 inline void launch_select_prefixes(const SelectPrefixesParams& p, void* stream) {
-  const size_t key_bytes = static_cast<size_t>(p.B * p.S) * sizeof(uint32_t);
+  const size_t key_bytes = static_cast<size_t>(p.batch * p.positions) * sizeof(uint32_t);
   const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_prefixes_kernel);
   TETRIS_LAUNCH(select_prefixes_kernel, 1, kSelectPrefixesThreads, keys_in_shared ? key_bytes : 0,
                 stream, p, keys_in_shared);

@@ -1,6 +1,5 @@
-// select_prefixes on a device: parameters and the launchers (host-includable, no device code).
-// The kernel is in select_prefixes.cuh; the torch-facing launcher is
-// csrc/ops/select_prefixes/device_launcher.cpp.
+// select_prefixes on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
+// and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -11,10 +10,11 @@ namespace tetris {
 
 struct SelectPrefixesParams {
   const float* probs = nullptr;  // [R, S], any strides (in elements)
-  int64_t R = 0, S = 0;
+  int64_t prob_rows = 0;  // R
+  int64_t positions = 0;  // S
   int64_t probs_stride[2] = {0, 0};
   IndexMatrix rows;  // [B]: the row of probs of each request (any value: checked per request)
-  int64_t B = 0;
+  int64_t batch = 0;  // B
   int64_t budget = 0;
   // lengths [B], read (caps) and then written (selected prefix lengths) in place.
   void* lengths = nullptr;

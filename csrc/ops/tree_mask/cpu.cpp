@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/tree_mask/checks.h"
+#include "common/index_tensors.h"
 #include "host_device/tree_slots.h"
 
 namespace tetris {
@@ -28,7 +29,7 @@ struct Block {
 // Inputs read with their own strides; index values are checked before any use.
 struct BlockInputs {
   at::TensorAccessor<bool, 2> selected;
-  std::optional<at::TensorAccessor<int64_t, 2>> parents;  // none: chains
+  IndexMatrix parents;  // absent: chains
   int64_t N;
 };
 
@@ -41,7 +42,7 @@ void build_block(const BlockInputs& in, int64_t b, Block& block) {
   block.parent.assign(M, -1);
   block.depth.assign(M, 0);
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t p = in.parents ? (*in.parents)[b][n] : chain_parent(n);
+    const int64_t p = in.parents.present() ? in.parents(b, n) : chain_parent(n);
     // Only a valid candidate index is looked up.
     const bool parent_in_block = parent_index_valid(p, n) && p >= 0 && block.slot_of[p] > 0;
     if (!joins_block(in.selected[b][n], p, n, parent_in_block)) continue;
@@ -70,10 +71,7 @@ template <class Fn>
 void for_each_block(const at::Tensor& selected, const std::optional<at::Tensor>& parents,
                     Fn fn) {
   const int64_t B = selected.size(0);
-  std::optional<at::Tensor> parents64;
-  if (parents) parents64 = parents->to(at::kLong);
-  BlockInputs in{selected.accessor<bool, 2>(), std::nullopt, selected.size(1)};
-  if (parents64) in.parents = parents64->accessor<int64_t, 2>();
+  const BlockInputs in{selected.accessor<bool, 2>(), index_matrix(parents), selected.size(1)};
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
     Block block;
     for (int64_t b = begin; b < end; ++b) {
@@ -94,8 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_mask_cpu(
   at::Tensor slot_parent = at::empty({B, M}, long_opts);
   at::Tensor positions = at::empty({B, M}, long_opts);
   at::Tensor mask = at::zeros({B, M, M}, selected.options().dtype(at::kBool));
-  const at::Tensor prefix64 = prefix_lens.to(at::kLong);
-  const auto prefix = prefix64.accessor<int64_t, 1>();
+  const IndexMatrix prefix = index_matrix(prefix_lens);
   int64_t* index_out = slot_index.data_ptr<int64_t>();
   int64_t* parent_out = slot_parent.data_ptr<int64_t>();
   int64_t* position_out = positions.data_ptr<int64_t>();
@@ -106,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_mask_cpu(
       index_out[b * M + s] = block.candidate[s];
       parent_out[b * M + s] = block.parent[s];
       // Unsigned addition: a huge prefix length wraps instead of overflowing (undefined).
-      position_out[b * M + s] = static_cast<int64_t>(static_cast<uint64_t>(prefix[b]) +
+      position_out[b * M + s] = static_cast<int64_t>(static_cast<uint64_t>(prefix(b)) +
                                                      static_cast<uint64_t>(block.depth[s]));
     }
     fill_mask_rows(block, M, mask_out + b * M * M, M, [](bool* row, int64_t j) { row[j] = true; });

@@ -24,8 +24,7 @@ TreeMaskParams tree_mask_inputs(const at::Tensor& selected,
   params.batch = selected.size(0);
   params.candidates = selected.size(1);
   params.selected = selected.data_ptr<bool>();
-  params.selected_stride0 = selected.stride(0);
-  params.selected_stride1 = selected.stride(1);
+  copy_strides(selected, params.selected_stride);
   params.parents = index_matrix(parents);
   params.prefix_lens = index_matrix(prefix_lens);
   return params;

@@ -33,7 +33,7 @@ __device__ __forceinline__ int64_t candidate_parent(const TreeMaskParams& p, int
 }
 
 __device__ __forceinline__ bool is_selected(const TreeMaskParams& p, int64_t b, int64_t n) {
-  return p.selected[b * p.selected_stride0 + n * p.selected_stride1];
+  return p.selected[b * p.selected_stride[0] + n * p.selected_stride[1]];
 }
 
 // Depth of candidate n in the verification block (1 for a child of the root), or 0 when it
@@ -155,19 +155,13 @@ __global__ void __launch_bounds__(kOffsetsThreads)
   if (tid == 0) cu_seqlens[0] = 0;
 }
 
-// Threads for `work` items: whole warps covering them, at most `cap`.
-inline unsigned threads_covering(int64_t work, unsigned cap) {
-  const int64_t threads = (work + 31) / 32 * 32;
-  return static_cast<unsigned>(threads < cap ? threads : cap);
-}
-
 }  // namespace tree_mask_kernels
 // The launchers, compiled once per backend: kernel.cu wraps them as launch_<name>_cuda,
 // kernel_emulated.cpp as launch_<name>_emulated (declared in params.h).
 inline void launch_tree_mask(const TreeMaskParams& params, void* stream) {
   namespace k = tree_mask_kernels;
   if (params.batch == 0) return;
-  const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
+  const unsigned threads = threads_for(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::BoolRows>), dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
 }
@@ -175,11 +169,11 @@ inline void launch_tree_mask(const TreeMaskParams& params, void* stream) {
 inline void launch_tree_mask_packed(const TreeMaskParams& params, void* stream) {
   namespace k = tree_mask_kernels;
   if (params.batch == 0) return;  // cu_seqlens = [0] is written by the caller
-  const unsigned threads = k::threads_covering(params.candidates + 1, k::kMaxThreads);
+  const unsigned threads = threads_for(params.candidates + 1, k::kMaxThreads);
   TETRIS_LAUNCH((k::layout_kernel<k::PackedRows>), dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
   TETRIS_LAUNCH(k::query_offsets_kernel, dim3(1),
-                dim3(k::threads_covering(params.batch, k::kOffsetsThreads)), 0, stream,
+                dim3(threads_for(params.batch, k::kOffsetsThreads)), 0, stream,
                 params.cu_seqlens, params.batch);
 }
 

@@ -1,6 +1,5 @@
-// tree_mask and tree_mask_packed on a device: what the torch-facing launcher
-// (csrc/ops/tree_mask/device_launcher.cpp) hands to the kernels (csrc/ops/tree_mask/kernel.cuh).
-// Host-includable: no device code.
+// tree_mask and tree_mask_packed on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
+// and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +15,7 @@ struct TreeMaskParams {
 
   // Inputs, read with their own strides (in elements).
   const bool* selected = nullptr;  // [B, N]
-  int64_t selected_stride0 = 0, selected_stride1 = 0;
+  int64_t selected_stride[2] = {0, 0};
   IndexMatrix parents;      // [B, N]; not present: chains (the parent of n is n - 1)
   IndexMatrix prefix_lens;  // [B]
 

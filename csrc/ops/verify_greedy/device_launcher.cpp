@@ -10,6 +10,7 @@
 
 #include "ops/verify_greedy/checks.h"
 #include "common/device_launch.h"
+#include "verify_walk/device_outputs.h"
 #include "ops/verify_greedy/params.h"
 
 namespace tetris {
@@ -20,23 +21,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_on_device(
     const at::Tensor& slot_tokens, const at::Tensor& slot_parent, const at::Tensor& target_tokens) {
   check_verify_greedy_args(slot_tokens, slot_parent, target_tokens);
   const c10::DeviceGuard guard(slot_tokens.device());
-  const int64_t B = slot_tokens.size(0);
-  const int64_t M = slot_tokens.size(1);
-  const auto long_opts = slot_tokens.options().dtype(at::kLong);
-  at::Tensor accepted_slots = at::empty({B, M}, long_opts);
-  at::Tensor num_accepted = at::empty({B}, slot_tokens.options().dtype(at::kInt));
-  at::Tensor out_tokens = at::empty({B, M}, long_opts);
   VerifyGreedyParams params;
-  params.batch = B;
-  params.slots = M;
-  params.slot_tokens = index_matrix(slot_tokens);
-  params.slot_parent = index_matrix(slot_parent);
+  auto outputs = verify_walk_outputs(slot_tokens, slot_parent, params);
   params.target_tokens = index_matrix(target_tokens);
-  params.accepted_slots = accepted_slots.data_ptr<int64_t>();
-  params.num_accepted = num_accepted.data_ptr<int32_t>();
-  params.out_tokens = out_tokens.data_ptr<int64_t>();
   launch_kernels(launch, params, slot_tokens);
-  return {accepted_slots, num_accepted, out_tokens};
+  return outputs;
 }
 
 }  // namespace

@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kMaxThreads) verify_greedy_kernel(VerifyGreedy
 inline void launch_verify_greedy(const VerifyGreedyParams& params, void* stream) {
   namespace k = verify_greedy_kernels;
   if (params.batch == 0) return;
-  const unsigned threads = verify_walk::threads_for(params.slots, k::kMaxThreads);
+  const unsigned threads = threads_for(params.slots, k::kMaxThreads);
   TETRIS_LAUNCH(k::verify_greedy_kernel, dim3(static_cast<unsigned>(params.batch)), dim3(threads),
                 0, stream, params);
 }

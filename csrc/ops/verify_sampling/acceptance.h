@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "host_device/host_device.h"
+#include "host_device/tree_slots.h"
 
 namespace tetris {
 
@@ -17,7 +18,6 @@ namespace tetris {
 // no invalid value can poison a sum or be sampled.
 TETRIS_HD float prob_weight(float p) { return (p > 0.f && p <= FLT_MAX) ? p : 0.f; }
 
-TETRIS_HD bool token_in_vocab(int64_t token, int64_t vocab) { return token >= 0 && token < vocab; }
 
 // Product rounded on its own: nvcc would otherwise fuse `a - b * c` into one fma, which
 // rounds differently from the CPU.

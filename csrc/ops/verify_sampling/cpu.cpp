@@ -13,7 +13,7 @@ namespace tetris {
 namespace {
 
 struct SamplingInputs {
-  at::TensorAccessor<int64_t, 2> tokens;
+  IndexMatrix tokens;
   at::TensorAccessor<float, 3> target;
   std::optional<at::TensorAccessor<float, 3>> draft;  // none: deterministic children
   at::TensorAccessor<float, 2> uniforms;
@@ -54,7 +54,7 @@ class SamplingWalker {
   }
 
   bool try_child(int64_t b, int64_t slot, int64_t child) {
-    const int64_t x = in_.tokens[b][child];
+    const int64_t x = in_.tokens(b, child);
     if (!token_in_vocab(x, in_.vocab)) return false;  // skipped: p is left as it is
     const float u = in_.uniforms[b][child];
     if (in_.draft) {
@@ -84,8 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_cpu(
     const at::Tensor& slot_tokens, const at::Tensor& slot_parent, const at::Tensor& target_probs,
     const std::optional<at::Tensor>& draft_probs, const at::Tensor& uniforms) {
   check_verify_sampling_args(slot_tokens, slot_parent, target_probs, draft_probs, uniforms);
-  const at::Tensor tokens64 = slot_tokens.to(at::kLong);
-  SamplingInputs in{tokens64.accessor<int64_t, 2>(), target_probs.accessor<float, 3>(),
+  SamplingInputs in{index_matrix(slot_tokens), target_probs.accessor<float, 3>(),
                     std::nullopt, uniforms.accessor<float, 2>(), target_probs.size(2)};
   if (draft_probs) in.draft = draft_probs->accessor<float, 3>();
   return walk_verification_blocks(slot_tokens, slot_parent, [&] { return SamplingWalker(in); });

@@ -127,7 +127,7 @@ class SamplingWalker {
 
   __device__ bool try_child(int64_t slot, int64_t child) {
     const int64_t x = p_.slot_tokens(b_, child);
-    const float u = p_.uniforms[b_ * p_.uniforms_stride0 + child * p_.uniforms_stride1];
+    const float u = p_.uniforms[b_ * p_.uniforms_stride[0] + child * p_.uniforms_stride[1]];
     const float p_x = prob_weight(p_row_.data[x * p_row_.stride]);
     if (p_.draft_probs) {
       const ProbRow q = draft_row(slot);
@@ -141,15 +141,15 @@ class SamplingWalker {
 
   __device__ int64_t bonus(int64_t slot) {
     if (!(mass_ > 0.f)) enter(slot);  // nothing left of p: sample from the target itself
-    return inverse_cdf(p_row_, V_, mass_, p_.uniforms[b_ * p_.uniforms_stride0]);
+    return inverse_cdf(p_row_, V_, mass_, p_.uniforms[b_ * p_.uniforms_stride[0]]);
   }
 
  private:
   __device__ ProbRow target_row(int64_t slot) const {
-    return {p_.target_probs + b_ * p_.target_stride0 + slot * p_.target_stride1, p_.target_stride2};
+    return {p_.target_probs + b_ * p_.target_stride[0] + slot * p_.target_stride[1], p_.target_stride[2]};
   }
   __device__ ProbRow draft_row(int64_t slot) const {
-    return {p_.draft_probs + b_ * p_.draft_stride0 + slot * p_.draft_stride1, p_.draft_stride2};
+    return {p_.draft_probs + b_ * p_.draft_stride[0] + slot * p_.draft_stride[1], p_.draft_stride[2]};
   }
 
   // p <- the residual after rejecting token x, written to the scratch row (in place once p is
@@ -197,7 +197,7 @@ inline void launch_verify_sampling(const VerifySamplingParams& params, void* str
   if (params.batch == 0) return;
   // Enough threads for one tile to cover the vocabulary, up to kMaxThreads.
   const int64_t chunks = (params.vocab + k::kPerThread - 1) / k::kPerThread;
-  const unsigned threads = verify_walk::threads_for(chunks, k::kMaxThreads);
+  const unsigned threads = threads_for(chunks, k::kMaxThreads);
   TETRIS_LAUNCH(k::verify_sampling_kernel, dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
 }
