@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "driver.h"
 #include "kernel_common/backend.cuh"
 
 namespace tetris::TETRIS_KERNEL_NS {
@@ -141,12 +142,8 @@ namespace {
 
 using namespace tetris::emu;
 
-int failures = 0;
-
 void expect(bool condition, const char* check, const std::string& detail = "") {
-  if (condition) return;
-  std::fprintf(stderr, "FAIL %s %s\n", check, detail.c_str());
-  ++failures;
+  if (!condition) sanitize::check(false, (std::string(check) + " " + detail).c_str());
 }
 
 template <class F>
@@ -229,12 +226,11 @@ void check_smem_atomics() {
 }
 
 void check_schedules_expose_races() {
-  std::vector<int> forward(64), reverse(64);
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
-  TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, forward.data());
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kReverse);
-  TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, reverse.data());
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
+  const auto [forward, reverse] = sanitize::in_both_orders([] {
+    std::vector<int> out(64);
+    TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, out.data());
+    return out;
+  });
   expect(forward != reverse, "schedules differ on a race");
   std::printf("ok schedules_expose_races\n");
 }
@@ -269,10 +265,6 @@ int main() {
   check_schedules_expose_races();
   check_misuse();
   check_block_sum();  // the harness is usable again after failed launches
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("all harness checks passed\n");
-  return 0;
+  if (sanitize::failures == 0) std::printf("all harness checks passed\n");
+  return sanitize::exit_status();
 }

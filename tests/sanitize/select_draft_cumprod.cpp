@@ -9,6 +9,7 @@
 // The harness must come first.
 #include "ops/draft_cumprod/kernel.cuh"
 #include "ops/select/kernel.cuh"
+#include "driver.h"
 
 #include <cmath>
 #include <cstdint>
@@ -23,16 +24,9 @@ using tetris::DraftCumprodParams;
 using tetris::FloatType;
 using tetris::IndexMatrix;
 using tetris::SelectParams;
-using tetris::emu_rt::Schedule;
-
-int failures = 0;
-
-void check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "FAIL %s\n", what);
-    ++failures;
-  }
-}
+using sanitize::bytes_of;
+using sanitize::check;
+using sanitize::check_same_in_both_orders;
 
 std::mt19937 rng(1234);
 
@@ -62,18 +56,6 @@ IndexMatrix matrix(const std::vector<Index>& v, int64_t N) {
   return {v.data(), sizeof(Index) == 8, N, 1};
 }
 
-template <class Run>
-void both_schedules(const char* what, Run run) {
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  auto forward = run();
-  tetris::emu_rt::set_schedule(Schedule::kReverse);
-  auto reverse = run();
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  check(forward.size() == reverse.size() &&
-            std::memcmp(forward.data(), reverse.data(), forward.size()) == 0,
-        what);
-}
-
 // draft_cumprod on [B, N, V] logits stored with element stride `stride` and `offset` elements
 // before the first one (misaligning every row).
 template <class S>
@@ -94,7 +76,7 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
   }
   auto tokens = indices<int64_t>(B, N, false, V, 0.2);
   auto parents = indices<int32_t>(B, N, true, V, 0.2);
-  both_schedules("draft_cumprod: same result in both thread orders", [&] {
+  check_same_in_both_orders("draft_cumprod: same result in both thread orders", [&] {
     std::vector<float> token_logprobs(B * N), cum(B * N);
     std::vector<uint8_t> on_valid_path(B * N);
     DraftCumprodParams p;
@@ -114,10 +96,7 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
     p.on_valid_path = on_valid_path.data();
     tetris::emu::launch_draft_cumprod(p, nullptr);
     for (int64_t i = 0; i < B * N; ++i) check(!(token_logprobs[i] > 0), "log-probabilities <= 0");
-    std::vector<uint8_t> bytes(8 * B * N);
-    std::memcpy(bytes.data(), token_logprobs.data(), 4 * B * N);
-    std::memcpy(bytes.data() + 4 * B * N, cum.data(), 4 * B * N);
-    return bytes;
+    return bytes_of(token_logprobs, cum);
   });
 }
 
@@ -129,7 +108,7 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
   auto parents = indices<int64_t>(B, N, true, 0, 0.05);
   std::vector<int32_t> cap(B);
   for (auto& c : cap) c = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(-2, N + 1)(rng));
-  both_schedules("select: same result in both thread orders", [&] {
+  check_same_in_both_orders("select: same result in both thread orders", [&] {
     std::vector<uint8_t> selected(B * N);
     std::vector<int32_t> counts(B);
     std::vector<uint32_t> workspace(tetris::select_workspace_words(B, N));
@@ -150,10 +129,7 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
     int64_t total = 0;
     for (int64_t b = 0; b < B; ++b) total += counts[b];
     check(total <= budget, "select: no more than the budget");
-    std::vector<uint8_t> bytes(B * N + 4 * B);
-    std::memcpy(bytes.data(), selected.data(), B * N);
-    std::memcpy(bytes.data() + B * N, counts.data(), 4 * B);
-    return bytes;
+    return bytes_of(selected, counts);
   });
 }
 
@@ -183,9 +159,5 @@ int main() {
   }
   select(1024, 40, 9000, true, true, no_threshold);  // keys in the global workspace
   std::printf("ok select\n");
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  return 0;
+  return sanitize::exit_status();
 }
