@@ -9,24 +9,20 @@
 
 namespace tetris {
 
-TETRIS_HD uint32_t float_as_bits(float x) {
 #if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
+TETRIS_HD uint32_t float_as_bits(float x) { return __float_as_uint(x); }
+TETRIS_HD float bits_as_float(uint32_t bits) { return __uint_as_float(bits); }
 #else
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bits;
-#endif
+// memcpy: the way host code may reinterpret an object's bytes without undefined behaviour.
+template <class To, class From>
+inline To copy_bits(From from) {
+  static_assert(sizeof(To) == sizeof(From));
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
 }
-
-TETRIS_HD float bits_as_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
+TETRIS_HD uint32_t float_as_bits(float x) { return copy_bits<uint32_t>(x); }
+TETRIS_HD float bits_as_float(uint32_t bits) { return copy_bits<float>(bits); }
 #endif
-}
 
 }  // namespace tetris

@@ -91,5 +91,23 @@ __device__ void walk_verification_block(const Params& p, int64_t b, Walker& walk
   }
 }
 
+// The kernel of a verify op: a block per request walks its verification block with the op's
+// Walker, constructed as Walker(params, b).
+template <class Walker, unsigned kMaxThreads, class Params>
+__global__ void __launch_bounds__(kMaxThreads) walk_kernel(Params p) {
+  const int64_t b = blockIdx.x;
+  Walker walker(p, b);
+  walk_verification_block(p, b, walker);
+}
+
+// One launch of walk_kernel: a block per request, threads_for(work, kMaxThreads) threads per
+// block (work: what the op's per-slot steps split between threads). Nothing when B = 0.
+template <class Walker, unsigned kMaxThreads, class Params>
+inline void launch_walk(const Params& p, int64_t work, void* stream) {
+  if (p.batch == 0) return;
+  TETRIS_LAUNCH((walk_kernel<Walker, kMaxThreads, Params>), dim3(static_cast<unsigned>(p.batch)),
+                dim3(threads_for(work, kMaxThreads)), 0, stream, p);
+}
+
 }  // namespace verify_walk
 }  // namespace tetris::TETRIS_KERNEL_NS

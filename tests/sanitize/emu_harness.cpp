@@ -235,23 +235,31 @@ void check_schedules_expose_races() {
   std::printf("ok schedules_expose_races\n");
 }
 
+// A misused launch and a piece of the message it must stop with.
+struct Misuse {
+  const char* check;
+  const char* needle;
+  void (*kernel)(int*);
+  unsigned blocks, threads;
+};
+
 void check_misuse() {
+  const Misuse misuses[] = {
+      {"deadlock: barrier after early return", "returned from the kernel",
+       barrier_after_early_return, 2, 64},
+      {"divergent barrier", "a barrier in divergent code", barrier_in_divergent_code, 1, 64},
+      {"shuffle past a partial warp", "not in the mask", shuffle_past_partial_warp, 1, 40},
+      {"lane outside its mask", "is not in the mask", lane_outside_its_mask, 1, 32},
+      {"deadlock: shuffle with an exited lane", "deadlock", shuffle_with_exited_lane, 1, 32},
+      {"mixed warp primitives", "diverged", mixed_warp_primitives, 1, 32},
+      {"invalid launch configuration", "invalid launch configuration", racy, 1, 2048},
+  };
   std::vector<int> out(64);
-  int* o = out.data();
-  expect_launch_error("deadlock: barrier after early return", "returned from the kernel",
-                      [&] { TETRIS_LAUNCH(barrier_after_early_return, 2, 64, 0, nullptr, o); });
-  expect_launch_error("divergent barrier", "a barrier in divergent code",
-                      [&] { TETRIS_LAUNCH(barrier_in_divergent_code, 1, 64, 0, nullptr, o); });
-  expect_launch_error("shuffle past a partial warp", "not in the mask",
-                      [&] { TETRIS_LAUNCH(shuffle_past_partial_warp, 1, 40, 0, nullptr, o); });
-  expect_launch_error("lane outside its mask", "is not in the mask",
-                      [&] { TETRIS_LAUNCH(lane_outside_its_mask, 1, 32, 0, nullptr, o); });
-  expect_launch_error("deadlock: shuffle with an exited lane", "deadlock",
-                      [&] { TETRIS_LAUNCH(shuffle_with_exited_lane, 1, 32, 0, nullptr, o); });
-  expect_launch_error("mixed warp primitives", "diverged",
-                      [&] { TETRIS_LAUNCH(mixed_warp_primitives, 1, 32, 0, nullptr, o); });
-  expect_launch_error("invalid launch configuration", "invalid launch configuration",
-                      [&] { TETRIS_LAUNCH(racy, 1, 2048, 0, nullptr, o); });
+  for (const Misuse& m : misuses) {
+    expect_launch_error(m.check, m.needle, [&] {
+      TETRIS_LAUNCH(m.kernel, m.blocks, m.threads, 0, nullptr, out.data());
+    });
+  }
 }
 
 }  // namespace

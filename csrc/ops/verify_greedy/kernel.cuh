@@ -30,21 +30,14 @@ class GreedyWalker {
   int64_t want_ = 0;  // the target's token after the current slot
 };
 
-__global__ void __launch_bounds__(kMaxThreads) verify_greedy_kernel(VerifyGreedyParams p) {
-  const int64_t b = blockIdx.x;
-  GreedyWalker walker(p, b);
-  verify_walk::walk_verification_block(p, b, walker);
-}
-
 }  // namespace verify_greedy_kernels
+
 // The launcher, compiled once per backend: kernel.cu wraps it as launch_verify_greedy_cuda,
 // kernel_emulated.cpp as launch_verify_greedy_emulated (both declared in params.h).
 inline void launch_verify_greedy(const VerifyGreedyParams& params, void* stream) {
   namespace k = verify_greedy_kernels;
-  if (params.batch == 0) return;
-  const unsigned threads = threads_for(params.slots, k::kMaxThreads);
-  TETRIS_LAUNCH(k::verify_greedy_kernel, dim3(static_cast<unsigned>(params.batch)), dim3(threads),
-                0, stream, params);
+  // A thread per later slot in the search for the next child.
+  verify_walk::launch_walk<k::GreedyWalker, k::kMaxThreads>(params, params.slots, stream);
 }
 
 }  // namespace tetris::TETRIS_KERNEL_NS

@@ -183,23 +183,15 @@ class SamplingWalker {
   float mass_ = 0.f;           // sum(p), the same value in every thread
 };
 
-__global__ void __launch_bounds__(kMaxThreads) verify_sampling_kernel(VerifySamplingParams p) {
-  const int64_t b = blockIdx.x;
-  SamplingWalker walker(p, b);
-  verify_walk::walk_verification_block(p, b, walker);
-}
-
 }  // namespace verify_sampling_kernels
+
 // The launcher, compiled once per backend: kernel.cu wraps it as launch_verify_sampling_cuda,
 // kernel_emulated.cpp as launch_verify_sampling_emulated (both declared in params.h).
 inline void launch_verify_sampling(const VerifySamplingParams& params, void* stream) {
   namespace k = verify_sampling_kernels;
-  if (params.batch == 0) return;
   // Enough threads for one tile to cover the vocabulary, up to kMaxThreads.
   const int64_t chunks = (params.vocab + k::kPerThread - 1) / k::kPerThread;
-  const unsigned threads = threads_for(chunks, k::kMaxThreads);
-  TETRIS_LAUNCH(k::verify_sampling_kernel, dim3(static_cast<unsigned>(params.batch)),
-                dim3(threads), 0, stream, params);
+  verify_walk::launch_walk<k::SamplingWalker, k::kMaxThreads>(params, chunks, stream);
 }
 
 }  // namespace tetris::TETRIS_KERNEL_NS
