@@ -30,8 +30,8 @@ inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
 
 inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
                       const char* layout) {
-  TORCH_CHECK_VALUE(t.dim() == dim, op, ": argument '", name, "': expected a ", dim,
-                    "-D tensor ", layout, ", got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": argument '", name, "': expected a ", dim, "-D tensor ",
+                    layout, ", got shape ", t.sizes());
 }
 
 inline void check_size(const char* op, const char* name, const at::Tensor& t, int64_t dim,
@@ -50,11 +50,12 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 // A temperature T scales logits by float32(1 / T): T must be finite, > 0, and 1 / T finite in
 // float32 (T >= ~2.94e-39; smaller ones would scale by +inf, NaN for the top logit).
 inline void check_temperature(const char* op, const char* name, double value) {
-  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0 &&
-                        std::isfinite(static_cast<float>(1.0 / value)),
-                    op, ": argument '", name,
-                    "': expected a finite number > 0 whose reciprocal is a finite float32 "
-                    "(about 2.94e-39 <= temperature), got ", value);
+  TORCH_CHECK_VALUE(
+      std::isfinite(value) && value > 0 && std::isfinite(static_cast<float>(1.0 / value)), op,
+      ": argument '", name,
+      "': expected a finite number > 0 whose reciprocal is a finite float32 "
+      "(about 2.94e-39 <= temperature), got ",
+      value);
 }
 
 // Size limits, checked before anything is allocated so that every backend rejects the same
@@ -68,8 +69,8 @@ inline constexpr int64_t kMaxOutputBytes = int64_t{1} << 47;
 // `count` = `what` (e.g. "B * N candidates") of argument `name`, at most 2^31 - 1. The caller
 // computes `count` from sizes that are each < 2^63 and whose product cannot overflow
 // (use items_product).
-inline void check_item_count(const char* op, const char* name, const at::Tensor& t,
-                             int64_t count, const char* what) {
+inline void check_item_count(const char* op, const char* name, const at::Tensor& t, int64_t count,
+                             const char* what) {
   TORCH_CHECK_VALUE(count <= kMaxItems, op, ": argument '", name, "': expected ", what,
                     " <= 2^31 - 1, got shape ", t.sizes());
 }
@@ -81,19 +82,17 @@ inline int64_t items_product(int64_t a, int64_t b) {
 }
 
 // An output of `bytes` (computed without overflow: callers keep each factor <= 2^31) must fit.
-inline void check_output_bytes(const char* op, const char* name, const at::Tensor& t,
-                               int64_t bytes, const char* output) {
-  TORCH_CHECK_VALUE(bytes <= kMaxOutputBytes, op, ": argument '", name, "': the output '",
-                    output, "' would take ", bytes, " bytes, more than 2^47; got shape ",
-                    t.sizes());
+inline void check_output_bytes(const char* op, const char* name, const at::Tensor& t, int64_t bytes,
+                               const char* output) {
+  TORCH_CHECK_VALUE(bytes <= kMaxOutputBytes, op, ": argument '", name, "': the output '", output,
+                    "' would take ", bytes, " bytes, more than 2^47; got shape ", t.sizes());
 }
 
 inline const at::ScalarType kIndexTypes[] = {at::kInt, at::kLong};
 
 // [B, N] int32/int64 index tensor on the device of `reference` (parents, tokens, ...).
-inline void check_index_matrix(const char* op, const char* name, const at::Tensor& t,
-                               int64_t B, int64_t N, const at::Tensor& reference,
-                               const char* reference_name) {
+inline void check_index_matrix(const char* op, const char* name, const at::Tensor& t, int64_t B,
+                               int64_t N, const at::Tensor& reference, const char* reference_name) {
   check_dtype(op, name, t, {at::kInt, at::kLong});
   check_dim(op, name, t, 2, "[B, N]");
   check_size(op, name, t, 0, B, "B");

@@ -64,7 +64,15 @@ inline constexpr size_t kStackBytes = 64 * 1024;
 enum class Wait : uint8_t { kRunnable, kBarrier, kWarp, kExited };
 
 enum class WarpOpKind : uint8_t {
-  kSyncWarp, kShfl, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kMatchAny
+  kSyncWarp,
+  kShfl,
+  kShflUp,
+  kShflDown,
+  kShflXor,
+  kBallot,
+  kAny,
+  kAll,
+  kMatchAny
 };
 
 enum class BarrierKind : uint8_t { kPlain, kCount, kAnd, kOr };
@@ -72,11 +80,11 @@ enum class BarrierKind : uint8_t { kPlain, kCount, kAnd, kOr };
 // What a thread brings to a collective (barrier or warp primitive) and what it gets back.
 struct Collective {
   WarpOpKind kind = WarpOpKind::kSyncWarp;
-  unsigned mask = 0;       // warp primitives: the lanes that take part
-  int arg = 0;             // source lane, delta or lane mask
-  int width = 32;          // shuffles: the sub-warp width
-  uint64_t value = 0;      // the operand (bits of the shuffled value, or the predicate)
-  uint64_t result = 0;     // written by the thread that completes the collective
+  unsigned mask = 0;    // warp primitives: the lanes that take part
+  int arg = 0;          // source lane, delta or lane mask
+  int width = 32;       // shuffles: the sub-warp width
+  uint64_t value = 0;   // the operand (bits of the shuffled value, or the predicate)
+  uint64_t result = 0;  // written by the thread that completes the collective
 };
 
 struct Fiber {
@@ -85,8 +93,8 @@ struct Fiber {
   uint3 thread_idx{0, 0, 0};
   unsigned linear = 0, lane = 0, warp = 0;
   Wait wait = Wait::kRunnable;
-  const char* what = "";         // the primitive it waits in (for reports)
-  std::source_location site;     // and where the kernel called it
+  const char* what = "";      // the primitive it waits in (for reports)
+  std::source_location site;  // and where the kernel called it
   Collective op;
   void* asan_fake_stack = nullptr;
 };
@@ -99,7 +107,8 @@ class StackPool {
   StackPool(const StackPool&) = delete;
   StackPool& operator=(const StackPool&) = delete;
   ~StackPool() {
-    for (void* s : stacks_) munmap(static_cast<char*>(s) - guard_bytes(), kStackBytes + guard_bytes());
+    for (void* s : stacks_)
+      munmap(static_cast<char*>(s) - guard_bytes(), kStackBytes + guard_bytes());
   }
   void* get(size_t i) {
     while (stacks_.size() <= i) {
@@ -352,8 +361,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t dynamic_smem_bytes, void (*bo
                      void* arg) {
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || grid.x == 0 || grid.y == 0 || grid.z == 0)
-    throw std::runtime_error("tetris emulator: invalid launch configuration: " +
-                             describe(grid) + " blocks x " + describe(block) + " threads");
+    throw std::runtime_error("tetris emulator: invalid launch configuration: " + describe(grid) +
+                             " blocks x " + describe(block) + " threads");
   if (t_launch != nullptr)
     throw std::logic_error("tetris emulator: a kernel launched another kernel");
   Launch L;

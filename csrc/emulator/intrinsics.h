@@ -42,8 +42,8 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 
 // CUDA's device min/max overloads (global namespace, same-type and int/unsigned mixes).
-#define TETRIS_EMU_MINMAX(T)                          \
-  inline T min(T a, T b) { return b < a ? b : a; }   \
+#define TETRIS_EMU_MINMAX(T)                       \
+  inline T min(T a, T b) { return b < a ? b : a; } \
   inline T max(T a, T b) { return a < b ? b : a; }
 TETRIS_EMU_MINMAX(int)
 TETRIS_EMU_MINMAX(unsigned)
@@ -64,12 +64,13 @@ inline unsigned max(unsigned a, int b) { return max(a, static_cast<unsigned>(b))
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
-// Atomics: the overload set of CUDA's (so that implicit conversions match), returning the old value.
-#define TETRIS_EMU_ATOMIC(name, T, expr)          \
-  inline T name(T* address, T val) {              \
-    T old = *address;                             \
-    *address = (expr);                            \
-    return old;                                   \
+// Atomics: the overload set of CUDA's (so that implicit conversions match), returning the old
+// value.
+#define TETRIS_EMU_ATOMIC(name, T, expr) \
+  inline T name(T* address, T val) {     \
+    T old = *address;                    \
+    *address = (expr);                   \
+    return old;                          \
   }
 TETRIS_EMU_ATOMIC(atomicAdd, int, old + val)
 TETRIS_EMU_ATOMIC(atomicAdd, unsigned, old + val)
@@ -90,9 +91,9 @@ TETRIS_EMU_ATOMIC(atomicMax, int, old < val ? val : old)
 TETRIS_EMU_ATOMIC(atomicMax, unsigned, old < val ? val : old)
 TETRIS_EMU_ATOMIC(atomicMax, long long, old < val ? val : old)
 TETRIS_EMU_ATOMIC(atomicMax, unsigned long long, old < val ? val : old)
-TETRIS_EMU_ATOMIC(atomicAnd, int, old & val)
-TETRIS_EMU_ATOMIC(atomicAnd, unsigned, old & val)
-TETRIS_EMU_ATOMIC(atomicAnd, unsigned long long, old & val)
+TETRIS_EMU_ATOMIC(atomicAnd, int, old& val)
+TETRIS_EMU_ATOMIC(atomicAnd, unsigned, old& val)
+TETRIS_EMU_ATOMIC(atomicAnd, unsigned long long, old& val)
 TETRIS_EMU_ATOMIC(atomicOr, int, old | val)
 TETRIS_EMU_ATOMIC(atomicOr, unsigned, old | val)
 TETRIS_EMU_ATOMIC(atomicOr, unsigned long long, old | val)
@@ -103,11 +104,11 @@ TETRIS_EMU_ATOMIC(atomicInc, unsigned, old >= val ? 0u : old + 1u)
 TETRIS_EMU_ATOMIC(atomicDec, unsigned, (old == 0u || old > val) ? val : old - 1u)
 #undef TETRIS_EMU_ATOMIC
 
-#define TETRIS_EMU_ATOMIC_CAS(T)                                 \
-  inline T atomicCAS(T* address, T compare, T val) {             \
-    T old = *address;                                            \
-    if (old == compare) *address = val;                          \
-    return old;                                                  \
+#define TETRIS_EMU_ATOMIC_CAS(T)                     \
+  inline T atomicCAS(T* address, T compare, T val) { \
+    T old = *address;                                \
+    if (old == compare) *address = val;              \
+    return old;                                      \
   }
 TETRIS_EMU_ATOMIC_CAS(int)
 TETRIS_EMU_ATOMIC_CAS(unsigned)

@@ -15,6 +15,7 @@ struct dim3 {
   constexpr operator uint3() const { return {x, y, z}; }
 };
 
+// clang-format off: one line per type, as a table.
 struct alignas(8) int2 { int x, y; };
 struct alignas(16) int4 { int x, y, z, w; };
 struct alignas(8) uint2 { unsigned x, y; };
@@ -26,6 +27,7 @@ struct alignas(8) ushort4 { unsigned short x, y, z, w; };
 struct alignas(16) longlong2 { long long x, y; };
 struct alignas(16) ulonglong2 { unsigned long long x, y; };
 struct alignas(16) double2 { double x, y; };
+// clang-format on
 
 inline constexpr int2 make_int2(int x, int y) { return {x, y}; }
 inline constexpr int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }

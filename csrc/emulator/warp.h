@@ -62,8 +62,8 @@ template <class T>
 inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32,
                         std::source_location site = std::source_location::current()) {
   using namespace tetris::emu_rt;
-  return shuffle(WarpOpKind::kShflUp, mask, var, static_cast<int>(delta), width,
-                 "__shfl_up_sync", site);
+  return shuffle(WarpOpKind::kShflUp, mask, var, static_cast<int>(delta), width, "__shfl_up_sync",
+                 site);
 }
 
 template <class T>
@@ -104,7 +104,8 @@ template <class T>
 inline unsigned __match_any_sync(unsigned mask, T value,
                                  std::source_location site = std::source_location::current()) {
   using namespace tetris::emu_rt;
-  static_assert(std::is_integral_v<T> && sizeof(T) >= 4, "__match_any_sync takes 32/64-bit integers");
+  static_assert(std::is_integral_v<T> && sizeof(T) >= 4,
+                "__match_any_sync takes 32/64-bit integers");
   Collective op;
   op.kind = WarpOpKind::kMatchAny;
   op.mask = mask;
@@ -126,7 +127,8 @@ inline void __syncthreads(std::source_location site = std::source_location::curr
 inline int __syncthreads_count(int predicate,
                                std::source_location site = std::source_location::current()) {
   using namespace tetris::emu_rt;
-  return static_cast<int>(block_barrier(BarrierKind::kCount, predicate, "__syncthreads_count", site));
+  return static_cast<int>(
+      block_barrier(BarrierKind::kCount, predicate, "__syncthreads_count", site));
 }
 
 inline int __syncthreads_and(int predicate,

@@ -13,8 +13,8 @@
 
 #include <cstdint>
 
-#include "host_device/host_device.h"
 #include "host_device/bits.h"
+#include "host_device/host_device.h"
 
 namespace tetris {
 

@@ -62,7 +62,8 @@ inline size_t max_dynamic_smem(const void* kernel) {
     if (k == kernel && d == device) return limit;
   int optin = 0;
   cudaFuncAttributes attributes{};
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess ||
       cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     return 0;
   const size_t limit = static_cast<size_t>(optin) - attributes.sharedSizeBytes;

@@ -11,8 +11,8 @@
 #include <type_traits>
 
 #include "host_device/half.h"
-#include "kernel_common/backend.cuh"
 #include "host_device/index_matrix.h"
+#include "kernel_common/backend.cuh"
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -53,7 +53,8 @@ __device__ __forceinline__ T shfl_xor(T value, int lane_mask) {
 // result is deterministic).
 template <class T, class Op>
 __device__ __forceinline__ T warp_all_reduce(T value, Op op) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) value = op(value, shfl_xor(value, offset));
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    value = op(value, shfl_xor(value, offset));
   return value;
 }
 
@@ -72,7 +73,9 @@ __device__ __forceinline__ T block_all_reduce(T value, Op op) {
 
 struct Sum {
   template <class T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 
 // --- Scan ----------------------------------------------------------------------------------
@@ -154,7 +157,8 @@ __device__ __forceinline__ void block_visit_row(const Storage<kType>* row, int64
     return;
   }
   // Elements up to the first 16-byte boundary (tensors are at least element-aligned).
-  const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16) / sizeof(S);
+  const int64_t misaligned =
+      static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16) / sizeof(S);
   const int64_t head = misaligned == 0 ? 0 : (n < kCount - misaligned ? n : kCount - misaligned);
   if (tid < head) {
     const float x = to_float<kType>(row[tid]);

@@ -1,6 +1,6 @@
 // Radix select of a cut in a block (device code shared by the select and select_prefixes
-// kernels): the take-th largest of K order-preserving uint32 keys (csrc/host_device/score_key.h), 8 bits
-// at a time from the top, with a warp-aggregated histogram and a block scan to find the digit.
+// kernels): the take-th largest of K order-preserving uint32 keys (csrc/host_device/score_key.h), 8
+// bits at a time from the top, with a warp-aggregated histogram and a block scan to find the digit.
 // Key kDropped (0) marks an entry that does not take part.
 #pragma once
 
@@ -47,7 +47,8 @@ __device__ __forceinline__ Cut radix_cut(const uint32_t* key, int64_t K, unsigne
     // where the running count reaches `remaining` holds the cut.
     const unsigned count = tid < kRadixBuckets ? histogram[kRadixBuckets - 1 - tid] : 0;
     const ScanResult<unsigned> above = block_exclusive_sum(count);
-    if (tid < kRadixBuckets && above.exclusive < remaining && above.exclusive + count >= remaining) {
+    if (tid < kRadixBuckets && above.exclusive < remaining &&
+        above.exclusive + count >= remaining) {
       chosen_digit = kRadixBuckets - 1 - tid;
       chosen_remaining = remaining - above.exclusive;
     }

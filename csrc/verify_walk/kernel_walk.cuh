@@ -34,16 +34,16 @@ struct Min {
 // long accepted chain, with a block reduction per step). `offer` must be a pure function of
 // block-uniform state (it is evaluated redundantly by every warp).
 template <class Offer>
-__device__ int64_t next_child(const IndexMatrix& slot_parent, int64_t b, int64_t M,
-                              int64_t current, int64_t after, Offer offer) {
+__device__ int64_t next_child(const IndexMatrix& slot_parent, int64_t b, int64_t M, int64_t current,
+                              int64_t after, Offer offer) {
   const int64_t near = after + 1 + lane_id();
-  const bool near_hit = near < M && is_child_slot(slot_parent(b, near), near, current) && offer(near);
+  const bool near_hit =
+      near < M && is_child_slot(slot_parent(b, near), near, current) && offer(near);
   const unsigned near_hits = __ballot_sync(kFullMask, near_hit);
   if (near_hits != 0) return after + __ffs(static_cast<int>(near_hits));  // after + 1 + first lane
   for (int64_t window = after + 1 + kWarpSize; window < M; window += blockDim.x) {
     const int64_t s = window + threadIdx.x;
-    const int64_t found =
-        s < M && is_child_slot(slot_parent(b, s), s, current) && offer(s) ? s : M;
+    const int64_t found = s < M && is_child_slot(slot_parent(b, s), s, current) && offer(s) ? s : M;
     const int64_t first = block_all_reduce(found, Min{});
     if (first < M) return first;
   }

@@ -21,7 +21,8 @@ inline void check_verify_slot_args(const char* op, const at::Tensor& slot_tokens
   check_dim(op, "slot_tokens", slot_tokens, 2, "[B, M]");
   TORCH_CHECK_VALUE(slot_tokens.size(1) >= 1, op,
                     ": argument 'slot_tokens': expected M >= 1 slots (slot 0 is the root), "
-                    "got shape ", slot_tokens.sizes());
+                    "got shape ",
+                    slot_tokens.sizes());
   check_item_count(op, "slot_tokens", slot_tokens,
                    items_product(slot_tokens.size(0), slot_tokens.size(1)), "B * M slots");
   check_dtype(op, "slot_parent", slot_parent, {at::kInt, at::kLong});

@@ -120,9 +120,7 @@ __global__ void shuffle_past_partial_warp(int* out) {
   out[threadIdx.x] = __shfl_down_sync(kFull, static_cast<int>(threadIdx.x), 8);
 }
 
-__global__ void lane_outside_its_mask(int* out) {
-  out[threadIdx.x] = __shfl_sync(0x1u, 5, 0);
-}
+__global__ void lane_outside_its_mask(int* out) { out[threadIdx.x] = __shfl_sync(0x1u, 5, 0); }
 
 __global__ void shuffle_with_exited_lane(int* out) {
   if (threadIdx.x == 5) return;
@@ -164,7 +162,8 @@ void check_block_sum() {
   std::vector<int> in(blocks * threads);
   std::iota(in.begin(), in.end(), 1);
   std::vector<int> out(blocks, 0), info(1, 0);
-  TETRIS_LAUNCH(block_sum, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(), info.data());
+  TETRIS_LAUNCH(block_sum, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(),
+                info.data());
   for (unsigned b = 0; b < blocks; ++b) {
     int want = std::accumulate(in.begin() + b * threads, in.begin() + (b + 1) * threads, 0);
     expect(out[b] == want, "block_sum", std::to_string(out[b]) + " != " + std::to_string(want));

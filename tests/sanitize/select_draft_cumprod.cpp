@@ -7,9 +7,9 @@
 // Buffers are sized exactly, so that ASan sees one element past the end.
 #include "emulator/emulator.h"
 // The harness must come first.
+#include "driver.h"
 #include "ops/draft_cumprod/kernel.cuh"
 #include "ops/select/kernel.cuh"
-#include "driver.h"
 
 #include <cmath>
 #include <cstdint>
@@ -20,13 +20,13 @@
 
 namespace {
 
+using sanitize::bytes_of;
+using sanitize::check;
+using sanitize::check_same_in_both_orders;
 using tetris::DraftCumprodParams;
 using tetris::FloatType;
 using tetris::IndexMatrix;
 using tetris::SelectParams;
-using sanitize::bytes_of;
-using sanitize::check;
-using sanitize::check_same_in_both_orders;
 
 std::mt19937 rng(1234);
 
@@ -59,8 +59,8 @@ IndexMatrix matrix(const std::vector<Index>& v, int64_t N) {
 // draft_cumprod on [B, N, V] logits stored with element stride `stride` and `offset` elements
 // before the first one (misaligning every row).
 template <class S>
-void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stride,
-                   int64_t offset, bool tree) {
+void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stride, int64_t offset,
+                   bool tree) {
   std::normal_distribution<float> normal(0, 3);
   const int64_t row = (V - 1) * stride + 1;
   std::vector<S> logits(offset + B * N * row);
@@ -107,7 +107,8 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
   for (size_t i = 0; i < scores.size(); i += 17) scores[i] = NAN;
   auto parents = indices<int64_t>(B, N, true, 0, 0.05);
   std::vector<int32_t> cap(B);
-  for (auto& c : cap) c = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(-2, N + 1)(rng));
+  for (auto& c : cap)
+    c = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(-2, N + 1)(rng));
   check_same_in_both_orders("select: same result in both thread orders", [&] {
     std::vector<uint8_t> selected(B * N);
     std::vector<int32_t> counts(B);

@@ -7,8 +7,8 @@
 // Buffers are sized exactly, so that ASan sees one element past the end.
 #include "emulator/emulator.h"
 // The harness must come first.
-#include "ops/select_prefixes/kernel.cuh"
 #include "driver.h"
+#include "ops/select_prefixes/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -51,7 +51,9 @@ void case_(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t stride) {
   std::vector<float> probs(R > 0 ? (R * S - 1) * stride + 1 : 0);
   for (auto& x : probs) x = u(rng) < 0.05f ? specials[rng() % 6] : u(rng);
   std::vector<int32_t> rows(B);
-  for (auto& r : rows) r = u(rng) < 0.1f ? (rng() % 2 ? -1 : static_cast<int32_t>(R + 3)) : static_cast<int32_t>(rng() % (R > 0 ? R : 1));
+  for (auto& r : rows)
+    r = u(rng) < 0.1f ? (rng() % 2 ? -1 : static_cast<int32_t>(R + 3))
+                      : static_cast<int32_t>(rng() % (R > 0 ? R : 1));
   std::vector<Length> caps(B);
   for (auto& c : caps) c = static_cast<Length>(static_cast<int64_t>(rng() % (S + 4)) - 1);
   const auto [forward, reverse] =
@@ -65,7 +67,8 @@ void case_(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t stride) {
   }
   check(total <= budget, "select_prefixes: no more than the budget");
   if (sanitize::failures != failed_before)
-    std::fprintf(stderr, "  in R=%ld S=%ld B=%ld budget=%ld\n", (long)R, (long)S, (long)B, (long)budget);
+    std::fprintf(stderr, "  in R=%ld S=%ld B=%ld budget=%ld\n", (long)R, (long)S, (long)B,
+                 (long)budget);
 }
 
 }  // namespace

@@ -11,10 +11,10 @@
 // Prints "ok <check>" per group; exits non-zero if any check failed.
 #include "emulator/emulator.h"
 // The harness must come first.
+#include "driver.h"
 #include "ops/tree_mask/kernel.cuh"
 #include "ops/verify_greedy/kernel.cuh"
 #include "ops/verify_sampling/kernel.cuh"
-#include "driver.h"
 
 #include <cmath>
 #include <cstdint>
@@ -25,10 +25,10 @@
 
 namespace {
 
-using tetris::IndexMatrix;
 using sanitize::bytes_of;
 using sanitize::check;
 using sanitize::check_same_in_both_orders;
+using tetris::IndexMatrix;
 
 std::mt19937 rng(2024);
 

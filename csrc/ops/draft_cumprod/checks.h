@@ -9,8 +9,7 @@
 namespace tetris {
 
 inline void check_draft_cumprod_args(const at::Tensor& logits, const at::Tensor& tokens,
-                                     const std::optional<at::Tensor>& parents,
-                                     double temperature) {
+                                     const std::optional<at::Tensor>& parents, double temperature) {
   constexpr const char* op = "draft_cumprod";
   check_dtype(op, "logits", logits, {at::kFloat, at::kHalf, at::kBFloat16});
   check_dim(op, "logits", logits, 3, "[B, N, V]");

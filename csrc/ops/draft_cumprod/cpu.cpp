@@ -17,13 +17,13 @@
 #include <limits>
 #include <vector>
 
-#include "ops/draft_cumprod/checks.h"
-#include "cpu_common/fast_exp.h"
 #include "common/index_tensors.h"
-#include "cpu_common/parents.h"
+#include "cpu_common/fast_exp.h"
 #include "cpu_common/multiversion.h"
+#include "cpu_common/parents.h"
 #include "host_device/bits.h"
 #include "host_device/half.h"
+#include "ops/draft_cumprod/checks.h"
 #include "ops/draft_cumprod/logsumexp.h"
 
 namespace tetris::cpu {
@@ -54,8 +54,8 @@ __attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
   return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
 }
 
-// Adds `count` raw logits (scaled by inv_t inside the exp; count a multiple of kLanes, at most kChunk)
-// to the running normaliser.
+// Adds `count` raw logits (scaled by inv_t inside the exp; count a multiple of kLanes, at most
+// kChunk) to the running normaliser.
 TETRIS_CPU_MULTIVERSION
 void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
   // The integer keys also find NaNs of either sign (a positive NaN orders above +inf, a
@@ -70,8 +70,8 @@ void lse_add_chunk(RowLse& lse, const float* x, int64_t count, float inv_t) {
     lse.saw_nan = true;
     return;
   }
-  // The maximum stays in raw logit units (csrc/ops/draft_cumprod/logsumexp.h: exp((x - max) * inv_t) makes
-  // the top term exactly 1 whatever the compiler contracts).
+  // The maximum stays in raw logit units (csrc/ops/draft_cumprod/logsumexp.h: exp((x - max) *
+  // inv_t) makes the top term exactly 1 whatever the compiler contracts).
   const float m = from_ordered_int(chunk_max_key);
   if (m > lse.max) {
     // Nothing but -inf so far: the sum is 0 (and (-inf) * inv_t would be NaN for inv_t = 0).
@@ -130,7 +130,8 @@ float row_token_logprob(const void* base, int64_t row, int64_t stride, int64_t V
     if (in_place && len == padded) {
       chunk = static_cast<const float*>(base) + row + v0;
     } else {
-      for (int64_t i = 0; i < len; ++i) buffer[i] = load_logit<kType>(base, row + (v0 + i) * stride);
+      for (int64_t i = 0; i < len; ++i)
+        buffer[i] = load_logit<kType>(base, row + (v0 + i) * stride);
       std::fill(buffer + len, buffer + padded, -kInf);
     }
     lse_add_chunk(lse, chunk, padded, inv_t);
@@ -183,8 +184,8 @@ void cumulate_paths(const IndexMatrix& tokens, const Parents& parents, int64_t B
       float* c = cum + b * N;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t parent = parents(b, n);
-        const bool valid = is_valid_candidate(tokens, parents, b, n, V) &&
-                           (parent < 0 || on_valid_path[parent]);
+        const bool valid =
+            is_valid_candidate(tokens, parents, b, n, V) && (parent < 0 || on_valid_path[parent]);
         on_valid_path[n] = valid;
         c[n] = !valid ? -kInf : parent < 0 ? lp[n] : lp[n] + c[parent];
       }

@@ -8,8 +8,8 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/draft_cumprod/checks.h"
 #include "common/device_launch.h"
+#include "ops/draft_cumprod/checks.h"
 #include "ops/draft_cumprod/logsumexp.h"
 #include "ops/draft_cumprod/params.h"
 
@@ -26,9 +26,9 @@ FloatType float_type(const at::Tensor& t) {
 
 template <KernelLauncher<DraftCumprodParams> launch>
 std::tuple<at::Tensor, at::Tensor> draft_cumprod_on_device(const at::Tensor& logits,
-                                                        const at::Tensor& tokens,
-                                                        const std::optional<at::Tensor>& parents,
-                                                        double temperature) {
+                                                           const at::Tensor& tokens,
+                                                           const std::optional<at::Tensor>& parents,
+                                                           double temperature) {
   check_draft_cumprod_args(logits, tokens, parents, temperature);
   const c10::DeviceGuard guard(logits.device());
   const int64_t B = logits.size(0), N = logits.size(1), V = logits.size(2);
@@ -58,11 +58,15 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_on_device(const at::Tensor& log
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_cuda>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
+  m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_cuda>);
+}
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_emulated>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
+  m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_emulated>);
+}
 #endif
 
 }  // namespace tetris

@@ -12,37 +12,40 @@
 #include <cmath>
 #include <cstdint>
 
-#include "ops/draft_cumprod/logsumexp.h"
 #include "host_device/tree_slots.h"
 #include "kernel_common/primitives.cuh"
+#include "ops/draft_cumprod/logsumexp.h"
 #include "ops/draft_cumprod/params.h"
 
 namespace tetris::TETRIS_KERNEL_NS {
 
 // The (b, n) candidate's own validity: its token is in [0, V) and its parent in [-1, n - 1].
-__device__ __forceinline__ bool candidate_is_valid(const DraftCumprodParams& p, int64_t b, int64_t n) {
+__device__ __forceinline__ bool candidate_is_valid(const DraftCumprodParams& p, int64_t b,
+                                                   int64_t n) {
   const int64_t token = p.tokens(b, n);
   const int64_t parent = p.parents.present() ? p.parents(b, n) : chain_parent(n);
   return token_in_vocab(token, p.vocab) && parent_index_valid(parent, n);
 }
 
 // Online softmax normaliser: the largest raw logit seen and the sum of
-// exp((x - max) * inverse_temperature) (csrc/ops/draft_cumprod/logsumexp.h: the maximum stays unscaled so
-// that the top term is exactly exp(0) = 1 whatever nvcc contracts). A NaN logit makes `sum`
-// NaN (never `max`); -inf logits add nothing.
+// exp((x - max) * inverse_temperature) (csrc/ops/draft_cumprod/logsumexp.h: the maximum stays
+// unscaled so that the top term is exactly exp(0) = 1 whatever nvcc contracts). A NaN logit makes
+// `sum` NaN (never `max`); -inf logits add nothing.
 struct MaxSum {
   float max;
   float sum;
 };
 
 __device__ __forceinline__ MaxSum shfl_xor(MaxSum v, int lane_mask) {
-  return {__shfl_xor_sync(kFullMask, v.max, lane_mask), __shfl_xor_sync(kFullMask, v.sum, lane_mask)};
+  return {__shfl_xor_sync(kFullMask, v.max, lane_mask),
+          __shfl_xor_sync(kFullMask, v.sum, lane_mask)};
 }
 
 // `sum` (taken at maximum `from`) rescaled to the maximum `to` >= from. Nothing but -inf
 // (or NaN) yet: the sum is 0 or NaN as it stands ((-inf) * 0 would be NaN when the inverse
 // temperature is 0).
-__device__ __forceinline__ float rescaled_sum(float sum, float from, float to, float inverse_temperature) {
+__device__ __forceinline__ float rescaled_sum(float sum, float from, float to,
+                                              float inverse_temperature) {
   return from == -INFINITY ? sum : sum * __expf((from - to) * inverse_temperature);
 }
 
@@ -62,7 +65,8 @@ struct RowNormaliser {
 
   __device__ __forceinline__ void operator()(const float* logits, int count) {
     float group_max = -INFINITY;
-    for (int i = 0; i < count; ++i) group_max = logits[i] > group_max ? logits[i] : group_max;  // NaN never wins
+    for (int i = 0; i < count; ++i)
+      group_max = logits[i] > group_max ? logits[i] : group_max;  // NaN never wins
     if (group_max > acc.max) {
       acc.sum = rescaled_sum(acc.sum, acc.max, group_max, inverse_temperature);
       acc.max = group_max;
@@ -83,7 +87,8 @@ __global__ void __launch_bounds__(kThreads) token_logprob_kernel(DraftCumprodPar
     if (threadIdx.x == 0) p.token_logprobs[row] = -INFINITY;
     return;
   }
-  const S* logits = static_cast<const S*>(p.logits) + b * p.logits_stride[0] + n * p.logits_stride[1];
+  const S* logits =
+      static_cast<const S*>(p.logits) + b * p.logits_stride[0] + n * p.logits_stride[1];
   float token_logit = 0.0f;
   if (threadIdx.x == 0) token_logit = to_float<kType>(logits[p.tokens(b, n) * p.logits_stride[2]]);
 

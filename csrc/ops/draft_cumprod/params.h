@@ -28,7 +28,8 @@ struct DraftCumprodParams {
 
 // Two launches on `stream`: token log-probabilities (a block per row), then the sums along
 // the paths (a thread per request). Requires B * N > 0.
-void launch_draft_cumprod_cuda(const DraftCumprodParams& params, void* stream);      // kernel.cu (nvcc)
-void launch_draft_cumprod_emulated(const DraftCumprodParams& params, void* stream);  // kernel_emulated.cpp
+void launch_draft_cumprod_cuda(const DraftCumprodParams& params, void* stream);  // kernel.cu (nvcc)
+void launch_draft_cumprod_emulated(const DraftCumprodParams& params,
+                                   void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

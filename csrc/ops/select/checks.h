@@ -20,8 +20,7 @@ inline void check_select_args(const at::Tensor& scores, int64_t budget,
   const int64_t B = scores.size(0);
   const int64_t N = scores.size(1);
   check_item_count(op, "scores", scores, items_product(B, N), "B * N candidates");
-  TORCH_CHECK_VALUE(budget >= 0, op, ": argument 'budget': expected an integer >= 0, got ",
-                    budget);
+  TORCH_CHECK_VALUE(budget >= 0, op, ": argument 'budget': expected an integer >= 0, got ", budget);
   if (parents.has_value()) {
     check_index_matrix(op, "parents", *parents, B, N, scores, "scores");
   }

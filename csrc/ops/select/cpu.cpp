@@ -22,12 +22,12 @@
 #include <memory>
 #include <vector>
 
-#include "ops/select/checks.h"
 #include "common/index_tensors.h"
-#include "cpu_common/parents.h"
 #include "cpu_common/multiversion.h"
+#include "cpu_common/parents.h"
 #include "cpu_common/radix_select.h"
 #include "host_device/score_key.h"
+#include "ops/select/checks.h"
 
 namespace tetris::cpu {
 namespace {
@@ -45,7 +45,8 @@ void score_keys(const float* scores, int64_t B, int64_t N, int64_t stride_b, int
     return;
   }
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t n = 0; n < N; ++n) keys[b * N + n] = score_key(scores[b * stride_b + n * stride_n]);
+    for (int64_t n = 0; n < N; ++n)
+      keys[b * N + n] = score_key(scores[b * stride_b + n * stride_n]);
   }
 }
 
@@ -135,8 +136,7 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
 // flat order) the candidates whose top digit is list_digit. Returns how many were listed.
 TETRIS_CPU_MULTIVERSION
 int64_t write_outputs(const uint32_t* __restrict keys, int64_t B, int64_t N, bool is_chain,
-                      uint32_t take_above,
-                      uint32_t list_digit, uint8_t* __restrict selected,
+                      uint32_t take_above, uint32_t list_digit, uint8_t* __restrict selected,
                       int32_t* __restrict counts, int64_t* __restrict listed_index) {
   // Loops over bytes vectorise 16 to 64 candidates at a time: flat, not per request.
   for (int64_t i = 0; i < B * N; ++i) selected[i] = (keys[i] >> kTopShift) > take_above;
@@ -205,10 +205,9 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
   }
   // +1: the listing writes one slot past the last listed candidate.
   auto bucket_index = std::make_unique_for_overwrite<int64_t[]>(bucket_size + 1);
-  const int64_t listed = write_outputs(keys.get(), B, N, !parents.has_value(), take_above,
-                                       list_digit,
-                                       reinterpret_cast<uint8_t*>(selected_out), counts_out,
-                                       bucket_index.get());
+  const int64_t listed =
+      write_outputs(keys.get(), B, N, !parents.has_value(), take_above, list_digit,
+                    reinterpret_cast<uint8_t*>(selected_out), counts_out, bucket_index.get());
   if (listed == 0) return {selected, counts};
 
   // 3. The cut inside the bucket; ties at the cut go in flat (b, n) order.

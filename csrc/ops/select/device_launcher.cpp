@@ -8,18 +8,17 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/select/checks.h"
 #include "common/device_launch.h"
+#include "ops/select/checks.h"
 #include "ops/select/params.h"
 
 namespace tetris {
 namespace {
 
 template <KernelLauncher<SelectParams> launch>
-std::tuple<at::Tensor, at::Tensor> select_on_device(const at::Tensor& scores, int64_t budget,
-                                                 const std::optional<at::Tensor>& parents,
-                                                 const std::optional<at::Tensor>& max_per_request,
-                                                 std::optional<double> min_score) {
+std::tuple<at::Tensor, at::Tensor> select_on_device(
+    const at::Tensor& scores, int64_t budget, const std::optional<at::Tensor>& parents,
+    const std::optional<at::Tensor>& max_per_request, std::optional<double> min_score) {
   check_select_args(scores, budget, parents, max_per_request, min_score);
   const c10::DeviceGuard guard(scores.device());
   const int64_t B = scores.size(0), N = scores.size(1);
@@ -55,7 +54,9 @@ TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select", &select_on_device<launch_
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("select", &select_on_device<launch_select_emulated>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
+  m.impl("select", &select_on_device<launch_select_emulated>);
+}
 #endif
 
 }  // namespace tetris

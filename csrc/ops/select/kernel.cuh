@@ -1,7 +1,8 @@
 // select kernel (semantics: docs/ops.md; the CPU twin: csrc/ops/select/cpu.cpp).
 //
 // One block of 1024 threads handles the whole batch in one launch, in the CPU's steps:
-//   0. score keys: score_key(scores[b, n]) (order-preserving uint32, csrc/host_device/score_key.h) and
+//   0. score keys: score_key(scores[b, n]) (order-preserving uint32, csrc/host_device/score_key.h)
+//   and
 //      parents, read coalesced into shared memory (global workspace when B * N is too large);
 //   1. effective keys, a thread per request walking n upwards (parents come first):
 //      key[n] = min(key[n], key[parent]), 0 ("dropped") for invalid parents and below
@@ -40,7 +41,8 @@ inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 
 //   - keys above it are kept, and its first ties in n order while `cap` is not reached (a
 //     ballot per 32 candidates).
 // cap = 0 drops everything (t ends at 0xFFFFFFFF, above every score key).
-__device__ __forceinline__ void keep_best_of_request(uint32_t* request_key, int64_t N, int64_t cap) {
+__device__ __forceinline__ void keep_best_of_request(uint32_t* request_key, int64_t N,
+                                                     int64_t cap) {
   const unsigned lane = lane_id();
   uint32_t cut = 0;
   for (int bit = 31; bit >= 0; --bit) {
@@ -64,7 +66,8 @@ __device__ __forceinline__ void keep_best_of_request(uint32_t* request_key, int6
   }
 }
 
-__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, bool keys_in_shared) {
+__global__ void __launch_bounds__(kSelectThreads)
+    select_kernel(SelectParams p, bool keys_in_shared) {
   const int64_t B = p.batch, N = p.candidates, K = B * N;
   const unsigned tid = threadIdx.x, threads = blockDim.x;
   const bool is_chain = !p.parents.present();
@@ -158,7 +161,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectParams p, 
 // The launcher, compiled once per backend: kernel.cu wraps it as launch_select_cuda,
 // kernel_emulated.cpp as launch_select_emulated (both declared in params.h).
 inline void launch_select(const SelectParams& p, void* stream) {
-  const size_t key_bytes = static_cast<size_t>(select_workspace_words(p.batch, p.candidates)) * sizeof(uint32_t);
+  const size_t key_bytes =
+      static_cast<size_t>(select_workspace_words(p.batch, p.candidates)) * sizeof(uint32_t);
   const bool keys_in_shared = key_bytes <= max_dynamic_smem(select_kernel);
   TETRIS_LAUNCH(select_kernel, 1, kSelectThreads, keys_in_shared ? key_bytes : 0, stream, p,
                 keys_in_shared);

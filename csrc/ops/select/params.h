@@ -10,11 +10,11 @@ namespace tetris {
 
 struct SelectParams {
   const float* scores = nullptr;  // [B, N], any strides (in elements)
-  int64_t batch = 0;       // B
-  int64_t candidates = 0;  // N
+  int64_t batch = 0;              // B
+  int64_t candidates = 0;         // N
   int64_t scores_stride[2] = {0, 0};
-  IndexMatrix parents;  // [B, N], or absent for chains (parent of n is n - 1)
-  IndexMatrix caps;     // max_per_request [B], or absent (no per-request cap)
+  IndexMatrix parents;   // [B, N], or absent for chains (parent of n is n - 1)
+  IndexMatrix caps;      // max_per_request [B], or absent (no per-request cap)
   uint32_t min_key = 0;  // smallest eligible score key (select_min_eligible_key)
   int64_t budget = 0;
   // Outputs, contiguous: selected [B, N], counts [B].

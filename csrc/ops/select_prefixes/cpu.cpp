@@ -5,7 +5,8 @@
 //      position is past the cap or the row is invalid), so that step 2 runs across requests in
 //      wide vectors;
 //   2. one score key per position: the running product of the clamped probabilities in double,
-//      rounded to float32 (csrc/ops/select_prefixes/prefix_keys.h, the kernel's code); NaN = not kept;
+//      rounded to float32 (csrc/ops/select_prefixes/prefix_keys.h, the kernel's code); NaN = not
+//      kept;
 //   3. when more positions are kept than the budget, the budget-th largest key T and how many
 //      keys equal to T fit: a bisection over the key (one vectorised count per bit) for the
 //      batches vLLM steps have, the radix select of select (csrc/cpu_common/radix_select.h) beyond;
@@ -22,10 +23,10 @@
 #include <memory>
 #include <vector>
 
-#include "ops/select_prefixes/checks.h"
 #include "common/index_tensors.h"
 #include "cpu_common/multiversion.h"
 #include "cpu_common/radix_select.h"
+#include "ops/select_prefixes/checks.h"
 #include "ops/select_prefixes/prefix_keys.h"
 
 namespace tetris::cpu {
@@ -54,8 +55,8 @@ void gather_columns(const at::Tensor& probs, const at::Tensor& rows, const at::T
 
 // Step 2: the keys, position-major like the columns. Returns how many are kept.
 TETRIS_CPU_MULTIVERSION
-int64_t column_keys(const float* __restrict column, int64_t B, int64_t S,
-                    double* __restrict path, uint32_t* __restrict keys) {
+int64_t column_keys(const float* __restrict column, int64_t B, int64_t S, double* __restrict path,
+                    uint32_t* __restrict keys) {
   std::fill(path, path + B, 1.0);
   int64_t kept = 0;
   for (int64_t n = 0; n < S; ++n) {
@@ -73,16 +74,16 @@ int64_t column_keys(const float* __restrict column, int64_t B, int64_t S,
 
 TETRIS_CPU_MULTIVERSION
 int64_t count_at_least(const uint32_t* __restrict keys, int64_t K, uint32_t threshold) {
-  uint32_t count = 0;  // K < 2^31 (checked)
+  uint32_t count = 0;                                             // K < 2^31 (checked)
   for (int64_t i = 0; i < K; ++i) count += keys[i] >= threshold;  // vectorised
   return count;
 }
 
 // Step 3 for small batches: the largest T with count(keys >= T) >= budget, by bisection.
 Cut bisection_cut(const uint32_t* keys, int64_t K, int64_t budget) {
-  uint64_t low = kNotKept + 1;           // count(>= low) = kept > budget
+  uint64_t low = kNotKept + 1;               // count(>= low) = kept > budget
   uint64_t high = uint64_t{kPosInfKey} + 1;  // count(>= high) = 0 < budget
-  int64_t above = 0;                     // count(>= high)
+  int64_t above = 0;                         // count(>= high)
   while (high - low > 1) {
     const uint64_t mid = low + (high - low) / 2;
     const int64_t count = count_at_least(keys, K, static_cast<uint32_t>(mid));
@@ -129,8 +130,8 @@ void write_lengths(const uint32_t* keys, int64_t B, int64_t S, Cut cut, T* lengt
   }
 }
 
-void select_prefixes_cpu(const at::Tensor& probs, const at::Tensor& rows,
-                         const at::Tensor& lengths, int64_t budget) {
+void select_prefixes_cpu(const at::Tensor& probs, const at::Tensor& rows, const at::Tensor& lengths,
+                         int64_t budget) {
   check_select_prefixes_args(probs, rows, lengths, budget);
   const int64_t S = probs.size(1), B = rows.size(0), K = B * S;
   if (B == 0) return;

@@ -6,8 +6,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include "ops/select_prefixes/checks.h"
 #include "common/device_launch.h"
+#include "ops/select_prefixes/checks.h"
 #include "ops/select_prefixes/params.h"
 
 namespace tetris {
@@ -15,7 +15,7 @@ namespace {
 
 template <KernelLauncher<SelectPrefixesParams> launch>
 void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
-                            const at::Tensor& lengths, int64_t budget) {
+                               const at::Tensor& lengths, int64_t budget) {
   check_select_prefixes_args(probs, rows, lengths, budget);
   const c10::DeviceGuard guard(probs.device());
   const int64_t B = rows.size(0), S = probs.size(1);
@@ -45,7 +45,9 @@ void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_cuda>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
+  m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_cuda>);
+}
 #endif
 
 #ifdef TETRIS_EMULATION

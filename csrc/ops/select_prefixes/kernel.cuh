@@ -1,7 +1,8 @@
 // select_prefixes kernel (semantics: docs/ops.md; the CPU twin: csrc/ops/select_prefixes/cpu.cpp).
 //
 // One block handles the whole batch in one launch, in the CPU's steps:
-//   1. score keys, a thread per request (csrc/ops/select_prefixes/prefix_keys.h, the CPU's code), into shared
+//   1. score keys, a thread per request (csrc/ops/select_prefixes/prefix_keys.h, the CPU's code),
+//   into shared
 //      memory (global workspace when B * S is too large), and the number of kept positions;
 //   2. when more are kept than the budget, the cut (radix_cut, as select): the budget-th largest
 //      key T and how many keys equal to T fit;
@@ -12,10 +13,10 @@
 
 #include <cstdint>
 
-#include "ops/select_prefixes/prefix_keys.h"
 #include "kernel_common/primitives.cuh"
 #include "kernel_common/radix_cut.cuh"
 #include "ops/select_prefixes/params.h"
+#include "ops/select_prefixes/prefix_keys.h"
 
 namespace tetris::TETRIS_KERNEL_NS {
 
@@ -28,7 +29,8 @@ __device__ __forceinline__ int64_t load_length(const SelectPrefixesParams& p, in
                          : static_cast<const int32_t*>(p.lengths)[offset];
 }
 
-__device__ __forceinline__ void store_length(const SelectPrefixesParams& p, int64_t b, int64_t value) {
+__device__ __forceinline__ void store_length(const SelectPrefixesParams& p, int64_t b,
+                                             int64_t value) {
   const int64_t offset = b * p.lengths_stride;
   if (p.lengths_int64) {
     static_cast<int64_t*>(p.lengths)[offset] = value;
@@ -48,7 +50,8 @@ __global__ void __launch_bounds__(kSelectPrefixesThreads)
   for (int64_t b = tid; b < B; b += threads) {
     const int64_t r = p.rows(b);
     const float* row = r >= 0 && r < p.prob_rows ? p.probs + r * p.probs_stride[0] : nullptr;
-    kept_here += static_cast<unsigned>(prefix_keys(row, p.probs_stride[1], S, load_length(p, b), key + b * S));
+    kept_here += static_cast<unsigned>(
+        prefix_keys(row, p.probs_stride[1], S, load_length(p, b), key + b * S));
   }
   const unsigned kept = block_all_reduce(kept_here, Sum{});  // also the barrier after step 1
 

@@ -1,5 +1,5 @@
-// select_prefixes on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
-// and the two backend launchers (host-includable, no device code).
+// select_prefixes on a device: the kernel params that device_launcher.cpp fills and kernel.cuh
+// reads, and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -10,10 +10,10 @@ namespace tetris {
 
 struct SelectPrefixesParams {
   const float* probs = nullptr;  // [R, S], any strides (in elements)
-  int64_t prob_rows = 0;  // R
-  int64_t positions = 0;  // S
+  int64_t prob_rows = 0;         // R
+  int64_t positions = 0;         // S
   int64_t probs_stride[2] = {0, 0};
-  IndexMatrix rows;  // [B]: the row of probs of each request (any value: checked per request)
+  IndexMatrix rows;   // [B]: the row of probs of each request (any value: checked per request)
   int64_t batch = 0;  // B
   int64_t budget = 0;
   // lengths [B], read (caps) and then written (selected prefix lengths) in place.
@@ -25,7 +25,9 @@ struct SelectPrefixesParams {
 };
 
 // One launch on `stream` (a single block). Requires 0 < B * S < 2^31.
-void launch_select_prefixes_cuda(const SelectPrefixesParams& params, void* stream);      // kernel.cu (nvcc)
-void launch_select_prefixes_emulated(const SelectPrefixesParams& params, void* stream);  // kernel_emulated.cpp
+void launch_select_prefixes_cuda(const SelectPrefixesParams& params,
+                                 void* stream);  // kernel.cu (nvcc)
+void launch_select_prefixes_emulated(const SelectPrefixesParams& params,
+                                     void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops/tree_mask/checks.h"
 #include "common/index_tensors.h"
 #include "host_device/tree_slots.h"
+#include "ops/tree_mask/checks.h"
 
 namespace tetris {
 namespace {
@@ -68,8 +68,7 @@ void fill_mask_rows(const Block& block, int64_t M, T* rows, int64_t row_len, Set
 
 // Runs fn(b, block) for every request, requests in parallel (each writes only its own rows).
 template <class Fn>
-void for_each_block(const at::Tensor& selected, const std::optional<at::Tensor>& parents,
-                    Fn fn) {
+void for_each_block(const at::Tensor& selected, const std::optional<at::Tensor>& parents, Fn fn) {
   const int64_t B = selected.size(0);
   const BlockInputs in{selected.accessor<bool, 2>(), index_matrix(parents), selected.size(1)};
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {

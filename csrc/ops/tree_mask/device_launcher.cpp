@@ -9,9 +9,9 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/tree_mask/checks.h"
 #include "common/device_launch.h"
 #include "host_device/tree_slots.h"
+#include "ops/tree_mask/checks.h"
 #include "ops/tree_mask/params.h"
 
 namespace tetris {

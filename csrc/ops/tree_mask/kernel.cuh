@@ -1,5 +1,6 @@
 // tree_mask and tree_mask_packed kernels, written once for CUDA and the CPU emulation harness
-// (csrc/kernel_common/backend.cuh). Semantics: docs/ops.md; the CPU twin: csrc/ops/tree_mask/cpu.cpp.
+// (csrc/kernel_common/backend.cuh). Semantics: docs/ops.md; the CPU twin:
+// csrc/ops/tree_mask/cpu.cpp.
 //
 // One block per request lays out its verification block in three phases, separated by
 // barriers (a barrier also makes the block's global writes visible to the whole block):
@@ -25,8 +26,8 @@
 namespace tetris::TETRIS_KERNEL_NS {
 namespace tree_mask_kernels {
 
-constexpr unsigned kMaxThreads = 256;         // per request
-constexpr unsigned kOffsetsThreads = 1024;    // the cu_seqlens scan over the batch
+constexpr unsigned kMaxThreads = 256;       // per request
+constexpr unsigned kOffsetsThreads = 1024;  // the cu_seqlens scan over the batch
 
 __device__ __forceinline__ int64_t candidate_parent(const TreeMaskParams& p, int64_t b, int64_t n) {
   return p.parents.present() ? p.parents(b, n) : chain_parent(n);
@@ -57,7 +58,10 @@ __device__ __forceinline__ int64_t slot_of(const int64_t* slot_index, int64_t co
   int64_t lo = 1, hi = count;  // the answer lies in [lo, hi]
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (slot_index[mid] < n) lo = mid + 1; else hi = mid;
+    if (slot_index[mid] < n)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo;
 }
@@ -173,8 +177,8 @@ inline void launch_tree_mask_packed(const TreeMaskParams& params, void* stream) 
   TETRIS_LAUNCH((k::layout_kernel<k::PackedRows>), dim3(static_cast<unsigned>(params.batch)),
                 dim3(threads), 0, stream, params);
   TETRIS_LAUNCH(k::query_offsets_kernel, dim3(1),
-                dim3(threads_for(params.batch, k::kOffsetsThreads)), 0, stream,
-                params.cu_seqlens, params.batch);
+                dim3(threads_for(params.batch, k::kOffsetsThreads)), 0, stream, params.cu_seqlens,
+                params.batch);
 }
 
 }  // namespace tetris::TETRIS_KERNEL_NS

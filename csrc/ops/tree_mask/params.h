@@ -1,5 +1,5 @@
-// tree_mask and tree_mask_packed on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
-// and the two backend launchers (host-includable, no device code).
+// tree_mask and tree_mask_packed on a device: the kernel params that device_launcher.cpp fills and
+// kernel.cuh reads, and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -23,8 +23,8 @@ struct TreeMaskParams {
   // passes scratch buffers: the mask rows are built from slot_parent).
   int64_t* slot_index = nullptr;
   int64_t* slot_parent = nullptr;
-  int64_t* positions = nullptr;  // [B, M]; tree_mask only, else nullptr
-  bool* mask = nullptr;          // [B, M, M]; tree_mask only, else nullptr
+  int64_t* positions = nullptr;    // [B, M]; tree_mask only, else nullptr
+  bool* mask = nullptr;            // [B, M, M]; tree_mask only, else nullptr
   int32_t* cu_seqlens = nullptr;   // [B + 1]; tree_mask_packed only, else nullptr
   uint8_t* packed_mask = nullptr;  // [B, M, ceil(M / 8)]; tree_mask_packed only, else nullptr
 };
@@ -32,7 +32,8 @@ struct TreeMaskParams {
 // Both launch nothing when B = 0 (N = 0 still has the root slot, so it does launch).
 void launch_tree_mask_cuda(const TreeMaskParams& params, void* stream);      // kernel.cu (nvcc)
 void launch_tree_mask_emulated(const TreeMaskParams& params, void* stream);  // kernel_emulated.cpp
-void launch_tree_mask_packed_cuda(const TreeMaskParams& params, void* stream);      // kernel.cu (nvcc)
-void launch_tree_mask_packed_emulated(const TreeMaskParams& params, void* stream);  // kernel_emulated.cpp
+void launch_tree_mask_packed_cuda(const TreeMaskParams& params, void* stream);  // kernel.cu (nvcc)
+void launch_tree_mask_packed_emulated(const TreeMaskParams& params,
+                                      void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

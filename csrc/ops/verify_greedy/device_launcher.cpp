@@ -8,10 +8,10 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/verify_greedy/checks.h"
 #include "common/device_launch.h"
-#include "verify_walk/device_outputs.h"
+#include "ops/verify_greedy/checks.h"
 #include "ops/verify_greedy/params.h"
+#include "verify_walk/device_outputs.h"
 
 namespace tetris {
 namespace {
@@ -31,11 +31,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_on_device(
 }  // namespace
 
 #ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_cuda>); }
+TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
+  m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_cuda>);
+}
 #endif
 
 #ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) { m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_emulated>); }
+TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
+  m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_emulated>);
+}
 #endif
 
 }  // namespace tetris

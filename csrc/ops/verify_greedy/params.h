@@ -14,7 +14,8 @@ struct VerifyGreedyParams : VerifyWalkParams {
 };
 
 // Launches nothing when B = 0.
-void launch_verify_greedy_cuda(const VerifyGreedyParams& params, void* stream);      // kernel.cu (nvcc)
-void launch_verify_greedy_emulated(const VerifyGreedyParams& params, void* stream);  // kernel_emulated.cpp
+void launch_verify_greedy_cuda(const VerifyGreedyParams& params, void* stream);  // kernel.cu (nvcc)
+void launch_verify_greedy_emulated(const VerifyGreedyParams& params,
+                                   void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris

@@ -18,7 +18,6 @@ namespace tetris {
 // no invalid value can poison a sum or be sampled.
 TETRIS_HD float prob_weight(float p) { return (p > 0.f && p <= FLT_MAX) ? p : 0.f; }
 
-
 // Product rounded on its own: nvcc would otherwise fuse `a - b * c` into one fma, which
 // rounds differently from the CPU.
 TETRIS_HD float mul_rn(float a, float b) {

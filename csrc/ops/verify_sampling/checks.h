@@ -7,8 +7,7 @@ namespace tetris {
 
 // slot_tokens, slot_parent [B, M] int32/int64 (M >= 1); target_probs [B, M, V] float32 (V >= 1);
 // draft_probs None or like target_probs; uniforms [B, M] float32.
-inline void check_verify_sampling_args(const at::Tensor& slot_tokens,
-                                       const at::Tensor& slot_parent,
+inline void check_verify_sampling_args(const at::Tensor& slot_tokens, const at::Tensor& slot_parent,
                                        const at::Tensor& target_probs,
                                        const std::optional<at::Tensor>& draft_probs,
                                        const at::Tensor& uniforms) {

@@ -5,9 +5,9 @@
 
 #include <vector>
 
+#include "ops/verify_sampling/acceptance.h"
 #include "ops/verify_sampling/checks.h"
 #include "verify_walk/cpu_walk.h"
-#include "ops/verify_sampling/acceptance.h"
 
 namespace tetris {
 namespace {
@@ -60,7 +60,8 @@ class SamplingWalker {
     if (in_.draft) {
       const auto q = (*in_.draft)[b][slot];
       if (accept_drafted(u, prob_weight(q[x]), p_[x], mass_)) return true;
-      for (int64_t t = 0; t < in_.vocab; ++t) p_[t] = residual_drafted(p_[t], prob_weight(q[t]), mass_);
+      for (int64_t t = 0; t < in_.vocab; ++t)
+        p_[t] = residual_drafted(p_[t], prob_weight(q[t]), mass_);
     } else {
       if (accept_deterministic(u, p_[x], mass_)) return true;
       p_[x] = 0.f;
@@ -84,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_cpu(
     const at::Tensor& slot_tokens, const at::Tensor& slot_parent, const at::Tensor& target_probs,
     const std::optional<at::Tensor>& draft_probs, const at::Tensor& uniforms) {
   check_verify_sampling_args(slot_tokens, slot_parent, target_probs, draft_probs, uniforms);
-  SamplingInputs in{index_matrix(slot_tokens), target_probs.accessor<float, 3>(),
-                    std::nullopt, uniforms.accessor<float, 2>(), target_probs.size(2)};
+  SamplingInputs in{index_matrix(slot_tokens), target_probs.accessor<float, 3>(), std::nullopt,
+                    uniforms.accessor<float, 2>(), target_probs.size(2)};
   if (draft_probs) in.draft = draft_probs->accessor<float, 3>();
   return walk_verification_blocks(slot_tokens, slot_parent, [&] { return SamplingWalker(in); });
 }

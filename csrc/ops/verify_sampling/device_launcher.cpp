@@ -9,10 +9,10 @@
 #include <optional>
 #include <tuple>
 
-#include "ops/verify_sampling/checks.h"
 #include "common/device_launch.h"
-#include "verify_walk/device_outputs.h"
+#include "ops/verify_sampling/checks.h"
 #include "ops/verify_sampling/params.h"
+#include "verify_walk/device_outputs.h"
 
 namespace tetris {
 namespace {

@@ -14,8 +14,8 @@
 // partial sum is exact and the outputs are identical (tests/test_emulation_verify.py).
 #pragma once
 
-#include "ops/verify_sampling/acceptance.h"
 #include "kernel_common/backend.cuh"
+#include "ops/verify_sampling/acceptance.h"
 #include "ops/verify_sampling/params.h"
 #include "verify_walk/kernel_walk.cuh"
 
@@ -146,10 +146,12 @@ class SamplingWalker {
 
  private:
   __device__ ProbRow target_row(int64_t slot) const {
-    return {p_.target_probs + b_ * p_.target_stride[0] + slot * p_.target_stride[1], p_.target_stride[2]};
+    return {p_.target_probs + b_ * p_.target_stride[0] + slot * p_.target_stride[1],
+            p_.target_stride[2]};
   }
   __device__ ProbRow draft_row(int64_t slot) const {
-    return {p_.draft_probs + b_ * p_.draft_stride[0] + slot * p_.draft_stride[1], p_.draft_stride[2]};
+    return {p_.draft_probs + b_ * p_.draft_stride[0] + slot * p_.draft_stride[1],
+            p_.draft_stride[2]};
   }
 
   // p <- the residual after rejecting token x, written to the scratch row (in place once p is
@@ -165,8 +167,8 @@ class SamplingWalker {
       load_weights(p_row_, first, V_, p);
       if (drafted) load_weights(q, first, V_, q_w);
       for (int64_t j = 0; j < kPerThread && first + j < V_; ++j) {
-        const float value = drafted ? residual_drafted(p[j], q_w[j], mass_)
-                                    : (first + j == x ? 0.f : p[j]);
+        const float value =
+            drafted ? residual_drafted(p[j], q_w[j], mass_) : (first + j == x ? 0.f : p[j]);
         scratch_[first + j] = value;
         sum += value;
       }

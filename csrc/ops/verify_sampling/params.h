@@ -1,5 +1,5 @@
-// verify_sampling on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
-// and the two backend launchers (host-includable, no device code).
+// verify_sampling on a device: the kernel params that device_launcher.cpp fills and kernel.cuh
+// reads, and the two backend launchers (host-includable, no device code).
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,9 @@ struct VerifySamplingParams : VerifyWalkParams {
 };
 
 // Launches nothing when B = 0.
-void launch_verify_sampling_cuda(const VerifySamplingParams& params, void* stream);      // kernel.cu (nvcc)
-void launch_verify_sampling_emulated(const VerifySamplingParams& params, void* stream);  // kernel_emulated.cpp
+void launch_verify_sampling_cuda(const VerifySamplingParams& params,
+                                 void* stream);  // kernel.cu (nvcc)
+void launch_verify_sampling_emulated(const VerifySamplingParams& params,
+                                     void* stream);  // kernel_emulated.cpp
 
 }  // namespace tetris
