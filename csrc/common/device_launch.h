@@ -1,4 +1,4 @@
-// What the torch-facing device launchers (csrc/ops/<op>/device_launcher.cpp) share: views of
+// What the torch-facing device launchers (csrc/ops/<op>/device_launcher.h) share: views of
 // tensors as kernel params, and one launch of a backend's kernels on the caller's stream.
 #pragma once
 

@@ -1,6 +1,6 @@
 // The schemas of every tetris op, in one place (docs/ops.md has the semantics).
 // CPU implementations register in csrc/ops/<op>/cpu.cpp, CUDA and emulated ones in
-// csrc/ops/<op>/device_launcher.cpp.
+// csrc/ops/device_registrations.cpp.
 #include <torch/library.h>
 
 namespace {

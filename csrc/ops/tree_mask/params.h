@@ -1,4 +1,4 @@
-// tree_mask and tree_mask_packed on a device: the kernel params that device_launcher.cpp fills and
+// tree_mask and tree_mask_packed on a device: the kernel params that device_launcher.h fills and
 // kernel.cuh reads, and the two backend launchers (host-includable, no device code).
 #pragma once
 

@@ -1,4 +1,4 @@
-// verify_greedy on a device: the kernel params that device_launcher.cpp fills and kernel.cuh reads,
+// verify_greedy on a device: the kernel params that device_launcher.h fills and kernel.cuh reads,
 // and the two backend launchers (host-includable, no device code).
 #pragma once
 

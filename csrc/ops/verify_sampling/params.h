@@ -1,4 +1,4 @@
-// verify_sampling on a device: the kernel params that device_launcher.cpp fills and kernel.cuh
+// verify_sampling on a device: the kernel params that device_launcher.h fills and kernel.cuh
 // reads, and the two backend launchers (host-includable, no device code).
 #pragma once
 

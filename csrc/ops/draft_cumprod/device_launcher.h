@@ -1,9 +1,11 @@
 // draft_cumprod on CUDA (tetris::draft_cumprod) and through the emulation harness
 // (tetris_emu::draft_cumprod): checks the arguments exactly as the CPU op does, allocates the
 // outputs on the input's device, and launches csrc/ops/draft_cumprod/kernel.cuh.
+// Instantiated for both in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -14,9 +16,8 @@
 #include "ops/draft_cumprod/params.h"
 
 namespace tetris {
-namespace {
 
-FloatType float_type(const at::Tensor& t) {
+inline FloatType float_type(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf: return FloatType::kFloat16;
     case at::kBFloat16: return FloatType::kBFloat16;
@@ -54,19 +55,5 @@ std::tuple<at::Tensor, at::Tensor> draft_cumprod_on_device(const at::Tensor& log
   launch_kernels(launch, p, logits);
   return {token_logprobs, cum_logprobs};
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_cuda>);
-}
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("draft_cumprod", &draft_cumprod_on_device<launch_draft_cumprod_emulated>);
-}
-#endif
 
 }  // namespace tetris

@@ -1,9 +1,10 @@
 // verify_greedy on a device: the same argument checks as the CPU op, outputs from the caching
-// allocator, one launch of csrc/ops/verify_greedy/kernel.cuh on the current stream. Registered for
-// CUDA (tetris) and for the CPU emulation harness (tetris_emu).
+// allocator, one launch of csrc/ops/verify_greedy/kernel.cuh on the current stream.
+// Instantiated for CUDA and the emulator in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -14,7 +15,6 @@
 #include "verify_walk/device_outputs.h"
 
 namespace tetris {
-namespace {
 
 template <KernelLauncher<VerifyGreedyParams> launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_on_device(
@@ -27,19 +27,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_on_device(
   launch_kernels(launch, params, slot_tokens);
   return outputs;
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_cuda>);
-}
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("verify_greedy", &verify_greedy_on_device<launch_verify_greedy_emulated>);
-}
-#endif
 
 }  // namespace tetris

@@ -1,9 +1,11 @@
 // select on CUDA (tetris::select) and through the emulation harness (tetris_emu::select):
 // checks the arguments exactly as the CPU op does, allocates the outputs and the workspace
 // on the input's device (the caching allocator), and launches csrc/ops/select/kernel.cuh.
+// Instantiated for both in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -13,7 +15,6 @@
 #include "ops/select/params.h"
 
 namespace tetris {
-namespace {
 
 template <KernelLauncher<SelectParams> launch>
 std::tuple<at::Tensor, at::Tensor> select_on_device(
@@ -46,17 +47,5 @@ std::tuple<at::Tensor, at::Tensor> select_on_device(
   launch_kernels(launch, p, scores);
   return {selected, counts};
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) { m.impl("select", &select_on_device<launch_select_cuda>); }
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("select", &select_on_device<launch_select_emulated>);
-}
-#endif
 
 }  // namespace tetris

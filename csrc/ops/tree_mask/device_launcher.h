@@ -1,10 +1,11 @@
 // tree_mask and tree_mask_packed on a device: the same argument checks as the CPU ops, outputs
 // from the caching allocator, one launch of the kernels in csrc/ops/tree_mask/kernel.cuh on the
-// current stream. Registered for CUDA (tetris) and for the CPU emulation harness (tetris_emu).
+// current stream. Instantiated for CUDA and the emulator in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -15,7 +16,6 @@
 #include "ops/tree_mask/params.h"
 
 namespace tetris {
-namespace {
 
 // What both ops hand the kernel: the inputs, and the slot layout [B, M] that the kernel always
 // writes (tree_mask returns it; tree_mask_packed builds the mask rows from it).
@@ -24,8 +24,8 @@ struct SlotLayout {
   at::Tensor slot_index, slot_parent;
 };
 
-SlotLayout slot_layout(const at::Tensor& selected, const std::optional<at::Tensor>& parents,
-                       const at::Tensor& prefix_lens) {
+inline SlotLayout slot_layout(const at::Tensor& selected, const std::optional<at::Tensor>& parents,
+                              const at::Tensor& prefix_lens) {
   const int64_t B = selected.size(0);
   const int64_t M = selected.size(1) + 1;
   const auto long_opts = selected.options().dtype(at::kLong);
@@ -81,21 +81,5 @@ std::tuple<at::Tensor, at::Tensor> tree_mask_packed_on_device(
   launch_kernels(launch, params, selected);
   return {cu_seqlens, packed_mask};
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("tree_mask", &tree_mask_on_device<launch_tree_mask_cuda>);
-  m.impl("tree_mask_packed", &tree_mask_packed_on_device<launch_tree_mask_packed_cuda>);
-}
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("tree_mask", &tree_mask_on_device<launch_tree_mask_emulated>);
-  m.impl("tree_mask_packed", &tree_mask_packed_on_device<launch_tree_mask_packed_emulated>);
-}
-#endif
 
 }  // namespace tetris

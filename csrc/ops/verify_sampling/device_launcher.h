@@ -1,10 +1,11 @@
 // verify_sampling on a device: the same argument checks as the CPU op, outputs and a [B, V]
 // scratch row per request from the caching allocator, one launch of
-// csrc/ops/verify_sampling/kernel.cuh on the current stream. Registered for CUDA (tetris) and for
-// the CPU emulation harness (tetris_emu).
+// csrc/ops/verify_sampling/kernel.cuh on the current stream.
+// Instantiated for CUDA and the emulator in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -15,7 +16,6 @@
 #include "verify_walk/device_outputs.h"
 
 namespace tetris {
-namespace {
 
 template <KernelLauncher<VerifySamplingParams> launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_on_device(
@@ -40,19 +40,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_sampling_on_device(
   launch_kernels(launch, params, slot_tokens);
   return outputs;
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("verify_sampling", &verify_sampling_on_device<launch_verify_sampling_cuda>);
-}
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("verify_sampling", &verify_sampling_on_device<launch_verify_sampling_emulated>);
-}
-#endif
 
 }  // namespace tetris

@@ -2,16 +2,17 @@
 // (tetris_emu::select_prefixes): checks the arguments exactly as the CPU op does, allocates the
 // workspace (used when the keys do not fit in shared memory; its size comes from the shapes), and
 // launches csrc/ops/select_prefixes/kernel.cuh, which writes `lengths` in place.
+// Instantiated for both in csrc/ops/device_registrations.cpp.
+#pragma once
+
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
 #include "common/device_launch.h"
 #include "ops/select_prefixes/checks.h"
 #include "ops/select_prefixes/params.h"
 
 namespace tetris {
-namespace {
 
 template <KernelLauncher<SelectPrefixesParams> launch>
 void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
@@ -41,19 +42,5 @@ void select_prefixes_on_device(const at::Tensor& probs, const at::Tensor& rows,
   p.workspace = reinterpret_cast<uint32_t*>(workspace.data_ptr<int32_t>());
   launch_kernels(launch, p, probs);
 }
-
-}  // namespace
-
-#ifdef TETRIS_WITH_CUDA
-TORCH_LIBRARY_IMPL(tetris, CUDA, m) {
-  m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_cuda>);
-}
-#endif
-
-#ifdef TETRIS_EMULATION
-TORCH_LIBRARY_IMPL(tetris_emu, CPU, m) {
-  m.impl("select_prefixes", &select_prefixes_on_device<launch_select_prefixes_emulated>);
-}
-#endif
 
 }  // namespace tetris
