@@ -59,7 +59,7 @@ inline void check_temperature(const char* op, const char* name, double value) {
 }
 
 // Size limits, checked before anything is allocated so that every backend rejects the same
-// shapes (stride-0 expansions make any logical size cheap to pass in; issue 9).
+// shapes (stride-0 expansions make any logical size cheap to pass in).
 // Candidates, rows and slots are counted in int32 by the kernels (grid sizes, counts).
 inline constexpr int64_t kMaxItems = std::numeric_limits<int32_t>::max();
 // No output may be larger than a 47-bit user address space (128 TiB): beyond it the allocator
@@ -87,8 +87,6 @@ inline void check_output_bytes(const char* op, const char* name, const at::Tenso
   TORCH_CHECK_VALUE(bytes <= kMaxOutputBytes, op, ": argument '", name, "': the output '", output,
                     "' would take ", bytes, " bytes, more than 2^47; got shape ", t.sizes());
 }
-
-inline const at::ScalarType kIndexTypes[] = {at::kInt, at::kLong};
 
 // [B, N] int32/int64 index tensor on the device of `reference` (parents, tokens, ...).
 inline void check_index_matrix(const char* op, const char* name, const at::Tensor& t, int64_t B,

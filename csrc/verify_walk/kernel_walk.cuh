@@ -29,9 +29,9 @@ struct Min {
 //     step of a chain) costs one warp vote.
 //   - Then window by window of blockDim.x slots, a thread per slot and a block-wide min,
 //     stopping at the first window that holds a child.
-// A walk thus costs O(M / threads) block reductions plus one vote per step (issue 9: every
-// thread used to scan its stride of all later slots at every step, O(M^2 / threads) for a
-// long accepted chain, with a block reduction per step). `offer` must be a pure function of
+// A walk thus costs O(M / threads) block reductions plus one vote per step (rather than
+// O(M^2 / threads) for a long accepted chain, had every thread scanned its stride of all later
+// slots at every step, with a block reduction per step). `offer` must be a pure function of
 // block-uniform state (it is evaluated redundantly by every warp).
 template <class Offer>
 __device__ int64_t next_child(const IndexMatrix& slot_parent, int64_t b, int64_t M, int64_t current,

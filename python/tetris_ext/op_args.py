@@ -1,4 +1,4 @@
-"""Argument checks of the ops on the Python side: the fakes' twin of csrc/ops/<op>/checks.h and csrc/common/checks.h.
+"""Argument checks on the Python side: the fakes' twin of csrc/ops/*/checks.h and csrc/common/checks.h.
 
 The fake (meta) implementations run these, so that FakeTensorMode, torch.compile and calls
 that mix a meta tensor with real ones reject exactly what the real ops reject, with the same

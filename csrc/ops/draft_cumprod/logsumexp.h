@@ -5,7 +5,7 @@
 // exp((x - max) * inv_t), never exp(x * inv_t - max * inv_t). The top term is then exactly
 // exp(0) = 1 whatever the compiler contracts (an FMA of x * inv_t - m keeps the product
 // unrounded while m was rounded, which made the top term exp(rounding error): positive
-// log-probabilities at small temperatures, issue 9), and nothing overflows for tiny T.
+// log-probabilities at small temperatures), and nothing overflows for tiny T.
 #pragma once
 
 #include <cmath>

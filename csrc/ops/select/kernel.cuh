@@ -35,7 +35,7 @@ inline constexpr int32_t kInvalidParent = -2;  // parent index outside [-1, n - 
 
 // Step 1 for a tree request whose cap drops candidates: keep its `cap` best kept keys (key
 // desc, n asc), dropping the rest. Called by the 32 lanes of one warp, in O(N) per request
-// (issue 9: ranking each candidate against the whole request was O(N^2)):
+// (rather than O(N^2) by ranking each candidate against the whole request):
 //   - the cap-th largest key, bit by bit from the top: the largest t with at least `cap` kept
 //     keys >= t (kDropped = 0 never counts; 32 counting passes of N / 32 per lane);
 //   - keys above it are kept, and its first ties in n order while `cap` is not reached (a
