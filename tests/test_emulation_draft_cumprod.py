@@ -1,6 +1,6 @@
 """The draft_cumprod CUDA kernels (run on the CPU by the emulation harness) against the CPU op.
 
-torch.ops.tetris_emu.draft_cumprod executes csrc/kernels/draft_cumprod.cuh, the text nvcc
+torch.ops.tetris_emu.draft_cumprod executes csrc/ops/draft_cumprod/kernel.cuh, the text nvcc
 compiles for the GPU. Same random inputs as the op tests (tests/refs); float outputs agree
 within 1e-5 (the reduction order differs), -inf / NaN patterns exactly.
 """

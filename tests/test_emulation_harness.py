@@ -1,4 +1,4 @@
-"""The CPU emulation harness (csrc/emu/) runs CUDA kernel text with CUDA's semantics.
+"""The CPU emulation harness (csrc/emulator/) runs CUDA kernel text with CUDA's semantics.
 
 tests/sanitize/emu_harness.cpp is a standalone program (no torch) with small kernels that use
 every harness feature (barriers, shuffles, votes, shared memory, atomics, 2-D indices) and
@@ -33,7 +33,7 @@ CHECKS = [
 ]
 
 
-# The default context switch (hand-written on x86-64) and glibc's swapcontext (emu/context.h).
+# The default context switch (hand-written on x86-64) and glibc's swapcontext (emulator/context.h).
 @pytest.fixture(scope="module", params=["default-switch", "ucontext"])
 def harness_output(request, tmp_path_factory):
     compiler = shutil.which("g++")

@@ -1,6 +1,6 @@
 """The select CUDA kernel (run on the CPU by the emulation harness) against the CPU op.
 
-torch.ops.tetris_emu.select executes csrc/kernels/select.cuh, the text nvcc compiles for the
+torch.ops.tetris_emu.select executes csrc/ops/select/kernel.cuh, the text nvcc compiles for the
 GPU. Same random inputs as the op tests (tests/refs); outputs must be bit-identical, ties
 included.
 """

@@ -1,6 +1,6 @@
 """The select_prefixes CUDA kernel (run on the CPU by the emulation harness) against the CPU op.
 
-torch.ops.tetris_emu.select_prefixes executes csrc/kernels/select_prefixes.cuh, the text nvcc
+torch.ops.tetris_emu.select_prefixes executes csrc/ops/select_prefixes/kernel.cuh, the text nvcc
 compiles for the GPU. The lengths written must be identical, ties included.
 """
 

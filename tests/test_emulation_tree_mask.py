@@ -1,4 +1,4 @@
-"""The tree_mask / tree_mask_packed kernels (csrc/kernels/tree_mask.cuh), run on the CPU by the
+"""The tree_mask / tree_mask_packed kernels (csrc/ops/tree_mask/kernel.cuh), run on the CPU by the
 emulation harness as torch.ops.tetris_emu, against the CPU ops: every output bit-identical.
 
 Inputs: the op tests' hypothesis strategies (tests/refs/tree_mask.py), and block-boundary

@@ -1,4 +1,4 @@
-"""The verify_greedy and verify_sampling kernels (csrc/kernels/verify_*.cuh), run on the CPU by
+"""The verify_greedy and verify_sampling kernels (csrc/ops/verify_*/kernel.cuh), run on the CPU by
 the emulation harness as torch.ops.tetris_emu, against the CPU ops: every output bit-identical.
 
 verify_sampling sums over the vocabulary in parallel (a different order than the CPU's

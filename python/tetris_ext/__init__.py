@@ -27,7 +27,7 @@ def _load_library() -> Path:
 
 
 def _built_with_cuda(library: Path) -> bool:
-    """Whether the library has the CUDA kernels (it exports the answer, csrc/device/launch.cpp)."""
+    """Whether the library has the CUDA kernels (it exports the answer, csrc/common/device_launch.cpp)."""
     import ctypes
 
     probe = getattr(ctypes.CDLL(str(library)), "tetris_ext_built_with_cuda", None)

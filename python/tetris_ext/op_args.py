@@ -1,4 +1,4 @@
-"""Argument checks of the ops on the Python side: the fakes' twin of csrc/args/ and csrc/checks.h.
+"""Argument checks on the Python side: the fakes' twin of csrc/ops/*/checks.h and csrc/common/checks.h.
 
 The fake (meta) implementations run these, so that FakeTensorMode, torch.compile and calls
 that mix a meta tensor with real ones reject exactly what the real ops reject, with the same
@@ -16,7 +16,7 @@ import operator
 import torch
 from torch import Tensor
 
-# csrc/checks.h: kMaxItems and kMaxOutputBytes.
+# csrc/common/checks.h: kMaxItems and kMaxOutputBytes.
 MAX_ITEMS = 2**31 - 1
 MAX_OUTPUT_BYTES = 2**47
 # The smallest double that rounds to +inf in float32 (2^128 - 2^103).
@@ -136,7 +136,7 @@ def check_layouts(op: str, **tensors) -> None:
         check_layout(op, name, t)
 
 
-# --- Every op (the order of csrc/args/*.h, so that the first failure is the same) ----------
+# --- Every op (the order of csrc/ops/*/checks.h, so that the first failure is the same) ----------
 
 
 def check_draft_cumprod(logits, tokens, parents, temperature) -> None:
@@ -171,7 +171,7 @@ def check_select(scores, budget, parents, max_per_request, min_score) -> None:
 
 
 def check_select_prefixes(probs, rows, lengths, budget) -> None:
-    """csrc/args/select_prefixes.h, but for memory overlap of `lengths` (fakes have no memory)."""
+    """csrc/ops/select_prefixes/checks.h, but for memory overlap of `lengths` (fakes have no memory)."""
     op = "select_prefixes"
     check_layouts(op, probs=probs, rows=rows, lengths=lengths)
     check_dtype(op, "probs", probs, (torch.float32,))

@@ -1,7 +1,7 @@
 """Typed wrappers and fake (meta) implementations of ``torch.ops.tetris.*``.
 
-The semantics of every op are in docs/ops.md; the C++ schemas are in csrc/ops.cpp.
-Fakes run the argument checks of the real ops (op_args.py, the twin of csrc/args/) and
+The semantics of every op are in docs/ops.md; the C++ schemas are in csrc/ops/schemas.cpp.
+Fakes run the argument checks of the real ops (op_args.py, the twin of csrc/ops/<op>/checks.h) and
 describe the output shapes and dtypes, so that the ops trace under torch.compile and
 FakeTensorMode and reject there what the real ops reject; the wrappers check Python scalars
 and layouts before dispatch, so that those messages name the argument too.

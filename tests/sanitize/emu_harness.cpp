@@ -1,10 +1,10 @@
-// Checks of the CPU emulation harness itself (csrc/emu/): barriers, warp shuffles and votes,
+// Checks of the CPU emulation harness itself (csrc/emulator/): barriers, warp shuffles and votes,
 // static and dynamic shared memory, atomics, multi-dimensional indices, and that misuse (a
 // barrier only part of the block reaches, a shuffle reading outside its mask, ...) stops the
 // launch with a clear message instead of hanging. Built and run by
 // tests/test_emulation_harness.py, and under ASan/UBSan by tests/test_sanitizers.py.
 // Prints "ok <check>" per check; exits non-zero on the first failure.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -13,7 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/backend.cuh"
+#include "driver.h"
+#include "kernel_common/backend.cuh"
 
 namespace tetris::TETRIS_KERNEL_NS {
 
@@ -119,9 +120,7 @@ __global__ void shuffle_past_partial_warp(int* out) {
   out[threadIdx.x] = __shfl_down_sync(kFull, static_cast<int>(threadIdx.x), 8);
 }
 
-__global__ void lane_outside_its_mask(int* out) {
-  out[threadIdx.x] = __shfl_sync(0x1u, 5, 0);
-}
+__global__ void lane_outside_its_mask(int* out) { out[threadIdx.x] = __shfl_sync(0x1u, 5, 0); }
 
 __global__ void shuffle_with_exited_lane(int* out) {
   if (threadIdx.x == 5) return;
@@ -141,12 +140,8 @@ namespace {
 
 using namespace tetris::emu;
 
-int failures = 0;
-
 void expect(bool condition, const char* check, const std::string& detail = "") {
-  if (condition) return;
-  std::fprintf(stderr, "FAIL %s %s\n", check, detail.c_str());
-  ++failures;
+  if (!condition) sanitize::check(false, (std::string(check) + " " + detail).c_str());
 }
 
 template <class F>
@@ -167,7 +162,8 @@ void check_block_sum() {
   std::vector<int> in(blocks * threads);
   std::iota(in.begin(), in.end(), 1);
   std::vector<int> out(blocks, 0), info(1, 0);
-  TETRIS_LAUNCH(block_sum, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(), info.data());
+  TETRIS_LAUNCH(block_sum, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(),
+                info.data());
   for (unsigned b = 0; b < blocks; ++b) {
     int want = std::accumulate(in.begin() + b * threads, in.begin() + (b + 1) * threads, 0);
     expect(out[b] == want, "block_sum", std::to_string(out[b]) + " != " + std::to_string(want));
@@ -229,33 +225,40 @@ void check_smem_atomics() {
 }
 
 void check_schedules_expose_races() {
-  std::vector<int> forward(64), reverse(64);
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
-  TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, forward.data());
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kReverse);
-  TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, reverse.data());
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
+  const auto [forward, reverse] = sanitize::in_both_orders([] {
+    std::vector<int> out(64);
+    TETRIS_LAUNCH(racy, 1, 64, 0, nullptr, out.data());
+    return out;
+  });
   expect(forward != reverse, "schedules differ on a race");
   std::printf("ok schedules_expose_races\n");
 }
 
+// A misused launch and a piece of the message it must stop with.
+struct Misuse {
+  const char* check;
+  const char* needle;
+  void (*kernel)(int*);
+  unsigned blocks, threads;
+};
+
 void check_misuse() {
+  const Misuse misuses[] = {
+      {"deadlock: barrier after early return", "returned from the kernel",
+       barrier_after_early_return, 2, 64},
+      {"divergent barrier", "a barrier in divergent code", barrier_in_divergent_code, 1, 64},
+      {"shuffle past a partial warp", "not in the mask", shuffle_past_partial_warp, 1, 40},
+      {"lane outside its mask", "is not in the mask", lane_outside_its_mask, 1, 32},
+      {"deadlock: shuffle with an exited lane", "deadlock", shuffle_with_exited_lane, 1, 32},
+      {"mixed warp primitives", "diverged", mixed_warp_primitives, 1, 32},
+      {"invalid launch configuration", "invalid launch configuration", racy, 1, 2048},
+  };
   std::vector<int> out(64);
-  int* o = out.data();
-  expect_launch_error("deadlock: barrier after early return", "returned from the kernel",
-                      [&] { TETRIS_LAUNCH(barrier_after_early_return, 2, 64, 0, nullptr, o); });
-  expect_launch_error("divergent barrier", "a barrier in divergent code",
-                      [&] { TETRIS_LAUNCH(barrier_in_divergent_code, 1, 64, 0, nullptr, o); });
-  expect_launch_error("shuffle past a partial warp", "not in the mask",
-                      [&] { TETRIS_LAUNCH(shuffle_past_partial_warp, 1, 40, 0, nullptr, o); });
-  expect_launch_error("lane outside its mask", "is not in the mask",
-                      [&] { TETRIS_LAUNCH(lane_outside_its_mask, 1, 32, 0, nullptr, o); });
-  expect_launch_error("deadlock: shuffle with an exited lane", "deadlock",
-                      [&] { TETRIS_LAUNCH(shuffle_with_exited_lane, 1, 32, 0, nullptr, o); });
-  expect_launch_error("mixed warp primitives", "diverged",
-                      [&] { TETRIS_LAUNCH(mixed_warp_primitives, 1, 32, 0, nullptr, o); });
-  expect_launch_error("invalid launch configuration", "invalid launch configuration",
-                      [&] { TETRIS_LAUNCH(racy, 1, 2048, 0, nullptr, o); });
+  for (const Misuse& m : misuses) {
+    expect_launch_error(m.check, m.needle, [&] {
+      TETRIS_LAUNCH(m.kernel, m.blocks, m.threads, 0, nullptr, out.data());
+    });
+  }
 }
 
 }  // namespace
@@ -269,10 +272,6 @@ int main() {
   check_schedules_expose_races();
   check_misuse();
   check_block_sum();  // the harness is usable again after failed launches
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("all harness checks passed\n");
-  return 0;
+  if (sanitize::failures == 0) std::printf("all harness checks passed\n");
+  return sanitize::exit_status();
 }

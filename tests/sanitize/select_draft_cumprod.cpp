@@ -5,10 +5,11 @@
 // shared-memory and the global-workspace paths of select. Every launch also runs with the
 // threads of each block in reverse order and must give the same bytes (no races).
 // Buffers are sized exactly, so that ASan sees one element past the end.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/draft_cumprod.cuh"
-#include "kernels/select.cuh"
+#include "driver.h"
+#include "ops/draft_cumprod/kernel.cuh"
+#include "ops/select/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -19,21 +20,13 @@
 
 namespace {
 
+using sanitize::bytes_of;
+using sanitize::check;
+using sanitize::check_same_in_both_orders;
 using tetris::DraftCumprodParams;
-using tetris::EmuTag;
 using tetris::FloatType;
 using tetris::IndexMatrix;
 using tetris::SelectParams;
-using tetris::emu_rt::Schedule;
-
-int failures = 0;
-
-void check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "FAIL %s\n", what);
-    ++failures;
-  }
-}
 
 std::mt19937 rng(1234);
 
@@ -63,23 +56,11 @@ IndexMatrix matrix(const std::vector<Index>& v, int64_t N) {
   return {v.data(), sizeof(Index) == 8, N, 1};
 }
 
-template <class Run>
-void both_schedules(const char* what, Run run) {
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  auto forward = run();
-  tetris::emu_rt::set_schedule(Schedule::kReverse);
-  auto reverse = run();
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  check(forward.size() == reverse.size() &&
-            std::memcmp(forward.data(), reverse.data(), forward.size()) == 0,
-        what);
-}
-
 // draft_cumprod on [B, N, V] logits stored with element stride `stride` and `offset` elements
 // before the first one (misaligning every row).
 template <class S>
-void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stride,
-                   int64_t offset, bool tree) {
+void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stride, int64_t offset,
+                   bool tree) {
   std::normal_distribution<float> normal(0, 3);
   const int64_t row = (V - 1) * stride + 1;
   std::vector<S> logits(offset + B * N * row);
@@ -95,15 +76,15 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
   }
   auto tokens = indices<int64_t>(B, N, false, V, 0.2);
   auto parents = indices<int32_t>(B, N, true, V, 0.2);
-  both_schedules("draft_cumprod: same result in both thread orders", [&] {
+  check_same_in_both_orders("draft_cumprod: same result in both thread orders", [&] {
     std::vector<float> token_logprobs(B * N), cum(B * N);
     std::vector<uint8_t> on_valid_path(B * N);
     DraftCumprodParams p;
     p.logits = logits.data() + offset;
     p.logits_type = type;
-    p.B = B;
-    p.N = N;
-    p.V = V;
+    p.batch = B;
+    p.candidates = N;
+    p.vocab = V;
     p.logits_stride[0] = N * row;
     p.logits_stride[1] = row;
     p.logits_stride[2] = stride;
@@ -113,12 +94,9 @@ void draft_cumprod(FloatType type, int64_t B, int64_t N, int64_t V, int64_t stri
     p.token_logprobs = token_logprobs.data();
     p.cum_logprobs = cum.data();
     p.on_valid_path = on_valid_path.data();
-    tetris::launch_draft_cumprod(EmuTag{}, p, nullptr);
+    tetris::emu::launch_draft_cumprod(p, nullptr);
     for (int64_t i = 0; i < B * N; ++i) check(!(token_logprobs[i] > 0), "log-probabilities <= 0");
-    std::vector<uint8_t> bytes(8 * B * N);
-    std::memcpy(bytes.data(), token_logprobs.data(), 4 * B * N);
-    std::memcpy(bytes.data() + 4 * B * N, cum.data(), 4 * B * N);
-    return bytes;
+    return bytes_of(token_logprobs, cum);
   });
 }
 
@@ -129,15 +107,16 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
   for (size_t i = 0; i < scores.size(); i += 17) scores[i] = NAN;
   auto parents = indices<int64_t>(B, N, true, 0, 0.05);
   std::vector<int32_t> cap(B);
-  for (auto& c : cap) c = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(-2, N + 1)(rng));
-  both_schedules("select: same result in both thread orders", [&] {
+  for (auto& c : cap)
+    c = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(-2, N + 1)(rng));
+  check_same_in_both_orders("select: same result in both thread orders", [&] {
     std::vector<uint8_t> selected(B * N);
     std::vector<int32_t> counts(B);
     std::vector<uint32_t> workspace(tetris::select_workspace_words(B, N));
     SelectParams p;
     p.scores = scores.data();
-    p.B = B;
-    p.N = N;
+    p.batch = B;
+    p.candidates = N;
     p.scores_stride[0] = N;
     p.scores_stride[1] = 1;
     if (tree) p.parents = matrix(parents, N);
@@ -147,14 +126,11 @@ void select(int64_t B, int64_t N, int64_t budget, bool tree, bool caps, uint32_t
     p.selected = reinterpret_cast<bool*>(selected.data());
     p.counts = counts.data();
     p.workspace = workspace.data();
-    tetris::launch_select(EmuTag{}, p, nullptr);
+    tetris::emu::launch_select(p, nullptr);
     int64_t total = 0;
     for (int64_t b = 0; b < B; ++b) total += counts[b];
     check(total <= budget, "select: no more than the budget");
-    std::vector<uint8_t> bytes(B * N + 4 * B);
-    std::memcpy(bytes.data(), selected.data(), B * N);
-    std::memcpy(bytes.data() + B * N, counts.data(), 4 * B);
-    return bytes;
+    return bytes_of(selected, counts);
   });
 }
 
@@ -184,9 +160,5 @@ int main() {
   }
   select(1024, 40, 9000, true, true, no_threshold);  // keys in the global workspace
   std::printf("ok select\n");
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  return 0;
+  return sanitize::exit_status();
 }

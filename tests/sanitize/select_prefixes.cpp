@@ -5,9 +5,10 @@
 // int32 and int64 lengths, and both the shared-memory and the global-workspace paths. Every
 // launch also runs with the threads in reverse order and must give the same lengths (no races).
 // Buffers are sized exactly, so that ASan sees one element past the end.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/select_prefixes.cuh"
+#include "driver.h"
+#include "ops/select_prefixes/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -17,7 +18,7 @@
 
 namespace {
 
-int failures = 0;
+using sanitize::check;
 std::mt19937 rng(99);
 
 template <class Length>
@@ -28,18 +29,18 @@ std::vector<Length> run(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t
   std::vector<uint32_t> workspace(B * S);
   tetris::SelectPrefixesParams p;
   p.probs = probs.data();
-  p.R = R;
-  p.S = S;
+  p.prob_rows = R;
+  p.positions = S;
   p.probs_stride[0] = S * stride;
   p.probs_stride[1] = stride;
   p.rows = {rows.data(), false, 1, 0};
-  p.B = B;
+  p.batch = B;
   p.budget = budget;
   p.lengths = lengths.data();
   p.lengths_int64 = sizeof(Length) == 8;
   p.lengths_stride = 1;
   p.workspace = workspace.data();
-  tetris::launch_select_prefixes(tetris::EmuTag{}, p, nullptr);
+  tetris::emu::launch_select_prefixes(p, nullptr);
   return lengths;
 }
 
@@ -50,21 +51,24 @@ void case_(int64_t R, int64_t S, int64_t B, int64_t budget, int64_t stride) {
   std::vector<float> probs(R > 0 ? (R * S - 1) * stride + 1 : 0);
   for (auto& x : probs) x = u(rng) < 0.05f ? specials[rng() % 6] : u(rng);
   std::vector<int32_t> rows(B);
-  for (auto& r : rows) r = u(rng) < 0.1f ? (rng() % 2 ? -1 : static_cast<int32_t>(R + 3)) : static_cast<int32_t>(rng() % (R > 0 ? R : 1));
+  for (auto& r : rows)
+    r = u(rng) < 0.1f ? (rng() % 2 ? -1 : static_cast<int32_t>(R + 3))
+                      : static_cast<int32_t>(rng() % (R > 0 ? R : 1));
   std::vector<Length> caps(B);
   for (auto& c : caps) c = static_cast<Length>(static_cast<int64_t>(rng() % (S + 4)) - 1);
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
-  auto forward = run(R, S, B, budget, stride, probs, rows, caps);
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kReverse);
-  auto reverse = run(R, S, B, budget, stride, probs, rows, caps);
-  tetris::emu_rt::set_schedule(tetris::emu_rt::Schedule::kForward);
+  const auto [forward, reverse] =
+      sanitize::in_both_orders([&] { return run(R, S, B, budget, stride, probs, rows, caps); });
+  const int failed_before = sanitize::failures;
   int64_t total = 0;
   for (int64_t b = 0; b < B; ++b) {
     total += forward[b];
-    if (forward[b] != reverse[b] || forward[b] < 0 || forward[b] > S) ++failures;
+    check(forward[b] == reverse[b], "select_prefixes: same lengths in both thread orders");
+    check(forward[b] >= 0 && forward[b] <= S, "select_prefixes: lengths in [0, S]");
   }
-  if (total > budget) ++failures;
-  if (failures) std::fprintf(stderr, "FAIL R=%ld S=%ld B=%ld budget=%ld\n", (long)R, (long)S, (long)B, (long)budget);
+  check(total <= budget, "select_prefixes: no more than the budget");
+  if (sanitize::failures != failed_before)
+    std::fprintf(stderr, "  in R=%ld S=%ld B=%ld budget=%ld\n", (long)R, (long)S, (long)B,
+                 (long)budget);
 }
 
 }  // namespace
@@ -75,6 +79,6 @@ int main() {
   case_<int32_t>(1100, 8, 1030, 3000, 1);  // more requests than threads
   case_<int64_t>(1, 3, 5, 0, 1);
   case_<int32_t>(7000, 8, 7000, 20000, 1);  // keys in the global workspace
-  if (failures == 0) std::printf("select_prefixes: clean\n");
-  return failures == 0 ? 0 : 1;
+  std::printf("ok select_prefixes\n");
+  return sanitize::exit_status();
 }

@@ -9,11 +9,12 @@
 // any input (slots in order, paths that follow slot_parent, the packed mask equal to the dense
 // one, tokens in range), and small worked examples for their exact values.
 // Prints "ok <check>" per group; exits non-zero if any check failed.
-#include "emu/emu.h"
+#include "emulator/emulator.h"
 // The harness must come first.
-#include "kernels/tree_mask.cuh"
-#include "kernels/verify_greedy.cuh"
-#include "kernels/verify_sampling.cuh"
+#include "driver.h"
+#include "ops/tree_mask/kernel.cuh"
+#include "ops/verify_greedy/kernel.cuh"
+#include "ops/verify_sampling/kernel.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -24,18 +25,10 @@
 
 namespace {
 
-using tetris::EmuTag;
+using sanitize::bytes_of;
+using sanitize::check;
+using sanitize::check_same_in_both_orders;
 using tetris::IndexMatrix;
-using tetris::emu_rt::Schedule;
-
-int failures = 0;
-
-void check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "FAIL %s\n", what);
-    ++failures;
-  }
-}
 
 std::mt19937 rng(2024);
 
@@ -48,26 +41,6 @@ bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng)
 int64_t invalid_id() {
   const int64_t ids[] = {-2, -7, INT32_MIN, INT32_MAX};
   return ids[uniform_int(0, 3)];
-}
-
-// The bytes of several output buffers, for comparing the two thread orders.
-struct Bytes {
-  std::vector<uint8_t> data;
-  template <class T>
-  void add(const std::vector<T>& v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-    data.insert(data.end(), p, p + v.size() * sizeof(T));
-  }
-};
-
-template <class Run>
-void both_schedules(const char* what, Run run) {
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  const Bytes forward = run();
-  tetris::emu_rt::set_schedule(Schedule::kReverse);
-  const Bytes reverse = run();
-  tetris::emu_rt::set_schedule(Schedule::kForward);
-  check(forward.data == reverse.data, what);
 }
 
 // An index matrix [B, N] stored as Index with row stride `row` (>= N) elements.
@@ -108,8 +81,8 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     p.batch = B;
     p.candidates = N;
     p.selected = reinterpret_cast<const bool*>(selected_storage.data());
-    p.selected_stride0 = 2 * N;
-    p.selected_stride1 = 2;
+    p.selected_stride[0] = 2 * N;
+    p.selected_stride[1] = 2;
     if (!chains) p.parents = parents.matrix();
     p.prefix_lens = {prefix.data(), false, 1, 0};
     return p;
@@ -117,21 +90,16 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
   std::vector<int64_t> slot_index(B * M), slot_parent(B * M), positions(B * M);
   std::vector<uint8_t> mask(B * M * M), packed(B * M * W);
   std::vector<int32_t> cu_seqlens(B + 1);
-  both_schedules("tree_mask: same result in both thread orders", [&] {
+  check_same_in_both_orders("tree_mask: same result in both thread orders", [&] {
     tetris::TreeMaskParams p = inputs();
     p.slot_index = slot_index.data();
     p.slot_parent = slot_parent.data();
     p.positions = positions.data();
     p.mask = reinterpret_cast<bool*>(mask.data());
-    tetris::launch_tree_mask(EmuTag{}, p, nullptr);
-    Bytes bytes;
-    bytes.add(slot_index);
-    bytes.add(slot_parent);
-    bytes.add(positions);
-    bytes.add(mask);
-    return bytes;
+    tetris::emu::launch_tree_mask(p, nullptr);
+    return bytes_of(slot_index, slot_parent, positions, mask);
   });
-  both_schedules("tree_mask_packed: same result in both thread orders", [&] {
+  check_same_in_both_orders("tree_mask_packed: same result in both thread orders", [&] {
     std::vector<int64_t> scratch_index(B * M), scratch_parent(B * M);
     tetris::TreeMaskParams p = inputs();
     p.slot_index = scratch_index.data();
@@ -139,11 +107,8 @@ void tree_mask(int64_t B, int64_t N, bool chains, double invalid_rate) {
     p.cu_seqlens = cu_seqlens.data();
     p.packed_mask = packed.data();
     if (B == 0) cu_seqlens[0] = 0;  // as the torch launcher does
-    tetris::launch_tree_mask_packed(EmuTag{}, p, nullptr);
-    Bytes bytes;
-    bytes.add(cu_seqlens);
-    bytes.add(packed);
-    return bytes;
+    tetris::emu::launch_tree_mask_packed(p, nullptr);
+    return bytes_of(cu_seqlens, packed);
   });
 
   check(cu_seqlens[0] == 0, "tree_mask_packed: cu_seqlens starts at 0");
@@ -199,15 +164,15 @@ void tree_mask_example() {
   p.batch = 1;
   p.candidates = N;
   p.selected = reinterpret_cast<const bool*>(selected);
-  p.selected_stride0 = N;
-  p.selected_stride1 = 1;
+  p.selected_stride[0] = N;
+  p.selected_stride[1] = 1;
   p.parents = {parents, true, N, 1};
   p.prefix_lens = {&prefix, true, 1, 0};
   p.slot_index = slot_index.data();
   p.slot_parent = slot_parent.data();
   p.positions = positions.data();
   p.mask = reinterpret_cast<bool*>(mask.data());
-  tetris::launch_tree_mask(EmuTag{}, p, nullptr);
+  tetris::emu::launch_tree_mask(p, nullptr);
   check(slot_index == std::vector<int64_t>{-1, 0, 1, 4, -1, -1}, "tree_mask example: slot_index");
   check(slot_parent == std::vector<int64_t>{-1, 0, 1, 2, -1, -1}, "tree_mask example: slot_parent");
   check(positions == std::vector<int64_t>{10, 11, 12, 13, 10, 10}, "tree_mask example: positions");
@@ -257,6 +222,19 @@ void check_paths(const char* op, int64_t B, int64_t M, Indices<Index>& parents,
   }
 }
 
+// The walk's part of the verify params: B requests of M slots, and the three outputs.
+void set_walk(tetris::VerifyWalkParams& p, int64_t B, int64_t M, IndexMatrix tokens,
+              IndexMatrix parents, std::vector<int64_t>& accepted, std::vector<int32_t>& num,
+              std::vector<int64_t>& out) {
+  p.batch = B;
+  p.slots = M;
+  p.slot_tokens = tokens;
+  p.slot_parent = parents;
+  p.accepted_slots = accepted.data();
+  p.num_accepted = num.data();
+  p.out_tokens = out.data();
+}
+
 void verify_greedy(int64_t B, int64_t M) {
   auto parents = slot_parents<int32_t>(B, M, 0.1);
   auto tokens = make_indices<int64_t>(B, M, 1);
@@ -268,22 +246,12 @@ void verify_greedy(int64_t B, int64_t M) {
     }
   std::vector<int64_t> accepted(B * M), out(B * M);
   std::vector<int32_t> num(B);
-  both_schedules("verify_greedy: same result in both thread orders", [&] {
+  check_same_in_both_orders("verify_greedy: same result in both thread orders", [&] {
     tetris::VerifyGreedyParams p;
-    p.batch = B;
-    p.slots = M;
-    p.slot_tokens = tokens.matrix();
-    p.slot_parent = parents.matrix();
+    set_walk(p, B, M, tokens.matrix(), parents.matrix(), accepted, num, out);
     p.target_tokens = targets.matrix();
-    p.accepted_slots = accepted.data();
-    p.num_accepted = num.data();
-    p.out_tokens = out.data();
-    tetris::launch_verify_greedy(EmuTag{}, p, nullptr);
-    Bytes bytes;
-    bytes.add(accepted);
-    bytes.add(num);
-    bytes.add(out);
-    return bytes;
+    tetris::emu::launch_verify_greedy(p, nullptr);
+    return bytes_of(accepted, num, out);
   });
   check_paths("verify_greedy: accepted paths follow slot_parent", B, M, parents, tokens, accepted,
               num, out);
@@ -335,37 +303,27 @@ void verify_sampling(int64_t B, int64_t M, int64_t V, bool draft, int64_t stride
   for (auto& u : uniforms) u = chance(0.05) ? (chance(0.5) ? NAN : 1.5f) : unit(rng);
   std::vector<int64_t> accepted(B * M), out(B * M);
   std::vector<int32_t> num(B);
-  both_schedules("verify_sampling: same result in both thread orders", [&] {
+  check_same_in_both_orders("verify_sampling: same result in both thread orders", [&] {
     std::vector<float> scratch(B * V);
     tetris::VerifySamplingParams p;
-    p.batch = B;
-    p.slots = M;
+    set_walk(p, B, M, tokens.matrix(), parents.matrix(), accepted, num, out);
     p.vocab = V;
-    p.slot_tokens = tokens.matrix();
-    p.slot_parent = parents.matrix();
     p.target_probs = target.data();
-    p.target_stride0 = M * target.row;
-    p.target_stride1 = target.row;
-    p.target_stride2 = stride;
+    p.target_stride[0] = M * target.row;
+    p.target_stride[1] = target.row;
+    p.target_stride[2] = stride;
     if (draft) {
       p.draft_probs = drafts.data();
-      p.draft_stride0 = M * V;
-      p.draft_stride1 = V;
-      p.draft_stride2 = 1;
+      p.draft_stride[0] = M * V;
+      p.draft_stride[1] = V;
+      p.draft_stride[2] = 1;
     }
     p.uniforms = uniforms.data();
-    p.uniforms_stride0 = M;
-    p.uniforms_stride1 = 1;
+    p.uniforms_stride[0] = M;
+    p.uniforms_stride[1] = 1;
     p.scratch = scratch.data();
-    p.accepted_slots = accepted.data();
-    p.num_accepted = num.data();
-    p.out_tokens = out.data();
-    tetris::launch_verify_sampling(EmuTag{}, p, nullptr);
-    Bytes bytes;
-    bytes.add(accepted);
-    bytes.add(num);
-    bytes.add(out);
-    return bytes;
+    tetris::emu::launch_verify_sampling(p, nullptr);
+    return bytes_of(accepted, num, out);
   });
   check_paths("verify_sampling: accepted paths follow slot_parent", B, M, parents, tokens, accepted,
               num, out);
@@ -388,15 +346,9 @@ void verify_examples() {
     std::vector<int64_t> accepted(4), out(4);
     std::vector<int32_t> num(1);
     tetris::VerifyGreedyParams p;
-    p.batch = 1;
-    p.slots = 4;
-    p.slot_tokens = {tokens, true, 4, 1};
-    p.slot_parent = {parents, true, 4, 1};
+    set_walk(p, 1, 4, {tokens, true, 4, 1}, {parents, true, 4, 1}, accepted, num, out);
     p.target_tokens = {targets, true, 4, 1};
-    p.accepted_slots = accepted.data();
-    p.num_accepted = num.data();
-    p.out_tokens = out.data();
-    tetris::launch_verify_greedy(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_greedy(p, nullptr);
     check(num[0] == 2 && accepted == std::vector<int64_t>{1, 3, -1, -1} &&
               out == std::vector<int64_t>{5, 9, 4, -1},
           "verify_greedy example");
@@ -414,29 +366,23 @@ void verify_examples() {
     std::vector<int64_t> accepted(3), out(3);
     std::vector<int32_t> num(1);
     tetris::VerifySamplingParams p;
-    p.batch = 1;
-    p.slots = 3;
+    set_walk(p, 1, 3, {tokens, false, 3, 1}, {parents, false, 3, 1}, accepted, num, out);
     p.vocab = 4;
-    p.slot_tokens = {tokens, false, 3, 1};
-    p.slot_parent = {parents, false, 3, 1};
     p.target_probs = target;
-    p.target_stride0 = 12;
-    p.target_stride1 = 4;
-    p.target_stride2 = 1;
+    p.target_stride[0] = 12;
+    p.target_stride[1] = 4;
+    p.target_stride[2] = 1;
     if (draft) {
       p.draft_probs = q;
-      p.draft_stride0 = 12;
-      p.draft_stride1 = 4;
-      p.draft_stride2 = 1;
+      p.draft_stride[0] = 12;
+      p.draft_stride[1] = 4;
+      p.draft_stride[2] = 1;
     }
     p.uniforms = uniforms;
-    p.uniforms_stride0 = 3;
-    p.uniforms_stride1 = 1;
+    p.uniforms_stride[0] = 3;
+    p.uniforms_stride[1] = 1;
     p.scratch = scratch.data();
-    p.accepted_slots = accepted.data();
-    p.num_accepted = num.data();
-    p.out_tokens = out.data();
-    tetris::launch_verify_sampling(EmuTag{}, p, nullptr);
+    tetris::emu::launch_verify_sampling(p, nullptr);
     if (draft)  // slot 1 accepted; leaf: bonus from target[1] = [1, 0, 0, 0] -> 0
       check(num[0] == 1 && accepted[0] == 1 && out == std::vector<int64_t>{0, 0, -1},
             "verify_sampling example (drafted)");
@@ -476,9 +422,5 @@ int main() {
   verify_sampling(2, 40, 4099, false, 1, 0);
   verify_sampling(0, 3, 5, true, 1, 0);
   std::printf("ok verify_sampling\n");
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  return 0;
+  return sanitize::exit_status();
 }

@@ -1,2 +1,0 @@
-// The draft_cumprod kernels for the GPU (nvcc; no torch headers, so this compiles fast).
-#include "kernels/draft_cumprod.cuh"

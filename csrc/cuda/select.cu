@@ -1,2 +1,0 @@
-// The select kernels for the GPU (nvcc; no torch headers, so this compiles fast).
-#include "kernels/select.cuh"

@@ -1,4 +1,0 @@
-// The verify_sampling kernel for the CPU emulation harness (the same kernel text as csrc/cuda/).
-#include "emu/emu.h"
-
-#include "kernels/verify_sampling.cuh"
