@@ -54,8 +54,10 @@ test-vllm: vllm-build
 GPU_ARCH = $(or $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1),9.0)
 GPU_NAME = $(or $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'),unknown-gpu)
 GPU_RUN_DIR = bench/results/gpu_$(shell date -u +%Y-%m-%d)_$(GPU_NAME)
-GPU_TESTS := tests/test_cuda.py tests/test_cuda_select_prefixes.py tests/test_build.py tests/test_draft_cumprod.py tests/test_select.py \
-  tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
+# The op tests run each case on every backend present (tests/conftest.py); ids name it ("cuda").
+GPU_KERNEL_TESTS := tests/test_cuda.py tests/test_kernel_backends.py tests/test_draft_cumprod.py tests/test_select.py \
+  tests/test_select_prefixes.py tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
+GPU_TESTS := $(GPU_KERNEL_TESTS) tests/test_build.py
 # compute-sanitizer ships with the CUDA toolkit, which is not always on PATH.
 COMPUTE_SANITIZER ?= $(firstword $(shell command -v compute-sanitizer) $(wildcard /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer) compute-sanitizer)
 # PYTORCH_NO_CUDA_MEMORY_CACHING: every tensor its own cudaMalloc, so that the sanitizer sees an
@@ -80,10 +82,10 @@ gpu-tests: build
 
 gpu-sanitize: build
 	mkdir -p $(GPU_RUN_DIR)
-	$(SANITIZE) --tool memcheck $(PY) -m pytest -q -x tests/test_cuda.py -k "not graph" \
+	$(SANITIZE) --tool memcheck $(PY) -m pytest -q -x $(GPU_KERNEL_TESTS) -k "cuda and not graph" \
 	  2>&1 | tee $(GPU_RUN_DIR)/memcheck.log || $(call SANITIZE_FAILED,memcheck)
-	$(SANITIZE) --tool racecheck $(PY) -m pytest -q -x tests/test_cuda.py \
-	  -k "deterministic or fully_written" \
+	$(SANITIZE) --tool racecheck $(PY) -m pytest -q -x tests/test_cuda.py tests/test_kernel_backends.py \
+	  -k "cuda and (deterministic or fully_written)" \
 	  2>&1 | tee $(GPU_RUN_DIR)/racecheck.log || $(call SANITIZE_FAILED,racecheck)
 
 gpu-bench: build

@@ -1,9 +1,11 @@
-"""Checks of a kernel backend against the CPU ops: the CUDA kernels (tests/test_cuda.py, on a
-GPU) and the same checks on the emulated kernels (tests/test_backend_checks.py, on the CPU in
-CI, so that these helpers are themselves exercised and can fail where no GPU is present).
+"""The backends an op runs on, and checks of a kernel backend against the CPU ops.
 
-A backend is an op namespace and a device: ``tetris`` on ``cuda`` dispatches to the CUDA
-kernels, ``tetris_emu`` on ``cpu`` to the emulated ones. Inputs are the ops' keyword arguments
+A backend is an op namespace and a device: ``tetris`` on ``cpu`` is the CPU op, ``tetris`` on
+``cuda`` dispatches to the CUDA kernels, ``tetris_emu`` on ``cpu`` to the emulated ones (the
+kernel text run on the CPU by csrc's emulation harness). tests/conftest.py hands them to the
+tests as the ``backend`` fixture (every backend) and ``kernel_backend`` (the kernels, compared
+with the CPU op); a backend the build or machine lacks is skipped. The emulated kernels run
+every check in CI, so these helpers are themselves exercised and can fail without a GPU. Inputs are the ops' keyword arguments
 as CPU tensors (tests/refs strategies and tests/refs/blocks.py builders); the helpers move
 them to the backend's device with their layout (strides, storage offset) unchanged.
 
@@ -35,9 +37,15 @@ Outputs = tuple  # the op's output tensors
 
 @dataclass(frozen=True)
 class Backend:
+    name: str  # the test id: "cpu", "emulated" or "cuda"
     namespace: str  # "tetris" or "tetris_emu"
     device: str  # where its tensors live: "cuda" or "cpu"
     dispatch_key: str  # the kernel's dispatch key: "CUDA" or "CPU"
+
+    @property
+    def other_device(self) -> str:
+        """A device none of its arguments may be on ("meta" stands in for one beside the CPU)."""
+        return "cpu" if self.device != "cpu" else "meta"
 
     def op(self, name: str):
         return getattr(getattr(torch.ops, self.namespace), name).default
@@ -52,10 +60,21 @@ class Backend:
         """The op on `inputs`, moved to this backend's device."""
         return self.op(name)(**to_device(inputs, self.device))
 
+    def run(self, name: str, *args):
+        """The op called as ``torch.ops.tetris.<name>(*args)`` with CPU arguments: tensors are
+        moved to this backend's device with their layout, outputs come back to the CPU."""
+        outputs = self.op(name)(*[same_layout_on(a, self.device) if isinstance(a, torch.Tensor) else a
+                                  for a in args])
+        return tuple(t.cpu() for t in outputs)
 
-CPU = Backend("tetris", "cpu", "CPU")
-CUDA = Backend("tetris", "cuda", "CUDA")
-EMULATED = Backend("tetris_emu", "cpu", "CPU")
+    def __str__(self) -> str:
+        return self.name
+
+
+CPU = Backend("cpu", "tetris", "cpu", "CPU")
+CUDA = Backend("cuda", "tetris", "cuda", "CUDA")
+EMULATED = Backend("emulated", "tetris_emu", "cpu", "CPU")
+BACKENDS = {backend.name: backend for backend in (CPU, EMULATED, CUDA)}
 
 
 # -- inputs -----------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""The checks tests/test_cuda.py makes of the CUDA kernels (tests/refs/backends.py), run here on
-the emulated kernels (tetris_emu on the CPU), so that they are exercised in CI where no GPU is
-present, together with negative controls showing that each check fails when it should.
+"""What every op must do on every kernel backend (tests/refs/backends.py; the fixtures in
+tests/conftest.py): outputs fully written, empty shapes, bad arguments rejected as the CPU op
+rejects them, an argument on another device named (the CPU op too). Then the checks of the
+checks: the helpers pass on the emulated kernels and fail on wrong results (negative controls),
+so that they are known to be able to fail where no GPU is present. The per-op comparisons are
+in tests/test_<op>.py; what only CUDA has (streams, graphs, host synchronisation) in
+tests/test_cuda.py.
 """
 
 from __future__ import annotations
@@ -8,40 +12,49 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tetris_ext
 from refs.backends import (
-    BAD_ARGUMENTS, EMULATED, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
+    BAD_ARGUMENTS, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
     assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
     assert_replay_follows_inputs, bad_inputs, empty_batch, no_candidates, rerun_eagerly,
     same_layout_on, small_inputs,
 )
 from refs.layouts import with_layout
 
-pytestmark = pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
 
-
-# -- the checks pass on the emulated kernels --------------------------------------------------------
+@pytest.mark.parametrize("name", OPS)
+def test_outputs_are_fully_written(kernel_backend, poisoned_empty, name):
+    assert_matches_cpu(kernel_backend, name, small_inputs(name))
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_emulated_kernels_pass_every_check(name):
-    assert_matches_cpu(EMULATED, name, small_inputs(name))
-    assert_deterministic(EMULATED, name, small_inputs(name))
-    assert_replay_follows_inputs(EMULATED, name, small_inputs(name, 1), small_inputs(name, 2), rerun_eagerly)
-    for empty in [empty_batch] + ([] if name.startswith("verify") else [no_candidates]):
-        assert_replay_follows_inputs(EMULATED, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)),
-                                     rerun_eagerly, values_matter=False)
+def test_empty_shapes(kernel_backend, name):
+    assert_matches_cpu(kernel_backend, name, empty_batch(small_inputs(name)))
+    if not name.startswith("verify"):  # verify needs M >= 1 slots
+        assert_matches_cpu(kernel_backend, name, no_candidates(small_inputs(name)))
 
 
 @pytest.mark.parametrize("name, arg, spoil", BAD_ARGUMENTS, ids=lambda x: x if isinstance(x, str) else "")
-def test_bad_arguments(name, arg, spoil):
-    assert_rejects_like_cpu(EMULATED, name, bad_inputs(name, arg, spoil))
+def test_bad_arguments_raise_as_on_cpu(kernel_backend, name, arg, spoil):
+    assert_rejects_like_cpu(kernel_backend, name, bad_inputs(name, arg, spoil))
 
 
-# On the CPU the other device is "meta" (tests/test_cuda.py puts one argument on the CPU).
+# The other device is "meta" beside the CPU, the CPU beside cuda.
 @pytest.mark.parametrize("name, arg", OTHER_DEVICE_ARGUMENTS)
-def test_argument_on_another_device(name, arg):
-    assert_rejects_other_device(EMULATED, name, small_inputs(name), arg, "meta")
+def test_argument_on_another_device(backend, name, arg):
+    assert_rejects_other_device(backend, name, small_inputs(name), arg, backend.other_device)
+
+
+# -- the checks pass on the emulated kernels (on a GPU: tests/test_cuda.py, with CUDA graphs) -------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_emulated_kernels_pass_every_check(emulated, name):
+    assert_matches_cpu(emulated, name, small_inputs(name))
+    assert_deterministic(emulated, name, small_inputs(name))
+    assert_replay_follows_inputs(emulated, name, small_inputs(name, 1), small_inputs(name, 2), rerun_eagerly)
+    for empty in [empty_batch] + ([] if name.startswith("verify") else [no_candidates]):
+        assert_replay_follows_inputs(emulated, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)),
+                                     rerun_eagerly, values_matter=False)
 
 
 # -- negative controls: each check fails on a wrong result --------------------------------------------
@@ -55,15 +68,15 @@ def frozen_at_record_time(call):
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_replay_check_catches_values_read_at_record_time(name):
+def test_replay_check_catches_values_read_at_record_time(emulated, name):
     with pytest.raises(AssertionError):
-        assert_replay_follows_inputs(EMULATED, name, small_inputs(name, 1), small_inputs(name, 2),
+        assert_replay_follows_inputs(emulated, name, small_inputs(name, 1), small_inputs(name, 2),
                                      frozen_at_record_time)
 
 
-def test_replay_check_refuses_inputs_that_prove_nothing():
+def test_replay_check_refuses_inputs_that_prove_nothing(emulated):
     with pytest.raises(AssertionError, match="prove nothing"):
-        assert_replay_follows_inputs(EMULATED, "select", small_inputs("select"), small_inputs("select"), rerun_eagerly)
+        assert_replay_follows_inputs(emulated, "select", small_inputs("select"), small_inputs("select"), rerun_eagerly)
 
 
 def test_output_comparison_fails_on_any_difference():
@@ -87,15 +100,15 @@ def test_output_comparison_fails_on_any_difference():
             assert_outputs_match(actual, expected, exact=bool(exact))
 
 
-def test_bad_argument_check_requires_a_bad_argument():
+def test_bad_argument_check_requires_a_bad_argument(emulated):
     with pytest.raises(AssertionError, match="not a bad-argument case"):
-        assert_rejects_like_cpu(EMULATED, "select", small_inputs("select"))
+        assert_rejects_like_cpu(emulated, "select", small_inputs("select"))
 
 
-def test_other_device_check_fails_when_accepted():
+def test_other_device_check_fails_when_accepted(emulated):
     # The CPU op and the emulated kernel share a device: a CPU argument is accepted.
     with pytest.raises(AssertionError, match="is accepted"):
-        assert_rejects_other_device(EMULATED, "select", small_inputs("select"), "parents", "cpu")
+        assert_rejects_other_device(emulated, "select", small_inputs("select"), "parents", "cpu")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
