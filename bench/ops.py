@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS_DIR, format_table, median, paired_ratio, run_metadata, time_side_by_side, write_json,
+    RESULTS_DIR, format_table, median, paired_ratio, run_metadata, save_figure, time_side_by_side, write_json,
 )
 
 import tetris_ext  # noqa: E402,F401  (registers torch.ops.tetris)
@@ -365,11 +365,8 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.set_xticks(list(xs), [shape_label(r) for r in sel], rotation=70, fontsize=6, ha="right")
-    fig.suptitle(f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
-                 f"torch {meta['torch']}, {meta['date'][:10]}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
+                f"torch {meta['torch']}, {meta['date'][:10]}", top=0.98)
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table, run_metadata, write_json  # noqa: E402
+from common import RESULTS_DIR, format_table, run_metadata, save_figure, write_json  # noqa: E402
 
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b, samples_from_run_stats  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
@@ -181,11 +181,8 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     ax2.axhline(1.0, color="black", lw=0.8)
     ax3.set_ylabel("verification success rate (accepted / verified)")
     ax1.legend(fontsize=7)
-    fig.suptitle(f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, cost model {cost_model} "
-                 f"({meta['date'][:10]})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
+                f"cost model {cost_model} ({meta['date'][:10]})", top=0.95)
 
 
 def main(argv=None) -> int:

@@ -240,21 +240,9 @@ def test_bad_inputs(backend, args, error, match):
 # A tensor on another device: tests/test_kernel_backends.py (every op, every backend).
 
 
-# -- the kernels against the CPU op -------------------------------------------------------------
+# -- the kernels against the CPU op (on random inputs: tests/test_kernel_backends.py) ------------
 
 HALF_TYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@settings(max_examples=200, deadline=None)
-@given(draft_cumprod_inputs())
-def test_kernel_matches_cpu(kernel_backend, kw):
-    assert_matches_cpu(kernel_backend, "draft_cumprod", kw)
-
-
-@settings(max_examples=40, deadline=None)
-@given(draft_cumprod_inputs(max_batch=40, max_candidates=40))
-def test_kernel_matches_cpu_larger(kernel_backend, kw):
-    assert_matches_cpu(kernel_backend, "draft_cumprod", kw)
 
 
 # V around the vector widths and the blocks' unrolled stripes (tests/refs/blocks.py).

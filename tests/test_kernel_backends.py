@@ -1,6 +1,8 @@
 """What every op must do on every kernel backend (tests/refs/backends.py; the fixtures in
 tests/conftest.py): outputs fully written, empty shapes, bad arguments rejected as the CPU op
-rejects them, an argument on another device named (the CPU op too). Then the checks of the
+rejects them, an argument on another device named (the CPU op too); and draft_cumprod and
+select against the CPU op on the op tests' random inputs (tree_mask and verify_*: with their
+strided variants in tests/test_<op>.py). Then the checks of the
 checks: the helpers pass on the emulated kernels and fail on wrong results (negative controls),
 so that they are known to be able to fail where no GPU is present. The per-op comparisons are
 in tests/test_<op>.py; what only CUDA has (streams, graphs, host synchronisation) in
@@ -14,11 +16,26 @@ import torch
 
 from refs.backends import (
     BAD_ARGUMENTS, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
-    assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
+    assert_matches_cpu_on_examples, assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
     assert_replay_follows_inputs, bad_inputs, empty_batch, no_candidates, rerun_eagerly,
     same_layout_on, small_inputs,
 )
+from refs.draft_cumprod import draft_cumprod_inputs
 from refs.layouts import with_layout
+from refs.select import select_inputs
+
+# The op tests' random inputs (tests/refs strategies), and larger ones, with how many examples.
+RANDOM_INPUTS = [
+    pytest.param("draft_cumprod", draft_cumprod_inputs(), 200, id="draft_cumprod"),
+    pytest.param("draft_cumprod", draft_cumprod_inputs(max_batch=40, max_candidates=40), 40, id="draft_cumprod-larger"),
+    pytest.param("select", select_inputs(), 300, id="select"),
+    pytest.param("select", select_inputs(max_batch=70, max_candidates=40), 60, id="select-larger"),
+]
+
+
+@pytest.mark.parametrize("name, strategy, examples", RANDOM_INPUTS)
+def test_matches_cpu_on_random_inputs(kernel_backend, name, strategy, examples):
+    assert_matches_cpu_on_examples(kernel_backend, name, strategy, examples)
 
 
 @pytest.mark.parametrize("name", OPS)

@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris)
-from refs.backends import assert_matches_cpu
+from refs.backends import CPU, assert_matches_cpu
 from refs.blocks import SELECT_BENCH_SHAPES, SELECT_BLOCK_SHAPES, select_block_inputs
 from refs.draft_cumprod import parent_matrix, random_parents
 from refs.layouts import LAYOUTS, with_layout
@@ -26,12 +26,9 @@ from refs.select import (
     select_walk,
 )
 
-select = torch.ops.tetris.select.default
-
-
-def run(kw, backend=None):
+def run(kw, backend=CPU):
     args = (kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
-    return select(*args) if backend is None else backend.run("select", *args)
+    return backend.run("select", *args)
 
 
 def assert_same(actual, expected):
@@ -145,7 +142,7 @@ def test_walk_order_is_reproduced_candidate_by_candidate():
     walk = select_walk(scores, 6 * 9, parents, caps, -1.5)
     previous = torch.zeros(6, 9, dtype=torch.bool)
     for budget in range(1, len(walk) + 2):
-        selected, _ = select(scores, budget, parents, caps, -1.5)
+        selected, _ = CPU.run("select", scores, budget, parents, caps, -1.5)
         added = (selected & ~previous).nonzero().tolist()
         assert added == ([list(walk[budget - 1])] if budget <= len(walk) else [])
         previous = selected
@@ -219,7 +216,7 @@ def test_any_layout_same_result(backend, layout):
     scores = random_scores(g, 7, 9, "ties", 0.1)
     parents = random_parents(g, 7, 9, 0.1)
     caps = torch.randint(-1, 10, (7,), generator=g)
-    expected = select(scores, 20, parents, caps, -2.0)
+    expected = CPU.run("select", scores, 20, parents, caps, -2.0)
     actual = backend.run("select", with_layout(scores, layout), 20, with_layout(parents, layout),
                          with_layout(caps, layout), -2.0)
     assert_same(actual, expected)
@@ -286,19 +283,7 @@ def test_counts_match_selected(backend, B, N):
     assert torch.equal(counts, selected.sum(1, dtype=torch.int32))
 
 
-# -- the kernels against the CPU op -------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(select_inputs())
-def test_kernel_matches_cpu(kernel_backend, kw):
-    assert_matches_cpu(kernel_backend, "select", kw)
-
-
-@settings(max_examples=60, deadline=None)
-@given(select_inputs(max_batch=70, max_candidates=40))
-def test_kernel_matches_cpu_larger(kernel_backend, kw):
-    assert_matches_cpu(kernel_backend, "select", kw)
+# -- the kernels against the CPU op (on random inputs: tests/test_kernel_backends.py) ------------
 
 
 # B, N and B * N around warp, 256 and block boundaries (tests/refs/blocks.py), with budgets

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from hypothesis import given, settings
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris and tetris_emu)
 
@@ -207,6 +208,17 @@ def assert_matches_cpu(backend: Backend, name: str, inputs: Inputs) -> Outputs:
     actual = backend(name, inputs)
     assert_outputs_match(actual, CPU(name, inputs))
     return actual
+
+
+def assert_matches_cpu_on_examples(backend: Backend, name: str, strategy, max_examples: int) -> None:
+    """assert_matches_cpu on hypothesis examples of `strategy` (settings chosen per call, so that
+    one parametrised test can draw inputs of several sizes, each with its own number)."""
+    @settings(max_examples=max_examples, deadline=None)
+    @given(strategy)
+    def check(inputs):
+        assert_matches_cpu(backend, name, inputs)
+
+    check()
 
 
 def assert_deterministic(backend: Backend, name: str, inputs: Inputs) -> None:
