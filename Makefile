@@ -92,7 +92,7 @@ gpu-bench: build
 	mkdir -p $(GPU_RUN_DIR)
 	$(PY) bench/ops.py --device cuda --out $(GPU_RUN_DIR)/ops_cuda 2>&1 | tee $(GPU_RUN_DIR)/bench.log
 
-# --- gpu-check (issue 13) --------------------------------------------------------------------------
+# --- gpu-check --------------------------------------------------------------------------------------
 # make gpu-check [OUT=dir]: on the GPU machine as it is (no venv, no network; python3 and its own
 # torch): tools/gpu_check.py builds in place for the GPU present with every core, then runs the
 # CUDA tests, bench/ops.py --device cuda, compute-sanitizer memcheck and racecheck, each stage

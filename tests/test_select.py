@@ -44,8 +44,9 @@ def test_matches_the_walk(backend, kw):
 
 
 def ranked_formulation(scores, budget, parents=None, max_per_request=None, min_score=None):
-    """The equivalent statement of issue 2: keep candidates whose rank inside their request
-    (e desc, n asc) is below the cap, then the first `budget` kept in (e desc, b asc, n asc)."""
+    """The equivalent, ranked statement of select (docs/ops.md, "Why this order"): keep the
+    candidates whose rank inside their request (e desc, n asc) is below the cap, then the first
+    `budget` kept in (e desc, b asc, n asc)."""
     B, N = scores.shape
     e = effective_scores(scores, parents)
     caps = [N] * B if max_per_request is None else [max(int(c), 0) for c in max_per_request.tolist()]

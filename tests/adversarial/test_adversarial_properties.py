@@ -1,4 +1,4 @@
-"""Property-based adversarial suite (issue 9): generated extreme values, shapes, layouts, dtypes,
+"""Property-based adversarial suite: generated extreme values, shapes, layouts, dtypes,
 devices (meta mixes), invalid scalars and aliasing for every op, in both namespaces.
 
 For every generated call:

@@ -1,4 +1,4 @@
-"""The five defects that adversarial probing of the ops found (issue 9), one test each (or a few),
+"""The five defects that adversarial probing of the ops found, one test each (or a few),
 every one failing on the code before its fix.
 
 1. draft_cumprod at small temperatures: the top token's log-probability was exp(rounding
