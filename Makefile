@@ -121,3 +121,23 @@ wheel: venv
 
 clean:
 	rm -rf build dist python/tetris_ext/_C*.so
+
+# make lint: ruff's checks and its format check (settings: pyproject.toml [tool.ruff]); the
+# C++ / CUDA sources' format where a .clang-format and clang-format exist. Fixes nothing itself:
+# `ruff check --fix .` and `ruff format .` do (one commit of their own).
+RUFF_VERSION ?= 0.17.6
+.PHONY: lint
+$(VENV)/bin/ruff: | venv
+	$(PY) -m pip install -q ruff==$(RUFF_VERSION)
+
+lint: $(VENV)/bin/ruff
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	if [ -f .clang-format ] && command -v clang-format >/dev/null; then \
+	  clang-format --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/sanitize/*.cpp') \
+	    || status=1; \
+	else \
+	  echo "lint: C++ format check skipped ($$( [ -f .clang-format ] && echo 'clang-format is not installed' || echo 'no .clang-format'))"; \
+	fi; \
+	exit $$status

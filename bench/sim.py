@@ -107,7 +107,7 @@ def fit_cpu_cost_model(path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, pro
         ("Tetris(3, 2)", lambda: Tetris(3, 2))]]
     samples, prefill_seconds, prefill_tokens = [], 0.0, 0
     for B in tqdm(batch_sizes, desc="fit cpu cost model: batch sizes"):
-        for name, make in runs:
+        for _, make in runs:
             policy = make()
             drafter = NgramDrafter(MAX_DRAFT) if policy.num_draft(B) else None
             result = generate(target, token_lists, policy, drafter, max_new_tokens=new_tokens, max_batch_size=B)

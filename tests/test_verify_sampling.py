@@ -8,7 +8,6 @@ children per slot: each rejection adds bits to the residual), with shapes across
 block boundaries: V around one tile (4 tokens per thread, up to 1024 threads: 4096 tokens),
 V not a multiple of 4."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import tetris_ext
 from adversarial_inputs import PROFILE, spoiled_call, valid_inputs
-from refs.backends import CPU, OPS, assert_outputs_match, bits, first_line
+from refs.backends import CPU, OPS, assert_outputs_match, first_line
 from refs.draft_cumprod import draft_cumprod_ref
 from subprocess_limits import run_limited
 
@@ -110,7 +110,7 @@ def test_spoiled_calls_are_rejected_alike_everywhere(emulated, name, data):
     assert kind == "error", f"the wrapper rejects what the op accepts: {message}"
     if type(op_error) is type(error) and first_line(op_error) == message:
         for backend in (CPU, emulated):
-            kind, other = outcome(lambda: backend.kernel(name)(**bad))
+            kind, other = outcome(lambda backend=backend: backend.kernel(name)(**bad))
             assert kind == "error", f"{backend.namespace} accepts what the CPU op rejects: {message}"
             assert_same_error(other, error, backend.namespace)
     # The fakes: the same error under FakeTensorMode, and with every tensor on meta (unless the

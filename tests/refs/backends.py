@@ -199,7 +199,7 @@ def assert_outputs_match(actual: Outputs, expected: Outputs, *, exact: bool = Fa
             assert torch.equal(bits(a), bits(e)), f"output {i} differs in its bits"
         elif e.is_floating_point():
             torch.testing.assert_close(a.cpu(), e.cpu(), atol=FLOAT_TOLERANCE, rtol=FLOAT_TOLERANCE,
-                                       equal_nan=True, msg=lambda m: f"output {i}: {m}")
+                                       equal_nan=True, msg=lambda m, i=i: f"output {i}: {m}")
         else:
             assert torch.equal(a.cpu(), e.cpu()), f"output {i}:\n{a.cpu()}\n!=\n{e.cpu()}"
 
