@@ -8,7 +8,8 @@
    target's continuation (bench/results/traces/, committed: the study then needs no model).
 2. Cost models: `cpu` is fitted (tetris_ext.cost_models.LinearCostModel.fit) to the step times of
    live `generate` runs of Gemma 3 270M on this machine, over several policies and batch sizes;
-   (bfloat16, one thread); `gpu` is the documented roofline of a 70B target on 4x H100 (cost_models.h100x4_llama70b).
+   (bfloat16, one thread); `gpu` is the documented roofline of a 70B target on 4x H100
+   (cost_models.h100x4_llama70b).
 3. Replay: `--requests` requests drawn from the trace (all arriving at once, a queue longer than
    the batch, as in the paper's setting) through every policy and batch size; a non-adaptive
    policy's steps are priced by both cost models in one replay, the goodput policies (which
@@ -181,8 +182,9 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     ax2.axhline(1.0, color="black", lw=0.8)
     ax3.set_ylabel("verification success rate (accepted / verified)")
     ax1.legend(fontsize=7)
-    save_figure(fig, path, f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
-                f"cost model {cost_model} ({meta['date'][:10]})", top=0.95)
+    title = (f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
+             f"cost model {cost_model} ({meta['date'][:10]})")
+    save_figure(fig, path, title, top=0.95)
 
 
 def main(argv=None) -> int:

@@ -139,9 +139,11 @@ except RuntimeError as error:
 zeros = lambda dtype, *shape: torch.zeros([1] * len(shape), dtype=dtype).expand(*shape)
 call = {{
     "select": lambda: torch.ops.{ns}.select(zeros(torch.float32, B, N), 1),
-    "draft_cumprod": lambda: torch.ops.{ns}.draft_cumprod(zeros(torch.float32, B, N, 1), zeros(torch.long, B, N)),
+    "draft_cumprod": lambda: torch.ops.{ns}.draft_cumprod(zeros(torch.float32, B, N, 1),
+                                                       zeros(torch.long, B, N)),
     "tree_mask": lambda: torch.ops.{ns}.tree_mask(zeros(torch.bool, B, N), None, zeros(torch.long, B)),
-    "tree_mask_packed": lambda: torch.ops.{ns}.tree_mask_packed(zeros(torch.bool, B, N), None, zeros(torch.long, B)),
+    "tree_mask_packed": lambda: torch.ops.{ns}.tree_mask_packed(zeros(torch.bool, B, N), None,
+                                                             zeros(torch.long, B)),
     "verify_greedy": lambda: torch.ops.{ns}.verify_greedy(*[zeros(torch.long, B, N)] * 3),
 }}[name]
 try:

@@ -5,9 +5,10 @@ A backend is an op namespace and a device: ``tetris`` on ``cpu`` is the CPU op, 
 kernel text run on the CPU by csrc's emulation harness). tests/conftest.py hands them to the
 tests as the ``backend`` fixture (every backend) and ``kernel_backend`` (the kernels, compared
 with the CPU op); a backend the build or machine lacks is skipped. The emulated kernels run
-every check in CI, so these helpers are themselves exercised and can fail without a GPU. Inputs are the ops' keyword arguments
-as CPU tensors (tests/refs strategies and tests/refs/blocks.py builders); the helpers move
-them to the backend's device with their layout (strides, storage offset) unchanged.
+every check in CI, so these helpers are themselves exercised and can fail without a GPU.
+Inputs are the ops' keyword arguments as CPU tensors (tests/refs strategies and
+tests/refs/blocks.py builders); the helpers move them to the backend's device with their layout
+(strides, storage offset) unchanged.
 
 Outputs agree with the CPU op as docs/kernels.md states: integer and boolean outputs bit for
 bit, float outputs within 1e-5 absolute and relative (reductions run in another order), with
@@ -305,3 +306,11 @@ def assert_replay_follows_inputs(backend: Backend, name: str, first: Inputs, sec
     replayed = tuple(t.clone() for t in replay())
     assert_outputs_match(replayed, eager_second, exact=True)
     assert_outputs_match(replayed, CPU(name, second))
+
+
+def assert_replay_of_empty_shapes(backend: Backend, name: str, empty: Callable[[Inputs], Inputs],
+                                  record: Recorder) -> None:
+    """assert_replay_follows_inputs on two small calls emptied by `empty` (empty_batch or
+    no_candidates): nothing to compute, so the outputs need not differ."""
+    assert_replay_follows_inputs(backend, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)), record,
+                                 values_matter=False)
