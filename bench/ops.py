@@ -341,6 +341,9 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure_title = (f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
+                    f"torch {meta['torch']}, {meta['date'][:10]}")
+
     ok = [r for r in rows if r.get("status") == "ok"]
     panels = [(op, "ratio", f"{op}: baseline time / ours") for op in dict.fromkeys(r["op"] for r in ok)]
     if any("bw_fraction" in r for r in ok):
@@ -365,9 +368,7 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.set_xticks(list(xs), [shape_label(r) for r in sel], rotation=70, fontsize=6, ha="right")
-    title = (f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
-             f"torch {meta['torch']}, {meta['date'][:10]}")
-    save_figure(fig, path, title, top=0.98)
+    save_figure(fig, path, figure_title, top=0.98)
 
 
 def main(argv=None) -> int:

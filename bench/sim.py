@@ -160,6 +160,9 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure_title = (f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
+                    f"cost model {cost_model} ({meta['date'][:10]})")
+
     sel = [r for r in rows if r["cost_model"] == cost_model]
     policies = list(dict.fromkeys(r["policy"] for r in sel))
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5.5))
@@ -182,9 +185,7 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     ax2.axhline(1.0, color="black", lw=0.8)
     ax3.set_ylabel("verification success rate (accepted / verified)")
     ax1.legend(fontsize=7)
-    title = (f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
-             f"cost model {cost_model} ({meta['date'][:10]})")
-    save_figure(fig, path, title, top=0.95)
+    save_figure(fig, path, figure_title, top=0.95)
 
 
 def main(argv=None) -> int:
