@@ -54,8 +54,10 @@ test-vllm: vllm-build
 GPU_ARCH = $(or $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1),9.0)
 GPU_NAME = $(or $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'),unknown-gpu)
 GPU_RUN_DIR = bench/results/gpu_$(shell date -u +%Y-%m-%d)_$(GPU_NAME)
-GPU_TESTS := tests/test_cuda.py tests/test_cuda_select_prefixes.py tests/test_build.py tests/test_draft_cumprod.py tests/test_select.py \
-  tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
+# The op tests run each case on every backend present (tests/conftest.py); ids name it ("cuda").
+GPU_KERNEL_TESTS := tests/test_cuda.py tests/test_kernel_backends.py tests/test_draft_cumprod.py tests/test_select.py \
+  tests/test_select_prefixes.py tests/test_tree_mask.py tests/test_verify_greedy.py tests/test_verify_sampling.py
+GPU_TESTS := $(GPU_KERNEL_TESTS) tests/test_build.py
 # compute-sanitizer ships with the CUDA toolkit, which is not always on PATH.
 COMPUTE_SANITIZER ?= $(firstword $(shell command -v compute-sanitizer) $(wildcard /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer) compute-sanitizer)
 # PYTORCH_NO_CUDA_MEMORY_CACHING: every tensor its own cudaMalloc, so that the sanitizer sees an
@@ -80,17 +82,17 @@ gpu-tests: build
 
 gpu-sanitize: build
 	mkdir -p $(GPU_RUN_DIR)
-	$(SANITIZE) --tool memcheck $(PY) -m pytest -q -x tests/test_cuda.py -k "not graph" \
+	$(SANITIZE) --tool memcheck $(PY) -m pytest -q -x $(GPU_KERNEL_TESTS) -k "cuda and not graph" \
 	  2>&1 | tee $(GPU_RUN_DIR)/memcheck.log || $(call SANITIZE_FAILED,memcheck)
-	$(SANITIZE) --tool racecheck $(PY) -m pytest -q -x tests/test_cuda.py \
-	  -k "deterministic or fully_written" \
+	$(SANITIZE) --tool racecheck $(PY) -m pytest -q -x tests/test_cuda.py tests/test_kernel_backends.py \
+	  -k "cuda and (deterministic or fully_written)" \
 	  2>&1 | tee $(GPU_RUN_DIR)/racecheck.log || $(call SANITIZE_FAILED,racecheck)
 
 gpu-bench: build
 	mkdir -p $(GPU_RUN_DIR)
 	$(PY) bench/ops.py --device cuda --out $(GPU_RUN_DIR)/ops_cuda 2>&1 | tee $(GPU_RUN_DIR)/bench.log
 
-# --- gpu-check (issue 13) --------------------------------------------------------------------------
+# --- gpu-check --------------------------------------------------------------------------------------
 # make gpu-check [OUT=dir]: on the GPU machine as it is (no venv, no network; python3 and its own
 # torch): tools/gpu_check.py builds in place for the GPU present with every core, then runs the
 # CUDA tests, bench/ops.py --device cuda, compute-sanitizer memcheck and racecheck, each stage
@@ -119,3 +121,23 @@ wheel: venv
 
 clean:
 	rm -rf build dist python/tetris_ext/_C*.so
+
+# make lint: ruff's checks and its format check (settings: pyproject.toml [tool.ruff]); the
+# C++ / CUDA sources' format where a .clang-format and clang-format exist. Fixes nothing itself:
+# `ruff check --fix .` and `ruff format .` do (one commit of their own).
+RUFF_VERSION ?= 0.17.6
+.PHONY: lint
+$(VENV)/bin/ruff: | venv
+	$(PY) -m pip install -q ruff==$(RUFF_VERSION)
+
+lint: $(VENV)/bin/ruff
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	if [ -f .clang-format ] && command -v clang-format >/dev/null; then \
+	  clang-format --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/sanitize/*.cpp') \
+	    || status=1; \
+	else \
+	  echo "lint: C++ format check skipped ($$( [ -f .clang-format ] && echo 'clang-format is not installed' || echo 'no .clang-format'))"; \
+	fi; \
+	exit $$status

@@ -168,7 +168,7 @@ def verify_sampling(slot_tokens, slot_parent, target_probs, draft_probs, uniform
     """One vectorised pass over the slots (children come after their parent, siblings in
     slot order): the per-request walk keeps its current node and working distribution p.
 
-    The rules of docs/ops_tree_verify.md: p unnormalised with mass m = sum(p); a child x drawn
+    The rules of docs/ops.md (`verify_sampling`): p unnormalised with mass m = sum(p); a child x drawn
     from q is accepted when u * q(x) * m < p(x), and a rejection leaves max(p - m * q, 0); a
     deterministic child is accepted when u * m < p(x), and a rejection zeroes p(x).
     """

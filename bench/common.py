@@ -154,3 +154,14 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
+
+
+def save_figure(fig, path: Path, title: str, top: float) -> None:
+    """A chart's common ending: `title` above every panel, the panels laid out below `top` (a
+    fraction of the figure's height, room for the title), the file written, the figure freed."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

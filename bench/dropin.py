@@ -13,7 +13,7 @@ place, as vLLM's step does before the call:
   - tetris dropin: tetris_ext.vllm.dropin.assign_draft_token_budget (what register() installs)
 Before timing, the drop-in's counts must equal vLLM eager's (the inputs have no ties). Times are
 medians of interleaved repetitions; ratios are medians of per-repetition ratios (bench/common.py).
-Goal (issue 8): the drop-in at least 3x faster than vLLM's eager function on the CPU at
+Goal: the drop-in at least 3x faster than vLLM's eager function on the CPU at
 B = 256, 8 steps; printed PASS/FAIL.
 """
 

@@ -8,7 +8,7 @@ For each case, our op and its baseline (bench/baselines.py) first run once on th
 and must agree; then both are timed side by side (interleaved repetitions; times are medians,
 a speed-up is the median of the per-repetition ratios baseline / ours, which cancels bursts of
 load from other processes; the ratio of the minimum times is printed beside it). Prints a
-table of speed-up ratios and the issue-2 goal rows with PASS/FAIL,
+table of speed-up ratios and the speed-goal rows (GOALS below) with PASS/FAIL,
 and writes bench/results/ops_<device>.json and .png (override with --out).
 """
 
@@ -25,14 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS_DIR, format_table, median, paired_ratio, run_metadata, time_side_by_side, write_json,
+    RESULTS_DIR, format_table, median, paired_ratio, run_metadata, save_figure, time_side_by_side, write_json,
 )
 
 import tetris_ext  # noqa: E402,F401  (registers torch.ops.tetris)
 
 T = torch.ops.tetris
 
-# The speed goals of issue 2 (ratio of the baseline's time to ours, on the CPU).
+# The ops' speed goals on the CPU: the ratio of the baseline's time to ours, at the shapes of a
+# batch decoding step (select: 256 or 1024 requests of 16 candidates; draft_cumprod: a
+# Llama-sized vocabulary). Every run prints them with PASS / FAIL; `--goals` runs only these.
 GOALS = {
     ("select", (("B", 256), ("N", 16), ("budget", 2048))): 5.0,
     ("select", (("B", 1024), ("N", 16), ("budget", 8192))): 10.0,
@@ -88,7 +90,8 @@ def select_cases(B: int, N: int, device, gen) -> list[Case]:
     )]
 
 
-# One long request (issue 9), at two lengths in the grid: the time should grow ~linearly.
+# One long request, at two lengths in the grid: the time should grow ~linearly (the per-request
+# rank once cost O(N^2): 200,000 candidates took over a minute).
 
 
 def long_select_cases(N: int, device, gen) -> list[Case]:
@@ -154,16 +157,13 @@ def tree_mask_cases(B, N, tree, device, gen) -> list[Case]:
     parents = random_parents(B, N, gen, device) if tree else None
     prefix_lens = torch.randint(1, 2048, (B,), generator=gen).to(device)
     shape = {"B": B, "N": N, "tree": tree}
-    return [
-        Case("tree_mask", shape,
-             ours=lambda: T.tree_mask(selected, parents, prefix_lens),
-             baseline=lambda: baselines.tree_mask(selected, parents, prefix_lens),
-             check=lambda o, r: _equal(*zip(o, r)), baseline_name="vectorised torch"),
-        Case("tree_mask_packed", shape,
-             ours=lambda: T.tree_mask_packed(selected, parents, prefix_lens),
-             baseline=lambda: baselines.tree_mask_packed(selected, parents, prefix_lens),
-             check=lambda o, r: _equal(*zip(o, r)), baseline_name="vectorised torch + packbits"),
-    ]
+    args = (selected, parents, prefix_lens)
+    # The dense mask and the packed one, each against its baseline on the same inputs.
+    return [Case(name, shape, ours=lambda name=name: getattr(T, name)(*args),
+                 baseline=lambda name=name: getattr(baselines, name)(*args),
+                 check=lambda o, r: _equal(*zip(o, r)), baseline_name=baseline_name)
+            for name, baseline_name in [("tree_mask", "vectorised torch"),
+                                        ("tree_mask_packed", "vectorised torch + packbits")]]
 
 
 def random_slots(B, M, tree, gen):
@@ -275,7 +275,7 @@ def grid(size: str):
             for N in Ns:
                 out.append(("tree_mask", tree_mask_cases, dict(B=B, N=N, tree=tree)))
                 out.append(("verify_greedy", verify_greedy_cases, dict(B=B, M=N + 1, tree=tree)))
-    for N in ([] if size == "tiny" else [20_000, 200_000]):  # long single requests (issue 9)
+    for N in ([] if size == "tiny" else [20_000, 200_000]):  # long single requests (see above)
         out.append(("select", long_select_cases, dict(N=N)))
         out.append(("verify_greedy", long_verify_cases, dict(N=N)))
     vs_Bs = [b for b in Bs if b <= (8 if size == "tiny" else 64 if size == "default" else 256)]
@@ -341,6 +341,9 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure_title = (f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
+                    f"torch {meta['torch']}, {meta['date'][:10]}")
+
     ok = [r for r in rows if r.get("status") == "ok"]
     panels = [(op, "ratio", f"{op}: baseline time / ours") for op in dict.fromkeys(r["op"] for r in ok)]
     if any("bw_fraction" in r for r in ok):
@@ -365,11 +368,7 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.set_xticks(list(xs), [shape_label(r) for r in sel], rotation=70, fontsize=6, ha="right")
-    fig.suptitle(f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
-                 f"torch {meta['torch']}, {meta['date'][:10]}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, figure_title, top=0.98)
 
 
 def main(argv=None) -> int:
@@ -378,7 +377,7 @@ def main(argv=None) -> int:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the whole grid (long)")
     size.add_argument("--tiny", action="store_true", help="a few small cases (smoke test)")
-    size.add_argument("--goals", action="store_true", help="only the issue-2 goal shapes")
+    size.add_argument("--goals", action="store_true", help="only the speed-goal shapes (GOALS)")
     ap.add_argument("--ops", nargs="*", help="only these ops (e.g. select draft_cumprod)")
     ap.add_argument("--seconds-per-case", type=float, default=1.5)
     ap.add_argument("--threads", type=int,
@@ -434,10 +433,11 @@ def main(argv=None) -> int:
         print(format_table(table, cols))
 
     goal_rows = [r for r in ok if "goal" in r]
-    print("\n== issue-2 speed goals (baseline time / ours, measured side by side in this run)")
+    print("\n== speed goals (baseline time / ours, measured side by side in this run)")
     for r in goal_rows:
         verdict = "PASS" if r["goal_pass"] else "FAIL"
-        print(f"   {r['op']:14s} {shape_label(r):32s} ratio {r['ratio']:7.2f}x  goal >= {r['goal']:g}x  {verdict}"
+        print(f"   {r['op']:14s} {shape_label(r):32s} ratio {r['ratio']:7.2f}x"
+              f"  goal >= {r['goal']:g}x  {verdict}"
               f"   (medians: ours {r['ours_s'] * 1e6:.1f} us, baseline {r['baseline_s'] * 1e6:.1f} us;"
               f" ratio of minimums {r['ratio_of_mins']:.2f}x; {r['reps']} paired repetitions)")
     if not goal_rows:

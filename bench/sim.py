@@ -8,7 +8,8 @@
    target's continuation (bench/results/traces/, committed: the study then needs no model).
 2. Cost models: `cpu` is fitted (tetris_ext.cost_models.LinearCostModel.fit) to the step times of
    live `generate` runs of Gemma 3 270M on this machine, over several policies and batch sizes;
-   (bfloat16, one thread); `gpu` is the documented roofline of a 70B target on 4x H100 (cost_models.h100x4_llama70b).
+   (bfloat16, one thread); `gpu` is the documented roofline of a 70B target on 4x H100
+   (cost_models.h100x4_llama70b).
 3. Replay: `--requests` requests drawn from the trace (all arriving at once, a queue longer than
    the batch, as in the paper's setting) through every policy and batch size; a non-adaptive
    policy's steps are priced by both cost models in one replay, the goodput policies (which
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table, run_metadata, write_json  # noqa: E402
+from common import RESULTS_DIR, format_table, run_metadata, save_figure, write_json  # noqa: E402
 
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b, samples_from_run_stats  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
@@ -107,7 +108,7 @@ def fit_cpu_cost_model(path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, pro
         ("Tetris(3, 2)", lambda: Tetris(3, 2))]]
     samples, prefill_seconds, prefill_tokens = [], 0.0, 0
     for B in tqdm(batch_sizes, desc="fit cpu cost model: batch sizes"):
-        for name, make in runs:
+        for _, make in runs:
             policy = make()
             drafter = NgramDrafter(MAX_DRAFT) if policy.num_draft(B) else None
             result = generate(target, token_lists, policy, drafter, max_new_tokens=new_tokens, max_batch_size=B)
@@ -159,6 +160,9 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure_title = (f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
+                    f"cost model {cost_model} ({meta['date'][:10]})")
+
     sel = [r for r in rows if r["cost_model"] == cost_model]
     policies = list(dict.fromkeys(r["policy"] for r in sel))
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5.5))
@@ -181,11 +185,7 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     ax2.axhline(1.0, color="black", lw=0.8)
     ax3.set_ylabel("verification success rate (accepted / verified)")
     ax1.legend(fontsize=7)
-    fig.suptitle(f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, cost model {cost_model} "
-                 f"({meta['date'][:10]})", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, figure_title, top=0.95)
 
 
 def main(argv=None) -> int:

@@ -32,3 +32,45 @@ def poisoned_empty():
     assert torch.utils.deterministic.fill_uninitialized_memory
     yield
     torch.use_deterministic_algorithms(before)
+
+
+# -- backends: an op's behavioural tests are written once and run on each --------------------------
+# tests/refs/backends.py: "cpu" (the CPU op), "emulated" (the kernels run on the CPU by the
+# emulation harness, in builds with TETRIS_EMULATION=1) and "cuda" (the CUDA kernels, where a GPU
+# is present). A backend the build or the machine lacks is skipped. Session scope: hypothesis
+# tests take them too (it refuses function-scoped fixtures).
+
+
+def _backend(name: str):
+    import tetris_ext
+    from refs.backends import BACKENDS
+
+    if name == "emulated" and not tetris_ext.HAS_EMULATION:
+        pytest.skip("built without TETRIS_EMULATION=1")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return BACKENDS[name]
+
+
+@pytest.fixture(scope="session", params=["cpu", "emulated", "cuda"])
+def backend(request):
+    """Every backend of the ops."""
+    return _backend(request.param)
+
+
+@pytest.fixture(scope="session", params=["emulated", "cuda"])
+def kernel_backend(request):
+    """The kernels (the text nvcc compiles), checked against the CPU op on the same inputs."""
+    return _backend(request.param)
+
+
+@pytest.fixture(scope="session")
+def emulated():
+    """The emulated kernels alone: what only the emulation harness can do (thread schedules)."""
+    return _backend("emulated")
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """The CUDA kernels alone: streams, CUDA graphs, host synchronisation."""
+    return _backend("cuda")

@@ -20,17 +20,20 @@ def has_cpu_kernel(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"tetris::{op}", "CPU")
 
 
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    """bench/<script> in a subprocess that imports the tetris_ext under test; it must succeed."""
+    package_root = str(Path(tetris_ext.__file__).parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_ops_bench_tiny_grid(tmp_path):
     prefix = tmp_path / "ops_smoke"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ops.py"), "--tiny", "--seconds-per-case", "0.02",
-         "--out", str(prefix)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": os.pathsep.join(
-            [str(Path(tetris_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "issue-2 speed goals" in proc.stdout
+    proc = run_bench("ops.py", "--tiny", "--seconds-per-case", "0.02", "--out", str(prefix))
+    assert "== speed goals" in proc.stdout
     result = json.loads(prefix.with_suffix(".json").read_text())
     assert result["meta"]["torch"] == torch.__version__
     by_op = {op: [r for r in result["rows"] if r["op"] == op] for op in OPS}
@@ -49,14 +52,8 @@ def test_ops_bench_tiny_grid(tmp_path):
 def test_sim_bench_replays_the_committed_trace(tmp_path):
     """bench/sim.py on the committed Gemma trace and fitted cost model (no model needed)."""
     prefix = tmp_path / "sim_smoke"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "sim.py"), "--requests", "12", "--batch-sizes", "1", "4",
-         "--policies", "StandardSD(3)", "Tetris(3, 2)", "GoodputSD(6)", "--out", str(prefix)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": os.pathsep.join(
-            [str(Path(tetris_ext.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_bench("sim.py", "--requests", "12", "--batch-sizes", "1", "4",
+              "--policies", "StandardSD(3)", "Tetris(3, 2)", "GoodputSD(6)", "--out", str(prefix))
     rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
     # 3 policies x 2 batch sizes x 2 cost models
     assert len(rows) == 12

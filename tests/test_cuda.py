@@ -1,41 +1,31 @@
-"""The CUDA kernels (torch.ops.tetris.* on cuda tensors) against the CPU ops, on a real GPU
-(issue 3, "On a real GPU"; `make test-gpu`, docs/gpu.md).
+"""What only the CUDA kernels have: streams, CUDA graphs, host synchronisation (on a real GPU;
+`make test-gpu`, docs/gpu.md; skipped where no CUDA device is present).
 
-Skipped where no CUDA device is present (this machine, CI). Where one is, the library must
-have been built with CUDA, and every op is checked on the inputs the emulation tests use
-(tests/refs strategies and block-boundary shapes, tests/refs/blocks.py) plus shapes too
-large for the emulator: integer and boolean outputs bit-identical, float outputs within 1e-5;
-bad arguments raise as on the CPU, an argument on another device raises with its name; the
-ops run on the current stream, replay correctly from a CUDA graph after their inputs change
-in place (capture-safe: no sync, no value-dependent allocation), B = 0 / N = 0 included, make
-no host synchronisation (torch.cuda.set_sync_debug_mode("error") around the call), and give
-the same bits twice. The comparison helpers are in tests/refs/backends.py and run on
-the emulated kernels in CI (tests/test_backend_checks.py), so they are known to be able to fail.
+Where a GPU is present, the library must have been built with CUDA. The comparisons of the CUDA
+kernels with the CPU ops (the op tests' random inputs, block-boundary shapes, shapes too large
+for the emulator, bad arguments, arguments on another device) are the `kernel_backend` and
+`backend` tests of tests/test_<op>.py and tests/test_kernel_backends.py, where the emulated
+kernels run them too. Here: the ops run on the current stream, replay correctly from a CUDA
+graph after their inputs change in place (capture-safe: no sync, no value-dependent
+allocation), B = 0 / N = 0 included, make no host synchronisation
+(torch.cuda.set_sync_debug_mode("error") around the call), and give the same bits twice.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
 
 import tetris_ext
 from refs.backends import (
-    BAD_ARGUMENTS, CPU, CUDA, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
-    assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
-    assert_replay_follows_inputs, bad_inputs, empty_batch, no_candidates, small_inputs, to_device,
-    write_in_place,
+    CPU, CUDA, OPS, assert_deterministic, assert_outputs_match, assert_replay_follows_inputs,
+    assert_replay_of_empty_shapes, empty_batch, no_candidates, small_inputs, to_device, write_in_place,
 )
 from refs.blocks import (
-    DRAFT_CUMPROD_BATCH_SHAPES, DRAFT_CUMPROD_VOCABS, GREEDY_SLOTS, SAMPLING_VOCABS,
-    SELECT_BENCH_SHAPES, SELECT_BLOCK_SHAPES, TREE_MASK_BATCHES, TREE_MASK_CANDIDATES,
     draft_cumprod_block_inputs, greedy_block_inputs, sampling_block_inputs, select_block_inputs,
     tree_mask_block_inputs,
 )
-from refs.draft_cumprod import draft_cumprod_inputs
-from refs.select import select_inputs
-from refs.tree_mask import noncontiguous, tree_mask_inputs
-from refs.verify import verify_greedy_inputs, verify_sampling_inputs
+from refs.select_prefixes import random_probs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -46,175 +36,6 @@ def test_library_has_the_cuda_kernels():
     assert tetris_ext.BUILT_WITH_CUDA, "a GPU is present but the library was built without CUDA (TETRIS_CUDA=on)"
     for name in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tetris::{name}", "CUDA"), name
-
-
-# -- the op tests' random inputs ------------------------------------------------------------------
-
-
-@settings(max_examples=200, deadline=None)
-@given(draft_cumprod_inputs())
-def test_draft_cumprod_matches_cpu(inputs):
-    assert_matches_cpu(CUDA, "draft_cumprod", inputs)
-
-
-@settings(max_examples=40, deadline=None)
-@given(draft_cumprod_inputs(max_batch=40, max_candidates=40))
-def test_draft_cumprod_matches_cpu_larger(inputs):
-    assert_matches_cpu(CUDA, "draft_cumprod", inputs)
-
-
-@settings(max_examples=300, deadline=None)
-@given(select_inputs())
-def test_select_matches_cpu(inputs):
-    assert_matches_cpu(CUDA, "select", inputs)
-
-
-@settings(max_examples=60, deadline=None)
-@given(select_inputs(max_batch=70, max_candidates=40))
-def test_select_matches_cpu_larger(inputs):
-    assert_matches_cpu(CUDA, "select", inputs)
-
-
-@pytest.mark.parametrize("name", TREE_MASK_OPS)
-@settings(max_examples=150, deadline=None)
-@given(inputs=tree_mask_inputs())
-def test_tree_mask_matches_cpu(name, inputs):
-    assert_matches_cpu(CUDA, name, inputs)
-    assert_matches_cpu(CUDA, name, {k: None if v is None else noncontiguous(v) for k, v in inputs.items()})
-
-
-@settings(max_examples=200, deadline=None)
-@given(verify_greedy_inputs())
-def test_verify_greedy_matches_cpu(inputs):
-    assert_matches_cpu(CUDA, "verify_greedy", inputs)
-    assert_matches_cpu(CUDA, "verify_greedy", {k: noncontiguous(v) for k, v in inputs.items()})
-
-
-# Dyadic probabilities: every sum is exact, so the kernel's summation order gives the CPU's bits.
-@settings(max_examples=200, deadline=None)
-@given(verify_sampling_inputs(dyadic=True))
-def test_verify_sampling_matches_cpu(inputs):
-    assert_matches_cpu(CUDA, "verify_sampling", inputs)
-    assert_matches_cpu(CUDA, "verify_sampling", {k: None if v is None else noncontiguous(v) for k, v in inputs.items()})
-
-
-# -- block-boundary shapes (as the emulation tests) and shapes too large for the emulator ----------
-
-HALF_TYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@pytest.mark.parametrize("dtype", HALF_TYPES)
-@pytest.mark.parametrize("V", DRAFT_CUMPROD_VOCABS)
-def test_draft_cumprod_vocabulary_sizes(dtype, V):
-    assert_matches_cpu(CUDA, "draft_cumprod", draft_cumprod_block_inputs(2, 3, V, dtype, seed=V))
-
-
-@pytest.mark.parametrize("dtype", HALF_TYPES)
-@pytest.mark.parametrize("offset", range(8))
-def test_draft_cumprod_misaligned_rows(dtype, offset):
-    inputs = draft_cumprod_block_inputs(2, 3, 300, dtype, seed=offset)
-    wide = torch.randn(2, 3, 300 + offset + 5).to(dtype)
-    wide[..., offset : offset + 300] = inputs["logits"]
-    assert_matches_cpu(CUDA, "draft_cumprod", {**inputs, "logits": wide[..., offset : offset + 300]})
-
-
-@pytest.mark.parametrize("B, N", DRAFT_CUMPROD_BATCH_SHAPES)
-@pytest.mark.parametrize("tree", [False, True])
-def test_draft_cumprod_batch_shapes(B, N, tree):
-    assert_matches_cpu(CUDA, "draft_cumprod", draft_cumprod_block_inputs(B, N, 6, tree=tree, seed=B * N))
-
-
-# The bench shape, and B * N * V above 10^8 (the bandwidth target's regime), V of a 128k vocabulary.
-@pytest.mark.parametrize("B, N, V, dtype", [(64, 8, 32000, torch.float32), (64, 8, 32000, torch.bfloat16),
-                                            (256, 16, 32000, torch.bfloat16), (16, 8, 128256, torch.float16)])
-def test_draft_cumprod_large(B, N, V, dtype):
-    inputs = draft_cumprod_block_inputs(B, N, V, dtype, seed=V, specials=False, invalid_rate=0.02)
-    assert_matches_cpu(CUDA, "draft_cumprod", inputs)
-
-
-@pytest.mark.parametrize("B, N", SELECT_BLOCK_SHAPES)
-@pytest.mark.parametrize("style", ["ties", "paths"])
-@pytest.mark.parametrize("tree, caps", [(False, False), (True, False), (True, True), (False, True)])
-def test_select_block_boundaries(B, N, style, tree, caps):
-    inputs = select_block_inputs(B, N, (B * N) // 3 + 1, style=style, tree=tree, caps=caps, seed=B + N)
-    assert_matches_cpu(CUDA, "select", inputs)
-
-
-# The bench's largest shapes, and B * N up to 2^18 (the global-memory path, many blocks of keys).
-@pytest.mark.parametrize("B, N, budget", [(1024, N, budget) for N, budget in SELECT_BENCH_SHAPES]
-                         + [(4096, 64, 100000), (16384, 16, 5000)])
-@pytest.mark.parametrize("style", ["ties", "paths"])
-def test_select_large(B, N, budget, style):
-    assert_matches_cpu(CUDA, "select", select_block_inputs(B, N, budget, style=style, caps=True, min_score=-40.0))
-
-
-def test_select_budget_extremes():
-    for budget in [0, 1, 299, 300, 301, 10**9]:
-        assert_matches_cpu(CUDA, "select", select_block_inputs(10, 30, budget, style="ties", caps=True))
-
-
-@pytest.mark.parametrize("name", TREE_MASK_OPS)
-@pytest.mark.parametrize("N", TREE_MASK_CANDIDATES)
-@pytest.mark.parametrize("kind", ["tree", "chain", "star"])
-def test_tree_mask_block_boundaries(name, N, kind):
-    closed = tree_mask_block_inputs(2, N, seed=N, kind=kind, orphans=False, invalid=False)
-    closed["selected"][1] = True
-    assert_matches_cpu(CUDA, name, closed)
-    assert_matches_cpu(CUDA, name, tree_mask_block_inputs(2, N, seed=N + 1, kind=kind))
-
-
-@pytest.mark.parametrize("name", TREE_MASK_OPS)
-@pytest.mark.parametrize("B", TREE_MASK_BATCHES)
-def test_tree_mask_batch_boundaries(name, B):
-    assert_matches_cpu(CUDA, name, tree_mask_block_inputs(B, 5, seed=B))
-
-
-@pytest.mark.parametrize("name", TREE_MASK_OPS)
-@pytest.mark.parametrize("B, N", [(2, 1024), (64, 1024), (4096, 16)])
-def test_tree_mask_large(name, B, N):
-    assert_matches_cpu(CUDA, name, tree_mask_block_inputs(B, N, seed=B, orphans=False))
-
-
-@pytest.mark.parametrize("M", GREEDY_SLOTS)
-def test_verify_greedy_block_boundaries(M):
-    assert_matches_cpu(CUDA, "verify_greedy", greedy_block_inputs(3, M, seed=M))
-
-
-@pytest.mark.parametrize("B", [33, 1025, 4096])
-def test_verify_greedy_many_requests(B):
-    assert_matches_cpu(CUDA, "verify_greedy", greedy_block_inputs(B, 9, seed=B))
-
-
-@pytest.mark.parametrize("V", SAMPLING_VOCABS)
-@pytest.mark.parametrize("draft", [False, True])
-def test_verify_sampling_vocabulary_boundaries(V, draft):
-    assert_matches_cpu(CUDA, "verify_sampling", sampling_block_inputs(3, 9, V, seed=V, draft=draft))
-    assert_matches_cpu(CUDA, "verify_sampling", sampling_block_inputs(2, 9, V, seed=V + 1, draft=draft, normalised=False))
-    assert_matches_cpu(CUDA, "verify_sampling", sampling_block_inputs(3, 9, V, seed=V + 2, draft=draft, support=6))
-
-
-@pytest.mark.parametrize("B, M, V", [(4, 17, 32000), (8, 17, 128256), (64, 9, 32000)])
-@pytest.mark.parametrize("draft", [False, True])
-def test_verify_sampling_large(B, M, V, draft):
-    assert_matches_cpu(CUDA, "verify_sampling", sampling_block_inputs(B, M, V, seed=B, draft=draft, support=8))
-
-
-@pytest.mark.parametrize("name", OPS)
-def test_outputs_are_fully_written(poisoned_empty, name):
-    assert_matches_cpu(CUDA, name, small_inputs(name))
-
-
-# -- bad arguments -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name, arg, spoil", BAD_ARGUMENTS, ids=lambda x: x if isinstance(x, str) else "")
-def test_bad_arguments_raise_as_on_cpu(name, arg, spoil):
-    assert_rejects_like_cpu(CUDA, name, bad_inputs(name, arg, spoil))
-
-
-@pytest.mark.parametrize("name, arg", OTHER_DEVICE_ARGUMENTS)
-def test_argument_on_the_cpu_is_named(name, arg):
-    assert_rejects_other_device(CUDA, name, small_inputs(name), arg, "cpu")
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -289,8 +110,7 @@ def test_graph_replay_follows_inputs(name, build):
 @pytest.mark.filterwarnings("ignore:The CUDA Graph is empty")
 @pytest.mark.parametrize("name, empty", EMPTY_CASES)
 def test_graph_replay_of_empty_shapes(name, empty):
-    assert_replay_follows_inputs(CUDA, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)),
-                                 capture_cuda_graph, values_matter=False)
+    assert_replay_of_empty_shapes(CUDA, name, empty, capture_cuda_graph)
 
 
 @pytest.mark.parametrize("name, build", CASES)
@@ -340,8 +160,61 @@ def test_deterministic(name, build):
     assert_deterministic(CUDA, name, build(3))
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_empty_shapes(name):
-    assert_matches_cpu(CUDA, name, empty_batch(small_inputs(name)))
-    if not name.startswith("verify"):
-        assert_matches_cpu(CUDA, name, no_candidates(small_inputs(name)))
+# -- select_prefixes (an in-place op, apart from the OPS above) -------------------------------------
+
+select_prefixes = torch.ops.tetris.select_prefixes.default
+
+
+def select_prefixes_inputs(B, S, style, seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = random_probs(g, B + 5, S, style)
+    rows = torch.randperm(B + 5, generator=g)[:B]
+    lengths = torch.randint(0, S + 2, (B,), generator=g, dtype=torch.int32)
+    return probs, rows, lengths, (B * S) // 3 + 1
+
+
+def on_cuda(probs, rows, lengths, budget):
+    return probs.cuda(), rows.cuda(), lengths.cuda(), budget
+
+
+def test_select_prefixes_graph_replay_follows_inputs_without_sync():
+    probs, rows, lengths, budget = on_cuda(*select_prefixes_inputs(256, 8, "continuous", seed=1))
+    caps = lengths.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        select_prefixes(probs, rows, lengths, budget)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.cuda.graph(graph):
+            select_prefixes(probs, rows, lengths, budget)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for seed in range(3):
+        new_probs, _, new_caps, _ = select_prefixes_inputs(256, 8, "ties", seed=seed + 10)
+        probs.copy_(new_probs)
+        caps.copy_(new_caps)
+        lengths.copy_(caps)
+        graph.replay()
+        expected = new_caps.clone()
+        select_prefixes(new_probs, rows.cpu(), expected, budget)
+        assert torch.equal(lengths.cpu(), expected)
+
+
+def test_select_prefixes_one_launch_on_the_current_stream_deterministic():
+    probs, rows, lengths, budget = on_cuda(*select_prefixes_inputs(1024, 8, "ties", seed=2))
+    caps = lengths.clone()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        select_prefixes(probs, rows, lengths, budget)
+    stream.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "select_prefixes" in e.name]
+    assert len(kernels) == 1, [e.name for e in prof.events()]
+    for _ in range(3):
+        again = caps.clone()
+        select_prefixes(probs, rows, again, budget)
+        assert torch.equal(again, lengths)

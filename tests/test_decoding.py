@@ -153,7 +153,8 @@ def test_continuous_batching_with_a_queue_and_per_prompt_budgets(llama, llama_dr
 def test_capacity_tetris_never_verifies_more_than_its_capacity(llama, llama_drafts):
     target, prompts, _ = llama
     for policy in (Tetris(2, 2), Tetris(capacity=5, extra=2), Tetris(1, 3)):
-        result = generate(target, prompts, policy, ModelDrafter(llama_drafts["noisy"], 6), max_new_tokens=NEW, max_batch_size=4)
+        drafter = ModelDrafter(llama_drafts["noisy"], 6)
+        result = generate(target, prompts, policy, drafter, max_new_tokens=NEW, max_batch_size=4)
         for s in result.stats["per_step"]:
             assert sum(s["verified"]) <= policy.budget(len(s["requests"]))
 
@@ -163,7 +164,8 @@ def test_capacity_equal_to_standard_sd_when_every_request_has_drafts(llama, llam
     runs = {}
     for policy in (StandardSD(2), Tetris(2, 2)):
         # A model drafter always proposes the full length, so both verify k per request.
-        result = generate(target, prompts, policy, ModelDrafter(llama_drafts["noisy"], 4), max_new_tokens=NEW, max_batch_size=4)
+        drafter = ModelDrafter(llama_drafts["noisy"], 4)
+        result = generate(target, prompts, policy, drafter, max_new_tokens=NEW, max_batch_size=4)
         runs[policy.name] = result.stats["per_step"]
         for s in result.stats["per_step"]:
             assert sum(s["verified"]) == 2 * len(s["requests"])

@@ -4,7 +4,7 @@ tests/sanitize/emu_harness.cpp is a standalone program (no torch) with small ker
 every harness feature (barriers, shuffles, votes, shared memory, atomics, 2-D indices) and
 misuse that must stop the launch with a message (a barrier only part of a block reaches, a
 shuffle reading outside its mask, ...). The real kernels are compared with the CPU ops in
-tests/test_emulation_<op>.py.
+tests/test_<op>.py (the `kernel_backend` tests).
 """
 
 import shutil

@@ -28,7 +28,8 @@ def make_parts(root, chunks: list[bytes], skip=()):
         (package / "__init__.py").write_text(
             "import os\n"
             "def get_part_path():\n"
-            f"    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'part{i:02d}.bin')\n"
+            "    here = os.path.dirname(os.path.abspath(__file__))\n"
+            f"    return os.path.join(here, 'data', 'part{i:02d}.bin')\n"
         )
     whole = b"".join(chunks)
     return SplitGGUF(f"fake{n}.gguf", module_prefix, package_prefix, len(chunks), len(whole),

@@ -118,7 +118,7 @@ def test_goodput_sd_explores_then_picks_the_window_the_estimates_favour():
     cheap = GoodputSD(5)
     costly = GoodputSD(5)
     for policy, per_token in ((cheap, 0.0005), (costly, 0.2)):
-        for step in range(12):
+        for _ in range(12):
             k = policy.num_draft(B)
             accepted = [k] * B if policy is cheap else [0] * B  # cheap: always right; costly: always wrong
             policy.choose(chain_proposal([[0.5] * max(k, 1)] * B))

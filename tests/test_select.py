@@ -1,4 +1,6 @@
-"""tetris::select on the CPU: the TETRIS walk, its optimality, edge cases and argument checks."""
+"""tetris::select: the TETRIS walk, its optimality, edge cases and argument checks on every
+backend (the `backend` fixture, tests/conftest.py), and the kernels against the CPU op on random
+and block-boundary inputs (`kernel_backend`: outputs bit-identical, ties included)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris)
+from refs.backends import CPU, assert_matches_cpu
+from refs.blocks import SELECT_BENCH_SHAPES, SELECT_BLOCK_SHAPES, select_block_inputs
 from refs.draft_cumprod import parent_matrix, random_parents
 from refs.layouts import LAYOUTS, with_layout
 from refs.select import (
@@ -22,11 +26,9 @@ from refs.select import (
     select_walk,
 )
 
-select = torch.ops.tetris.select.default
-
-
-def run(kw):
-    return select(kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
+def run(kw, backend=CPU):
+    args = (kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
+    return backend.run("select", *args)
 
 
 def assert_same(actual, expected):
@@ -37,13 +39,14 @@ def assert_same(actual, expected):
 
 @settings(max_examples=400, deadline=None)
 @given(select_inputs())
-def test_matches_the_walk(kw):
-    assert_same(run(kw), select_ref(**kw))
+def test_matches_the_walk(backend, kw):
+    assert_same(run(kw, backend), select_ref(**kw))
 
 
 def ranked_formulation(scores, budget, parents=None, max_per_request=None, min_score=None):
-    """The equivalent statement of issue 2: keep candidates whose rank inside their request
-    (e desc, n asc) is below the cap, then the first `budget` kept in (e desc, b asc, n asc)."""
+    """The equivalent, ranked statement of select (docs/ops.md, "Why this order"): keep the
+    candidates whose rank inside their request (e desc, n asc) is below the cap, then the first
+    `budget` kept in (e desc, b asc, n asc)."""
     B, N = scores.shape
     e = effective_scores(scores, parents)
     caps = [N] * B if max_per_request is None else [max(int(c), 0) for c in max_per_request.tolist()]
@@ -109,23 +112,23 @@ def test_optimal_among_ancestor_closed_selections(kw):
     assert value >= best_by_brute_force(kw, e) * (1 - 1e-12)
 
 
-def test_ties_go_to_the_lowest_request_then_candidate():
+def test_ties_go_to_the_lowest_request_then_candidate(backend):
     # Every score ties: the walk takes requests in order, each chain from its root.
     scores = torch.zeros(3, 4)
-    selected, counts = select(scores, 6, None, None, None)
+    selected, counts = backend.run("select", scores, 6, None, None, None)
     assert counts.tolist() == [4, 2, 0]
     assert selected[1].tolist() == [True, True, False, False]
     # -0.0 ties with 0.0; the tie breaks on b, not on the sign bit.
     scores = torch.tensor([[-0.0], [0.0]])
-    assert select(scores, 1, None, None, None)[0].flatten().tolist() == [True, False]
+    assert backend.run("select", scores, 1, None, None, None)[0].flatten().tolist() == [True, False]
 
 
-def test_ties_never_break_the_budget_or_closure():
+def test_ties_never_break_the_budget_or_closure(backend):
     # torch.topk may return any of the tied candidates; select takes exactly `budget`, parents first.
     scores = torch.full((8, 16), -1.0)
     parents = torch.tensor([-1, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]).expand(8, 16)
     for budget in range(0, 129, 7):
-        selected, counts = select(scores, budget, parents, None, None)
+        selected, counts = backend.run("select", scores, budget, parents, None, None)
         assert int(counts.sum()) == budget
         order = [(b, n) for b in range(8) for n in range(16)]
         assert selected.flatten().tolist() == [i < budget for i in range(len(order))]
@@ -140,7 +143,7 @@ def test_walk_order_is_reproduced_candidate_by_candidate():
     walk = select_walk(scores, 6 * 9, parents, caps, -1.5)
     previous = torch.zeros(6, 9, dtype=torch.bool)
     for budget in range(1, len(walk) + 2):
-        selected, _ = select(scores, budget, parents, caps, -1.5)
+        selected, _ = CPU.run("select", scores, budget, parents, caps, -1.5)
         added = (selected & ~previous).nonzero().tolist()
         assert added == ([list(walk[budget - 1])] if budget <= len(walk) else [])
         previous = selected
@@ -176,55 +179,56 @@ def test_keys_that_differ_in_the_lowest_bits():
         assert_same(run(kw), ranked_formulation(**kw))
 
 
-def test_budget_zero_and_above_the_candidates():
+def test_budget_zero_and_above_the_candidates(backend):
     scores = torch.tensor([[-0.1, -0.2, float("nan")], [-0.3, float("-inf"), -0.4]])
-    selected, counts = select(scores, 0, None, None, None)
+    selected, counts = backend.run("select", scores, 0, None, None, None)
     assert not selected.any() and counts.tolist() == [0, 0]
-    selected, counts = select(scores, 100, None, None, None)
+    selected, counts = backend.run("select", scores, 100, None, None, None)
     assert selected.tolist() == [[True, True, False], [True, False, False]]
     assert counts.tolist() == [2, 1]
 
 
-def test_caps_and_min_score():
+def test_caps_and_min_score(backend):
     scores = torch.tensor([[-0.1, -0.2, -0.3], [-0.15, -0.25, -0.35]])
     caps = torch.tensor([1, -5])  # negative means 0
-    selected, counts = select(scores, 5, None, caps, None)
+    selected, counts = backend.run("select", scores, 5, None, caps, None)
     assert selected.tolist() == [[True, False, False], [False, False, False]]
-    selected, counts = select(scores, 5, None, None, -0.25)
+    selected, counts = backend.run("select", scores, 5, None, None, -0.25)
     assert counts.tolist() == [2, 2]
     # min_score is rounded to float32 first, like comparing a float32 tensor with a number.
     threshold = float32(-0.25) - 1e-12
-    assert select(scores, 5, None, None, threshold)[1].tolist() == [2, 2]
+    assert backend.run("select", scores, 5, None, None, threshold)[1].tolist() == [2, 2]
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0)])
-def test_empty(shape):
+def test_empty(backend, shape):
     scores = torch.zeros(shape)
     parents = torch.zeros(shape, dtype=torch.int64)
     caps = torch.zeros(shape[0], dtype=torch.int32)
-    selected, counts = select(scores, 3, parents, caps, 0.0)
+    selected, counts = backend.run("select", scores, 3, parents, caps, 0.0)
     assert selected.shape == shape and selected.dtype == torch.bool
     assert counts.shape == (shape[0],) and counts.dtype == torch.int32
     assert not counts.any()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_any_layout_same_result(layout):
+def test_any_layout_same_result(backend, layout):
     g = torch.Generator().manual_seed(5)
     scores = random_scores(g, 7, 9, "ties", 0.1)
     parents = random_parents(g, 7, 9, 0.1)
     caps = torch.randint(-1, 10, (7,), generator=g)
-    expected = select(scores, 20, parents, caps, -2.0)
-    actual = select(with_layout(scores, layout), 20, with_layout(parents, layout), with_layout(caps, layout), -2.0)
+    expected = CPU.run("select", scores, 20, parents, caps, -2.0)
+    actual = backend.run("select", with_layout(scores, layout), 20, with_layout(parents, layout),
+                         with_layout(caps, layout), -2.0)
     assert_same(actual, expected)
 
 
-def test_deterministic():
+def test_deterministic(backend):
     g = torch.Generator().manual_seed(9)
     scores = random_scores(g, 64, 16, "ties", 0.05)
-    first = select(scores, 300, None, None, None)
+    first = backend.run("select", scores, 300, None, None, None)
     for _ in range(5):
-        assert_same(select(scores, 300, None, None, None), first)
+        assert_same(backend.run("select", scores, 300, None, None, None), first)
 
 
 def opcheck_inputs():
@@ -263,26 +267,58 @@ S = torch.zeros(2, 3)
         ((S, 1, None, None, float("nan")), ValueError, "argument 'min_score'.*NaN"),
     ],
 )
-def test_bad_inputs(args, error, match):
+def test_bad_inputs(backend, args, error, match):
     with pytest.raises(error, match=match):
-        select(*args)
+        backend.run("select", *args)
 
 
-def test_tensors_on_another_device():
-    # The CPU kernel itself (reached by redispatch) refuses tensors from elsewhere.
-    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-    meta_parents = torch.zeros(2, 3, dtype=torch.long, device="meta")
-    with pytest.raises(ValueError, match="argument 'parents': expected a tensor on cpu"):
-        torch.ops.tetris.select.default.redispatch(cpu, S, 1, meta_parents, None, None)
-    meta_caps = torch.zeros(2, dtype=torch.long, device="meta")
-    with pytest.raises(ValueError, match="argument 'max_per_request': expected a tensor on cpu"):
-        torch.ops.tetris.select.default.redispatch(cpu, S, 1, None, meta_caps, None)
+# A tensor on another device: tests/test_kernel_backends.py (every op, every backend).
 
 
 @given(st.integers(0, 5), st.integers(0, 5))
 @settings(max_examples=10, deadline=None)
-def test_counts_match_selected(B, N):
+def test_counts_match_selected(backend, B, N):
     g = torch.Generator().manual_seed(B * 7 + N)
     scores = random_scores(g, B, N, "any", 0.1)
-    selected, counts = select(scores, B * N // 2, None, None, None)
+    selected, counts = backend.run("select", scores, B * N // 2, None, None, None)
     assert torch.equal(counts, selected.sum(1, dtype=torch.int32))
+
+
+# -- the kernels against the CPU op (on random inputs: tests/test_kernel_backends.py) ------------
+
+
+# B, N and B * N around warp, 256 and block boundaries (tests/refs/blocks.py), with budgets
+# that cut through ties ("ties" scores have 7 distinct values).
+@pytest.mark.parametrize("B, N", SELECT_BLOCK_SHAPES)
+@pytest.mark.parametrize("style", ["ties", "paths"])
+@pytest.mark.parametrize("tree, caps", [(False, False), (True, False), (True, True), (False, True)])
+def test_kernel_block_boundaries(kernel_backend, B, N, style, tree, caps):
+    inputs = select_block_inputs(B, N, (B * N) // 3 + 1, style=style, tree=tree, caps=caps, seed=B + N)
+    assert_matches_cpu(kernel_backend, "select", inputs)
+
+
+# The bench's largest shapes (from B * N = 32768 on, the kernel's global-memory path).
+@pytest.mark.parametrize("N, budget", SELECT_BENCH_SHAPES)
+@pytest.mark.parametrize("style", ["ties", "paths"])
+def test_kernel_bench_shapes(kernel_backend, N, budget, style):
+    inputs = select_block_inputs(1024, N, budget, style=style, caps=True, min_score=-40.0)
+    assert_matches_cpu(kernel_backend, "select", inputs)
+
+
+def test_kernel_budget_extremes(kernel_backend):
+    for budget in [0, 1, 299, 300, 301, 10**9]:
+        assert_matches_cpu(kernel_backend, "select", select_block_inputs(10, 30, budget, style="ties", caps=True))
+
+
+# B * N up to 2^18 (the global-memory path, many blocks of keys): too large for the emulator.
+@pytest.mark.parametrize("B, N, budget", [(4096, 64, 100000), (16384, 16, 5000)])
+@pytest.mark.parametrize("style", ["ties", "paths"])
+def test_cuda_large(cuda, B, N, budget, style):
+    assert_matches_cpu(cuda, "select", select_block_inputs(B, N, budget, style=style, caps=True, min_score=-40.0))
+
+
+# Threads in the opposite order (the harness's reverse schedule) give the same answer.
+@pytest.mark.parametrize("B, N, budget", [(5, 7, 9), (64, 33, 700), (1024, 16, 2048)])
+def test_emulated_reverse_thread_order(emulated, monkeypatch, B, N, budget):
+    monkeypatch.setenv("TETRIS_EMU_SCHEDULE", "reverse")
+    assert_matches_cpu(emulated, "select", select_block_inputs(B, N, budget, style="ties", caps=True, seed=N))

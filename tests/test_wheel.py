@@ -57,12 +57,14 @@ def test_wheel_works_in_another_environment(wheel, tmp_path):
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     Path(site, "borrowed_torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Without PYTHONPATH: a source tree on it (python/, with the egg-info the wheel build leaves
+    # there) would make pip skip the install as "already installed".
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, env=environment
     )
     result = subprocess.run(
-        [python, "-c", USE_INSTALLED_WHEEL], capture_output=True, text=True, cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        [python, "-c", USE_INSTALLED_WHEEL], capture_output=True, text=True, cwd=tmp_path, env=environment,
     )
     assert result.returncode == 0, result.stderr
     assert "BUILT_WITH_CUDA" in result.stdout

@@ -42,19 +42,22 @@ MAX_FILES = 8
 MAX_FILE_BYTES = 16 << 20
 LOG_CAP_BYTES = 8 << 20  # a longer log keeps its first and last parts
 
-# The op tests (CUDA against CPU, and the CPU ops themselves under this torch), and the loop's
-# cache and mask exactness tests under this machine's transformers.
-TEST_FILES = [
-    "tests/test_cuda.py", "tests/test_build.py", "tests/test_draft_cumprod.py", "tests/test_select.py",
-    "tests/test_tree_mask.py", "tests/test_verify_greedy.py", "tests/test_verify_sampling.py",
-    "tests/test_decoding_kv_cache.py",
+# The op tests: their `cuda` cases (the CUDA kernels against the CPU op, tests/conftest.py's
+# backend fixtures), the CPU ops themselves under this torch, and what only CUDA has
+# (tests/test_cuda.py: streams, graphs, host synchronisation).
+KERNEL_TEST_FILES = [
+    "tests/test_cuda.py", "tests/test_kernel_backends.py", "tests/test_draft_cumprod.py", "tests/test_select.py",
+    "tests/test_select_prefixes.py", "tests/test_tree_mask.py", "tests/test_verify_greedy.py",
+    "tests/test_verify_sampling.py",
 ]
+# And the build, and the loop's cache and mask exactness tests under this machine's transformers.
+TEST_FILES = [*KERNEL_TEST_FILES, "tests/test_build.py", "tests/test_decoding_kv_cache.py"]
 # memcheck: the block-boundary and edge shapes, where an out-of-bounds access would be (graphs
 # need the caching allocator, which the sanitizer runs switch off). racecheck is slower still:
-# a few cases of every op, both select paths.
-MEMCHECK_SELECTION = ("boundaries or misaligned or vocabulary_sizes or batch_shapes or fully_written "
-                      "or empty_shapes or budget_extremes or many_requests")
-RACECHECK_SELECTION = "fully_written or (deterministic and not bench)"
+# a few cases of every op, both select paths. Only the CUDA cases (test ids name the backend).
+MEMCHECK_SELECTION = ("cuda and (boundaries or misaligned or vocabulary_sizes or batch_shapes or fully_written "
+                      "or empty_shapes or budget_extremes or many_requests)")
+RACECHECK_SELECTION = "cuda and (fully_written or (deterministic and not bench))"
 
 
 @dataclass
@@ -166,8 +169,8 @@ def plan(python: str, out: Path, arch: str, jobs: int, sanitizer: str | None) ->
     # Every tensor its own cudaMalloc: an access past a tensor's end is then outside any allocation.
     sanitize_env = test_env | {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     sanitize = [sanitizer or "compute-sanitizer", "--error-exitcode", "1", "--target-processes", "all"]
-    memcheck_tests = ["tests/test_cuda.py", "-k", MEMCHECK_SELECTION]
-    racecheck_tests = ["tests/test_cuda.py", "-k", RACECHECK_SELECTION]
+    memcheck_tests = [*KERNEL_TEST_FILES, "-k", MEMCHECK_SELECTION]
+    racecheck_tests = ["tests/test_cuda.py", "tests/test_kernel_backends.py", "-k", RACECHECK_SELECTION]
     return [
         Stage("build", 150, [python, "setup.py", "build_ext", "--inplace"], "build.log", build_env),
         Stage("tests", 150, pytest_argv(python, TEST_FILES, "-v", "--durations=15"), "tests.log", test_env,

@@ -156,26 +156,32 @@ def _seeded(build, seed: int):
         return build().eval()
 
 
+# What the tiny test models share: small widths, 4 heads, no special tokens (the tests feed ids
+# directly), fp32 sdpa attention.
+_TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    attn_implementation="sdpa",
+)
+
+
+def _tiny_config(config_class, **fields):
+    """A config with the fields the tiny models share, then the model's own (which win)."""
+    return config_class(**{**_TINY, **fields})
+
+
 def tiny_llama(vocab_size: int = 128, seed: int = 0, initializer_range: float = 0.2, **overrides) -> LlamaForCausalLM:
     """A randomly initialised 2-layer Llama for tests (fp32, sdpa attention).
 
     The default init std 0.02 gives nearly uniform next-token distributions; 0.2 gives peaked,
     model-like ones (fewer near-ties in greedy tests)."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        attn_implementation="sdpa",
-        initializer_range=initializer_range,
-        **overrides,
-    )
+    config = _tiny_config(LlamaConfig, vocab_size=vocab_size, num_hidden_layers=2, num_key_value_heads=2,
+                          initializer_range=initializer_range, **overrides)
     return _seeded(lambda: LlamaForCausalLM(config), seed)
 
 
@@ -184,24 +190,11 @@ def tiny_gemma3(
 ) -> Gemma3ForCausalLM:
     """A randomly initialised 3-layer Gemma 3 (two sliding-window layers, one global) for tests.
     (Gemma's scaled embeddings make larger init scales degenerate into repeating one token.)"""
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=sliding_window,
+    config = _tiny_config(
+        Gemma3TextConfig, vocab_size=vocab_size, num_hidden_layers=3, num_key_value_heads=1, head_dim=16,
+        query_pre_attn_scalar=16, sliding_window=sliding_window,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        attn_implementation="sdpa",
-        initializer_range=initializer_range,
-        **overrides,
+        initializer_range=initializer_range, **overrides,
     )
     return _seeded(lambda: Gemma3ForCausalLM(config), seed)
 

@@ -1,4 +1,4 @@
-"""Property-based adversarial suite (issue 9): generated extreme values, shapes, layouts, dtypes,
+"""Property-based adversarial suite: generated extreme values, shapes, layouts, dtypes,
 devices (meta mixes), invalid scalars and aliasing for every op, in both namespaces.
 
 For every generated call:
@@ -24,11 +24,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import tetris_ext
 from adversarial_inputs import PROFILE, spoiled_call, valid_inputs
-from refs.backends import CPU, EMULATED, OPS, assert_outputs_match, bits, first_line
+from refs.backends import CPU, OPS, assert_outputs_match, first_line
 from refs.draft_cumprod import draft_cumprod_ref
 from subprocess_limits import run_limited
 
-needs_emulation = pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
 
 
 def wrapper(name):
@@ -63,23 +62,22 @@ def assert_same_error(error, reference, where):
 # -- valid calls --------------------------------------------------------------------------------------
 
 
-@needs_emulation
 @pytest.mark.parametrize("name", OPS)
 @PROFILE
 @given(data=st.data())
-def test_valid_calls_agree_across_backends_and_fakes(name, data):
+def test_valid_calls_agree_across_backends_and_fakes(emulated, name, data):
     inputs = data.draw(valid_inputs(name))
     cpu = CPU.op(name)(**inputs)
     assert_outputs_match(cpu, CPU.op(name)(**inputs), exact=True)  # deterministic
-    emulated = EMULATED.op(name)(**inputs)
+    on_emulator = emulated.op(name)(**inputs)
     if name == "draft_cumprod":  # values down to -1e38 at small T: a relative tolerance too
-        for a, e in zip(emulated, cpu):
+        for a, e in zip(on_emulator, cpu):
             torch.testing.assert_close(a, e, atol=2e-5, rtol=1e-5, equal_nan=True)
         for a, e in zip(cpu, draft_cumprod_ref(**inputs)):
             torch.testing.assert_close(a, e, atol=2e-5, rtol=1e-5, equal_nan=True)
     else:
-        assert_outputs_match(emulated, cpu)
-    assert_outputs_match(emulated, EMULATED.op(name)(**inputs), exact=True)
+        assert_outputs_match(on_emulator, cpu)
+    assert_outputs_match(on_emulator, emulated.op(name)(**inputs), exact=True)
     for fake, real in zip(CPU.op(name)(**on_meta(inputs)), cpu):
         assert (fake.shape, fake.dtype, fake.device.type) == (real.shape, real.dtype, "meta")
 
@@ -87,18 +85,17 @@ def test_valid_calls_agree_across_backends_and_fakes(name, data):
 # -- spoiled calls ------------------------------------------------------------------------------------
 
 
-@needs_emulation
 @pytest.mark.parametrize("name", OPS)
 @PROFILE
 @given(data=st.data())
-def test_spoiled_calls_are_rejected_alike_everywhere(name, data):
+def test_spoiled_calls_are_rejected_alike_everywhere(emulated, name, data):
     inputs = data.draw(valid_inputs(name))
     arg, bad = data.draw(spoiled_call(name, inputs))
     kind, result = outcome(lambda: wrapper(name)(**bad))
     if kind == "ok":  # still valid (e.g. a dtype that is also allowed): every path agrees
         if any(isinstance(v, torch.Tensor) and v.is_meta for v in bad.values()):
             return  # every tensor on meta (the only one there was moved): nothing to compare
-        assert_outputs_match(EMULATED.op(name)(**bad), result)
+        assert_outputs_match(emulated.op(name)(**bad), result)
         for fake, real in zip(CPU.op(name)(**on_meta(bad)), result):
             assert (fake.shape, fake.dtype) == (real.shape, real.dtype)
         return
@@ -112,8 +109,8 @@ def test_spoiled_calls_are_rejected_alike_everywhere(name, data):
     kind, op_error = outcome(lambda: CPU.op(name)(**bad))
     assert kind == "error", f"the wrapper rejects what the op accepts: {message}"
     if type(op_error) is type(error) and first_line(op_error) == message:
-        for backend in (CPU, EMULATED):
-            kind, other = outcome(lambda: backend.kernel(name)(**bad))
+        for backend in (CPU, emulated):
+            kind, other = outcome(lambda backend=backend: backend.kernel(name)(**bad))
             assert kind == "error", f"{backend.namespace} accepts what the CPU op rejects: {message}"
             assert_same_error(other, error, backend.namespace)
     # The fakes: the same error under FakeTensorMode, and with every tensor on meta (unless the
@@ -142,9 +139,11 @@ except RuntimeError as error:
 zeros = lambda dtype, *shape: torch.zeros([1] * len(shape), dtype=dtype).expand(*shape)
 call = {{
     "select": lambda: torch.ops.{ns}.select(zeros(torch.float32, B, N), 1),
-    "draft_cumprod": lambda: torch.ops.{ns}.draft_cumprod(zeros(torch.float32, B, N, 1), zeros(torch.long, B, N)),
+    "draft_cumprod": lambda: torch.ops.{ns}.draft_cumprod(zeros(torch.float32, B, N, 1),
+                                                       zeros(torch.long, B, N)),
     "tree_mask": lambda: torch.ops.{ns}.tree_mask(zeros(torch.bool, B, N), None, zeros(torch.long, B)),
-    "tree_mask_packed": lambda: torch.ops.{ns}.tree_mask_packed(zeros(torch.bool, B, N), None, zeros(torch.long, B)),
+    "tree_mask_packed": lambda: torch.ops.{ns}.tree_mask_packed(zeros(torch.bool, B, N), None,
+                                                             zeros(torch.long, B)),
     "verify_greedy": lambda: torch.ops.{ns}.verify_greedy(*[zeros(torch.long, B, N)] * 3),
 }}[name]
 try:

@@ -1,4 +1,4 @@
-"""The five defects that adversarial probing of the ops found (issue 9), one test each (or a few),
+"""The five defects that adversarial probing of the ops found, one test each (or a few),
 every one failing on the code before its fix.
 
 1. draft_cumprod at small temperatures: the top token's log-probability was exp(rounding
@@ -158,7 +158,8 @@ ours = torch.ops.tetris_emu.verify_greedy(slot_tokens, slot_parent, target)
 seconds = time.process_time() - start
 print("CPU seconds", seconds)
 assert ours[1].tolist() == [M - 1], ours[1]
-assert all(torch.equal(a, b) for a, b in zip(ours, torch.ops.tetris.verify_greedy(slot_tokens, slot_parent, target)))
+theirs = torch.ops.tetris.verify_greedy(slot_tokens, slot_parent, target)
+assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 assert seconds < 10, seconds
 """
 

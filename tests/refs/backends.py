@@ -1,11 +1,14 @@
-"""Checks of a kernel backend against the CPU ops: the CUDA kernels (tests/test_cuda.py, on a
-GPU) and the same checks on the emulated kernels (tests/test_backend_checks.py, on the CPU in
-CI, so that these helpers are themselves exercised and can fail where no GPU is present).
+"""The backends an op runs on, and checks of a kernel backend against the CPU ops.
 
-A backend is an op namespace and a device: ``tetris`` on ``cuda`` dispatches to the CUDA
-kernels, ``tetris_emu`` on ``cpu`` to the emulated ones. Inputs are the ops' keyword arguments
-as CPU tensors (tests/refs strategies and tests/refs/blocks.py builders); the helpers move
-them to the backend's device with their layout (strides, storage offset) unchanged.
+A backend is an op namespace and a device: ``tetris`` on ``cpu`` is the CPU op, ``tetris`` on
+``cuda`` dispatches to the CUDA kernels, ``tetris_emu`` on ``cpu`` to the emulated ones (the
+kernel text run on the CPU by csrc's emulation harness). tests/conftest.py hands them to the
+tests as the ``backend`` fixture (every backend) and ``kernel_backend`` (the kernels, compared
+with the CPU op); a backend the build or machine lacks is skipped. The emulated kernels run
+every check in CI, so these helpers are themselves exercised and can fail without a GPU.
+Inputs are the ops' keyword arguments as CPU tensors (tests/refs strategies and
+tests/refs/blocks.py builders); the helpers move them to the backend's device with their layout
+(strides, storage offset) unchanged.
 
 Outputs agree with the CPU op as docs/kernels.md states: integer and boolean outputs bit for
 bit, float outputs within 1e-5 absolute and relative (reductions run in another order), with
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from hypothesis import given, settings
 
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris and tetris_emu)
 
@@ -35,9 +39,15 @@ Outputs = tuple  # the op's output tensors
 
 @dataclass(frozen=True)
 class Backend:
+    name: str  # the test id: "cpu", "emulated" or "cuda"
     namespace: str  # "tetris" or "tetris_emu"
     device: str  # where its tensors live: "cuda" or "cpu"
     dispatch_key: str  # the kernel's dispatch key: "CUDA" or "CPU"
+
+    @property
+    def other_device(self) -> str:
+        """A device none of its arguments may be on ("meta" stands in for one beside the CPU)."""
+        return "cpu" if self.device != "cpu" else "meta"
 
     def op(self, name: str):
         return getattr(getattr(torch.ops, self.namespace), name).default
@@ -52,10 +62,21 @@ class Backend:
         """The op on `inputs`, moved to this backend's device."""
         return self.op(name)(**to_device(inputs, self.device))
 
+    def run(self, name: str, *args):
+        """The op called as ``torch.ops.tetris.<name>(*args)`` with CPU arguments: tensors are
+        moved to this backend's device with their layout, outputs come back to the CPU."""
+        outputs = self.op(name)(*[same_layout_on(a, self.device) if isinstance(a, torch.Tensor) else a
+                                  for a in args])
+        return tuple(t.cpu() for t in outputs)
 
-CPU = Backend("tetris", "cpu", "CPU")
-CUDA = Backend("tetris", "cuda", "CUDA")
-EMULATED = Backend("tetris_emu", "cpu", "CPU")
+    def __str__(self) -> str:
+        return self.name
+
+
+CPU = Backend("cpu", "tetris", "cpu", "CPU")
+CUDA = Backend("cuda", "tetris", "cuda", "CUDA")
+EMULATED = Backend("emulated", "tetris_emu", "cpu", "CPU")
+BACKENDS = {backend.name: backend for backend in (CPU, EMULATED, CUDA)}
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -179,7 +200,7 @@ def assert_outputs_match(actual: Outputs, expected: Outputs, *, exact: bool = Fa
             assert torch.equal(bits(a), bits(e)), f"output {i} differs in its bits"
         elif e.is_floating_point():
             torch.testing.assert_close(a.cpu(), e.cpu(), atol=FLOAT_TOLERANCE, rtol=FLOAT_TOLERANCE,
-                                       equal_nan=True, msg=lambda m: f"output {i}: {m}")
+                                       equal_nan=True, msg=lambda m, i=i: f"output {i}: {m}")
         else:
             assert torch.equal(a.cpu(), e.cpu()), f"output {i}:\n{a.cpu()}\n!=\n{e.cpu()}"
 
@@ -188,6 +209,17 @@ def assert_matches_cpu(backend: Backend, name: str, inputs: Inputs) -> Outputs:
     actual = backend(name, inputs)
     assert_outputs_match(actual, CPU(name, inputs))
     return actual
+
+
+def assert_matches_cpu_on_examples(backend: Backend, name: str, strategy, max_examples: int) -> None:
+    """assert_matches_cpu on hypothesis examples of `strategy` (settings chosen per call, so that
+    one parametrised test can draw inputs of several sizes, each with its own number)."""
+    @settings(max_examples=max_examples, deadline=None)
+    @given(strategy)
+    def check(inputs):
+        assert_matches_cpu(backend, name, inputs)
+
+    check()
 
 
 def assert_deterministic(backend: Backend, name: str, inputs: Inputs) -> None:
@@ -274,3 +306,11 @@ def assert_replay_follows_inputs(backend: Backend, name: str, first: Inputs, sec
     replayed = tuple(t.clone() for t in replay())
     assert_outputs_match(replayed, eager_second, exact=True)
     assert_outputs_match(replayed, CPU(name, second))
+
+
+def assert_replay_of_empty_shapes(backend: Backend, name: str, empty: Callable[[Inputs], Inputs],
+                                  record: Recorder) -> None:
+    """assert_replay_follows_inputs on two small calls emptied by `empty` (empty_batch or
+    no_candidates): nothing to compute, so the outputs need not differ."""
+    assert_replay_follows_inputs(backend, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)), record,
+                                 values_matter=False)

@@ -1,6 +1,6 @@
 """Fixed-seed inputs at the kernels' block-boundary shapes, for the tests that compare a kernel
-backend with the CPU ops: the emulated kernels (tests/test_emulation_*.py) and the CUDA
-kernels (tests/test_cuda.py). Every builder returns the op's keyword arguments (CPU tensors)
+backend with the CPU ops: the emulated and the CUDA kernels (the `kernel_backend` tests of
+tests/test_<op>.py). Every builder returns the op's keyword arguments (CPU tensors)
 and is deterministic in its arguments, so two seeds give two inputs of the same shapes,
 dtypes and layouts (what a CUDA-graph replay test needs).
 

@@ -1,4 +1,5 @@
-"""Same values, other strides: the ops must accept any layout (issue 2)."""
+"""Same values, other strides: every op accepts any layout (transposed, strided, offset views)
+and gives the result of the contiguous tensors."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@
 //
 // Sums run in a different order than the CPU's sequential ones, so on arbitrary floats a sum
 // (and a sample at a CDF boundary) can differ in the last bit; with dyadic probabilities every
-// partial sum is exact and the outputs are identical (tests/test_emulation_verify.py).
+// partial sum is exact and the outputs are identical (tests/test_verify_sampling.py).
 #pragma once
 
 #include "kernel_common/backend.cuh"

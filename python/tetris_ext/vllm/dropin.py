@@ -56,6 +56,8 @@ def assign_draft_token_budget(
     """
     if confidence_probs.shape[1] != num_steps:
         confidence_probs = confidence_probs[:, :num_steps]
+    # The op itself, not tetris_ext.ops.select_prefixes: the wrapper's Python checks (the op
+    # makes them again) add about 2 us to this 17 us step (B = 256, one CPU thread).
     torch.ops.tetris.select_prefixes.default(confidence_probs, idx_mapping, capacities, draft_budget)
 
 
