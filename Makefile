@@ -122,22 +122,23 @@ wheel: venv
 clean:
 	rm -rf build dist python/tetris_ext/_C*.so
 
-# make lint: ruff's checks and its format check (settings: pyproject.toml [tool.ruff]); the
-# C++ / CUDA sources' format where a .clang-format and clang-format exist. Fixes nothing itself:
-# `ruff check --fix .` and `ruff format .` do (one commit of their own).
+# make lint: ruff's checks and its format check (settings: pyproject.toml [tool.ruff]) and the
+# C++ / CUDA sources' format (.clang-format). Fixes nothing itself: `ruff check --fix .`,
+# `ruff format .` and `clang-format -i` do. Both tools are pinned pip wheels, so every machine
+# formats alike.
 RUFF_VERSION ?= 0.17.6
+CLANG_FORMAT_VERSION ?= 18.1.8
 .PHONY: lint
 $(VENV)/bin/ruff: | venv
 	$(PY) -m pip install -q ruff==$(RUFF_VERSION)
+$(VENV)/bin/clang-format: | venv
+	$(PY) -m pip install -q clang-format==$(CLANG_FORMAT_VERSION)
 
-lint: $(VENV)/bin/ruff
+lint: $(VENV)/bin/ruff $(VENV)/bin/clang-format
 	@status=0; \
 	$(VENV)/bin/ruff check . || status=1; \
 	$(VENV)/bin/ruff format --check . || status=1; \
-	if [ -f .clang-format ] && command -v clang-format >/dev/null; then \
-	  clang-format --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/sanitize/*.cpp') \
-	    || status=1; \
-	else \
-	  echo "lint: C++ format check skipped ($$( [ -f .clang-format ] && echo 'clang-format is not installed' || echo 'no .clang-format'))"; \
-	fi; \
+	$(VENV)/bin/clang-format --dry-run --Werror \
+	  $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/sanitize/*.cpp' 'tests/sanitize/*.h') \
+	  || status=1; \
 	exit $$status
