@@ -196,3 +196,26 @@ def test_latency_slopes_are_never_negative():
     unconstrained = torch.linalg.lstsq(model.xtx, model.xty.unsqueeze(1)).solution.squeeze(1)
     assert bool((unconstrained[1:] < 0).any())  # the data do pull a slope negative
     assert float(model.predict(8, 8)) == pytest.approx(0.2, abs=0.02)
+
+
+def test_padded_policy_learns_a_costly_width_a_line_cannot_fit():
+    """A one-token step that costs more than a 2-4 token one (MEASURED_CODE_SECONDS): after steps
+    at several widths, the policy predicts width 1 near its measured cost and prefers a wider
+    block even for doubtful drafts, where the line through the same points chooses width 1."""
+    B = 8
+    probs = torch.tensor([[0.05 * 0.5**i for i in range(8)]] * B)
+    proposal = Proposal(torch.full((B, 8), 7), None, probs.log(), probs.log().cumsum(1))
+    widths = torch.arange(1, 10, dtype=torch.float64) * B
+    chosen = {}
+    for bumps in (True, False):
+        policy = CostAwareTetris(8, padded=True, width_residual=bumps)
+        for width in (9, 1, 5, 1, 4, 4, 3, 3, 1, 4, 2, 3):
+            feed(policy, B, [width - 1] * B, MEASURED_CODE_SECONDS[width], width)
+        predicted = policy._latency(B, widths, widths)
+        chosen[bumps] = int(policy.choose(proposal).sum(1).max()) + 1
+        if bumps:
+            assert float(predicted[0]) == pytest.approx(MEASURED_CODE_SECONDS[1], rel=0.1)
+            assert float(predicted[0]) > float(predicted[2])
+        else:
+            assert float(predicted[0]) < float(predicted[2])
+    assert chosen[False] == 1 and chosen[True] > 1
