@@ -219,15 +219,3 @@ def test_padded_policy_learns_a_costly_width_a_line_cannot_fit():
         else:
             assert float(predicted[0]) < float(predicted[2])
     assert chosen[False] == 1 and chosen[True] > 1
-
-
-def test_a_preempted_step_counts_as_at_most_outlier_ratio_times_its_prediction():
-    B = 8
-    seconds = lambda width: 0.1 + 0.002 * B * width  # noqa: E731
-    policy = CostAwareTetris(8, padded=True)
-    for width in (9, 1, 5, 4, 4, 3):
-        feed(policy, B, [width - 1] * B, seconds(width), width)
-    feed(policy, B, [3] * B, 10 * seconds(4), 4)  # another process held the CPU
-    tokens = torch.tensor([4.0 * B], dtype=torch.float64)
-    predicted = float(policy._latency(B, tokens, tokens))
-    assert seconds(4) < predicted < 1.5 * seconds(4)

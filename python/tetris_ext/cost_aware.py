@@ -37,8 +37,6 @@ verified (autoregressive decoding).
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
@@ -120,12 +118,10 @@ class CostAwareTetris(_GoodputPolicy):
     cost_model: a known step-cost model (no online fit, no exploration); None fits one online.
     capacity: never verify more than this many candidates per step. width_residual: a padded
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
-    outlier_ratio: an observed step counts as at most this many times its prediction (``observe``).
     """
 
     def __init__(self, max_draft: int = 8, padded: bool = True, cost_model: CostModel | None = None,
-                 capacity: int | None = None, width_residual: bool = True,
-                 outlier_ratio: float = 1.5):
+                 capacity: int | None = None, width_residual: bool = True):
         super().__init__()
         if max_draft < 1 or (capacity is not None and capacity < 0):
             raise ValueError("CostAwareTetris: need max_draft >= 1 and capacity >= 0")
@@ -136,7 +132,6 @@ class CostAwareTetris(_GoodputPolicy):
                      f"{'' if capacity is None else f', capacity={capacity}'})")
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
-        self.outlier_ratio = outlier_ratio
 
     def num_draft(self, num_requests: int) -> int:
         return self.max_draft
@@ -151,15 +146,6 @@ class CostAwareTetris(_GoodputPolicy):
         return tokens, tokens
 
     def observe(self, feedback: StepFeedback) -> None:
-        """Learn the step's cost. Past exploration, a step slower than ``outlier_ratio`` x its
-        prediction counts as that much: on a shared machine other processes only ever add
-        time, and one preempted step would otherwise mark its width as costly for long."""
-        tokens = self._step_tokens(feedback)[0]
-        if self.fixed is None and self._exploring() is None:
-            expected = float(self._latency(feedback.num_requests, torch.tensor([float(tokens)]),
-                                           torch.tensor([float(tokens)]))) - self.draft_seconds
-            feedback = dataclasses.replace(
-                feedback, verify_seconds=min(feedback.verify_seconds, self.outlier_ratio * max(expected, 1e-6)))
         if self.padded and self.fixed is None:
             self.bumps.observe(feedback.padded_tokens // feedback.num_requests, feedback.padded_tokens,
                                feedback.verify_seconds)
