@@ -176,8 +176,8 @@ def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, re
 
 def run_live(args) -> int:
     """Every chosen policy once per round, rounds back to back (so that a slow spell of the
-    shared machine hits all policies alike); each row is the round with the median tokens per
-    CPU second, and lists every round's figure."""
+    shared machine hits all policies alike); each row is the round with the lower median of
+    tokens per CPU second (of two rounds: the slower one), and lists every round's figure."""
     from sim import load_target
 
     from tetris_ext.decoding import generate
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
                     help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)")
     ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive")
-    ap.add_argument("--repeat", type=int, default=1, help="live: rounds over all policies (median reported)")
+    ap.add_argument("--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)")
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)
