@@ -187,7 +187,9 @@ def run_live(args) -> int:
     path = Path(f"bench/prompts/estimates_{args.source}.jsonl")
     prompts = [tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line]
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up
-    chosen = {n: v for n, v in policies(True).items() if not args.only or n in args.only or n == "Autoregressive"}
+    known = LinearCostModel.load(CPU_COST_PATH)  # fitted on this CPU's step times (bundled prompts)
+    chosen = {n: v for n, v in policies(True, known).items()
+              if (n in args.only if args.only else "known cost" not in n) or n == "Autoregressive"}
     rounds, reference = {name: [] for name in chosen}, None
     for round_ in range(args.repeat):
         for name, (make_policy, estimator) in chosen.items():
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
                     help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)")
-    ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive")
+    ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive; "
+                    "'CostAwareTetris (known cost) + NgramLogistic' (the fitted CPU cost model) runs only when named")
     ap.add_argument("--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)")
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
