@@ -154,3 +154,68 @@ def test_flat_engine_fits_its_latency_on_real_tokens_only():
     feed(flat, 3, [4, 0, 0], 0.1 + 0.01 * 7, 5)  # padded width 5 -> 15 padded tokens, 7 real
     x = flat.verify_latency.xtx
     assert x[0, 1] == x[0, 2] == 7.0  # the fit saw real = padded = 7
+
+
+# Step times measured live (Gemma 3 270M bf16, one thread, batch 8, held-out code prompts of
+# 300-500 tokens): by block width. A one-token step is *slower* than a 2-4 token one there
+# (PyTorch's CPU attention for a single query), the kind of bump a linear fit cannot follow.
+MEASURED_CODE_SECONDS = {1: 0.19, 2: 0.13, 3: 0.125, 4: 0.12, 5: 0.15, 6: 0.2, 7: 0.22, 8: 0.25, 9: 0.3}
+
+
+def test_padded_online_fit_does_not_collapse_into_autoregressive_decoding():
+    """Regression: the live code run took 94 steps where StandardSD(3) took 64. The online fit
+    split the cost between real and padded tokens into opposite slopes (+0.011, -0.010 s per
+    token), the padded floor read the real slope alone, rose above 1, and every later step
+    verified nothing, which taught the fit nothing new."""
+    B = 8
+    probs = torch.tensor([[0.75 * 0.85**i for i in range(8)]] * B)
+    proposal = Proposal(torch.full((B, 8), 7), None, probs.log(), probs.log().cumsum(1))
+    policy = CostAwareTetris(8, padded=True)
+    # The exploration steps of that run: widths 9, 1, 5 (64, 0, 26 verified drafts).
+    for verified, seconds, width in (([8] * B, 0.307, 9), ([0] * B, 0.19, 1), ([4, 3, 3, 3, 4, 3, 3, 3], 0.176, 5)):
+        policy.choose(proposal)
+        feed(policy, B, verified, seconds, width)
+    for _ in range(6):
+        per_row = policy.choose(proposal).sum(1)
+        width = int(per_row.max()) + 1
+        assert int(per_row.min()) >= 2, f"verified {per_row.tolist()} with floor {policy.last_floor}"
+        feed(policy, B, per_row.tolist(), MEASURED_CODE_SECONDS[width], width)
+    assert bool((policy.verify_latency.coefficients[1:] >= 0).all())
+
+
+def test_latency_slopes_are_never_negative():
+    """Noisy steps where real and padded tokens nearly move together: least squares alone
+    gives one slope a negative sign; the fit keeps both >= 0 and still predicts the data."""
+    from tetris_ext.policies import LatencyModel
+
+    model = LatencyModel()
+    steps = [(72, 72, 0.307), (8, 8, 0.19), (34, 40, 0.176), (10, 16, 0.15)] + [(8, 8, 0.2 + 0.01 * (i % 3)) for i in range(20)]
+    for real, padded, seconds in steps:
+        model.observe(real, padded, seconds)
+    assert bool((model.coefficients[1:] >= 0).all())
+    unconstrained = torch.linalg.lstsq(model.xtx, model.xty.unsqueeze(1)).solution.squeeze(1)
+    assert bool((unconstrained[1:] < 0).any())  # the data do pull a slope negative
+    assert float(model.predict(8, 8)) == pytest.approx(0.2, abs=0.02)
+
+
+def test_padded_policy_learns_a_costly_width_a_line_cannot_fit():
+    """A one-token step that costs more than a 2-4 token one (MEASURED_CODE_SECONDS): after steps
+    at several widths, the policy predicts width 1 near its measured cost and prefers a wider
+    block even for doubtful drafts, where the line through the same points chooses width 1."""
+    B = 8
+    probs = torch.tensor([[0.05 * 0.5**i for i in range(8)]] * B)
+    proposal = Proposal(torch.full((B, 8), 7), None, probs.log(), probs.log().cumsum(1))
+    widths = torch.arange(1, 10, dtype=torch.float64) * B
+    chosen = {}
+    for bumps in (True, False):
+        policy = CostAwareTetris(8, padded=True, width_residual=bumps)
+        for width in (9, 1, 5, 1, 4, 4, 3, 3, 1, 4, 2, 3):
+            feed(policy, B, [width - 1] * B, MEASURED_CODE_SECONDS[width], width)
+        predicted = policy._latency(B, widths, widths)
+        chosen[bumps] = int(policy.choose(proposal).sum(1).max()) + 1
+        if bumps:
+            assert float(predicted[0]) == pytest.approx(MEASURED_CODE_SECONDS[1], rel=0.1)
+            assert float(predicted[0]) > float(predicted[2])
+        else:
+            assert float(predicted[0]) < float(predicted[2])
+    assert chosen[False] == 1 and chosen[True] > 1

@@ -209,6 +209,36 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
     } | overrides))
 
 
+def solve_nonnegative_slopes(gram, moment):
+    """argmin_b  b' gram b - 2 b' moment  subject to b[1:] >= 0 (b[0], the intercept, free):
+    least squares from its normal equations with slopes that cannot be negative.
+
+    Step latency never falls when a step computes more tokens. An unconstrained fit on the
+    steps a policy happens to take can say otherwise: when two features (real and padded
+    tokens) nearly move together, noise splits their effect into a large positive and a large
+    negative slope, and a policy that reads one slope alone as a marginal cost (the
+    cost-aware floor) then refuses every candidate and never sees the data that would correct
+    it. The optimum is the unconstrained optimum of one face (a set of slopes held at 0), so
+    every face is solved (2^slopes systems, 4 for LatencyModel) and the best feasible kept.
+    """
+    import itertools
+
+    import torch
+
+    n = gram.shape[0]
+    best, best_value = torch.zeros_like(moment), float("inf")
+    for zeros in itertools.product((False, True), repeat=n - 1):
+        free = torch.tensor((True,) + tuple(not z for z in zeros))
+        b = torch.zeros_like(moment)
+        b[free] = torch.linalg.lstsq(gram[free][:, free], moment[free].unsqueeze(1)).solution.squeeze(1)
+        if bool((b[1:] < 0).any()):
+            continue
+        value = float(b @ gram @ b - 2 * b @ moment)
+        if value < best_value:
+            best, best_value = b, value
+    return best
+
+
 def price_step(model: CostModel, step: StepShape) -> StepCost:
     """The cost of one step under `model` (a model may define `price` itself)."""
     if hasattr(model, "price"):

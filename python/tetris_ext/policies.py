@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .cost_models import solve_nonnegative_slopes
 from .proposal import Proposal
 
 __all__ = [
@@ -191,7 +192,7 @@ class LatencyModel:
         # A ridge on the two slopes only (never the intercept), relative to the data's scale:
         # a tie-breaker when real and padded tokens move together, not a bias.
         penalty = self.ridge * torch.diag(torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
-        self.coefficients = torch.linalg.lstsq(self.xtx + penalty, self.xty.unsqueeze(1)).solution.squeeze(1)
+        self.coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)  # slopes >= 0
 
     def predict(self, real_tokens, padded_tokens) -> Tensor:
         """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
@@ -234,11 +235,15 @@ class _GoodputPolicy(Policy):
     def _exploring(self) -> float | None:
         return self.exploration[self.steps] if self.steps < len(self.exploration) else None
 
-    def observe(self, feedback: StepFeedback) -> None:
+    def _step_tokens(self, feedback: StepFeedback) -> tuple[int, int]:
+        """(real, padded) query tokens of the step, the latency fit's features."""
         real = feedback.num_requests + int(feedback.verified.sum())
         if not getattr(self, "padded", True):  # varlen engine: padded_tokens holds the real count
             real = feedback.padded_tokens
-        self.verify_latency.observe(real, feedback.padded_tokens, feedback.verify_seconds)
+        return real, feedback.padded_tokens
+
+    def observe(self, feedback: StepFeedback) -> None:
+        self.verify_latency.observe(*self._step_tokens(feedback), feedback.verify_seconds)
         self.draft_seconds = feedback.draft_seconds if self.steps == 0 else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
         self.steps += 1
 
