@@ -34,20 +34,37 @@ from tetris_ext.policies import (  # noqa: E402
 )
 
 
-def configurations(ks, extras, max_k):
-    """(family, k, extra, policy factory) for every run of one batch size."""
-    runs = [("Autoregressive", 0, 0, Autoregressive)]
+def configurations(ks, extras, max_k, trees=()):
+    """(family, k, extra, tree width, policy factory) for every run of one batch size. ``trees``:
+    (k, extra, width) of Tetris runs whose drafter grows trees of that width (k + extra nodes)."""
+    runs = [("Autoregressive", 0, 0, 1, Autoregressive)]
     for k in ks:
-        runs.append(("StandardSD", k, 0, lambda k=k: StandardSD(k)))
+        runs.append(("StandardSD", k, 0, 1, lambda k=k: StandardSD(k)))
         for extra in extras:
             if extra > 0:  # Tetris(k, 0) selects exactly what StandardSD(k) does
-                runs.append(("Tetris", k, extra, lambda k=k, e=extra: Tetris(k, e)))
+                runs.append(("Tetris", k, extra, 1, lambda k=k, e=extra: Tetris(k, e)))
+    runs += [("Tetris", k, extra, width, lambda k=k, e=extra: Tetris(k, e)) for k, extra, width in trees]
     runs += [
-        ("GoodputSD", max_k, 0, lambda: GoodputSD(max_k)),
-        ("ThresholdSD", max_k, 0, lambda: ThresholdSD(0.7, max_k)),
-        ("GoodputTetris", max_k, 0, lambda: GoodputTetris(max_k)),
+        ("GoodputSD", max_k, 0, 1, lambda: GoodputSD(max_k)),
+        ("ThresholdSD", max_k, 0, 1, lambda: ThresholdSD(0.7, max_k)),
+        ("GoodputTetris", max_k, 0, 1, lambda: GoodputTetris(max_k)),
     ]
     return runs
+
+
+def parse_tree(text: str) -> tuple[int, int, int]:
+    """'K:EXTRA:WIDTH' -> (k, extra, width)."""
+    try:
+        k, extra, width = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tetris-trees: expected K:EXTRA:WIDTH, got {text!r}") from None
+    if k < 1 or extra < 0 or width < 2:
+        raise argparse.ArgumentTypeError("--tetris-trees: need K >= 1, EXTRA >= 0, WIDTH >= 2")
+    return k, extra, width
+
+
+def label(policy, tree_width: int) -> str:
+    return str(policy) + (f" tree{tree_width}" if tree_width > 1 else "")
 
 
 def step_timings(stats: dict) -> list[list]:
@@ -70,16 +87,18 @@ def completion_latency(stats: dict) -> dict:
     return {"latency_p50": float(latencies.quantile(0.5)), "latency_p99": float(latencies.quantile(0.99))}
 
 
-def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc) -> tuple[dict, list]:
+def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc, tree_width=None) -> tuple[dict, list]:
     from tqdm import tqdm
 
-    drafter = make_drafter() if policy.num_draft(batch_size) > 0 else None
+    drafter = None
+    if policy.num_draft(batch_size) > 0:
+        drafter = make_drafter() if tree_width is None else make_drafter(tree_width)
     with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar:
         result = generate(target, prompts, policy, drafter, max_new_tokens=max_new_tokens,
                           max_batch_size=batch_size, eos_token_id=eos, progress=bar)
     s = result.stats
     row = {
-        "policy": str(policy),
+        "policy": label(policy, tree_width or 1),
         "batch_size": batch_size,
         "tokens_per_second": s["generated_tokens"] / s["wall_seconds"],
         # process CPU time: with one thread, what the run cost whatever else the machine did
@@ -118,7 +137,8 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
             if r["family"] == "StandardSD":
                 lines.setdefault("StandardSD(k)", []).append(r)
             elif r["family"] == "Tetris":
-                lines.setdefault(f"Tetris(k, extra={r['extra']})", []).append(r)
+                tree = f", tree width {r['tree_width']}" if r.get("tree_width", 1) > 1 else ""
+                lines.setdefault(f"Tetris(k, extra={r['extra']}{tree})", []).append(r)
         for name, pts in lines.items():
             pts.sort(key=lambda r: r["k"])
             ax.plot([r["k"] for r in pts], [r["tokens_per_second"] for r in pts],
@@ -178,7 +198,7 @@ def load_setup(args, max_draft: int):
         target, draft, tokenizer = load_pair(args.dtype)
         prompts = [p["tokens"] for p in chat_prompts(tokenizer, args.sources, limit=args.prompts)]
         return (target, prompts, list(QWEN_STOP_TOKEN_IDS),
-                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature),
+                lambda width=args.tree_width: ModelDrafter(draft, max_draft, width, args.score_temperature),
                 f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF de-quantised, {args.dtype})",
                 f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
@@ -192,10 +212,10 @@ def load_setup(args, max_draft: int):
 
         draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
         return (target, prompts, tokenizer.eos_token_id,
-                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature), target_name,
+                lambda width=args.tree_width: ModelDrafter(draft, max_draft, width, args.score_temperature), target_name,
                 f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
-    return (target, prompts, tokenizer.eos_token_id, lambda: NgramDrafter(max_draft), target_name,
+    return (target, prompts, tokenizer.eos_token_id, lambda width=1: NgramDrafter(max_draft), target_name,
             f"NgramDrafter({max_draft})")
 
 
@@ -211,6 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
     ap.add_argument("--tree-width", type=int, default=1)
+    ap.add_argument("--tetris-trees", type=parse_tree, nargs="+", default=[], metavar="K:EXTRA:WIDTH",
+                    help="with a draft model: extra Tetris(K, EXTRA) runs whose drafter grows trees of WIDTH "
+                         "(K + EXTRA nodes, about (K + EXTRA) / WIDTH draft forwards)")
     ap.add_argument("--pair", choices=("qwen2.5-coder",),
                     help="a target with its own draft model instead of Gemma + n-grams (needs tetris_ext[qwen])")
     ap.add_argument("--score-temperature", type=float, default=1.0,
@@ -239,31 +262,34 @@ def main(argv=None) -> int:
     extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])
     batch_sizes = args.batch_sizes or ([4, 8, 16] if args.full else [8])
 
-    max_draft = max(max(ks) + max(extras), args.max_k)
+    max_draft = max([max(ks) + max(extras), args.max_k] + [k + e for k, e, _ in args.tetris_trees])
     target, prompts, eos, make_drafter, target_name, drafter_name = load_setup(args, max_draft)
     meta = run_metadata("cpu") | {
         "target": target_name, "drafter": drafter_name, "sources": args.sources if args.pair else None,
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
         "ks": ks, "extras": extras, "max_k": args.max_k, "repeats": args.repeats, "dtype": args.dtype,
+        "tetris_trees": args.tetris_trees, "command": " ".join(["python", "bench/e2e.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up, untimed
 
     from tqdm import tqdm
 
-    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k)]
+    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.tetris_trees)]
     # Repetitions go round the whole sweep, so that a slow phase of a shared machine spreads over
     # every configuration instead of landing on one; each row keeps the median run.
     todo = [(rep, B, cfg) for rep in range(args.repeats) for B, cfg in configs]
     runs: dict[tuple, list] = {}
     t0 = time.perf_counter()
-    for rep, B, (family, k, extra, make) in tqdm(todo, desc="e2e runs", unit="run"):
+    for rep, B, (family, k, extra, width, make) in tqdm(todo, desc="e2e runs", unit="run"):
         policy = make()
         row, outputs = run_one(target, prompts, policy, make_drafter, B, args.max_new_tokens,
-                               eos, desc=f"B={B} {policy} ({rep + 1}/{args.repeats})")
-        runs.setdefault((B, str(policy)), []).append((row | {"family": family, "k": k, "extra": extra}, outputs))
+                               eos, desc=f"B={B} {label(policy, width)} ({rep + 1}/{args.repeats})",
+                               tree_width=width if width > 1 else None)
+        row |= {"family": family, "k": k, "extra": extra, "tree_width": width}
+        runs.setdefault((B, label(policy, width)), []).append((row, outputs))
     rows, reference = [], {}
-    for B, (family, k, extra, make) in configs:
-        attempts = runs[(B, str(make()))]
+    for B, (family, k, extra, width, make) in configs:
+        attempts = runs[(B, label(make(), width))]
         speeds = [row["tokens_per_second"] for row, _ in attempts]
         row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
         row["tokens_per_second_runs"] = speeds
