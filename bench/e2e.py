@@ -18,6 +18,8 @@ policy) and e2e_vsr.png (verification success rate per policy).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,37 +36,58 @@ from tetris_ext.policies import (  # noqa: E402
 )
 
 
-def configurations(ks, extras, max_k, trees=()):
-    """(family, k, extra, tree width, policy factory) for every run of one batch size. ``trees``:
-    (k, extra, width) of Tetris runs whose drafter grows trees of that width (k + extra nodes)."""
-    runs = [("Autoregressive", 0, 0, 1, Autoregressive)]
+def configurations(ks, extras, max_k, extra_runs=()):
+    """(family, k, extra, drafter options, policy factory) for every run of one batch size.
+    ``extra_runs``: more runs from ``parse_run`` specs (trees, early-stopping drafters)."""
+    chain = {}
+    runs = [("Autoregressive", 0, 0, chain, Autoregressive)]
     for k in ks:
-        runs.append(("StandardSD", k, 0, 1, lambda k=k: StandardSD(k)))
+        runs.append(("StandardSD", k, 0, chain, lambda k=k: StandardSD(k)))
         for extra in extras:
             if extra > 0:  # Tetris(k, 0) selects exactly what StandardSD(k) does
-                runs.append(("Tetris", k, extra, 1, lambda k=k, e=extra: Tetris(k, e)))
-    runs += [("Tetris", k, extra, width, lambda k=k, e=extra: Tetris(k, e)) for k, extra, width in trees]
+                runs.append(("Tetris", k, extra, chain, lambda k=k, e=extra: Tetris(k, e)))
     runs += [
-        ("GoodputSD", max_k, 0, 1, lambda: GoodputSD(max_k)),
-        ("ThresholdSD", max_k, 0, 1, lambda: ThresholdSD(0.7, max_k)),
-        ("GoodputTetris", max_k, 0, 1, lambda: GoodputTetris(max_k)),
+        ("GoodputSD", max_k, 0, chain, lambda: GoodputSD(max_k)),
+        ("ThresholdSD", max_k, 0, chain, lambda: ThresholdSD(0.7, max_k)),
+        ("GoodputTetris", max_k, 0, chain, lambda: GoodputTetris(max_k)),
     ]
-    return runs
+    return runs + list(extra_runs)
 
 
-def parse_tree(text: str) -> tuple[int, int, int]:
-    """'K:EXTRA:WIDTH' -> (k, extra, width)."""
-    try:
-        k, extra, width = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tetris-trees: expected K:EXTRA:WIDTH, got {text!r}") from None
-    if k < 1 or extra < 0 or width < 2:
-        raise argparse.ArgumentTypeError("--tetris-trees: need K >= 1, EXTRA >= 0, WIDTH >= 2")
-    return k, extra, width
+RUN_SPEC = re.compile(r"^(?P<policy>SD(?P<sd>\d)|T(?P<tk>\d)(?P<te>\d)|TH(?P<th>\d)|GS(?P<gs>\d)|GT(?P<gt>\d))"
+                      r"(?:p(?P<min_prob>[0-9.]+))?(?:w(?P<width>\d+))?(?:m(?P<mean>[0-9.]+))?(?:f(?P<floor>[0-9.]+))?$")
 
 
-def label(policy, tree_width: int) -> str:
-    return str(policy) + (f" tree{tree_width}" if tree_width > 1 else "")
+def parse_run(text: str):
+    """A run spec -> a configuration: SD<k>, T<k><extra> (p<min_prob>: Tetris's floor), TH<max_k>
+    (ThresholdSD(0.7, max_k)), GS<max_k>, GT<max_k>; then the drafter: w<tree width>,
+    m<min_mean_path_prob>, f<min_path_prob>. E.g. T32m0.5, T33w2, TH5f0.7, SD3m0.5."""
+    m = RUN_SPEC.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--runs: cannot read {text!r} (e.g. T32m0.5, T33w2, TH5f0.7, SD3m0.5)")
+    opts = {}
+    if m["width"]:
+        opts["tree_width"] = int(m["width"])
+    if m["mean"]:
+        opts["min_mean_path_prob"] = float(m["mean"])
+    if m["floor"]:
+        opts["min_path_prob"] = float(m["floor"])
+    min_prob = float(m["min_prob"]) if m["min_prob"] else None
+    if m["sd"]:
+        k = int(m["sd"])
+        return ("StandardSD", k, 0, opts, lambda: StandardSD(k))
+    if m["tk"]:
+        k, e = int(m["tk"]), int(m["te"])
+        return ("Tetris", k, e, opts, lambda: Tetris(k, e, min_prob=min_prob))
+    n = int(m["th"] or m["gs"] or m["gt"])
+    family, make = {"th": ("ThresholdSD", lambda: ThresholdSD(0.7, n)), "gs": ("GoodputSD", lambda: GoodputSD(n)),
+                    "gt": ("GoodputTetris", lambda: GoodputTetris(n))}[next(g for g in ("th", "gs", "gt") if m[g])]
+    return (family, n, 0, opts, make)
+
+
+def label(policy, opts: dict) -> str:
+    names = {"tree_width": "tree", "min_mean_path_prob": "stop-mean", "min_path_prob": "stop-floor"}
+    return " ".join([str(policy)] + [f"{names[k]}={v:g}" for k, v in opts.items()])
 
 
 def step_timings(stats: dict) -> list[list]:
@@ -87,22 +110,46 @@ def completion_latency(stats: dict) -> dict:
     return {"latency_p50": float(latencies.quantile(0.5)), "latency_p99": float(latencies.quantile(0.99))}
 
 
-def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc, tree_width=None) -> tuple[dict, list]:
+@contextlib.contextmanager
+def prefill_cpu_clock():
+    """Process CPU seconds spent admitting requests (the prefill forwards of the target and the
+    drafter), accumulated in the yielded one-element list while the context is open."""
+    from tetris_ext.engine import Engine
+
+    spent, admit = [0.0], Engine._admit
+
+    def timed(self, joining):
+        start = time.process_time()
+        admit(self, joining)
+        spent[0] += time.process_time() - start
+
+    Engine._admit = timed
+    try:
+        yield spent
+    finally:
+        Engine._admit = admit
+
+
+def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc, opts=None) -> tuple[dict, list]:
     from tqdm import tqdm
 
-    drafter = None
-    if policy.num_draft(batch_size) > 0:
-        drafter = make_drafter() if tree_width is None else make_drafter(tree_width)
-    with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar:
+    drafter = make_drafter(**(opts or {})) if policy.num_draft(batch_size) > 0 else None
+    with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar, \
+            prefill_cpu_clock() as prefill_cpu:
         result = generate(target, prompts, policy, drafter, max_new_tokens=max_new_tokens,
                           max_batch_size=batch_size, eos_token_id=eos, progress=bar)
     s = result.stats
+    decode_cpu = s["cpu_seconds"] - prefill_cpu[0] if s.get("cpu_seconds") else None
     row = {
-        "policy": label(policy, tree_width or 1),
+        "policy": label(policy, opts or {}),
         "batch_size": batch_size,
         "tokens_per_second": s["generated_tokens"] / s["wall_seconds"],
         # process CPU time: with one thread, what the run cost whatever else the machine did
         "tokens_per_cpu_second": s["generated_tokens"] / s["cpu_seconds"] if s.get("cpu_seconds") else None,
+        # the decoding steps only (prefill, the same target work for every policy, left out)
+        "tokens_per_step_second": s["generated_tokens"] / (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]),
+        "decode_cpu_seconds": decode_cpu,
+        "tokens_per_decode_cpu_second": s["generated_tokens"] / decode_cpu if decode_cpu else None,
         "wall_seconds": s["wall_seconds"],
         "cpu_seconds": s.get("cpu_seconds"),
         "generated_tokens": s["generated_tokens"],
@@ -136,18 +183,17 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
         for r in sel:
             if r["family"] == "StandardSD":
                 lines.setdefault("StandardSD(k)", []).append(r)
-            elif r["family"] == "Tetris":
-                tree = f", tree width {r['tree_width']}" if r.get("tree_width", 1) > 1 else ""
-                lines.setdefault(f"Tetris(k, extra={r['extra']}{tree})", []).append(r)
+            elif r["family"] == "Tetris" and not r.get("drafter_options"):
+                lines.setdefault(f"Tetris(k, extra={r['extra']})", []).append(r)
         for name, pts in lines.items():
             pts.sort(key=lambda r: r["k"])
             ax.plot([r["k"] for r in pts], [r["tokens_per_second"] for r in pts],
                     "-" if name.startswith("Tetris") else "--", marker="o", label=name)
         for r in sel:
-            if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris"):
-                ax.axhline(r["tokens_per_second"], ls=":", lw=1.2, color={
+            if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris") or r.get("drafter_options"):
+                ax.axhline(r["tokens_per_second"], ls=":" if not r.get("drafter_options") else "-.", lw=1.2, color={
                     "Autoregressive": "black", "GoodputSD": "tab:gray", "ThresholdSD": "tab:brown",
-                    "GoodputTetris": "tab:purple"}[r["family"]], label=r["policy"])
+                    "GoodputTetris": "tab:purple"}.get(r["family"]), label=r["policy"])
         ax.set_xlabel("capacity k (verified drafts per request per step)")
         ax.set_ylabel("throughput (generated tokens / s)")
         ax.set_title(f"batch {B}", fontsize=10)
@@ -198,7 +244,8 @@ def load_setup(args, max_draft: int):
         target, draft, tokenizer = load_pair(args.dtype)
         prompts = [p["tokens"] for p in chat_prompts(tokenizer, args.sources, limit=args.prompts)]
         return (target, prompts, list(QWEN_STOP_TOKEN_IDS),
-                lambda width=args.tree_width: ModelDrafter(draft, max_draft, width, args.score_temperature),
+                lambda **o: ModelDrafter(draft, max_draft, **({"tree_width": args.tree_width,
+                                                               "score_temperature": args.score_temperature} | o)),
                 f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF de-quantised, {args.dtype})",
                 f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
@@ -212,10 +259,11 @@ def load_setup(args, max_draft: int):
 
         draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
         return (target, prompts, tokenizer.eos_token_id,
-                lambda width=args.tree_width: ModelDrafter(draft, max_draft, width, args.score_temperature), target_name,
+                lambda **o: ModelDrafter(draft, max_draft, **({"tree_width": args.tree_width,
+                                                               "score_temperature": args.score_temperature} | o)), target_name,
                 f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
-    return (target, prompts, tokenizer.eos_token_id, lambda width=1: NgramDrafter(max_draft), target_name,
+    return (target, prompts, tokenizer.eos_token_id, lambda **o: NgramDrafter(max_draft), target_name,
             f"NgramDrafter({max_draft})")
 
 
@@ -231,9 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
     ap.add_argument("--tree-width", type=int, default=1)
-    ap.add_argument("--tetris-trees", type=parse_tree, nargs="+", default=[], metavar="K:EXTRA:WIDTH",
-                    help="with a draft model: extra Tetris(K, EXTRA) runs whose drafter grows trees of WIDTH "
-                         "(K + EXTRA nodes, about (K + EXTRA) / WIDTH draft forwards)")
+    ap.add_argument("--runs", type=parse_run, nargs="+", default=[], metavar="SPEC",
+                    help="more runs with a draft model: " + parse_run.__doc__.split(":", 1)[1].strip())
     ap.add_argument("--pair", choices=("qwen2.5-coder",),
                     help="a target with its own draft model instead of Gemma + n-grams (needs tetris_ext[qwen])")
     ap.add_argument("--score-temperature", type=float, default=1.0,
@@ -262,34 +309,33 @@ def main(argv=None) -> int:
     extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])
     batch_sizes = args.batch_sizes or ([4, 8, 16] if args.full else [8])
 
-    max_draft = max([max(ks) + max(extras), args.max_k] + [k + e for k, e, _ in args.tetris_trees])
+    max_draft = max([max(ks) + max(extras), args.max_k] + [k + e for _, k, e, _, _ in args.runs])
     target, prompts, eos, make_drafter, target_name, drafter_name = load_setup(args, max_draft)
     meta = run_metadata("cpu") | {
         "target": target_name, "drafter": drafter_name, "sources": args.sources if args.pair else None,
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
         "ks": ks, "extras": extras, "max_k": args.max_k, "repeats": args.repeats, "dtype": args.dtype,
-        "tetris_trees": args.tetris_trees, "command": " ".join(["python", "bench/e2e.py", *(argv if argv is not None else sys.argv[1:])]),
+        "runs": [label(make(), opts) for _, _, _, opts, make in args.runs], "command": " ".join(["python", "bench/e2e.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up, untimed
 
     from tqdm import tqdm
 
-    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.tetris_trees)]
+    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.runs)]
     # Repetitions go round the whole sweep, so that a slow phase of a shared machine spreads over
     # every configuration instead of landing on one; each row keeps the median run.
     todo = [(rep, B, cfg) for rep in range(args.repeats) for B, cfg in configs]
     runs: dict[tuple, list] = {}
     t0 = time.perf_counter()
-    for rep, B, (family, k, extra, width, make) in tqdm(todo, desc="e2e runs", unit="run"):
+    for rep, B, (family, k, extra, opts, make) in tqdm(todo, desc="e2e runs", unit="run"):
         policy = make()
         row, outputs = run_one(target, prompts, policy, make_drafter, B, args.max_new_tokens,
-                               eos, desc=f"B={B} {label(policy, width)} ({rep + 1}/{args.repeats})",
-                               tree_width=width if width > 1 else None)
-        row |= {"family": family, "k": k, "extra": extra, "tree_width": width}
-        runs.setdefault((B, label(policy, width)), []).append((row, outputs))
+                               eos, desc=f"B={B} {label(policy, opts)} ({rep + 1}/{args.repeats})", opts=opts)
+        row |= {"family": family, "k": k, "extra": extra, "drafter_options": opts}
+        runs.setdefault((B, label(policy, opts)), []).append((row, outputs))
     rows, reference = [], {}
-    for B, (family, k, extra, width, make) in configs:
-        attempts = runs[(B, label(make(), width))]
+    for B, (family, k, extra, opts, make) in configs:
+        attempts = runs[(B, label(make(), opts))]
         speeds = [row["tokens_per_second"] for row, _ in attempts]
         row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
         row["tokens_per_second_runs"] = speeds
@@ -300,6 +346,9 @@ def main(argv=None) -> int:
         row |= {"speedup": row["tokens_per_second"] / ref["tokens_per_second"],
                 "speedup_cpu_time": row["tokens_per_cpu_second"] / ref["tokens_per_cpu_second"]
                 if row["tokens_per_cpu_second"] and ref["tokens_per_cpu_second"] else None,
+                "speedup_steps": row["tokens_per_step_second"] / ref["tokens_per_step_second"],
+                "speedup_decode_cpu": row["tokens_per_decode_cpu_second"] / ref["tokens_per_decode_cpu_second"]
+                if row["tokens_per_decode_cpu_second"] and ref["tokens_per_decode_cpu_second"] else None,
                 "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
         rows.append(row)
     meta["total_seconds"] = time.perf_counter() - t0
@@ -307,6 +356,7 @@ def main(argv=None) -> int:
     print(format_table(rows, [
         ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
         ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
+        ("speedup_steps", "vs AR (steps)"), ("speedup_decode_cpu", "vs AR (decode cpu)"),
         ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
         ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
         ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
