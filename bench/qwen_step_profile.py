@@ -222,12 +222,12 @@ def breakdown(per_step: dict) -> dict:
         draft_fwd = get("draft.catch_up.forward", key) + get("draft.feed.forward", key)
         pieces = {
             "draft forwards": draft_fwd,
-            "  of which output head": get("draft.catch_up.head", key) + get("draft.feed.head", key),
+            "  of which the draft's output head": get("draft.catch_up.head", key) + get("draft.feed.head", key),
             "draft other (scores, top-k, masks, Python)": get("draft.propose_total", key) - draft_fwd,
             "selection (ops.select)": get("select.ops_select", key),
             "verification block": get("block.build_block", key),
             "target forward": get("target.feed.forward", key),
-            "  of which output head": get("target.feed.head", key),
+            "  of which the target's output head": get("target.feed.head", key),
             "acceptance ops": get("target.acceptance_ops", key),
             "rollback (commit, compact, drafter update)": get("target.verify_total", key)
             - get("target.feed.forward", key) - get("target.acceptance_ops", key) + get("draft.update_total", key),
@@ -244,6 +244,42 @@ def breakdown(per_step: dict) -> dict:
     out["draft cpu ms per forward"] = out["draft forwards"]["cpu_ms"] / calls if calls else 0.0
     out["target query tokens per forward"] = per_step.get("target.feed.forward", {}).get("tokens_per_call", 0.0)
     return out
+
+
+def chart(rows, isolated, meta, path: Path) -> None:
+    """Stacked CPU ms per step of each policy's pieces, and per generated token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pieces = [("draft forwards", "tab:orange"), ("draft other (scores, top-k, masks, Python)", "tab:red"),
+              ("target forward", "tab:blue"), ("acceptance ops", "tab:green"),
+              ("rollback (commit, compact, drafter update)", "tab:olive"),
+              ("rest (bookkeeping, stop checks, stats)", "tab:gray")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    names = [r["policy"].replace(" tree_width=", "\ntree ") for r in rows]
+    for ax, per_token in zip(axes, (False, True)):
+        bottom = [0.0] * len(rows)
+        for piece, color in pieces:
+            values = [r["breakdown"][piece]["cpu_ms"] / (r["generated_tokens"] / r["steps"] if per_token else 1)
+                      for r in rows]
+            ax.bar(names, values, bottom=bottom, color=color, label=piece)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_ylabel("CPU ms per generated token" if per_token else "CPU ms per step")
+        ax.tick_params(axis="x", labelsize=7, rotation=45)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].axhline(isolated["draft.q1"]["cpu_ms"], ls=":", color="tab:orange", lw=1,
+                    label="one isolated draft forward (1 token/row)")
+    axes[0].axhline(isolated["target.q1"]["cpu_ms"], ls=":", color="tab:blue", lw=1,
+                    label="one isolated target forward (1 token/row)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Where a step's time goes: Qwen2.5-Coder 1.5B + 0.5B draft, {meta['dtype']}, batch {meta['batch']}, "
+                 f"{meta['prompts']} {meta['source']} prompts x {meta['max_new_tokens']} tokens, "
+                 f"{meta['torch_threads']} thread, {meta['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def print_report(rows, isolated) -> None:
@@ -274,7 +310,18 @@ def main(argv=None) -> int:
                     help=f"of {sorted(POLICIES)}; suffix w<N>: a tree drafter of width N (e.g. T33w2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "qwen_step_profile")
+    ap.add_argument("--rebreak", type=Path, metavar="JSON", help="only recompute the breakdowns of an earlier run")
     args = ap.parse_args(argv)
+    if args.rebreak:
+        import json
+
+        saved = json.loads(args.rebreak.read_text())
+        for row in saved["rows"]:
+            row["breakdown"] = breakdown(row["per_step"])
+        write_json(args.rebreak, saved)
+        chart(saved["rows"], saved["isolated"], saved["meta"], args.rebreak.with_suffix(".png"))
+        print_report(saved["rows"], saved["isolated"])
+        return 0
     torch.set_num_threads(args.threads)
     from qwen_pair import chat_prompts, load_pair
 
@@ -295,6 +342,7 @@ def main(argv=None) -> int:
                                   "batch": args.batch, "max_new_tokens": args.max_new_tokens}
     print_report(rows, isolated)
     write_json(args.out.with_suffix(".json"), {"meta": meta, "isolated": isolated, "rows": rows})
+    chart(rows, isolated, meta, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out.with_suffix('.json')}")
     return 0
 
