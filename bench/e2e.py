@@ -41,17 +41,17 @@ def configurations(ks, extras, max_k, extra_runs=()):
     ``extra_runs``: more runs from ``parse_run`` specs (trees, early-stopping drafters)."""
     chain = {}
     runs = [("Autoregressive", 0, 0, chain, Autoregressive)]
+    runs += [("StandardSD", k, 0, chain, lambda k=k: StandardSD(k)) for k in ks]
+    runs += list(extra_runs)  # before the grid: a run cut short by time still has them
     for k in ks:
-        runs.append(("StandardSD", k, 0, chain, lambda k=k: StandardSD(k)))
         for extra in extras:
             if extra > 0:  # Tetris(k, 0) selects exactly what StandardSD(k) does
                 runs.append(("Tetris", k, extra, chain, lambda k=k, e=extra: Tetris(k, e)))
-    runs += [
+    return runs + [
         ("GoodputSD", max_k, 0, chain, lambda: GoodputSD(max_k)),
         ("ThresholdSD", max_k, 0, chain, lambda: ThresholdSD(0.7, max_k)),
         ("GoodputTetris", max_k, 0, chain, lambda: GoodputTetris(max_k)),
     ]
-    return runs + list(extra_runs)
 
 
 RUN_SPEC = re.compile(r"^(?P<policy>SD(?P<sd>\d)|T(?P<tk>\d)(?P<te>\d)|TH(?P<th>\d)|GS(?P<gs>\d)|GT(?P<gt>\d))"
@@ -333,6 +333,9 @@ def main(argv=None) -> int:
                                eos, desc=f"B={B} {label(policy, opts)} ({rep + 1}/{args.repeats})", opts=opts)
         row |= {"family": family, "k": k, "extra": extra, "drafter_options": opts}
         runs.setdefault((B, label(policy, opts)), []).append((row, outputs))
+        # Every finished run at once, so that a sweep stopped early keeps what it measured.
+        write_json(args.out.with_name(args.out.name + ".partial.json"),
+                   {"meta": meta, "runs": [r | {"outputs": o} for attempts in runs.values() for r, o in attempts]})
     rows, reference = [], {}
     for B, (family, k, extra, opts, make) in configs:
         attempts = runs[(B, label(make(), opts))]
