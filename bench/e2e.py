@@ -234,6 +234,58 @@ def chart_vsr(rows: list[dict], meta: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, out: Path, num_prompts: int) -> None:
+    """Median run of every configuration (in sweep order, Autoregressive first per batch size),
+    ratios to Autoregressive, the table, the JSON and the charts."""
+    rows, reference = [], {}
+    for attempts in attempts_per_config:
+        speeds = [row["tokens_per_second"] for row, _ in attempts]
+        row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
+        row["tokens_per_second_runs"] = speeds
+        row["tokens_per_cpu_second_runs"] = [r["tokens_per_cpu_second"] for r, _ in attempts]
+        B = row["batch_size"]
+        if row["family"] == "Autoregressive":
+            reference[B] = (outputs, row)
+        ref_outputs, ref = reference[B]
+        row |= {"speedup": row["tokens_per_second"] / ref["tokens_per_second"],
+                "speedup_cpu_time": row["tokens_per_cpu_second"] / ref["tokens_per_cpu_second"]
+                if row["tokens_per_cpu_second"] and ref["tokens_per_cpu_second"] else None,
+                "speedup_steps": row["tokens_per_step_second"] / ref["tokens_per_step_second"],
+                "speedup_decode_cpu": row["tokens_per_decode_cpu_second"] / ref["tokens_per_decode_cpu_second"]
+                if row["tokens_per_decode_cpu_second"] and ref["tokens_per_decode_cpu_second"] else None,
+                "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
+        rows.append(row)
+    print(format_table(rows, [
+        ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
+        ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
+        ("speedup_steps", "vs AR (steps)"), ("speedup_decode_cpu", "vs AR (decode cpu)"),
+        ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
+        ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
+        ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
+    write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    chart_throughput(rows, meta, out.with_name(out.name + "_throughput.png"))
+    chart_vsr(rows, meta, out.with_name(out.name + "_vsr.png"))
+    print(f"\nwrote {out.with_suffix('.json')}, {out.name}_throughput.png, {out.name}_vsr.png")
+    for r in rows:
+        if r["same_output_as_autoregressive"] != num_prompts:
+            print(f"WARNING: {r['policy']} at batch {r['batch_size']}: {r['same_output_as_autoregressive']}/{num_prompts} "
+                  "outputs equal the autoregressive ones")
+
+
+def finish_partial(partial: Path, out: Path) -> None:
+    """The summary of a sweep stopped early, from its partial JSON (the runs it finished)."""
+    import json
+
+    saved = json.loads(partial.read_text())
+    groups: dict[tuple, list] = {}
+    for run in saved["runs"]:
+        outputs = run.pop("outputs")
+        groups.setdefault((run["batch_size"], run["policy"]), []).append((run, outputs))
+    meta = saved["meta"] | {"stopped_early": True, "runs_finished": len(saved["runs"])}
+    num_prompts = len(next(iter(groups.values()))[0][1])
+    summarize(list(groups.values()), meta, out, num_prompts)
+
+
 def load_setup(args, max_draft: int):
     """(target, prompt token lists, eos ids, drafter factory, target name, drafter name)."""
     if args.pair:
@@ -295,7 +347,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the charts of an earlier run")
+    ap.add_argument("--finish", type=Path, metavar="PARTIAL_JSON",
+                    help="only summarise the runs a stopped sweep finished (its .partial.json) into --out")
     args = ap.parse_args(argv)
+    if args.finish:
+        finish_partial(args.finish, args.out)
+        return 0
     if args.replot:
         import json
 
@@ -336,42 +393,9 @@ def main(argv=None) -> int:
         # Every finished run at once, so that a sweep stopped early keeps what it measured.
         write_json(args.out.with_name(args.out.name + ".partial.json"),
                    {"meta": meta, "runs": [r | {"outputs": o} for attempts in runs.values() for r, o in attempts]})
-    rows, reference = [], {}
-    for B, (family, k, extra, opts, make) in configs:
-        attempts = runs[(B, label(make(), opts))]
-        speeds = [row["tokens_per_second"] for row, _ in attempts]
-        row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
-        row["tokens_per_second_runs"] = speeds
-        row["tokens_per_cpu_second_runs"] = [r["tokens_per_cpu_second"] for r, _ in attempts]
-        if family == "Autoregressive":
-            reference[B] = (outputs, row)
-        ref_outputs, ref = reference[B]
-        row |= {"speedup": row["tokens_per_second"] / ref["tokens_per_second"],
-                "speedup_cpu_time": row["tokens_per_cpu_second"] / ref["tokens_per_cpu_second"]
-                if row["tokens_per_cpu_second"] and ref["tokens_per_cpu_second"] else None,
-                "speedup_steps": row["tokens_per_step_second"] / ref["tokens_per_step_second"],
-                "speedup_decode_cpu": row["tokens_per_decode_cpu_second"] / ref["tokens_per_decode_cpu_second"]
-                if row["tokens_per_decode_cpu_second"] and ref["tokens_per_decode_cpu_second"] else None,
-                "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
-        rows.append(row)
     meta["total_seconds"] = time.perf_counter() - t0
-
-    print(format_table(rows, [
-        ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
-        ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
-        ("speedup_steps", "vs AR (steps)"), ("speedup_decode_cpu", "vs AR (decode cpu)"),
-        ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
-        ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
-        ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
-    mismatched = [r for r in rows if r["same_output_as_autoregressive"] != len(prompts)]
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
-    chart_throughput(rows, meta, args.out.with_name(args.out.name + "_throughput.png"))
-    chart_vsr(rows, meta, args.out.with_name(args.out.name + "_vsr.png"))
-    print(f"\nwrote {args.out.with_suffix('.json')}, {args.out.name}_throughput.png, {args.out.name}_vsr.png "
-          f"({meta['total_seconds']:.0f} s)")
-    for r in mismatched:
-        print(f"WARNING: {r['policy']} at batch {r['batch_size']}: {r['same_output_as_autoregressive']}/{len(prompts)} "
-              "outputs equal the autoregressive ones")
+    ordered = [runs[(B, label(make(), opts))] for B, (family, k, extra, opts, make) in configs]
+    summarize(ordered, meta, args.out, len(prompts))
     return 0
 
 
