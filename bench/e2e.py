@@ -169,7 +169,11 @@ def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, e
     return row, result.tokens
 
 
-def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
+METRICS = {"tokens_per_second": "throughput (generated tokens / s)",
+           "tokens_per_decode_cpu_second": "generated tokens / CPU second of the decoding steps"}
+
+
+def chart_throughput(rows: list[dict], meta: dict, path: Path, metric: str = "tokens_per_second") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,21 +185,23 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
         sel = [r for r in rows if r["batch_size"] == B]
         lines = {}
         for r in sel:
-            if r["family"] == "StandardSD":
+            if r["family"] == "StandardSD" and not r.get("drafter_options"):
                 lines.setdefault("StandardSD(k)", []).append(r)
             elif r["family"] == "Tetris" and not r.get("drafter_options"):
                 lines.setdefault(f"Tetris(k, extra={r['extra']})", []).append(r)
         for name, pts in lines.items():
             pts.sort(key=lambda r: r["k"])
-            ax.plot([r["k"] for r in pts], [r["tokens_per_second"] for r in pts],
+            ax.plot([r["k"] for r in pts], [r[metric] for r in pts],
                     "-" if name.startswith("Tetris") else "--", marker="o", label=name)
+        variants = iter(["tab:cyan", "tab:pink", "tab:olive", "tab:red", "navy", "darkgreen", "gold", "teal", "k"] * 3)
         for r in sel:
             if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris") or r.get("drafter_options"):
-                ax.axhline(r["tokens_per_second"], ls=":" if not r.get("drafter_options") else "-.", lw=1.2, color={
+                ax.axhline(r[metric], ls=":" if not r.get("drafter_options") else "-.", lw=1.2, color={
                     "Autoregressive": "black", "GoodputSD": "tab:gray", "ThresholdSD": "tab:brown",
-                    "GoodputTetris": "tab:purple"}.get(r["family"]), label=r["policy"])
+                    "GoodputTetris": "tab:purple"}[r["family"]] if not r.get("drafter_options") else next(variants),
+                    label=r["policy"])
         ax.set_xlabel("capacity k (verified drafts per request per step)")
-        ax.set_ylabel("throughput (generated tokens / s)")
+        ax.set_ylabel(METRICS[metric])
         ax.set_title(f"batch {B}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -234,7 +240,8 @@ def chart_vsr(rows: list[dict], meta: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, out: Path, num_prompts: int) -> None:
+def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, out: Path, num_prompts: int,
+              metric: str = "tokens_per_second") -> None:
     """Median run of every configuration (in sweep order, Autoregressive first per batch size),
     ratios to Autoregressive, the table, the JSON and the charts."""
     rows, reference = [], {}
@@ -263,7 +270,7 @@ def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, ou
         ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
         ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
     write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows})
-    chart_throughput(rows, meta, out.with_name(out.name + "_throughput.png"))
+    chart_throughput(rows, meta, out.with_name(out.name + "_throughput.png"), metric)
     chart_vsr(rows, meta, out.with_name(out.name + "_vsr.png"))
     print(f"\nwrote {out.with_suffix('.json')}, {out.name}_throughput.png, {out.name}_vsr.png")
     for r in rows:
@@ -272,7 +279,7 @@ def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, ou
                   "outputs equal the autoregressive ones")
 
 
-def finish_partial(partial: Path, out: Path) -> None:
+def finish_partial(partial: Path, out: Path, metric: str = "tokens_per_second") -> None:
     """The summary of a sweep stopped early, from its partial JSON (the runs it finished)."""
     import json
 
@@ -283,7 +290,7 @@ def finish_partial(partial: Path, out: Path) -> None:
         groups.setdefault((run["batch_size"], run["policy"]), []).append((run, outputs))
     meta = saved["meta"] | {"stopped_early": True, "runs_finished": len(saved["runs"])}
     num_prompts = len(next(iter(groups.values()))[0][1])
-    summarize(list(groups.values()), meta, out, num_prompts)
+    summarize(list(groups.values()), meta, out, num_prompts, metric)
 
 
 def load_setup(args, max_draft: int):
@@ -347,18 +354,20 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the charts of an earlier run")
+    ap.add_argument("--chart-metric", choices=sorted(METRICS), default="tokens_per_second",
+                    help="what the throughput chart plots (decode CPU time: robust on a shared machine)")
     ap.add_argument("--finish", type=Path, metavar="PARTIAL_JSON",
                     help="only summarise the runs a stopped sweep finished (its .partial.json) into --out")
     args = ap.parse_args(argv)
     if args.finish:
-        finish_partial(args.finish, args.out)
+        finish_partial(args.finish, args.out, args.chart_metric)
         return 0
     if args.replot:
         import json
 
         saved = json.loads(args.replot.read_text())
         stem = args.replot.with_suffix("")
-        chart_throughput(saved["rows"], saved["meta"], stem.with_name(stem.name + "_throughput.png"))
+        chart_throughput(saved["rows"], saved["meta"], stem.with_name(stem.name + "_throughput.png"), args.chart_metric)
         chart_vsr(saved["rows"], saved["meta"], stem.with_name(stem.name + "_vsr.png"))
         return 0
     torch.set_num_threads(args.threads)
@@ -395,7 +404,7 @@ def main(argv=None) -> int:
                    {"meta": meta, "runs": [r | {"outputs": o} for attempts in runs.values() for r, o in attempts]})
     meta["total_seconds"] = time.perf_counter() - t0
     ordered = [runs[(B, label(make(), opts))] for B, (family, k, extra, opts, make) in configs]
-    summarize(ordered, meta, args.out, len(prompts))
+    summarize(ordered, meta, args.out, len(prompts), args.chart_metric)
     return 0
 
 
