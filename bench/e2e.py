@@ -36,11 +36,13 @@ from tetris_ext.policies import (  # noqa: E402
 )
 
 
-def configurations(ks, extras, max_k, extra_runs=()):
+def configurations(ks, extras, max_k, extra_runs=(), grid=True):
     """(family, k, extra, drafter options, policy factory) for every run of one batch size.
     ``extra_runs``: more runs from ``parse_run`` specs (trees, early-stopping drafters)."""
     chain = {}
     runs = [("Autoregressive", 0, 0, chain, Autoregressive)]
+    if not grid:
+        return runs + list(extra_runs)
     runs += [("StandardSD", k, 0, chain, lambda k=k: StandardSD(k)) for k in ks]
     runs += list(extra_runs)  # before the grid: a run cut short by time still has them
     for k in ks:
@@ -354,6 +356,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the charts of an earlier run")
+    ap.add_argument("--only-runs", action="store_true", help="Autoregressive and the --runs only (no k / extra grid)")
     ap.add_argument("--chart-metric", choices=sorted(METRICS), default="tokens_per_second",
                     help="what the throughput chart plots (decode CPU time: robust on a shared machine)")
     ap.add_argument("--finish", type=Path, metavar="PARTIAL_JSON",
@@ -387,7 +390,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.runs)]
+    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.runs, grid=not args.only_runs)]
     # Repetitions go round the whole sweep, so that a slow phase of a shared machine spreads over
     # every configuration instead of landing on one; each row keeps the median run.
     todo = [(rep, B, cfg) for rep in range(args.repeats) for B, cfg in configs]

@@ -49,7 +49,7 @@ def _run(target, draft, prompts, policy, **drafter_options):
 
 @pytest.mark.parametrize("tree_width", [1, 2])
 @pytest.mark.parametrize("make_policy, floor", [
-    (lambda: ThresholdSD(0.5, 4), 0.5),
+    (lambda: ThresholdSD(0.7, 4), 0.3),  # ThresholdSD(t) verifies while the path probability >= 1 - t
     (lambda: Tetris(2, 2, min_prob=0.4), 0.4),
 ])
 def test_a_floor_at_the_policys_own_floor_selects_the_same_for_fewer_draft_forwards(pair, make_policy, floor, tree_width):
@@ -92,6 +92,14 @@ def test_the_cut_levels_are_not_drafted(pair, tree_width):
             assert torch.equal(proposal.tokens, reference.tokens)
             torch.testing.assert_close(proposal.cum_logprobs, reference.cum_logprobs)
     assert sizes == {"none": 6, "never": 6, "always": tree_width}  # only the first level
+
+
+def test_a_floor_above_the_policys_drops_candidates_it_would_verify(pair):
+    target, draft, prompts = pair
+    full, _ = _run(target, draft, prompts, ThresholdSD(0.9, 4))
+    cut, _ = _run(target, draft, prompts, ThresholdSD(0.9, 4), min_path_prob=0.5)  # the policy's floor is 0.1
+    assert cut.tokens == full.tokens  # still exact ...
+    assert cut.stats["verified_tokens"] < full.stats["verified_tokens"]  # ... but it verifies less
 
 
 def test_mean_rule_reads_the_mean_over_rows():

@@ -219,9 +219,10 @@ class ModelDrafter:
     CPU costs a large part of a target forward): a deeper level is drafted only while it can
     still matter. ``min_path_prob``: stop once no row's newest node has an estimated path
     probability (the score a policy ranks by) of at least this; deeper candidates score at most
-    their parent, so a policy that never verifies below this floor (``ThresholdSD(p)``,
-    ``Tetris(..., min_prob=p)`` with p >= the floor) selects exactly what it would have without
-    the cut, for fewer draft forwards. ``min_mean_path_prob``: stop once the rows' newest nodes
+    their parent, so a policy that never verifies below this floor (``Tetris(..., min_prob=p)``;
+    ``ThresholdSD(t)``, whose floor is ``1 - t``) selects exactly what it would have without
+    the cut, for fewer draft forwards; a higher floor also drops candidates the policy would
+    have verified. ``min_mean_path_prob``: stop once the rows' newest nodes
     have a mean path probability below this (per row the sum over its newest nodes, at most 1:
     a bound on the tokens the next level can add); a cost rule: a draft forward pays only if
     the batch expects enough accepted tokens from it. The proposal then has fewer candidates
