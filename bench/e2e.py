@@ -18,6 +18,8 @@ policy) and e2e_vsr.png (verification success rate per policy).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,20 +36,60 @@ from tetris_ext.policies import (  # noqa: E402
 )
 
 
-def configurations(ks, extras, max_k):
-    """(family, k, extra, policy factory) for every run of one batch size."""
-    runs = [("Autoregressive", 0, 0, Autoregressive)]
+def configurations(ks, extras, max_k, extra_runs=(), grid=True):
+    """(family, k, extra, drafter options, policy factory) for every run of one batch size.
+    ``extra_runs``: more runs from ``parse_run`` specs (trees, early-stopping drafters)."""
+    chain = {}
+    runs = [("Autoregressive", 0, 0, chain, Autoregressive)]
+    if not grid:
+        return runs + list(extra_runs)
+    runs += [("StandardSD", k, 0, chain, lambda k=k: StandardSD(k)) for k in ks]
+    runs += list(extra_runs)  # before the grid: a run cut short by time still has them
     for k in ks:
-        runs.append(("StandardSD", k, 0, lambda k=k: StandardSD(k)))
         for extra in extras:
             if extra > 0:  # Tetris(k, 0) selects exactly what StandardSD(k) does
-                runs.append(("Tetris", k, extra, lambda k=k, e=extra: Tetris(k, e)))
-    runs += [
-        ("GoodputSD", max_k, 0, lambda: GoodputSD(max_k)),
-        ("ThresholdSD", max_k, 0, lambda: ThresholdSD(0.7, max_k)),
-        ("GoodputTetris", max_k, 0, lambda: GoodputTetris(max_k)),
+                runs.append(("Tetris", k, extra, chain, lambda k=k, e=extra: Tetris(k, e)))
+    return runs + [
+        ("GoodputSD", max_k, 0, chain, lambda: GoodputSD(max_k)),
+        ("ThresholdSD", max_k, 0, chain, lambda: ThresholdSD(0.7, max_k)),
+        ("GoodputTetris", max_k, 0, chain, lambda: GoodputTetris(max_k)),
     ]
-    return runs
+
+
+RUN_SPEC = re.compile(r"^(?P<policy>SD(?P<sd>\d)|T(?P<tk>\d)(?P<te>\d)|TH(?P<th>\d)|GS(?P<gs>\d)|GT(?P<gt>\d))"
+                      r"(?:p(?P<min_prob>[0-9.]+))?(?:w(?P<width>\d+))?(?:m(?P<mean>[0-9.]+))?(?:f(?P<floor>[0-9.]+))?$")
+
+
+def parse_run(text: str):
+    """A run spec -> a configuration: SD<k>, T<k><extra> (p<min_prob>: Tetris's floor), TH<max_k>
+    (ThresholdSD(0.7, max_k)), GS<max_k>, GT<max_k>; then the drafter: w<tree width>,
+    m<min_mean_path_prob>, f<min_path_prob>. E.g. T32m0.5, T33w2, TH5f0.7, SD3m0.5."""
+    m = RUN_SPEC.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"--runs: cannot read {text!r} (e.g. T32m0.5, T33w2, TH5f0.7, SD3m0.5)")
+    opts = {}
+    if m["width"]:
+        opts["tree_width"] = int(m["width"])
+    if m["mean"]:
+        opts["min_mean_path_prob"] = float(m["mean"])
+    if m["floor"]:
+        opts["min_path_prob"] = float(m["floor"])
+    min_prob = float(m["min_prob"]) if m["min_prob"] else None
+    if m["sd"]:
+        k = int(m["sd"])
+        return ("StandardSD", k, 0, opts, lambda: StandardSD(k))
+    if m["tk"]:
+        k, e = int(m["tk"]), int(m["te"])
+        return ("Tetris", k, e, opts, lambda: Tetris(k, e, min_prob=min_prob))
+    n = int(m["th"] or m["gs"] or m["gt"])
+    family, make = {"th": ("ThresholdSD", lambda: ThresholdSD(0.7, n)), "gs": ("GoodputSD", lambda: GoodputSD(n)),
+                    "gt": ("GoodputTetris", lambda: GoodputTetris(n))}[next(g for g in ("th", "gs", "gt") if m[g])]
+    return (family, n, 0, opts, make)
+
+
+def label(policy, opts: dict) -> str:
+    names = {"tree_width": "tree", "min_mean_path_prob": "stop-mean", "min_path_prob": "stop-floor"}
+    return " ".join([str(policy)] + [f"{names[k]}={v:g}" for k, v in opts.items()])
 
 
 def step_timings(stats: dict) -> list[list]:
@@ -70,20 +112,46 @@ def completion_latency(stats: dict) -> dict:
     return {"latency_p50": float(latencies.quantile(0.5)), "latency_p99": float(latencies.quantile(0.99))}
 
 
-def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc) -> tuple[dict, list]:
+@contextlib.contextmanager
+def prefill_cpu_clock():
+    """Process CPU seconds spent admitting requests (the prefill forwards of the target and the
+    drafter), accumulated in the yielded one-element list while the context is open."""
+    from tetris_ext.engine import Engine
+
+    spent, admit = [0.0], Engine._admit
+
+    def timed(self, joining):
+        start = time.process_time()
+        admit(self, joining)
+        spent[0] += time.process_time() - start
+
+    Engine._admit = timed
+    try:
+        yield spent
+    finally:
+        Engine._admit = admit
+
+
+def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, eos, desc, opts=None) -> tuple[dict, list]:
     from tqdm import tqdm
 
-    drafter = make_drafter() if policy.num_draft(batch_size) > 0 else None
-    with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar:
+    drafter = make_drafter(**(opts or {})) if policy.num_draft(batch_size) > 0 else None
+    with tqdm(total=len(prompts) * max_new_tokens, desc=desc, unit="tok", leave=False) as bar, \
+            prefill_cpu_clock() as prefill_cpu:
         result = generate(target, prompts, policy, drafter, max_new_tokens=max_new_tokens,
                           max_batch_size=batch_size, eos_token_id=eos, progress=bar)
     s = result.stats
+    decode_cpu = s["cpu_seconds"] - prefill_cpu[0] if s.get("cpu_seconds") else None
     row = {
-        "policy": str(policy),
+        "policy": label(policy, opts or {}),
         "batch_size": batch_size,
         "tokens_per_second": s["generated_tokens"] / s["wall_seconds"],
         # process CPU time: with one thread, what the run cost whatever else the machine did
         "tokens_per_cpu_second": s["generated_tokens"] / s["cpu_seconds"] if s.get("cpu_seconds") else None,
+        # the decoding steps only (prefill, the same target work for every policy, left out)
+        "tokens_per_step_second": s["generated_tokens"] / (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]),
+        "decode_cpu_seconds": decode_cpu,
+        "tokens_per_decode_cpu_second": s["generated_tokens"] / decode_cpu if decode_cpu else None,
         "wall_seconds": s["wall_seconds"],
         "cpu_seconds": s.get("cpu_seconds"),
         "generated_tokens": s["generated_tokens"],
@@ -103,7 +171,11 @@ def run_one(target, prompts, policy, make_drafter, batch_size, max_new_tokens, e
     return row, result.tokens
 
 
-def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
+METRICS = {"tokens_per_second": "throughput (generated tokens / s)",
+           "tokens_per_decode_cpu_second": "generated tokens / CPU second of the decoding steps"}
+
+
+def chart_throughput(rows: list[dict], meta: dict, path: Path, metric: str = "tokens_per_second") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,21 +187,23 @@ def chart_throughput(rows: list[dict], meta: dict, path: Path) -> None:
         sel = [r for r in rows if r["batch_size"] == B]
         lines = {}
         for r in sel:
-            if r["family"] == "StandardSD":
+            if r["family"] == "StandardSD" and not r.get("drafter_options"):
                 lines.setdefault("StandardSD(k)", []).append(r)
-            elif r["family"] == "Tetris":
+            elif r["family"] == "Tetris" and not r.get("drafter_options"):
                 lines.setdefault(f"Tetris(k, extra={r['extra']})", []).append(r)
         for name, pts in lines.items():
             pts.sort(key=lambda r: r["k"])
-            ax.plot([r["k"] for r in pts], [r["tokens_per_second"] for r in pts],
+            ax.plot([r["k"] for r in pts], [r[metric] for r in pts],
                     "-" if name.startswith("Tetris") else "--", marker="o", label=name)
+        variants = iter(["tab:cyan", "tab:pink", "tab:olive", "tab:red", "navy", "darkgreen", "gold", "teal", "k"] * 3)
         for r in sel:
-            if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris"):
-                ax.axhline(r["tokens_per_second"], ls=":", lw=1.2, color={
+            if r["family"] in ("Autoregressive", "GoodputSD", "ThresholdSD", "GoodputTetris") or r.get("drafter_options"):
+                ax.axhline(r[metric], ls=":" if not r.get("drafter_options") else "-.", lw=1.2, color={
                     "Autoregressive": "black", "GoodputSD": "tab:gray", "ThresholdSD": "tab:brown",
-                    "GoodputTetris": "tab:purple"}[r["family"]], label=r["policy"])
+                    "GoodputTetris": "tab:purple"}[r["family"]] if not r.get("drafter_options") else next(variants),
+                    label=r["policy"])
         ax.set_xlabel("capacity k (verified drafts per request per step)")
-        ax.set_ylabel("throughput (generated tokens / s)")
+        ax.set_ylabel(METRICS[metric])
         ax.set_title(f"batch {B}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -168,6 +242,59 @@ def chart_vsr(rows: list[dict], meta: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summarize(attempts_per_config: list[list[tuple[dict, list]]], meta: dict, out: Path, num_prompts: int,
+              metric: str = "tokens_per_second") -> None:
+    """Median run of every configuration (in sweep order, Autoregressive first per batch size),
+    ratios to Autoregressive, the table, the JSON and the charts."""
+    rows, reference = [], {}
+    for attempts in attempts_per_config:
+        speeds = [row["tokens_per_second"] for row, _ in attempts]
+        row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
+        row["tokens_per_second_runs"] = speeds
+        row["tokens_per_cpu_second_runs"] = [r["tokens_per_cpu_second"] for r, _ in attempts]
+        B = row["batch_size"]
+        if row["family"] == "Autoregressive":
+            reference[B] = (outputs, row)
+        ref_outputs, ref = reference[B]
+        row |= {"speedup": row["tokens_per_second"] / ref["tokens_per_second"],
+                "speedup_cpu_time": row["tokens_per_cpu_second"] / ref["tokens_per_cpu_second"]
+                if row["tokens_per_cpu_second"] and ref["tokens_per_cpu_second"] else None,
+                "speedup_steps": row["tokens_per_step_second"] / ref["tokens_per_step_second"],
+                "speedup_decode_cpu": row["tokens_per_decode_cpu_second"] / ref["tokens_per_decode_cpu_second"]
+                if row["tokens_per_decode_cpu_second"] and ref["tokens_per_decode_cpu_second"] else None,
+                "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
+        rows.append(row)
+    print(format_table(rows, [
+        ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
+        ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
+        ("speedup_steps", "vs AR (steps)"), ("speedup_decode_cpu", "vs AR (decode cpu)"),
+        ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
+        ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
+        ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
+    write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    chart_throughput(rows, meta, out.with_name(out.name + "_throughput.png"), metric)
+    chart_vsr(rows, meta, out.with_name(out.name + "_vsr.png"))
+    print(f"\nwrote {out.with_suffix('.json')}, {out.name}_throughput.png, {out.name}_vsr.png")
+    for r in rows:
+        if r["same_output_as_autoregressive"] != num_prompts:
+            print(f"WARNING: {r['policy']} at batch {r['batch_size']}: {r['same_output_as_autoregressive']}/{num_prompts} "
+                  "outputs equal the autoregressive ones")
+
+
+def finish_partial(partial: Path, out: Path, metric: str = "tokens_per_second") -> None:
+    """The summary of a sweep stopped early, from its partial JSON (the runs it finished)."""
+    import json
+
+    saved = json.loads(partial.read_text())
+    groups: dict[tuple, list] = {}
+    for run in saved["runs"]:
+        outputs = run.pop("outputs")
+        groups.setdefault((run["batch_size"], run["policy"]), []).append((run, outputs))
+    meta = saved["meta"] | {"stopped_early": True, "runs_finished": len(saved["runs"])}
+    num_prompts = len(next(iter(groups.values()))[0][1])
+    summarize(list(groups.values()), meta, out, num_prompts, metric)
+
+
 def load_setup(args, max_draft: int):
     """(target, prompt token lists, eos ids, drafter factory, target name, drafter name)."""
     if args.pair:
@@ -178,7 +305,8 @@ def load_setup(args, max_draft: int):
         target, draft, tokenizer = load_pair(args.dtype)
         prompts = [p["tokens"] for p in chat_prompts(tokenizer, args.sources, limit=args.prompts)]
         return (target, prompts, list(QWEN_STOP_TOKEN_IDS),
-                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature),
+                lambda **o: ModelDrafter(draft, max_draft, **({"tree_width": args.tree_width,
+                                                               "score_temperature": args.score_temperature} | o)),
                 f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF de-quantised, {args.dtype})",
                 f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
@@ -192,10 +320,11 @@ def load_setup(args, max_draft: int):
 
         draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=getattr(torch, args.dtype)).eval()
         return (target, prompts, tokenizer.eos_token_id,
-                lambda: ModelDrafter(draft, max_draft, args.tree_width, args.score_temperature), target_name,
+                lambda **o: ModelDrafter(draft, max_draft, **({"tree_width": args.tree_width,
+                                                               "score_temperature": args.score_temperature} | o)), target_name,
                 f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width}, "
                 f"score_temperature={args.score_temperature:g})")
-    return (target, prompts, tokenizer.eos_token_id, lambda: NgramDrafter(max_draft), target_name,
+    return (target, prompts, tokenizer.eos_token_id, lambda **o: NgramDrafter(max_draft), target_name,
             f"NgramDrafter({max_draft})")
 
 
@@ -211,6 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--draft-model", type=Path, help="local path of a draft model sharing Gemma's vocabulary")
     ap.add_argument("--tree-width", type=int, default=1)
+    ap.add_argument("--runs", type=parse_run, nargs="+", default=[], metavar="SPEC",
+                    help="more runs with a draft model: " + parse_run.__doc__.split(":", 1)[1].strip())
     ap.add_argument("--pair", choices=("qwen2.5-coder",),
                     help="a target with its own draft model instead of Gemma + n-grams (needs tetris_ext[qwen])")
     ap.add_argument("--score-temperature", type=float, default=1.0,
@@ -225,13 +356,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (the median is kept)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "e2e")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the charts of an earlier run")
+    ap.add_argument("--only-runs", action="store_true", help="Autoregressive and the --runs only (no k / extra grid)")
+    ap.add_argument("--chart-metric", choices=sorted(METRICS), default="tokens_per_second",
+                    help="what the throughput chart plots (decode CPU time: robust on a shared machine)")
+    ap.add_argument("--finish", type=Path, metavar="PARTIAL_JSON",
+                    help="only summarise the runs a stopped sweep finished (its .partial.json) into --out")
     args = ap.parse_args(argv)
+    if args.finish:
+        finish_partial(args.finish, args.out, args.chart_metric)
+        return 0
     if args.replot:
         import json
 
         saved = json.loads(args.replot.read_text())
         stem = args.replot.with_suffix("")
-        chart_throughput(saved["rows"], saved["meta"], stem.with_name(stem.name + "_throughput.png"))
+        chart_throughput(saved["rows"], saved["meta"], stem.with_name(stem.name + "_throughput.png"), args.chart_metric)
         chart_vsr(saved["rows"], saved["meta"], stem.with_name(stem.name + "_vsr.png"))
         return 0
     torch.set_num_threads(args.threads)
@@ -239,60 +378,36 @@ def main(argv=None) -> int:
     extras = args.extras or ([0, 1, 2, 3] if args.full else [1, 2])
     batch_sizes = args.batch_sizes or ([4, 8, 16] if args.full else [8])
 
-    max_draft = max(max(ks) + max(extras), args.max_k)
+    max_draft = max([max(ks) + max(extras), args.max_k] + [k + e for _, k, e, _, _ in args.runs])
     target, prompts, eos, make_drafter, target_name, drafter_name = load_setup(args, max_draft)
     meta = run_metadata("cpu") | {
         "target": target_name, "drafter": drafter_name, "sources": args.sources if args.pair else None,
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_sizes": batch_sizes,
         "ks": ks, "extras": extras, "max_k": args.max_k, "repeats": args.repeats, "dtype": args.dtype,
+        "runs": [label(make(), opts) for _, _, _, opts, make in args.runs], "command": " ".join(["python", "bench/e2e.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up, untimed
 
     from tqdm import tqdm
 
-    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k)]
+    configs = [(B, cfg) for B in batch_sizes for cfg in configurations(ks, extras, args.max_k, args.runs, grid=not args.only_runs)]
     # Repetitions go round the whole sweep, so that a slow phase of a shared machine spreads over
     # every configuration instead of landing on one; each row keeps the median run.
     todo = [(rep, B, cfg) for rep in range(args.repeats) for B, cfg in configs]
     runs: dict[tuple, list] = {}
     t0 = time.perf_counter()
-    for rep, B, (family, k, extra, make) in tqdm(todo, desc="e2e runs", unit="run"):
+    for rep, B, (family, k, extra, opts, make) in tqdm(todo, desc="e2e runs", unit="run"):
         policy = make()
         row, outputs = run_one(target, prompts, policy, make_drafter, B, args.max_new_tokens,
-                               eos, desc=f"B={B} {policy} ({rep + 1}/{args.repeats})")
-        runs.setdefault((B, str(policy)), []).append((row | {"family": family, "k": k, "extra": extra}, outputs))
-    rows, reference = [], {}
-    for B, (family, k, extra, make) in configs:
-        attempts = runs[(B, str(make()))]
-        speeds = [row["tokens_per_second"] for row, _ in attempts]
-        row, outputs = sorted(attempts, key=lambda a: a[0]["tokens_per_second"])[len(attempts) // 2]
-        row["tokens_per_second_runs"] = speeds
-        row["tokens_per_cpu_second_runs"] = [r["tokens_per_cpu_second"] for r, _ in attempts]
-        if family == "Autoregressive":
-            reference[B] = (outputs, row)
-        ref_outputs, ref = reference[B]
-        row |= {"speedup": row["tokens_per_second"] / ref["tokens_per_second"],
-                "speedup_cpu_time": row["tokens_per_cpu_second"] / ref["tokens_per_cpu_second"]
-                if row["tokens_per_cpu_second"] and ref["tokens_per_cpu_second"] else None,
-                "same_output_as_autoregressive": sum(a == b for a, b in zip(outputs, ref_outputs))}
-        rows.append(row)
+                               eos, desc=f"B={B} {label(policy, opts)} ({rep + 1}/{args.repeats})", opts=opts)
+        row |= {"family": family, "k": k, "extra": extra, "drafter_options": opts}
+        runs.setdefault((B, label(policy, opts)), []).append((row, outputs))
+        # Every finished run at once, so that a sweep stopped early keeps what it measured.
+        write_json(args.out.with_name(args.out.name + ".partial.json"),
+                   {"meta": meta, "runs": [r | {"outputs": o} for attempts in runs.values() for r, o in attempts]})
     meta["total_seconds"] = time.perf_counter() - t0
-
-    print(format_table(rows, [
-        ("batch_size", "batch"), ("policy", "policy"), ("tokens_per_second", "tok/s"), ("speedup", "vs AR"),
-        ("tokens_per_cpu_second", "tok/cpu-s"), ("speedup_cpu_time", "vs AR (cpu)"),
-        ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"), ("verified_per_step", "ver/step"),
-        ("steps", "steps"), ("target_forwards", "fwd"), ("draft_share", "draft"), ("latency_p50", "p50 s"),
-        ("latency_p99", "p99 s"), ("same_output_as_autoregressive", "exact")]))
-    mismatched = [r for r in rows if r["same_output_as_autoregressive"] != len(prompts)]
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
-    chart_throughput(rows, meta, args.out.with_name(args.out.name + "_throughput.png"))
-    chart_vsr(rows, meta, args.out.with_name(args.out.name + "_vsr.png"))
-    print(f"\nwrote {args.out.with_suffix('.json')}, {args.out.name}_throughput.png, {args.out.name}_vsr.png "
-          f"({meta['total_seconds']:.0f} s)")
-    for r in mismatched:
-        print(f"WARNING: {r['policy']} at batch {r['batch_size']}: {r['same_output_as_autoregressive']}/{len(prompts)} "
-              "outputs equal the autoregressive ones")
+    ordered = [runs[(B, label(make(), opts))] for B, (family, k, extra, opts, make) in configs]
+    summarize(ordered, meta, args.out, len(prompts), args.chart_metric)
     return 0
 
 

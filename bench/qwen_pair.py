@@ -39,5 +39,7 @@ def chat_prompts(tokenizer, sources=("code", "chat"), path: Path = PROMPTS, limi
         of_source = [r for r in records if r["source"] == source][:limit]
         for r in of_source:
             ids = tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns an encoding
+                ids = ids["input_ids"]
             chosen.append({"id": r["id"], "source": source, "tokens": list(ids)})
     return chosen

@@ -215,16 +215,41 @@ class ModelDrafter:
     underconfident draft (fit it on held-out text, e.g. bench/qwen_calibration.py). The drafted
     tokens do not change, nor does anything when sampling.
 
+    Stopping early (each draft level is one sequential forward of the draft model, which on a
+    CPU costs a large part of a target forward): a deeper level is drafted only while it can
+    still matter. ``min_path_prob``: stop once no row's newest node has an estimated path
+    probability (the score a policy ranks by) of at least this; deeper candidates score at most
+    their parent, so a policy that never verifies below this floor (``Tetris(..., min_prob=p)``;
+    ``ThresholdSD(t)``, whose floor is ``1 - t``) selects exactly what it would have without
+    the cut, for fewer draft forwards; a higher floor also drops candidates the policy would
+    have verified. ``min_mean_path_prob``: stop once the rows' newest nodes
+    have a mean path probability below this (per row the sum over its newest nodes, at most 1:
+    a bound on the tokens the next level can add); a cost rule: a draft forward pays only if
+    the batch expects enough accepted tokens from it. The proposal then has fewer candidates
+    than ``num_draft``; the output of greedy decoding does not change (verification decides).
+
     The draft model keeps its own ``RaggedKVCache``: accepted tokens stay, the rest of the
     step's tree is rolled back, and tokens it has not seen yet (the bonus token, or the last
     accepted draft) are fed at the start of the next step.
     """
 
-    def __init__(self, model, max_draft: int, tree_width: int = 1, score_temperature: float = 1.0):
+    def __init__(
+        self,
+        model,
+        max_draft: int,
+        tree_width: int = 1,
+        score_temperature: float = 1.0,
+        min_path_prob: float | None = None,
+        min_mean_path_prob: float | None = None,
+    ):
         if max_draft < 1 or tree_width < 1 or not score_temperature > 0:
             raise ValueError("ModelDrafter: need max_draft >= 1, tree_width >= 1 and score_temperature > 0")
+        for name, value in (("min_path_prob", min_path_prob), ("min_mean_path_prob", min_mean_path_prob)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"ModelDrafter: {name} must be in [0, 1] or None, got {value}")
         self.model, self.max_draft, self.tree_width = model, max_draft, tree_width
         self.score_temperature = score_temperature
+        self.min_path_prob, self.min_mean_path_prob = min_path_prob, min_mean_path_prob
         self.cache = RaggedKVCache(model)
         self._node_columns: Tensor | None = None  # [B, N] cache column of each candidate, -1 if not fed
 
@@ -275,22 +300,51 @@ class ModelDrafter:
         next_position = self.cache.lengths()  # position of candidate 0
         tokens, rows, fed_columns = [], [], []  # every row feeds depth d into the same column
         one = torch.ones(B, 1, 1, dtype=torch.bool, device=device)
+        path = torch.zeros(B, device=device)  # the newest token's score, for stopping early
         for depth in range(num_draft):
             token = _pick(logits, 1, temperature, generator)[:, 0]
             tokens.append(token)
             rows.append(logits)
             if depth == num_draft - 1:
                 break
+            if self._cuts:
+                path = path + self._score_logprobs(logits, token, temperature)
+                if not self._keep_drafting(path[:, None]):
+                    break
             # The new token sees the committed text and the chain drafted so far this step.
             extra = torch.zeros(B, 1, self.cache.width, dtype=torch.bool, device=device)
             extra[:, :, fed_columns] = True
             fed_columns.append(self.cache.width)
             logits = self._feed(token[:, None], (next_position + depth)[:, None], one, extra)[:, 0]
-        columns = fed_columns + [-1] * (num_draft - len(fed_columns))
-        self._node_columns = torch.tensor(columns, dtype=torch.long, device=device).expand(B, num_draft)
+        columns = fed_columns + [-1] * (len(tokens) - len(fed_columns))
+        self._node_columns = torch.tensor(columns, dtype=torch.long, device=device).expand(B, len(tokens))
         if not tokens:
             return torch.zeros(B, 0, dtype=torch.long, device=device), None, logits.new_zeros(B, 0, V)
         return torch.stack(tokens, 1), None, torch.stack(rows, 1)
+
+    @property
+    def _cuts(self) -> bool:
+        return self.min_path_prob is not None or self.min_mean_path_prob is not None
+
+    def _score_logprobs(self, logits: Tensor, token: Tensor, temperature: float) -> Tensor:
+        """[B] the score (log acceptance estimate) ``propose`` gives ``token`` picked from ``logits``:
+        draft log-probability at the score temperature (sampled tokens: the node's confidence)."""
+        sampled = temperature > 0 and self.tree_width == 1
+        scored = logits.argmax(-1) if sampled else token
+        t = temperature if temperature > 0 else self.score_temperature
+        return torch.log_softmax(logits / t, dim=-1).gather(-1, scored[:, None])[:, 0]
+
+    def _keep_drafting(self, newest_path_logprobs: Tensor) -> bool:
+        """Whether another draft level can matter (see the class docstring), from the path
+        log-probabilities [B, n] of each row's newest nodes."""
+        probs = newest_path_logprobs.exp()
+        if self.min_path_prob is not None and not bool((probs >= self.min_path_prob).any()):
+            return False
+        if self.min_mean_path_prob is not None:
+            reach = probs.sum(1).clamp(max=1.0)  # P(some newest node is accepted), mutually exclusive
+            if float(reach.mean()) < self.min_mean_path_prob:
+                return False
+        return True
 
     def _grow_tree(self, root_logits: Tensor, num_draft: int):
         B, V = root_logits.shape
@@ -301,6 +355,7 @@ class ModelDrafter:
         parents = torch.zeros(B, 0, dtype=torch.long, device=device)
         rows = root_logits.new_zeros(B, 0, V)
         path = root_logits.new_zeros(B, 0)  # cumulative log-probability of each node
+        score_path = path  # the same at the score temperature (for stopping early)
         columns = torch.zeros(B, 0, dtype=torch.long, device=device)
         ancestors = torch.zeros(B, 0, 0, dtype=torch.bool, device=device)  # [B, n, n], self included
         # Frontier: the nodes whose children are offered next; at first only the root.
@@ -310,26 +365,27 @@ class ModelDrafter:
         while tokens.shape[1] < num_draft:
             F = frontier.shape[1]
             # Every frontier node offers its top-`width` children ...
-            child_tokens = frontier_logits.topk(width, dim=-1).indices.reshape(B, F * width)
-            child_rows = frontier_logits[:, :, None].expand(B, F, width, V).reshape(B, F * width, V)
-            child_logprobs, _ = ops.draft_cumprod(
-                child_rows, child_tokens, torch.full_like(child_tokens, -1), 1.0
-            )
-            parent_path = path.gather(1, frontier.clamp(min=0)) if path.shape[1] else path.new_zeros(B, F)
-            parent_path = torch.where(frontier >= 0, parent_path, 0.0)
-            child_path = child_logprobs + parent_path.repeat_interleave(width, dim=1)
+            top = frontier_logits.topk(width, dim=-1).indices  # [B, F, width]
+            child_tokens = top.reshape(B, F * width)
+            child_logprobs = _child_logprobs(frontier_logits, top, 1.0)
+            child_path = child_logprobs + _parent_path(path, frontier).repeat_interleave(width, dim=1)
             # ... and the best `width` of them (by path probability) join the tree.
             take = min(width, num_draft - tokens.shape[1])
             best = child_path.topk(take, dim=1).indices.sort(dim=1).values  # keep a stable order
             n0 = tokens.shape[1]
             tokens = torch.cat([tokens, child_tokens.gather(1, best)], 1)
             parents = torch.cat([parents, frontier.gather(1, best // width)], 1)
-            rows = torch.cat([rows, child_rows.gather(1, best[:, :, None].expand(B, take, V))], 1)
+            rows = torch.cat([rows, frontier_logits.gather(1, (best // width)[:, :, None].expand(B, take, V))], 1)
             path = torch.cat([path, child_path.gather(1, best)], 1)
+            if self._cuts:
+                child_scores = child_logprobs if self.score_temperature == 1 else _child_logprobs(
+                    frontier_logits, top, self.score_temperature)
+                child_scores = child_scores + _parent_path(score_path, frontier).repeat_interleave(width, dim=1)
+                score_path = torch.cat([score_path, child_scores.gather(1, best)], 1)
             new = torch.arange(n0, n0 + take, device=device)
             ancestors = _extend_ancestors(ancestors, parents[:, n0:])
             depth += 1
-            if tokens.shape[1] >= num_draft:
+            if tokens.shape[1] >= num_draft or (self._cuts and not self._keep_drafting(score_path[:, n0:])):
                 columns = torch.cat([columns, torch.full((B, take), -1, dtype=torch.long, device=device)], 1)
                 break
             # Feed the new nodes: each sees the committed text, its ancestors and itself.
@@ -352,6 +408,20 @@ class ModelDrafter:
             self.cache.commit(kept)
         self._node_columns = None
         self.cache.maybe_compact()
+
+
+def _child_logprobs(frontier_logits: Tensor, top: Tensor, temperature: float) -> Tensor:
+    """[B, F, V] logits of the frontier nodes, [B, F, w] their children's tokens -> [B, F * w]
+    draft log-probabilities (one log-softmax per frontier node, not per child)."""
+    B, F, w = top.shape
+    return torch.log_softmax(frontier_logits.float() / temperature, dim=-1).gather(2, top).reshape(B, F * w)
+
+
+def _parent_path(path: Tensor, frontier: Tensor) -> Tensor:
+    """[B, F] path log-probability of each frontier node (0 for the root, -1)."""
+    if not path.shape[1]:
+        return path.new_zeros(frontier.shape)
+    return torch.where(frontier >= 0, path.gather(1, frontier.clamp(min=0)), 0.0)
 
 
 def _extend_ancestors(ancestors: Tensor, new_parents: Tensor) -> Tensor:
