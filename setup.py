@@ -116,7 +116,8 @@ class CMakeBuild(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         cmake, ninja = checked_build_tools()
         args = [
-            "-G", "Ninja",
+            "-G",
+            "Ninja",
             f"-DCMAKE_MAKE_PROGRAM={ninja}",
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DTETRIS_OUTPUT_DIR={out_dir}",
@@ -148,5 +149,6 @@ class AbiThreeWheel(bdist_wheel):
 if __name__ == "__main__":
     setup(
         ext_modules=[Extension("tetris_ext._C", sources=[], py_limited_api=True)],
-        cmdclass={"build_ext": CMakeBuild} | ({"bdist_wheel": AbiThreeWheel} if bdist_wheel is not object else {}),
+        cmdclass={"build_ext": CMakeBuild}
+        | ({"bdist_wheel": AbiThreeWheel} if bdist_wheel is not object else {}),
     )

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from estimates import SMOLLM2_SOURCES, SOURCES, TUNING  # noqa: E402
 
+from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
@@ -55,51 +55,96 @@ def policies(padded: bool, cost_model=None) -> dict:
         "GoodputTetris(5)": (lambda: GoodputTetris(5), None),
         "ThresholdSD(0.7, 6) + NgramLogistic": (lambda: ThresholdSD(0.7, 6), NgramLogistic),
         "Tetris(3, 2) + NgramLogistic": (lambda: Tetris(3, 2), NgramLogistic),
-        "CostAwareTetris (online cost) + NgramLogistic": (lambda: CostAwareTetris(MAX_DRAFT, padded), NgramLogistic),
+        "CostAwareTetris (online cost) + NgramLogistic": (
+            lambda: CostAwareTetris(MAX_DRAFT, padded),
+            NgramLogistic,
+        ),
     }
     if cost_model is not None:
         runs["CostAwareTetris (known cost) + NgramLogistic"] = (
-            lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model), NgramLogistic)
+            lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
+            NgramLogistic,
+        )
     return runs
 
 
 def drafter_for(trace_or_cfg, estimator):
     cfg = trace_or_cfg.drafter if isinstance(trace_or_cfg, Trace) else trace_or_cfg
-    return NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"],
-                        calibration=estimator() if estimator else None)
+    return NgramDrafter(
+        cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"], calibration=estimator() if estimator else None
+    )
 
 
 def pool(traces: list[Trace]) -> Trace:
     """One trace holding the requests of several (same lengths and draft size)."""
     first = traces[0]
     cat = lambda name: np.concatenate([getattr(t, name) for t in traces])  # noqa: E731
-    return Trace(prompts=[p for t in traces for p in t.prompts], continuation=cat("continuation"),
-                 out_len=cat("out_len"), draft_tokens=cat("draft_tokens"), draft_parents=None,
-                 draft_features=cat("draft_features"), draft_token_logprobs=cat("draft_token_logprobs"),
-                 draft_cum_logprobs=cat("draft_cum_logprobs"), accept_len=cat("accept_len"),
-                 drafter=first.drafter, max_new_tokens=first.max_new_tokens, eos_token_ids=first.eos_token_ids)
+    return Trace(
+        prompts=[p for t in traces for p in t.prompts],
+        continuation=cat("continuation"),
+        out_len=cat("out_len"),
+        draft_tokens=cat("draft_tokens"),
+        draft_parents=None,
+        draft_features=cat("draft_features"),
+        draft_token_logprobs=cat("draft_token_logprobs"),
+        draft_cum_logprobs=cat("draft_cum_logprobs"),
+        accept_len=cat("accept_len"),
+        drafter=first.drafter,
+        max_new_tokens=first.max_new_tokens,
+        eos_token_ids=first.eos_token_ids,
+    )
 
 
 def sweep(label: str, trace: Trace, cost_model, padded: bool, batch: int, requests: int | None) -> list[dict]:
     rows = []
     for name, (make_policy, estimator) in policies(padded, cost_model).items():
         t0 = time.perf_counter()
-        m = replay(trace, make_policy(), batch, cost_model, num_requests=requests, keep_steps=False,
-                   drafter=drafter_for(trace, estimator)).metrics
-        rows.append(m | {"workload": label, "policy": name, "policy_object": m["policy"],
-                         "replay_seconds": time.perf_counter() - t0})
-    best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput_tokens_per_s"])
+        m = replay(
+            trace,
+            make_policy(),
+            batch,
+            cost_model,
+            num_requests=requests,
+            keep_steps=False,
+            drafter=drafter_for(trace, estimator),
+        ).metrics
+        rows.append(
+            m
+            | {
+                "workload": label,
+                "policy": name,
+                "policy_object": m["policy"],
+                "replay_seconds": time.perf_counter() - t0,
+            }
+        )
+    best_sd = max(
+        (r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput_tokens_per_s"]
+    )
     baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
     best = max(baselines, key=lambda r: r["throughput_tokens_per_s"])
     for r in rows:
         r["vs_best_sd"] = r["throughput_tokens_per_s"] / best_sd["throughput_tokens_per_s"]
         r["vs_best_baseline"] = r["throughput_tokens_per_s"] / best["throughput_tokens_per_s"]
         r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
-    print(f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
-          f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})")
-    print(format_table(rows, [("policy", "policy"), ("throughput_tokens_per_s", "tok/s"), ("vs_best_baseline", "vs best"),
-                              ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"),
-                              ("verified_per_step", "ver/step"), ("steps", "steps")]), flush=True)
+    print(
+        f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
+        f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
+    )
+    print(
+        format_table(
+            rows,
+            [
+                ("policy", "policy"),
+                ("throughput_tokens_per_s", "tok/s"),
+                ("vs_best_baseline", "vs best"),
+                ("verification_success_rate", "VSR"),
+                ("accepted_per_step", "acc/step"),
+                ("verified_per_step", "ver/step"),
+                ("steps", "steps"),
+            ],
+        ),
+        flush=True,
+    )
     return rows
 
 
@@ -110,20 +155,32 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     configs = list(dict.fromkeys((r["workload"], r["batch_size"], r["cost_model"]) for r in rows))
-    shown = ["best StandardSD", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)",
-             "CostAwareTetris (online cost) + NgramLogistic", "CostAwareTetris (known cost) + NgramLogistic"]
+    shown = [
+        "best StandardSD",
+        "GoodputSD(6)",
+        "ThresholdSD(0.7, 6)",
+        "Tetris(3, 2)",
+        "GoodputTetris(5)",
+        "CostAwareTetris (online cost) + NgramLogistic",
+        "CostAwareTetris (known cost) + NgramLogistic",
+    ]
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(configs)), 4.5))
     width = 0.8 / len(shown)
     for i, name in enumerate(shown):
         values = []
         for c in configs:
             sel = [r for r in rows if (r["workload"], r["batch_size"], r["cost_model"]) == c]
-            pick = [r for r in sel if r["policy"] == (sel[0]["best_sd"] if name == "best StandardSD" else name)]
+            pick = [
+                r for r in sel if r["policy"] == (sel[0]["best_sd"] if name == "best StandardSD" else name)
+            ]
             ar = [r for r in sel if r["policy"] == "Autoregressive"][0]["throughput_tokens_per_s"]
             values.append(pick[0]["throughput_tokens_per_s"] / ar if pick else np.nan)
         ax.bar(np.arange(len(configs)) + i * width, values, width, label=name)
-    ax.set_xticks(np.arange(len(configs)) + 0.4 - width / 2,
-                  [f"{w}\nB={b}\n{'cpu' if 'cpu' in c else 'gpu'}" for w, b, c in configs], fontsize=7)
+    ax.set_xticks(
+        np.arange(len(configs)) + 0.4 - width / 2,
+        [f"{w}\nB={b}\n{'cpu' if 'cpu' in c else 'gpu'}" for w, b, c in configs],
+        fontsize=7,
+    )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_ylabel("throughput / Autoregressive (replay)")
     ax.legend(fontsize=7, ncol=2)
@@ -145,8 +202,12 @@ def run_replays(args) -> int:
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
         rows += sweep("held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch))
-    meta = run_metadata("cpu") | {"model": args.model, "held_out": held, "tuning": list(TUNING),
-                                  "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()}}
+    meta = run_metadata("cpu") | {
+        "model": args.model,
+        "held_out": held,
+        "tuning": list(TUNING),
+        "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()},
+    }
     out = args.out
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     plot(rows, out.with_name(out.name + ".png"))
@@ -160,18 +221,31 @@ def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, re
     cfg = {"max_draft": MAX_DRAFT, "max_ngram": 4, "min_ngram": 1}
     policy = make_policy()
     drafter = drafter_for(cfg, estimator) if policy.num_draft(args.batch) > 0 else None
-    result = generate(target, prompts, policy, drafter, max_new_tokens=args.max_new_tokens,
-                      max_batch_size=args.batch, eos_token_id=tokenizer.eos_token_id)
+    result = generate(
+        target,
+        prompts,
+        policy,
+        drafter,
+        max_new_tokens=args.max_new_tokens,
+        max_batch_size=args.batch,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     s = result.stats
     # bfloat16 rounding can flip a greedy token between a wide block and a one-token step
     # (bench/e2e.py --dtype says more): count the outputs equal to the autoregressive ones.
     same = sum(a == b for a, b in zip(result.tokens, reference or result.tokens))
-    return {"policy": name, "same_output": f"{same}/{len(prompts)}", "tokens": s["generated_tokens"],
-            "tok_per_cpu_s": s["generated_tokens"] / s["cpu_seconds"],
-            "tok_per_wall_s": s["generated_tokens"] / s["wall_seconds"],
-            "cpu_seconds": s["cpu_seconds"], "wall_seconds": s["wall_seconds"],
-            "prefill_seconds": s.get("prefill_seconds", 0.0), "steps": s["steps"],
-            "vsr": s["accepted_tokens"] / max(1, s["verified_tokens"])}, result.tokens
+    return {
+        "policy": name,
+        "same_output": f"{same}/{len(prompts)}",
+        "tokens": s["generated_tokens"],
+        "tok_per_cpu_s": s["generated_tokens"] / s["cpu_seconds"],
+        "tok_per_wall_s": s["generated_tokens"] / s["wall_seconds"],
+        "cpu_seconds": s["cpu_seconds"],
+        "wall_seconds": s["wall_seconds"],
+        "prefill_seconds": s.get("prefill_seconds", 0.0),
+        "steps": s["steps"],
+        "vsr": s["accepted_tokens"] / max(1, s["verified_tokens"]),
+    }, result.tokens
 
 
 def run_live(args) -> int:
@@ -185,11 +259,16 @@ def run_live(args) -> int:
     torch.set_num_threads(1)
     target, tokenizer = load_target()
     path = Path(f"bench/prompts/estimates_{args.source}.jsonl")
-    prompts = [tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line]
+    prompts = [
+        tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line
+    ]
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up
     known = LinearCostModel.load(CPU_COST_PATH)  # fitted on this CPU's step times (bundled prompts)
-    chosen = {n: v for n, v in policies(True, known).items()
-              if (n in args.only if args.only else "known cost" not in n) or n == "Autoregressive"}
+    chosen = {
+        n: v
+        for n, v in policies(True, known).items()
+        if (n in args.only if args.only else "known cost" not in n) or n == "Autoregressive"
+    }
     rounds, reference = {name: [] for name in chosen}, None
     for round_ in range(args.repeat):
         for name, (make_policy, estimator) in chosen.items():
@@ -200,15 +279,33 @@ def run_live(args) -> int:
     rows = []
     for name, runs in rounds.items():
         ranked = sorted(runs, key=lambda r: r["tok_per_cpu_s"])
-        rows.append(ranked[(len(ranked) - 1) // 2] | {"rounds_tok_per_cpu_s": [r["tok_per_cpu_s"] for r in runs],
-                                                     "rounds_tok_per_wall_s": [r["tok_per_wall_s"] for r in runs]})
+        rows.append(
+            ranked[(len(ranked) - 1) // 2]
+            | {
+                "rounds_tok_per_cpu_s": [r["tok_per_cpu_s"] for r in runs],
+                "rounds_tok_per_wall_s": [r["tok_per_wall_s"] for r in runs],
+            }
+        )
     best = max((r for r in rows if not r["policy"].startswith(RECOMMENDED)), key=lambda r: r["tok_per_cpu_s"])
     for r in rows:
         r["vs_best_baseline_cpu"] = r["tok_per_cpu_s"] / best["tok_per_cpu_s"]
         r["vs_best_baseline_wall"] = r["tok_per_wall_s"] / best["tok_per_wall_s"]
-    print(format_table(rows, [("policy", "policy"), ("tok_per_cpu_s", "tok/CPU s"), ("vs_best_baseline_cpu", "vs best"),
-                              ("tok_per_wall_s", "tok/wall s"), ("cpu_seconds", "CPU s"), ("wall_seconds", "wall s"),
-                              ("vsr", "VSR"), ("steps", "steps"), ("same_output", "same")]))
+    print(
+        format_table(
+            rows,
+            [
+                ("policy", "policy"),
+                ("tok_per_cpu_s", "tok/CPU s"),
+                ("vs_best_baseline_cpu", "vs best"),
+                ("tok_per_wall_s", "tok/wall s"),
+                ("cpu_seconds", "CPU s"),
+                ("wall_seconds", "wall s"),
+                ("vsr", "VSR"),
+                ("steps", "steps"),
+                ("same_output", "same"),
+            ],
+        )
+    )
     out = args.out.with_name(f"{args.out.name}_live_{args.source}_b{args.batch}")
     meta = run_metadata("cpu") | {"repeat": args.repeat, "prompts": len(prompts)}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -222,11 +319,21 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="code", choices=["code", "chat", "rewrite"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
-                    help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)")
-    ap.add_argument("--only", nargs="+", help="live: these policies (names as printed) and Autoregressive; "
-                    "'CostAwareTetris (known cost) + NgramLogistic' (the fitted CPU cost model) runs only when named")
-    ap.add_argument("--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)")
+    ap.add_argument(
+        "--model",
+        choices=["gemma3-270m", "smollm2-135m"],
+        default="gemma3-270m",
+        help="replay: whose traces (the step costs stay the Gemma CPU fit and the roofline)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        help="live: these policies (names as printed) and Autoregressive; "
+        "'CostAwareTetris (known cost) + NgramLogistic' (the fitted CPU cost model) runs only when named",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"
+    )
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)

@@ -51,9 +51,13 @@ def worst_ratios(op, gen):
 def main():
     namespaces = ["tetris"] + (["tetris_emu"] if tetris_ext.HAS_EMULATION else [])
     for namespace in namespaces:
-        plain, defined = worst_ratios(getattr(torch.ops, namespace).draft_cumprod, torch.Generator().manual_seed(1))
-        print(f"{namespace:10s} vs log_softmax(x * float32(1/T)): {plain:.2f} units; "
-              f"vs the definition (max subtracted first): {defined:.2f} units")
+        plain, defined = worst_ratios(
+            getattr(torch.ops, namespace).draft_cumprod, torch.Generator().manual_seed(1)
+        )
+        print(
+            f"{namespace:10s} vs log_softmax(x * float32(1/T)): {plain:.2f} units; "
+            f"vs the definition (max subtracted first): {defined:.2f} units"
+        )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table, median, paired_ratio, run_metadata, time_side_by_side, write_json  # noqa: E402
-
 from vllm.v1.worker.gpu.spec_decode import adaptive_verification as av  # noqa: E402
 
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    format_table,
+    median,
+    paired_ratio,
+    run_metadata,
+    time_side_by_side,
+    write_json,
+)
 from tetris_ext.vllm import dropin  # noqa: E402
 
 BATCHES = (8, 64, 256)
@@ -52,6 +59,7 @@ def contenders(B: int, S: int, device: str, seed: int = 0):
             capacities.copy_(scheduled)
             step(confidences, idx_mapping, capacities, budget, S)
             return capacities
+
         return run
 
     named = {
@@ -70,15 +78,22 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on the CPU")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch size")
-    ap.add_argument("--out", type=Path, default=None, help="result prefix (default bench/results/dropin_<device>)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="result prefix (default bench/results/dropin_<device>)"
+    )
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = []
     for B in BATCHES:
-        samples = time_side_by_side(contenders(B, STEPS, args.device), args.device, min_rep_seconds=5e-3,
-                                    max_reps=400, seconds_per_case=args.seconds)
+        samples = time_side_by_side(
+            contenders(B, STEPS, args.device),
+            args.device,
+            min_rep_seconds=5e-3,
+            max_reps=400,
+            seconds_per_case=args.seconds,
+        )
         row = {"B": B, "steps": STEPS, "budget": B * STEPS // 2}
         row.update({f"{name} us": median(s) * 1e6 for name, s in samples.items()})
         row["dropin vs eager"] = paired_ratio(samples["vllm eager"], samples["tetris dropin"])
@@ -87,26 +102,44 @@ def main(argv=None) -> int:
         rows.append(row)
     goal_row = next(r for r in rows if r["B"] == GOAL[0])
     passed = args.device != "cpu" or goal_row["dropin vs eager"] >= GOAL[1]
-    columns = [("B", "B"), ("budget", "budget"), ("vllm eager us", "vllm eager us"),
-               ("vllm compiled us", "vllm compiled us"), ("tetris dropin us", "dropin us"),
-               ("dropin vs eager", "dropin vs eager"), ("dropin vs compiled", "dropin vs compiled"),
-               ("compiled vs eager", "compiled vs eager")]
+    columns = [
+        ("B", "B"),
+        ("budget", "budget"),
+        ("vllm eager us", "vllm eager us"),
+        ("vllm compiled us", "vllm compiled us"),
+        ("tetris dropin us", "dropin us"),
+        ("dropin vs eager", "dropin vs eager"),
+        ("dropin vs compiled", "dropin vs compiled"),
+        ("compiled vs eager", "compiled vs eager"),
+    ]
     meta = run_metadata(args.device)
-    meta.update(vllm=dropin.vllm_version(), pythonpath=os.environ.get("PYTHONPATH"),
-                wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
-    goal_line = (f"goal: tetris dropin >= {GOAL[1]}x vLLM's eager function at B={GOAL[0]}, {STEPS} steps, on the CPU: "
-                 f"{goal_row['dropin vs eager']:.2f}x  {'PASS' if passed else 'FAIL'}")
-    text = "\n".join([
-        f"== vLLM adaptive verification budget step ({args.device}, {meta['torch_threads']} thread(s), "
-        f"vLLM {meta['vllm']}, torch {meta['torch']})",
-        format_table(rows, columns), "", goal_line,
-        f"command: {'PYTHONPATH=' + meta['pythonpath'] + ' ' if meta['pythonpath'] else ''}{meta['command']}   wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
-        f"load average {meta.get('load_average_1m', float('nan')):.1f}",
-    ])
+    meta.update(
+        vllm=dropin.vllm_version(),
+        pythonpath=os.environ.get("PYTHONPATH"),
+        wall_s=time.perf_counter() - wall0,
+        cpu_s=time.process_time() - cpu0,
+    )
+    goal_line = (
+        f"goal: tetris dropin >= {GOAL[1]}x vLLM's eager function at B={GOAL[0]}, {STEPS} steps, on the CPU: "
+        f"{goal_row['dropin vs eager']:.2f}x  {'PASS' if passed else 'FAIL'}"
+    )
+    text = "\n".join(
+        [
+            f"== vLLM adaptive verification budget step ({args.device}, {meta['torch_threads']} thread(s), "
+            f"vLLM {meta['vllm']}, torch {meta['torch']})",
+            format_table(rows, columns),
+            "",
+            goal_line,
+            f"command: {'PYTHONPATH=' + meta['pythonpath'] + ' ' if meta['pythonpath'] else ''}{meta['command']}   wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
+            f"load average {meta.get('load_average_1m', float('nan')):.1f}",
+        ]
+    )
     print(text)
     prefix = args.out or RESULTS_DIR / f"dropin_{args.device}"
-    write_json(prefix.with_suffix(".json"), {"meta": meta, "rows": rows, "goal": {"B": GOAL[0], "min_speedup": GOAL[1],
-                                                                                   "passed": passed}})
+    write_json(
+        prefix.with_suffix(".json"),
+        {"meta": meta, "rows": rows, "goal": {"B": GOAL[0], "min_speedup": GOAL[1], "passed": passed}},
+    )
     prefix.with_suffix(".txt").write_text(text + "\n")
     return 0 if passed else 1
 

@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, run_metadata  # noqa: E402
-
 from tetris_ext import heldout  # noqa: E402
 from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
 from tetris_ext.estimators import FEATURES, ConstantRate, NgramLogistic, fit_logistic, token_class_table  # noqa: E402
@@ -37,12 +36,19 @@ SOURCES = {  # source -> trace (one prompt file each)
     "bundled": TRACES / "gemma3-270m-bf16_ngram_d8_t64.npz",  # python/tetris_ext/data/prompts.jsonl
     "code": TRACES / "estimates_gemma3-270m-bf16_code_d8_t64.npz",  # bench/prompts/estimates_code.jsonl
     "chat": TRACES / "estimates_gemma3-270m-bf16_chat_d8_t64.npz",  # bench/prompts/estimates_chat.jsonl
-    "rewrite": TRACES / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
+    "rewrite": TRACES
+    / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
 }
 SMOLLM2_SOURCES = {  # the same prompt files, SmolLM2-135M-Instruct (float32) traces (--record-smollm2)
-    name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz" for name in ("bundled", "code", "chat", "rewrite")}
-PROMPT_FILES = {"bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"} | {
-    name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl" for name in ("code", "chat", "rewrite")}
+    name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz"
+    for name in ("bundled", "code", "chat", "rewrite")
+}
+PROMPT_FILES = {
+    "bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"
+} | {
+    name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl"
+    for name in ("code", "chat", "rewrite")
+}
 TUNING = ("bundled",)
 LEARNING_RATES = (0.0, 0.0005, 0.002, 0.005)
 
@@ -100,11 +106,21 @@ def record_smollm2(max_new_tokens: int = 64) -> None:
 
     model, tokenizer = load_smollm2()
     for name, path in SMOLLM2_SOURCES.items():
-        prompts = [tokenizer(json.loads(line)["prompt"]).input_ids
-                   for line in PROMPT_FILES[name].read_text().splitlines() if line.strip()]
+        prompts = [
+            tokenizer(json.loads(line)["prompt"]).input_ids
+            for line in PROMPT_FILES[name].read_text().splitlines()
+            if line.strip()
+        ]
         t0 = time.perf_counter()
-        trace = record(model, NgramDrafter(8), prompts, max_new_tokens, 8, eos_token_id=tokenizer.eos_token_id,
-                       batch_size=16)
+        trace = record(
+            model,
+            NgramDrafter(8),
+            prompts,
+            max_new_tokens,
+            8,
+            eos_token_id=tokenizer.eos_token_id,
+            batch_size=16,
+        )
         trace.save(path)
         print(f"wrote {path} ({len(prompts)} prompts, {time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -129,25 +145,40 @@ def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
     prior = fit_prior(tuning, token_classes)
     prior_no_class = fit_prior(tuning, None)
     if print_prior:
-        print("fitted prior (with token classes):", dict(zip(FEATURES, [round(v, 3) for v in prior.tolist()])))
+        print(
+            "fitted prior (with token classes):", dict(zip(FEATURES, [round(v, 3) for v in prior.tolist()]))
+        )
         print("fitted prior (no token classes):  ", tuple(round(v, 3) for v in prior_no_class.tolist()))
     tuned = {}
-    for name, weights, classes in (("logistic", prior, token_classes), ("logistic-noclass", prior_no_class, None)):
-        briers = {lr: heldout.score(pooled(tuning, lambda: NgramLogistic(tuple(weights.tolist()), lr,
-                                                                          token_classes=classes)))["brier"]
-                  for lr in LEARNING_RATES}
+    for name, weights, classes in (
+        ("logistic", prior, token_classes),
+        ("logistic-noclass", prior_no_class, None),
+    ):
+        briers = {
+            lr: heldout.score(
+                pooled(tuning, lambda: NgramLogistic(tuple(weights.tolist()), lr, token_classes=classes))
+            )["brier"]
+            for lr in LEARNING_RATES
+        }
         tuned[name] = min(briers, key=briers.get)
         print(f"{name}: tuning Brier by learning rate {briers} -> {tuned[name]}")
     return {
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
         "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
         "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(),
-        f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})":
-            lambda: NgramLogistic(tuple(prior_no_class.tolist()), tuned["logistic-noclass"]),
-        f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})":
-            lambda: NgramLogistic(tuple(prior.tolist()), tuned["logistic"], token_classes=token_classes),
-    }, {"constant_rate": rate, "prior": prior.tolist(), "prior_no_class": prior_no_class.tolist(),
-        "learning_rates": tuned, "features": list(FEATURES)}
+        f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})": lambda: NgramLogistic(
+            tuple(prior_no_class.tolist()), tuned["logistic-noclass"]
+        ),
+        f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})": lambda: NgramLogistic(
+            tuple(prior.tolist()), tuned["logistic"], token_classes=token_classes
+        ),
+    }, {
+        "constant_rate": rate,
+        "prior": prior.tolist(),
+        "prior_no_class": prior_no_class.tolist(),
+        "learning_rates": tuned,
+        "features": list(FEATURES),
+    }
 
 
 def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: int = 3) -> list[dict]:
@@ -181,10 +212,17 @@ def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: i
     rows = []
     for _ in range(repeats):
         new, old = batched(), per_request()
-        rows.append({"NgramLogistic_ms": 1e3 * new / steps / batch, "AcceptanceCalibration_ms": 1e3 * old / steps / batch,
-                     "ratio": old / new})
-        print(f"per request per step, CPU: NgramLogistic {rows[-1]['NgramLogistic_ms']:.4f} ms, "
-              f"AcceptanceCalibration {rows[-1]['AcceptanceCalibration_ms']:.4f} ms ({old / new:.1f}x)")
+        rows.append(
+            {
+                "NgramLogistic_ms": 1e3 * new / steps / batch,
+                "AcceptanceCalibration_ms": 1e3 * old / steps / batch,
+                "ratio": old / new,
+            }
+        )
+        print(
+            f"per request per step, CPU: NgramLogistic {rows[-1]['NgramLogistic_ms']:.4f} ms, "
+            f"AcceptanceCalibration {rows[-1]['AcceptanceCalibration_ms']:.4f} ms ({old / new:.1f}x)"
+        )
     return rows
 
 
@@ -193,8 +231,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
     ap.add_argument("--print-prior", action="store_true")
     ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
-    ap.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], default="gemma3-270m",
-                    help="whose traces (smollm2-135m: recorded with --record-smollm2)")
+    ap.add_argument(
+        "--model",
+        choices=["gemma3-270m", "smollm2-135m"],
+        default="gemma3-270m",
+        help="whose traces (smollm2-135m: recorded with --record-smollm2)",
+    )
     ap.add_argument("--record-smollm2", action="store_true", help="record the SmolLM2 traces, then stop")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
     args = ap.parse_args(argv)
@@ -213,26 +255,42 @@ def main(argv=None) -> int:
     results = {}
     for name, make in factories.items():
         per_source = {src: heldout.score(pooled({src: tr}, make)) for src, tr in held.items()}
-        results[name] = {"held_out": heldout.score(pooled(held, make)), "per_source": per_source,
-                         "tuning": heldout.score(pooled(tuning, make))}
+        results[name] = {
+            "held_out": heldout.score(pooled(held, make)),
+            "per_source": per_source,
+            "tuning": heldout.score(pooled(tuning, make)),
+        }
     base = next(iter(results.values()))["held_out"]["brier"]
     print(f"\n{'estimator':70s} {'Brier':>7s} {'vs const':>8s} {'logloss':>7s} {'AUC':>6s} {'pathAUC':>7s}")
     for name, r in results.items():
         h = r["held_out"]
-        print(f"{name:70s} {h['brier']:7.4f} {h['brier'] / base - 1:+8.1%} {h['log_loss']:7.4f} "
-              f"{h['auc']:6.3f} {h['path_auc']:7.3f}")
+        print(
+            f"{name:70s} {h['brier']:7.4f} {h['brier'] / base - 1:+8.1%} {h['log_loss']:7.4f} "
+            f"{h['auc']:6.3f} {h['path_auc']:7.3f}"
+        )
         for src, s in r["per_source"].items():
-            print(f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}")
+            print(
+                f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = run_metadata("cpu") | {"command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
-                                  "model": args.model,
-                                  "sources": {k: str(v.relative_to(Path.cwd())) if v.is_relative_to(Path.cwd())
-                                              else str(v) for k, v in sources.items() if k in traces},
-                                  "tuning": list(tuning), "held_out": list(held), "fitted": fitted}
+    meta = run_metadata("cpu") | {
+        "command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
+        "model": args.model,
+        "sources": {
+            k: str(v.relative_to(Path.cwd())) if v.is_relative_to(Path.cwd()) else str(v)
+            for k, v in sources.items()
+            if k in traces
+        },
+        "tuning": list(tuning),
+        "held_out": list(held),
+        "fitted": fitted,
+    }
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    heldout.plot_reliability({n: r["held_out"]["reliability"] for n, r in results.items()},
-                             args.out.with_name(args.out.name + "_reliability.png"),
-                             f"held-out ({', '.join(held)}), {args.model} n-gram drafts")
+    heldout.plot_reliability(
+        {n: r["held_out"]["reliability"] for n, r in results.items()},
+        args.out.with_name(args.out.name + "_reliability.png"),
+        f"held-out ({', '.join(held)}), {args.model} n-gram drafts",
+    )
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.name}_reliability.png")
     return 0
 

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
-from common import (  # noqa: E402
-    RESULTS_DIR, format_table, median, paired_ratio, run_metadata, save_figure, time_side_by_side, write_json,
-)
-
 import tetris_ext  # noqa: E402,F401  (registers torch.ops.tetris)
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    format_table,
+    median,
+    paired_ratio,
+    run_metadata,
+    save_figure,
+    time_side_by_side,
+    write_json,
+)
 
 T = torch.ops.tetris
 
@@ -80,14 +86,20 @@ def select_cases(B: int, N: int, device, gen) -> list[Case]:
         _equal((ours[1].long(), lengths))
 
     # vLLM's topk batch budget (a third contender): same lengths, checked here before timing.
-    _equal((baselines.topk_budget(token_logprobs, budget), baselines.select_composite(token_logprobs, budget)))
-    return [Case(
-        "select", {"B": B, "N": N, "budget": budget},
-        ours=lambda: T.select(cum, budget),
-        baseline=lambda: baselines.select_composite(token_logprobs, budget),
-        check=check, baseline_name="cumsum+topk+scatter_reduce(amax)",
-        extra={"topk_budget": lambda: baselines.topk_budget(token_logprobs, budget)},
-    )]
+    _equal(
+        (baselines.topk_budget(token_logprobs, budget), baselines.select_composite(token_logprobs, budget))
+    )
+    return [
+        Case(
+            "select",
+            {"B": B, "N": N, "budget": budget},
+            ours=lambda: T.select(cum, budget),
+            baseline=lambda: baselines.select_composite(token_logprobs, budget),
+            check=check,
+            baseline_name="cumsum+topk+scatter_reduce(amax)",
+            extra={"topk_budget": lambda: baselines.topk_budget(token_logprobs, budget)},
+        )
+    ]
 
 
 # One long request, at two lengths in the grid: the time should grow ~linearly (the per-request
@@ -101,10 +113,16 @@ def long_select_cases(N: int, device, gen) -> list[Case]:
     roots = torch.full((1, N), -1, device=device)
     cap, budget = 500, 1000
     caps = torch.tensor([cap], device=device)
-    return [Case("select", {"B": 1, "N": N, "budget": budget, "cap": cap},
-                 ours=lambda: T.select(scores, budget, roots, caps),
-                 baseline=lambda: baselines.select_capped_roots(scores, budget, cap),
-                 check=lambda o, r: _equal((o[0], r)), baseline_name="topk per request, then over the batch")]
+    return [
+        Case(
+            "select",
+            {"B": 1, "N": N, "budget": budget, "cap": cap},
+            ours=lambda: T.select(scores, budget, roots, caps),
+            baseline=lambda: baselines.select_capped_roots(scores, budget, cap),
+            check=lambda o, r: _equal((o[0], r)),
+            baseline_name="topk per request, then over the batch",
+        )
+    ]
 
 
 def long_verify_cases(N: int, device, gen) -> list[Case]:
@@ -112,16 +130,24 @@ def long_verify_cases(N: int, device, gen) -> list[Case]:
     slot_tokens = torch.randint(0, 3, (1, N + 1), generator=gen).to(device)
     target = torch.cat([slot_tokens[:, 1:], slot_tokens[:, :1]], 1)  # every draft token agrees
     chain = torch.arange(-1, N, device=device).unsqueeze(0)
-    return [Case("verify_greedy", {"B": 1, "M": N + 1, "tree": False, "accepted": "all"},
-                 ours=lambda: T.verify_greedy(slot_tokens, chain, target),
-                 baseline=lambda: baselines.verify_greedy_chain(slot_tokens, target),
-                 check=lambda o, r: _equal(*zip(o, r)), baseline_name="torch cumprod of matches")]
+    return [
+        Case(
+            "verify_greedy",
+            {"B": 1, "M": N + 1, "tree": False, "accepted": "all"},
+            ours=lambda: T.verify_greedy(slot_tokens, chain, target),
+            baseline=lambda: baselines.verify_greedy_chain(slot_tokens, target),
+            check=lambda o, r: _equal(*zip(o, r)),
+            baseline_name="torch cumprod of matches",
+        )
+    ]
 
 
 def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
     if torch.device(device).type == "cuda":  # up to a GiB of logits: drawn on the GPU, in a blink
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        logits = torch.randn(B, N, V, device=device, generator=torch.Generator(device).manual_seed(seed)).to(dtype)
+        logits = torch.randn(B, N, V, device=device, generator=torch.Generator(device).manual_seed(seed)).to(
+            dtype
+        )
     else:
         logits = torch.randn(B, N, V, generator=gen).to(device=device, dtype=dtype)
     tokens = torch.randint(0, V, (B, N), generator=gen).to(device)
@@ -136,6 +162,7 @@ def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
                 cum[:, n] += torch.where(p >= 0, cum.gather(1, p.clamp_min(0).unsqueeze(1)).squeeze(1), 0.0)
             return tok, cum
     else:
+
         def base():
             return baselines.draft_logprobs(logits, tokens)
 
@@ -143,13 +170,18 @@ def draft_cumprod_cases(B, N, V, dtype, tree, device, gen) -> list[Case]:
         for a, b in zip(ours, ref):
             torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-3)
 
-    return [Case(
-        "draft_cumprod", {"B": B, "N": N, "V": V, "dtype": str(dtype).removeprefix("torch."), "tree": tree},
-        ours=lambda: T.draft_cumprod(logits, tokens, parents),
-        baseline=base, check=check, baseline_name="log_softmax+gather+cumsum",
-        extra={"read": lambda: logits.amax(-1)},
-        bytes_read=logits.numel() * logits.element_size(),
-    )]
+    return [
+        Case(
+            "draft_cumprod",
+            {"B": B, "N": N, "V": V, "dtype": str(dtype).removeprefix("torch."), "tree": tree},
+            ours=lambda: T.draft_cumprod(logits, tokens, parents),
+            baseline=base,
+            check=check,
+            baseline_name="log_softmax+gather+cumsum",
+            extra={"read": lambda: logits.amax(-1)},
+            bytes_read=logits.numel() * logits.element_size(),
+        )
+    ]
 
 
 def tree_mask_cases(B, N, tree, device, gen) -> list[Case]:
@@ -159,11 +191,20 @@ def tree_mask_cases(B, N, tree, device, gen) -> list[Case]:
     shape = {"B": B, "N": N, "tree": tree}
     args = (selected, parents, prefix_lens)
     # The dense mask and the packed one, each against its baseline on the same inputs.
-    return [Case(name, shape, ours=lambda name=name: getattr(T, name)(*args),
-                 baseline=lambda name=name: getattr(baselines, name)(*args),
-                 check=lambda o, r: _equal(*zip(o, r)), baseline_name=baseline_name)
-            for name, baseline_name in [("tree_mask", "vectorised torch"),
-                                        ("tree_mask_packed", "vectorised torch + packbits")]]
+    return [
+        Case(
+            name,
+            shape,
+            ours=lambda name=name: getattr(T, name)(*args),
+            baseline=lambda name=name: getattr(baselines, name)(*args),
+            check=lambda o, r: _equal(*zip(o, r)),
+            baseline_name=baseline_name,
+        )
+        for name, baseline_name in [
+            ("tree_mask", "vectorised torch"),
+            ("tree_mask_packed", "vectorised torch + packbits"),
+        ]
+    ]
 
 
 def random_slots(B, M, tree, gen):
@@ -181,7 +222,7 @@ def random_slots(B, M, tree, gen):
 def tree_depth(slot_parent: torch.Tensor) -> int:
     depth = torch.zeros_like(slot_parent)
     for s in range(1, slot_parent.shape[1]):
-        depth[:, s] = depth.gather(1, slot_parent[:, s:s + 1].clamp_min(0)).squeeze(1) + 1
+        depth[:, s] = depth.gather(1, slot_parent[:, s : s + 1].clamp_min(0)).squeeze(1) + 1
     return int(depth.max())
 
 
@@ -199,11 +240,16 @@ def verify_greedy_cases(B, M, tree, device, gen) -> list[Case]:
     else:
         base = lambda: baselines.verify_greedy_chain(slot_tokens, target)  # noqa: E731
         name = "torch cumprod of matches"
-    return [Case(
-        "verify_greedy", {"B": B, "M": M, "tree": tree},
-        ours=lambda: T.verify_greedy(slot_tokens, slot_parent, target),
-        baseline=base, check=lambda o, r: _equal(*zip(o, r)), baseline_name=name,
-    )]
+    return [
+        Case(
+            "verify_greedy",
+            {"B": B, "M": M, "tree": tree},
+            ours=lambda: T.verify_greedy(slot_tokens, slot_parent, target),
+            baseline=base,
+            check=lambda o, r: _equal(*zip(o, r)),
+            baseline_name=name,
+        )
+    ]
 
 
 def dyadic_distributions(B, M, V, favoured, gen, headroom: int = 1) -> torch.Tensor:
@@ -232,24 +278,37 @@ def verify_sampling_cases(B, M, V, tree, device, gen) -> list[Case]:
     uniforms = torch.rand(B, M, generator=gen)
     args = [slot_tokens, slot_parent, target_probs, draft_probs, uniforms]
     args = [a.to(device) if a is not None else None for a in args]
-    return [Case(
-        "verify_sampling", {"B": B, "M": M, "V": V, "tree": tree},
-        ours=lambda: T.verify_sampling(*args),
-        baseline=lambda: baselines.verify_sampling(*args),
-        check=lambda o, r: _equal(*zip(o, r)), baseline_name="torch loop over slots",
-    )]
+    return [
+        Case(
+            "verify_sampling",
+            {"B": B, "M": M, "V": V, "tree": tree},
+            ours=lambda: T.verify_sampling(*args),
+            baseline=lambda: baselines.verify_sampling(*args),
+            check=lambda o, r: _equal(*zip(o, r)),
+            baseline_name="torch loop over slots",
+        )
+    ]
 
 
 def grid(size: str):
     """(op, builder, kwargs) for every case of the grid `size` (tiny, default, full)."""
     gb = 1 << 30
     if size == "goals":
-        return [("select", select_cases, dict(B=256, N=16)), ("select", select_cases, dict(B=1024, N=16)),
-                ("draft_cumprod", draft_cumprod_cases, dict(B=64, N=8, V=32000, dtype=torch.float32, tree=False))]
+        return [
+            ("select", select_cases, dict(B=256, N=16)),
+            ("select", select_cases, dict(B=1024, N=16)),
+            ("draft_cumprod", draft_cumprod_cases, dict(B=64, N=8, V=32000, dtype=torch.float32, tree=False)),
+        ]
     if size == "tiny":
         Bs, Ns, Vs, dtypes, max_bytes = [1, 8], [4], [32000], [torch.float32], gb // 8
     elif size == "default":
-        Bs, Ns, Vs, dtypes, max_bytes = [1, 16, 64, 256, 1024], [4, 16, 64], [32000, 262144], [torch.float32], gb
+        Bs, Ns, Vs, dtypes, max_bytes = (
+            [1, 16, 64, 256, 1024],
+            [4, 16, 64],
+            [32000, 262144],
+            [torch.float32],
+            gb,
+        )
     else:
         Bs, Ns, Vs = [1, 4, 16, 64, 256, 1024], [4, 8, 16, 32, 64], [32000, 262144]
         dtypes, max_bytes = [torch.float32, torch.bfloat16, torch.float16], 4 * gb
@@ -263,8 +322,14 @@ def grid(size: str):
                 out.append(("select", select_cases, dict(B=B, N=N)))
     # draft_cumprod: N 4..16 (drafts are short), bounded by the logits' size.
     dc_Ns = [n for n in ([4, 8, 16] if size != "tiny" else [4])]
-    dc_shapes = {(B, N, V, dt, tree) for B in Bs for N in dc_Ns for V in Vs for dt in dtypes
-                 for tree in ([False, True] if size == "full" else [False])}
+    dc_shapes = {
+        (B, N, V, dt, tree)
+        for B in Bs
+        for N in dc_Ns
+        for V in Vs
+        for dt in dtypes
+        for tree in ([False, True] if size == "full" else [False])
+    }
     if size != "tiny":
         dc_shapes.add((64, 8, 32000, torch.float32, False))
     for B, N, V, dt, tree in sorted(dc_shapes, key=lambda s: (s[2], s[0], s[1], str(s[3]), s[4])):
@@ -275,7 +340,7 @@ def grid(size: str):
             for N in Ns:
                 out.append(("tree_mask", tree_mask_cases, dict(B=B, N=N, tree=tree)))
                 out.append(("verify_greedy", verify_greedy_cases, dict(B=B, M=N + 1, tree=tree)))
-    for N in ([] if size == "tiny" else [20_000, 200_000]):  # long single requests (see above)
+    for N in [] if size == "tiny" else [20_000, 200_000]:  # long single requests (see above)
         out.append(("select", long_select_cases, dict(N=N)))
         out.append(("verify_greedy", long_verify_cases, dict(N=N)))
     vs_Bs = [b for b in Bs if b <= (8 if size == "tiny" else 64 if size == "default" else 256)]
@@ -290,8 +355,12 @@ def grid(size: str):
 
 
 def run_case(case: Case, device: str, seconds: float) -> dict:
-    row = {"op": case.op, **{k: v for k, v in case.shape.items()}, "shape": case.shape,
-           "baseline_name": case.baseline_name}
+    row = {
+        "op": case.op,
+        **{k: v for k, v in case.shape.items()},
+        "shape": case.shape,
+        "baseline_name": case.baseline_name,
+    }
     try:
         ours = case.ours()
     except (NotImplementedError, RuntimeError) as e:
@@ -302,12 +371,18 @@ def run_case(case: Case, device: str, seconds: float) -> dict:
     except AssertionError as e:  # never time different work; report it loudly instead
         row["status"] = "MISMATCH: " + str(e).splitlines()[0][:200]
         return row
-    samples = time_side_by_side({"ours": case.ours, "baseline": case.baseline, **case.extra},
-                                device=device, seconds_per_case=seconds)
+    samples = time_side_by_side(
+        {"ours": case.ours, "baseline": case.baseline, **case.extra}, device=device, seconds_per_case=seconds
+    )
     times = {name: median(s) for name, s in samples.items()}
-    row.update(status="ok", ours_s=times["ours"], baseline_s=times["baseline"],
-               ratio=paired_ratio(samples["baseline"], samples["ours"]),
-               ratio_of_mins=min(samples["baseline"]) / min(samples["ours"]), reps=len(samples["ours"]))
+    row.update(
+        status="ok",
+        ours_s=times["ours"],
+        baseline_s=times["baseline"],
+        ratio=paired_ratio(samples["baseline"], samples["ours"]),
+        ratio_of_mins=min(samples["baseline"]) / min(samples["ours"]),
+        reps=len(samples["ours"]),
+    )
     for name in case.extra:  # each extra contender's time, and its time / ours (paired)
         row[f"{name}_s"], row[f"{name}_ratio"] = times[name], paired_ratio(samples[name], samples["ours"])
     if case.bytes_read:
@@ -341,8 +416,10 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure_title = (f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
-                    f"torch {meta['torch']}, {meta['date'][:10]}")
+    figure_title = (
+        f"tetris ops vs PyTorch baselines — {meta['device']}, {meta.get('gpu', meta['cpu'])}, "
+        f"torch {meta['torch']}, {meta['date'][:10]}"
+    )
 
     ok = [r for r in rows if r.get("status") == "ok"]
     panels = [(op, "ratio", f"{op}: baseline time / ours") for op in dict.fromkeys(r["op"] for r in ok)]
@@ -350,8 +427,15 @@ def chart(rows: list[dict], meta: dict, path: Path) -> None:
         panels.append(("draft_cumprod", "bw_fraction", "draft_cumprod: time of a plain read (amax) / ours"))
     if not panels:
         return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.28 * max(
-        sum(r["op"] == op for r in ok) for op, _, _ in panels)), 3.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(
+            max(8, 0.28 * max(sum(r["op"] == op for r in ok) for op, _, _ in panels)),
+            3.2 * len(panels),
+        ),
+        squeeze=False,
+    )
     for ax, (op, key, title) in zip(axes[:, 0], panels):
         sel = [r for r in ok if r["op"] == op and key in r]
         xs = range(len(sel))
@@ -380,8 +464,11 @@ def main(argv=None) -> int:
     size.add_argument("--goals", action="store_true", help="only the speed-goal shapes (GOALS)")
     ap.add_argument("--ops", nargs="*", help="only these ops (e.g. select draft_cumprod)")
     ap.add_argument("--seconds-per-case", type=float, default=1.5)
-    ap.add_argument("--threads", type=int,
-                    help="torch.set_num_threads; default 1 on the CPU (see bench/README.md), torch's on CUDA")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch.set_num_threads; default 1 on the CPU (see bench/README.md), torch's on CUDA",
+    )
     ap.add_argument("--out", type=Path, help="result path prefix (default bench/results/ops_<device>)")
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the chart of an earlier run")
@@ -405,6 +492,7 @@ def main(argv=None) -> int:
     todo = [t for t in grid(size_name) if not args.ops or t[0] in args.ops]
     try:
         from tqdm import tqdm
+
         todo_iter = tqdm(todo, desc="ops", unit="case", file=sys.stderr)
     except ImportError:
         todo_iter = todo
@@ -421,32 +509,58 @@ def main(argv=None) -> int:
                 print(f"   {shape_label(r)}: {r['status']}")
         if not any(r["status"] == "ok" for r in sel):
             continue
-        cols = [("label", "shape"), ("ours_us", "ours us"), ("baseline_us", "baseline us"), ("ratio", "speed-up"),
-                ("ratio_of_mins", "(of mins)")]
+        cols = [
+            ("label", "shape"),
+            ("ours_us", "ours us"),
+            ("baseline_us", "baseline us"),
+            ("ratio", "speed-up"),
+            ("ratio_of_mins", "(of mins)"),
+        ]
         if op == "draft_cumprod":
             cols += [("ours_GBps", "ours GB/s"), ("read_GBps", "amax GB/s"), ("bw_fraction", "read/ours")]
         if op == "select":
             cols += [("topk_budget_us", "topk-budget us"), ("topk_budget_ratio", "topk-budget/ours")]
-        table = [r | {"label": shape_label(r), "ours_us": r.get("ours_s", 0) * 1e6,
-                      "baseline_us": r.get("baseline_s", 0) * 1e6,
-                      "topk_budget_us": r.get("topk_budget_s", 0) * 1e6} for r in sel if r["status"] == "ok"]
+        table = [
+            r
+            | {
+                "label": shape_label(r),
+                "ours_us": r.get("ours_s", 0) * 1e6,
+                "baseline_us": r.get("baseline_s", 0) * 1e6,
+                "topk_budget_us": r.get("topk_budget_s", 0) * 1e6,
+            }
+            for r in sel
+            if r["status"] == "ok"
+        ]
         print(format_table(table, cols))
 
     goal_rows = [r for r in ok if "goal" in r]
     print("\n== speed goals (baseline time / ours, measured side by side in this run)")
     for r in goal_rows:
         verdict = "PASS" if r["goal_pass"] else "FAIL"
-        print(f"   {r['op']:14s} {shape_label(r):32s} ratio {r['ratio']:7.2f}x"
-              f"  goal >= {r['goal']:g}x  {verdict}"
-              f"   (medians: ours {r['ours_s'] * 1e6:.1f} us, baseline {r['baseline_s'] * 1e6:.1f} us;"
-              f" ratio of minimums {r['ratio_of_mins']:.2f}x; {r['reps']} paired repetitions)")
+        print(
+            f"   {r['op']:14s} {shape_label(r):32s} ratio {r['ratio']:7.2f}x"
+            f"  goal >= {r['goal']:g}x  {verdict}"
+            f"   (medians: ours {r['ours_s'] * 1e6:.1f} us, baseline {r['baseline_s'] * 1e6:.1f} us;"
+            f" ratio of minimums {r['ratio_of_mins']:.2f}x; {r['reps']} paired repetitions)"
+        )
     if not goal_rows:
         print("   (no goal shape in this grid, or the op is unavailable)")
 
     prefix = args.out or RESULTS_DIR / f"ops_{args.device}"
-    payload = {"meta": meta, "goals": [
-        {"op": r["op"], "shape": r["shape"], "ratio": r["ratio"], "goal": r["goal"], "pass": r["goal_pass"]}
-        for r in goal_rows], "rows": rows}
+    payload = {
+        "meta": meta,
+        "goals": [
+            {
+                "op": r["op"],
+                "shape": r["shape"],
+                "ratio": r["ratio"],
+                "goal": r["goal"],
+                "pass": r["goal_pass"],
+            }
+            for r in goal_rows
+        ],
+        "rows": rows,
+    }
     json_path = write_json(prefix.with_suffix(".json"), payload)
     print(f"\nwrote {json_path}")
     if not args.no_chart and ok:

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, run_metadata, write_json  # noqa: E402
 from qwen_pair import chat_prompts, load_pair  # noqa: E402
 
+from common import RESULTS_DIR, run_metadata, write_json  # noqa: E402
 from tetris_ext import ops  # noqa: E402
 from tetris_ext.calibration import brier_score, reliability  # noqa: E402
 from tetris_ext.decoding import generate  # noqa: E402
@@ -46,34 +46,56 @@ DEPTH, BATCH, CAPACITY = 5, 8, 3
 def tuning_prompts(tokenizer, limit: int) -> list[dict]:
     text = resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text()
     records = [json.loads(line) for line in text.splitlines() if line.strip()][:limit]
-    return [{"id": r["id"], "source": "completion", "tokens": tokenizer(r["prompt"]).input_ids} for r in records]
+    return [
+        {"id": r["id"], "source": "completion", "tokens": tokenizer(r["prompt"]).input_ids} for r in records
+    ]
 
 
 @torch.inference_mode()
 def teacher_forced(target, draft, prompts: list[dict], max_new_tokens: int) -> list[dict]:
     """Per prompt: log p_T of the draft's top token for every T in TEMPERATURES [n, len(T)] and
     whether it equals the target's argmax [n], at each position of the target's greedy output."""
-    result = generate(target, [p["tokens"] for p in prompts], Autoregressive(), max_new_tokens=max_new_tokens,
-                      max_batch_size=BATCH, eos_token_id=list(QWEN_STOP_TOKEN_IDS))
+    result = generate(
+        target,
+        [p["tokens"] for p in prompts],
+        Autoregressive(),
+        max_new_tokens=max_new_tokens,
+        max_batch_size=BATCH,
+        eos_token_id=list(QWEN_STOP_TOKEN_IDS),
+    )
     out = []
     for prompt, output in zip(prompts, result.tokens):
-        sequence = torch.tensor([prompt["tokens"] + output[:-1]])  # the last output token predicts nothing we need
+        sequence = torch.tensor(
+            [prompt["tokens"] + output[:-1]]
+        )  # the last output token predicts nothing we need
         first = len(prompt["tokens"]) - 1
         target_next = target(sequence).logits[0, first:].argmax(-1)
         draft_logits = draft(sequence).logits[0, first:].float()
         top_logit, draft_next = draft_logits.max(-1)
         scaled = draft_logits[:, None, :] / TEMPERATURES[None, :, None]
         log_p = top_logit[:, None] / TEMPERATURES[None, :] - scaled.logsumexp(-1)
-        out.append({"id": prompt["id"], "source": prompt["source"], "log_p": log_p, "agreed": draft_next == target_next})
+        out.append(
+            {
+                "id": prompt["id"],
+                "source": prompt["source"],
+                "log_p": log_p,
+                "agreed": draft_next == target_next,
+            }
+        )
     return out
 
 
 def token_metrics(records: list[dict], t_index: int) -> dict:
     p = torch.cat([r["log_p"][:, t_index] for r in records]).exp().double()
     y = torch.cat([r["agreed"] for r in records]).double()
-    return {"tokens": len(y), "agreement": float(y.mean()), "mean_predicted": float(p.mean()),
-            "brier": brier_score(p, y), "brier_constant_rate": brier_score(torch.full_like(y, float(y.mean())), y),
-            "log_loss": float(F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), y))}
+    return {
+        "tokens": len(y),
+        "agreement": float(y.mean()),
+        "mean_predicted": float(p.mean()),
+        "brier": brier_score(p, y),
+        "brier_constant_rate": brier_score(torch.full_like(y, float(y.mean())), y),
+        "log_loss": float(F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), y)),
+    }
 
 
 def chains(records: list[dict], t_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +107,9 @@ def chains(records: list[dict], t_index: int) -> tuple[torch.Tensor, torch.Tenso
         if n > 0:
             idx = torch.arange(n)[:, None] + torch.arange(DEPTH)[None, :]
             per_prompt.append((r["log_p"][:, t_index][idx].cumsum(1), r["agreed"][idx]))
-    rows = [(s[i], a[i]) for i in range(max(len(s) for s, _ in per_prompt)) for s, a in per_prompt if i < len(s)]
+    rows = [
+        (s[i], a[i]) for i in range(max(len(s) for s, _ in per_prompt)) for s, a in per_prompt if i < len(s)
+    ]
     return torch.stack([s for s, _ in rows]), torch.stack([a for _, a in rows])
 
 
@@ -100,9 +124,14 @@ def path_and_selection_metrics(records: list[dict], t_index: int) -> dict:
         _, counts = ops.select(cum[rows].float().contiguous(), BATCH * CAPACITY)
         tetris += int(torch.minimum(counts, accepted_length[rows]).sum())
         standard += int(accepted_length[rows].clamp(max=CAPACITY).sum())
-    return {"path_brier": brier_score(cum.exp().flatten(), path_ok.flatten()), "paths": path_ok.numel(),
-            "selection_steps": usable // BATCH, "tetris_accepted": tetris, "standard_sd_accepted": standard,
-            "verified_per_step": BATCH * CAPACITY}
+    return {
+        "path_brier": brier_score(cum.exp().flatten(), path_ok.flatten()),
+        "paths": path_ok.numel(),
+        "selection_steps": usable // BATCH,
+        "tetris_accepted": tetris,
+        "standard_sd_accepted": standard,
+        "verified_per_step": BATCH * CAPACITY,
+    }
 
 
 def fit_temperature(records: list[dict]) -> float:
@@ -122,15 +151,19 @@ def report(name: str, records: list[dict], temperature: float) -> dict:
 
 
 def format_rows(rows: list[dict], temperature: float) -> str:
-    head = f"{'set':<12} {'T':>5} {'tokens':>6} {'agree':>6} {'mean p':>6} {'Brier':>6} {'const':>6} {'logloss':>7} " \
-           f"{'pathBrier':>9} {'TETRIS acc':>10} {'SD(3) acc':>9}"
+    head = (
+        f"{'set':<12} {'T':>5} {'tokens':>6} {'agree':>6} {'mean p':>6} {'Brier':>6} {'const':>6} {'logloss':>7} "
+        f"{'pathBrier':>9} {'TETRIS acc':>10} {'SD(3) acc':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         for label in ("T=1", f"T={temperature:g}"):
             m = r[label]
-            lines.append(f"{r['set']:<12} {label[2:]:>5} {m['tokens']:>6} {m['agreement']:>6.3f} {m['mean_predicted']:>6.3f} "
-                         f"{m['brier']:>6.3f} {m['brier_constant_rate']:>6.3f} {m['log_loss']:>7.3f} "
-                         f"{m['path_brier']:>9.3f} {m['tetris_accepted']:>10} {m['standard_sd_accepted']:>9}")
+            lines.append(
+                f"{r['set']:<12} {label[2:]:>5} {m['tokens']:>6} {m['agreement']:>6.3f} {m['mean_predicted']:>6.3f} "
+                f"{m['brier']:>6.3f} {m['brier_constant_rate']:>6.3f} {m['log_loss']:>7.3f} "
+                f"{m['path_brier']:>9.3f} {m['tetris_accepted']:>10} {m['standard_sd_accepted']:>9}"
+            )
     return "\n".join(lines)
 
 
@@ -152,9 +185,13 @@ def main(argv=None) -> int:
     rows = [report("tuning", tuning, temperature)]
     for source in ("code", "chat"):
         rows.append(report(f"held-out {source}", [r for r in held_out if r["source"] == source], temperature))
-    meta = run_metadata("cpu") | {"command": "python bench/qwen_calibration.py " + " ".join(argv or sys.argv[1:]),
-                                  "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
-                                  "fitted_temperature": temperature, "seconds": time.perf_counter() - t0}
+    meta = run_metadata("cpu") | {
+        "command": "python bench/qwen_calibration.py " + " ".join(argv or sys.argv[1:]),
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "fitted_temperature": temperature,
+        "seconds": time.perf_counter() - t0,
+    }
     table = format_rows(rows, temperature)
     print(table)
     write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})

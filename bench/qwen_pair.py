@@ -30,7 +30,9 @@ def load_pair(dtype: str = "bfloat16"):
     return target, draft, tokenizer
 
 
-def chat_prompts(tokenizer, sources=("code", "chat"), path: Path = PROMPTS, limit: int | None = None) -> list[dict]:
+def chat_prompts(
+    tokenizer, sources=("code", "chat"), path: Path = PROMPTS, limit: int | None = None
+) -> list[dict]:
     """Prompts of the given sources (in file order, up to ``limit`` per source): dicts with id,
     source and the chat-formatted token ids."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

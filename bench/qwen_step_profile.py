@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, run_metadata, write_json  # noqa: E402
-
 from tetris_ext import decoding, drafters, engine, kv_cache, ops  # noqa: E402
 from tetris_ext.decoding import generate  # noqa: E402
 from tetris_ext.drafters import ModelDrafter  # noqa: E402
@@ -86,6 +85,7 @@ def instrumented(timers: Timers, draft_model, target_model):
             kind = who(self.model) + "." + (state["phase"] or "feed")
             with timers.time(kind + ".forward", tokens.numel()):
                 return orig(self, tokens, positions, block_mask, extra, logits_at)
+
         return wrapped
 
     def append(orig):
@@ -95,6 +95,7 @@ def instrumented(timers: Timers, draft_model, target_model):
                 return orig(self, sequences, last_logits)
             finally:
                 state["phase"] = None
+
         return wrapped
 
     def timed(name_of):
@@ -102,13 +103,18 @@ def instrumented(timers: Timers, draft_model, target_model):
             def wrapped(*args, **kwargs):
                 with timers.time(name_of(args)):
                     return orig(*args, **kwargs)
+
             return wrapped
+
         return make
 
     patch(kv_cache.RaggedKVCache, "forward", forward)
     patch(kv_cache.RaggedKVCache, "append", append)
-    patch(kv_cache.RaggedKVCache, "_attention_mask",
-          timed(lambda a: f"{who(a[0].model)}.{state['phase'] or 'feed'}.mask"))
+    patch(
+        kv_cache.RaggedKVCache,
+        "_attention_mask",
+        timed(lambda a: f"{who(a[0].model)}.{state['phase'] or 'feed'}.mask"),
+    )
     patch(kv_cache.RaggedKVCache, "commit", timed(lambda a: f"{who(a[0].model)}.commit"))
     patch(kv_cache.RaggedKVCache, "maybe_compact", timed(lambda a: f"{who(a[0].model)}.compact"))
     patch(kv_cache, "_logits", timed(lambda a: f"{who(a[0])}.{state['phase'] or 'feed'}.head"))
@@ -119,10 +125,13 @@ def instrumented(timers: Timers, draft_model, target_model):
             def wrapped(*args, **kwargs):
                 with timers.time(f"{name}.{state['phase'] or 'feed'}.decoder"):
                     return orig(*args, **kwargs)
+
             return wrapped
+
         patch(decoder, "forward", decoder_forward)
     patch(ops, "draft_cumprod", timed(lambda a: "draft.draft_cumprod"))
     patch(ops, "select", timed(lambda a: "select.ops_select"))
+
     def propose(orig):
         def wrapped(*args, **kwargs):
             state["proposing"] = True
@@ -131,6 +140,7 @@ def instrumented(timers: Timers, draft_model, target_model):
                     return orig(*args, **kwargs)
             finally:
                 state["proposing"] = False
+
         return wrapped
 
     patch(drafters.ModelDrafter, "propose", propose)
@@ -153,7 +163,9 @@ def parse_policy(name: str):
     """'SD3', 'T31', ... and, with a suffix 'w<N>', a tree drafter of width N: (factory, width)."""
     base, _, width = name.partition("w")
     if base not in POLICIES or (width and not width.isdigit()):
-        raise argparse.ArgumentTypeError(f"unknown policy {name!r}: one of {sorted(POLICIES)}, optionally + 'w<width>'")
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {name!r}: one of {sorted(POLICIES)}, optionally + 'w<width>'"
+        )
     return name, POLICIES[base], int(width or 1)
 
 
@@ -163,18 +175,39 @@ def profile_policy(target, draft, prompts, spec, batch, max_new_tokens, eos) -> 
     policy = make_policy()
     drafter = ModelDrafter(draft, 10, tree_width) if policy.num_draft(batch) else None
     with instrumented(timers, draft, target):
-        result = generate(target, prompts, policy, drafter, max_new_tokens=max_new_tokens,
-                          max_batch_size=batch, eos_token_id=eos)
+        result = generate(
+            target,
+            prompts,
+            policy,
+            drafter,
+            max_new_tokens=max_new_tokens,
+            max_batch_size=batch,
+            eos_token_id=eos,
+        )
     s = result.stats
     steps = s["steps"]
-    per_step = {name: {"calls": d["calls"] / steps, "tokens_per_call": d["tokens"] / d["calls"] if d["calls"] else 0,
-                       "ms": 1e3 * d["wall"] / steps, "cpu_ms": 1e3 * d["cpu"] / steps}
-                for name, d in sorted(timers.data.items())}
-    return {"policy": str(policy) + (f" tree_width={tree_width}" if tree_width > 1 else ""), "steps": steps,
-            "breakdown": breakdown(per_step), "generated_tokens": s["generated_tokens"],
-            "wall_seconds": s["wall_seconds"], "cpu_seconds": s["cpu_seconds"],
-            "accepted_tokens": s["accepted_tokens"], "verified_tokens": s["verified_tokens"],
-            "prefill_seconds": s["prefill_seconds"], "per_step": per_step, "outputs": result.tokens}
+    per_step = {
+        name: {
+            "calls": d["calls"] / steps,
+            "tokens_per_call": d["tokens"] / d["calls"] if d["calls"] else 0,
+            "ms": 1e3 * d["wall"] / steps,
+            "cpu_ms": 1e3 * d["cpu"] / steps,
+        }
+        for name, d in sorted(timers.data.items())
+    }
+    return {
+        "policy": str(policy) + (f" tree_width={tree_width}" if tree_width > 1 else ""),
+        "steps": steps,
+        "breakdown": breakdown(per_step),
+        "generated_tokens": s["generated_tokens"],
+        "wall_seconds": s["wall_seconds"],
+        "cpu_seconds": s["cpu_seconds"],
+        "accepted_tokens": s["accepted_tokens"],
+        "verified_tokens": s["verified_tokens"],
+        "prefill_seconds": s["prefill_seconds"],
+        "per_step": per_step,
+        "outputs": result.tokens,
+    }
 
 
 def isolated_forwards(target, draft, prompts, batch, widths=(1, 2, 4), reps=5) -> dict:
@@ -206,14 +239,23 @@ def isolated_forwards(target, draft, prompts, batch, widths=(1, 2, 4), reps=5) -
             kv_cache._logits(model, hidden)
             runs[f"{name}.head_q1"].append((time.perf_counter() - w, time.process_time() - c))
     prefix = float(caches["target"].lengths().float().mean())
-    return {"batch": B, "mean_prefix_tokens": prefix, **{
-        k: {"ms": 1e3 * sorted(x[0] for x in v)[len(v) // 2], "cpu_ms": 1e3 * sorted(x[1] for x in v)[len(v) // 2]}
-        for k, v in runs.items()}}
+    return {
+        "batch": B,
+        "mean_prefix_tokens": prefix,
+        **{
+            k: {
+                "ms": 1e3 * sorted(x[0] for x in v)[len(v) // 2],
+                "cpu_ms": 1e3 * sorted(x[1] for x in v)[len(v) // 2],
+            }
+            for k, v in runs.items()
+        },
+    }
 
 
 def breakdown(per_step: dict) -> dict:
     """ms per step (wall and CPU) of the step's pieces; 'rest' is the step's total minus the
     timed pieces (Python bookkeeping, stop checks, statistics, the policy's feedback)."""
+
     def get(name, key):
         return per_step.get(name, {}).get(key, 0.0)
 
@@ -222,7 +264,8 @@ def breakdown(per_step: dict) -> dict:
         draft_fwd = get("draft.catch_up.forward", key) + get("draft.feed.forward", key)
         pieces = {
             "draft forwards": draft_fwd,
-            "  of which the draft's output head": get("draft.catch_up.head", key) + get("draft.feed.head", key),
+            "  of which the draft's output head": get("draft.catch_up.head", key)
+            + get("draft.feed.head", key),
             "draft other (scores, top-k, masks, Python)": get("draft.propose_total", key) - draft_fwd,
             "selection (ops.select)": get("select.ops_select", key),
             "verification block": get("block.build_block", key),
@@ -230,10 +273,17 @@ def breakdown(per_step: dict) -> dict:
             "  of which the target's output head": get("target.feed.head", key),
             "acceptance ops": get("target.acceptance_ops", key),
             "rollback (commit, compact, drafter update)": get("target.verify_total", key)
-            - get("target.feed.forward", key) - get("target.acceptance_ops", key) + get("draft.update_total", key),
+            - get("target.feed.forward", key)
+            - get("target.acceptance_ops", key)
+            + get("draft.update_total", key),
         }
-        timed = (get("draft.propose_total", key) + get("select.ops_select", key) + get("block.build_block", key)
-                 + get("target.verify_total", key) + get("draft.update_total", key))
+        timed = (
+            get("draft.propose_total", key)
+            + get("select.ops_select", key)
+            + get("block.build_block", key)
+            + get("target.verify_total", key)
+            + get("draft.update_total", key)
+        )
         pieces["rest (bookkeeping, stop checks, stats)"] = get("step.total", key) - timed
         pieces["step total"] = get("step.total", key)
         for name, value in pieces.items():
@@ -242,7 +292,9 @@ def breakdown(per_step: dict) -> dict:
     out["draft forwards per step"] = calls
     out["draft ms per forward"] = out["draft forwards"]["ms"] / calls if calls else 0.0
     out["draft cpu ms per forward"] = out["draft forwards"]["cpu_ms"] / calls if calls else 0.0
-    out["target query tokens per forward"] = per_step.get("target.feed.forward", {}).get("tokens_per_call", 0.0)
+    out["target query tokens per forward"] = per_step.get("target.feed.forward", {}).get(
+        "tokens_per_call", 0.0
+    )
     return out
 
 
@@ -253,30 +305,49 @@ def chart(rows, isolated, meta, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pieces = [("draft forwards", "tab:orange"), ("draft other (scores, top-k, masks, Python)", "tab:red"),
-              ("target forward", "tab:blue"), ("acceptance ops", "tab:green"),
-              ("rollback (commit, compact, drafter update)", "tab:olive"),
-              ("rest (bookkeeping, stop checks, stats)", "tab:gray")]
+    pieces = [
+        ("draft forwards", "tab:orange"),
+        ("draft other (scores, top-k, masks, Python)", "tab:red"),
+        ("target forward", "tab:blue"),
+        ("acceptance ops", "tab:green"),
+        ("rollback (commit, compact, drafter update)", "tab:olive"),
+        ("rest (bookkeeping, stop checks, stats)", "tab:gray"),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     names = [r["policy"].replace(" tree_width=", "\ntree ") for r in rows]
     for ax, per_token in zip(axes, (False, True)):
         bottom = [0.0] * len(rows)
         for piece, color in pieces:
-            values = [r["breakdown"][piece]["cpu_ms"] / (r["generated_tokens"] / r["steps"] if per_token else 1)
-                      for r in rows]
+            values = [
+                r["breakdown"][piece]["cpu_ms"] / (r["generated_tokens"] / r["steps"] if per_token else 1)
+                for r in rows
+            ]
             ax.bar(names, values, bottom=bottom, color=color, label=piece)
             bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_ylabel("CPU ms per generated token" if per_token else "CPU ms per step")
         ax.tick_params(axis="x", labelsize=7, rotation=45)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].axhline(isolated["draft.q1"]["cpu_ms"], ls=":", color="tab:orange", lw=1,
-                    label="one isolated draft forward (1 token/row)")
-    axes[0].axhline(isolated["target.q1"]["cpu_ms"], ls=":", color="tab:blue", lw=1,
-                    label="one isolated target forward (1 token/row)")
+    axes[0].axhline(
+        isolated["draft.q1"]["cpu_ms"],
+        ls=":",
+        color="tab:orange",
+        lw=1,
+        label="one isolated draft forward (1 token/row)",
+    )
+    axes[0].axhline(
+        isolated["target.q1"]["cpu_ms"],
+        ls=":",
+        color="tab:blue",
+        lw=1,
+        label="one isolated target forward (1 token/row)",
+    )
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Where a step's time goes: Qwen2.5-Coder 1.5B + 0.5B draft, {meta['dtype']}, batch {meta['batch']}, "
-                 f"{meta['prompts']} {meta['source']} prompts x {meta['max_new_tokens']} tokens, "
-                 f"{meta['torch_threads']} thread, {meta['date'][:10]}", fontsize=9)
+    fig.suptitle(
+        f"Where a step's time goes: Qwen2.5-Coder 1.5B + 0.5B draft, {meta['dtype']}, batch {meta['batch']}, "
+        f"{meta['prompts']} {meta['source']} prompts x {meta['max_new_tokens']} tokens, "
+        f"{meta['torch_threads']} thread, {meta['date'][:10]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -284,16 +355,22 @@ def chart(rows, isolated, meta, path: Path) -> None:
 
 def print_report(rows, isolated) -> None:
     for row in rows:
-        print(f"\n== {row['policy']}: {row['steps']} steps, {row['generated_tokens']} tokens, "
-              f"wall {row['wall_seconds']:.1f} s, cpu {row['cpu_seconds']:.1f} s")
+        print(
+            f"\n== {row['policy']}: {row['steps']} steps, {row['generated_tokens']} tokens, "
+            f"wall {row['wall_seconds']:.1f} s, cpu {row['cpu_seconds']:.1f} s"
+        )
         print(f"   {'piece':34s} {'calls/step':>10s} {'tok/call':>8s} {'ms/step':>9s} {'cpu ms/step':>11s}")
         for name, d in row["per_step"].items():
-            print(f"   {name:34s} {d['calls']:10.2f} {d['tokens_per_call']:8.1f} {d['ms']:9.1f} {d['cpu_ms']:11.1f}")
+            print(
+                f"   {name:34s} {d['calls']:10.2f} {d['tokens_per_call']:8.1f} {d['ms']:9.1f} {d['cpu_ms']:11.1f}"
+            )
         print("   breakdown (ms per step, wall / cpu):")
         for name, v in row["breakdown"].items():
             text = f"{v['ms']:8.1f} / {v['cpu_ms']:8.1f}" if isinstance(v, dict) else f"{v:8.2f}"
             print(f"     {name:46s} {text}")
-    print(f"\nisolated forwards (batch {isolated['batch']}, mean prefix {isolated['mean_prefix_tokens']:.0f} tokens):")
+    print(
+        f"\nisolated forwards (batch {isolated['batch']}, mean prefix {isolated['mean_prefix_tokens']:.0f} tokens):"
+    )
     for k, v in isolated.items():
         if isinstance(v, dict):
             print(f"   {k:14s} {v['ms']:8.1f} ms   cpu {v['cpu_ms']:8.1f} ms")
@@ -306,11 +383,18 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--policies", nargs="+", type=parse_policy, default=[parse_policy(p) for p in ("AR", "SD3", "T31")],
-                    help=f"of {sorted(POLICIES)}; suffix w<N>: a tree drafter of width N (e.g. T33w2)")
+    ap.add_argument(
+        "--policies",
+        nargs="+",
+        type=parse_policy,
+        default=[parse_policy(p) for p in ("AR", "SD3", "T31")],
+        help=f"of {sorted(POLICIES)}; suffix w<N>: a tree drafter of width N (e.g. T33w2)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "qwen_step_profile")
-    ap.add_argument("--rebreak", type=Path, metavar="JSON", help="only recompute the breakdowns of an earlier run")
+    ap.add_argument(
+        "--rebreak", type=Path, metavar="JSON", help="only recompute the breakdowns of an earlier run"
+    )
     args = ap.parse_args(argv)
     if args.rebreak:
         import json
@@ -333,13 +417,20 @@ def main(argv=None) -> int:
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up
     with torch.inference_mode():
         isolated = isolated_forwards(target, draft, prompts, args.batch)
-    rows = [profile_policy(target, draft, prompts, spec, args.batch, args.max_new_tokens, eos)
-            for spec in args.policies]
+    rows = [
+        profile_policy(target, draft, prompts, spec, args.batch, args.max_new_tokens, eos)
+        for spec in args.policies
+    ]
     reference = rows[0]["outputs"]
     for row in rows:
         row["same_output_as_first"] = sum(a == b for a, b in zip(row.pop("outputs"), reference))
-    meta = run_metadata("cpu") | {"dtype": args.dtype, "source": args.source, "prompts": len(prompts),
-                                  "batch": args.batch, "max_new_tokens": args.max_new_tokens}
+    meta = run_metadata("cpu") | {
+        "dtype": args.dtype,
+        "source": args.source,
+        "prompts": len(prompts),
+        "batch": args.batch,
+        "max_new_tokens": args.max_new_tokens,
+    }
     print_report(rows, isolated)
     write_json(args.out.with_suffix(".json"), {"meta": meta, "isolated": isolated, "rows": rows})
     chart(rows, isolated, meta, args.out.with_suffix(".png"))

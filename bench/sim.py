@@ -30,11 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, format_table, run_metadata, save_figure, write_json  # noqa: E402
-
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b, samples_from_run_stats  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
 from tetris_ext.policies import (  # noqa: E402
-    Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD,
+    Autoregressive,
+    GoodputSD,
+    GoodputTetris,
+    StandardSD,
+    Tetris,
+    ThresholdSD,
 )
 from tetris_ext.sim import Trace, record, replay  # noqa: E402
 
@@ -74,7 +78,9 @@ def bundled_prompts(tokenizer, limit=None, path: Path | None = None) -> list[lis
     a "prompt" per line), or of `path` in the same format."""
     from importlib import resources
 
-    text = path.read_text() if path else resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text()
+    text = (
+        path.read_text() if path else resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text()
+    )
     prompts = [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
     return [tokenizer(p).input_ids for p in prompts[:limit]]
 
@@ -84,16 +90,25 @@ def record_trace(path: Path, max_new_tokens: int, prompts_file: Path | None = No
     prompts = bundled_prompts(tokenizer, path=prompts_file)
     print(f"recording {len(prompts)} prompts x {max_new_tokens} tokens with Gemma 3 270M ...", flush=True)
     t0 = time.perf_counter()
-    trace = record(target, NgramDrafter(MAX_DRAFT), prompts, max_new_tokens, MAX_DRAFT,
-                   eos_token_id=tokenizer.eos_token_id, batch_size=16, progress=True)
+    trace = record(
+        target,
+        NgramDrafter(MAX_DRAFT),
+        prompts,
+        max_new_tokens,
+        MAX_DRAFT,
+        eos_token_id=tokenizer.eos_token_id,
+        batch_size=16,
+        progress=True,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     trace.save(path)
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
     return trace
 
 
-def fit_cpu_cost_model(path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, prompts=16,
-                       prompts_file: Path | None = None) -> LinearCostModel:
+def fit_cpu_cost_model(
+    path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, prompts=16, prompts_file: Path | None = None
+) -> LinearCostModel:
     """Step times of live runs of Gemma 3 270M on this machine -> LinearCostModel (padded)."""
     from tqdm import tqdm
 
@@ -102,21 +117,34 @@ def fit_cpu_cost_model(path: Path, batch_sizes=(1, 4, 8, 16), new_tokens=12, pro
     target, tokenizer = load_target()
     token_lists = bundled_prompts(tokenizer, prompts, path=prompts_file)
     generate(target, token_lists[:1], Autoregressive(), max_new_tokens=2)  # warm-up
-    runs = [(name, make) for name, make in [
-        ("Autoregressive", Autoregressive), ("StandardSD(1)", lambda: StandardSD(1)),
-        ("StandardSD(3)", lambda: StandardSD(3)), ("StandardSD(6)", lambda: StandardSD(6)),
-        ("Tetris(3, 2)", lambda: Tetris(3, 2))]]
+    runs = [
+        (name, make)
+        for name, make in [
+            ("Autoregressive", Autoregressive),
+            ("StandardSD(1)", lambda: StandardSD(1)),
+            ("StandardSD(3)", lambda: StandardSD(3)),
+            ("StandardSD(6)", lambda: StandardSD(6)),
+            ("Tetris(3, 2)", lambda: Tetris(3, 2)),
+        ]
+    ]
     samples, prefill_seconds, prefill_tokens = [], 0.0, 0
     for B in tqdm(batch_sizes, desc="fit cpu cost model: batch sizes"):
         for _, make in runs:
             policy = make()
             drafter = NgramDrafter(MAX_DRAFT) if policy.num_draft(B) else None
-            result = generate(target, token_lists, policy, drafter, max_new_tokens=new_tokens, max_batch_size=B)
+            result = generate(
+                target, token_lists, policy, drafter, max_new_tokens=new_tokens, max_batch_size=B
+            )
             samples += samples_from_run_stats(result.stats)
             prefill_seconds += result.stats["prefill_seconds"]
             prefill_tokens += sum(len(p) - 1 for p in token_lists)
-    model = LinearCostModel.fit(samples, name="cpu-gemma3-270m-bf16", padded=True,
-                                machine=run_metadata("cpu"), batch_sizes=list(batch_sizes))
+    model = LinearCostModel.fit(
+        samples,
+        name="cpu-gemma3-270m-bf16",
+        padded=True,
+        machine=run_metadata("cpu"),
+        batch_sizes=list(batch_sizes),
+    )
     # Prefill is timed apart from the steps; charge its measured mean per prompt token.
     model.coef["prefill_token"] = prefill_seconds / max(1, prefill_tokens)
     model.save(path)
@@ -132,8 +160,15 @@ def requests_for(batch_size: int, requests: int, per_slot: int, floor: int = 500
     return min(requests, max(floor, per_slot * batch_size)) if per_slot else requests
 
 
-def run_study(trace: Trace, cost_models: dict, policies: list[str], batch_sizes: list[int], requests: int,
-              seed: int, per_slot: int = 0) -> list[dict]:
+def run_study(
+    trace: Trace,
+    cost_models: dict,
+    policies: list[str],
+    batch_sizes: list[int],
+    requests: int,
+    seed: int,
+    per_slot: int = 0,
+) -> list[dict]:
     from tqdm import tqdm
 
     primary, *others = cost_models.values()
@@ -147,8 +182,16 @@ def run_study(trace: Trace, cost_models: dict, policies: list[str], batch_sizes:
                 r = replay(trace, make(), B, model, num_requests=n, seed=seed, keep_steps=False)
                 rows.append(r.metrics | {"policy": name})
         else:
-            r = replay(trace, make(), B, primary, num_requests=n, seed=seed, keep_steps=False,
-                       also_price=tuple(others))
+            r = replay(
+                trace,
+                make(),
+                B,
+                primary,
+                num_requests=n,
+                seed=seed,
+                keep_steps=False,
+                also_price=tuple(others),
+            )
             rows.append(r.metrics | {"policy": name})
             rows += [m | {"policy": name} for m in r.also.values()]
     return rows
@@ -160,8 +203,10 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure_title = (f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
-                    f"cost model {cost_model} ({meta['date'][:10]})")
+    figure_title = (
+        f"Replay of Gemma 3 270M n-gram traces, up to {meta['requests']} requests, "
+        f"cost model {cost_model} ({meta['date'][:10]})"
+    )
 
     sel = [r for r in rows if r["cost_model"] == cost_model]
     policies = list(dict.fromkeys(r["policy"] for r in sel))
@@ -172,8 +217,14 @@ def chart(rows: list[dict], cost_model: str, meta: dict, path: Path) -> None:
         style = "-" if name.startswith(("Tetris", "GoodputTetris")) else "--"
         base = {r["batch_size"]: r["throughput_tokens_per_s"] for r in sel if r["policy"] == "StandardSD(3)"}
         ax1.plot(xs, [r["throughput_tokens_per_s"] for _, r in pts], style, marker="o", ms=3, label=name)
-        ax2.plot(xs, [r["throughput_tokens_per_s"] / base[b] if b in base else float("nan") for b, r in pts],
-                 style, marker="o", ms=3, label=name)
+        ax2.plot(
+            xs,
+            [r["throughput_tokens_per_s"] / base[b] if b in base else float("nan") for b, r in pts],
+            style,
+            marker="o",
+            ms=3,
+            label=name,
+        )
         ax3.plot(xs, [r["verification_success_rate"] for _, r in pts], style, marker="o", ms=3, label=name)
     for ax in (ax1, ax2, ax3):
         ax.set_xscale("log", base=2)
@@ -194,50 +245,83 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="record the trace again")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--prompts-file", type=Path, help="JSONL prompts (default: the bundled set)")
-    ap.add_argument("--cpu-cost-model", type=Path, default=CPU_COST_PATH, help="fitted model (fitted when missing)")
+    ap.add_argument(
+        "--cpu-cost-model", type=Path, default=CPU_COST_PATH, help="fitted model (fitted when missing)"
+    )
     ap.add_argument("--refit", action="store_true", help="fit the CPU cost model again")
     ap.add_argument("--requests", type=int, default=10_000, help="requests per replay (the largest batches)")
-    ap.add_argument("--requests-per-slot", type=int, default=100,
-                    help="below --requests / this batch size, replay this many requests per batch slot "
-                         "(at least 500); 0: always --requests")
+    ap.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=100,
+        help="below --requests / this batch size, replay this many requests per batch slot "
+        "(at least 500); 0: always --requests",
+    )
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), metavar="POLICY")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "sim_scaling")
-    ap.add_argument("--prepare-only", action="store_true", help="record the trace and fit the cost model, then stop")
+    ap.add_argument(
+        "--prepare-only", action="store_true", help="record the trace and fit the cost model, then stop"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    trace = record_trace(args.trace, args.max_new_tokens, args.prompts_file) \
-        if args.record or not args.trace.exists() else Trace.load(args.trace)
-    cpu = fit_cpu_cost_model(args.cpu_cost_model, prompts_file=args.prompts_file) \
-        if args.refit or not args.cpu_cost_model.exists() else LinearCostModel.load(args.cpu_cost_model)
+    trace = (
+        record_trace(args.trace, args.max_new_tokens, args.prompts_file)
+        if args.record or not args.trace.exists()
+        else Trace.load(args.trace)
+    )
+    cpu = (
+        fit_cpu_cost_model(args.cpu_cost_model, prompts_file=args.prompts_file)
+        if args.refit or not args.cpu_cost_model.exists()
+        else LinearCostModel.load(args.cpu_cost_model)
+    )
     if args.prepare_only:
         return 0
     gpu = h100x4_llama70b()
     cost_models = {cpu.name: cpu, gpu.name: gpu}
     meta = run_metadata("cpu") | {
-        "requests": args.requests, "requests_per_slot": args.requests_per_slot,
-        "requests_by_batch": {B: requests_for(B, args.requests, args.requests_per_slot) for B in args.batch_sizes},
-        "trace": str(args.trace.relative_to(Path.cwd()) if args.trace.is_absolute()
-                                                and args.trace.is_relative_to(Path.cwd()) else args.trace),
-        "trace_requests": trace.num_requests, "trace_max_new_tokens": trace.max_new_tokens,
+        "requests": args.requests,
+        "requests_per_slot": args.requests_per_slot,
+        "requests_by_batch": {
+            B: requests_for(B, args.requests, args.requests_per_slot) for B in args.batch_sizes
+        },
+        "trace": str(
+            args.trace.relative_to(Path.cwd())
+            if args.trace.is_absolute() and args.trace.is_relative_to(Path.cwd())
+            else args.trace
+        ),
+        "trace_requests": trace.num_requests,
+        "trace_max_new_tokens": trace.max_new_tokens,
         "trace_mean_accept_len": float(trace.accept_len.mean()),
         "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()},
     }
     t0 = time.perf_counter()
-    rows = run_study(trace, cost_models, args.policies, args.batch_sizes, args.requests, args.seed,
-                     args.requests_per_slot)
+    rows = run_study(
+        trace, cost_models, args.policies, args.batch_sizes, args.requests, args.seed, args.requests_per_slot
+    )
     meta["replay_seconds"] = time.perf_counter() - t0
 
     for name in cost_models:
         sel = [r for r in rows if r["cost_model"] == name]
         print(f"\n== cost model {name}")
-        print(format_table(sorted(sel, key=lambda r: (r["batch_size"], r["policy"])), [
-            ("batch_size", "batch"), ("policy", "policy"), ("throughput_tokens_per_s", "tok/s"),
-            ("verification_success_rate", "VSR"), ("accepted_per_step", "acc/step"),
-            ("verified_per_step", "ver/step"), ("latency_p50_s", "p50 s"), ("latency_p99_s", "p99 s")]))
+        print(
+            format_table(
+                sorted(sel, key=lambda r: (r["batch_size"], r["policy"])),
+                [
+                    ("batch_size", "batch"),
+                    ("policy", "policy"),
+                    ("throughput_tokens_per_s", "tok/s"),
+                    ("verification_success_rate", "VSR"),
+                    ("accepted_per_step", "acc/step"),
+                    ("verified_per_step", "ver/step"),
+                    ("latency_p50_s", "p50 s"),
+                    ("latency_p99_s", "p99 s"),
+                ],
+            )
+        )
     write_json(args.out.with_suffix(".json"), {"meta": meta, "rows": rows})
     print(f"\nwrote {args.out.with_suffix('.json')}")
     for name in cost_models:

@@ -52,30 +52,52 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prompt_sets(quick: bool) -> dict[str, list[str]]:
-    rows = [json.loads(line) for line in resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text().splitlines()]
-    sets = {"code": [r["prompt"] for r in rows if r["category"].startswith("code")],
-            "text": [r["prompt"] for r in rows if not r["category"].startswith("code")]}
+    rows = [
+        json.loads(line)
+        for line in resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text().splitlines()
+    ]
+    sets = {
+        "code": [r["prompt"] for r in rows if r["category"].startswith("code")],
+        "text": [r["prompt"] for r in rows if not r["category"].startswith("code")],
+    }
     return {name: prompts[:8] for name, prompts in sets.items()} if quick else sets
 
 
 def configurations(quick: bool) -> list[tuple[str, dict | None]]:
     """(name, what it needs): None = no speculation; {"ngram": k}; {"ours": ProposerOptions kwargs}."""
     if quick:
-        return [("none", None), ("ngram 3", {"ngram": 3}), ("sd 3", {"ours": dict(policy="sd", k=3, extra=0)}),
-                ("tetris 3+2", {"ours": dict(policy="tetris", k=3, extra=2)}),
-                ("goodput", {"ours": dict(policy="goodput", k=3, extra=2)})]
+        return [
+            ("none", None),
+            ("ngram 3", {"ngram": 3}),
+            ("sd 3", {"ours": dict(policy="sd", k=3, extra=0)}),
+            ("tetris 3+2", {"ours": dict(policy="tetris", k=3, extra=2)}),
+            ("goodput", {"ours": dict(policy="goodput", k=3, extra=2)}),
+        ]
     configs = [("none", None)] + [(f"ngram {k}", {"ngram": k}) for k in range(1, 6)]
     configs += [(f"sd {k}", {"ours": dict(policy="sd", k=k, extra=0)}) for k in range(1, 6)]
-    configs += [(f"tetris {k}+{e}", {"ours": dict(policy="tetris", k=k, extra=e)}) for k in (2, 3, 4) for e in (1, 2)]
-    return configs + [("goodput", {"ours": dict(policy="goodput", k=3, extra=2)}),
-                      ("cost-aware", {"ours": dict(policy="cost-aware", k=3, extra=2)})]
+    configs += [
+        (f"tetris {k}+{e}", {"ours": dict(policy="tetris", k=k, extra=e)}) for k in (2, 3, 4) for e in (1, 2)
+    ]
+    return configs + [
+        ("goodput", {"ours": dict(policy="goodput", k=3, extra=2)}),
+        ("cost-aware", {"ours": dict(policy="cost-aware", k=3, extra=2)}),
+    ]
 
 
 def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
     import vllm
 
-    return vllm.LLM(model, dtype="float32", max_model_len=1024, max_num_seqs=batch, enforce_eager=eager, seed=0,
-                    enable_prefix_caching=False, disable_log_stats=False, speculative_config=spec)
+    return vllm.LLM(
+        model,
+        dtype="float32",
+        max_model_len=1024,
+        max_num_seqs=batch,
+        enforce_eager=eager,
+        seed=0,
+        enable_prefix_caching=False,
+        disable_log_stats=False,
+        speculative_config=spec,
+    )
 
 
 def runner_of(llm):
@@ -102,7 +124,10 @@ def time_proposer(llm) -> list[float]:
 
 
 def spec_counters(llm) -> dict[str, float]:
-    wanted = {"vllm:spec_decode_num_draft_tokens": "verified", "vllm:spec_decode_num_accepted_tokens": "accepted"}
+    wanted = {
+        "vllm:spec_decode_num_draft_tokens": "verified",
+        "vllm:spec_decode_num_accepted_tokens": "accepted",
+    }
     out = {v: 0.0 for v in wanted.values()}
     for metric in llm.get_metrics():
         if metric.name in wanted:
@@ -136,13 +161,19 @@ def run_set(llm, prompts: list[str], batch: int, max_tokens: int, propose_second
     verified, accepted = after["verified"] - before["verified"], after["accepted"] - before["accepted"]
     out_tokens = sum(len(t) for t in tokens.values())
     return {
-        "requests": len(requests), "output_tokens": out_tokens, "wall_s": wall,
+        "requests": len(requests),
+        "output_tokens": out_tokens,
+        "wall_s": wall,
         "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-        "tok_per_s": out_tokens / wall, "steps": steps,
-        "verified_per_step": verified / steps, "accepted_per_step": accepted / steps,
+        "tok_per_s": out_tokens / wall,
+        "steps": steps,
+        "verified_per_step": verified / steps,
+        "accepted_per_step": accepted / steps,
         "vsr": accepted / verified if verified else None,
-        "latency_p50_s": statistics.median(latencies), "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "propose_share": sum(propose_seconds[n_propose:]) / wall, "tokens": [tokens[r] for r in order],
+        "latency_p50_s": statistics.median(latencies),
+        "latency_p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "propose_share": sum(propose_seconds[n_propose:]) / wall,
+        "tokens": [tokens[r] for r in order],
     }
 
 
@@ -152,8 +183,11 @@ def engines_for(batch: int, configs) -> list[tuple[dict | None, list[str]]]:
     from tetris_ext.vllm.config import ProposerOptions
 
     engines: list[tuple[dict | None, list[str]]] = [(None, ["none"])]
-    engines += [({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
-                for n, c in configs if c and "ngram" in c]
+    engines += [
+        ({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
+        for n, c in configs
+        if c and "ngram" in c
+    ]
     ours = [n for n, c in configs if c and "ours" in c]
     if ours:
         most = max(ProposerOptions(**dict(configs)[n]["ours"]).max_drafts for n in ours)
@@ -173,7 +207,9 @@ def run_engine(job: dict) -> list[dict]:
     start_s = time.perf_counter() - t0
     import vllm  # untimed warm-up: first-call costs (numba compilation of vLLM's n-gram, allocations)
 
-    llm.generate(next(iter(sets.values()))[:2], vllm.SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    llm.generate(
+        next(iter(sets.values()))[:2], vllm.SamplingParams(temperature=0, max_tokens=8), use_tqdm=False
+    )
     seconds = time_proposer(llm)
     rows = []
     for name in job["names"]:
@@ -199,41 +235,66 @@ def sweep(args) -> list[dict]:
     rows = []
     for batch in args.batch_sizes:
         for spec, names in engines_for(batch, configs):
-            job = {"batch": batch, "spec": spec, "names": names, "configs": configs, "sets": sets,
-                   "eager": args.eager, "max_tokens": args.max_tokens}
+            job = {
+                "batch": batch,
+                "spec": spec,
+                "names": names,
+                "configs": configs,
+                "sets": sets,
+                "eager": args.eager,
+                "max_tokens": args.max_tokens,
+            }
             with tempfile.TemporaryDirectory() as tmp:
                 job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "rows.json"
                 job_file.write_text(json.dumps(job))
-                subprocess.run([sys.executable, __file__, "--engine-job", str(job_file), str(out_file)], check=True)
+                subprocess.run(
+                    [sys.executable, __file__, "--engine-job", str(job_file), str(out_file)], check=True
+                )
                 rows += json.loads(out_file.read_text())
     return rows
 
 
 def _line(r: dict) -> str:
     vsr = "-" if r["vsr"] is None else f"{r['vsr']:.2f}"
-    return (f"B={r['max_num_seqs']:<3} {r['set']:<5} {r['config']:<11} {r['tok_per_s']:7.1f} tok/s "
-            f"wall {r['wall_s']:6.1f}s cpu {r['cpu_s']:6.1f}s steps {r['steps']:4d} acc/step {r['accepted_per_step']:5.2f} "
-            f"ver/step {r['verified_per_step']:5.2f} VSR {vsr:>4} p50 {r['latency_p50_s']:5.1f}s p99 {r['latency_p99_s']:5.1f}s "
-            f"propose {100 * r['propose_share']:4.1f}%")
+    return (
+        f"B={r['max_num_seqs']:<3} {r['set']:<5} {r['config']:<11} {r['tok_per_s']:7.1f} tok/s "
+        f"wall {r['wall_s']:6.1f}s cpu {r['cpu_s']:6.1f}s steps {r['steps']:4d} acc/step {r['accepted_per_step']:5.2f} "
+        f"ver/step {r['verified_per_step']:5.2f} VSR {vsr:>4} p50 {r['latency_p50_s']:5.1f}s p99 {r['latency_p99_s']:5.1f}s "
+        f"propose {100 * r['propose_share']:4.1f}%"
+    )
 
 
 def summarize(rows: list[dict]) -> list[str]:
     """Ratios to "none" (same set, same max_num_seqs), output equality, and the issue's goals."""
     lines = []
     for r in rows:
-        base = next(b for b in rows if b["config"] == "none" and b["set"] == r["set"] and b["max_num_seqs"] == r["max_num_seqs"])
+        base = next(
+            b
+            for b in rows
+            if b["config"] == "none" and b["set"] == r["set"] and b["max_num_seqs"] == r["max_num_seqs"]
+        )
         r["speedup"] = r["tok_per_s"] / base["tok_per_s"]
         r["same_output"] = r["tokens"] == base["tokens"]
     for batch in sorted({r["max_num_seqs"] for r in rows}):
         for set_name in sorted({r["set"] for r in rows}):
             group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
-            best = {kind: max((r for r in group if r["config"].startswith(kind)), key=lambda r: r["tok_per_s"], default=None)
-                    for kind in ("ngram", "tetris", "sd", "goodput", "cost-aware")}
+            best = {
+                kind: max(
+                    (r for r in group if r["config"].startswith(kind)),
+                    key=lambda r: r["tok_per_s"],
+                    default=None,
+                )
+                for kind in ("ngram", "tetris", "sd", "goodput", "cost-aware")
+            }
             if best["ngram"] and best["tetris"]:
-                lines.append(f"B={batch} {set_name}: best tetris ({best['tetris']['config']}) / best built-in ngram "
-                             f"({best['ngram']['config']}) = {best['tetris']['tok_per_s'] / best['ngram']['tok_per_s']:.3f}x")
+                lines.append(
+                    f"B={batch} {set_name}: best tetris ({best['tetris']['config']}) / best built-in ngram "
+                    f"({best['ngram']['config']}) = {best['tetris']['tok_per_s'] / best['ngram']['tok_per_s']:.3f}x"
+                )
     bad = [f"{r['config']} B={r['max_num_seqs']} {r['set']}" for r in rows if not r["same_output"]]
-    lines.append("outputs identical to no speculation: " + ("all" if not bad else "NOT for " + ", ".join(bad)))
+    lines.append(
+        "outputs identical to no speculation: " + ("all" if not bad else "NOT for " + ", ".join(bad))
+    )
     return lines
 
 
@@ -245,12 +306,21 @@ def chart(rows: list[dict], path: Path) -> None:
 
     groups = sorted({(r["max_num_seqs"], r["set"]) for r in rows})
     fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups)), squeeze=False)
-    colors = {"none": "grey", "ngram": "tab:blue", "sd": "tab:orange", "tetris": "tab:green", "goodput": "tab:red",
-              "cost-aware": "tab:purple"}
+    colors = {
+        "none": "grey",
+        "ngram": "tab:blue",
+        "sd": "tab:orange",
+        "tetris": "tab:green",
+        "goodput": "tab:red",
+        "cost-aware": "tab:purple",
+    }
     for ax, (batch, set_name) in zip(axes[:, 0], groups):
         group = [r for r in rows if r["max_num_seqs"] == batch and r["set"] == set_name]
-        ax.bar([r["config"] for r in group], [r["speedup"] for r in group],
-               color=[colors[r["config"].split()[0]] for r in group])
+        ax.bar(
+            [r["config"] for r in group],
+            [r["speedup"] for r in group],
+            color=[colors[r["config"].split()[0]] for r in group],
+        )
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_ylabel("tok/s vs none")
         ax.set_title(f"max_num_seqs={batch}, {set_name} prompts", fontsize=10)
@@ -262,11 +332,19 @@ def chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: few configurations, 8 prompts per set")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", help="max_num_seqs values (default 8 32; --quick: 4)")
+    ap.add_argument(
+        "--batch-sizes", type=int, nargs="+", help="max_num_seqs values (default 8 32; --quick: 4)"
+    )
     ap.add_argument("--max-tokens", type=int, help="new tokens per request (default 64; --quick: 16)")
-    ap.add_argument("--configs", nargs="+", help='only these configurations, e.g. "ngram 3" "tetris 3+2" goodput')
-    ap.add_argument("--eager", action="store_true", help="enforce_eager engines (start in ~1 min instead of ~2)")
-    ap.add_argument("--out", type=Path, help="result files without suffix (default bench/results/vllm_e2e[_quick])")
+    ap.add_argument(
+        "--configs", nargs="+", help='only these configurations, e.g. "ngram 3" "tetris 3+2" goodput'
+    )
+    ap.add_argument(
+        "--eager", action="store_true", help="enforce_eager engines (start in ~1 min instead of ~2)"
+    )
+    ap.add_argument(
+        "--out", type=Path, help="result files without suffix (default bench/results/vllm_e2e[_quick])"
+    )
     ap.add_argument("--engine-job", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: one engine's runs
     args = ap.parse_args()
     if args.engine_job:
@@ -283,14 +361,29 @@ def main() -> None:
     import torch
     import vllm
 
-    meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
-            "vllm": vllm.__version__, "torch": torch.__version__, "model": "Gemma 3 270M float32",
-            "max_tokens": args.max_tokens, "eager": args.eager, "total_s": time.time() - t0}
+    meta = {
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+        "vllm": vllm.__version__,
+        "torch": torch.__version__,
+        "model": "Gemma 3 270M float32",
+        "max_tokens": args.max_tokens,
+        "eager": args.eager,
+        "total_s": time.time() - t0,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=1) + "\n")
-    out.with_suffix(".txt").write_text("\n".join([json.dumps(meta)] + [_line(r) + f" x{r['speedup']:.2f}"
-                                                                        + ("" if r["same_output"] else " DIFFERENT") for r in rows] + lines) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": lines, "rows": rows}, indent=1) + "\n"
+    )
+    out.with_suffix(".txt").write_text(
+        "\n".join(
+            [json.dumps(meta)]
+            + [_line(r) + f" x{r['speedup']:.2f}" + ("" if r["same_output"] else " DIFFERENT") for r in rows]
+            + lines
+        )
+        + "\n"
+    )
     chart(rows, out.with_suffix(".png"))
     print(f"wrote {out}.json/.txt/.png")
 

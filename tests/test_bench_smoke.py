@@ -24,8 +24,14 @@ def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
     """bench/<script> in a subprocess that imports the tetris_ext under test; it must succeed."""
     package_root = str(Path(tetris_ext.__file__).parents[1])
     env = os.environ | {"PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -52,8 +58,20 @@ def test_ops_bench_tiny_grid(tmp_path):
 def test_sim_bench_replays_the_committed_trace(tmp_path):
     """bench/sim.py on the committed Gemma trace and fitted cost model (no model needed)."""
     prefix = tmp_path / "sim_smoke"
-    run_bench("sim.py", "--requests", "12", "--batch-sizes", "1", "4",
-              "--policies", "StandardSD(3)", "Tetris(3, 2)", "GoodputSD(6)", "--out", str(prefix))
+    run_bench(
+        "sim.py",
+        "--requests",
+        "12",
+        "--batch-sizes",
+        "1",
+        "4",
+        "--policies",
+        "StandardSD(3)",
+        "Tetris(3, 2)",
+        "GoodputSD(6)",
+        "--out",
+        str(prefix),
+    )
     rows = json.loads(prefix.with_suffix(".json").read_text())["rows"]
     # 3 policies x 2 batch sizes x 2 cost models
     assert len(rows) == 12

@@ -5,8 +5,15 @@ import torch
 
 import tetris_ext
 
-OPS = ["draft_cumprod", "select", "select_prefixes", "tree_mask", "tree_mask_packed", "verify_greedy",
-       "verify_sampling"]
+OPS = [
+    "draft_cumprod",
+    "select",
+    "select_prefixes",
+    "tree_mask",
+    "tree_mask_packed",
+    "verify_greedy",
+    "verify_sampling",
+]
 
 
 @pytest.mark.parametrize("op", OPS)

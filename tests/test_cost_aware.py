@@ -73,8 +73,9 @@ def test_floor_rises_and_budget_falls_with_the_marginal_cost():
     proposal = chain_proposal(PROBS)
     budgets, floors = [], []
     for per_token in (1e-4, 1e-3, 1e-2, 1e-1):
-        policy = CostAwareTetris(4, padded=False, cost_model=LinearCostModel({"step": 0.1, "query_token": per_token},
-                                                                             padded=False))
+        policy = CostAwareTetris(
+            4, padded=False, cost_model=LinearCostModel({"step": 0.1, "query_token": per_token}, padded=False)
+        )
         budgets.append(int(policy.choose(proposal).sum()))
         floors.append(policy.last_floor)
     assert budgets == sorted(budgets, reverse=True) and budgets[0] > budgets[-1]
@@ -93,8 +94,9 @@ def test_limits_tetris_standard_sd_and_autoregressive():
         assert torch.equal(padded.choose(proposal), StandardSD(k).choose(proposal))
     # Prohibitive marginal cost: nothing is verified.
     for mode in (True, False):
-        costly = CostAwareTetris(4, padded=mode, cost_model=LinearCostModel({"step": 0.01, "query_token": 1.0},
-                                                                           padded=mode))
+        costly = CostAwareTetris(
+            4, padded=mode, cost_model=LinearCostModel({"step": 0.01, "query_token": 1.0}, padded=mode)
+        )
         assert int(costly.choose(proposal).sum()) == 0
 
 
@@ -104,14 +106,18 @@ def test_respects_capacity_and_never_selects_padding():
     proposal.cum_logprobs[1, 2:] = -math.inf
     proposal.cum_logprobs[0, 3] = math.nan
     for mode in (True, False):
-        policy = CostAwareTetris(4, padded=mode, capacity=4, cost_model=LinearCostModel({"step": 1.0}, padded=mode))
+        policy = CostAwareTetris(
+            4, padded=mode, capacity=4, cost_model=LinearCostModel({"step": 1.0}, padded=mode)
+        )
         selected = policy.choose(proposal)
         assert int(selected.sum()) <= 4
         assert not selected[1, 2:].any() and not selected[0, 3]
 
 
 def feed(policy, B, verified, seconds, width):
-    policy.observe(StepFeedback(torch.tensor(verified), torch.zeros(B, dtype=torch.long), B * width, 0.0, seconds))
+    policy.observe(
+        StepFeedback(torch.tensor(verified), torch.zeros(B, dtype=torch.long), B * width, 0.0, seconds)
+    )
 
 
 def test_online_fit_explores_then_follows_the_measured_cost():
@@ -140,12 +146,25 @@ def test_same_decisions_live_and_in_replay():
     prompts = [torch.randint(0, 16, (4 + 3 * i,), generator=g).tolist() for i in range(5)]
     trace = record(copier, NgramDrafter(4), prompts, max_new_tokens=20, max_draft=4)
     cost = LinearCostModel({"step": 1e-3, "query_token": 2e-4}, padded=True)
-    live = generate(copier, prompts, CostAwareTetris(4, cost_model=cost),
-                    drafter=NgramDrafter(4, calibration=NgramLogistic()), max_new_tokens=20, max_batch_size=3)
-    replayed = replay(trace, CostAwareTetris(4, cost_model=cost), batch_size=3, cost_model=cost,
-                      drafter=NgramDrafter(4, calibration=NgramLogistic()))
+    live = generate(
+        copier,
+        prompts,
+        CostAwareTetris(4, cost_model=cost),
+        drafter=NgramDrafter(4, calibration=NgramLogistic()),
+        max_new_tokens=20,
+        max_batch_size=3,
+    )
+    replayed = replay(
+        trace,
+        CostAwareTetris(4, cost_model=cost),
+        batch_size=3,
+        cost_model=cost,
+        drafter=NgramDrafter(4, calibration=NgramLogistic()),
+    )
     keys = ("requests", "verified", "accepted", "generated", "block_width")
-    assert [{k: s[k] for k in keys} for s in replayed.per_step] == [{k: s[k] for k in keys} for s in live.stats["per_step"]]
+    assert [{k: s[k] for k in keys} for s in replayed.per_step] == [
+        {k: s[k] for k in keys} for s in live.stats["per_step"]
+    ]
     assert len({s["block_width"] for s in live.stats["per_step"]}) >= 2  # it did choose widths
 
 
@@ -172,7 +191,11 @@ def test_padded_online_fit_does_not_collapse_into_autoregressive_decoding():
     proposal = Proposal(torch.full((B, 8), 7), None, probs.log(), probs.log().cumsum(1))
     policy = CostAwareTetris(8, padded=True)
     # The exploration steps of that run: widths 9, 1, 5 (64, 0, 26 verified drafts).
-    for verified, seconds, width in (([8] * B, 0.307, 9), ([0] * B, 0.19, 1), ([4, 3, 3, 3, 4, 3, 3, 3], 0.176, 5)):
+    for verified, seconds, width in (
+        ([8] * B, 0.307, 9),
+        ([0] * B, 0.19, 1),
+        ([4, 3, 3, 3, 4, 3, 3, 3], 0.176, 5),
+    ):
         policy.choose(proposal)
         feed(policy, B, verified, seconds, width)
     for _ in range(6):
@@ -189,7 +212,9 @@ def test_latency_slopes_are_never_negative():
     from tetris_ext.policies import LatencyModel
 
     model = LatencyModel()
-    steps = [(72, 72, 0.307), (8, 8, 0.19), (34, 40, 0.176), (10, 16, 0.15)] + [(8, 8, 0.2 + 0.01 * (i % 3)) for i in range(20)]
+    steps = [(72, 72, 0.307), (8, 8, 0.19), (34, 40, 0.176), (10, 16, 0.15)] + [
+        (8, 8, 0.2 + 0.01 * (i % 3)) for i in range(20)
+    ]
     for real, padded, seconds in steps:
         model.observe(real, padded, seconds)
     assert bool((model.coefficients[1:] >= 0).all())

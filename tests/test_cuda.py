@@ -18,11 +18,24 @@ import torch
 
 import tetris_ext
 from refs.backends import (
-    CPU, CUDA, OPS, assert_deterministic, assert_outputs_match, assert_replay_follows_inputs,
-    assert_replay_of_empty_shapes, empty_batch, no_candidates, small_inputs, to_device, write_in_place,
+    CPU,
+    CUDA,
+    OPS,
+    assert_deterministic,
+    assert_outputs_match,
+    assert_replay_follows_inputs,
+    assert_replay_of_empty_shapes,
+    empty_batch,
+    no_candidates,
+    small_inputs,
+    to_device,
+    write_in_place,
 )
 from refs.blocks import (
-    draft_cumprod_block_inputs, greedy_block_inputs, sampling_block_inputs, select_block_inputs,
+    draft_cumprod_block_inputs,
+    greedy_block_inputs,
+    sampling_block_inputs,
+    select_block_inputs,
     tree_mask_block_inputs,
 )
 from refs.select_prefixes import random_probs
@@ -33,7 +46,9 @@ TREE_MASK_OPS = ["tree_mask", "tree_mask_packed"]
 
 
 def test_library_has_the_cuda_kernels():
-    assert tetris_ext.BUILT_WITH_CUDA, "a GPU is present but the library was built without CUDA (TETRIS_CUDA=on)"
+    assert tetris_ext.BUILT_WITH_CUDA, (
+        "a GPU is present but the library was built without CUDA (TETRIS_CUDA=on)"
+    )
     for name in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tetris::{name}", "CUDA"), name
 
@@ -45,7 +60,9 @@ def test_first_argument_on_the_cpu_raises(name):
     inputs = to_device(small_inputs(name), "cuda")
     first = next(k for k, v in inputs.items() if isinstance(v, torch.Tensor))
     inputs[first] = inputs[first].cpu()
-    with pytest.raises(ValueError, match=rf"{name}: argument '\w+': expected a tensor on cpu \(the device of '{first}'\)"):
+    with pytest.raises(
+        ValueError, match=rf"{name}: argument '\w+': expected a tensor on cpu \(the device of '{first}'\)"
+    ):
         getattr(torch.ops.tetris, name)(**inputs)
 
 
@@ -59,26 +76,51 @@ def case(name, build, label):
 
 CASES = [
     case("draft_cumprod", lambda seed: draft_cumprod_block_inputs(3, 5, 37, seed=seed), "small-tree"),
-    case("draft_cumprod", lambda seed: draft_cumprod_block_inputs(
-        64, 8, 32000, torch.bfloat16, tree=False, seed=seed, specials=False, invalid_rate=0.02), "bench-chains-bf16"),
-    case("select", lambda seed: select_block_inputs(64, 33, 700, style="ties", caps=True, seed=seed), "ties-caps"),
-    case("select", lambda seed: select_block_inputs(256, 16, 2048, tree=False, seed=seed), "chains-shared-memory"),
-    case("select", lambda seed: select_block_inputs(1024, 64, 8192, caps=True, min_score=-40.0, seed=seed),
-         "global-workspace"),
+    case(
+        "draft_cumprod",
+        lambda seed: draft_cumprod_block_inputs(
+            64, 8, 32000, torch.bfloat16, tree=False, seed=seed, specials=False, invalid_rate=0.02
+        ),
+        "bench-chains-bf16",
+    ),
+    case(
+        "select",
+        lambda seed: select_block_inputs(64, 33, 700, style="ties", caps=True, seed=seed),
+        "ties-caps",
+    ),
+    case(
+        "select",
+        lambda seed: select_block_inputs(256, 16, 2048, tree=False, seed=seed),
+        "chains-shared-memory",
+    ),
+    case(
+        "select",
+        lambda seed: select_block_inputs(1024, 64, 8192, caps=True, min_score=-40.0, seed=seed),
+        "global-workspace",
+    ),
     *[case(name, lambda seed: tree_mask_block_inputs(40, 70, seed=seed), "trees") for name in TREE_MASK_OPS],
-    *[case(name, lambda seed: tree_mask_block_inputs(1025, 5, seed=seed, kind="chain"), "many-chains")
-      for name in TREE_MASK_OPS],
+    *[
+        case(name, lambda seed: tree_mask_block_inputs(1025, 5, seed=seed, kind="chain"), "many-chains")
+        for name in TREE_MASK_OPS
+    ],
     case("verify_greedy", lambda seed: greedy_block_inputs(33, 40, seed=seed), "many-requests"),
     case("verify_greedy", lambda seed: greedy_block_inputs(3, 1025, seed=seed), "large-blocks"),
-    case("verify_sampling", lambda seed: sampling_block_inputs(4, 17, 32000, seed=seed, draft=True, support=8),
-         "bench-draft"),
-    case("verify_sampling", lambda seed: sampling_block_inputs(3, 9, 4099, seed=seed, draft=False), "no-draft"),
+    case(
+        "verify_sampling",
+        lambda seed: sampling_block_inputs(4, 17, 32000, seed=seed, draft=True, support=8),
+        "bench-draft",
+    ),
+    case(
+        "verify_sampling", lambda seed: sampling_block_inputs(3, 9, 4099, seed=seed, draft=False), "no-draft"
+    ),
 ]
 
 EMPTY_CASES = [
     *[pytest.param(name, empty_batch, id=f"{name}-B0") for name in OPS],
-    *[pytest.param(name, no_candidates, id=f"{name}-N0")
-      for name in ["draft_cumprod", "select", "tree_mask", "tree_mask_packed"]],  # verify needs M >= 1
+    *[
+        pytest.param(name, no_candidates, id=f"{name}-N0")
+        for name in ["draft_cumprod", "select", "tree_mask", "tree_mask_packed"]
+    ],  # verify needs M >= 1
 ]
 
 
@@ -207,12 +249,17 @@ def test_select_prefixes_one_launch_on_the_current_stream_deterministic():
     probs, rows, lengths, budget = on_cuda(*select_prefixes_inputs(1024, 8, "ties", seed=2))
     caps = lengths.clone()
     stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with (
+        torch.cuda.stream(stream),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof,
+    ):
         select_prefixes(probs, rows, lengths, budget)
     stream.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and "select_prefixes" in e.name]
+    kernels = [
+        e
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and "select_prefixes" in e.name
+    ]
     assert len(kernels) == 1, [e.name for e in prof.events()]
     for _ in range(3):
         again = caps.clone()

@@ -11,7 +11,15 @@ from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.kv_cache import CustomMaskUnsupported, accepts_custom_mask
 from tetris_ext.models import noisy_copy, tiny_gemma3, tiny_llama
-from tetris_ext.policies import Autoregressive, CostAwareTetris, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
+from tetris_ext.policies import (
+    Autoregressive,
+    CostAwareTetris,
+    GoodputSD,
+    GoodputTetris,
+    StandardSD,
+    Tetris,
+    ThresholdSD,
+)
 
 VOCAB = 64
 NEW = 16
@@ -32,10 +40,15 @@ def _greedy_reference(model, prompts, max_new_tokens, eos_token_id=None):
         with torch.no_grad():
             ids = torch.tensor([prompt])
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False, eos_token_id=eos_token_id,
-                pad_token_id=0, min_new_tokens=0 if eos_token_id is not None else budget,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=eos_token_id,
+                pad_token_id=0,
+                min_new_tokens=0 if eos_token_id is not None else budget,
             )
-        outputs.append(out[0, len(prompt):].tolist())
+        outputs.append(out[0, len(prompt) :].tolist())
     return outputs
 
 
@@ -89,7 +102,14 @@ def _drafter(spec, drafts):
 @pytest.mark.parametrize("name,make_policy,drafter_spec", CASES, ids=[c[0] for c in CASES])
 def test_greedy_output_is_exactly_the_targets(llama, llama_drafts, name, make_policy, drafter_spec):
     target, prompts, reference = llama
-    result = generate(target, prompts, make_policy(), _drafter(drafter_spec, llama_drafts), max_new_tokens=NEW, max_batch_size=4)
+    result = generate(
+        target,
+        prompts,
+        make_policy(),
+        _drafter(drafter_spec, llama_drafts),
+        max_new_tokens=NEW,
+        max_batch_size=4,
+    )
     assert result.tokens == reference
     stats = result.stats
     assert stats["generated_tokens"] == NEW * len(prompts)
@@ -104,7 +124,14 @@ def test_greedy_output_is_exactly_the_targets(llama, llama_drafts, name, make_po
 
 def test_per_step_records_add_up(llama, llama_drafts):
     target, prompts, reference = llama
-    result = generate(target, prompts, Tetris(2, 1), ModelDrafter(llama_drafts["noisy"], 3), max_new_tokens=NEW, max_batch_size=4)
+    result = generate(
+        target,
+        prompts,
+        Tetris(2, 1),
+        ModelDrafter(llama_drafts["noisy"], 3),
+        max_new_tokens=NEW,
+        max_batch_size=4,
+    )
     stats = result.stats
     assert sum(sum(s["accepted"]) for s in stats["per_step"]) == stats["accepted_tokens"]
     assert sum(sum(s["verified"]) for s in stats["per_step"]) == stats["verified_tokens"]
@@ -124,9 +151,14 @@ def test_eos_stops_each_request_where_the_target_does(llama, llama_drafts):
     eos = full[0][3]
     reference = _greedy_reference(target, prompts, [NEW] * len(prompts), eos_token_id=eos)
     assert any(len(r) < NEW for r in reference)
-    for policy, drafter in ((Autoregressive(), None), (Tetris(2, 2), ModelDrafter(llama_drafts["noisy"], 4)),
-                            (StandardSD(3), ModelDrafter(llama_drafts["same"], 3, tree_width=2))):
-        result = generate(target, prompts, policy, drafter, max_new_tokens=NEW, max_batch_size=3, eos_token_id=eos)
+    for policy, drafter in (
+        (Autoregressive(), None),
+        (Tetris(2, 2), ModelDrafter(llama_drafts["noisy"], 4)),
+        (StandardSD(3), ModelDrafter(llama_drafts["same"], 3, tree_width=2)),
+    ):
+        result = generate(
+            target, prompts, policy, drafter, max_new_tokens=NEW, max_batch_size=3, eos_token_id=eos
+        )
         assert result.tokens == reference
 
 
@@ -135,8 +167,12 @@ def test_continuous_batching_with_a_queue_and_per_prompt_budgets(llama, llama_dr
     prompts = _prompts(7, (4, 11, 2, 8, 6, 1, 13, 5, 9))
     budgets = [3, 20, 7, 1, 12, 16, 5, 9, 2]
     reference = _greedy_reference(target, prompts, budgets)
-    for policy, drafter in ((Autoregressive(), None), (Tetris(2, 2), ModelDrafter(llama_drafts["noisy"], 4)),
-                            (GoodputTetris(4), NgramDrafter(4)), (StandardSD(2), ModelDrafter(llama_drafts["noisy"], 4, tree_width=2))):
+    for policy, drafter in (
+        (Autoregressive(), None),
+        (Tetris(2, 2), ModelDrafter(llama_drafts["noisy"], 4)),
+        (GoodputTetris(4), NgramDrafter(4)),
+        (StandardSD(2), ModelDrafter(llama_drafts["noisy"], 4, tree_width=2)),
+    ):
         result = generate(target, prompts, policy, drafter, max_new_tokens=budgets, max_batch_size=3)
         assert result.tokens == reference
         sizes = [len(s["requests"]) for s in result.stats["per_step"]]
@@ -147,7 +183,9 @@ def test_continuous_batching_with_a_queue_and_per_prompt_budgets(llama, llama_dr
             for r in s["requests"]:
                 first_step.setdefault(r, i)
         assert sorted(first_step) == list(range(len(prompts)))
-        assert [first_step[r] for r in range(len(prompts))] == sorted(first_step[r] for r in range(len(prompts)))
+        assert [first_step[r] for r in range(len(prompts))] == sorted(
+            first_step[r] for r in range(len(prompts))
+        )
 
 
 def test_capacity_tetris_never_verifies_more_than_its_capacity(llama, llama_drafts):
@@ -180,8 +218,12 @@ def test_gemma3_with_sliding_window_masks():
     draft = noisy_copy(target, 0.1, seed=2)
     prompts = _prompts(3, (6, 2, 9, 4))
     reference = _greedy_reference(target, prompts, [NEW] * len(prompts))
-    for policy, drafter in ((Autoregressive(), None), (StandardSD(3), ModelDrafter(draft, 4)),
-                            (Tetris(2, 2), ModelDrafter(draft, 5, tree_width=2)), (GoodputTetris(4), NgramDrafter(4))):
+    for policy, drafter in (
+        (Autoregressive(), None),
+        (StandardSD(3), ModelDrafter(draft, 4)),
+        (Tetris(2, 2), ModelDrafter(draft, 5, tree_width=2)),
+        (GoodputTetris(4), NgramDrafter(4)),
+    ):
         result = generate(target, prompts, policy, drafter, max_new_tokens=NEW, max_batch_size=3)
         assert result.tokens == reference, policy.name
 
@@ -211,7 +253,14 @@ def test_model_without_custom_masks_decodes_chains_and_refuses_trees(llama):
     plain.eval()
     assert accepts_custom_mask(target) and not accepts_custom_mask(plain)
     # Chains work through 2D padding masks, exactly.
-    result = generate(plain, prompts, StandardSD(2), ModelDrafter(noisy_copy(target, 0.05, seed=1), 3), max_new_tokens=NEW, max_batch_size=4)
+    result = generate(
+        plain,
+        prompts,
+        StandardSD(2),
+        ModelDrafter(noisy_copy(target, 0.05, seed=1), 3),
+        max_new_tokens=NEW,
+        max_batch_size=4,
+    )
     assert result.tokens == reference
     result = generate(plain, prompts, Tetris(2, 1), NgramDrafter(4), max_new_tokens=NEW, max_batch_size=4)
     assert result.tokens == reference

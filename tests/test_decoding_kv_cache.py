@@ -8,7 +8,6 @@ import tetris_ext  # noqa: F401
 from tetris_ext.kv_cache import RaggedKVCache, accepts_custom_mask
 from tetris_ext.models import tiny_gemma3, tiny_llama
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
@@ -28,8 +27,9 @@ def _next_logits(cache, texts):
     B = len(texts)
     tokens = torch.tensor([[t[-1]] for t in texts])
     positions = torch.tensor([[len(t) - 1] for t in texts])
-    logits = cache.forward(tokens, positions, torch.ones(B, 1, 1, dtype=torch.bool),
-                           logits_at=torch.ones(B, 1, dtype=torch.bool))
+    logits = cache.forward(
+        tokens, positions, torch.ones(B, 1, 1, dtype=torch.bool), logits_at=torch.ones(B, 1, dtype=torch.bool)
+    )
     cache.commit(torch.full((B, 1), cache.width - 1))
     return logits
 
@@ -58,7 +58,11 @@ def test_rollback_compaction_and_batch_changes_are_exact(name):
         for b in range(B):
             accepted = [0] + [1, 2][: (b + step) % 3]
             keep[b, : len(accepted)] = first + torch.tensor(accepted)
-            texts[b] = texts[b] + drafts[b, : len(accepted) - 1].tolist() + [int(torch.randint(0, 40, (1,), generator=g))]
+            texts[b] = (
+                texts[b]
+                + drafts[b, : len(accepted) - 1].tolist()
+                + [int(torch.randint(0, 40, (1,), generator=g))]
+            )
         cache.commit(keep)
         if step == 1:  # a request leaves, another joins
             cache.select_rows(torch.tensor([2, 0]))

@@ -41,7 +41,9 @@ def _exact_pair_distribution(target) -> torch.Tensor:
 
 
 def _pair_p_value(target, policy, drafter, seed=0) -> float:
-    result = generate(target, [PROMPT] * SAMPLES, policy, drafter, max_new_tokens=2, temperature=TEMPERATURE, seed=seed)
+    result = generate(
+        target, [PROMPT] * SAMPLES, policy, drafter, max_new_tokens=2, temperature=TEMPERATURE, seed=seed
+    )
     counts = torch.zeros(VOCAB * VOCAB)
     for t1, t2 in result.tokens:
         counts[t1 * VOCAB + t2] += 1
@@ -72,8 +74,18 @@ def test_sampling_output_distribution_is_the_targets(models, case):
 
 def test_sampling_draws_differ_between_seeds_and_repeat_with_the_same_seed(models):
     target, draft = models
-    runs = [generate(target, [PROMPT] * 50, StandardSD(2), ModelDrafter(draft, 2), max_new_tokens=3, temperature=1.0, seed=s).tokens
-            for s in (0, 0, 1)]
+    runs = [
+        generate(
+            target,
+            [PROMPT] * 50,
+            StandardSD(2),
+            ModelDrafter(draft, 2),
+            max_new_tokens=3,
+            temperature=1.0,
+            seed=s,
+        ).tokens
+        for s in (0, 0, 1)
+    ]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
@@ -101,7 +113,9 @@ def test_negative_control_selection_must_not_look_at_the_sampled_token(models, m
     def own_probability(requests, num_draft, temperature, generator):
         proposal = propose(requests, num_draft, temperature, generator)
         rows = proposal.draft_probs.clamp(min=1e-30).log()
-        proposal.token_logprobs, proposal.cum_logprobs = torch.ops.tetris.draft_cumprod(rows, proposal.tokens, None, 1.0)
+        proposal.token_logprobs, proposal.cum_logprobs = torch.ops.tetris.draft_cumprod(
+            rows, proposal.tokens, None, 1.0
+        )
         return proposal
 
     monkeypatch.setattr(drafter, "propose", own_probability)

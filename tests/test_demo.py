@@ -10,7 +10,6 @@ from tetris_ext import demo
 from tetris_ext.drafters import NgramDrafter
 from tetris_ext.models import tiny_llama
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
@@ -26,8 +25,15 @@ def test_bundled_prompts():
 def test_default_policies_are_the_issues_six():
     args = demo.parse_args([])
     names = [p.name for p in demo.make_policies(args)]
-    assert names == ["Autoregressive", "StandardSD(3)", "GoodputSD(6)", "ThresholdSD(0.7, 6)", "Tetris(3, 2)", "GoodputTetris(5)",
-                     "CostAwareTetris(5, padded)"]
+    assert names == [
+        "Autoregressive",
+        "StandardSD(3)",
+        "GoodputSD(6)",
+        "ThresholdSD(0.7, 6)",
+        "Tetris(3, 2)",
+        "GoodputTetris(5)",
+        "CostAwareTetris(5, padded)",
+    ]
     assert args.batch_size == 8 and args.max_new_tokens == 64
     args = demo.parse_args(["--policy", "tetris", "--k", "2", "--extra", "1", "--batch-size", "4"])
     assert [p.name for p in demo.make_policies(args)] == ["Autoregressive", "Tetris(2, 1)"]
@@ -37,9 +43,11 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path):
     target = tiny_llama(vocab_size=48, seed=2)
     g = torch.Generator().manual_seed(0)
     # Prompts with repeats, so that n-gram drafting has something to find.
-    prompts = [(torch.randint(0, 48, (4,), generator=g).tolist() * 3)[: n] for n in (5, 12, 7, 9, 3, 11)]
+    prompts = [(torch.randint(0, 48, (4,), generator=g).tolist() * 3)[:n] for n in (5, 12, 7, 9, 3, 11)]
     policies = demo.make_policies(demo.parse_args([]))
-    runs = demo.run_policies(target, prompts, policies, lambda: NgramDrafter(6), batch_size=4, max_new_tokens=8, progress=False)
+    runs = demo.run_policies(
+        target, prompts, policies, lambda: NgramDrafter(6), batch_size=4, max_new_tokens=8, progress=False
+    )
     assert [r["policy"] for r in runs] == [p.name for p in policies]
     assert runs[0]["speedup"] == 1.0
     for r in runs:

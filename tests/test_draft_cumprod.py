@@ -142,7 +142,11 @@ def test_any_layout_same_result(backend, layout, dtype):
     parents = random_parents(g, 3, 5, 0.2).int()
     expected = backend.run("draft_cumprod", logits, tokens, parents, 0.8)
     actual = backend.run(
-        "draft_cumprod", with_layout(logits, layout), with_layout(tokens, layout), with_layout(parents, layout), 0.8
+        "draft_cumprod",
+        with_layout(logits, layout),
+        with_layout(tokens, layout),
+        with_layout(parents, layout),
+        0.8,
     )
     # The CPU op gives the same bits; a kernel takes another path for strided rows (scalar
     # loads), which sums in another order.
@@ -215,7 +219,11 @@ T = torch.zeros(2, 3, dtype=torch.int64)
 @pytest.mark.parametrize(
     "args, error, match",
     [
-        ((L.double(), T, None, 1.0), TypeError, "argument 'logits': expected dtype Float or Half or BFloat16"),
+        (
+            (L.double(), T, None, 1.0),
+            TypeError,
+            "argument 'logits': expected dtype Float or Half or BFloat16",
+        ),
         ((T.view(2, 3, 1), T, None, 1.0), TypeError, "argument 'logits'"),
         ((torch.zeros(2, 3), T, None, 1.0), ValueError, "argument 'logits': expected a 3-D"),
         ((L, T.float(), None, 1.0), TypeError, "argument 'tokens': expected dtype Int or Long"),
@@ -260,7 +268,9 @@ def test_kernel_misaligned_rows(kernel_backend, dtype, offset):
     inputs = draft_cumprod_block_inputs(2, 3, 300, dtype, seed=offset)
     wide = torch.randn(2, 3, 300 + offset + 5).to(dtype)
     wide[..., offset : offset + 300] = inputs["logits"]
-    assert_matches_cpu(kernel_backend, "draft_cumprod", {**inputs, "logits": wide[..., offset : offset + 300]})
+    assert_matches_cpu(
+        kernel_backend, "draft_cumprod", {**inputs, "logits": wide[..., offset : offset + 300]}
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -276,7 +286,9 @@ def test_kernel_layouts(kernel_backend, dtype, layout):
 @pytest.mark.parametrize("B, N", DRAFT_CUMPROD_BATCH_SHAPES)
 @pytest.mark.parametrize("tree", [False, True])
 def test_kernel_batch_shapes(kernel_backend, B, N, tree):
-    assert_matches_cpu(kernel_backend, "draft_cumprod", draft_cumprod_block_inputs(B, N, 6, tree=tree, seed=B * N))
+    assert_matches_cpu(
+        kernel_backend, "draft_cumprod", draft_cumprod_block_inputs(B, N, 6, tree=tree, seed=B * N)
+    )
 
 
 def test_kernel_empty(kernel_backend):
@@ -293,8 +305,15 @@ def test_kernel_bench_shape(emulated, dtype):
 
 # The bench shape, and B * N * V above 10^8 (the bandwidth target's regime), V of a 128k
 # vocabulary: too large for the emulator.
-@pytest.mark.parametrize("B, N, V, dtype", [(64, 8, 32000, torch.float32), (64, 8, 32000, torch.bfloat16),
-                                            (256, 16, 32000, torch.bfloat16), (16, 8, 128256, torch.float16)])
+@pytest.mark.parametrize(
+    "B, N, V, dtype",
+    [
+        (64, 8, 32000, torch.float32),
+        (64, 8, 32000, torch.bfloat16),
+        (256, 16, 32000, torch.bfloat16),
+        (16, 8, 128256, torch.float16),
+    ],
+)
 def test_cuda_large(cuda, B, N, V, dtype):
     inputs = draft_cumprod_block_inputs(B, N, V, dtype, seed=V, specials=False, invalid_rate=0.02)
     assert_matches_cpu(cuda, "draft_cumprod", inputs)

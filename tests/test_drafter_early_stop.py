@@ -48,11 +48,16 @@ def _run(target, draft, prompts, policy, **drafter_options):
 
 
 @pytest.mark.parametrize("tree_width", [1, 2])
-@pytest.mark.parametrize("make_policy, floor", [
-    (lambda: ThresholdSD(0.7, 4), 0.3),  # ThresholdSD(t) verifies while the path probability >= 1 - t
-    (lambda: Tetris(2, 2, min_prob=0.4), 0.4),
-])
-def test_a_floor_at_the_policys_own_floor_selects_the_same_for_fewer_draft_forwards(pair, make_policy, floor, tree_width):
+@pytest.mark.parametrize(
+    "make_policy, floor",
+    [
+        (lambda: ThresholdSD(0.7, 4), 0.3),  # ThresholdSD(t) verifies while the path probability >= 1 - t
+        (lambda: Tetris(2, 2, min_prob=0.4), 0.4),
+    ],
+)
+def test_a_floor_at_the_policys_own_floor_selects_the_same_for_fewer_draft_forwards(
+    pair, make_policy, floor, tree_width
+):
     target, draft, prompts = pair
     full, full_feeds = _run(target, draft, prompts, make_policy(), tree_width=tree_width)
     cut, cut_feeds = _run(target, draft, prompts, make_policy(), tree_width=tree_width, min_path_prob=floor)
@@ -66,8 +71,10 @@ def test_a_floor_at_the_policys_own_floor_selects_the_same_for_fewer_draft_forwa
 
 
 @pytest.mark.parametrize("tree_width", [1, 2])
-@pytest.mark.parametrize("options", [dict(min_mean_path_prob=0.6), dict(min_path_prob=0.9),
-                                     dict(min_path_prob=0.3, min_mean_path_prob=0.4)])
+@pytest.mark.parametrize(
+    "options",
+    [dict(min_mean_path_prob=0.6), dict(min_path_prob=0.9), dict(min_path_prob=0.3, min_mean_path_prob=0.4)],
+)
 def test_stopping_early_keeps_greedy_decoding_exact(pair, options, tree_width):
     target, draft, prompts = pair
     reference = generate(target, prompts, Autoregressive(), max_new_tokens=12, max_batch_size=4).tokens
@@ -80,8 +87,11 @@ def test_the_cut_levels_are_not_drafted(pair, tree_width):
     target, draft, _ = pair
     requests = [R(0, [1, 2, 3, 4]), R(1, [5, 6])]
     sizes = {}
-    for name, options in {"none": {}, "never": dict(min_mean_path_prob=0.0),
-                          "always": dict(min_mean_path_prob=1.0)}.items():
+    for name, options in {
+        "none": {},
+        "never": dict(min_mean_path_prob=0.0),
+        "always": dict(min_mean_path_prob=1.0),
+    }.items():
         drafter = ModelDrafter(draft, 6, tree_width=tree_width, **options)
         drafter.add([R(r.index, list(r.tokens)) for r in requests])
         proposal = drafter.propose(requests, num_draft=6)

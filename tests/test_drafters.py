@@ -13,7 +13,6 @@ from tetris_ext.models import tiny_llama
 from tetris_ext.policies import Tetris
 from tetris_ext.proposal import Outcome
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
@@ -54,7 +53,10 @@ def test_ngram_drafter_proposal_layout():
     assert proposal.parents is None and proposal.draft_probs is None
     assert proposal.features.shape == (3, 3, 4)
     valid = proposal.tokens >= 0
-    assert torch.isinf(proposal.token_logprobs[~valid]).all() and torch.isinf(proposal.cum_logprobs[~valid]).all()
+    assert (
+        torch.isinf(proposal.token_logprobs[~valid]).all()
+        and torch.isinf(proposal.cum_logprobs[~valid]).all()
+    )
     assert (proposal.token_logprobs[valid] < 0).all()
     torch.testing.assert_close(proposal.cum_logprobs[0], proposal.token_logprobs[0].cumsum(0))
     # The same raw features give the same probabilities through the calibration.
@@ -144,9 +146,15 @@ def model():
 
 
 def _greedy(model, tokens, n):
-    out = model.generate(torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
-                         max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(tokens):].tolist()
+    out = model.generate(
+        torch.tensor([tokens]),
+        attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[0, len(tokens) :].tolist()
 
 
 def test_model_drafter_chain_is_the_draft_models_greedy_continuation(model):

@@ -42,8 +42,19 @@ def harness_output(request, tmp_path_factory):
     binary = tmp_path_factory.mktemp("emu") / "emu_harness"
     defines = ["-DTETRIS_EMU_UCONTEXT=1"] if request.param == "ucontext" else []
     subprocess.run(
-        [compiler, "-std=c++20", "-O1", "-Wall", "-Wextra", "-Werror", *defines,
-         f"-I{ROOT / 'csrc'}", str(SOURCE), "-o", str(binary)],
+        [
+            compiler,
+            "-std=c++20",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            *defines,
+            f"-I{ROOT / 'csrc'}",
+            str(SOURCE),
+            "-o",
+            str(binary),
+        ],
         check=True,
     )
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)

@@ -8,7 +8,14 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.drafters import NgramDrafter
-from tetris_ext.estimators import FEATURES, PRIOR_WEIGHTS, ConstantRate, NgramLogistic, fit_logistic, token_class_table
+from tetris_ext.estimators import (
+    FEATURES,
+    PRIOR_WEIGHTS,
+    ConstantRate,
+    NgramLogistic,
+    fit_logistic,
+    token_class_table,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +53,9 @@ def test_online_learning_moves_a_wrong_prior_toward_the_truth():
     before = model.predict_batch(features[:500], list(range(500)))[:, 0]
     for lo in range(0, 6000, 100):  # steps of 100 requests, one token each
         ids = list(range(lo, lo + 100))
-        model.update_batch(features[lo:lo + 100], ids, torch.ones(100, 1, dtype=torch.bool), accepted[lo:lo + 100, None])
+        model.update_batch(
+            features[lo : lo + 100], ids, torch.ones(100, 1, dtype=torch.bool), accepted[lo : lo + 100, None]
+        )
         for r in ids:
             model.forget(r)
     after = model.predict_batch(features[:500], list(range(500)))[:, 0]
@@ -65,12 +74,18 @@ def test_batched_equals_per_request():
     ids = [10, 11, 12, 13, 14]
     batched.update_batch(features, ids, tested, accepted, tokens)
     for b, r in enumerate(ids):
-        single.update_batch(features[b:b + 1], [r], tested[b:b + 1], accepted[b:b + 1], tokens[b:b + 1])
+        single.update_batch(
+            features[b : b + 1], [r], tested[b : b + 1], accepted[b : b + 1], tokens[b : b + 1]
+        )
     together = batched.predict_batch(features, ids, tokens)
-    one_by_one = torch.cat([single.predict_batch(features[b:b + 1], [r], tokens[b:b + 1]) for b, r in enumerate(ids)])
+    one_by_one = torch.cat(
+        [single.predict_batch(features[b : b + 1], [r], tokens[b : b + 1]) for b, r in enumerate(ids)]
+    )
     torch.testing.assert_close(together, one_by_one)
     # A request's history moves its own estimates only.
-    assert not torch.equal(together, NgramLogistic(learning_rate=0.0, token_classes=classes).predict_batch(features, ids, tokens))
+    assert not torch.equal(
+        together, NgramLogistic(learning_rate=0.0, token_classes=classes).predict_batch(features, ids, tokens)
+    )
 
 
 def test_request_history_raises_and_lowers_estimates_and_starts_at_the_prior():
@@ -79,7 +94,9 @@ def test_request_history_raises_and_lowers_estimates_and_starts_at_the_prior():
     fresh = model.predict_batch(features, [1, 2])
     assert fresh[0, 0] == fresh[1, 0]  # no history: the same estimate
     for _ in range(5):
-        model.update_batch(features, [1, 2], torch.ones(2, 1, dtype=torch.bool), torch.tensor([[True], [False]]))
+        model.update_batch(
+            features, [1, 2], torch.ones(2, 1, dtype=torch.bool), torch.tensor([[True], [False]])
+        )
     after = model.predict_batch(features, [1, 2])
     assert after[0, 0] > fresh[0, 0] > after[1, 0]
 
@@ -89,7 +106,9 @@ def test_memory_is_released_and_slots_are_reused():
     features = torch.ones(4, 2, 4)
     for wave in range(50):
         ids = list(range(4 * wave, 4 * wave + 4))
-        model.update_batch(features, ids, torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2, dtype=torch.bool))
+        model.update_batch(
+            features, ids, torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2, dtype=torch.bool)
+        )
         for r in ids:
             model.forget(r)
     assert model.tracked_requests == 0
@@ -139,12 +158,21 @@ def test_token_classes_and_constant_rate():
 def test_flat_list_interface_equals_the_batched_one():
     g = torch.Generator().manual_seed(5)
     features = torch.rand(3, 4, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 4.0])
-    tested = torch.tensor([[True, True, False, False], [True, False, False, False], [True, True, True, False]])
-    accepted = torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, False, False]])
+    tested = torch.tensor(
+        [[True, True, False, False], [True, False, False, False], [True, True, True, False]]
+    )
+    accepted = torch.tensor(
+        [[True, False, False, False], [False, False, False, False], [True, True, False, False]]
+    )
     batched, lists = NgramLogistic(learning_rate=0.01), NgramLogistic(learning_rate=0.01)
     batched.update_batch(features, [4, 5, 6], tested, accepted)
     flat = [(b, n) for b in range(3) for n in range(4) if tested[b, n]]
-    lists.update_many([tuple(features[b, n].tolist()) for b, n in flat], [[4, 5, 6][b] for b, _ in flat],
-                      [bool(accepted[b, n]) for b, n in flat])
+    lists.update_many(
+        [tuple(features[b, n].tolist()) for b, n in flat],
+        [[4, 5, 6][b] for b, _ in flat],
+        [bool(accepted[b, n]) for b, n in flat],
+    )
     torch.testing.assert_close(lists.weights, batched.weights)
-    torch.testing.assert_close(lists.predict_many(features, [4, 5, 6]), batched.predict_batch(features, [4, 5, 6]))
+    torch.testing.assert_close(
+        lists.predict_many(features, [4, 5, 6]), batched.predict_batch(features, [4, 5, 6])
+    )

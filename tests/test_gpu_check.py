@@ -24,14 +24,23 @@ spec.loader.exec_module(gpu_check)
 
 
 def test_dry_run_plans_every_stage_and_collects_every_selection(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     for stage in ["build", "tests", "bench", "memcheck", "racecheck"]:
         assert f"[gpu-check] {stage}: planned" in done.stdout, done.stdout
     summary = (tmp_path / "summary.md").read_text()
-    counts = {name: int(n) for name, n in
-              __import__("re").findall(r"\| (tests|memcheck|racecheck) \| planned \| [\d.]+ \| \d+ \| (\d+) tests collected", summary)}
+    counts = {
+        name: int(n)
+        for name, n in __import__("re").findall(
+            r"\| (tests|memcheck|racecheck) \| planned \| [\d.]+ \| \d+ \| (\d+) tests collected", summary
+        )
+    }
     assert set(counts) == {"tests", "memcheck", "racecheck"}, summary
     # the sanitizer selections are proper subsets of the CUDA tests, the full run has more
     assert 0 < counts["racecheck"] < counts["memcheck"] < counts["tests"], counts
@@ -61,9 +70,11 @@ def stage(tmp_path, code: str, name="probe"):
 
 def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):
     pid_file = tmp_path / "child.pid"
-    code = ("import subprocess, sys, time; "
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)")
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(60)"
+    )
     start = time.monotonic()
     result = gpu_check.run_stage(stage(tmp_path, code), tmp_path, limit_s=3)
     assert result.status == "timeout" and 2.5 < time.monotonic() - start < 20
@@ -97,15 +108,39 @@ def test_a_long_log_is_cut_in_the_middle(tmp_path):
 
 
 def test_summary_reports_stages_tests_sanitizers_and_bench(tmp_path):
-    (tmp_path / "tests.log").write_text("FAILED tests/test_cuda.py::test_x - AssertionError\n"
-                                        "======= 1 failed, 410 passed in 61.20s (0:01:01) =======\n")
+    (tmp_path / "tests.log").write_text(
+        "FAILED tests/test_cuda.py::test_x - AssertionError\n"
+        "======= 1 failed, 410 passed in 61.20s (0:01:01) =======\n"
+    )
     (tmp_path / "memcheck.log").write_text("========= ERROR SUMMARY: 0 errors\n=== 30 passed in 80.1s ===\n")
-    rows = [{"op": "select", "shape": {"B": 256, "N": 16}, "status": "ok", "ours_s": 9e-6, "baseline_name": "composite",
-             "ratio": 5.0, "topk_budget_s": 3e-5, "topk_budget_ratio": 3.3},
-            {"op": "draft_cumprod", "shape": {"B": 64}, "status": "ok", "ours_s": 1e-4, "baseline_name": "b",
-             "ratio": 2.0, "ours_GBps": 3000.0, "read_GBps": 4000.0, "read_ratio": 0.75}]
+    rows = [
+        {
+            "op": "select",
+            "shape": {"B": 256, "N": 16},
+            "status": "ok",
+            "ours_s": 9e-6,
+            "baseline_name": "composite",
+            "ratio": 5.0,
+            "topk_budget_s": 3e-5,
+            "topk_budget_ratio": 3.3,
+        },
+        {
+            "op": "draft_cumprod",
+            "shape": {"B": 64},
+            "status": "ok",
+            "ours_s": 1e-4,
+            "baseline_name": "b",
+            "ratio": 2.0,
+            "ours_GBps": 3000.0,
+            "read_GBps": 4000.0,
+            "read_ratio": 0.75,
+        },
+    ]
     (tmp_path / "ops_cuda.json").write_text(json.dumps({"rows": rows}))
-    results = [gpu_check.Result("build", "passed", 70.0, 180), gpu_check.Result("tests", "failed", 61, 150, "exit status 1")]
+    results = [
+        gpu_check.Result("build", "passed", 70.0, 180),
+        gpu_check.Result("tests", "failed", 61, 150, "exit status 1"),
+    ]
     text = gpu_check.write_summary(tmp_path, results, "# header")
     assert "| build | passed | 70.0 | 180 |" in text and "| tests | failed |" in text
     assert "1 failed, 410 passed in 61.20s (0:01:01)" in text and "FAILED tests/test_cuda.py::test_x" in text
@@ -117,18 +152,25 @@ def test_summary_reports_stages_tests_sanitizers_and_bench(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_without_a_gpu_a_real_run_stops_at_once(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 2 and "no CUDA device" in done.stdout
     assert not list(tmp_path.iterdir())
 
 
 def test_run_all_skips_what_depends_on_a_failed_stage_and_a_missing_sanitizer(tmp_path):
-    stages = [stage(tmp_path, "import sys; sys.exit(1)", "build"),
-              gpu_check.Stage("tests", 5, [sys.executable, "-c", "pass"], "tests.log", needs=("build",)),
-              stage(tmp_path, "print('timed')", "bench"),
-              gpu_check.Stage("memcheck", 5, [sys.executable, "-c", "pass"], "memcheck.log"),
-              gpu_check.Stage("racecheck", 5, [sys.executable, "-c", "pass"], "racecheck.log")]
+    stages = [
+        stage(tmp_path, "import sys; sys.exit(1)", "build"),
+        gpu_check.Stage("tests", 5, [sys.executable, "-c", "pass"], "tests.log", needs=("build",)),
+        stage(tmp_path, "print('timed')", "bench"),
+        gpu_check.Stage("memcheck", 5, [sys.executable, "-c", "pass"], "memcheck.log"),
+        gpu_check.Stage("racecheck", 5, [sys.executable, "-c", "pass"], "racecheck.log"),
+    ]
     results = gpu_check.run_all(stages, tmp_path, sys.executable, None, time.monotonic())
     status = {r.name: (r.status, r.note) for r in results}
     assert status["build"] == ("failed", "exit status 1")

@@ -15,10 +15,23 @@ import pytest
 import torch
 
 from refs.backends import (
-    BAD_ARGUMENTS, OPS, OTHER_DEVICE_ARGUMENTS, assert_deterministic, assert_matches_cpu,
-    assert_matches_cpu_on_examples, assert_outputs_match, assert_rejects_like_cpu, assert_rejects_other_device,
-    assert_replay_follows_inputs, assert_replay_of_empty_shapes, bad_inputs, empty_batch, no_candidates,
-    rerun_eagerly, same_layout_on, small_inputs,
+    BAD_ARGUMENTS,
+    OPS,
+    OTHER_DEVICE_ARGUMENTS,
+    assert_deterministic,
+    assert_matches_cpu,
+    assert_matches_cpu_on_examples,
+    assert_outputs_match,
+    assert_rejects_like_cpu,
+    assert_rejects_other_device,
+    assert_replay_follows_inputs,
+    assert_replay_of_empty_shapes,
+    bad_inputs,
+    empty_batch,
+    no_candidates,
+    rerun_eagerly,
+    same_layout_on,
+    small_inputs,
 )
 from refs.draft_cumprod import draft_cumprod_inputs
 from refs.layouts import with_layout
@@ -27,7 +40,9 @@ from refs.select import select_inputs
 # The op tests' random inputs (tests/refs strategies), and larger ones, with how many examples.
 RANDOM_INPUTS = [
     pytest.param("draft_cumprod", draft_cumprod_inputs(), 200, id="draft_cumprod"),
-    pytest.param("draft_cumprod", draft_cumprod_inputs(max_batch=40, max_candidates=40), 40, id="draft_cumprod-larger"),
+    pytest.param(
+        "draft_cumprod", draft_cumprod_inputs(max_batch=40, max_candidates=40), 40, id="draft_cumprod-larger"
+    ),
     pytest.param("select", select_inputs(), 300, id="select"),
     pytest.param("select", select_inputs(max_batch=70, max_candidates=40), 60, id="select-larger"),
 ]
@@ -86,13 +101,16 @@ def frozen_at_record_time(call):
 @pytest.mark.parametrize("name", OPS)
 def test_replay_check_catches_values_read_at_record_time(emulated, name):
     with pytest.raises(AssertionError):
-        assert_replay_follows_inputs(emulated, name, small_inputs(name, 1), small_inputs(name, 2),
-                                     frozen_at_record_time)
+        assert_replay_follows_inputs(
+            emulated, name, small_inputs(name, 1), small_inputs(name, 2), frozen_at_record_time
+        )
 
 
 def test_replay_check_refuses_inputs_that_prove_nothing(emulated):
     with pytest.raises(AssertionError, match="prove nothing"):
-        assert_replay_follows_inputs(emulated, "select", small_inputs("select"), small_inputs("select"), rerun_eagerly)
+        assert_replay_follows_inputs(
+            emulated, "select", small_inputs("select"), small_inputs("select"), rerun_eagerly
+        )
 
 
 def test_output_comparison_fails_on_any_difference():

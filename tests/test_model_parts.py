@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from tetris_ext.model_parts import MissingPartsError, PartsMismatchError, SplitGGUF, assemble, part_paths
 from tetris_ext import models
+from tetris_ext.model_parts import MissingPartsError, PartsMismatchError, SplitGGUF, assemble, part_paths
 from tetris_ext.models import QWEN25_CODER, load_qwen25_coder
 
 _unique = itertools.count()
@@ -32,8 +32,14 @@ def make_parts(root, chunks: list[bytes], skip=()):
             f"    return os.path.join(here, 'data', 'part{i:02d}.bin')\n"
         )
     whole = b"".join(chunks)
-    return SplitGGUF(f"fake{n}.gguf", module_prefix, package_prefix, len(chunks), len(whole),
-                     hashlib.sha256(whole).hexdigest())
+    return SplitGGUF(
+        f"fake{n}.gguf",
+        module_prefix,
+        package_prefix,
+        len(chunks),
+        len(whole),
+        hashlib.sha256(whole).hexdigest(),
+    )
 
 
 @pytest.fixture
@@ -66,7 +72,9 @@ def test_existing_file_of_right_size_is_reused(parts_root, tmp_path):
 
 def test_size_mismatch_is_reported_without_writing(parts_root, tmp_path):
     spec = make_parts(parts_root, CHUNKS)
-    wrong = SplitGGUF(spec.filename, spec.module_prefix, spec.package_prefix, spec.count, spec.size + 1, spec.sha256)
+    wrong = SplitGGUF(
+        spec.filename, spec.module_prefix, spec.package_prefix, spec.count, spec.size + 1, spec.sha256
+    )
     with pytest.raises(PartsMismatchError, match=f"add up to {spec.size} bytes, expected {spec.size + 1}"):
         assemble(wrong, tmp_path / spec.filename)
     assert list(tmp_path.glob("*.gguf*")) == []
@@ -101,8 +109,9 @@ def test_missing_part_file_is_reported(parts_root, tmp_path):
 
 def test_qwen_specs_match_the_extra():
     # the pyproject extra lists exactly the packages the loader asks for
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     extra = pyproject["project"]["optional-dependencies"]["qwen"]

@@ -26,8 +26,14 @@ def test_ngram_index_matches_ngram_match():
 def test_update_many_equals_update():
     rng = random.Random(1)
     a, b = AcceptanceCalibration(), AcceptanceCalibration()
-    rows = [((rng.randrange(1, 5), rng.randrange(1, 9), rng.random(), rng.randrange(1, 6)), rng.randrange(3),
-             rng.random() < 0.6) for _ in range(100)]
+    rows = [
+        (
+            (rng.randrange(1, 5), rng.randrange(1, 9), rng.random(), rng.randrange(1, 6)),
+            rng.randrange(3),
+            rng.random() < 0.6,
+        )
+        for _ in range(100)
+    ]
     for f, r, y in rows:
         a.update(torch.tensor([f]), r, torch.tensor([y]))
     b.update_many([f for f, _, _ in rows], [r for _, r, _ in rows], [y for _, _, y in rows])

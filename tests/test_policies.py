@@ -53,7 +53,9 @@ def test_standard_sd_verifies_the_first_k_of_every_request():
 
 
 def test_tetris_moves_capacity_to_the_confident_requests():
-    proposal = chain_proposal([[0.9, 0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    proposal = chain_proposal(
+        [[0.9, 0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5, 0.5]]
+    )
     policy = Tetris(2, 3)
     assert policy.num_draft(3) == 5 and policy.budget(3) == 6
     selected = policy.choose(proposal)
@@ -93,7 +95,9 @@ def test_threshold_sd_stops_each_request_at_its_threshold():
 
 
 def _feed(policy, B, verified, accepted, seconds):
-    policy.observe(StepFeedback(torch.tensor(verified), torch.tensor(accepted), B * (1 + max(verified)), 0.0, seconds))
+    policy.observe(
+        StepFeedback(torch.tensor(verified), torch.tensor(accepted), B * (1 + max(verified)), 0.0, seconds)
+    )
 
 
 def test_latency_model_recovers_a_linear_cost():
@@ -153,8 +157,15 @@ def test_policies_never_select_padding_or_invalid_candidates():
 
 
 def test_invalid_arguments():
-    for make in (lambda: StandardSD(0), lambda: Tetris(), lambda: Tetris(2, capacity=3), lambda: Tetris(2, -1),
-                 lambda: Tetris(2, 1, min_prob=2.0), lambda: ThresholdSD(1.5), lambda: GoodputSD(0),
-                 lambda: GoodputTetris(0)):
+    for make in (
+        lambda: StandardSD(0),
+        lambda: Tetris(),
+        lambda: Tetris(2, capacity=3),
+        lambda: Tetris(2, -1),
+        lambda: Tetris(2, 1, min_prob=2.0),
+        lambda: ThresholdSD(1.5),
+        lambda: GoodputSD(0),
+        lambda: GoodputTetris(0),
+    ):
         with pytest.raises(ValueError):
             make()

@@ -24,13 +24,22 @@ def build_and_run(source: Path, out_dir: Path) -> subprocess.CompletedProcess:
         pytest.skip("g++ is not installed")
     binary = out_dir / source.stem
     subprocess.run(
-        [compiler, "-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)],
+        [
+            compiler,
+            "-std=c++20",
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            f"-I{ROOT / 'csrc'}",
+            str(source),
+            "-o",
+            str(binary),
+        ],
         check=True,
     )
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
-               UBSAN_OPTIONS="print_stacktrace=1")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     return subprocess.run([str(binary)], capture_output=True, text=True, timeout=300, env=env)
 
 

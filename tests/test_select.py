@@ -26,6 +26,7 @@ from refs.select import (
     select_walk,
 )
 
+
 def run(kw, backend=CPU):
     args = (kw["scores"], kw["budget"], kw["parents"], kw["max_per_request"], kw["min_score"])
     return backend.run("select", *args)
@@ -218,8 +219,14 @@ def test_any_layout_same_result(backend, layout):
     parents = random_parents(g, 7, 9, 0.1)
     caps = torch.randint(-1, 10, (7,), generator=g)
     expected = CPU.run("select", scores, 20, parents, caps, -2.0)
-    actual = backend.run("select", with_layout(scores, layout), 20, with_layout(parents, layout),
-                         with_layout(caps, layout), -2.0)
+    actual = backend.run(
+        "select",
+        with_layout(scores, layout),
+        20,
+        with_layout(parents, layout),
+        with_layout(caps, layout),
+        -2.0,
+    )
     assert_same(actual, expected)
 
 
@@ -234,7 +241,13 @@ def test_deterministic(backend):
 def opcheck_inputs():
     g = torch.Generator().manual_seed(13)
     yield (random_scores(g, 4, 6, "paths", 0.0), 9, None, None, None)
-    yield (random_scores(g, 4, 6, "ties", 0.1), 5, random_parents(g, 4, 6, 0.1), torch.tensor([1, 2, 0, 9]), -1.0)
+    yield (
+        random_scores(g, 4, 6, "ties", 0.1),
+        5,
+        random_parents(g, 4, 6, 0.1),
+        torch.tensor([1, 2, 0, 9]),
+        -1.0,
+    )
     yield (random_scores(g, 3, 5, "any", 0.2), 0, random_parents(g, 3, 5, 0.0).int(), None, None)
     yield (torch.zeros(0, 4), 2, None, torch.zeros(0, dtype=torch.int64), None)
 
@@ -263,7 +276,11 @@ S = torch.zeros(2, 3)
         ((S, 1, torch.zeros(6, dtype=torch.long), None, None), ValueError, "argument 'parents'.*2-D"),
         ((S, 1, None, torch.zeros(2), None), TypeError, "argument 'max_per_request'.*Int or Long"),
         ((S, 1, None, torch.zeros(3, dtype=torch.int32), None), ValueError, "argument 'max_per_request'.*B"),
-        ((S, 1, None, torch.zeros(2, 1, dtype=torch.int32), None), ValueError, "argument 'max_per_request'.*1-D"),
+        (
+            (S, 1, None, torch.zeros(2, 1, dtype=torch.int32), None),
+            ValueError,
+            "argument 'max_per_request'.*1-D",
+        ),
         ((S, 1, None, None, float("nan")), ValueError, "argument 'min_score'.*NaN"),
     ],
 )
@@ -307,14 +324,18 @@ def test_kernel_bench_shapes(kernel_backend, N, budget, style):
 
 def test_kernel_budget_extremes(kernel_backend):
     for budget in [0, 1, 299, 300, 301, 10**9]:
-        assert_matches_cpu(kernel_backend, "select", select_block_inputs(10, 30, budget, style="ties", caps=True))
+        assert_matches_cpu(
+            kernel_backend, "select", select_block_inputs(10, 30, budget, style="ties", caps=True)
+        )
 
 
 # B * N up to 2^18 (the global-memory path, many blocks of keys): too large for the emulator.
 @pytest.mark.parametrize("B, N, budget", [(4096, 64, 100000), (16384, 16, 5000)])
 @pytest.mark.parametrize("style", ["ties", "paths"])
 def test_cuda_large(cuda, B, N, budget, style):
-    assert_matches_cpu(cuda, "select", select_block_inputs(B, N, budget, style=style, caps=True, min_score=-40.0))
+    assert_matches_cpu(
+        cuda, "select", select_block_inputs(B, N, budget, style=style, caps=True, min_score=-40.0)
+    )
 
 
 # Threads in the opposite order (the harness's reverse schedule) give the same answer.

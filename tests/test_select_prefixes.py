@@ -109,7 +109,9 @@ def test_values_outside_the_domain(backend):
 
 def test_caps_outside_zero_to_steps(backend):
     probs = torch.full((3, 4), 0.5)
-    lengths = run_on(backend, probs, torch.tensor([0, 1, 2]), torch.tensor([-3, 9, 2], dtype=torch.int32), 100)
+    lengths = run_on(
+        backend, probs, torch.tensor([0, 1, 2]), torch.tensor([-3, 9, 2], dtype=torch.int32), 100
+    )
     assert lengths.tolist() == [0, 4, 2]
 
 
@@ -135,11 +137,20 @@ def test_large_batch_deterministic(backend):
 
 def opcheck_inputs():
     g = torch.Generator().manual_seed(3)
-    yield (torch.rand(6, 4, generator=g), torch.tensor([4, 0, 2], dtype=torch.int32),
-           torch.tensor([4, 1, 3], dtype=torch.int32), 5)
+    yield (
+        torch.rand(6, 4, generator=g),
+        torch.tensor([4, 0, 2], dtype=torch.int32),
+        torch.tensor([4, 1, 3], dtype=torch.int32),
+        5,
+    )
     yield (random_probs(g, 5, 8, "ties"), torch.arange(5), torch.full((5,), 8), 17)
     yield (random_probs(g, 3, 2, "specials"), torch.tensor([2, 7, -1]), torch.tensor([3, 2, 1]), 0)
-    yield (torch.rand(2, 3, generator=g), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.int32), 1)
+    yield (
+        torch.rand(2, 3, generator=g),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, dtype=torch.int32),
+        1,
+    )
 
 
 @pytest.mark.parametrize("args", list(opcheck_inputs()))
@@ -171,7 +182,11 @@ BAD = [
     ((P, ROWS[None], L, 1), ValueError, r"argument 'rows': expected a 1-D tensor \[B\]"),
     ((P, ROWS, L.float(), 1), TypeError, "argument 'lengths': expected dtype Int or Long, got Float"),
     ((P, ROWS, L[None], 1), ValueError, r"argument 'lengths': expected a 1-D tensor \[B\]"),
-    ((P, ROWS, L[:1], 1), ValueError, r"argument 'lengths': expected size 2 \(B, the size of 'rows'\) at dim 0"),
+    (
+        (P, ROWS, L[:1], 1),
+        ValueError,
+        r"argument 'lengths': expected size 2 \(B, the size of 'rows'\) at dim 0",
+    ),
     ((P, ROWS, L, -1), ValueError, "argument 'budget': expected an integer >= 0, got -1"),
 ]
 
@@ -205,7 +220,10 @@ def test_tensors_on_another_device(backend):
     device = torch.device(backend.device).type
     for arg in ["rows", "lengths"]:
         inputs = dict(probs=P, rows=ROWS, lengths=L.clone())
-        mixed = {k: same_layout_on(v, backend.other_device if k == arg else backend.device) for k, v in inputs.items()}
+        mixed = {
+            k: same_layout_on(v, backend.other_device if k == arg else backend.device)
+            for k, v in inputs.items()
+        }
         with pytest.raises(ValueError, match=f"argument '{arg}': expected a tensor on {device}"):
             backend.kernel("select_prefixes")(**mixed, budget=1)
 
@@ -244,8 +262,10 @@ def block_inputs(B, S, style, seed, budget=None):
 
 # B around the warp, the 1024-thread block (requests per thread > 1 beyond it), and B * S past
 # what shared memory holds (the kernel's global-workspace path, from 54,016 positions on).
-@pytest.mark.parametrize("B, S", [(1, 8), (31, 8), (33, 3), (256, 8), (1023, 8), (1024, 8), (1025, 8),
-                                  (3000, 5), (7000, 8), (8192, 8)])
+@pytest.mark.parametrize(
+    "B, S",
+    [(1, 8), (31, 8), (33, 3), (256, 8), (1023, 8), (1024, 8), (1025, 8), (3000, 5), (7000, 8), (8192, 8)],
+)
 @pytest.mark.parametrize("style", ["ties", "continuous", "specials"])
 def test_kernel_block_boundaries(kernel_backend, B, S, style):
     assert_kernel_matches_cpu(kernel_backend, *block_inputs(B, S, style, seed=B + S))
@@ -253,7 +273,9 @@ def test_kernel_block_boundaries(kernel_backend, B, S, style):
 
 def test_kernel_budget_extremes(kernel_backend):
     for budget in [0, 1, 299, 300, 301, 10**9]:
-        assert_kernel_matches_cpu(kernel_backend, *block_inputs(50, 6, "ties", seed=budget % 97, budget=budget))
+        assert_kernel_matches_cpu(
+            kernel_backend, *block_inputs(50, 6, "ties", seed=budget % 97, budget=budget)
+        )
 
 
 # 65536 requests: too many for the emulator.

@@ -25,7 +25,9 @@ def fake_tool(folder: Path, name: str, version_line: str) -> str:
 def tools(tmp_path, monkeypatch):
     """Point setup.py's build_tool at fake cmake / ninja executables (None: not found)."""
     found = {}
-    monkeypatch.setitem(SETUP["checked_build_tools"].__globals__, "build_tool", lambda module, name: found.get(name))
+    monkeypatch.setitem(
+        SETUP["checked_build_tools"].__globals__, "build_tool", lambda module, name: found.get(name)
+    )
     return found, tmp_path
 
 
@@ -33,7 +35,9 @@ def test_old_cmake_fails_before_configuring(tools):
     found, folder = tools
     found["cmake"] = fake_tool(folder, "cmake", "cmake version 3.25.1")
     found["ninja"] = fake_tool(folder, "ninja", "1.11.1")
-    with pytest.raises(SystemExit, match=r"cmake 3\.25 \(.*\) is older than 3\.26; .*pip install 'cmake>=3\.26' ninja"):
+    with pytest.raises(
+        SystemExit, match=r"cmake 3\.25 \(.*\) is older than 3\.26; .*pip install 'cmake>=3\.26' ninja"
+    ):
         SETUP["checked_build_tools"]()
 
 
@@ -51,10 +55,16 @@ def test_recent_tools_pass(tools):
 
 def test_a_changed_cuda_compiler_means_a_fresh_configuration(tmp_path):
     changed = SETUP["compiler_changed"]
-    args = ["-G", "Ninja", "-DPython3_EXECUTABLE=/venv/bin/python", "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc"]
+    args = [
+        "-G",
+        "Ninja",
+        "-DPython3_EXECUTABLE=/venv/bin/python",
+        "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc",
+    ]
     assert not changed(tmp_path, args)  # nothing cached yet
     (tmp_path / "CMakeCache.txt").write_text(
-        "Python3_EXECUTABLE:FILEPATH=/venv/bin/python\nCMAKE_CUDA_COMPILER:FILEPATH=/usr/local/cuda-13.0/bin/nvcc\n")
+        "Python3_EXECUTABLE:FILEPATH=/venv/bin/python\nCMAKE_CUDA_COMPILER:FILEPATH=/usr/local/cuda-13.0/bin/nvcc\n"
+    )
     assert changed(tmp_path, args)
     assert not changed(tmp_path, [*args[:3], "-DCMAKE_CUDA_COMPILER=/usr/local/cuda-13.0/bin/nvcc"])
     assert not changed(tmp_path, args[:3])  # a CPU-only build passes no compiler: CMake keeps its cache

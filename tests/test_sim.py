@@ -73,11 +73,21 @@ def test_replay_reproduces_live_ngram_run(copier, ngram_trace, make_policy):
         assert tokens == ngram_trace.continuation[r, : ngram_trace.out_len[r]].tolist()
 
 
-@pytest.mark.parametrize("make_policy", [lambda: GoodputSD(4), lambda: GoodputTetris(4)], ids=["GoodputSD", "GoodputTetris"])
+@pytest.mark.parametrize(
+    "make_policy", [lambda: GoodputSD(4), lambda: GoodputTetris(4)], ids=["GoodputSD", "GoodputTetris"]
+)
 def test_replay_with_the_live_step_times_reproduces_latency_driven_policies(copier, ngram_trace, make_policy):
-    live = generate(copier, ngram_trace.prompts, make_policy(), drafter=NgramDrafter(4), max_new_tokens=24,
-                    max_batch_size=3)
-    replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=RecordedStepTimes(live.stats["per_step"]))
+    live = generate(
+        copier,
+        ngram_trace.prompts,
+        make_policy(),
+        drafter=NgramDrafter(4),
+        max_new_tokens=24,
+        max_batch_size=3,
+    )
+    replayed = replay(
+        ngram_trace, make_policy(), batch_size=3, cost_model=RecordedStepTimes(live.stats["per_step"])
+    )
     assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
     # Not vacuous: the policy chose more than one capacity. How many it chooses depends on the
     # step times this machine measured (a loaded CI machine gave only two), so ask no more.
@@ -94,8 +104,15 @@ def test_replay_reproduces_live_run_with_eos(copier):
     eos = 4  # a frequent token of this model: requests finish at different steps
     trace = record(copier, NgramDrafter(3), prompts, max_new_tokens=20, max_draft=3, eos_token_id=eos)
     assert (trace.out_len < 20).any()
-    live = generate(copier, prompts, Tetris(2, 1), drafter=NgramDrafter(3), max_new_tokens=20,
-                    max_batch_size=2, eos_token_id=eos)
+    live = generate(
+        copier,
+        prompts,
+        Tetris(2, 1),
+        drafter=NgramDrafter(3),
+        max_new_tokens=20,
+        max_batch_size=2,
+        eos_token_id=eos,
+    )
     replayed = replay(trace, Tetris(2, 1), batch_size=2, cost_model=COST)
     assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
 
@@ -110,22 +127,32 @@ def target_and_draft():
 def test_replay_reproduces_live_model_drafter_run(target_and_draft, tree_width):
     target, draft = target_and_draft
     prompts = random_prompts(64, 6, seed=2)
-    trace = record(target, ModelDrafter(draft, 4, tree_width=tree_width), prompts, max_new_tokens=16, max_draft=4)
+    trace = record(
+        target, ModelDrafter(draft, 4, tree_width=tree_width), prompts, max_new_tokens=16, max_draft=4
+    )
     assert trace.is_tree == (tree_width > 1)
     assert trace.accept_len.mean() > 0.3
     policies = [lambda: StandardSD(4), lambda: Tetris(2, 2), lambda: Tetris(3, 1, min_prob=0.2)]
     if tree_width == 1:  # chains replay at any draft length (a prefix of the recorded chain)
         policies += [lambda: StandardSD(2), lambda: ThresholdSD(0.5, 4)]
     for make_policy in policies:
-        live = generate(target, prompts, make_policy(), drafter=ModelDrafter(draft, 4, tree_width=tree_width),
-                        max_new_tokens=16, max_batch_size=4)
+        live = generate(
+            target,
+            prompts,
+            make_policy(),
+            drafter=ModelDrafter(draft, 4, tree_width=tree_width),
+            max_new_tokens=16,
+            max_batch_size=4,
+        )
         replayed = replay(trace, make_policy(), batch_size=4, cost_model=COST)
         assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"]), make_policy()
 
 
 def test_tree_trace_refuses_other_draft_lengths(target_and_draft):
     target, draft = target_and_draft
-    trace = record(target, ModelDrafter(draft, 4, tree_width=2), random_prompts(64, 2), max_new_tokens=4, max_draft=4)
+    trace = record(
+        target, ModelDrafter(draft, 4, tree_width=2), random_prompts(64, 2), max_new_tokens=4, max_draft=4
+    )
     with pytest.raises(ValueError, match="trees of 4 drafts"):
         replay(trace, StandardSD(2), batch_size=2, cost_model=COST)
 
@@ -142,8 +169,15 @@ def test_accept_len_is_what_full_verification_accepts(ngram_trace):
 
 def test_replay_at_scale_with_arrivals(ngram_trace):
     n = 200
-    result = replay(ngram_trace, Tetris(2, 2), batch_size=8, cost_model=h100x4_llama70b(), arrival=5.0,
-                    num_requests=n, seed=3)
+    result = replay(
+        ngram_trace,
+        Tetris(2, 2),
+        batch_size=8,
+        cost_model=h100x4_llama70b(),
+        arrival=5.0,
+        num_requests=n,
+        seed=3,
+    )
     m = result.metrics
     assert m["requests"] == n and len(result.requests) == n
     rows = np.array([r["row"] for r in result.requests])
@@ -186,7 +220,9 @@ def test_roofline_is_flat_until_compute_bound():
 
 def test_also_price_equals_a_replay_under_that_model(ngram_trace):
     gpu = h100x4_llama70b()
-    both = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), num_requests=40)
+    both = replay(
+        ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), num_requests=40
+    )
     alone = replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=gpu, num_requests=40)
     assert both.also[gpu.name] == pytest.approx(alone.metrics)
     with pytest.raises(ValueError, match="arrival"):

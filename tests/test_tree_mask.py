@@ -99,7 +99,10 @@ def test_model_layout_equals_causal_attention_per_path(inputs, seed):
     slot_index, slot_parent, positions, mask = tree_mask(selected, parents, prefix_lens)
     g = torch.Generator().manual_seed(seed)
     d = 8
-    token_emb, pos_emb = torch.randn(50, d, generator=g, dtype=torch.float64), torch.randn(64, d, generator=g, dtype=torch.float64)
+    token_emb, pos_emb = (
+        torch.randn(50, d, generator=g, dtype=torch.float64),
+        torch.randn(64, d, generator=g, dtype=torch.float64),
+    )
     wq, wk, wv = (torch.randn(d, d, generator=g, dtype=torch.float64) for _ in range(3))
     prefix_tokens = torch.randint(0, 50, (B, past), generator=g)
     slot_tokens = torch.randint(0, 50, (B, M), generator=g)
@@ -111,7 +114,9 @@ def test_model_layout_equals_causal_attention_per_path(inputs, seed):
     block = hidden(slot_tokens, positions)  # [B, M, d]
     keys = torch.cat([cache, block], 1)
     visible = torch.cat([torch.ones(B, M, past, dtype=torch.bool), mask], 2)
-    additive = torch.zeros(B, 1, M, past + M, dtype=torch.float64).masked_fill(~visible[:, None], float("-inf"))
+    additive = torch.zeros(B, 1, M, past + M, dtype=torch.float64).masked_fill(
+        ~visible[:, None], float("-inf")
+    )
     tree_out = torch.nn.functional.scaled_dot_product_attention(
         (block @ wq)[:, None], (keys @ wk)[:, None], (keys @ wv)[:, None], attn_mask=additive
     )[:, 0]
@@ -132,8 +137,11 @@ def test_model_layout_equals_causal_attention_per_path(inputs, seed):
 @pytest.mark.parametrize("B,N", [(0, 0), (0, 5), (3, 0), (1, 1)])
 @pytest.mark.parametrize("chains", [True, False])
 def test_empty_and_single(backend, B, N, chains):
-    inputs = dict(selected=torch.ones(B, N, dtype=torch.bool), parents=None if chains else torch.full((B, N), -1),
-                  prefix_lens=torch.arange(B))
+    inputs = dict(
+        selected=torch.ones(B, N, dtype=torch.bool),
+        parents=None if chains else torch.full((B, N), -1),
+        prefix_lens=torch.arange(B),
+    )
     assert_outputs_match(backend("tree_mask", inputs), tree_mask_ref(**inputs))
     assert_outputs_match(backend("tree_mask_packed", inputs), tree_mask_packed_ref(**inputs))
     for name in TREE_MASK_OPS:
@@ -165,7 +173,9 @@ def test_deterministic_and_batch_independent(backend):
 
 
 def test_prefix_positions_wrap_instead_of_overflowing(backend):
-    inputs = dict(selected=torch.ones(1, 2, dtype=torch.bool), parents=None, prefix_lens=torch.tensor([2**63 - 1]))
+    inputs = dict(
+        selected=torch.ones(1, 2, dtype=torch.bool), parents=None, prefix_lens=torch.tensor([2**63 - 1])
+    )
     _, _, positions, _ = backend("tree_mask", inputs)
     assert positions.tolist() == [[2**63 - 1, -(2**63), -(2**63) + 1]]
     for name in TREE_MASK_OPS:
@@ -234,7 +244,9 @@ def test_packed_rejects_blocks_beyond_int32_offsets():
 @given(inputs=tree_mask_inputs())
 def test_kernel_matches_cpu(kernel_backend, name, inputs):
     assert_matches_cpu(kernel_backend, name, inputs)
-    assert_matches_cpu(kernel_backend, name, {k: None if v is None else noncontiguous(v) for k, v in inputs.items()})
+    assert_matches_cpu(
+        kernel_backend, name, {k: None if v is None else noncontiguous(v) for k, v in inputs.items()}
+    )
 
 
 @pytest.mark.parametrize("name", TREE_MASK_OPS)

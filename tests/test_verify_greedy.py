@@ -60,7 +60,9 @@ def test_worked_example(backend):
     slot_tokens = torch.tensor([[9, 5, 6, 7, 8]])
     slot_parent = torch.tensor([[-1, 0, 0, 1, 2]])
     target_tokens = torch.tensor([[6, 7, 8, 1, 2]])  # after the root the target says 6 ...
-    accepted_slots, num_accepted, out_tokens = backend.run("verify_greedy", slot_tokens, slot_parent, target_tokens)
+    accepted_slots, num_accepted, out_tokens = backend.run(
+        "verify_greedy", slot_tokens, slot_parent, target_tokens
+    )
     assert num_accepted.tolist() == [2]
     assert accepted_slots.tolist() == [[2, 4, -1, -1, -1]]
     assert out_tokens.tolist() == [[6, 8, 2, -1, -1]]  # accepted 6, 8 and the bonus token 2
@@ -80,7 +82,9 @@ def test_invalid_parents_are_never_accepted(backend):
     target_tokens = torch.full((1, M), 1)
     for bad in [-1, -7, 3, 5, 6, 2**40]:  # slot 3: itself, a later slot, beyond M, ...
         slot_parent = torch.tensor([[-1, 0, 1, bad, -1, -1]])
-        accepted_slots, num_accepted, out_tokens = backend.run("verify_greedy", slot_tokens, slot_parent, target_tokens)
+        accepted_slots, num_accepted, out_tokens = backend.run(
+            "verify_greedy", slot_tokens, slot_parent, target_tokens
+        )
         assert accepted_slots[0].tolist() == [1, 2, -1, -1, -1, -1]
 
 
@@ -88,8 +92,9 @@ def test_invalid_parents_are_never_accepted(backend):
 def test_single_slot_and_empty_batch(backend, B):
     slot_tokens = torch.zeros(B, 1, dtype=torch.int32)
     target_tokens = torch.arange(B).reshape(B, 1)
-    accepted_slots, num_accepted, out_tokens = backend.run("verify_greedy", slot_tokens, torch.full((B, 1), -1),
-                                                           target_tokens)
+    accepted_slots, num_accepted, out_tokens = backend.run(
+        "verify_greedy", slot_tokens, torch.full((B, 1), -1), target_tokens
+    )
     assert accepted_slots.shape == (B, 1) and torch.all(accepted_slots == -1)
     assert num_accepted.dtype == torch.int32 and torch.all(num_accepted == 0)
     assert out_tokens.tolist() == target_tokens.tolist()  # only the bonus token
@@ -113,7 +118,9 @@ def test_deterministic_and_batch_independent(backend):
     assert_outputs_match(backend.run("verify_greedy", slot_tokens, slot_parent, target_tokens), first)
     assert int(first[1].max()) >= 3  # the instance does walk several levels
     for b in range(0, B, 41):
-        row = backend.run("verify_greedy", slot_tokens[b : b + 1], slot_parent[b : b + 1], target_tokens[b : b + 1])
+        row = backend.run(
+            "verify_greedy", slot_tokens[b : b + 1], slot_parent[b : b + 1], target_tokens[b : b + 1]
+        )
         assert_outputs_match(row, tuple(t[b : b + 1] for t in first))
 
 
@@ -184,21 +191,24 @@ def test_kernel_first_matching_child_among_many(kernel_backend):
     targets = torch.randint(0, 3, (B, M), generator=g)
     parents = torch.zeros(B, M, dtype=torch.int64)
     parents[:, 0] = -1
-    assert_matches_cpu(kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents,
-                                                             target_tokens=targets))
+    assert_matches_cpu(
+        kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents, target_tokens=targets)
+    )
     parents[:, 1:] = torch.arange(M - 1)  # a chain: the walk goes through many strides
     tokens[:, 1:] = targets[:, :-1]
     tokens[:, 900] = -1
-    assert_matches_cpu(kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents,
-                                                             target_tokens=targets))
+    assert_matches_cpu(
+        kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents, target_tokens=targets)
+    )
 
 
 def test_kernel_huge_tokens_and_mixed_dtypes(kernel_backend):
     tokens = torch.tensor([[0, 2**40, 5, 5], [0, -(2**40), 5, 7]])
     parents = torch.tensor([[-1, 0, 0, 2], [-1, 0, 1, 0]], dtype=torch.int32)
     targets = torch.tensor([[5, 0, 5, 9], [7, 5, 0, 1]], dtype=torch.int32)
-    assert_matches_cpu(kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents,
-                                                             target_tokens=targets))
+    assert_matches_cpu(
+        kernel_backend, "verify_greedy", dict(slot_tokens=tokens, slot_parent=parents, target_tokens=targets)
+    )
 
 
 def test_kernel_outputs_are_fully_written(kernel_backend, poisoned_empty):
@@ -207,8 +217,11 @@ def test_kernel_outputs_are_fully_written(kernel_backend, poisoned_empty):
 
 def test_kernel_single_slot_and_empty_batch(kernel_backend):
     for B in [0, 3]:
-        inputs = dict(slot_tokens=torch.zeros(B, 1, dtype=torch.long), slot_parent=torch.full((B, 1), -1),
-                      target_tokens=torch.ones(B, 1, dtype=torch.long))
+        inputs = dict(
+            slot_tokens=torch.zeros(B, 1, dtype=torch.long),
+            slot_parent=torch.full((B, 1), -1),
+            target_tokens=torch.ones(B, 1, dtype=torch.long),
+        )
         assert_matches_cpu(kernel_backend, "verify_greedy", inputs)
 
 

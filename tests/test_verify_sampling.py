@@ -220,14 +220,20 @@ def test_drafted_child_example(backend):
     # rejected: the residual max(p - q, 0) = [0.25, 0, 0, 0] leaves token 0
     assert run(backend, [7, 2], [-1, 0], target, [0.99, 0.75], draft) == ([], [0])
     # q(x) = 0 and p(x) > 0: always accepted
-    assert run(backend, [7, 1], [-1, 0], target, [0.0, 0.99], [[0.5, 0.0, 0.5, 0.0], [1, 0, 0, 0]]) == ([1], [1, 3])
+    assert run(backend, [7, 1], [-1, 0], target, [0.0, 0.99], [[0.5, 0.0, 0.5, 0.0], [1, 0, 0, 0]]) == (
+        [1],
+        [1, 3],
+    )
 
 
 def test_invalid_children_are_skipped_without_using_their_uniform(backend):
     target = [[0.5, 0.5, 0.0, 0.0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
     for bad_token in [-1, 4, 2**40]:
         # slot 1 invalid (skipped), slot 2 (token 1) accepted: 0.2 * 1 < 0.5
-        assert run(backend, [0, bad_token, 1, 0], [-1, 0, 0, 0], target, [0.5, 0.99, 0.2, 0.99]) == ([2], [1, 1])
+        assert run(backend, [0, bad_token, 1, 0], [-1, 0, 0, 0], target, [0.5, 0.99, 0.2, 0.99]) == (
+            [2],
+            [1, 1],
+        )
 
 
 def test_out_of_range_uniforms_never_pick_a_token_without_mass(backend):
@@ -268,10 +274,19 @@ def test_single_slot_and_empty_batch(backend, B, with_draft):
     target = rows(7, B).reshape(B, 1, V)
     uniforms = torch.rand(B, 1, generator=torch.Generator().manual_seed(0))
     outputs = backend.run(
-        "verify_sampling", torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target,
-        target.clone() if with_draft else None, uniforms
+        "verify_sampling",
+        torch.zeros(B, 1, dtype=torch.long),
+        torch.full((B, 1), -1),
+        target,
+        target.clone() if with_draft else None,
+        uniforms,
     )
-    assert_outputs_match(outputs, verify_sampling_ref(torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target, None, uniforms))
+    assert_outputs_match(
+        outputs,
+        verify_sampling_ref(
+            torch.zeros(B, 1, dtype=torch.long), torch.full((B, 1), -1), target, None, uniforms
+        ),
+    )
     assert outputs[0].shape == (B, 1) and outputs[1].shape == (B,) and torch.all(outputs[2] >= 0)
 
 
@@ -307,7 +322,9 @@ def test_opcheck(with_draft):
     slot_tokens = torch.randint(0, V, (2, 4), generator=g)
     target = rows(1, 8).reshape(2, 4, V)
     draft = rows(2, 8, zeros=0.0).reshape(2, 4, V) if with_draft else None
-    torch.library.opcheck(verify_sampling, (slot_tokens, slot_parent, target, draft, torch.rand(2, 4, generator=g)))
+    torch.library.opcheck(
+        verify_sampling, (slot_tokens, slot_parent, target, draft, torch.rand(2, 4, generator=g))
+    )
 
 
 # -- argument checks (a tensor on another device: tests/test_kernel_backends.py) ---------------
@@ -370,18 +387,23 @@ def test_kernel_matches_cpu(kernel_backend, inputs):
 @pytest.mark.parametrize("V", SAMPLING_VOCABS)
 @pytest.mark.parametrize("draft", [False, True])
 def test_kernel_vocabulary_boundaries(kernel_backend, V, draft):
-    for inputs in [sampling_block_inputs(3, 9, V, seed=V, draft=draft),
-                   sampling_block_inputs(2, 9, V, seed=V + 1, draft=draft, normalised=False),
-                   sampling_block_inputs(3, 9, V, seed=V + 2, draft=draft, support=6)]:
+    for inputs in [
+        sampling_block_inputs(3, 9, V, seed=V, draft=draft),
+        sampling_block_inputs(2, 9, V, seed=V + 1, draft=draft, normalised=False),
+        sampling_block_inputs(3, 9, V, seed=V + 2, draft=draft, support=6),
+    ]:
         assert_matches_cpu(kernel_backend, "verify_sampling", inputs)
 
 
 @pytest.mark.parametrize("M", [33, 257])
 @pytest.mark.parametrize("draft", [False, True])
 def test_kernel_many_slots(kernel_backend, M, draft):
-    assert_matches_cpu(kernel_backend, "verify_sampling", sampling_block_inputs(2, M, 40, seed=M, draft=draft))
-    assert_matches_cpu(kernel_backend, "verify_sampling",
-                       sampling_block_inputs(2, M, 300, seed=M, draft=draft, support=5))
+    assert_matches_cpu(
+        kernel_backend, "verify_sampling", sampling_block_inputs(2, M, 40, seed=M, draft=draft)
+    )
+    assert_matches_cpu(
+        kernel_backend, "verify_sampling", sampling_block_inputs(2, M, 300, seed=M, draft=draft, support=5)
+    )
 
 
 @pytest.mark.parametrize("V", [5, 129, 4096, 4099, 9000])
@@ -391,14 +413,25 @@ def test_kernel_cdf_boundaries(kernel_backend, V):
     the partial sum falls relative to the threads' chunks and the tiles."""
     g = torch.Generator().manual_seed(V)
     B = 8
-    target = peaked_probs((B, 1, V), 12, g, normalised=True) if V > 200 else random_probs((B, 1, V), g, True, True)
+    target = (
+        peaked_probs((B, 1, V), 12, g, normalised=True) if V > 200 else random_probs((B, 1, V), g, True, True)
+    )
     cumsum = target[:, 0].cumsum(-1)
     u0 = torch.empty(B, 1)
     for b in range(B):
         below_one = torch.nonzero((target[b, 0] > 0) & (cumsum[b] < 1)).flatten()
-        u0[b, 0] = cumsum[b, below_one[int(torch.randint(0, len(below_one), (1,), generator=g))]] if len(below_one) else 0.5
-    inputs = dict(slot_tokens=torch.zeros(B, 1, dtype=torch.long), slot_parent=torch.full((B, 1), -1),
-                  target_probs=target, draft_probs=None, uniforms=u0)
+        u0[b, 0] = (
+            cumsum[b, below_one[int(torch.randint(0, len(below_one), (1,), generator=g))]]
+            if len(below_one)
+            else 0.5
+        )
+    inputs = dict(
+        slot_tokens=torch.zeros(B, 1, dtype=torch.long),
+        slot_parent=torch.full((B, 1), -1),
+        target_probs=target,
+        draft_probs=None,
+        uniforms=u0,
+    )
     sample = assert_matches_cpu(kernel_backend, "verify_sampling", inputs)[2][:, 0].cpu()
     assert torch.all(cumsum[torch.arange(B), sample] > u0[:, 0])  # past the tie, not on it
 
@@ -415,15 +448,19 @@ def test_kernel_strided_and_expanded_rows(kernel_backend):
     contiguous rows that start off a 16-byte boundary (V = 4099)."""
     inputs = sampling_block_inputs(3, 6, 4099, seed=5, draft=True)
     assert_matches_cpu(kernel_backend, "verify_sampling", noncontiguous_inputs(inputs))
-    expanded = dict(inputs, target_probs=inputs["target_probs"][:1].expand(3, 6, 4099),
-                    draft_probs=inputs["draft_probs"][:, :1].expand(3, 6, 4099))
+    expanded = dict(
+        inputs,
+        target_probs=inputs["target_probs"][:1].expand(3, 6, 4099),
+        draft_probs=inputs["draft_probs"][:, :1].expand(3, 6, 4099),
+    )
     assert_matches_cpu(kernel_backend, "verify_sampling", expanded)
 
 
 def single_row(target, u0, draft=None, tokens=(0,), parents=(-1,), uniforms=()):
     M = len(tokens)
     return dict(
-        slot_tokens=torch.tensor([tokens]), slot_parent=torch.tensor([parents]),
+        slot_tokens=torch.tensor([tokens]),
+        slot_parent=torch.tensor([parents]),
         target_probs=torch.tensor(target, dtype=torch.float32).reshape(1, M, -1),
         draft_probs=None if draft is None else torch.tensor(draft, dtype=torch.float32).reshape(1, M, -1),
         uniforms=torch.tensor([[u0, *uniforms]], dtype=torch.float32),
@@ -443,17 +480,34 @@ def test_kernel_edge_values(kernel_backend):
     check(single_row([[nan, 0.0]], 0.5))
     # Nothing left of p after a rejection (u = 1): sample from the target itself.
     for draft in [None, [[0.0, 1.0, 0.0], [1, 0, 0]]]:
-        check(single_row([[0.0, 0.5, 0.0], [0, 0, 1]], 0.3, draft=draft, tokens=(0, 1), parents=(-1, 0),
-                         uniforms=(1.0,)))
+        check(
+            single_row(
+                [[0.0, 0.5, 0.0], [0, 0, 1]],
+                0.3,
+                draft=draft,
+                tokens=(0, 1),
+                parents=(-1, 0),
+                uniforms=(1.0,),
+            )
+        )
     # Huge and invalid child tokens are skipped.
     for bad in [-1, 4, 2**40]:
-        check(single_row([[0.5, 0.5, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], 0.5,
-                         tokens=(0, bad, 1, 0), parents=(-1, 0, 0, 0), uniforms=(0.99, 0.2, 0.99)))
+        check(
+            single_row(
+                [[0.5, 0.5, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]],
+                0.5,
+                tokens=(0, bad, 1, 0),
+                parents=(-1, 0, 0, 0),
+                uniforms=(0.99, 0.2, 0.99),
+            )
+        )
 
 
 def test_kernel_outputs_are_fully_written(kernel_backend, poisoned_empty):
     for seed, draft in [(1, True), (2, False)]:
-        assert_matches_cpu(kernel_backend, "verify_sampling", sampling_block_inputs(5, 12, 300, seed=seed, draft=draft))
+        assert_matches_cpu(
+            kernel_backend, "verify_sampling", sampling_block_inputs(5, 12, 300, seed=seed, draft=draft)
+        )
 
 
 def test_kernel_single_slot_and_empty_batch(kernel_backend):
@@ -461,9 +515,13 @@ def test_kernel_single_slot_and_empty_batch(kernel_backend):
         g = torch.Generator().manual_seed(B)
         for draft in [False, True]:
             target = random_probs((B, 1, 7), g, dyadic=True, normalised=True)
-            inputs = dict(slot_tokens=torch.zeros(B, 1, dtype=torch.long), slot_parent=torch.full((B, 1), -1),
-                          target_probs=target, draft_probs=target.clone() if draft else None,
-                          uniforms=torch.rand(B, 1, generator=g))
+            inputs = dict(
+                slot_tokens=torch.zeros(B, 1, dtype=torch.long),
+                slot_parent=torch.full((B, 1), -1),
+                target_probs=target,
+                draft_probs=target.clone() if draft else None,
+                uniforms=torch.rand(B, 1, generator=g),
+            )
             assert_matches_cpu(kernel_backend, "verify_sampling", inputs)
 
 
@@ -471,11 +529,15 @@ def test_kernel_single_slot_and_empty_batch(kernel_backend):
 @pytest.mark.parametrize("B, M, V", [(4, 17, 32000), (8, 17, 128256), (64, 9, 32000)])
 @pytest.mark.parametrize("draft", [False, True])
 def test_cuda_large(cuda, B, M, V, draft):
-    assert_matches_cpu(cuda, "verify_sampling", sampling_block_inputs(B, M, V, seed=B, draft=draft, support=8))
+    assert_matches_cpu(
+        cuda, "verify_sampling", sampling_block_inputs(B, M, V, seed=B, draft=draft, support=8)
+    )
 
 
 def test_emulated_reverse_schedule(emulated, monkeypatch):
     """The kernel does not depend on the order threads run between barriers (no races)."""
     monkeypatch.setenv("TETRIS_EMU_SCHEDULE", "reverse")
     for seed, draft in [(3, True), (4, False)]:
-        assert_matches_cpu(emulated, "verify_sampling", sampling_block_inputs(3, 12, 1000, seed=seed, draft=draft))
+        assert_matches_cpu(
+            emulated, "verify_sampling", sampling_block_inputs(3, 12, 1000, seed=seed, draft=draft)
+        )

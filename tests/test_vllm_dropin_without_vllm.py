@@ -14,8 +14,9 @@ import torch
 from refs.select_prefixes import adaptive_verification_counts, random_probs
 from tetris_ext.vllm import dropin
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
-                                reason="vLLM is installed here: tests_vllm/ covers it")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here: tests_vllm/ covers it"
+)
 
 
 def test_register_is_the_package_name():
@@ -48,6 +49,10 @@ def test_assign_draft_token_budget_in_place(B, num_steps, width):
         scheduled = torch.randint(0, num_steps + 1, (B,), generator=g, dtype=torch.int32)
         budget = int(torch.randint(0, max(int(scheduled.sum()), 1), (1,), generator=g))
         capacities = scheduled.clone()
-        assert dropin.assign_draft_token_budget(confidences, idx_mapping, capacities, budget, num_steps) is None
-        expected = adaptive_verification_counts(confidences[:, :num_steps], idx_mapping, scheduled, budget, num_steps)
+        assert (
+            dropin.assign_draft_token_budget(confidences, idx_mapping, capacities, budget, num_steps) is None
+        )
+        expected = adaptive_verification_counts(
+            confidences[:, :num_steps], idx_mapping, scheduled, budget, num_steps
+        )
         assert capacities.dtype == torch.int32 and torch.equal(capacities, expected)

@@ -34,9 +34,21 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     env = dict(os.environ, TETRIS_EMULATION="0")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
-         "-w", str(out), str(ROOT)],
-        check=True, env=env, cwd=out,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        env=env,
+        cwd=out,
     )
     (wheel,) = out.glob("tetris_ext-*.whl")
     return wheel
@@ -54,17 +66,25 @@ def test_wheel_works_in_another_environment(wheel, tmp_path):
     # this environment (among them the editable install of this checkout) are not processed.
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(site, "borrowed_torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # Without PYTHONPATH: a source tree on it (python/, with the egg-info the wheel build leaves
     # there) would make pip skip the install as "already installed".
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, env=environment
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        env=environment,
     )
     result = subprocess.run(
-        [python, "-c", USE_INSTALLED_WHEEL], capture_output=True, text=True, cwd=tmp_path, env=environment,
+        [python, "-c", USE_INSTALLED_WHEEL],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
     )
     assert result.returncode == 0, result.stderr
     assert "BUILT_WITH_CUDA" in result.stdout

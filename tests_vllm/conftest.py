@@ -21,8 +21,14 @@ def bundled_prompts() -> list[dict]:
 
 # The engine settings and prompts every end-to-end test shares: 10 prompts through 4 slots, so
 # requests finish and join while others decode.
-ENGINE = dict(dtype="float32", max_model_len=1024, max_num_seqs=4, enforce_eager=True, seed=0,
-              enable_prefix_caching=False)
+ENGINE = dict(
+    dtype="float32",
+    max_model_len=1024,
+    max_num_seqs=4,
+    enforce_eager=True,
+    seed=0,
+    enable_prefix_caching=False,
+)
 MAX_TOKENS = 24
 PROMPTS = [p["prompt"] for p in bundled_prompts()[::3]]
 
@@ -38,6 +44,7 @@ def generate(llm) -> list[list[int]]:
 def reference():
     """Greedy outputs of vLLM without speculation (the engine is gone once they are known)."""
     import vllm
+
     from tetris_ext.vllm import gemma3_270m_path
 
     llm = vllm.LLM(gemma3_270m_path(), **ENGINE)

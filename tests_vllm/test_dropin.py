@@ -91,7 +91,8 @@ def test_with_ties_same_number_and_total_survival(B, S):
         assert int(ours.sum()) == int(theirs.sum()) == budget
         assert bool((ours <= scheduled).all())
         assert admitted_survival(confidences, idx_mapping, ours, S) == admitted_survival(
-            confidences, idx_mapping, theirs, S)
+            confidences, idx_mapping, theirs, S
+        )
         differed += not torch.equal(ours, theirs)
     print(f"B={B}, S={S}: the counts differed (equal slots chosen otherwise) in {differed} of 100 cases")
 
@@ -130,19 +131,34 @@ def different_signature(confidence_probs, idx_mapping, capacities, draft_budget)
     raise AssertionError("never called")
 
 
-@pytest.mark.parametrize("spoil, reason", [
-    (lambda mp: mp.setattr(av, dropin.EAGER_NAME, different_signature),
-     f"{dropin.MODULE}._assign_draft_token_budget has parameters "
-     "('confidence_probs', 'idx_mapping', 'capacities', 'draft_budget'), expected "
-     "('confidence_probs', 'idx_mapping', 'capacities', 'draft_budget', 'num_steps')"),
-    (lambda mp: mp.setattr(av, dropin.REPLACED_NAME, different_signature),
-     f"{dropin.MODULE}._assign_draft_token_budget_compiled has parameters"),
-    (lambda mp: mp.delattr(av, dropin.EAGER_NAME), f"{dropin.MODULE}._assign_draft_token_budget is missing"),
-    (lambda mp: mp.setattr(dropin, "vllm_version", lambda: "0.33.0"),
-     "vLLM 0.33.0 is not a version it was checked with (0.32.0)"),
-    (lambda mp: mp.setattr(av.AdaptiveVerificationManager, "reallocate_drafts", lambda self, *a: None),
-     "AdaptiveVerificationManager.reallocate_drafts no longer looks up _assign_draft_token_budget_compiled"),
-], ids=["eager-signature", "compiled-signature", "missing", "version", "caller"])
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (
+            lambda mp: mp.setattr(av, dropin.EAGER_NAME, different_signature),
+            f"{dropin.MODULE}._assign_draft_token_budget has parameters "
+            "('confidence_probs', 'idx_mapping', 'capacities', 'draft_budget'), expected "
+            "('confidence_probs', 'idx_mapping', 'capacities', 'draft_budget', 'num_steps')",
+        ),
+        (
+            lambda mp: mp.setattr(av, dropin.REPLACED_NAME, different_signature),
+            f"{dropin.MODULE}._assign_draft_token_budget_compiled has parameters",
+        ),
+        (
+            lambda mp: mp.delattr(av, dropin.EAGER_NAME),
+            f"{dropin.MODULE}._assign_draft_token_budget is missing",
+        ),
+        (
+            lambda mp: mp.setattr(dropin, "vllm_version", lambda: "0.33.0"),
+            "vLLM 0.33.0 is not a version it was checked with (0.32.0)",
+        ),
+        (
+            lambda mp: mp.setattr(av.AdaptiveVerificationManager, "reallocate_drafts", lambda self, *a: None),
+            "AdaptiveVerificationManager.reallocate_drafts no longer looks up _assign_draft_token_budget_compiled",
+        ),
+    ],
+    ids=["eager-signature", "compiled-signature", "missing", "version", "caller"],
+)
 def test_unknown_vllm_is_left_alone_with_one_line(restore_vllm, caplog, spoil, reason):
     restore_vllm.setenv(dropin.ENV_FLAG, "1")
     spoil(restore_vllm)
@@ -175,7 +191,8 @@ def installed_entry_point():
 
 needs_installed = pytest.mark.skipif(
     installed_entry_point() is None,
-    reason="tetris_ext is not pip-installed in this environment (no vllm.general_plugins entry point)")
+    reason="tetris_ext is not pip-installed in this environment (no vllm.general_plugins entry point)",
+)
 
 
 @needs_installed
@@ -192,12 +209,21 @@ def tiny_llama(folder) -> str:
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(253)]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(folder)
     # head_dim 64: vLLM's CPU attention supports a fixed set of head sizes.
-    config = LlamaConfig(vocab_size=len(words), hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return str(folder)
@@ -211,8 +237,14 @@ def test_a_real_cpu_engine_runs_the_plugin(restore_vllm, tmp_path):
 
     restore_vllm.setenv(dropin.ENV_FLAG, "1")
     restore_vllm.setattr(vllm.plugins, "plugins_loaded", False)  # as in a fresh process
-    llm = vllm.LLM(tiny_llama(tmp_path / "tiny-llama"), dtype="float32", max_model_len=128,
-                   max_num_seqs=2, enforce_eager=True, seed=0)
+    llm = vllm.LLM(
+        tiny_llama(tmp_path / "tiny-llama"),
+        dtype="float32",
+        max_model_len=128,
+        max_num_seqs=2,
+        enforce_eager=True,
+        seed=0,
+    )
     try:
         assert getattr(av, dropin.REPLACED_NAME) is dropin.assign_draft_token_budget
         out = llm.generate(["w1 w2 w3"], vllm.SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)

@@ -11,11 +11,19 @@ from tetris_ext.vllm.config import ProposerOptions
 from tetris_ext.vllm.proposer import DraftSelection
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"k": 0}, "k must be"), ({"extra": -1}, "extra must be"), ({"policy": "greedy"}, "policy must be"),
-    ({"min_prob": 1.5}, "min_prob"), ({"min_prob": -0.1}, "min_prob"), ({"k": 2.5}, "k must be"),
-    ({"max_ngram": 2, "min_ngram": 3}, "min_ngram"), ({"window": 3}, "unknown drafter options"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 0}, "k must be"),
+        ({"extra": -1}, "extra must be"),
+        ({"policy": "greedy"}, "policy must be"),
+        ({"min_prob": 1.5}, "min_prob"),
+        ({"min_prob": -0.1}, "min_prob"),
+        ({"k": 2.5}, "k must be"),
+        ({"max_ngram": 2, "min_ngram": 3}, "min_ngram"),
+        ({"window": 3}, "unknown drafter options"),
+    ],
+)
 def test_bad_configurations_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         speculative_config(**kwargs)
@@ -97,9 +105,16 @@ def run_fake(options, batch=32, steps=60, seed=0):
     return selection, engine, outputs
 
 
-@pytest.mark.parametrize("options", [ProposerOptions("tetris", 3, 2), ProposerOptions("tetris", 2, 1, min_prob=0.3),
-                                     ProposerOptions("goodput", 3, 2), ProposerOptions("cost-aware", 3, 2),
-                                     ProposerOptions("sd", 3, 2)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ProposerOptions("tetris", 3, 2),
+        ProposerOptions("tetris", 2, 1, min_prob=0.3),
+        ProposerOptions("goodput", 3, 2),
+        ProposerOptions("cost-aware", 3, 2),
+        ProposerOptions("sd", 3, 2),
+    ],
+)
 def test_budget_never_exceeded_and_state_released(options):
     selection, engine, outputs = run_fake(options)
     assert len(selection.records) == len(outputs)
@@ -109,7 +124,10 @@ def test_budget_never_exceeded_and_state_released(options):
     assert set(selection.requests) == set(engine.req_ids)  # finished requests released
     assert set(selection.calibration.request_bias) <= set(engine.req_ids)
     assert selection.totals["accepted"] > 0.5 * selection.totals["verified"] > 0  # repetitive text
-    if options.policy in ("goodput", "cost-aware"):  # the step-time model keeps learning, even from 0-draft steps
+    if options.policy in (
+        "goodput",
+        "cost-aware",
+    ):  # the step-time model keeps learning, even from 0-draft steps
         assert selection.policy.steps >= len(outputs) - 1
 
 

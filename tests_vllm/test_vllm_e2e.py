@@ -13,6 +13,7 @@ import pytest
 vllm = pytest.importorskip("vllm")
 
 from conftest import ENGINE, generate  # noqa: E402
+
 from tetris_ext.vllm import gemma3_270m_path, speculative_config  # noqa: E402
 from tetris_ext.vllm.config import ProposerOptions  # noqa: E402
 from tetris_ext.vllm.proposer import find_proposer  # noqa: E402
@@ -20,16 +21,25 @@ from tetris_ext.vllm.proposer import find_proposer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tetris_engine(reference):  # after the reference engine is gone: one engine at a time
-    llm = vllm.LLM(gemma3_270m_path(), speculative_config=speculative_config("tetris", k=3, extra=2), **ENGINE)
+    llm = vllm.LLM(
+        gemma3_270m_path(), speculative_config=speculative_config("tetris", k=3, extra=2), **ENGINE
+    )
     yield llm
     del llm
     gc.collect()
 
 
-@pytest.mark.parametrize("options", [ProposerOptions("tetris", 3, 2), ProposerOptions("tetris", 2, 1, min_prob=0.2),
-                                     ProposerOptions("goodput", 3, 2), ProposerOptions("cost-aware", 3, 2),
-                                     ProposerOptions("sd", 2, 0)],
-                         ids=["tetris-3-2", "tetris-2-1-min0.2", "goodput", "cost-aware", "sd-2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ProposerOptions("tetris", 3, 2),
+        ProposerOptions("tetris", 2, 1, min_prob=0.2),
+        ProposerOptions("goodput", 3, 2),
+        ProposerOptions("cost-aware", 3, 2),
+        ProposerOptions("sd", 2, 0),
+    ],
+    ids=["tetris-3-2", "tetris-2-1-min0.2", "goodput", "cost-aware", "sd-2"],
+)
 def test_greedy_outputs_identical_and_budget_kept(reference, tetris_engine, options):
     proposer = find_proposer(tetris_engine)
     proposer.configure(options)

@@ -28,10 +28,15 @@ print("RESULT", json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in out
 
 def test_multiprocess_engine_gets_the_options(reference):
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(ENGINE), json.dumps(PROMPTS), str(MAX_TOKENS)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(ENGINE), json.dumps(PROMPTS), str(MAX_TOKENS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["tokens"] == reference
     assert result["drafts"] > 0  # the engine verified drafts: the proposer ran there

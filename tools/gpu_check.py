@@ -46,8 +46,13 @@ LOG_CAP_BYTES = 8 << 20  # a longer log keeps its first and last parts
 # backend fixtures), the CPU ops themselves under this torch, and what only CUDA has
 # (tests/test_cuda.py: streams, graphs, host synchronisation).
 KERNEL_TEST_FILES = [
-    "tests/test_cuda.py", "tests/test_kernel_backends.py", "tests/test_draft_cumprod.py", "tests/test_select.py",
-    "tests/test_select_prefixes.py", "tests/test_tree_mask.py", "tests/test_verify_greedy.py",
+    "tests/test_cuda.py",
+    "tests/test_kernel_backends.py",
+    "tests/test_draft_cumprod.py",
+    "tests/test_select.py",
+    "tests/test_select_prefixes.py",
+    "tests/test_tree_mask.py",
+    "tests/test_verify_greedy.py",
     "tests/test_verify_sampling.py",
 ]
 # And the build, and the loop's cache and mask exactness tests under this machine's transformers.
@@ -55,8 +60,10 @@ TEST_FILES = [*KERNEL_TEST_FILES, "tests/test_build.py", "tests/test_decoding_kv
 # memcheck: the block-boundary and edge shapes, where an out-of-bounds access would be (graphs
 # need the caching allocator, which the sanitizer runs switch off). racecheck is slower still:
 # a few cases of every op, both select paths. Only the CUDA cases (test ids name the backend).
-MEMCHECK_SELECTION = ("cuda and (boundaries or misaligned or vocabulary_sizes or batch_shapes or fully_written "
-                      "or empty_shapes or budget_extremes or many_requests)")
+MEMCHECK_SELECTION = (
+    "cuda and (boundaries or misaligned or vocabulary_sizes or batch_shapes or fully_written "
+    "or empty_shapes or budget_extremes or many_requests)"
+)
 RACECHECK_SELECTION = "cuda and (fully_written or (deterministic and not bench))"
 
 
@@ -113,7 +120,11 @@ def toolkit_tool(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    for home in [os.environ.get("CUDA_HOME"), "/usr/local/cuda", *sorted(map(str, Path("/usr/local").glob("cuda-*")))]:
+    for home in [
+        os.environ.get("CUDA_HOME"),
+        "/usr/local/cuda",
+        *sorted(map(str, Path("/usr/local").glob("cuda-*"))),
+    ]:
         if home and Path(home, "bin", name).exists():
             return str(Path(home, "bin", name))
     return None
@@ -133,18 +144,30 @@ def build_cuda_home() -> dict[str, str]:
 
 def machine_report(python: str, sanitizer: str | None) -> str:
     """What ran where: date, commit, GPU, driver and library versions."""
-    versions = run_quietly([python, "-c", (
-        "import torch, platform; print('python', platform.python_version()); "
-        "print('torch', torch.__version__, 'CUDA', torch.version.cuda); "
-        "import importlib.util as u; t = u.find_spec('transformers'); "
-        "print('transformers', __import__('transformers').__version__ if t else 'absent')")], timeout=90)
+    versions = run_quietly(
+        [
+            python,
+            "-c",
+            (
+                "import torch, platform; print('python', platform.python_version()); "
+                "print('torch', torch.__version__, 'CUDA', torch.version.cuda); "
+                "import importlib.util as u; t = u.find_spec('transformers'); "
+                "print('transformers', __import__('transformers').__version__ if t else 'absent')"
+            ),
+        ],
+        timeout=90,
+    )
     parts = [
         f"date {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         f"commit {run_quietly(['git', 'rev-parse', 'HEAD'])}",
-        f"cores {os.cpu_count()}", versions,
-        run_quietly(["nvidia-smi"]), run_quietly([toolkit_tool("nvcc") or "nvcc", "--version"]),
+        f"cores {os.cpu_count()}",
+        versions,
+        run_quietly(["nvidia-smi"]),
+        run_quietly([toolkit_tool("nvcc") or "nvcc", "--version"]),
         run_quietly([sanitizer, "--version"]) if sanitizer else "compute-sanitizer: not found",
-        run_quietly(["cmake", "--version"]).splitlines()[0] if shutil.which("cmake") else "cmake: not on PATH",
+        run_quietly(["cmake", "--version"]).splitlines()[0]
+        if shutil.which("cmake")
+        else "cmake: not on PATH",
         f"ninja {run_quietly(['ninja', '--version'])}" if shutil.which("ninja") else "ninja: not on PATH",
     ]
     return "\n\n".join(parts) + "\n"
@@ -163,8 +186,13 @@ def pytest_argv(python: str, files: list[str], *extra: str) -> list[str]:
 
 
 def plan(python: str, out: Path, arch: str, jobs: int, sanitizer: str | None) -> list[Stage]:
-    build_env = {"TETRIS_CUDA": "on", "TORCH_CUDA_ARCH_LIST": arch, "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs),
-                 "TETRIS_EMULATION": "0", **build_cuda_home()}
+    build_env = {
+        "TETRIS_CUDA": "on",
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs),
+        "TETRIS_EMULATION": "0",
+        **build_cuda_home(),
+    }
     test_env = {"PYTHONPATH": str(ROOT / "python"), "HYPOTHESIS_PROFILE": "ci"}
     # Every tensor its own cudaMalloc: an access past a tensor's end is then outside any allocation.
     sanitize_env = test_env | {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
@@ -173,15 +201,54 @@ def plan(python: str, out: Path, arch: str, jobs: int, sanitizer: str | None) ->
     racecheck_tests = ["tests/test_cuda.py", "tests/test_kernel_backends.py", "-k", RACECHECK_SELECTION]
     return [
         Stage("build", 150, [python, "setup.py", "build_ext", "--inplace"], "build.log", build_env),
-        Stage("tests", 150, pytest_argv(python, TEST_FILES, "-v", "--durations=15"), "tests.log", test_env,
-              needs=("build",), collect=TEST_FILES),
-        Stage("bench", 75, [python, "bench/ops.py", "--device", "cuda", "--ops", "select", "draft_cumprod",
-                            "--seconds-per-case", "0.2",
-                            "--no-chart", "--out", str(out / "ops_cuda")], "bench.log", test_env, needs=("build",)),
-        Stage("memcheck", 90, [*sanitize, "--tool", "memcheck", *pytest_argv(python, memcheck_tests, "-q", "-x")],
-              "memcheck.log", sanitize_env, needs=("build",), collect=memcheck_tests),
-        Stage("racecheck", 60, [*sanitize, "--tool", "racecheck", *pytest_argv(python, racecheck_tests, "-q", "-x")],
-              "racecheck.log", sanitize_env, needs=("build",), collect=racecheck_tests),
+        Stage(
+            "tests",
+            150,
+            pytest_argv(python, TEST_FILES, "-v", "--durations=15"),
+            "tests.log",
+            test_env,
+            needs=("build",),
+            collect=TEST_FILES,
+        ),
+        Stage(
+            "bench",
+            75,
+            [
+                python,
+                "bench/ops.py",
+                "--device",
+                "cuda",
+                "--ops",
+                "select",
+                "draft_cumprod",
+                "--seconds-per-case",
+                "0.2",
+                "--no-chart",
+                "--out",
+                str(out / "ops_cuda"),
+            ],
+            "bench.log",
+            test_env,
+            needs=("build",),
+        ),
+        Stage(
+            "memcheck",
+            90,
+            [*sanitize, "--tool", "memcheck", *pytest_argv(python, memcheck_tests, "-q", "-x")],
+            "memcheck.log",
+            sanitize_env,
+            needs=("build",),
+            collect=memcheck_tests,
+        ),
+        Stage(
+            "racecheck",
+            60,
+            [*sanitize, "--tool", "racecheck", *pytest_argv(python, racecheck_tests, "-q", "-x")],
+            "racecheck.log",
+            sanitize_env,
+            needs=("build",),
+            collect=racecheck_tests,
+        ),
     ]
 
 
@@ -204,7 +271,9 @@ def cap_file(path: Path, cap: int = LOG_CAP_BYTES) -> None:
         head = f.read(head_n)
         f.seek(size - tail_n)
         tail = f.read()
-    marker = f"\n\n[gpu-check: {size - head_n - tail_n} bytes cut here to keep the file under {cap} bytes]\n\n"
+    marker = (
+        f"\n\n[gpu-check: {size - head_n - tail_n} bytes cut here to keep the file under {cap} bytes]\n\n"
+    )
     path.write_bytes(head + marker.encode() + tail)
 
 
@@ -223,8 +292,14 @@ def run_stage(stage: Stage, out: Path, limit_s: float) -> Result:
     with path.open("a") as sink:
         sink.write(f"$ {shlex.join(stage.argv)}\n# env: {stage.env}\n# limit: {limit_s:.0f} s\n")
         sink.flush()
-        process = subprocess.Popen(stage.argv, cwd=ROOT, env=os.environ | stage.env, stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            stage.argv,
+            cwd=ROOT,
+            env=os.environ | stage.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             status = "passed" if process.wait(timeout=limit_s) == 0 else "failed"
             note = "" if status == "passed" else f"exit status {process.returncode}"
@@ -242,8 +317,16 @@ def sanitizer_refusal(sanitizer: str | None, python: str, out: Path) -> str | No
     does), or None when a tiny CUDA program runs clean under it."""
     if sanitizer is None:
         return "compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin)"
-    probe = [sanitizer, "--tool", "memcheck", "--error-exitcode", "1", python, "-c",
-             "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"]
+    probe = [
+        sanitizer,
+        "--tool",
+        "memcheck",
+        "--error-exitcode",
+        "1",
+        python,
+        "-c",
+        "import torch; assert torch.ones(4, device='cuda').sum().item() == 4",
+    ]
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=90, cwd=ROOT)
         output, ok = done.stdout + done.stderr, done.returncode == 0
@@ -271,8 +354,14 @@ def build_tools_problem() -> str | None:
 
 def collected_count(python: str, args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """How many tests `pytest --collect-only args` finds (0 with the reason when it fails)."""
-    done = subprocess.run(pytest_argv(python, args, "--collect-only", "-q"), capture_output=True, text=True,
-                          cwd=ROOT, env=os.environ | env, timeout=300)
+    done = subprocess.run(
+        pytest_argv(python, args, "--collect-only", "-q"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | env,
+        timeout=300,
+    )
     match = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout)
     if done.returncode != 0 or not match:
         return 0, tail_lines_text(done.stdout + done.stderr)
@@ -286,8 +375,14 @@ def tail_lines_text(text: str, n: int = 15) -> str:
 def dry_run(stages: list[Stage], python: str) -> list[Result]:
     results = []
     problem = build_tools_problem()
-    results.append(Result("build", "planned" if problem is None else "failed", limit_s=stages[0].limit_s,
-                          note=problem or "cmake >= 3.26 and ninja found"))
+    results.append(
+        Result(
+            "build",
+            "planned" if problem is None else "failed",
+            limit_s=stages[0].limit_s,
+            note=problem or "cmake >= 3.26 and ninja found",
+        )
+    )
     for stage in stages[1:]:
         note, status = shlex.join(stage.argv), "planned"
         if stage.collect is not None:
@@ -347,7 +442,9 @@ def write_summary(out: Path, results: list[Result], header: str) -> str:
             sections.append(f"## {name}\n\n" + "\n".join(f"- {f}" for f in findings))
     bench = bench_findings(out / "ops_cuda.json")
     if bench:
-        sections.append("## bench (ops_cuda.json; ratios: contender time / ours)\n\n" + "\n".join(f"- {b}" for b in bench))
+        sections.append(
+            "## bench (ops_cuda.json; ratios: contender time / ours)\n\n" + "\n".join(f"- {b}" for b in bench)
+        )
     files = sorted(p for p in out.iterdir() if p.is_file()) + [out / "summary.md"]
     files = list(dict.fromkeys(files))
     if len(files) > MAX_FILES:
@@ -372,17 +469,23 @@ def run_all(stages: list[Stage], out: Path, python: str, sanitizer: str | None, 
             refusal = sanitizer_refusal(sanitizer, python, out)
         limit = stage_limit(stage.limit_s, slack, deadline, time.monotonic())
         if failed_needs:
-            result = Result(stage.name, "skipped", limit_s=stage.limit_s, note=f"{', '.join(failed_needs)} did not pass")
+            result = Result(
+                stage.name, "skipped", limit_s=stage.limit_s, note=f"{', '.join(failed_needs)} did not pass"
+            )
         elif refusal and stage.name in ("memcheck", "racecheck"):
             result = Result(stage.name, "skipped", limit_s=stage.limit_s, note=refusal)
         elif limit < min(10.0, stage.limit_s):
-            result = Result(stage.name, "skipped", limit_s=stage.limit_s, note="no time left of the 9 minutes")
+            result = Result(
+                stage.name, "skipped", limit_s=stage.limit_s, note="no time left of the 9 minutes"
+            )
         else:
             log(f"{stage.name}: started (limit {limit:.0f} s, {stage.log})")
             result = run_stage(stage, out, limit)
             slack = max(0.0, limit - result.seconds)
-        log(f"{stage.name}: {result.status} in {result.seconds:.1f} s (limit {result.limit_s:.0f} s)"
-            + (f": {result.note}" if result.note else ""))
+        log(
+            f"{stage.name}: {result.status} in {result.seconds:.1f} s (limit {result.limit_s:.0f} s)"
+            + (f": {result.note}" if result.note else "")
+        )
         if result.status in ("failed", "timeout"):
             print(tail_lines(out / stage.log), flush=True)
         results.append(result)
@@ -392,7 +495,9 @@ def run_all(stages: list[Stage], out: Path, python: str, sanitizer: str | None, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="result folder (default bench/results/gpu_<date>_<gpu>)")
-    ap.add_argument("--dry-run", action="store_true", help="check the plan without a GPU; build and run nothing")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="check the plan without a GPU; build and run nothing"
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build jobs (default: every core)")
     args = ap.parse_args(argv)
     start = time.monotonic()
@@ -409,14 +514,18 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or default_out_dir(gpu)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(python, out, arch or "9.0", args.jobs, sanitizer)
-    header = (f"# gpu-check {'dry run' if args.dry_run else 'run'}: {gpu or 'no GPU'} (arch {arch or 'none; 9.0 assumed'})"
-              f", {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\npython {python}, {args.jobs} build jobs, "
-              f"budget {TOTAL_BUDGET_S:.0f} s")
+    header = (
+        f"# gpu-check {'dry run' if args.dry_run else 'run'}: {gpu or 'no GPU'} (arch {arch or 'none; 9.0 assumed'})"
+        f", {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\npython {python}, {args.jobs} build jobs, "
+        f"budget {TOTAL_BUDGET_S:.0f} s"
+    )
     if args.dry_run:
         log(f"dry run: {len(stages)} stages, results would go to {out}")
         results = dry_run(stages, python)
         for stage, result in zip(stages, results):
-            log(f"{stage.name}: {result.status} (limit {stage.limit_s:.0f} s): {shlex.join(stage.argv)}\n    {result.note}")
+            log(
+                f"{stage.name}: {result.status} (limit {stage.limit_s:.0f} s): {shlex.join(stage.argv)}\n    {result.note}"
+            )
     else:
         machine = time.monotonic()
         (out / "machine.txt").write_text(machine_report(python, sanitizer))
@@ -424,8 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(stages, out, python, sanitizer, start)
     print(write_summary(out, results, header), flush=True)
     log(f"total {time.monotonic() - start:.1f} s; results in {out}")
-    return 0 if all(r.status in ("passed", "planned", "skipped") for r in results) and not any(
-        r.status == "skipped" and "did not pass" in r.note for r in results) else 1
+    return (
+        0
+        if all(r.status in ("passed", "planned", "skipped") for r in results)
+        and not any(r.status == "skipped" and "did not pass" in r.note for r in results)
+        else 1
+    )
 
 
 if __name__ == "__main__":

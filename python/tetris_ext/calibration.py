@@ -94,7 +94,9 @@ class AcceptanceCalibration:
             p = torch.sigmoid(xi @ self.weights + bias)
             error = float(yi - p)
             self.weights += self.learning_rate * error * xi
-            self.request_bias[request] = (1.0 - self.request_shrink) * bias + self.request_learning_rate * error
+            self.request_bias[request] = (
+                1.0 - self.request_shrink
+            ) * bias + self.request_learning_rate * error
             self.updates += 1
 
     def predict_many(self, features: Tensor, requests: list) -> Tensor:
@@ -115,7 +117,9 @@ class AcceptanceCalibration:
             p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
             error = float(y) - p
             w = [wi + self.learning_rate * error * xi for wi, xi in zip(w, x)]
-            self.request_bias[request] = (1.0 - self.request_shrink) * bias + self.request_learning_rate * error
+            self.request_bias[request] = (
+                1.0 - self.request_shrink
+            ) * bias + self.request_learning_rate * error
             self.updates += 1
         self.weights = torch.tensor(w, dtype=torch.float64)
 

@@ -58,9 +58,15 @@ class _FixedLatency:
         self.cost_model, self.padded, self.points = cost_model, padded, points
 
     def _price(self, requests: int, real: int, padded: int) -> float:
-        return price_step(self.cost_model, StepShape(
-            requests=requests, query_tokens=real, padded_query_tokens=padded if self.padded else real,
-            drafting_requests=requests)).seconds
+        return price_step(
+            self.cost_model,
+            StepShape(
+                requests=requests,
+                query_tokens=real,
+                padded_query_tokens=padded if self.padded else real,
+                drafting_requests=requests,
+            ),
+        ).seconds
 
     def predict(self, requests: int, real_tokens: Tensor, padded_tokens: Tensor) -> Tensor:
         real, padded = real_tokens.double(), padded_tokens.double()
@@ -69,9 +75,15 @@ class _FixedLatency:
         else:
             grid = torch.linspace(0, len(real) - 1, self.points).round().long().unique().tolist()
         at = torch.tensor(grid, dtype=torch.float64)
-        seconds = torch.tensor([self._price(requests, int(real[i]), int(padded[i])) for i in grid], dtype=torch.float64)
+        seconds = torch.tensor(
+            [self._price(requests, int(real[i]), int(padded[i])) for i in grid], dtype=torch.float64
+        )
         index = torch.arange(len(real), dtype=torch.float64)
-        upper = torch.searchsorted(at, index).clamp(1, max(1, len(at) - 1)) if len(at) > 1 else torch.zeros_like(index, dtype=torch.long)
+        upper = (
+            torch.searchsorted(at, index).clamp(1, max(1, len(at) - 1))
+            if len(at) > 1
+            else torch.zeros_like(index, dtype=torch.long)
+        )
         if len(at) == 1:
             return seconds.expand(len(real)).clamp(min=1e-9)
         lower = upper - 1
@@ -120,16 +132,24 @@ class CostAwareTetris(_GoodputPolicy):
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
     """
 
-    def __init__(self, max_draft: int = 8, padded: bool = True, cost_model: CostModel | None = None,
-                 capacity: int | None = None, width_residual: bool = True):
+    def __init__(
+        self,
+        max_draft: int = 8,
+        padded: bool = True,
+        cost_model: CostModel | None = None,
+        capacity: int | None = None,
+        width_residual: bool = True,
+    ):
         super().__init__()
         if max_draft < 1 or (capacity is not None and capacity < 0):
             raise ValueError("CostAwareTetris: need max_draft >= 1 and capacity >= 0")
         self.max_draft, self.padded, self.capacity = max_draft, padded, capacity
         self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
         model = "" if cost_model is None else f", cost={cost_model.name}"
-        self.name = (f"CostAwareTetris({max_draft}, {'padded' if padded else 'flat'}{model}"
-                     f"{'' if capacity is None else f', capacity={capacity}'})")
+        self.name = (
+            f"CostAwareTetris({max_draft}, {'padded' if padded else 'flat'}{model}"
+            f"{'' if capacity is None else f', capacity={capacity}'})"
+        )
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
 
@@ -142,13 +162,18 @@ class CostAwareTetris(_GoodputPolicy):
         flattened engine its real tokens. Fitting both counts at once let noise split one
         effect into opposite slopes, and the padded floor, which reads the real-token slope
         alone, then refused every candidate (live on code: 94 steps instead of 64)."""
-        tokens = feedback.padded_tokens if self.padded else feedback.num_requests + int(feedback.verified.sum())
+        tokens = (
+            feedback.padded_tokens if self.padded else feedback.num_requests + int(feedback.verified.sum())
+        )
         return tokens, tokens
 
     def observe(self, feedback: StepFeedback) -> None:
         if self.padded and self.fixed is None:
-            self.bumps.observe(feedback.padded_tokens // feedback.num_requests, feedback.padded_tokens,
-                               feedback.verify_seconds)
+            self.bumps.observe(
+                feedback.padded_tokens // feedback.num_requests,
+                feedback.padded_tokens,
+                feedback.verify_seconds,
+            )
         super().observe(feedback)
 
     def _exploring(self):
@@ -160,12 +185,17 @@ class CostAwareTetris(_GoodputPolicy):
         tokens = padded if self.padded else real
         seconds = self.verify_latency.predict(tokens, tokens) + self.draft_seconds
         if self.padded and self.use_bumps:
-            seconds = (seconds + self.bumps.predict(torch.div(padded, B, rounding_mode="floor").long(), self.verify_latency)).clamp(min=1e-6)
+            seconds = (
+                seconds
+                + self.bumps.predict(torch.div(padded, B, rounding_mode="floor").long(), self.verify_latency)
+            ).clamp(min=1e-6)
         return seconds
 
     def choose(self, proposal: Proposal) -> Tensor:
         B, N = proposal.tokens.shape
-        probs = torch.nan_to_num(proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0))  # padding, NaN: 0
+        probs = torch.nan_to_num(
+            proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0)
+        )  # padding, NaN: 0
         explore = self._exploring()
         if self.padded:
             selected = self._choose_width(proposal, probs, explore)
@@ -209,4 +239,6 @@ class CostAwareTetris(_GoodputPolicy):
         one_more = self._latency(B, real[w : w + 1] + 1, B * (1 + widths[w : w + 1].double()))
         self.last_floor = float(goodput[w] * (one_more - latency[w : w + 1]).clamp(min=0))
         cap = B * N if self.capacity is None else self.capacity
-        return _select(proposal, cap, per_request=w, min_prob=self.last_floor if self.last_floor > 0 else None)
+        return _select(
+            proposal, cap, per_request=w, min_prob=self.last_floor if self.last_floor > 0 else None
+        )

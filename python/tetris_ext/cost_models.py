@@ -77,8 +77,16 @@ class LinearCostModel:
     padded: bool = True
     info: dict = field(default_factory=dict)  # how it was fitted: samples, residuals, machine
 
-    FEATURES = ("step", "request", "query_token", "attention_pair", "prefill_request", "prefill_token",
-                "drafting_request", "draft_pass")
+    FEATURES = (
+        "step",
+        "request",
+        "query_token",
+        "attention_pair",
+        "prefill_request",
+        "prefill_token",
+        "drafting_request",
+        "draft_pass",
+    )
     DRAFT_FEATURES = ("drafting_request", "draft_pass")
 
     def features(self, s: StepShape) -> dict[str, float]:
@@ -103,8 +111,9 @@ class LinearCostModel:
         return sum(self.coef.get(k, 0.0) * f[k] for k in self.DRAFT_FEATURES)
 
     @classmethod
-    def fit(cls, samples: list[tuple[StepShape, float]], name: str = "fitted", padded: bool = True,
-            **info) -> "LinearCostModel":
+    def fit(
+        cls, samples: list[tuple[StepShape, float]], name: str = "fitted", padded: bool = True, **info
+    ) -> LinearCostModel:
         """Non-negative least squares on relative error (each sample weighted by 1 / its time),
         so that small steps count as much as large ones. Features that are 0 in every sample
         are left out (their coefficient is 0)."""
@@ -120,23 +129,36 @@ class LinearCostModel:
         coef, _ = nnls(X * w[:, None], y * w)
         pred = X @ coef
         rel = np.abs(pred - y) / y
-        info = info | {"samples": len(samples), "median_rel_error": float(np.median(rel)),
-                       "max_rel_error": float(rel.max())}
+        info = info | {
+            "samples": len(samples),
+            "median_rel_error": float(np.median(rel)),
+            "max_rel_error": float(rel.max()),
+        }
         return cls(dict(zip(used, map(float, coef))), name=name, padded=padded, info=info)
 
     def to_json(self) -> dict:
-        return {"kind": "linear", "name": self.name, "padded": self.padded, "coef": self.coef, "info": self.info}
+        return {
+            "kind": "linear",
+            "name": self.name,
+            "padded": self.padded,
+            "coef": self.coef,
+            "info": self.info,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "LinearCostModel":
-        return cls(dict(d["coef"]), name=d.get("name", "fitted"), padded=d.get("padded", True),
-                   info=d.get("info", {}))
+    def from_json(cls, d: dict) -> LinearCostModel:
+        return cls(
+            dict(d["coef"]),
+            name=d.get("name", "fitted"),
+            padded=d.get("padded", True),
+            info=d.get("info", {}),
+        )
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "LinearCostModel":
+    def load(cls, path: Path) -> LinearCostModel:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -196,17 +218,22 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
     (3.35 TB/s HBM3 and 989 dense bf16 TFLOP/s each, tensor parallel). Weights take about
     17 ms to read per step at 80% of peak bandwidth; a token costs 140 GFLOP, about 0.06 ms at
     60% of peak, so a step turns compute bound near 300 tokens."""
-    return RooflineCostModel(**({
-        "name": "roofline-4xH100-70B",
-        "params": 70.6e9,
-        "layers": 80,
-        "q_dim": 64 * 128,
-        "kv_bytes_per_token": 80 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
-        "bytes_per_param": 2.0,
-        "gpus": 4,
-        "hbm_bytes_per_s": 3.35e12,
-        "flops_per_s": 989e12,
-    } | overrides))
+    return RooflineCostModel(
+        **(
+            {
+                "name": "roofline-4xH100-70B",
+                "params": 70.6e9,
+                "layers": 80,
+                "q_dim": 64 * 128,
+                "kv_bytes_per_token": 80 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
+                "bytes_per_param": 2.0,
+                "gpus": 4,
+                "hbm_bytes_per_s": 3.35e12,
+                "flops_per_s": 989e12,
+            }
+            | overrides
+        )
+    )
 
 
 def solve_nonnegative_slopes(gram, moment):
@@ -266,8 +293,10 @@ class RecordedStepTimes:
         s = self.per_step[self.next]
         self.next += 1
         if len(s["requests"]) != step.requests:
-            raise RuntimeError(f"RecordedStepTimes: step {self.next - 1} of the replay has {step.requests} "
-                               f"requests, the recorded run had {len(s['requests'])}")
+            raise RuntimeError(
+                f"RecordedStepTimes: step {self.next - 1} of the replay has {step.requests} "
+                f"requests, the recorded run had {len(s['requests'])}"
+            )
         verify = s["select_seconds"] + s["verify_seconds"]
         return StepCost(s["draft_seconds"] + verify, s["draft_seconds"], verify)
 
@@ -302,6 +331,7 @@ def measure_step_times(
     it = pairs
     if progress:
         from tqdm import tqdm
+
         it = tqdm(pairs, desc="step times", unit="shape")
     with torch.inference_mode():
         for B, q in it:
@@ -316,8 +346,12 @@ def measure_step_times(
                 target(input_ids=new, past_key_values=cache, position_ids=pos, use_cache=True)
                 times.append(time.perf_counter() - t0)
                 cache.crop(context_len)
-            shape = StepShape(requests=B, query_tokens=B * q, context_tokens=B * context_len,
-                              attention_work=B * q * context_len)
+            shape = StepShape(
+                requests=B,
+                query_tokens=B * q,
+                context_tokens=B * context_len,
+                attention_work=B * q * context_len,
+            )
             samples.append((shape, statistics.median(times[1:])))
     return samples
 

@@ -69,7 +69,9 @@ class Request:
             added += 1
             if token in self.eos:
                 break
-        if len(self.tokens) - self.prompt_len >= self.max_new_tokens or (added and self.tokens[-1] in self.eos):
+        if len(self.tokens) - self.prompt_len >= self.max_new_tokens or (
+            added and self.tokens[-1] in self.eos
+        ):
             self.finished = True
         return added
 
@@ -110,7 +112,9 @@ class LiveTarget:
     ) -> Verified:
         """One target forward over the block, then keep what the target accepts."""
         first_column = self.cache.width
-        logits = self.cache.forward(block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real)
+        logits = self.cache.forward(
+            block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real
+        )
         verified = verify(block, logits, proposal, temperature, generator)
         # Roll back: only the root and the accepted slots of each row stay in the cache.
         roots = torch.zeros_like(verified.accepted_slots[:, :1])

@@ -22,41 +22,73 @@ from pathlib import Path
 import torch
 
 from .calibration import brier_score, reliability
-from .decoding import generate
 from .cost_aware import CostAwareTetris
+from .decoding import generate
 from .drafters import ModelDrafter, NgramDrafter
 from .policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 
-POLICY_CHOICES = ("autoregressive", "standard", "goodput-sd", "threshold", "tetris", "goodput-tetris", "cost-aware")
+POLICY_CHOICES = (
+    "autoregressive",
+    "standard",
+    "goodput-sd",
+    "threshold",
+    "tetris",
+    "goodput-tetris",
+    "cost-aware",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tetris_ext.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", action="append", choices=POLICY_CHOICES,
-                   help="policy to run (repeatable; default: all). Autoregressive always runs as the baseline.")
+    p.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICY_CHOICES,
+        help="policy to run (repeatable; default: all). Autoregressive always runs as the baseline.",
+    )
     p.add_argument("--k", type=int, default=3, help="StandardSD(k) and Tetris(k, extra) (default 3)")
     p.add_argument("--extra", type=int, default=2, help="Tetris's extra drafts per request (default 2)")
-    p.add_argument("--max-k", type=int, default=6, help="GoodputSD's and ThresholdSD's largest window (default 6)")
+    p.add_argument(
+        "--max-k", type=int, default=6, help="GoodputSD's and ThresholdSD's largest window (default 6)"
+    )
     p.add_argument("--max-draft", type=int, default=5, help="GoodputTetris's drafts per request (default 5)")
-    p.add_argument("--threshold", type=float, default=0.7, help="ThresholdSD's rejection-probability threshold")
+    p.add_argument(
+        "--threshold", type=float, default=0.7, help="ThresholdSD's rejection-probability threshold"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="requests decoding together (default 8)")
-    p.add_argument("--prompts", type=Path,
-                   help="JSONL file with a 'prompt' (or chat 'messages') per line (default: the bundled set)")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        help="JSONL file with a 'prompt' (or chat 'messages') per line (default: the bundled set)",
+    )
     p.add_argument("--num-prompts", type=int, help="use only the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary")
-    p.add_argument("--pair", choices=("qwen2.5-coder",),
-                   help="Qwen2.5-Coder-Instruct 1.5B drafted by its 0.5B sibling instead of Gemma 3 270M "
-                        "(pip install tetris_ext[qwen]); prompts with 'messages' get the chat template")
+    p.add_argument(
+        "--draft-model", type=Path, help="local path of a draft model sharing the target's vocabulary"
+    )
+    p.add_argument(
+        "--pair",
+        choices=("qwen2.5-coder",),
+        help="Qwen2.5-Coder-Instruct 1.5B drafted by its 0.5B sibling instead of Gemma 3 270M "
+        "(pip install tetris_ext[qwen]); prompts with 'messages' get the chat template",
+    )
     p.add_argument("--tree-width", type=int, default=1, help="with --draft-model: children per tree node")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="target weights (default float32: every output identical to autoregressive decoding; "
-                        "bfloat16 is about 2x faster on CPUs with AMX, but rounds a verification block differently "
-                        "from one-token steps, so near-ties can flip)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a small shared machine a second thread "
-                        "makes timings erratic; 0 = torch's default)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="target weights (default float32: every output identical to autoregressive decoding; "
+        "bfloat16 is about 2x faster on CPUs with AMX, but rounds a verification block differently "
+        "from one-token steps, so near-ties can flip)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a small shared machine a second thread "
+        "makes timings erratic; 0 = torch's default)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/tmp/demo"), help="output directory")
     return p.parse_args(argv)
 
@@ -69,18 +101,32 @@ def make_policies(args) -> list:
         "threshold": ThresholdSD(args.threshold, args.max_k),
         "tetris": Tetris(args.k, args.extra),
         "goodput-tetris": GoodputTetris(args.max_draft),
-        "cost-aware": CostAwareTetris(args.max_draft, padded=True),  # the recommended policy (this loop is padded)
+        "cost-aware": CostAwareTetris(
+            args.max_draft, padded=True
+        ),  # the recommended policy (this loop is padded)
     }
     return [Autoregressive()] + [policy for name, policy in every.items() if name in chosen]
 
 
 def load_prompts(path: Path | None, limit: int | None) -> list[dict]:
-    text = path.read_text() if path else resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text()
+    text = (
+        path.read_text() if path else resources.files("tetris_ext").joinpath("data/prompts.jsonl").read_text()
+    )
     prompts = [json.loads(line) for line in text.splitlines() if line.strip()]
     return prompts[:limit] if limit else prompts
 
 
-def run_policies(target, prompts, policies, make_drafter, batch_size, max_new_tokens, temperature=0.0, eos_token_id=None, progress=True) -> list[dict]:
+def run_policies(
+    target,
+    prompts,
+    policies,
+    make_drafter,
+    batch_size,
+    max_new_tokens,
+    temperature=0.0,
+    eos_token_id=None,
+    progress=True,
+) -> list[dict]:
     """Decode ``prompts`` (token lists) once per policy; one summary dict per run (the first
     policy is the baseline for the speed-up)."""
     from tqdm.auto import tqdm
@@ -91,10 +137,19 @@ def run_policies(target, prompts, policies, make_drafter, batch_size, max_new_to
     for policy in policies:
         drafter = make_drafter() if policy.num_draft(batch_size) > 0 else None
         total = len(prompts) * max_new_tokens
-        with tqdm(total=total, desc=f"{policy.name:>22}", unit="tok", disable=not progress, leave=True) as bar:
+        with tqdm(
+            total=total, desc=f"{policy.name:>22}", unit="tok", disable=not progress, leave=True
+        ) as bar:
             result = generate(
-                target, prompts, policy, drafter, max_new_tokens=max_new_tokens, max_batch_size=batch_size,
-                temperature=temperature, eos_token_id=eos_token_id, progress=bar,
+                target,
+                prompts,
+                policy,
+                drafter,
+                max_new_tokens=max_new_tokens,
+                max_batch_size=batch_size,
+                temperature=temperature,
+                eos_token_id=eos_token_id,
+                progress=bar,
             )
         runs.append(summarize(policy.name, result, baseline=runs[0] if runs else None))
     return runs
@@ -116,16 +171,21 @@ def summarize(name: str, result, baseline: dict | None) -> dict:
         "cpu_seconds": s["cpu_seconds"],
         "generated_tokens": generated,
         "steps": s["steps"],
-        "verification_success_rate": s["accepted_tokens"] / s["verified_tokens"] if s["verified_tokens"] else None,
+        "verification_success_rate": s["accepted_tokens"] / s["verified_tokens"]
+        if s["verified_tokens"]
+        else None,
         "accepted_per_step": s["accepted_tokens"] / s["steps"],
         "verified_per_step": s["verified_tokens"] / s["steps"],
         "drafted_tokens": s["drafted_tokens"],
-        "padded_tokens_per_step": sum(len(p["requests"]) * p["block_width"] for p in s["per_step"]) / s["steps"],
+        "padded_tokens_per_step": sum(len(p["requests"]) * p["block_width"] for p in s["per_step"])
+        / s["steps"],
         "ms_per_step": 1e3 * (s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"]) / s["steps"],
         "brier_path": brier_score(predicted, accepted) if len(predicted) else None,
         "brier_token": brier_score(token_predicted[tested], accepted[tested]) if bool(tested.any()) else None,
         "reliability_path": reliability(predicted, accepted) if len(predicted) else [],
-        "reliability_token": reliability(token_predicted[tested], accepted[tested]) if bool(tested.any()) else [],
+        "reliability_token": reliability(token_predicted[tested], accepted[tested])
+        if bool(tested.any())
+        else [],
         "seconds": {key: s[f"{key}_seconds"] for key in ("prefill", "draft", "select", "verify")},
         "outputs": result.tokens,
     }
@@ -143,8 +203,10 @@ def format_table(runs: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
-    head = (f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'(cpu)':>6} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
-            f"{'steps':>6} {'ms/step':>7} {'Brier':>6} {'same':>5}")
+    head = (
+        f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'(cpu)':>6} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
+        f"{'steps':>6} {'ms/step':>7} {'Brier':>6} {'same':>5}"
+    )
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
@@ -176,10 +238,17 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "chart": out / "throughput.png",
-             "reliability": out / "reliability.png", "table": out / "table.txt"}
-    payload = {"config": config, "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs],
-               "outputs": {r["policy"]: r["outputs"] for r in runs}}
+    paths = {
+        "json": out / "results.json",
+        "chart": out / "throughput.png",
+        "reliability": out / "reliability.png",
+        "table": out / "table.txt",
+    }
+    payload = {
+        "config": config,
+        "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs],
+        "outputs": {r["policy"]: r["outputs"] for r in runs},
+    }
     paths["json"].write_text(json.dumps(payload, indent=1))
     paths["table"].write_text(format_table(runs) + "\n\n" + TABLE_NOTES + "\n")
 
@@ -187,8 +256,13 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     bars = ax1.bar(names, [r["tokens_per_second"] for r in runs], color="tab:blue")
     for bar, r in zip(bars, runs):
-        ax1.annotate(f"{r['speedup']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                     ha="center", va="bottom", fontsize=8)
+        ax1.annotate(
+            f"{r['speedup']:.2f}x",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax1.set_ylabel("generated tokens / s")
     ax1.set_title("Throughput (speed-up over autoregressive)")
     vsr = [r["verification_success_rate"] or 0.0 for r in runs]
@@ -203,14 +277,20 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, title in ((axes[0], "reliability_path", "path (cumulative) estimate, all verified candidates"),
-                           (axes[1], "reliability_token", "per-token estimate, candidates whose parent was accepted")):
+    for ax, key, title in (
+        (axes[0], "reliability_path", "path (cumulative) estimate, all verified candidates"),
+        (axes[1], "reliability_token", "per-token estimate, candidates whose parent was accepted"),
+    ):
         ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
         for r in runs:
             bins = [b for b in r[key] if b["count"] > 0]
             if bins:
-                ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
-                        label=f"{r['policy']} (Brier {r['brier_path' if key == 'reliability_path' else 'brier_token']:.3f})")
+                ax.plot(
+                    [b["mean_predicted"] for b in bins],
+                    [b["observed"] for b in bins],
+                    marker="o",
+                    label=f"{r['policy']} (Brier {r['brier_path' if key == 'reliability_path' else 'brier_token']:.3f})",
+                )
         ax.set_xlabel("predicted acceptance probability")
         ax.set_ylabel("observed acceptance frequency")
         ax.set_title(title, fontsize=9)
@@ -251,7 +331,10 @@ def main(argv=None) -> list[dict]:
     if args.pair:
         from .models import QWEN_STOP_TOKEN_IDS, load_qwen25_coder
 
-        print("Loading Qwen2.5-Coder-Instruct 1.5B and 0.5B (converted from GGUF parts on first use) ...", flush=True)
+        print(
+            "Loading Qwen2.5-Coder-Instruct 1.5B and 0.5B (converted from GGUF parts on first use) ...",
+            flush=True,
+        )
         target, tokenizer = load_qwen25_coder("1.5b", dtype=dtype)
         draft, _ = load_qwen25_coder("0.5b", dtype=dtype)
         eos_token_id = list(QWEN_STOP_TOKEN_IDS)
@@ -260,8 +343,12 @@ def main(argv=None) -> list[dict]:
         print("Loading Gemma 3 270M (converted from the bundled GGUF on first use) ...", flush=True)
         target, tokenizer = load_gemma3_270m(dtype=dtype)
     prompts = load_prompts(args.prompts, args.num_prompts)
-    token_lists = [list(tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True)) if "messages" in p
-                   else tokenizer(p["prompt"]).input_ids for p in prompts]
+    token_lists = [
+        list(tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True))
+        if "messages" in p
+        else tokenizer(p["prompt"]).input_ids
+        for p in prompts
+    ]
     if args.pair:
         max_draft = max(args.k + args.extra, args.max_k, args.max_draft)
         make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
@@ -270,18 +357,32 @@ def main(argv=None) -> list[dict]:
         from transformers import AutoModelForCausalLM
 
         draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=dtype).eval()
-        make_drafter = lambda: ModelDrafter(draft, max_draft=max(args.k + args.extra, args.max_k, args.max_draft), tree_width=args.tree_width)  # noqa: E731
+        make_drafter = lambda: ModelDrafter(
+            draft, max_draft=max(args.k + args.extra, args.max_k, args.max_draft), tree_width=args.tree_width
+        )  # noqa: E731
         drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
     else:
         make_drafter = lambda: NgramDrafter(max_draft=max(args.k + args.extra, args.max_k, args.max_draft))  # noqa: E731
         drafter_name = "NgramDrafter"
     policies = make_policies(args)
-    print(f"{len(token_lists)} prompts ({sum(map(len, token_lists))} prompt tokens), batch {args.batch_size}, "
-          f"{args.max_new_tokens} new tokens, drafter {drafter_name}, {torch.get_num_threads()} threads", flush=True)
-    runs = run_policies(target, token_lists, policies, make_drafter, args.batch_size, args.max_new_tokens,
-                        args.temperature, eos_token_id=eos_token_id or tokenizer.eos_token_id)
+    print(
+        f"{len(token_lists)} prompts ({sum(map(len, token_lists))} prompt tokens), batch {args.batch_size}, "
+        f"{args.max_new_tokens} new tokens, drafter {drafter_name}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    runs = run_policies(
+        target,
+        token_lists,
+        policies,
+        make_drafter,
+        args.batch_size,
+        args.max_new_tokens,
+        args.temperature,
+        eos_token_id=eos_token_id or tokenizer.eos_token_id,
+    )
     config = {
-        "command": "python -m tetris_ext.demo " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m tetris_ext.demo "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": target_name,
         "drafter": drafter_name,
@@ -298,8 +399,10 @@ def main(argv=None) -> list[dict]:
     print(format_table(runs))
     print()
     print(TABLE_NOTES)
-    print(f"\nResults: {paths['json']}, charts: {paths['chart']}, {paths['reliability']}  "
-          f"(total {config['total_seconds']:.0f} s)")
+    print(
+        f"\nResults: {paths['json']}, charts: {paths['chart']}, {paths['reliability']}  "
+        f"(total {config['total_seconds']:.0f} s)"
+    )
     return runs
 
 

@@ -82,7 +82,9 @@ class NgramIndex:
             raise ValueError("NgramIndex: need 1 <= min_ngram <= max_ngram")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.tokens: list[int] = []
-        self.followers: dict[int, dict[tuple[int, ...], list[int]]] = {n: {} for n in range(min_ngram, max_ngram + 1)}
+        self.followers: dict[int, dict[tuple[int, ...], list[int]]] = {
+            n: {} for n in range(min_ngram, max_ngram + 1)
+        }
 
     def extend(self, tokens: list[int]) -> None:
         context = self.tokens
@@ -155,7 +157,9 @@ class NgramDrafter:
         matches = [ngram_match(r.tokens, num_draft, self.max_ngram, self.min_ngram) for r in requests]
         return self.proposal_from_matches(matches, [r.index for r in requests], num_draft)
 
-    def proposal_from_matches(self, matches: list[NgramMatch], request_ids: list[int], num_draft: int) -> Proposal:
+    def proposal_from_matches(
+        self, matches: list[NgramMatch], request_ids: list[int], num_draft: int
+    ) -> Proposal:
         """Proposal for raw matches (also what a replay of stored matches calls)."""
         B, F = len(matches), len(NGRAM_FEATURES)
         tokens = torch.full((B, num_draft), -1, dtype=torch.long)
@@ -184,7 +188,9 @@ class NgramDrafter:
             return
         for b, request in enumerate(requests):
             if tested[b].any():
-                self.calibration.update(proposal.features[b, tested[b]], request.index, outcome.accepted[b, tested[b]])
+                self.calibration.update(
+                    proposal.features[b, tested[b]], request.index, outcome.accepted[b, tested[b]]
+                )
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +296,9 @@ class ModelDrafter:
     def _feed(self, tokens: Tensor, positions: Tensor, block_mask: Tensor, extra: Tensor) -> Tensor:
         """Feed uncommitted draft nodes; returns their logits [B, q, V] and records nothing."""
         B, q = tokens.shape
-        logits = self.cache.forward(tokens, positions, block_mask, extra, logits_at=torch.ones_like(tokens, dtype=torch.bool))
+        logits = self.cache.forward(
+            tokens, positions, block_mask, extra, logits_at=torch.ones_like(tokens, dtype=torch.bool)
+        )
         return logits.reshape(B, q, -1)
 
     def _grow_chain(self, logits: Tensor, num_draft: int, temperature: float, generator):
@@ -375,12 +383,19 @@ class ModelDrafter:
             n0 = tokens.shape[1]
             tokens = torch.cat([tokens, child_tokens.gather(1, best)], 1)
             parents = torch.cat([parents, frontier.gather(1, best // width)], 1)
-            rows = torch.cat([rows, frontier_logits.gather(1, (best // width)[:, :, None].expand(B, take, V))], 1)
+            rows = torch.cat(
+                [rows, frontier_logits.gather(1, (best // width)[:, :, None].expand(B, take, V))], 1
+            )
             path = torch.cat([path, child_path.gather(1, best)], 1)
             if self._cuts:
-                child_scores = child_logprobs if self.score_temperature == 1 else _child_logprobs(
-                    frontier_logits, top, self.score_temperature)
-                child_scores = child_scores + _parent_path(score_path, frontier).repeat_interleave(width, dim=1)
+                child_scores = (
+                    child_logprobs
+                    if self.score_temperature == 1
+                    else _child_logprobs(frontier_logits, top, self.score_temperature)
+                )
+                child_scores = child_scores + _parent_path(score_path, frontier).repeat_interleave(
+                    width, dim=1
+                )
                 score_path = torch.cat([score_path, child_scores.gather(1, best)], 1)
             new = torch.arange(n0, n0 + take, device=device)
             ancestors = _extend_ancestors(ancestors, parents[:, n0:])
@@ -391,7 +406,9 @@ class ModelDrafter:
             # Feed the new nodes: each sees the committed text, its ancestors and itself.
             width_before = self.cache.width
             extra = _columns_mask(ancestors[:, n0:, :n0], columns, width_before)
-            columns = torch.cat([columns, (width_before + torch.arange(take, device=device)).expand(B, take)], 1)
+            columns = torch.cat(
+                [columns, (width_before + torch.arange(take, device=device)).expand(B, take)], 1
+            )
             own = torch.eye(take, dtype=torch.bool, device=device).expand(B, take, take)
             positions = (base + depth - 1)[:, None].expand(B, take)
             frontier_logits = self._feed(tokens[:, n0:], positions, own, extra)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -105,7 +106,9 @@ class Target(Protocol):
     def keep(self, rows: list[int], leaving: list) -> None:
         """Only ``rows`` stay, in this order; ``leaving`` are the finished requests."""
 
-    def verify(self, requests: list, block: Block, proposal: Proposal, temperature: float, generator) -> Verified:
+    def verify(
+        self, requests: list, block: Block, proposal: Proposal, temperature: float, generator
+    ) -> Verified:
         """The target's decision on ``block`` (and, live, the KV cache rolled back to it)."""
 
     def times(self, record: StepRecord) -> StepTimes:
@@ -137,7 +140,11 @@ class Engine:
         done: list = []
         while waiting or active:
             joining = []
-            while waiting and len(active) + len(joining) < max_batch_size and waiting[0].arrival <= self.target.now():
+            while (
+                waiting
+                and len(active) + len(joining) < max_batch_size
+                and waiting[0].arrival <= self.target.now()
+            ):
                 joining.append(waiting.popleft())
             if not active and not joining:
                 self.target.wait_until(waiting[0].arrival)

@@ -34,11 +34,27 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["NgramLogistic", "ConstantRate", "FEATURES", "PRIOR_WEIGHTS", "TOKEN_CLASSES", "token_class_table", "fit_logistic"]
+__all__ = [
+    "NgramLogistic",
+    "ConstantRate",
+    "FEATURES",
+    "PRIOR_WEIGHTS",
+    "TOKEN_CLASSES",
+    "token_class_table",
+    "fit_logistic",
+]
 
 TOKEN_CLASSES = ("whitespace", "punctuation", "word", "other")
-FEATURES = ("bias", "log_match_length", "log_occurrences", "agreement", "log_depth", "unanimous",
-            "request_log_odds", "log_copy_run") + tuple(f"class_{c}" for c in TOKEN_CLASSES[:-1])
+FEATURES = (
+    "bias",
+    "log_match_length",
+    "log_occurrences",
+    "agreement",
+    "log_depth",
+    "unanimous",
+    "request_log_odds",
+    "log_copy_run",
+) + tuple(f"class_{c}" for c in TOKEN_CLASSES[:-1])
 
 # Offline fit on the tuning traces only (`python bench/estimates.py --print-prior`: the bundled
 # prompt set, Gemma 3 270M bf16), without token classes (they need the tokenizer's table; fit
@@ -84,9 +100,13 @@ class NgramLogistic:
         max_probability: float = 0.98,
     ):
         if len(prior) != len(FEATURES):
-            raise ValueError(f"NgramLogistic: prior needs {len(FEATURES)} weights ({FEATURES}), got {len(prior)}")
+            raise ValueError(
+                f"NgramLogistic: prior needs {len(FEATURES)} weights ({FEATURES}), got {len(prior)}"
+            )
         if not 0.0 < rate_prior < 1.0 or not 0.0 <= rate_decay <= 1.0 or learning_rate < 0:
-            raise ValueError("NgramLogistic: need 0 < rate_prior < 1, 0 <= rate_decay <= 1, learning_rate >= 0")
+            raise ValueError(
+                "NgramLogistic: need 0 < rate_prior < 1, 0 <= rate_decay <= 1, learning_rate >= 0"
+            )
         self.prior = torch.tensor(prior, dtype=torch.float64)
         self.weights = self.prior.clone()
         self.learning_rate, self.prior_strength = learning_rate, prior_strength
@@ -106,7 +126,9 @@ class NgramLogistic:
                 if not self._free:
                     grown = max(8, 2 * self._state.shape[0])
                     self._free = list(range(grown - 1, self._state.shape[0] - 1, -1))
-                    self._state = torch.cat([self._state, self._state.new_zeros(grown - self._state.shape[0], 3)])
+                    self._state = torch.cat(
+                        [self._state, self._state.new_zeros(grown - self._state.shape[0], 3)]
+                    )
                 slot = self._free.pop()
                 self._state[slot] = 0.0
                 self._slots[r] = slot
@@ -141,9 +163,14 @@ class NgramLogistic:
             one_hot = torch.nn.functional.one_hot(self.token_classes[ids].long(), len(TOKEN_CLASSES))
             classes = (one_hot[..., :-1] * (tokens >= 0)[..., None]).to(torch.float64)
         columns = [
-            torch.ones_like(match_length), torch.log1p(match_length), torch.log1p(occurrences), agreement,
-            torch.log1p(depth), (agreement >= 1.0).to(torch.float64),
-            log_odds[:, None].expand(B, N), torch.log1p(run)[:, None].expand(B, N),
+            torch.ones_like(match_length),
+            torch.log1p(match_length),
+            torch.log1p(occurrences),
+            agreement,
+            torch.log1p(depth),
+            (agreement >= 1.0).to(torch.float64),
+            log_odds[:, None].expand(B, N),
+            torch.log1p(run)[:, None].expand(B, N),
         ]
         return torch.cat([torch.stack(columns, -1), classes], -1)
 
@@ -152,8 +179,14 @@ class NgramLogistic:
         p = torch.sigmoid(self.design(features, requests, tokens) @ self.weights)
         return p.clamp(1.0 - self.max_probability, self.max_probability)
 
-    def update_batch(self, features: Tensor, requests: list[int], tested: Tensor, accepted: Tensor,
-                     tokens: Tensor | None = None) -> None:
+    def update_batch(
+        self,
+        features: Tensor,
+        requests: list[int],
+        tested: Tensor,
+        accepted: Tensor,
+        tokens: Tensor | None = None,
+    ) -> None:
         """Learn from one step: features [B, N, 4], tested / accepted [B, N] bool (tested: the
         candidate's own acceptance was decided). One gradient step for the shared weights;
         every request's rate and copy run advance."""
@@ -161,8 +194,9 @@ class NgramLogistic:
         y = accepted[tested].to(torch.float64)
         if self.learning_rate > 0 and len(y):
             error = y - torch.sigmoid(x @ self.weights)
-            self.weights += self.learning_rate * (x.T @ error) \
-                - self.prior_strength * self.learning_rate * len(y) * (self.weights - self.prior)
+            self.weights += self.learning_rate * (
+                x.T @ error
+            ) - self.prior_strength * self.learning_rate * len(y) * (self.weights - self.prior)
         self.updates += len(y)
         slots = self._slot_indices(list(requests))
         hits = (tested & accepted).sum(1).to(torch.float64)
@@ -201,7 +235,9 @@ class NgramLogistic:
 
     # -- the per-request interface of AcceptanceCalibration ----------------------------------
     def predict(self, features: Tensor, request: int) -> Tensor:
-        return self.predict_batch(features.reshape(1, -1, features.shape[-1]), [request]).reshape(features.shape[:-1])
+        return self.predict_batch(features.reshape(1, -1, features.shape[-1]), [request]).reshape(
+            features.shape[:-1]
+        )
 
     def update(self, features: Tensor, request: int, accepted: Tensor) -> None:
         f = features.reshape(1, -1, features.shape[-1])

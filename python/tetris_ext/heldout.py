@@ -57,9 +57,13 @@ class Predictions:
     path_accepted: Tensor  # [K] bool
 
     @staticmethod
-    def cat(parts: list["Predictions"]) -> "Predictions":
-        return Predictions(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                             ("token_estimate", "token_accepted", "path_estimate", "path_accepted")))
+    def cat(parts: list[Predictions]) -> Predictions:
+        return Predictions(
+            *(
+                torch.cat([getattr(p, f) for p in parts])
+                for f in ("token_estimate", "token_accepted", "path_estimate", "path_accepted")
+            )
+        )
 
     @property
     def acceptance_rate(self) -> float:
@@ -69,20 +73,29 @@ class Predictions:
 def collect(trace, calibration, batch_size: int = 8) -> Predictions:
     """Replay ``trace`` verifying every drafted token, with an n-gram drafter scoring by
     ``calibration`` (a fresh estimator: it learns during the replay)."""
-    from .sim import replay  # sim imports the decoding loop; keep this module light
     from .cost_models import LinearCostModel
+    from .sim import replay  # sim imports the decoding loop; keep this module light
 
     cfg = trace.drafter
     drafter = NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"], calibration=calibration)
     free = LinearCostModel({"step": 1.0}, name="unit")  # time plays no part here
-    result = replay(trace, StandardSD(trace.max_draft), batch_size, free, drafter=drafter,
-                    keep_steps=False, keep_candidates=True)
+    result = replay(
+        trace,
+        StandardSD(trace.max_draft),
+        batch_size,
+        free,
+        drafter=drafter,
+        keep_steps=False,
+        keep_candidates=True,
+    )
     c = result.candidates
     tested = torch.tensor(c["tested"], dtype=torch.bool)
     accepted = torch.tensor(c["accepted"], dtype=torch.bool)
     return Predictions(
-        torch.tensor(c["predicted_token"], dtype=torch.float64)[tested], accepted[tested],
-        torch.tensor(c["predicted"], dtype=torch.float64), accepted,
+        torch.tensor(c["predicted_token"], dtype=torch.float64)[tested],
+        accepted[tested],
+        torch.tensor(c["predicted"], dtype=torch.float64),
+        accepted,
     )
 
 
@@ -139,11 +152,22 @@ def plot_reliability(tables: dict[str, list[dict]], path, title: str) -> None:
     for name, table in tables.items():
         rows = [r for r in table if r["count"] > 0]
         total = sum(r["count"] for r in rows) or 1
-        ax.plot([r["mean_predicted"] for r in rows], [r["observed"] for r in rows], marker="o", lw=1, label=name)
-        ax.scatter([r["mean_predicted"] for r in rows], [r["observed"] for r in rows],
-                   s=[400 * r["count"] / total for r in rows], alpha=0.3)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="estimated p(accepted | parent accepted)",
-           ylabel="observed acceptance", title=title)
+        ax.plot(
+            [r["mean_predicted"] for r in rows], [r["observed"] for r in rows], marker="o", lw=1, label=name
+        )
+        ax.scatter(
+            [r["mean_predicted"] for r in rows],
+            [r["observed"] for r in rows],
+            s=[400 * r["count"] / total for r in rows],
+            alpha=0.3,
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="estimated p(accepted | parent accepted)",
+        ylabel="observed acceptance",
+        title=title,
+    )
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

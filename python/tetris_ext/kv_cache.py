@@ -68,7 +68,7 @@ def _logits(model: PreTrainedModel, hidden: Tensor) -> Tensor:
     return logits.float()
 
 
-_probe_results: "weakref.WeakKeyDictionary[PreTrainedModel, bool]" = weakref.WeakKeyDictionary()
+_probe_results: weakref.WeakKeyDictionary[PreTrainedModel, bool] = weakref.WeakKeyDictionary()
 
 
 @torch.inference_mode()
@@ -194,7 +194,9 @@ class RaggedKVCache:
             last[torch.arange(B), sizes - 1] = True
         columns = torch.where(real, self.width + torch.arange(q), -1)
         logits = self.forward(
-            tokens.to(self.device), positions.to(self.device), causal.to(self.device),
+            tokens.to(self.device),
+            positions.to(self.device),
+            causal.to(self.device),
             logits_at=None if last is None else last.to(self.device),
         )
         self.commit(columns.to(self.device))
@@ -255,7 +257,7 @@ class RaggedKVCache:
         self._map_layers(lambda t: t[rows])
         self.maybe_compact()
 
-    def extend(self, other: "RaggedKVCache") -> None:
+    def extend(self, other: RaggedKVCache) -> None:
         """Append the rows of ``other`` (e.g. newly prefilled requests) below ours."""
         if self.batch_size == 0:
             self.cache, self.positions, self.valid = other.cache, other.positions, other.valid
@@ -267,7 +269,9 @@ class RaggedKVCache:
                 (torch.cat([k1, k2]), torch.cat([v1, v2])) for (k1, v1), (k2, v2) in zip(mine, theirs)
             ]
         )
-        self.positions = torch.cat([_pad_columns(self.positions, width), _pad_columns(other.positions, width)])
+        self.positions = torch.cat(
+            [_pad_columns(self.positions, width), _pad_columns(other.positions, width)]
+        )
         self.valid = torch.cat([_pad_columns(self.valid, width), _pad_columns(other.valid, width)])
 
     def _padded_layers(self, width: int):

@@ -70,7 +70,9 @@ def part_paths(spec: SplitGGUF) -> list[Path]:
         )
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:
-        raise PartsMismatchError(f"{spec.filename}: part files not found: {', '.join(absent)} (reinstall the packages)")
+        raise PartsMismatchError(
+            f"{spec.filename}: part files not found: {', '.join(absent)} (reinstall the packages)"
+        )
     return paths
 
 

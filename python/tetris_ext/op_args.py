@@ -24,11 +24,24 @@ FLOAT32_OVERFLOW = 3.4028235677973366e38
 INT64_MAX = 2**63 - 1
 
 # c10::toString of each dtype (the C++ messages' spelling); others: "float8_e5m2" -> "Float8_e5m2".
-_DTYPE_NAMES = {torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
-                torch.float64: "Double", torch.int32: "Int", torch.int64: "Long", torch.int16: "Short",
-                torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool", torch.uint16: "UInt16",
-                torch.uint32: "UInt32", torch.uint64: "UInt64", torch.complex32: "ComplexHalf",
-                torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
+_DTYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.float64: "Double",
+    torch.int32: "Int",
+    torch.int64: "Long",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+    torch.uint16: "UInt16",
+    torch.uint32: "UInt32",
+    torch.uint64: "UInt64",
+    torch.complex32: "ComplexHalf",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+}
 _INDEX = (torch.int32, torch.int64)
 
 
@@ -77,11 +90,15 @@ def check_item_count(op: str, name: str, t: Tensor, count: int, what: str) -> No
 
 def check_output_bytes(op: str, name: str, t: Tensor, nbytes: int, output: str) -> None:
     if nbytes > MAX_OUTPUT_BYTES:
-        raise ValueError(f"{op}: argument '{name}': the output '{output}' would take {nbytes} bytes, "
-                         f"more than 2^47; got shape {_shape(t)}")
+        raise ValueError(
+            f"{op}: argument '{name}': the output '{output}' would take {nbytes} bytes, "
+            f"more than 2^47; got shape {_shape(t)}"
+        )
 
 
-def check_index_matrix(op: str, name: str, t: Tensor, B: int, N: int, reference: Tensor, reference_name: str) -> None:
+def check_index_matrix(
+    op: str, name: str, t: Tensor, B: int, N: int, reference: Tensor, reference_name: str
+) -> None:
     check_dtype(op, name, t, _INDEX)
     check_dim(op, name, t, 2, "[B, N]")
     check_size(op, name, t, 0, B, "B")
@@ -197,8 +214,9 @@ def check_tree_mask(op: str, selected, parents, prefix_lens) -> None:
     M = N + 1
     check_item_count(op, "selected", selected, B * M, "B * (N + 1) slots")
     packed = op == "tree_mask_packed"
-    check_output_bytes(op, "selected", selected, B * M * ((M + 7) // 8 if packed else M),
-                       "packed_mask" if packed else "mask")
+    check_output_bytes(
+        op, "selected", selected, B * M * ((M + 7) // 8 if packed else M), "packed_mask" if packed else "mask"
+    )
     if parents is not None:
         check_index_matrix(op, "parents", parents, B, N, selected, "selected")
     check_dtype(op, "prefix_lens", prefix_lens, _INDEX)
@@ -243,8 +261,14 @@ def _check_probs(op: str, name: str, t: Tensor, B: int, M: int) -> None:
 
 def check_verify_sampling(slot_tokens, slot_parent, target_probs, draft_probs, uniforms) -> None:
     op = "verify_sampling"
-    check_layouts(op, slot_tokens=slot_tokens, slot_parent=slot_parent, target_probs=target_probs,
-                  draft_probs=draft_probs, uniforms=uniforms)
+    check_layouts(
+        op,
+        slot_tokens=slot_tokens,
+        slot_parent=slot_parent,
+        target_probs=target_probs,
+        draft_probs=draft_probs,
+        uniforms=uniforms,
+    )
     _check_verify_slots(op, slot_tokens, slot_parent)
     B, M = slot_tokens.shape
     _check_probs(op, "target_probs", target_probs, B, M)

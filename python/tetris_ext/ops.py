@@ -78,9 +78,7 @@ def tree_mask(
     return torch.ops.tetris.tree_mask.default(selected, parents, prefix_lens)
 
 
-def tree_mask_packed(
-    selected: Tensor, parents: Tensor | None, prefix_lens: Tensor
-) -> tuple[Tensor, Tensor]:
+def tree_mask_packed(selected: Tensor, parents: Tensor | None, prefix_lens: Tensor) -> tuple[Tensor, Tensor]:
     """Varlen layout: (cu_seqlens [B+1] int32, packed_mask [B, N+1, ceil((N+1)/8)] uint8)."""
     op_args.check_layouts("tree_mask_packed", selected=selected, parents=parents, prefix_lens=prefix_lens)
     return torch.ops.tetris.tree_mask_packed.default(selected, parents, prefix_lens)
@@ -90,8 +88,9 @@ def verify_greedy(
     slot_tokens: Tensor, slot_parent: Tensor, target_tokens: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Greedy verification: (accepted_slots [B, M] int64, num_accepted [B] int32, out_tokens [B, M] int64)."""
-    op_args.check_layouts("verify_greedy", slot_tokens=slot_tokens, slot_parent=slot_parent,
-                          target_tokens=target_tokens)
+    op_args.check_layouts(
+        "verify_greedy", slot_tokens=slot_tokens, slot_parent=slot_parent, target_tokens=target_tokens
+    )
     return torch.ops.tetris.verify_greedy.default(slot_tokens, slot_parent, target_tokens)
 
 
@@ -103,8 +102,14 @@ def verify_sampling(
     uniforms: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lossless rejection-sampling verification; randomness from ``uniforms`` [B, M] in [0, 1)."""
-    op_args.check_layouts("verify_sampling", slot_tokens=slot_tokens, slot_parent=slot_parent,
-                          target_probs=target_probs, draft_probs=draft_probs, uniforms=uniforms)
+    op_args.check_layouts(
+        "verify_sampling",
+        slot_tokens=slot_tokens,
+        slot_parent=slot_parent,
+        target_probs=target_probs,
+        draft_probs=draft_probs,
+        uniforms=uniforms,
+    )
     return torch.ops.tetris.verify_sampling.default(
         slot_tokens, slot_parent, target_probs, draft_probs, uniforms
     )

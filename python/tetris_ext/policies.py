@@ -77,7 +77,9 @@ class Policy:
         return self.name
 
 
-def _select(proposal: Proposal, budget: int, per_request: int | None = None, min_prob: float | None = None) -> Tensor:
+def _select(
+    proposal: Proposal, budget: int, per_request: int | None = None, min_prob: float | None = None
+) -> Tensor:
     scores = proposal.cum_logprobs
     caps = None
     if per_request is not None:
@@ -117,7 +119,9 @@ class Tetris(Policy):
     probability of being accepted is below it, even with capacity left.
     """
 
-    def __init__(self, k: int | None = None, extra: int = 1, capacity: int | None = None, min_prob: float | None = None):
+    def __init__(
+        self, k: int | None = None, extra: int = 1, capacity: int | None = None, min_prob: float | None = None
+    ):
         if (k is None) == (capacity is None):
             raise ValueError("Tetris: give exactly one of k (capacity k per request) and capacity")
         if (k is not None and k < 1) or (capacity is not None and capacity < 0) or extra < 0:
@@ -191,7 +195,9 @@ class LatencyModel:
         self.count += 1
         # A ridge on the two slopes only (never the intercept), relative to the data's scale:
         # a tie-breaker when real and padded tokens move together, not a bias.
-        penalty = self.ridge * torch.diag(torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+        penalty = self.ridge * torch.diag(
+            torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+        )
         self.coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)  # slopes >= 0
 
     def predict(self, real_tokens, padded_tokens) -> Tensor:
@@ -244,7 +250,11 @@ class _GoodputPolicy(Policy):
 
     def observe(self, feedback: StepFeedback) -> None:
         self.verify_latency.observe(*self._step_tokens(feedback), feedback.verify_seconds)
-        self.draft_seconds = feedback.draft_seconds if self.steps == 0 else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
+        self.draft_seconds = (
+            feedback.draft_seconds
+            if self.steps == 0
+            else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
+        )
         self.steps += 1
 
 
@@ -328,7 +338,11 @@ class GoodputTetris(_GoodputPolicy):
         if self.padded:
             # Block width after taking the top m: 1 + the largest per-request count.
             per_request = torch.nn.functional.one_hot(rows, B).cumsum(0) if len(rows) else torch.zeros(0, B)
-            widest = torch.cat([torch.zeros(1), per_request.max(1).values.double()]) if len(rows) else torch.zeros(1)
+            widest = (
+                torch.cat([torch.zeros(1), per_request.max(1).values.double()])
+                if len(rows)
+                else torch.zeros(1)
+            )
             padded_tokens = B * (1 + widest)
         latency = self.verify_latency.predict(B + m, padded_tokens) + self.draft_seconds
         goodput = (expected + B) / latency

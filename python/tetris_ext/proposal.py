@@ -62,7 +62,7 @@ class Proposal:
         return (torch.arange(N, device=self.tokens.device) - 1).expand(B, N)
 
     @staticmethod
-    def empty(batch_size: int, device: torch.device | str = "cpu") -> "Proposal":
+    def empty(batch_size: int, device: torch.device | str = "cpu") -> Proposal:
         """No candidates (autoregressive steps)."""
         tokens = torch.full((batch_size, 0), -1, dtype=torch.long, device=device)
         logprobs = torch.zeros((batch_size, 0), dtype=torch.float32, device=device)

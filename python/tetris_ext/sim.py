@@ -101,7 +101,8 @@ class Trace:
         path = Path(path)
         arrays = {
             "prompt_tokens": np.concatenate([np.asarray(p, dtype=np.int64) for p in self.prompts])
-            if self.prompts else np.zeros(0, np.int64),
+            if self.prompts
+            else np.zeros(0, np.int64),
             "prompt_lens": np.array([len(p) for p in self.prompts], dtype=np.int64),
             "continuation": self.continuation,
             "out_len": self.out_len,
@@ -114,20 +115,24 @@ class Trace:
             arrays["draft_parents"] = self.draft_parents.astype(np.int16)
         if self.draft_features is not None:
             arrays["draft_features"] = self.draft_features
-        meta = {"version": TRACE_VERSION, "drafter": self.drafter, "max_new_tokens": self.max_new_tokens,
-                "eos_token_ids": self.eos_token_ids}
+        meta = {
+            "version": TRACE_VERSION,
+            "drafter": self.drafter,
+            "max_new_tokens": self.max_new_tokens,
+            "eos_token_ids": self.eos_token_ids,
+        }
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trace":
+    def load(cls, path: str | Path) -> Trace:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             if meta["version"] != TRACE_VERSION:
                 raise ValueError(f"{path}: trace version {meta['version']}, expected {TRACE_VERSION}")
             ends = np.cumsum(z["prompt_lens"])
             flat = z["prompt_tokens"]
-            prompts = [flat[e - n:e].tolist() for e, n in zip(ends, z["prompt_lens"])]
+            prompts = [flat[e - n : e].tolist() for e, n in zip(ends, z["prompt_lens"])]
             return cls(
                 prompts=prompts,
                 continuation=z["continuation"],
@@ -150,19 +155,31 @@ class Trace:
 
 def _drafter_config(drafter) -> dict:
     if isinstance(drafter, NgramDrafter):
-        return {"kind": "ngram", "max_draft": drafter.max_draft, "max_ngram": drafter.max_ngram,
-                "min_ngram": drafter.min_ngram}
-    return {"kind": type(drafter).__name__, "max_draft": getattr(drafter, "max_draft", None),
-            "tree_width": getattr(drafter, "tree_width", 1)}
+        return {
+            "kind": "ngram",
+            "max_draft": drafter.max_draft,
+            "max_ngram": drafter.max_ngram,
+            "min_ngram": drafter.min_ngram,
+        }
+    return {
+        "kind": type(drafter).__name__,
+        "max_draft": getattr(drafter, "max_draft", None),
+        "tree_width": getattr(drafter, "tree_width", 1),
+    }
 
 
 def _nothing_accepted(proposal: Proposal) -> Outcome:
     none = torch.zeros(proposal.tokens.shape, dtype=torch.bool)
-    return Outcome(selected=none, accepted=none.clone(),
-                   accepted_path=torch.zeros(proposal.batch_size, 0, dtype=torch.long))
+    return Outcome(
+        selected=none,
+        accepted=none.clone(),
+        accepted_path=torch.zeros(proposal.batch_size, 0, dtype=torch.long),
+    )
 
 
-def _greedy_accept_len(tokens: np.ndarray, parents: np.ndarray | None, continuation: np.ndarray) -> np.ndarray:
+def _greedy_accept_len(
+    tokens: np.ndarray, parents: np.ndarray | None, continuation: np.ndarray
+) -> np.ndarray:
     """Accepted tokens when every proposed candidate is verified: [R, T] from draft_tokens
     [R, T, D] and continuation [R, L] (the first child on the path whose token is the target's)."""
     R, T, D = tokens.shape
@@ -172,9 +189,13 @@ def _greedy_accept_len(tokens: np.ndarray, parents: np.ndarray | None, continuat
             current, depth = -1, 0
             while True:
                 want = continuation[r, t + depth]
-                kids = [n for n in range(current + 1, D)
-                        if tokens[r, t, n] == want and tokens[r, t, n] >= 0
-                        and (n - 1 if parents is None else parents[r, t, n]) == current]
+                kids = [
+                    n
+                    for n in range(current + 1, D)
+                    if tokens[r, t, n] == want
+                    and tokens[r, t, n] >= 0
+                    and (n - 1 if parents is None else parents[r, t, n]) == current
+                ]
                 if not kids:
                     break
                 current, depth = kids[0], depth + 1
@@ -204,9 +225,16 @@ def record(
     """
     if max_draft < 1 or max_new_tokens < 1:
         raise ValueError("record: need max_draft >= 1 and max_new_tokens >= 1")
-    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    continuation, out_len = _record_continuation(target, prompts, max_new_tokens, max_draft, eos, batch_size,
-                                                 progress)
+    eos = (
+        []
+        if eos_token_id is None
+        else [eos_token_id]
+        if isinstance(eos_token_id, int)
+        else list(eos_token_id)
+    )
+    continuation, out_len = _record_continuation(
+        target, prompts, max_new_tokens, max_draft, eos, batch_size, progress
+    )
     drafts = _DraftArrays(len(prompts), max_new_tokens, max_draft)
     bar = _progress_bar(progress, len(prompts) * max_new_tokens, "record: drafts", "pos")
     chunk = batch_size or len(prompts)
@@ -240,14 +268,21 @@ def _progress_bar(enabled: bool, total: int, desc: str, unit: str):
     return tqdm(total=total, desc=desc, unit=unit)
 
 
-def _record_continuation(target, prompts, max_new_tokens: int, max_draft: int, eos: list[int], batch_size,
-                         progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _record_continuation(
+    target, prompts, max_new_tokens: int, max_draft: int, eos: list[int], batch_size, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The target's greedy continuation [R, T + D + 1] of every prompt (the live loop with
     `Autoregressive`), and each request's output length [R] (T, or through its first EOS)."""
     R, T = len(prompts), max_new_tokens
     bar = _progress_bar(progress, R * (T + max_draft + 1), "record: target", "tok")
-    result = generate(target, prompts, Autoregressive(), max_new_tokens=T + max_draft + 1,
-                      max_batch_size=batch_size, progress=bar)
+    result = generate(
+        target,
+        prompts,
+        Autoregressive(),
+        max_new_tokens=T + max_draft + 1,
+        max_batch_size=batch_size,
+        progress=bar,
+    )
     if bar is not None:
         bar.close()
     continuation = np.array(result.tokens, dtype=np.int64).reshape(R, T + max_draft + 1)
@@ -286,7 +321,9 @@ class _DraftArrays:
             self.features[at] = proposal.features.numpy()
 
 
-def _record_chunk(drafter, prompts, rows: list[int], continuation: np.ndarray, drafts: _DraftArrays, bar) -> None:
+def _record_chunk(
+    drafter, prompts, rows: list[int], continuation: np.ndarray, drafts: _DraftArrays, bar
+) -> None:
     """Propose for requests `rows` at every output position, advancing them one target token
     at a time and verifying nothing."""
     _, T, D = drafts.shape
@@ -326,7 +363,11 @@ class _SimRequest:
     @property
     def root(self) -> int:
         """The last accepted token (the last prompt token before any output)."""
-        return self._trace.prompts[self.row][-1] if self.t == 0 else int(self._trace.continuation[self.row, self.t - 1])
+        return (
+            self._trace.prompts[self.row][-1]
+            if self.t == 0
+            else int(self._trace.continuation[self.row, self.t - 1])
+        )
 
     @property
     def prefix_len(self) -> int:
@@ -352,31 +393,41 @@ class _ProposalSource:
     def __init__(self, trace: Trace, drafter):
         self.trace, self.drafter = trace, drafter
         if drafter is not None and trace.drafter.get("kind") != "ngram":
-            raise ValueError("replay: a drafter is re-run only for n-gram traces; "
-                             f"this trace holds recorded {trace.drafter.get('kind')} proposals")
+            raise ValueError(
+                "replay: a drafter is re-run only for n-gram traces; "
+                f"this trace holds recorded {trace.drafter.get('kind')} proposals"
+            )
         if trace.drafter.get("kind") == "ngram" and drafter is None:
             cfg = trace.drafter
             self.drafter = NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"])
-        self.max_draft = trace.max_draft if self.drafter is None else min(trace.max_draft, self.drafter.max_draft)
+        self.max_draft = (
+            trace.max_draft if self.drafter is None else min(trace.max_draft, self.drafter.max_draft)
+        )
 
-    def propose(self, requests: list[_SimRequest], num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
+    def propose(
+        self, requests: list[_SimRequest], num_draft: int, temperature: float = 0.0, generator=None
+    ) -> Proposal:
         tr = self.trace
         n = min(num_draft, self.max_draft)
         if tr.is_tree and n != tr.max_draft:
             raise ValueError(
                 f"replay: the trace holds trees of {tr.max_draft} drafts; a policy drafting {n} per "
-                "request needs a trace recorded with max_draft = that number")
+                "request needs a trace recorded with max_draft = that number"
+            )
         rows = np.array([r.row for r in requests])
         ts = np.array([r.t for r in requests])
         tokens = tr.draft_tokens[rows, ts, :n]
         if self.drafter is not None and tr.draft_features is not None:
             feats = tr.draft_features[rows, ts, :n]
             counts = (tokens >= 0).sum(1).tolist()
-            matches = [NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()) for b, k in enumerate(counts)]
+            matches = [
+                NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()) for b, k in enumerate(counts)
+            ]
             return self.drafter.proposal_from_matches(matches, [r.index for r in requests], n)
         parents = None if not tr.is_tree else torch.from_numpy(tr.draft_parents[rows, ts, :n].copy())
         return Proposal(
-            torch.from_numpy(tokens.copy()), parents,
+            torch.from_numpy(tokens.copy()),
+            parents,
             torch.from_numpy(tr.draft_token_logprobs[rows, ts, :n].copy()),
             torch.from_numpy(tr.draft_cum_logprobs[rows, ts, :n].copy()),
         )
@@ -399,7 +450,9 @@ class ReplayTarget:
     from the trace's continuation, and each step is priced by ``cost_model`` (and by each of
     ``also_price``, on clocks of their own) on a simulated clock."""
 
-    def __init__(self, trace: Trace, cost_model: CostModel, also_price: tuple[CostModel, ...], max_draft: int):
+    def __init__(
+        self, trace: Trace, cost_model: CostModel, also_price: tuple[CostModel, ...], max_draft: int
+    ):
         self.trace, self.cost_model, self.also_price = trace, cost_model, also_price
         self.continuation = torch.from_numpy(trace.continuation)
         # Drafting costs a draft model one pass per drafted token; n-gram drafting costs none.
@@ -422,8 +475,9 @@ class ReplayTarget:
         for r in leaving:
             r.finish, r.finish_also = self.clock, list(self.clocks_also)
 
-    def verify(self, requests: list[_SimRequest], block: Block, proposal: Proposal, temperature: float,
-               generator) -> Verified:
+    def verify(
+        self, requests: list[_SimRequest], block: Block, proposal: Proposal, temperature: float, generator
+    ) -> Verified:
         """The target's greedy token after each slot: the continuation at the slot's depth
         (exact on the accepted path, the only slots verification reads)."""
         rows = torch.tensor([r.row for r in requests], dtype=torch.long)
@@ -540,14 +594,31 @@ def replay(
     if bar is not None:
         bar.close()
     totals = stats.totals
-    also = {model.name: _metrics(totals, [r.finish_also[i] - r.arrival for r in done], target.clocks_also[i],
-                                 policy, batch_size, model)
-            for i, model in enumerate(also_price)}
+    also = {
+        model.name: _metrics(
+            totals,
+            [r.finish_also[i] - r.arrival for r in done],
+            target.clocks_also[i],
+            policy,
+            batch_size,
+            model,
+        )
+        for i, model in enumerate(also_price)
+    }
     return ReplayResult(
         _metrics(totals, [r.finish - r.arrival for r in done], target.clock, policy, batch_size, cost_model),
         stats.per_step,
-        [{"id": r.index, "row": r.row, "arrival": r.arrival, "start": r.start, "finish": r.finish,
-          "tokens": r.t} for r in sorted(done, key=lambda r: r.index)],
+        [
+            {
+                "id": r.index,
+                "row": r.row,
+                "arrival": r.arrival,
+                "start": r.start,
+                "finish": r.finish,
+                "tokens": r.t,
+            }
+            for r in sorted(done, key=lambda r: r.index)
+        ],
         also,
         dict(stats.candidates),
     )
@@ -557,7 +628,11 @@ def _metrics(totals: dict, latencies: list[float], clock: float, policy, batch_s
     """Replay metrics from RunStats totals."""
     latency = np.array(latencies) if latencies else np.zeros(1)
     steps = max(1, totals["steps"])
-    verified, accepted, generated = totals["verified_tokens"], totals["accepted_tokens"], totals["generated_tokens"]
+    verified, accepted, generated = (
+        totals["verified_tokens"],
+        totals["accepted_tokens"],
+        totals["generated_tokens"],
+    )
     return {
         "policy": str(policy),
         "batch_size": batch_size,

@@ -106,7 +106,9 @@ class RunStats:
             }
         )
 
-    def _add_candidates(self, step: int, request_ids: list[int], proposal: Proposal, outcome: Outcome) -> None:
+    def _add_candidates(
+        self, step: int, request_ids: list[int], proposal: Proposal, outcome: Outcome
+    ) -> None:
         rows, columns = outcome.selected.nonzero(as_tuple=True)
         if len(rows) == 0:
             return
@@ -131,6 +133,8 @@ def _depths(parents: Tensor) -> Tensor:
     depth = torch.zeros(B, N, dtype=torch.long)
     for n in range(N):
         p = parents[:, n]
-        parent_depth = depth.gather(1, p.clamp(min=0).unsqueeze(1)).squeeze(1) if n else torch.zeros(B, dtype=torch.long)
+        parent_depth = (
+            depth.gather(1, p.clamp(min=0).unsqueeze(1)).squeeze(1) if n else torch.zeros(B, dtype=torch.long)
+        )
         depth[:, n] = torch.where(p >= 0, parent_depth, 0) + 1
     return depth

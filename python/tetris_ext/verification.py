@@ -72,7 +72,11 @@ def build_block(proposal: Proposal, selected: Tensor, roots: Tensor, prefix_lens
     width = int(real.sum(1).max()) if real.shape[0] else 1
     slot_index, slot_parent, positions = slot_index[:, :width], slot_parent[:, :width], positions[:, :width]
     mask, real = mask[:, :width, :width], real[:, :width]
-    tokens = torch.where(slot_index >= 0, proposal.tokens.gather(1, slot_index.clamp(min=0)) if proposal.num_candidates else -1, -1)
+    tokens = torch.where(
+        slot_index >= 0,
+        proposal.tokens.gather(1, slot_index.clamp(min=0)) if proposal.num_candidates else -1,
+        -1,
+    )
     tokens[:, 0] = roots
     return Block(tokens, slot_index, slot_parent, positions, mask, real)
 
@@ -90,7 +94,9 @@ def verify(
     target_probs[block.real] = torch.softmax(logits / temperature, dim=-1)
     draft_probs = _draft_probs_per_slot(block, proposal)
     uniforms = torch.rand(B, q, generator=generator)
-    return Verified(*ops.verify_sampling(block.tokens, block.slot_parent, target_probs, draft_probs, uniforms))
+    return Verified(
+        *ops.verify_sampling(block.tokens, block.slot_parent, target_probs, draft_probs, uniforms)
+    )
 
 
 def verify_greedy_tokens(block: Block, target_tokens: Tensor) -> Verified:
@@ -109,5 +115,7 @@ def _draft_probs_per_slot(block: Block, proposal: Proposal) -> Tensor | None:
     per_slot = proposal.draft_probs.new_zeros(B, q, V)
     child = block.slot_index >= 0
     rows = torch.arange(B).unsqueeze(1).expand(B, q)
-    per_slot[rows[child], block.slot_parent[child]] = proposal.draft_probs[rows[child], block.slot_index[child]]
+    per_slot[rows[child], block.slot_parent[child]] = proposal.draft_probs[
+        rows[child], block.slot_index[child]
+    ]
     return per_slot

@@ -18,13 +18,22 @@ from hypothesis import strategies as st
 from refs.blocks import greedy_block_inputs, sampling_block_inputs, tree_mask_block_inputs
 from refs.layouts import LAYOUTS, with_layout
 
-settings.register_profile("adversarial-ci", max_examples=12, derandomize=True, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("adversarial-long", deadline=None,
-                          max_examples=int(os.environ.get("TETRIS_ADVERSARIAL_EXAMPLES", 1500)),
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "adversarial-ci",
+    max_examples=12,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "adversarial-long",
+    deadline=None,
+    max_examples=int(os.environ.get("TETRIS_ADVERSARIAL_EXAMPLES", 1500)),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 PROFILE = settings.get_profile(
-    "adversarial-long" if os.environ.get("TETRIS_ADVERSARIAL") == "long" else "adversarial-ci")
+    "adversarial-long" if os.environ.get("TETRIS_ADVERSARIAL") == "long" else "adversarial-ci"
+)
 
 INF, NAN = float("inf"), float("nan")
 # Floats that break naive code: signed zeros, subnormals, the float32 extremes, infinities, NaN.
@@ -39,8 +48,11 @@ def float32_values(draw, shape, *, extremes: bool):
     scale = draw(st.sampled_from([1.0, 4.0, 1e-3, 1e4]))
     values = torch.randn(shape, generator=gen) * scale
     if extremes and values.numel():
-        picks = draw(st.lists(st.tuples(st.integers(0, values.numel() - 1), st.sampled_from(EXTREME_FLOATS)),
-                              max_size=4))
+        picks = draw(
+            st.lists(
+                st.tuples(st.integers(0, values.numel() - 1), st.sampled_from(EXTREME_FLOATS)), max_size=4
+            )
+        )
         flat = values.view(-1)
         for index, value in picks:
             flat[index] = value
@@ -68,9 +80,15 @@ def draft_cumprod_inputs(draw):
     else:
         tokens = index_matrix(draw, B, N, -2, V + 1)
     parents = draw(st.sampled_from(["chain", "tree", "alias"]))
-    parents = None if parents == "chain" else tokens if parents == "alias" else index_matrix(draw, B, N, -3, N)
-    return dict(logits=layout(draw, logits), tokens=layout(draw, tokens), parents=layout(draw, parents),
-                temperature=draw(st.sampled_from(TEMPERATURES)))
+    parents = (
+        None if parents == "chain" else tokens if parents == "alias" else index_matrix(draw, B, N, -3, N)
+    )
+    return dict(
+        logits=layout(draw, logits),
+        tokens=layout(draw, tokens),
+        parents=layout(draw, parents),
+        temperature=draw(st.sampled_from(TEMPERATURES)),
+    )
 
 
 @st.composite
@@ -81,11 +99,13 @@ def select_inputs(draw):
         scores = scores.round()
     tree = draw(st.booleans())
     caps = index_matrix(draw, 1, B, -2, N + 2)[0] if draw(st.booleans()) else None
-    return dict(scores=layout(draw, scores),
-                budget=draw(st.sampled_from([0, 1, 2, B * N // 2, B * N, B * N + 3, 2**40, 2**63 - 1])),
-                parents=layout(draw, index_matrix(draw, B, N, -3, N) if tree else None),
-                max_per_request=caps,
-                min_score=draw(st.sampled_from([None, -INF, INF, 0.0, -0.0, -1.0, -1e300, 1e300, 1e-45])))
+    return dict(
+        scores=layout(draw, scores),
+        budget=draw(st.sampled_from([0, 1, 2, B * N // 2, B * N, B * N + 3, 2**40, 2**63 - 1])),
+        parents=layout(draw, index_matrix(draw, B, N, -3, N) if tree else None),
+        max_per_request=caps,
+        min_score=draw(st.sampled_from([None, -INF, INF, 0.0, -0.0, -1.0, -1e300, 1e300, 1e-45])),
+    )
 
 
 @st.composite
@@ -99,8 +119,9 @@ def block_inputs(draw, name):
         if draw(st.booleans()):  # aliasing: the target agrees with every draft token
             inputs["target_tokens"] = inputs["slot_tokens"]
     else:
-        inputs = sampling_block_inputs(B, draw(st.integers(1, 12)), draw(st.integers(1, 20)), seed,
-                                       draft=draw(st.booleans()))
+        inputs = sampling_block_inputs(
+            B, draw(st.integers(1, 12)), draw(st.integers(1, 20)), seed, draft=draw(st.booleans())
+        )
     return {k: layout(draw, v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
@@ -112,8 +133,18 @@ def valid_inputs(name):
 
 # -- spoiling a valid call -------------------------------------------------------------------------
 
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-          torch.uint8, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 BAD_SCALARS = {
     "budget": [-1, -(2**63), 2**63, 2**64, 2.5],
     "temperature": [0.0, -1.0, NAN, INF, -INF, 1e-39, 1e-320, 10**400],
@@ -134,7 +165,9 @@ def spoiled_tensor(draw, t: torch.Tensor) -> torch.Tensor:
         dim = draw(st.integers(0, t.dim() - 1))
         if how == "shorter" and t.shape[dim]:
             return t.narrow(dim, 0, t.shape[dim] - 1)
-        return torch.cat([t, t.narrow(dim, 0, min(1, t.shape[dim]))], dim) if t.shape[dim] else t.unsqueeze(dim)
+        return (
+            torch.cat([t, t.narrow(dim, 0, min(1, t.shape[dim]))], dim) if t.shape[dim] else t.unsqueeze(dim)
+        )
     if how == "meta":
         return t.to("meta")
     return t.to_sparse()

@@ -12,19 +12,47 @@ def _expanded(value, dtype, *shape):
 HUGE_CALLS = {
     # B * N = 2^31 + 2^16 candidates (the CPU op used to allocate them all).
     "select": ("scores", lambda: dict(scores=_expanded(0.0, torch.float32, 2**16, 2**15 + 1), budget=3)),
-    "draft_cumprod": ("logits", lambda: dict(logits=_expanded(0.0, torch.float32, 2**16, 2**15 + 1, 1),
-                                             tokens=_expanded(0, torch.long, 2**16, 2**15 + 1))),
+    "draft_cumprod": (
+        "logits",
+        lambda: dict(
+            logits=_expanded(0.0, torch.float32, 2**16, 2**15 + 1, 1),
+            tokens=_expanded(0, torch.long, 2**16, 2**15 + 1),
+        ),
+    ),
     # B * (N + 1) = 2^31 - 1 slots pass, but the packed mask would take 576 PB.
-    "tree_mask_packed": ("selected", lambda: dict(selected=_expanded(True, torch.bool, 1, 2**31 - 2),
-                                                  parents=None, prefix_lens=torch.zeros(1, dtype=torch.long))),
-    "tree_mask": ("selected", lambda: dict(selected=_expanded(True, torch.bool, 1, 2**24), parents=None,
-                                           prefix_lens=torch.zeros(1, dtype=torch.long))),
-    "verify_greedy": ("slot_tokens", lambda: {k: _expanded(0, torch.long, 2**16, 2**15 + 1)
-                                              for k in ("slot_tokens", "slot_parent", "target_tokens")}),
-    "verify_sampling": ("slot_tokens", lambda: dict(
-        slot_tokens=_expanded(0, torch.long, 2**16, 2**15 + 1), slot_parent=_expanded(0, torch.long, 2**16, 2**15 + 1),
-        target_probs=_expanded(1.0, torch.float32, 2**16, 2**15 + 1, 1), draft_probs=None,
-        uniforms=_expanded(0.5, torch.float32, 2**16, 2**15 + 1))),
+    "tree_mask_packed": (
+        "selected",
+        lambda: dict(
+            selected=_expanded(True, torch.bool, 1, 2**31 - 2),
+            parents=None,
+            prefix_lens=torch.zeros(1, dtype=torch.long),
+        ),
+    ),
+    "tree_mask": (
+        "selected",
+        lambda: dict(
+            selected=_expanded(True, torch.bool, 1, 2**24),
+            parents=None,
+            prefix_lens=torch.zeros(1, dtype=torch.long),
+        ),
+    ),
+    "verify_greedy": (
+        "slot_tokens",
+        lambda: {
+            k: _expanded(0, torch.long, 2**16, 2**15 + 1)
+            for k in ("slot_tokens", "slot_parent", "target_tokens")
+        },
+    ),
+    "verify_sampling": (
+        "slot_tokens",
+        lambda: dict(
+            slot_tokens=_expanded(0, torch.long, 2**16, 2**15 + 1),
+            slot_parent=_expanded(0, torch.long, 2**16, 2**15 + 1),
+            target_probs=_expanded(1.0, torch.float32, 2**16, 2**15 + 1, 1),
+            draft_probs=None,
+            uniforms=_expanded(0.5, torch.float32, 2**16, 2**15 + 1),
+        ),
+    ),
 }
 
 # Checks, for every op of HUGE_CALLS, that every namespace built rejects the call with one and

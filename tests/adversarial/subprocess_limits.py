@@ -33,6 +33,7 @@ def _limit_memory(gib: float):
         limit = int(gib * 2**30)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
     return apply
 
 
@@ -40,8 +41,14 @@ def run_limited(code: str, *, seconds: float, memory_gib: float = 2.0) -> Result
     """`code` run by this interpreter in a fresh process (same environment, one torch thread)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                              timeout=seconds, preexec_fn=_limit_memory(memory_gib))
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds,
+            preexec_fn=_limit_memory(memory_gib),
+        )
     except subprocess.TimeoutExpired as expired:
         out = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
         err = expired.stderr.decode() if isinstance(expired.stderr, bytes) else expired.stderr or ""

@@ -18,16 +18,15 @@ import re
 
 import pytest
 import torch
+from adversarial_inputs import PROFILE, spoiled_call, valid_inputs
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from subprocess_limits import run_limited
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import tetris_ext
-from adversarial_inputs import PROFILE, spoiled_call, valid_inputs
 from refs.backends import CPU, OPS, assert_outputs_match, first_line
 from refs.draft_cumprod import draft_cumprod_ref
-from subprocess_limits import run_limited
-
 
 
 def wrapper(name):
@@ -48,15 +47,18 @@ def on_meta(inputs):
 
 def in_fake_mode(name, inputs):
     with FakeTensorMode() as mode:
-        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) and v.layout == torch.strided else v
-                for k, v in inputs.items()}
+        fake = {
+            k: mode.from_tensor(v) if isinstance(v, torch.Tensor) and v.layout == torch.strided else v
+            for k, v in inputs.items()
+        }
         return wrapper(name)(**fake)
 
 
 def assert_same_error(error, reference, where):
-    assert type(error) is type(reference) and first_line(error) == first_line(reference), \
-        f"{where}: {type(error).__name__}: {first_line(error)!r}\n  CPU: {type(reference).__name__}: " \
+    assert type(error) is type(reference) and first_line(error) == first_line(reference), (
+        f"{where}: {type(error).__name__}: {first_line(error)!r}\n  CPU: {type(reference).__name__}: "
         f"{first_line(reference)!r}"
+    )
 
 
 # -- valid calls --------------------------------------------------------------------------------------
@@ -160,9 +162,12 @@ except RuntimeError as error:  # the allocator under the child's memory limit: c
 
 # A child process per example: a few in CI.
 @settings(parent=PROFILE, max_examples=min(PROFILE.max_examples, 5))
-@given(name=st.sampled_from(["select", "draft_cumprod", "tree_mask", "tree_mask_packed", "verify_greedy"]),
-       B=st.sampled_from(HUGE_SIZES), N=st.sampled_from(HUGE_SIZES),
-       ns=st.sampled_from(["tetris", "tetris_emu"] if tetris_ext.HAS_EMULATION else ["tetris"]))
+@given(
+    name=st.sampled_from(["select", "draft_cumprod", "tree_mask", "tree_mask_packed", "verify_greedy"]),
+    B=st.sampled_from(HUGE_SIZES),
+    N=st.sampled_from(HUGE_SIZES),
+    ns=st.sampled_from(["tetris", "tetris_emu"] if tetris_ext.HAS_EMULATION else ["tetris"]),
+)
 def test_generated_huge_shapes_never_crash_or_hang(name, B, N, ns):
     assume(B * N >= 2**20)  # smaller ones just run: not what this test is about
     script = GENERATED_HUGE_SCRIPT.format(B=B, N=N, name=name, ns=ns)

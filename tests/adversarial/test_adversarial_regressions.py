@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from huge_inputs import CHILD_SCRIPT
+from subprocess_limits import run_limited
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import tetris_ext
 from refs.backends import CPU, EMULATED, OTHER_DEVICE_ARGUMENTS, first_line, small_inputs, to_device
 from refs.draft_cumprod import plain_log_softmax
-from huge_inputs import CHILD_SCRIPT
-from subprocess_limits import run_limited
 
 BACKENDS = [CPU] + ([EMULATED] if tetris_ext.HAS_EMULATION else [])
 NAMESPACES = [b.namespace for b in BACKENDS]
@@ -115,8 +115,9 @@ def test_fakes_raise_what_the_op_raises(name, spoil, mode):
             CPU.op(name)(**to_device(bad, "meta"))
         else:
             with FakeTensorMode() as fake_mode:
-                fake_inputs = {k: fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
-                               for k, v in bad.items()}
+                fake_inputs = {
+                    k: fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in bad.items()
+                }
                 CPU.op(name)(**fake_inputs)
     assert first_line(fake.value) == first_line(real.value)
 
@@ -174,6 +175,7 @@ def test_emulated_verify_greedy_on_a_long_accepted_chain_is_fast():
 
 
 # -- 5. one size rule for every backend, checked before allocating ------------------------------------
+
 
 def test_huge_logical_shapes_are_rejected_alike_before_allocating():
     # Every op (huge_inputs.py), in a child process with 2 GiB of heap: an allocation instead of

@@ -17,8 +17,8 @@ the same -inf / NaN pattern. Two runs of one backend agree bit for bit, floats i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from hypothesis import given, settings
@@ -26,7 +26,10 @@ from hypothesis import given, settings
 import tetris_ext  # noqa: F401  (registers torch.ops.tetris and tetris_emu)
 
 from .blocks import (
-    draft_cumprod_block_inputs, greedy_block_inputs, sampling_block_inputs, select_block_inputs,
+    draft_cumprod_block_inputs,
+    greedy_block_inputs,
+    sampling_block_inputs,
+    select_block_inputs,
     tree_mask_block_inputs,
 )
 
@@ -65,8 +68,9 @@ class Backend:
     def run(self, name: str, *args):
         """The op called as ``torch.ops.tetris.<name>(*args)`` with CPU arguments: tensors are
         moved to this backend's device with their layout, outputs come back to the CPU."""
-        outputs = self.op(name)(*[same_layout_on(a, self.device) if isinstance(a, torch.Tensor) else a
-                                  for a in args])
+        outputs = self.op(name)(
+            *[same_layout_on(a, self.device) if isinstance(a, torch.Tensor) else a for a in args]
+        )
         return tuple(t.cpu() for t in outputs)
 
     def __str__(self) -> str:
@@ -194,13 +198,20 @@ def assert_outputs_match(actual: Outputs, expected: Outputs, *, exact: bool = Fa
     FLOAT_TOLERANCE (or bit for bit with `exact`), NaN and infinities in the same places."""
     assert len(actual) == len(expected), f"{len(actual)} outputs, expected {len(expected)}"
     for i, (a, e) in enumerate(zip(actual, expected)):
-        assert a.dtype == e.dtype and a.shape == e.shape, \
+        assert a.dtype == e.dtype and a.shape == e.shape, (
             f"output {i}: {a.dtype} {tuple(a.shape)}, expected {e.dtype} {tuple(e.shape)}"
+        )
         if exact:
             assert torch.equal(bits(a), bits(e)), f"output {i} differs in its bits"
         elif e.is_floating_point():
-            torch.testing.assert_close(a.cpu(), e.cpu(), atol=FLOAT_TOLERANCE, rtol=FLOAT_TOLERANCE,
-                                       equal_nan=True, msg=lambda m, i=i: f"output {i}: {m}")
+            torch.testing.assert_close(
+                a.cpu(),
+                e.cpu(),
+                atol=FLOAT_TOLERANCE,
+                rtol=FLOAT_TOLERANCE,
+                equal_nan=True,
+                msg=lambda m, i=i: f"output {i}: {m}",
+            )
         else:
             assert torch.equal(a.cpu(), e.cpu()), f"output {i}:\n{a.cpu()}\n!=\n{e.cpu()}"
 
@@ -214,6 +225,7 @@ def assert_matches_cpu(backend: Backend, name: str, inputs: Inputs) -> Outputs:
 def assert_matches_cpu_on_examples(backend: Backend, name: str, strategy, max_examples: int) -> None:
     """assert_matches_cpu on hypothesis examples of `strategy` (settings chosen per call, so that
     one parametrised test can draw inputs of several sizes, each with its own number)."""
+
     @settings(max_examples=max_examples, deadline=None)
     @given(strategy)
     def check(inputs):
@@ -247,17 +259,19 @@ def assert_rejects_like_cpu(backend: Backend, name: str, inputs: Inputs) -> None
     try:
         backend(name, inputs)
     except Exception as error:  # noqa: BLE001
-        assert type(error) is type(cpu_error), \
+        assert type(error) is type(cpu_error), (
             f"{type(error).__name__}: {error} (CPU: {type(cpu_error).__name__})"
-        assert first_line(error) == first_line(cpu_error), \
+        )
+        assert first_line(error) == first_line(cpu_error), (
             f"{first_line(error)!r} != {first_line(cpu_error)!r}"
+        )
     else:
         raise AssertionError(
-            f"{name}: {backend.namespace} on {backend.device} accepts what the CPU op rejects: {cpu_error}")
+            f"{name}: {backend.namespace} on {backend.device} accepts what the CPU op rejects: {cpu_error}"
+        )
 
 
-def assert_rejects_other_device(backend: Backend, name: str, inputs: Inputs, arg: str,
-                                other_device) -> None:
+def assert_rejects_other_device(backend: Backend, name: str, inputs: Inputs, arg: str, other_device) -> None:
     """Every tensor on the backend's device but `arg` on `other_device`: the backend's kernel
     raises a ValueError naming `arg`."""
     mixed = to_device(inputs, backend.device)
@@ -267,8 +281,9 @@ def assert_rejects_other_device(backend: Backend, name: str, inputs: Inputs, arg
         backend.kernel(name)(**mixed)
     except ValueError as error:
         expected = f"{name}: argument '{arg}': expected a tensor on {reference.type}"
-        assert first_line(error).startswith(expected), \
+        assert first_line(error).startswith(expected), (
             f"{first_line(error)!r} does not start with {expected!r}"
+        )
     else:
         raise AssertionError(f"{name}: '{arg}' on {other_device} is accepted")
 
@@ -285,8 +300,15 @@ def rerun_eagerly(call: Callable[[], Outputs]) -> Callable[[], Outputs]:
     return call
 
 
-def assert_replay_follows_inputs(backend: Backend, name: str, first: Inputs, second: Inputs,
-                                 record: Recorder, *, values_matter: bool = True) -> None:
+def assert_replay_follows_inputs(
+    backend: Backend,
+    name: str,
+    first: Inputs,
+    second: Inputs,
+    record: Recorder,
+    *,
+    values_matter: bool = True,
+) -> None:
     """Record the op on static device buffers holding `first`, then overwrite the buffers with
     `second` in place and replay: the replay gives the eager result on `second` (bit for bit)
     and the CPU op's result (within tolerance). So the op reads every value on the device at
@@ -298,8 +320,9 @@ def assert_replay_follows_inputs(backend: Backend, name: str, first: Inputs, sec
     eager_first = tuple(t.clone() for t in op(**static))  # also the warm-up (kernel attributes)
     eager_second = op(**to_device(second, backend.device))
     if values_matter:
-        assert any(not torch.equal(bits(a), bits(b)) for a, b in zip(eager_first, eager_second)), \
+        assert any(not torch.equal(bits(a), bits(b)) for a, b in zip(eager_first, eager_second)), (
             "first and second inputs give the same outputs: the replay check would prove nothing"
+        )
     replay = record(lambda: op(**static))
     assert_outputs_match(tuple(t.clone() for t in replay()), eager_first, exact=True)
     write_in_place(static, to_device(second, backend.device))
@@ -308,9 +331,11 @@ def assert_replay_follows_inputs(backend: Backend, name: str, first: Inputs, sec
     assert_outputs_match(replayed, CPU(name, second))
 
 
-def assert_replay_of_empty_shapes(backend: Backend, name: str, empty: Callable[[Inputs], Inputs],
-                                  record: Recorder) -> None:
+def assert_replay_of_empty_shapes(
+    backend: Backend, name: str, empty: Callable[[Inputs], Inputs], record: Recorder
+) -> None:
     """assert_replay_follows_inputs on two small calls emptied by `empty` (empty_batch or
     no_candidates): nothing to compute, so the outputs need not differ."""
-    assert_replay_follows_inputs(backend, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)), record,
-                                 values_matter=False)
+    assert_replay_follows_inputs(
+        backend, name, empty(small_inputs(name, 1)), empty(small_inputs(name, 2)), record, values_matter=False
+    )

@@ -24,13 +24,24 @@ DRAFT_CUMPROD_VOCABS = [1, 3, 4, 5, 7, 8, 9, 31, 33, 127, 128, 129, 511, 513, 10
 # Batch and candidate counts around warp (32), block (128 requests per path-sum block, 256)
 # and 1024 boundaries.
 DRAFT_CUMPROD_BATCH_SHAPES = [
-    (1, 1), (31, 33), (32, 32), (33, 31), (127, 2), (128, 2), (129, 2), (255, 1), (257, 1),
-    (1, 1023), (1, 1025), (1025, 1),
+    (1, 1),
+    (31, 33),
+    (32, 32),
+    (33, 31),
+    (127, 2),
+    (128, 2),
+    (129, 2),
+    (255, 1),
+    (257, 1),
+    (1, 1023),
+    (1, 1025),
+    (1025, 1),
 ]
 
 
-def draft_cumprod_block_inputs(B, N, V, dtype=torch.float32, tree=True, seed=0, specials=True,
-                               invalid_rate=0.1):
+def draft_cumprod_block_inputs(
+    B, N, V, dtype=torch.float32, tree=True, seed=0, specials=True, invalid_rate=0.1
+):
     gen = torch.Generator().manual_seed(seed)
     return dict(
         logits=random_logits(gen, B, N, V, 4.0, specials).to(dtype),
@@ -44,16 +55,26 @@ def draft_cumprod_block_inputs(B, N, V, dtype=torch.float32, tree=True, seed=0, 
 
 # B, N and B * N around warp (32), 256 and block (1024 threads) boundaries.
 SELECT_BLOCK_SHAPES = [
-    (1, 1), (31, 33), (32, 32), (33, 31), (256, 4), (257, 4), (1, 1023), (1, 1024), (1, 1025),
-    (1023, 1), (1024, 1), (1025, 1), (3, 700),
+    (1, 1),
+    (31, 33),
+    (32, 32),
+    (33, 31),
+    (256, 4),
+    (257, 4),
+    (1, 1023),
+    (1, 1024),
+    (1, 1025),
+    (1023, 1),
+    (1024, 1),
+    (1025, 1),
+    (3, 700),
 ]
 # The bench's largest shapes: B = 1024 requests of N = 16..64 candidates (the keys no longer
 # fit in shared memory from B * N = 32768 on: the kernel's global-memory path).
 SELECT_BENCH_SHAPES = [(16, 8192), (32, 8192), (64, 8192), (64, 30000)]  # (N, budget)
 
 
-def select_block_inputs(B, N, budget, *, style="paths", tree=True, caps=False, min_score=None,
-                        seed=0):
+def select_block_inputs(B, N, budget, *, style="paths", tree=True, caps=False, min_score=None, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return dict(
         scores=random_scores(gen, B, N, style, 0.05),
@@ -89,8 +110,9 @@ def tree_mask_block_inputs(B, N, seed, kind="tree", orphans=True, invalid=True):
     selected = torch.rand(B, N, generator=g) < 0.8
     if not orphans:
         plist = parents.tolist() if parents is not None else [[n - 1 for n in range(N)]] * B
-        selected = torch.tensor([ancestor_closed(p, k) for p, k in zip(plist, selected.tolist())],
-                                dtype=torch.bool).reshape(B, N)
+        selected = torch.tensor(
+            [ancestor_closed(p, k) for p, k in zip(plist, selected.tolist())], dtype=torch.bool
+        ).reshape(B, N)
     prefix_lens = torch.randint(0, 2**20, (B,), generator=g, dtype=torch.int64)
     return dict(selected=selected, parents=parents, prefix_lens=prefix_lens)
 
@@ -175,5 +197,10 @@ def sampling_block_inputs(B, M, V, seed, draft, normalised=True, support=None):
     bad = torch.rand(B, M, generator=g) < 0.05
     tokens[bad] = V
     uniforms = torch.randint(0, 1024, (B, M), generator=g).float() / 1024
-    return dict(slot_tokens=tokens, slot_parent=parents, target_probs=target,
-                draft_probs=draft_probs, uniforms=uniforms)
+    return dict(
+        slot_tokens=tokens,
+        slot_parent=parents,
+        target_probs=target,
+        draft_probs=draft_probs,
+        uniforms=uniforms,
+    )

@@ -92,10 +92,15 @@ def select_prefixes_inputs(draw, max_rows=12, max_batch=12, max_steps=9):
     style = draw(st.sampled_from(STYLES))
     probs = with_layout(random_probs(g, R, S, style), draw(st.sampled_from(LAYOUTS)))
     # Mostly valid rows, sometimes out of range (negative or >= R).
-    rows = torch.randint(-2, R + 2, (B,), generator=g) if draw(st.booleans()) else (
-        torch.randint(0, max(R, 1), (B,), generator=g) if R else torch.zeros(B, dtype=torch.long))
+    rows = (
+        torch.randint(-2, R + 2, (B,), generator=g)
+        if draw(st.booleans())
+        else (torch.randint(0, max(R, 1), (B,), generator=g) if R else torch.zeros(B, dtype=torch.long))
+    )
     rows = rows.to(draw(st.sampled_from([torch.int32, torch.int64])))
-    lengths = torch.randint(-1, S + 3, (B,), generator=g).to(draw(st.sampled_from([torch.int32, torch.int64])))
+    lengths = torch.randint(-1, S + 3, (B,), generator=g).to(
+        draw(st.sampled_from([torch.int32, torch.int64]))
+    )
     if draw(st.booleans()):
         lengths = with_layout(lengths, "strided")
     budget = draw(st.integers(0, B * S + 2))

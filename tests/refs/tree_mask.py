@@ -104,9 +104,7 @@ def ancestor_closed(parents: list[int], keep: list[bool]) -> list[bool]:
 
 
 @st.composite
-def tree_mask_inputs(
-    draw, max_batch: int = 4, max_n: int = 10, invalid: bool = True, orphans: bool = True
-):
+def tree_mask_inputs(draw, max_batch: int = 4, max_n: int = 10, invalid: bool = True, orphans: bool = True):
     """{selected, parents, prefix_lens}: random trees or chains (parents None), selections that
     are ancestor-closed or (when `orphans`) contain orphans (a selected candidate with an
     unselected or invalid ancestor), invalid parent values when `invalid`, random index dtypes."""

@@ -235,13 +235,17 @@ def verify_sampling_inputs(
     tokens = torch.randint(0, V, (B, M), generator=g)
     if invalid:
         bad = torch.rand(B, M, generator=g) < 0.1
-        tokens[bad] = torch.tensor(INVALID_INDEX_VALUES + [V])[torch.randint(0, 5, (int(bad.sum()),), generator=g)]
+        tokens[bad] = torch.tensor(INVALID_INDEX_VALUES + [V])[
+            torch.randint(0, 5, (int(bad.sum()),), generator=g)
+        ]
     target = random_probs((B, M, V), g, dyadic, normalised=draw(st.booleans()))
     draft_probs = random_probs((B, M, V), g, dyadic, normalised=True) if with_draft else None
     if invalid:
         for probs in [target] + ([draft_probs] if with_draft else []):
             bad = torch.rand(B, M, V, generator=g) < 0.05
-            probs[bad] = torch.tensor([float("nan"), -0.25, float("inf")])[torch.randint(0, 3, (int(bad.sum()),), generator=g)]
+            probs[bad] = torch.tensor([float("nan"), -0.25, float("inf")])[
+                torch.randint(0, 3, (int(bad.sum()),), generator=g)
+            ]
     if dyadic:
         uniforms = torch.randint(0, 1024, (B, M), generator=g).float() / 1024
     else:

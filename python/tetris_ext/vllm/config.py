@@ -51,9 +51,15 @@ class ProposerOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"tetris_ext.vllm: {name} must be an integer >= {low}, got {value!r}")
         if self.min_ngram > self.max_ngram:
-            raise ValueError(f"tetris_ext.vllm: min_ngram ({self.min_ngram}) must be <= max_ngram ({self.max_ngram})")
-        if self.min_prob is not None and not (isinstance(self.min_prob, (int, float)) and 0.0 <= self.min_prob <= 1.0):
-            raise ValueError(f"tetris_ext.vllm: min_prob must be None or a number in [0, 1], got {self.min_prob!r}")
+            raise ValueError(
+                f"tetris_ext.vllm: min_ngram ({self.min_ngram}) must be <= max_ngram ({self.max_ngram})"
+            )
+        if self.min_prob is not None and not (
+            isinstance(self.min_prob, (int, float)) and 0.0 <= self.min_prob <= 1.0
+        ):
+            raise ValueError(
+                f"tetris_ext.vllm: min_prob must be None or a number in [0, 1], got {self.min_prob!r}"
+            )
 
     @property
     def max_drafts(self) -> int:
@@ -68,7 +74,7 @@ class ProposerOptions:
         return _SEPARATOR.join(parts)
 
     @classmethod
-    def from_class_name(cls, name: str) -> "ProposerOptions":
+    def from_class_name(cls, name: str) -> ProposerOptions:
         """Inverse of `class_path` for the last component (``TetrisProposer__policy__...``)."""
         parts = name.split(_SEPARATOR)
         if parts[0] != PROPOSER_CLASS.rsplit(".", 1)[1] or len(parts) % 2 != 1:
@@ -93,8 +99,9 @@ def _decode(text: str, annotation: str):
     return int(number) if annotation == "int" else float(number)
 
 
-def speculative_config(policy: str = "tetris", k: int = 3, extra: int = 2, min_prob: float | None = None,
-                       **drafter_options) -> dict:
+def speculative_config(
+    policy: str = "tetris", k: int = 3, extra: int = 2, min_prob: float | None = None, **drafter_options
+) -> dict:
     """The ``speculative_config`` dict for `vllm.LLM` that runs the TETRIS proposer.
 
     drafter_options: ``max_ngram`` (default 4) and ``min_ngram`` (default 1) of the n-gram
@@ -103,6 +110,12 @@ def speculative_config(policy: str = "tetris", k: int = 3, extra: int = 2, min_p
     """
     unknown = set(drafter_options) - {"max_ngram", "min_ngram"}
     if unknown:
-        raise ValueError(f"tetris_ext.vllm: unknown drafter options {sorted(unknown)}; known: max_ngram, min_ngram")
+        raise ValueError(
+            f"tetris_ext.vllm: unknown drafter options {sorted(unknown)}; known: max_ngram, min_ngram"
+        )
     options = ProposerOptions(policy=policy, k=k, extra=extra, min_prob=min_prob, **drafter_options)
-    return {"method": "custom_class", "model": options.class_path(), "num_speculative_tokens": options.max_drafts}
+    return {
+        "method": "custom_class",
+        "model": options.class_path(),
+        "num_speculative_tokens": options.max_drafts,
+    }

@@ -112,8 +112,9 @@ def register() -> None:
         return
     reason = why_not_replaceable()
     if reason is not None:
-        logger.warning("tetris_ext: %s=1 ignored, vLLM's adaptive verification left unchanged: %s",
-                       ENV_FLAG, reason)
+        logger.warning(
+            "tetris_ext: %s=1 ignored, vLLM's adaptive verification left unchanged: %s", ENV_FLAG, reason
+        )
         return
     setattr(importlib.import_module(MODULE), REPLACED_NAME, assign_draft_token_budget)
     logger.info("tetris_ext: vLLM's adaptive verification budget step is tetris.select_prefixes")

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ..calibration import AcceptanceCalibration
-from ..drafters import NgramIndex
 from ..cost_aware import CostAwareTetris
+from ..drafters import NgramIndex
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -91,9 +91,15 @@ class DraftSelection:
         self.last_req_ids: list[str] = []
         self._drafted_last: set[str] = set()  # requests the previous call drafted for
 
-    def step(self, req_ids: list[str], sampled_token_ids: list[list[int]], num_tokens: np.ndarray,
-             token_ids: np.ndarray, verified: dict[str, int] | None = None,
-             step_tokens: int | None = None) -> list[list[int]]:
+    def step(
+        self,
+        req_ids: list[str],
+        sampled_token_ids: list[list[int]],
+        num_tokens: np.ndarray,
+        token_ids: np.ndarray,
+        verified: dict[str, int] | None = None,
+        step_tokens: int | None = None,
+    ) -> list[list[int]]:
         """Drafts for rows 0..len(sampled_token_ids)-1 of the batch (see the module docstring).
 
         verified: drafts of each request the engine verified in the step that just ran (None:
@@ -146,8 +152,15 @@ class DraftSelection:
             engine_seconds = now - self._last_end
             tokens = step_tokens if step_tokens is not None else len(counts) + sum(v_all)
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
-                self.policy.observe(StepFeedback(torch.tensor(v_all), torch.tensor(a_all), tokens,
-                                                 self.totals["seconds"] / max(1, self.totals["steps"]), engine_seconds))
+                self.policy.observe(
+                    StepFeedback(
+                        torch.tensor(v_all),
+                        torch.tensor(a_all),
+                        tokens,
+                        self.totals["seconds"] / max(1, self.totals["steps"]),
+                        engine_seconds,
+                    )
+                )
 
     def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
         options, N = self.options, self.options.max_drafts
@@ -209,18 +222,28 @@ class TetrisProposer:
     def configure(self, options: ProposerOptions) -> None:
         """Switch to other options (fresh state); at most ``num_speculative_tokens`` drafts."""
         if options.max_drafts > self.num_speculative_tokens:
-            raise ValueError(f"tetris_ext.vllm: k + extra = {options.max_drafts} exceeds the engine's "
-                             f"num_speculative_tokens = {self.num_speculative_tokens}")
+            raise ValueError(
+                f"tetris_ext.vllm: k + extra = {options.max_drafts} exceeds the engine's "
+                f"num_speculative_tokens = {self.num_speculative_tokens}"
+            )
         self.selection = DraftSelection(options, self.max_model_len)
 
     def load_model(self, *args, **kwargs) -> None:
         pass  # n-gram drafting: no model
 
-    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
+    def propose(
+        self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None
+    ) -> list[list[int]]:
         runner, scheduler_output = _calling_runner()
         verified = {rid: len(t) for rid, t in scheduler_output.scheduled_spec_decode_tokens.items()}
-        return self.selection.step(runner.input_batch.req_ids, sampled_token_ids, num_tokens_no_spec,
-                                   token_ids_cpu, verified, scheduler_output.total_num_scheduled_tokens)
+        return self.selection.step(
+            runner.input_batch.req_ids,
+            sampled_token_ids,
+            num_tokens_no_spec,
+            token_ids_cpu,
+            verified,
+            scheduler_output.total_num_scheduled_tokens,
+        )
 
 
 def _calling_runner():
@@ -235,8 +258,10 @@ def _calling_runner():
             if hasattr(runner, "input_batch") and scheduler_output is not None:
                 return runner, scheduler_output
         frame = frame.f_back
-    raise RuntimeError("tetris_ext.vllm: TetrisProposer.propose must be called by vLLM's V1 model runner "
-                       "(propose_draft_token_ids, vLLM 0.32); this vLLM version calls it otherwise")
+    raise RuntimeError(
+        "tetris_ext.vllm: TetrisProposer.propose must be called by vLLM's V1 model runner "
+        "(propose_draft_token_ids, vLLM 0.32); this vLLM version calls it otherwise"
+    )
 
 
 def find_proposer(llm) -> TetrisProposer:
@@ -244,11 +269,15 @@ def find_proposer(llm) -> TetrisProposer:
     try:
         runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
     except AttributeError as e:
-        raise RuntimeError("tetris_ext.vllm: the proposer is reachable only from an in-process engine "
-                           "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM)") from e
+        raise RuntimeError(
+            "tetris_ext.vllm: the proposer is reachable only from an in-process engine "
+            "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM)"
+        ) from e
     drafter = getattr(runner, "drafter", None)
     if not isinstance(drafter, TetrisProposer):
-        raise RuntimeError(f"tetris_ext.vllm: the engine's proposer is {type(drafter).__name__}, not TetrisProposer")
+        raise RuntimeError(
+            f"tetris_ext.vllm: the engine's proposer is {type(drafter).__name__}, not TetrisProposer"
+        )
     return drafter
 
 
