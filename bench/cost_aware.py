@@ -277,7 +277,7 @@ def run_live(args) -> int:
             rounds[name].append(row | {"round": round_})
             print(rounds[name][-1], flush=True)
     rows = []
-    for name, runs in rounds.items():
+    for runs in rounds.values():
         ranked = sorted(runs, key=lambda r: r["tok_per_cpu_s"])
         rows.append(
             ranked[(len(ranked) - 1) // 2]

@@ -130,7 +130,8 @@ def main(argv=None) -> int:
             format_table(rows, columns),
             "",
             goal_line,
-            f"command: {'PYTHONPATH=' + meta['pythonpath'] + ' ' if meta['pythonpath'] else ''}{meta['command']}   wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
+            f"command: {'PYTHONPATH=' + meta['pythonpath'] + ' ' if meta['pythonpath'] else ''}{meta['command']}   "
+            f"wall {meta['wall_s']:.1f} s, CPU {meta['cpu_s']:.1f} s, "
             f"load average {meta.get('load_average_1m', float('nan')):.1f}",
         ]
     )

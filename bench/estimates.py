@@ -1,4 +1,5 @@
-"""Held-out quality of the n-gram drafter's acceptance estimates (issue 10, part 1 and 2).
+"""Held-out quality of the n-gram drafter's acceptance estimates: Brier score,
+log loss, ranking (AUC) and reliability, fitted on the tuning sources only.
 
     python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
     python bench/estimates.py --print-prior   # also print the fitted prior (estimators.PRIOR_WEIGHTS)
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -156,7 +158,7 @@ def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
     ):
         briers = {
             lr: heldout.score(
-                pooled(tuning, lambda: NgramLogistic(tuple(weights.tolist()), lr, token_classes=classes))
+                pooled(tuning, partial(NgramLogistic, tuple(weights.tolist()), lr, token_classes=classes))
             )["brier"]
             for lr in LEARNING_RATES
         }

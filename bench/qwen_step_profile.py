@@ -231,7 +231,9 @@ def isolated_forwards(target, draft, prompts, batch, widths=(1, 2, 4), reps=5) -
                 w, c = time.perf_counter(), time.process_time()
                 cache.forward(tokens, positions, causal, logits_at=torch.ones(B, q, dtype=torch.bool))
                 runs[f"{name}.q{q}"].append((time.perf_counter() - w, time.process_time() - c))
-                cache._map_layers(lambda t: t[:, :, :width])  # drop the uncommitted columns again
+                cache._map_layers(
+                    lambda t, width=width: t[:, :, :width]
+                )  # drop the uncommitted columns again
                 cache.positions, cache.valid = cache.positions[:, :width], cache.valid[:, :width]
             model = cache.model
             hidden = torch.zeros(B, model.config.hidden_size, dtype=cache.dtype)
@@ -327,20 +329,9 @@ def chart(rows, isolated, meta, path: Path) -> None:
         ax.set_ylabel("CPU ms per generated token" if per_token else "CPU ms per step")
         ax.tick_params(axis="x", labelsize=7, rotation=45)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].axhline(
-        isolated["draft.q1"]["cpu_ms"],
-        ls=":",
-        color="tab:orange",
-        lw=1,
-        label="one isolated draft forward (1 token/row)",
-    )
-    axes[0].axhline(
-        isolated["target.q1"]["cpu_ms"],
-        ls=":",
-        color="tab:blue",
-        lw=1,
-        label="one isolated target forward (1 token/row)",
-    )
+    for model, color in (("draft", "tab:orange"), ("target", "tab:blue")):
+        label = f"one isolated {model} forward (1 token/row)"
+        axes[0].axhline(isolated[f"{model}.q1"]["cpu_ms"], ls=":", color=color, lw=1, label=label)
     axes[0].legend(fontsize=7)
     fig.suptitle(
         f"Where a step's time goes: Qwen2.5-Coder 1.5B + 0.5B draft, {meta['dtype']}, batch {meta['batch']}, "

@@ -61,7 +61,7 @@ def test_flat_engine_verifies_the_ranked_prefix_that_maximises_goodput():
         cost = LinearCostModel({"step": 0.1, "query_token": per_token}, padded=False)
         policy = CostAwareTetris(4, padded=False, cost_model=cost)
         selected = policy.choose(proposal)
-        best = brute_force_prefix(cum, 3, lambda m: 0.1 + per_token * (3 + m))
+        best = brute_force_prefix(cum, 3, lambda m, per_token=per_token: 0.1 + per_token * (3 + m))
         assert int(selected.sum()) == best
         # The selection is TETRIS's for that budget, and every verified estimate clears the floor.
         assert torch.equal(selected, Tetris(capacity=best, extra=0).choose(proposal))

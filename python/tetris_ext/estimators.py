@@ -84,7 +84,8 @@ class NgramLogistic:
     ``prior``: initial weights over ``FEATURES`` (and the centre of the L2 pull).
     ``learning_rate``: step size per tested token of the online gradient step (0: no online
     learning; on the tuning traces 0 to 0.005 score within 0.1% of each other, and a small rate
-    lets the weights follow another target model or workload). ``prior_strength``: how hard each step pulls the weights back to the prior.
+    lets the weights follow another target model or workload). ``prior_strength``: how hard each
+    step pulls the weights back to the prior.
     ``rate_prior``: the acceptance rate a new request starts from; ``rate_decay``: per-step
     decay of a request's counts. ``token_classes``: [V] table from ``token_class_table``.
     """
