@@ -316,18 +316,16 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+def load_models(args):
+    """The target, its tokenizer, its stop ids and name, and a factory of fresh drafters."""
     import transformers
 
     from .models import load_gemma3_270m
 
     transformers.logging.set_verbosity_error()
     dtype = getattr(torch, args.dtype)
-    started = time.perf_counter()
-    eos_token_id, target_name = None, "Gemma 3 270M (Q4_K_M GGUF, de-quantised, " + args.dtype + ")"
+    max_draft = max(args.k + args.extra, args.max_k, args.max_draft)
+    eos_token_id, target_name = None, f"Gemma 3 270M (Q4_K_M GGUF, de-quantised, {args.dtype})"
     if args.pair:
         from .models import QWEN_STOP_TOKEN_IDS, load_qwen25_coder
 
@@ -339,9 +337,29 @@ def main(argv=None) -> list[dict]:
         draft, _ = load_qwen25_coder("0.5b", dtype=dtype)
         eos_token_id = list(QWEN_STOP_TOKEN_IDS)
         target_name = f"Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, {args.dtype})"
+        drafter_name = f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width})"
     else:
         print("Loading Gemma 3 270M (converted from the bundled GGUF on first use) ...", flush=True)
         target, tokenizer = load_gemma3_270m(dtype=dtype)
+        draft, drafter_name = None, "NgramDrafter"
+        if args.draft_model:
+            draft = transformers.AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=dtype).eval()
+            drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
+
+    def make_drafter():
+        if draft is None:
+            return NgramDrafter(max_draft=max_draft)
+        return ModelDrafter(draft, max_draft, tree_width=args.tree_width)
+
+    return target, tokenizer, eos_token_id or tokenizer.eos_token_id, target_name, make_drafter, drafter_name
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    target, tokenizer, eos_token_id, target_name, make_drafter, drafter_name = load_models(args)
     prompts = load_prompts(args.prompts, args.num_prompts)
     token_lists = [
         list(tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True))
@@ -349,21 +367,6 @@ def main(argv=None) -> list[dict]:
         else tokenizer(p["prompt"]).input_ids
         for p in prompts
     ]
-    if args.pair:
-        max_draft = max(args.k + args.extra, args.max_k, args.max_draft)
-        make_drafter = lambda: ModelDrafter(draft, max_draft, tree_width=args.tree_width)  # noqa: E731
-        drafter_name = f"ModelDrafter(Qwen2.5-Coder-0.5B-Instruct, tree_width={args.tree_width})"
-    elif args.draft_model:
-        from transformers import AutoModelForCausalLM
-
-        draft = AutoModelForCausalLM.from_pretrained(args.draft_model, dtype=dtype).eval()
-        make_drafter = lambda: ModelDrafter(
-            draft, max_draft=max(args.k + args.extra, args.max_k, args.max_draft), tree_width=args.tree_width
-        )  # noqa: E731
-        drafter_name = f"ModelDrafter({args.draft_model.name}, tree_width={args.tree_width})"
-    else:
-        make_drafter = lambda: NgramDrafter(max_draft=max(args.k + args.extra, args.max_k, args.max_draft))  # noqa: E731
-        drafter_name = "NgramDrafter"
     policies = make_policies(args)
     print(
         f"{len(token_lists)} prompts ({sum(map(len, token_lists))} prompt tokens), batch {args.batch_size}, "
@@ -378,7 +381,7 @@ def main(argv=None) -> list[dict]:
         args.batch_size,
         args.max_new_tokens,
         args.temperature,
-        eos_token_id=eos_token_id or tokenizer.eos_token_id,
+        eos_token_id=eos_token_id,
     )
     config = {
         "command": "python -m tetris_ext.demo "
