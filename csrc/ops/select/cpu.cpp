@@ -176,6 +176,13 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
   return kept;
 }
 
+// top_histogram (csrc/cpu_common/radix_select.h) compiled for each vector width: its merge of
+// the sub-histograms (2048 bins) vectorises; select_cpu itself is built for baseline x86-64.
+TETRIS_CPU_MULTIVERSION
+void wide_top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
+  top_histogram(keys, count, top);
+}
+
 // Pass 2: selected = (top digit > take_above) and the counts, for every candidate; lists (in
 // flat order) the candidates whose top digit is list_digit. Returns how many were listed.
 TETRIS_CPU_MULTIVERSION
@@ -243,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
     take_above = kNoDigit;
   } else if (kept > budget) {
     TopHistogram top;
-    top_histogram(keys.get(), B * N, top);
+    wide_top_histogram(keys.get(), B * N, top);
     take_above = list_digit = digit_of_rank(top, rank);
     bucket_size = top[list_digit];
   }
