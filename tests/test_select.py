@@ -177,7 +177,9 @@ def test_chains_of_every_width(N, style):
     for budget in [1, B * N // 2, B * N]:
         for cap in [None, caps]:
             for min_score in [None, -1.5]:
-                kw = dict(scores=scores, budget=budget, parents=None, max_per_request=cap, min_score=min_score)
+                kw = dict(
+                    scores=scores, budget=budget, parents=None, max_per_request=cap, min_score=min_score
+                )
                 assert_same(run(kw), ranked_formulation(**kw))
 
 

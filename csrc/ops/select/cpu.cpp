@@ -58,8 +58,8 @@ void score_keys(const float* scores, int64_t B, int64_t N, int64_t stride_b, int
 // B = 256, N = 16). For N a power of two the minima come from flat passes over the whole batch
 // instead, which vectorise: after the step with shift s, every key is the minimum over the 2s
 // keys of its request ending at it (one step per bit of N).
-inline void prefix_min_step(const uint32_t* __restrict from, uint32_t* __restrict to,
-                            int64_t total, int64_t N, int64_t s) {
+inline void prefix_min_step(const uint32_t* __restrict from, uint32_t* __restrict to, int64_t total,
+                            int64_t N, int64_t s) {
   for (int64_t i = 0; i < s; ++i) to[i] = from[i];
   for (int64_t i = s; i < total; ++i)
     to[i] = (i & (N - 1)) >= s ? std::min(from[i], from[i - s]) : from[i];
