@@ -165,6 +165,24 @@ def test_large_batches(style, tree):
             assert_same(run(kw), ranked_formulation(**kw))
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 16, 17, 32])
+@pytest.mark.parametrize("style", ["paths", "any"])
+def test_chains_of_every_width(N, style):
+    # The CPU op takes the running minima of chains in flat doubling passes when N is a power of
+    # two and one request at a time otherwise: both, with NaN / -inf mid-chain, caps, min_score.
+    g = torch.Generator().manual_seed(N)
+    B = 96
+    scores = random_scores(g, B, N, style, 0.03)
+    caps = torch.randint(-1, N + 1, (B,), generator=g)
+    for budget in [1, B * N // 2, B * N]:
+        for cap in [None, caps]:
+            for min_score in [None, -1.5]:
+                kw = dict(
+                    scores=scores, budget=budget, parents=None, max_per_request=cap, min_score=min_score
+                )
+                assert_same(run(kw), ranked_formulation(**kw))
+
+
 def test_keys_that_differ_in_the_lowest_bits():
     # Neighbouring floats share the first two radix digits; many of them tie exactly.
     base = torch.tensor(-3.0)

@@ -50,35 +50,69 @@ void score_keys(const float* scores, int64_t B, int64_t N, int64_t stride_b, int
   }
 }
 
-// Turns one request's score keys into effective keys: key[n] = min(key[n], key[parent]), so a
-// NaN score or an invalid parent (key kDropped, below every key) drops the whole subtree; then
-// kDropped below `min_key`. Dropping at once is exact: keys only decrease along a path.
-// Returns the number of eligible candidates.
-template <class Parents>
-int64_t effective_keys(const Parents& parents, int64_t b, int64_t N, uint32_t min_key,
-                       uint32_t* key) {
-  int64_t eligible = 0;
-  if constexpr (Parents::kIsChain) {
-    uint32_t path = kPosInfKey;
-    for (int64_t n = 0; n < N; ++n) {
-      path = std::min(path, key[n]);
-      const bool keep = path >= min_key;
-      key[n] = keep ? path : kDropped;
-      eligible += keep;
+// Turns the score keys of chains into effective keys: the running minimum along each chain, so
+// a NaN score drops the rest of its chain; then kDropped below `min_key`. Dropping at once is
+// exact: keys only decrease along a path. Returns the number of eligible candidates.
+//
+// One chain at a time is a serial min-compare chain per candidate (the op's largest cost at
+// B = 256, N = 16). For N a power of two the minima come from flat passes over the whole batch
+// instead, which vectorise: after the step with shift s, every key is the minimum over the 2s
+// keys of its request ending at it (one step per bit of N).
+inline void prefix_min_step(const uint32_t* __restrict from, uint32_t* __restrict to, int64_t total,
+                            int64_t N, int64_t s) {
+  for (int64_t i = 0; i < s; ++i) to[i] = from[i];
+  for (int64_t i = s; i < total; ++i)
+    to[i] = (i & (N - 1)) >= s ? std::min(from[i], from[i - s]) : from[i];
+}
+
+TETRIS_CPU_MULTIVERSION
+int64_t chain_effective_keys(int64_t B, int64_t N, uint32_t min_key, uint32_t* __restrict keys,
+                             uint32_t* __restrict scratch) {
+  const int64_t total = B * N;
+  if ((N & (N - 1)) != 0) {
+    for (int64_t b = 0; b < B; ++b) {
+      uint32_t path = kPosInfKey;
+      for (int64_t n = b * N; n < (b + 1) * N; ++n) {
+        path = std::min(path, keys[n]);
+        keys[n] = path;
+      }
     }
   } else {
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t parent = parents(b, n);
-      uint32_t k = key[n];
-      if (!parent_index_valid(parent, n)) {
-        k = kDropped;
-      } else if (parent >= 0) {
-        k = std::min(k, key[parent]);
-      }
-      if (k < min_key) k = kDropped;
-      key[n] = k;
-      eligible += k != kDropped;
+    uint32_t* from = keys;
+    uint32_t* to = scratch;
+    for (int64_t s = 1; s < N; s *= 2) {
+      prefix_min_step(from, to, total, N, s);
+      std::swap(from, to);
     }
+    if (from != keys) std::copy(from, from + total, keys);  // an odd number of steps
+  }
+  int64_t eligible = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    const bool keep = keys[i] >= min_key;
+    keys[i] = keep ? keys[i] : kDropped;
+    eligible += keep;
+  }
+  return eligible;
+}
+
+// The same for one request of a tree: key[n] = min(key[n], key[parent]), so a NaN score or an
+// invalid parent (key kDropped, below every key) drops the whole subtree. Returns the number of
+// eligible candidates.
+template <class Parents>
+int64_t tree_effective_keys(const Parents& parents, int64_t b, int64_t N, uint32_t min_key,
+                            uint32_t* key) {
+  int64_t eligible = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t parent = parents(b, n);
+    uint32_t k = key[n];
+    if (!parent_index_valid(parent, n)) {
+      k = kDropped;
+    } else if (parent >= 0) {
+      k = std::min(k, key[parent]);
+    }
+    if (k < min_key) k = kDropped;
+    key[n] = k;
+    eligible += k != kDropped;
   }
   return eligible;
 }
@@ -121,15 +155,32 @@ int64_t kept_keys(const at::Tensor& scores, const Parents& parents,
   score_keys(scores.data_ptr<float>(), B, N, scores.stride(0), scores.stride(1), keys);
   const IndexMatrix caps = index_matrix(max_per_request);
   std::vector<uint64_t> scratch;
+  if constexpr (Parents::kIsChain) {
+    auto buffer = std::make_unique_for_overwrite<uint32_t[]>(B * N);
+    const int64_t eligible = chain_effective_keys(B, N, min_key, keys, buffer.get());
+    if (!caps.present()) return eligible;  // no cap: every eligible candidate is kept
+  }
   int64_t kept = 0;
   for (int64_t b = 0; b < B; ++b) {
     uint32_t* key = keys + b * N;
-    const int64_t eligible = effective_keys(parents, b, N, min_key, key);
+    int64_t eligible;
+    if constexpr (Parents::kIsChain) {
+      eligible = std::count_if(key, key + N, [](uint32_t k) { return k != kDropped; });
+    } else {
+      eligible = tree_effective_keys(parents, b, N, min_key, key);
+    }
     const int64_t cap = caps.present() ? std::max<int64_t>(caps(b), 0) : N;
     if (eligible > cap) apply_cap<Parents>(N, cap, key, scratch);
     kept += std::min(eligible, cap);
   }
   return kept;
+}
+
+// top_histogram (csrc/cpu_common/radix_select.h) compiled for each vector width: its merge of
+// the sub-histograms (2048 bins) vectorises; select_cpu itself is built for baseline x86-64.
+TETRIS_CPU_MULTIVERSION
+void wide_top_histogram(const uint32_t* keys, int64_t count, TopHistogram& top) {
+  top_histogram(keys, count, top);
 }
 
 // Pass 2: selected = (top digit > take_above) and the counts, for every candidate; lists (in
@@ -199,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> select_cpu(const at::Tensor& scores, int64_t 
     take_above = kNoDigit;
   } else if (kept > budget) {
     TopHistogram top;
-    top_histogram(keys.get(), B * N, top);
+    wide_top_histogram(keys.get(), B * N, top);
     take_above = list_digit = digit_of_rank(top, rank);
     bucket_size = top[list_digit];
   }
