@@ -150,7 +150,9 @@ def test_break_even_candidates_are_not_verified_but_free_ones_are():
         costly = LinearCostModel({"step": step, "query_token": per_token}, padded=padded)
         assert int(CostAwareTetris(3, padded=padded, cost_model=costly).choose(proposal).sum()) == 0
         # margin 0: the break-even rule takes them
-        assert int(CostAwareTetris(3, padded=padded, cost_model=costly, margin=0.0).choose(proposal).sum()) == B
+        assert (
+            int(CostAwareTetris(3, padded=padded, cost_model=costly, margin=0.0).choose(proposal).sum()) == B
+        )
         free = KinkedCost(B * 2, 1.0, padded=padded)  # free up to one candidate per request
         assert int(CostAwareTetris(3, padded=padded, cost_model=free).choose(proposal).sum()) == B
 
