@@ -6,7 +6,7 @@
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
 recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost
 model (bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled
-held-out traces at batch 8, 64, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
+held-out traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
 engine). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
 reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2), GoodputTetris, all with the
 default n-gram calibration (AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"
     )
-    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 256, 512])
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 128, 256, 512])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

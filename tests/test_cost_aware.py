@@ -47,10 +47,12 @@ class KinkedCost:
         return 0.0
 
 
-def brute_force_prefix(probs, B, seconds_of):
-    """The best prefix of the batch-wide ranking by (expected + B) / seconds."""
+def brute_force_prefix(probs, B, seconds_of, margin=0.0):
+    """The best prefix of the batch-wide ranking by (expected + B) / seconds, verification's
+    seconds (beyond the empty prefix's) charged 1 + margin times."""
     ranked = sorted((p for row in probs for p in row), reverse=True)
-    values = [(sum(ranked[:m]) + B) / seconds_of(m) for m in range(len(ranked) + 1)]
+    charged = lambda m: seconds_of(m) + margin * (seconds_of(m) - seconds_of(0))  # noqa: E731
+    values = [(sum(ranked[:m]) + B) / charged(m) for m in range(len(ranked) + 1)]
     return max(range(len(values)), key=values.__getitem__)
 
 
@@ -61,7 +63,9 @@ def test_flat_engine_verifies_the_ranked_prefix_that_maximises_goodput():
         cost = LinearCostModel({"step": 0.1, "query_token": per_token}, padded=False)
         policy = CostAwareTetris(4, padded=False, cost_model=cost)
         selected = policy.choose(proposal)
-        best = brute_force_prefix(cum, 3, lambda m, per_token=per_token: 0.1 + per_token * (3 + m))
+        best = brute_force_prefix(
+            cum, 3, lambda m, per_token=per_token: 0.1 + per_token * (3 + m), policy.margin
+        )
         assert int(selected.sum()) == best
         # The selection is TETRIS's for that budget, and every verified estimate clears the floor.
         assert torch.equal(selected, Tetris(capacity=best, extra=0).choose(proposal))
@@ -134,8 +138,31 @@ def test_online_fit_explores_then_follows_the_measured_cost():
     assert int(costly.choose(proposal).sum()) == 0
 
 
+def test_break_even_candidates_are_not_verified_but_free_ones_are():
+    """Compute bound (every token costs): a candidate that merely breaks even is not worth
+    verifying (it desynchronises requests; module doc, "Margin"); below a roofline's knee
+    (free tokens) every candidate still is."""
+    B, step, per_token = 4, 1e-3, 1e-3
+    # Autoregressive goodput B / (step + B * per_token) = 800 tokens/s; a token pays its
+    # 1 ms iff p >= 0.8. Candidates at 0.85 (6% above break even) on every row:
+    proposal = chain_proposal([[0.85, 1e-3, 1e-3]] * B)
+    for padded in (False, True):
+        costly = LinearCostModel({"step": step, "query_token": per_token}, padded=padded)
+        assert int(CostAwareTetris(3, padded=padded, cost_model=costly).choose(proposal).sum()) == 0
+        # margin 0: the break-even rule takes them
+        assert (
+            int(CostAwareTetris(3, padded=padded, cost_model=costly, margin=0.0).choose(proposal).sum()) == B
+        )
+        free = KinkedCost(B * 2, 1.0, padded=padded)  # free up to one candidate per request
+        assert int(CostAwareTetris(3, padded=padded, cost_model=free).choose(proposal).sum()) == B
+
+
 def test_invalid_arguments():
-    for make in (lambda: CostAwareTetris(0), lambda: CostAwareTetris(4, capacity=-1)):
+    for make in (
+        lambda: CostAwareTetris(0),
+        lambda: CostAwareTetris(4, capacity=-1),
+        lambda: CostAwareTetris(4, margin=-0.1),
+    ):
         with pytest.raises(ValueError):
             make()
 
