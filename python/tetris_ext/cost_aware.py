@@ -97,14 +97,10 @@ class _FixedLatency:
         seconds = torch.tensor(
             [self._price(requests, int(real[i]), int(padded[i])) for i in grid], dtype=torch.float64
         )
-        index = torch.arange(len(real), dtype=torch.float64)
-        upper = (
-            torch.searchsorted(at, index).clamp(1, max(1, len(at) - 1))
-            if len(at) > 1
-            else torch.zeros_like(index, dtype=torch.long)
-        )
         if len(at) == 1:
             return seconds.expand(len(real)).clamp(min=1e-9)
+        index = torch.arange(len(real), dtype=torch.float64)
+        upper = torch.searchsorted(at, index).clamp(1, len(at) - 1)
         lower = upper - 1
         weight = (index - at[lower]) / (at[upper] - at[lower])
         return (seconds[lower] + weight * (seconds[upper] - seconds[lower])).clamp(min=1e-9)

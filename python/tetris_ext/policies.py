@@ -232,6 +232,7 @@ class _GoodputPolicy(Policy):
     so that the latency fit sees more than one point."""
 
     exploration = (1.0, 0.0, 0.5)  # fractions of the largest size tried in the first steps
+    padded = True  # a [B, 1 + w] block per step; False: a varlen engine (real tokens only)
 
     def __init__(self):
         self.verify_latency = LatencyModel()
@@ -244,7 +245,7 @@ class _GoodputPolicy(Policy):
     def _step_tokens(self, feedback: StepFeedback) -> tuple[int, int]:
         """(real, padded) query tokens of the step, the latency fit's features."""
         real = feedback.num_requests + int(feedback.verified.sum())
-        if not getattr(self, "padded", True):  # varlen engine: padded_tokens holds the real count
+        if not self.padded:  # varlen engine: padded_tokens holds the real count
             real = feedback.padded_tokens
         return real, feedback.padded_tokens
 

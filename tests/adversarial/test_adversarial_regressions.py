@@ -140,8 +140,7 @@ assert seconds < 10, seconds
 """
 
 
-@pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
-def test_emulated_select_with_a_cap_on_one_long_request_is_fast():
+def test_emulated_select_with_a_cap_on_one_long_request_is_fast(emulated):
     # Before the fix: more than 60 s (a rank loop over the request per candidate); now ~0.1 s.
     # The wall limit only catches a hang (a loaded machine makes wall time meaningless).
     result = run_limited(LONG_CAPPED_SELECT, seconds=300, memory_gib=4)
@@ -165,8 +164,7 @@ assert seconds < 10, seconds
 """
 
 
-@pytest.mark.skipif(not tetris_ext.HAS_EMULATION, reason="built without TETRIS_EMULATION=1")
-def test_emulated_verify_greedy_on_a_long_accepted_chain_is_fast():
+def test_emulated_verify_greedy_on_a_long_accepted_chain_is_fast(emulated):
     # A block reduction and a scan of every later slot per step before the fix: 35 s of CPU
     # here (38 s wall in the issue); now one warp vote per step: about 1.5 s of CPU.
     # The child asserts on its CPU seconds; the wall limit only catches a hang.
