@@ -142,6 +142,9 @@ def test_per_step_records_add_up(llama, llama_drafts):
     assert all(0.0 <= p <= 1.0 for p in cand["predicted"])
     # An accepted candidate was tested (its parent was accepted).
     assert all(t for t, a in zip(cand["tested"], cand["accepted"]) if a)
+    # Prefill is timed apart (wall and CPU), within the run's totals.
+    assert 0 < stats["prefill_cpu_seconds"] <= stats["cpu_seconds"]
+    assert 0 < stats["prefill_seconds"] <= stats["wall_seconds"]
 
 
 def test_eos_stops_each_request_where_the_target_does(llama, llama_drafts):

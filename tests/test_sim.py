@@ -227,3 +227,32 @@ def test_also_price_equals_a_replay_under_that_model(ngram_trace):
     assert both.also[gpu.name] == pytest.approx(alone.metrics)
     with pytest.raises(ValueError, match="arrival"):
         replay(ngram_trace, Tetris(2, 2), batch_size=4, cost_model=COST, also_price=(gpu,), arrival=1.0)
+
+
+def test_oracle_estimates_mark_exactly_the_target_path():
+    from tetris_ext.proposal import Proposal
+    from tetris_ext.sim import ORACLE_MISS, oracle_estimates
+
+    tokens = torch.tensor([[5, 6, 7, -1], [1, 9, 3, 4]])
+    truth = torch.tensor([[5, 6, 0, 0], [2, 9, 3, 4]])
+    logp = torch.full((2, 4), -0.5)
+    p = oracle_estimates(Proposal(tokens, None, logp, logp.cumsum(1)), truth)
+    on_path = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    real = tokens >= 0
+    assert torch.equal(p.cum_logprobs[on_path], torch.zeros(2))
+    assert torch.allclose(p.cum_logprobs[real & ~on_path], torch.tensor(math.log(ORACLE_MISS)))
+    assert torch.isneginf(p.cum_logprobs[~real]).all()
+    # a token may match the target while its parent did not: its own estimate is 1, its path's ~0
+    assert p.token_logprobs[1, 1] == 0 and p.cum_logprobs[1, 1] < -9
+
+
+def test_oracle_replay_verifies_only_accepted_tokens_and_never_takes_more_steps(ngram_trace):
+    # Tetris drafting 4 per request, verifying 4 per step across the batch: ranked by the
+    # truth, the accepted candidates come first.
+    common = dict(batch_size=4, cost_model=COST, keep_steps=False)
+    oracle = replay(ngram_trace, Tetris(capacity=4, extra=3), oracle=True, **common).metrics
+    estimated = replay(ngram_trace, Tetris(capacity=4, extra=3), **common).metrics
+    assert oracle["verification_success_rate"] > estimated["verification_success_rate"]
+    assert oracle["steps"] <= estimated["steps"]
+    full = replay(ngram_trace, StandardSD(4), oracle=True, **common).metrics
+    assert full["generated_tokens"] == estimated["generated_tokens"]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .cost_models import CostModel, StepShape, price_step
 from .decoding import Request, generate
@@ -51,7 +52,11 @@ from .proposal import Outcome, Proposal
 from .stats import RunStats
 from .verification import Block, Verified, verify_greedy_tokens
 
-__all__ = ["Trace", "record", "replay", "ReplayResult"]
+__all__ = ["Trace", "record", "replay", "ReplayResult", "oracle_estimates"]
+
+# An oracle's estimate for a candidate off the target's path: small, not 0, so that log
+# probabilities stay finite and policies that rank (rather than threshold) still see order.
+ORACLE_MISS = 1e-4
 
 TRACE_VERSION = 1
 
@@ -386,12 +391,33 @@ class _SimRequest:
         return taken
 
 
+def oracle_estimates(proposal: Proposal, truth: Tensor) -> Proposal:
+    """The proposal with its estimates replaced by the true outcome (chains): a candidate whose
+    path equals the target's continuation ``truth`` [B, N] gets probability 1, any other
+    ``ORACLE_MISS``. No estimator can rank better, so a policy's replay with these is the
+    ceiling of what better estimates could give it (bench/oracle_ceiling.py)."""
+    real = proposal.tokens >= 0
+    on_path = ((proposal.tokens == truth) & real).long().cumprod(1).bool()
+    miss = math.log(ORACLE_MISS)
+    token = torch.where(proposal.tokens == truth, 0.0, miss)
+    cum = torch.where(on_path, 0.0, miss)
+    return Proposal(
+        proposal.tokens,
+        proposal.parents,
+        torch.where(real, token, -math.inf).float(),
+        torch.where(real, cum, -math.inf).float(),
+        features=proposal.features,
+    )
+
+
 class _ProposalSource:
     """The replay's drafter: rebuilds each step's Proposal from the trace, through the n-gram
     drafter's own `proposal_from_matches` (its calibration), or from the recorded confidences."""
 
-    def __init__(self, trace: Trace, drafter):
-        self.trace, self.drafter = trace, drafter
+    def __init__(self, trace: Trace, drafter, oracle: bool = False):
+        self.trace, self.drafter, self.oracle = trace, drafter, oracle
+        if oracle and trace.is_tree:
+            raise ValueError("replay: oracle estimates are defined for chain drafts only")
         if drafter is not None and trace.drafter.get("kind") != "ngram":
             raise ValueError(
                 "replay: a drafter is re-run only for n-gram traces; "
@@ -416,6 +442,14 @@ class _ProposalSource:
             )
         rows = np.array([r.row for r in requests])
         ts = np.array([r.t for r in requests])
+        proposal = self._recorded(rows, ts, n, requests)
+        if not self.oracle:
+            return proposal
+        truth = tr.continuation[rows[:, None], ts[:, None] + np.arange(n)]  # [B, n]
+        return oracle_estimates(proposal, torch.from_numpy(truth[:, : proposal.tokens.shape[1]]))
+
+    def _recorded(self, rows: np.ndarray, ts: np.ndarray, n: int, requests) -> Proposal:
+        tr = self.trace
         tokens = tr.draft_tokens[rows, ts, :n]
         if self.drafter is not None and tr.draft_features is not None:
             feats = tr.draft_features[rows, ts, :n]
@@ -564,6 +598,7 @@ def replay(
     keep_steps: bool = True,
     progress: bool = False,
     keep_candidates: bool = False,
+    oracle: bool = False,
 ) -> ReplayResult:
     """Simulate continuous batching of the trace's requests under `policy`.
 
@@ -578,14 +613,15 @@ def replay(
     steps (valid when every request arrives at once and the policy's decisions do not depend
     on latency, i.e. not for GoodputSD / GoodputTetris, which see `cost_model`'s latencies).
     keep_candidates: keep every verified candidate's estimates and outcome (ReplayResult.candidates,
-    the estimate calibration data of tetris_ext.heldout).
+    the estimate calibration data of tetris_ext.heldout). oracle: the policy sees the true
+    outcome as its estimates (``oracle_estimates``): the ceiling of any estimator.
     """
     if batch_size < 1:
         raise ValueError("replay: batch_size must be >= 1")
     if also_price and not (arrival is None or arrival == "all"):
         raise ValueError("replay: also_price needs arrival='all' (arrivals interact with the clock)")
     waiting = _waiting_requests(trace, arrival, num_requests, seed)
-    source = _ProposalSource(trace, drafter)
+    source = _ProposalSource(trace, drafter, oracle)
     target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft)
     stats = RunStats(keep_steps=keep_steps, keep_candidates=keep_candidates)
     bar = _progress_bar(progress, sum(r.out_len for r in waiting), f"replay {policy} B={batch_size}", "tok")
