@@ -8,7 +8,6 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.drafters import NgramDrafter
-from tetris_ext.proposal import Outcome
 from tetris_ext.estimators import (
     FEATURES,
     PRIOR,
@@ -20,6 +19,7 @@ from tetris_ext.estimators import (
     fit_prior,
     token_class_table,
 )
+from tetris_ext.proposal import Outcome
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
