@@ -319,6 +319,11 @@ def main(argv=None) -> int:
             print(
                 f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}"
             )
+        depths = r["held_out"]["by_depth"].items()
+        print(
+            "    by depth (Brier, share of squared error):",
+            ", ".join(f"{d}: {v['brier']:.4f} ({v['error_share']:.0%})" for d, v in depths),
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = run_metadata("cpu") | {
         "command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),
