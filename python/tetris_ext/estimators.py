@@ -19,12 +19,12 @@ with x (``FEATURES``):
   ``token_classes`` built once from the tokenizer (``token_class_table``); all zeros without one;
 - ``first``: whether the token is the first of its draft (it follows the request's root, the
   target's own last token, rather than a drafted parent), and its products with the match
-  statistics and the copy run: a first token behaves differently (acceptance 0.64-0.75 against
-  0.87-0.93 deeper on the held-out traces);
+  statistics and the copy run: a first token behaves differently (held-out Gemma traces:
+  acceptance 0.71 at depth 1 against 0.87-0.92 deeper, ``by_depth`` in bench/results/estimates.json);
 - the request's transition memory: whether the same transition (parent token -> drafted token)
   was verified in an earlier step of this request and accepted (``accepted_before``) or
   rejected (``rejected_before``). A greedy target that took a transition once tends to take it
-  again (0.91-0.96 acceptance on the traces, against 0.81-0.86 overall). The parent of the
+  again (weights +1.5 / -1.2 in the shipped fit, data/ngram_prior.json). The parent of the
   first token is the request's root: callers pass ``roots``; without them (or without
   ``tokens``) the memory reads "never seen", which is what the model assumes of a new request.
 
