@@ -289,3 +289,19 @@ def test_prior_file_round_trip_and_fit_prior(tmp_path):
     # The shipped prior is a fit (not the placeholder): the memory weights have their signs.
     weights = dict(zip(FEATURES, PRIOR.weights))
     assert weights["accepted_before"] > 0 > weights["rejected_before"]
+
+
+def test_columns_the_prior_never_saw_move_only_moderately():
+    """The shipped prior was fitted without token classes: with a table, their weights start at
+    0 and learn, but one surprising step cannot throw them far (without the ridge, a Newton
+    step on two unlikely tokens that were accepted moves a fresh column by about 1 / p)."""
+    features = torch.tensor([[[1.0, 1.0, 0.0, 1.0]]]).expand(2, 1, 4)  # a poor match: p ~ 0.05
+    classes = torch.tensor([0, 1, 2, 3], dtype=torch.int8)
+    tokens = torch.tensor([[2], [2]])  # word pieces
+    model = NgramLogistic(token_classes=classes)
+    assert float(model.predict_batch(features, [0, 1], tokens)[0, 0]) < 0.1
+    model.update_batch(
+        features, [0, 1], torch.ones(2, 1, dtype=torch.bool), torch.ones(2, 1, dtype=torch.bool), tokens
+    )
+    word = float(model.weights[FEATURES.index("class_word")])
+    assert 0.0 < word < 2.0

@@ -177,11 +177,14 @@ class NgramLogistic:
         self.prior = torch.tensor(weights, dtype=torch.float64)
         self.weights = self.prior.clone()
         self.prior_samples = prior_samples
-        # Posterior precision; a small ridge keeps never-seen columns (e.g. token classes
-        # without a table) invertible.
+        # Posterior precision. Columns the prior never saw (token classes, when it was fitted
+        # without a table) get one token's worth of unit curvature, so that a few tokens cannot
+        # throw their weights far; the others a negligible ridge that keeps them invertible.
         self.precision = None
         if math.isfinite(prior_samples):
-            self.precision = prior_samples * hessian.to(torch.float64) + 1e-6 * torch.eye(len(FEATURES))
+            hessian = hessian.to(torch.float64)
+            ridge = torch.where(hessian.diagonal() > 0, 1e-6, 1.0)
+            self.precision = prior_samples * hessian + torch.diag(ridge)
         self.rate_prior, self.rate_decay = rate_prior, rate_decay
         self.token_classes = token_classes
         self.max_probability = max_probability
