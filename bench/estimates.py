@@ -38,6 +38,7 @@ from tetris_ext.estimators import (  # noqa: E402
     PRIOR_PATH,
     ConstantRate,
     NgramLogistic,
+    NgramPrior,
     fit_prior,
     token_class_table,
 )
@@ -154,7 +155,10 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
     return {
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
         "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
-        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(),
+        # The file as it is now (also right after --write-prior rewrote it).
+        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(
+            NgramPrior.load()
+        ),
         "NgramLogistic (tuning fit, frozen weights)": lambda: NgramLogistic(plain, math.inf),
         f"NgramLogistic (tuning fit, online, prior = {plain.samples:.0f} tokens)": lambda: NgramLogistic(
             plain

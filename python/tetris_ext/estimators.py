@@ -11,10 +11,11 @@ with x (``FEATURES``):
 - the match statistics (``calibration.NGRAM_FEATURES``): log1p(match length),
   log1p(earlier occurrences), agreement of those occurrences, log1p(depth), and whether the
   occurrences were unanimous (agreement == 1);
-- the request's own history: the log-odds of its running acceptance rate (accepted / tested
-  drafted tokens, exponentially decayed and smoothed towards the prior rate, so it is 0 at a
-  request's first step), and log1p of its current copy run (drafted tokens accepted in a row
-  since its last rejection);
+- the request's own history: the log-odds of its running acceptance rate of *first* draft
+  tokens (accepted / tested, exponentially decayed and smoothed towards the prior rate, so it is
+  0 at a request's first step; the first token is where requests differ most, and a rate over
+  all depths got a weight near 0 in the fit), and log1p of its current copy run (drafted tokens
+  accepted in a row since its last rejection);
 - the token's class (whitespace / punctuation / word piece / other), from a vocabulary table
   ``token_classes`` built once from the tokenizer (``token_class_table``); all zeros without one;
 - ``first``: whether the token is the first of its draft (it follows the request's root, the
@@ -75,7 +76,7 @@ FEATURES = (
         "agreement",
         "log_depth",
         "unanimous",
-        "request_log_odds",
+        "request_first_log_odds",
         "log_copy_run",
     )
     + tuple(f"class_{c}" for c in TOKEN_CLASSES[:-1])
@@ -143,8 +144,9 @@ class NgramLogistic:
     the ``NgramPrior``'s, else 0.25 x identity, the curvature of a logistic at p = 1/2).
     ``prior_samples``: how many tokens' worth of evidence the prior is (default: the
     ``NgramPrior``'s, else 300); ``math.inf`` freezes the weights (no online learning).
-    ``rate_prior``: the acceptance rate a new request starts from; ``rate_decay``: per-step
-    decay of a request's counts. ``token_classes``: [V] table from ``token_class_table``.
+    ``rate_prior``: the first-token acceptance rate a new request starts from (the tuning
+    traces': 0.64); ``rate_decay``: per-step decay of a request's counts.
+    ``token_classes``: [V] table from ``token_class_table``.
     """
 
     def __init__(
@@ -152,7 +154,7 @@ class NgramLogistic:
         prior: NgramPrior | tuple[float, ...] = PRIOR,
         prior_samples: float | None = None,
         hessian: Tensor | None = None,
-        rate_prior: float = 0.45,
+        rate_prior: float = 0.65,
         rate_decay: float = 0.9,
         token_classes: Tensor | None = None,
         max_probability: float = 0.98,
@@ -190,7 +192,7 @@ class NgramLogistic:
         self.max_probability = max_probability
         self._slots: dict[int, int] = {}
         self._free: list[int] = []
-        # Per slot: decayed accepted and tested counts, current copy run; and the transition
+        # Per slot: decayed accepted and tested counts of first tokens, current copy run; and the transition
         # memory (accepted, rejected) x buckets.
         self._state = torch.zeros(0, 3, dtype=torch.float64)
         self._memory = torch.zeros(0, 2, MEMORY_BUCKETS, dtype=torch.bool)
@@ -298,7 +300,7 @@ class NgramLogistic:
     ) -> None:
         """Learn from one step: features [B, N, 4], tested / accepted [B, N] bool (tested: the
         candidate's own acceptance was decided). One Newton step of the shared weights'
-        posterior; every request's rate, copy run and transition memory advance."""
+        posterior; every request's first-token rate, copy run and transition memory advance."""
         x = self.design(features, requests, tokens, roots)[tested]
         y = accepted[tested].to(torch.float64)
         if self.precision is not None and len(y):
@@ -308,11 +310,12 @@ class NgramLogistic:
         self.updates += len(y)
         slots = self._slot_indices(list(requests))
         hits = (tested & accepted).sum(1).to(torch.float64)
-        trials = tested.sum(1).to(torch.float64)
+        first = tested & (features[..., 3] == 1)
+        first_trials = first.sum(1).to(torch.float64)
         state = self._state[slots]
-        decay = torch.where(trials > 0, self.rate_decay, 1.0)
-        state[:, 0] = decay * state[:, 0] + hits
-        state[:, 1] = decay * state[:, 1] + trials
+        decay = torch.where(first_trials > 0, self.rate_decay, 1.0)
+        state[:, 0] = decay * state[:, 0] + (first & accepted).sum(1).to(torch.float64)
+        state[:, 1] = decay * state[:, 1] + first_trials
         rejected = (tested & ~accepted).any(1)
         state[:, 2] = torch.where(rejected, 0.0, state[:, 2] + hits)
         self._state[slots] = state
