@@ -192,8 +192,8 @@ class NgramLogistic:
         self.max_probability = max_probability
         self._slots: dict[int, int] = {}
         self._free: list[int] = []
-        # Per slot: decayed accepted and tested counts of first tokens, current copy run; and the transition
-        # memory (accepted, rejected) x buckets.
+        # Per slot: decayed accepted and tested counts of first tokens, current copy run; and
+        # the transition memory (accepted, rejected) x buckets.
         self._state = torch.zeros(0, 3, dtype=torch.float64)
         self._memory = torch.zeros(0, 2, MEMORY_BUCKETS, dtype=torch.bool)
         self.updates = 0
