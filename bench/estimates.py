@@ -63,6 +63,7 @@ PROMPT_FILES = {
     for name in ("code", "chat", "rewrite")
 }
 TUNING = ("bundled",)
+REPO = Path(__file__).resolve().parents[1]
 PRIOR_SAMPLES = (100.0, 300.0, 1000.0, 3000.0)  # candidates, chosen by leave-one-category-out
 
 
@@ -147,7 +148,7 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         priors["no_classes"].save(
             PRIOR_PATH,
             command="python bench/estimates.py --write-prior",
-            tuning={k: str(v) for k, v in SOURCES.items() if k in tuning},
+            tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
             loco_brier=fitted["no_classes"]["loco_brier"],
         )
         print(f"wrote {PRIOR_PATH}")
