@@ -18,6 +18,7 @@ cached beside the trace as ``<trace>.target_confidence.npz``), and each tested t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -38,11 +39,13 @@ from tetris_ext.sim import Trace  # noqa: E402
 SIGNALS = ("conf_root", "conf_min4", "conf_mean4")
 
 
-def target_confidence(path: Path, trace: Trace, model) -> np.ndarray:
-    """[R, L] the target's top-1 probability at every continuation position (cached)."""
+def target_confidence(path: Path, trace: Trace, load_model) -> np.ndarray:
+    """[R, L] the target's top-1 probability at every continuation position (cached; the
+    model is loaded only when a cache is missing)."""
     cache = path.with_name(path.stem + ".target_confidence.npz")
     if cache.exists():
         return np.load(cache)["confidence"]
+    model = load_model()
     out = np.zeros(trace.continuation.shape, dtype=np.float32)
     with torch.inference_mode():
         for r, prompt in enumerate(trace.prompts):
@@ -87,8 +90,8 @@ def main() -> int:
     from tetris_ext.models import load_gemma3_270m
 
     torch.set_num_threads(1)
-    model = load_gemma3_270m(dtype=torch.bfloat16)[0]
     classes = load_token_classes("gemma3-270m")
+    model = functools.cache(lambda: load_gemma3_270m(dtype=torch.bfloat16)[0])
     confidence = {name: target_confidence(path, Trace.load(path), model) for name, path in SOURCES.items()}
     fill = float(np.mean([confidence[s].mean() for s in TUNING]))
     data = {
