@@ -2,7 +2,7 @@
 log loss, ranking (AUC) and reliability, fitted on the tuning sources only.
 
     python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
-    python bench/estimates.py --print-prior   # also print the fitted prior (estimators.PRIOR_WEIGHTS)
+    python bench/estimates.py --write-prior   # also write the fitted prior (tetris_ext/data/ngram_prior.json)
     python bench/estimates.py --speed         # CPU cost per request per step, batched vs per request
 
 Traces (tetris_ext.sim.record, Gemma 3 270M bf16, n-gram drafter, 8 drafts, 64 tokens), one per
@@ -12,14 +12,17 @@ prompt source; record a missing one with
         --trace bench/results/traces/estimates_gemma3-270m-bf16_code_d8_t64.npz
 
 Protocol (tetris_ext.heldout): whole sources are tuning or held-out. On the tuning part only:
-the constant rate, the offline logistic prior (estimators.fit_logistic) and the online learning
-rate. On the held-out part: Brier, log loss, AUC, reliability diagram of every estimator.
+the constant rate, the offline logistic prior (estimators.fit_prior) and its weight against
+online evidence (prior samples: leave-one-category-out over the tuning prompts' categories).
+On the held-out part: Brier, log loss, AUC, reliability diagram of every estimator.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -30,7 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, run_metadata  # noqa: E402
 from tetris_ext import heldout  # noqa: E402
 from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
-from tetris_ext.estimators import FEATURES, ConstantRate, NgramLogistic, fit_logistic, token_class_table  # noqa: E402
+from tetris_ext.estimators import (  # noqa: E402
+    FEATURES,
+    PRIOR_PATH,
+    ConstantRate,
+    NgramLogistic,
+    NgramPrior,
+    fit_prior,
+    token_class_table,
+)
 from tetris_ext.sim import Trace  # noqa: E402
 
 TRACES = RESULTS_DIR / "traces"
@@ -52,20 +63,23 @@ PROMPT_FILES = {
     for name in ("code", "chat", "rewrite")
 }
 TUNING = ("bundled",)
-LEARNING_RATES = (0.0, 0.0005, 0.002, 0.005)
+REPO = Path(__file__).resolve().parents[1]
+PRIOR_SAMPLES = (100.0, 300.0, 1000.0, 3000.0)  # candidates, chosen by leave-one-category-out
 
 
 class _Recording(NgramLogistic):
-    """NgramLogistic that keeps the inputs and outcomes of every tested token (the fit's data)."""
+    """NgramLogistic with frozen weights that keeps the inputs, outcomes and request of every
+    tested token (the fit's data)."""
 
     def __init__(self, **kw):
-        super().__init__(learning_rate=0.0, **kw)
-        self.rows, self.outcomes = [], []
+        super().__init__(prior_samples=math.inf, **kw)
+        self.rows, self.outcomes, self.requests = [], [], []
 
-    def update_batch(self, features, requests, tested, accepted, tokens=None):
-        self.rows.append(self.design(features, requests, tokens)[tested])
+    def update_batch(self, features, requests, tested, accepted, tokens=None, roots=None):
+        self.rows.append(self.design(features, requests, tokens, roots)[tested])
         self.outcomes.append(accepted[tested])
-        super().update_batch(features, requests, tested, accepted, tokens)
+        self.requests.append(torch.tensor(requests)[:, None].expand_as(tested)[tested])
+        super().update_batch(features, requests, tested, accepted, tokens, roots)
 
 
 def pooled(traces: dict, make) -> heldout.Predictions:
@@ -73,14 +87,87 @@ def pooled(traces: dict, make) -> heldout.Predictions:
     return heldout.Predictions.cat([heldout.collect(trace, make()) for trace in traces.values()])
 
 
-def fit_prior(tuning: dict, token_classes) -> torch.Tensor:
-    x, y = [], []
-    for trace in tuning.values():
+def tuning_rows(tuning: dict, token_classes) -> dict:
+    """{source: (inputs [M, F], outcomes [M], trace row [M])} of every tested token."""
+    out = {}
+    for name, trace in tuning.items():
         recorder = _Recording(token_classes=token_classes)
         heldout.collect(trace, recorder)
-        x += recorder.rows
-        y += recorder.outcomes
-    return fit_logistic(torch.cat(x), torch.cat(y))
+        out[name] = tuple(torch.cat(v) for v in (recorder.rows, recorder.outcomes, recorder.requests))
+    return out
+
+
+def subset(trace: Trace, rows: list[int]) -> Trace:
+    """The trace of some of its requests (rows renumbered from 0)."""
+    arrays = ("continuation", "out_len", "draft_tokens", "draft_parents", "draft_features")
+    arrays += ("draft_token_logprobs", "draft_cum_logprobs", "accept_len")
+    picked = {k: None if getattr(trace, k) is None else getattr(trace, k)[rows] for k in arrays}
+    return dataclasses.replace(trace, prompts=[trace.prompts[r] for r in rows], **picked)
+
+
+def prompt_categories(name: str) -> list[str]:
+    """Category of every prompt of a source (its trace rows), or one category for all."""
+    lines = [json.loads(line) for line in PROMPT_FILES[name].read_text().splitlines() if line.strip()]
+    return [row.get("category", name) for row in lines]
+
+
+def choose_prior_samples(tuning: dict, rows: dict, token_classes) -> tuple[float, dict]:
+    """The prior's weight (in tuning tokens) by leave-one-category-out on the tuning part: the
+    prior fitted on the other categories, the online estimator replayed on the held category;
+    the value with the lowest pooled Brier wins."""
+    briers = {}
+    for samples in PRIOR_SAMPLES:
+        parts = []
+        for name, trace in tuning.items():
+            x, y, req = rows[name]
+            categories = prompt_categories(name)
+            for category in sorted(set(categories)):
+                inside = [r for r, c in enumerate(categories) if c == category]
+                fit_on = ~torch.isin(req, torch.tensor(inside))
+                prior = fit_prior(x[fit_on], y[fit_on], samples)
+                make = partial(NgramLogistic, prior, token_classes=token_classes)
+                parts.append(heldout.collect(subset(trace, inside), make()))
+        briers[samples] = heldout.score(heldout.Predictions.cat(parts))["brier"]
+    return min(briers, key=briers.get), briers
+
+
+def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, dict]:
+    """name -> factory of a fresh estimator; everything fitted on the tuning part only."""
+    rate = pooled(tuning, lambda: ConstantRate(0.5)).acceptance_rate
+    fitted = {"constant_rate": rate, "features": list(FEATURES)}
+    priors = {}
+    for label, classes in (("no_classes", None), ("classes", token_classes)):
+        rows = tuning_rows(tuning, classes)
+        samples, briers = choose_prior_samples(tuning, rows, classes)
+        print(f"{label}: leave-one-category-out tuning Brier by prior samples {briers} -> {samples}")
+        x, y, _ = (torch.cat(v) for v in zip(*rows.values()))
+        priors[label] = fit_prior(x, y, samples)
+        fitted[label] = {"weights": list(priors[label].weights), "samples": samples, "loco_brier": briers}
+        print(f"fitted prior ({label}):", dict(zip(FEATURES, [round(v, 3) for v in priors[label].weights])))
+    if write_prior:
+        priors["no_classes"].save(
+            PRIOR_PATH,
+            command="python bench/estimates.py --write-prior",
+            tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
+            loco_brier=fitted["no_classes"]["loco_brier"],
+        )
+        print(f"wrote {PRIOR_PATH}")
+    plain, with_classes = priors["no_classes"], priors["classes"]
+    return {
+        f"constant({rate:.3f})": lambda: ConstantRate(rate),
+        "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
+        # The file as it is now (also right after --write-prior rewrote it).
+        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(
+            NgramPrior.load()
+        ),
+        "NgramLogistic (tuning fit, frozen weights)": lambda: NgramLogistic(plain, math.inf),
+        f"NgramLogistic (tuning fit, online, prior = {plain.samples:.0f} tokens)": lambda: NgramLogistic(
+            plain
+        ),
+        f"NgramLogistic (tuning fit + token classes, online, {with_classes.samples:.0f})": lambda: (
+            NgramLogistic(with_classes, token_classes=token_classes)
+        ),
+    }, fitted
 
 
 def load_smollm2():
@@ -141,64 +228,25 @@ def load_token_classes(model: str = "gemma3-270m"):
     return token_class_table(tokenizer)
 
 
-def estimators(tuning: dict, token_classes, print_prior: bool) -> dict:
-    """name -> factory of a fresh estimator; everything fitted on the tuning part only."""
-    rate = pooled(tuning, lambda: ConstantRate(0.5)).acceptance_rate
-    prior = fit_prior(tuning, token_classes)
-    prior_no_class = fit_prior(tuning, None)
-    if print_prior:
-        print(
-            "fitted prior (with token classes):", dict(zip(FEATURES, [round(v, 3) for v in prior.tolist()]))
-        )
-        print("fitted prior (no token classes):  ", tuple(round(v, 3) for v in prior_no_class.tolist()))
-    tuned = {}
-    for name, weights, classes in (
-        ("logistic", prior, token_classes),
-        ("logistic-noclass", prior_no_class, None),
-    ):
-        briers = {
-            lr: heldout.score(
-                pooled(tuning, partial(NgramLogistic, tuple(weights.tolist()), lr, token_classes=classes))
-            )["brier"]
-            for lr in LEARNING_RATES
-        }
-        tuned[name] = min(briers, key=briers.get)
-        print(f"{name}: tuning Brier by learning rate {briers} -> {tuned[name]}")
-    return {
-        f"constant({rate:.3f})": lambda: ConstantRate(rate),
-        "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
-        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(),
-        f"NgramLogistic (tuning fit, no classes, lr={tuned['logistic-noclass']})": lambda: NgramLogistic(
-            tuple(prior_no_class.tolist()), tuned["logistic-noclass"]
-        ),
-        f"NgramLogistic (tuning fit + token classes, lr={tuned['logistic']})": lambda: NgramLogistic(
-            tuple(prior.tolist()), tuned["logistic"], token_classes=token_classes
-        ),
-    }, {
-        "constant_rate": rate,
-        "prior": prior.tolist(),
-        "prior_no_class": prior_no_class.tolist(),
-        "learning_rates": tuned,
-        "features": list(FEATURES),
-    }
-
-
 def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: int = 3) -> list[dict]:
     """CPU seconds per request per step of scoring + learning: NgramLogistic (batched) and
     AcceptanceCalibration (per request, per token), back to back in each repetition."""
     import time
 
     g = torch.Generator().manual_seed(0)
-    features = torch.rand(batch, drafts, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 8.0])
+    features = torch.rand(batch, drafts, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 0.0])
+    features[..., 3] = torch.arange(1, drafts + 1)  # depth
     tested = torch.rand(batch, drafts, generator=g) < 0.5
     accepted = tested & (torch.rand(batch, drafts, generator=g) < 0.7)
+    tokens = torch.randint(0, 262144, (batch, drafts), generator=g)
+    roots = torch.randint(0, 262144, (batch,), generator=g)
     ids = list(range(batch))
 
     def batched():
         model, t0 = NgramLogistic(), time.process_time()
         for _ in range(steps):
-            model.predict_batch(features, ids)
-            model.update_batch(features, ids, tested, accepted)
+            model.predict_batch(features, ids, tokens, roots)
+            model.update_batch(features, ids, tested, accepted, tokens, roots)
         return time.process_time() - t0
 
     def per_request():
@@ -231,7 +279,7 @@ def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: i
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
-    ap.add_argument("--print-prior", action="store_true")
+    ap.add_argument("--write-prior", action="store_true", help="write the no-class prior (Gemma only)")
     ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
     ap.add_argument(
         "--model",
@@ -253,7 +301,9 @@ def main(argv=None) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     tuning, held = heldout.split_by_source(traces, [s for s in traces if s not in args.tuning])
     print(f"tuning sources: {list(tuning)}; held-out sources: {list(held)}")
-    factories, fitted = estimators(tuning, load_token_classes(args.model), args.print_prior)
+    factories, fitted = estimators(
+        tuning, load_token_classes(args.model), args.write_prior and args.model == "gemma3-270m"
+    )
     results = {}
     for name, make in factories.items():
         per_source = {src: heldout.score(pooled({src: tr}, make)) for src, tr in held.items()}
@@ -274,6 +324,11 @@ def main(argv=None) -> int:
             print(
                 f"    {src:66s} {s['brier']:7.4f} {'':8s} {s['log_loss']:7.4f} {s['auc']:6.3f} {s['path_auc']:7.3f}"
             )
+        depths = r["held_out"]["by_depth"].items()
+        print(
+            "    by depth (Brier, share of squared error):",
+            ", ".join(f"{d}: {v['brier']:.4f} ({v['error_share']:.0%})" for d, v in depths),
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = run_metadata("cpu") | {
         "command": "python bench/estimates.py " + " ".join(argv or sys.argv[1:]),

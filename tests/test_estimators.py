@@ -10,12 +10,16 @@ import tetris_ext  # noqa: F401
 from tetris_ext.drafters import NgramDrafter
 from tetris_ext.estimators import (
     FEATURES,
+    PRIOR,
     PRIOR_WEIGHTS,
     ConstantRate,
     NgramLogistic,
+    NgramPrior,
     fit_logistic,
+    fit_prior,
     token_class_table,
 )
+from tetris_ext.proposal import Outcome
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,9 +38,9 @@ def synthetic(n, seed=0):
 
 def test_fit_on_synthetic_data_is_calibrated():
     features, truth, accepted = synthetic(20000)
-    model = NgramLogistic(learning_rate=0.0, rate_decay=1.0)
+    model = NgramLogistic(prior_samples=math.inf, rate_decay=1.0)
     x = model.design(features, list(range(len(truth))))[:, 0]
-    fitted = NgramLogistic(tuple(fit_logistic(x, accepted).tolist()), learning_rate=0.0)
+    fitted = NgramLogistic(tuple(fit_logistic(x, accepted).tolist()), math.inf)
     test_features, test_truth, _ = synthetic(4000, seed=1)
     predicted = fitted.predict_batch(test_features, list(range(len(test_truth))))[:, 0]
     assert float((predicted - test_truth).abs().mean()) < 0.03
@@ -49,7 +53,7 @@ def test_fit_on_synthetic_data_is_calibrated():
 
 def test_online_learning_moves_a_wrong_prior_toward_the_truth():
     features, truth, accepted = synthetic(6000)
-    model = NgramLogistic(prior=(0.0,) * len(FEATURES), learning_rate=0.01, prior_strength=0.0)
+    model = NgramLogistic(prior=(0.0,) * len(FEATURES), prior_samples=10.0)
     before = model.predict_batch(features[:500], list(range(500)))[:, 0]
     for lo in range(0, 6000, 100):  # steps of 100 requests, one token each
         ids = list(range(lo, lo + 100))
@@ -69,53 +73,79 @@ def test_batched_equals_per_request():
     classes = torch.tensor([0, 1, 2, 3, 2, 2, 1, 0, 3, 2], dtype=torch.int8)
     tested = torch.rand(5, 4, generator=g) < 0.7
     accepted = tested & (torch.rand(5, 4, generator=g) < 0.6)
-    batched = NgramLogistic(learning_rate=0.0, token_classes=classes)
-    single = NgramLogistic(learning_rate=0.0, token_classes=classes)
+    roots = torch.randint(0, 10, (5,), generator=g)
+    batched = NgramLogistic(prior_samples=math.inf, token_classes=classes)
+    single = NgramLogistic(prior_samples=math.inf, token_classes=classes)
     ids = [10, 11, 12, 13, 14]
-    batched.update_batch(features, ids, tested, accepted, tokens)
+    batched.update_batch(features, ids, tested, accepted, tokens, roots)
     for b, r in enumerate(ids):
         single.update_batch(
-            features[b : b + 1], [r], tested[b : b + 1], accepted[b : b + 1], tokens[b : b + 1]
+            features[b : b + 1],
+            [r],
+            tested[b : b + 1],
+            accepted[b : b + 1],
+            tokens[b : b + 1],
+            roots[b : b + 1],
         )
-    together = batched.predict_batch(features, ids, tokens)
+    together = batched.predict_batch(features, ids, tokens, roots)
     one_by_one = torch.cat(
-        [single.predict_batch(features[b : b + 1], [r], tokens[b : b + 1]) for b, r in enumerate(ids)]
+        [
+            single.predict_batch(features[b : b + 1], [r], tokens[b : b + 1], roots[b : b + 1])
+            for b, r in enumerate(ids)
+        ]
     )
     torch.testing.assert_close(together, one_by_one)
     # A request's history moves its own estimates only.
     assert not torch.equal(
-        together, NgramLogistic(learning_rate=0.0, token_classes=classes).predict_batch(features, ids, tokens)
+        together,
+        NgramLogistic(prior_samples=math.inf, token_classes=classes).predict_batch(
+            features, ids, tokens, roots
+        ),
     )
 
 
 def test_request_history_raises_and_lowers_estimates_and_starts_at_the_prior():
-    model = NgramLogistic(learning_rate=0.0)
+    model = NgramLogistic(prior_samples=math.inf)
     features = torch.tensor([[[2.0, 3.0, 1.0, 1.0]]]).expand(2, 1, 4)
-    fresh = model.predict_batch(features, [1, 2])
+    tokens, roots = torch.tensor([[5], [5]]), torch.tensor([4, 4])
+    fresh = model.predict_batch(features, [1, 2], tokens, roots)
     assert fresh[0, 0] == fresh[1, 0]  # no history: the same estimate
     for _ in range(5):
         model.update_batch(
-            features, [1, 2], torch.ones(2, 1, dtype=torch.bool), torch.tensor([[True], [False]])
+            features,
+            [1, 2],
+            torch.ones(2, 1, dtype=torch.bool),
+            torch.tensor([[True], [False]]),
+            tokens,
+            roots,
         )
-    after = model.predict_batch(features, [1, 2])
+    after = model.predict_batch(features, [1, 2], tokens, roots)
     assert after[0, 0] > fresh[0, 0] > after[1, 0]
 
 
 def test_memory_is_released_and_slots_are_reused():
-    model = NgramLogistic(learning_rate=0.0)  # shared weights fixed: only request state differs
+    model = NgramLogistic(prior_samples=math.inf)  # shared weights fixed: only request state differs
     features = torch.ones(4, 2, 4)
+    tokens, roots = torch.tensor([[7, 8]]).expand(4, 2), torch.tensor([6, 6, 6, 6])
     for wave in range(50):
         ids = list(range(4 * wave, 4 * wave + 4))
         model.update_batch(
-            features, ids, torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2, dtype=torch.bool)
+            features,
+            ids,
+            torch.ones(4, 2, dtype=torch.bool),
+            torch.zeros(4, 2, dtype=torch.bool),
+            tokens,
+            roots,
         )
         for r in ids:
             model.forget(r)
     assert model.tracked_requests == 0
     assert model._state.shape[0] <= 8  # 200 requests went through 8 slots
-    # A reused slot starts fresh: same estimate as a never-seen request.
-    fresh = NgramLogistic().predict_batch(features[:1], [999])
-    torch.testing.assert_close(model.predict_batch(features[:1], [999]), fresh)
+    # A reused slot starts fresh (rate, copy run and transition memory): same estimate as a
+    # never-seen request.
+    fresh = NgramLogistic().predict_batch(features[:1], [999], tokens[:1], roots[:1])
+    torch.testing.assert_close(model.predict_batch(features[:1], [999], tokens[:1], roots[:1]), fresh)
+    assert not model._memory.any(dim=(1, 2))[model._slots[999]]
 
 
 def test_ngram_drafter_uses_the_batched_estimator_and_releases_requests():
@@ -129,11 +159,24 @@ def test_ngram_drafter_uses_the_batched_estimator_and_releases_requests():
     drafter.add(requests)
     proposal = drafter.propose(requests, 4)
     assert proposal.counts().tolist() == [3, 0]  # the last match runs into the end
-    expected = estimator.predict_batch(proposal.features[:1], [0], proposal.tokens[:1]).log().float()
+    roots = torch.tensor([2, 8])  # the requests' last tokens: the first drafts' parents
+    expected = (
+        estimator.predict_batch(proposal.features[:1], [0], proposal.tokens[:1], roots[:1]).log().float()
+    )
     torch.testing.assert_close(proposal.token_logprobs[0, :3], expected[0, :3])
     assert math.isinf(float(proposal.token_logprobs[0, 3]))
     assert math.isinf(float(proposal.token_logprobs[1, 0]))
     assert estimator.tracked_requests == 2
+    # The update reaches the estimator with the same roots: the accepted transitions
+    # (2->3, 3->1, 1->2) are remembered and the same draft scores higher next time.
+    accepted = torch.tensor([[True, True, True, False], [False] * 4])
+    outcome = Outcome(
+        selected=proposal.tokens >= 0, accepted=accepted, accepted_path=torch.tensor([[0, 1, 2], [-1] * 3])
+    )
+    drafter.update(requests, proposal, outcome)
+    assert int(estimator._memory[estimator._slots[0], 0].sum()) == 3
+    again = drafter.propose(requests, 4)
+    assert bool((again.token_logprobs[0, :3] > proposal.token_logprobs[0, :3]).all())
     drafter.keep([1])
     assert estimator.tracked_requests == 1 and 0 not in estimator._slots
 
@@ -164,7 +207,7 @@ def test_flat_list_interface_equals_the_batched_one():
     accepted = torch.tensor(
         [[True, False, False, False], [False, False, False, False], [True, True, False, False]]
     )
-    batched, lists = NgramLogistic(learning_rate=0.01), NgramLogistic(learning_rate=0.01)
+    batched, lists = NgramLogistic(), NgramLogistic()
     batched.update_batch(features, [4, 5, 6], tested, accepted)
     flat = [(b, n) for b in range(3) for n in range(4) if tested[b, n]]
     lists.update_many(
@@ -176,3 +219,89 @@ def test_flat_list_interface_equals_the_batched_one():
     torch.testing.assert_close(
         lists.predict_many(features, [4, 5, 6]), batched.predict_batch(features, [4, 5, 6])
     )
+
+
+def test_online_updates_move_the_weights_and_frozen_weights_stay():
+    features, _, accepted = synthetic(400)
+    ones = torch.ones(400, 1, dtype=torch.bool)
+    online, frozen = NgramLogistic(), NgramLogistic(prior_samples=math.inf)
+    for model in (online, frozen):
+        model.update_batch(features, list(range(400)), ones, accepted[:, None])
+    assert torch.equal(frozen.weights, frozen.prior)
+    assert float((online.weights - online.prior).abs().max()) > 1e-3
+    # The posterior precision grew by the tokens' curvature: later steps move the weights less.
+    grown = online.precision - 300.0 * torch.tensor(PRIOR.hessian, dtype=torch.float64)
+    assert torch.linalg.eigvalsh(grown).min() > -1e-4 and torch.trace(grown) > 1.0
+
+
+def test_transition_memory_raises_accepted_and_lowers_rejected_transitions_per_request():
+    model = NgramLogistic(prior_samples=math.inf)
+    features = torch.tensor([[[3.0, 2.0, 1.0, 1.0], [3.0, 2.0, 1.0, 2.0]]]).expand(3, 2, 4)
+    tokens = torch.tensor([[5, 9], [5, 9], [5, 9]])
+    roots = torch.tensor([4, 4, 4])
+    fresh = model.predict_batch(features, [0, 1, 2], tokens, roots)
+    tested = torch.tensor([[True, True], [True, False], [False, False]])
+    accepted = torch.tensor([[True, True], [False, False], [False, False]])
+    model.update_batch(features, [0, 1, 2], tested, accepted, tokens, roots)
+    # Bring the other state (rate, copy run) back to a fresh request's, to see the memory alone.
+    model._state.zero_()
+    after = model.predict_batch(features, [0, 1, 2], tokens, roots)
+    assert bool((after[0] > fresh[0]).all())  # both transitions (4->5, 5->9) were accepted
+    assert after[1, 0] < fresh[1, 0]  # 4->5 was rejected for request 1
+    assert float(after[1, 1]) == pytest.approx(float(fresh[1, 1]))  # 5->9 never tested for request 1
+    torch.testing.assert_close(after[2], fresh[2])  # request 2 tested nothing
+    # Another root: the first token's transition is new; the second's (5->9) is remembered.
+    other_root = model.predict_batch(features[:1], [0], tokens[:1], torch.tensor([3]))
+    torch.testing.assert_close(other_root[0], torch.stack([fresh[0, 0], after[0, 1]]))
+    # Without roots only the first token loses the memory; without tokens all of it.
+    no_roots = model.predict_batch(features[:1], [0], tokens[:1])
+    torch.testing.assert_close(no_roots[0], torch.stack([fresh[0, 0], after[0, 1]]))
+    torch.testing.assert_close(
+        model.predict_batch(features[:1], [0]),
+        NgramLogistic(prior_samples=math.inf).predict_batch(features[:1], [7]),
+    )
+
+
+def test_without_tokens_the_flat_interface_still_learns_and_stays_in_range():
+    """The path of a serving engine that passes no tokens (vllm/proposer.py's lists)."""
+    features, _, accepted = synthetic(300, seed=2)
+    model = NgramLogistic()
+    flat = [tuple(f[0].tolist()) for f in features]
+    model.update_many(flat, [i % 7 for i in range(300)], accepted.tolist())
+    p = model.predict_many(features[:50], list(range(50)))
+    assert bool(((p >= 0.02) & (p <= 0.98)).all()) and not torch.equal(model.weights, model.prior)
+
+
+def test_prior_file_round_trip_and_fit_prior(tmp_path):
+    features, _, accepted = synthetic(2000, seed=4)
+    x = NgramLogistic(prior_samples=math.inf).design(features, list(range(2000)))[:, 0]
+    prior = fit_prior(x, accepted, samples=123.0)
+    hessian = torch.tensor(prior.hessian)
+    assert hessian.shape == (len(FEATURES), len(FEATURES)) and torch.allclose(hessian, hessian.T)
+    prior.save(tmp_path / "p.json", command="test")
+    assert NgramPrior.load(tmp_path / "p.json") == prior
+    assert NgramLogistic(prior).prior_samples == 123.0
+    (tmp_path / "bad.json").write_text(
+        '{"features": ["bias"], "weights": [0], "hessian": [[1]], "samples": 1}'
+    )
+    with pytest.raises(ValueError, match="features"):
+        NgramPrior.load(tmp_path / "bad.json")
+    # The shipped prior is a fit (not the placeholder): the memory weights have their signs.
+    weights = dict(zip(FEATURES, PRIOR.weights))
+    assert weights["accepted_before"] > 0 > weights["rejected_before"]
+
+
+def test_columns_the_prior_never_saw_move_only_moderately():
+    """The shipped prior was fitted without token classes: with a table, their weights start at
+    0 and learn, but one surprising step cannot throw them far (without the ridge, a Newton
+    step on two unlikely tokens that were accepted moves a fresh column by about 1 / p)."""
+    features = torch.tensor([[[1.0, 1.0, 0.0, 1.0]]]).expand(2, 1, 4)  # a poor match: p ~ 0.05
+    classes = torch.tensor([0, 1, 2, 3], dtype=torch.int8)
+    tokens = torch.tensor([[2], [2]])  # word pieces
+    model = NgramLogistic(token_classes=classes)
+    assert float(model.predict_batch(features, [0, 1], tokens)[0, 0]) < 0.1
+    model.update_batch(
+        features, [0, 1], torch.ones(2, 1, dtype=torch.bool), torch.ones(2, 1, dtype=torch.bool), tokens
+    )
+    word = float(model.weights[FEATURES.index("class_word")])
+    assert 0.0 < word < 2.0

@@ -67,6 +67,11 @@ def test_collect_gives_every_estimator_the_same_tested_tokens(tmp_path):
     assert bool(((runs["constant"].path_estimate[:, None] - powers).abs().min(1).values < 1e-6).all())
     scores = heldout.score(runs["logistic"])
     assert 0.0 <= scores["brier"] <= 1.0 and scores["tested_tokens"] == len(outcomes["logistic"])
+    depths = scores["by_depth"]
+    assert sum(v["tested_tokens"] for v in depths.values()) == scores["tested_tokens"]
+    assert "1" in depths and sum(v["error_share"] for v in depths.values()) == pytest.approx(1.0)
+    brier = sum(v["brier"] * v["tested_tokens"] for v in depths.values()) / scores["tested_tokens"]
+    assert brier == pytest.approx(scores["brier"])
     heldout.plot_reliability(
         {n: heldout.score(p)["reliability"] for n, p in runs.items()}, tmp_path / "r.png", "t"
     )

@@ -17,6 +17,7 @@ import tetris_ext  # noqa: F401
 from tetris_ext.cost_models import LinearCostModel, RecordedStepTimes, StepShape, h100x4_llama70b
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
+from tetris_ext.estimators import NgramLogistic
 from tetris_ext.models import noisy_copy, tiny_llama
 from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 from tetris_ext.sim import Trace, record, replay
@@ -71,6 +72,22 @@ def test_replay_reproduces_live_ngram_run(copier, ngram_trace, make_policy):
     # And the trace holds the live output.
     for r, tokens in enumerate(live.tokens):
         assert tokens == ngram_trace.continuation[r, : ngram_trace.out_len[r]].tolist()
+
+
+@pytest.mark.parametrize("make_policy", NGRAM_POLICIES[2:4], ids=lambda f: str(f()))
+def test_replay_reproduces_live_run_with_the_batched_estimator(copier, ngram_trace, make_policy):
+    """NgramLogistic's transition memory keys on each request's root: live (the token list) and
+    replay (the trace) must hand it the same roots, so both learn exactly the same."""
+    prompts = ngram_trace.prompts
+    live_drafter = NgramDrafter(4, calibration=NgramLogistic())
+    replay_drafter = NgramDrafter(4, calibration=NgramLogistic())
+    live = generate(copier, prompts, make_policy(), drafter=live_drafter, max_new_tokens=24, max_batch_size=3)
+    replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=COST, drafter=replay_drafter)
+    assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
+    live_model, replay_model = live_drafter.calibration, replay_drafter.calibration
+    assert torch.equal(replay_model.weights, live_model.weights)
+    assert not torch.equal(live_model.weights, live_model.prior)  # it did learn
+    assert live_model.tracked_requests == replay_model.tracked_requests == 0  # all released
 
 
 @pytest.mark.parametrize(

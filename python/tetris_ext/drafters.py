@@ -136,6 +136,7 @@ class NgramDrafter:
         self.max_draft, self.max_ngram, self.min_ngram = max_draft, max_ngram, min_ngram
         self.calibration = calibration if calibration is not None else AcceptanceCalibration()
         self._request_ids: list[int] = []  # the batch's rows, for `keep`
+        self._roots: Tensor | None = None  # the last proposal's roots, for `update`
 
     def add(self, requests) -> None:
         self._request_ids += [r.index for r in requests]
@@ -155,13 +156,21 @@ class NgramDrafter:
     def propose(self, requests, num_draft: int, temperature: float = 0.0, generator=None) -> Proposal:
         num_draft = min(num_draft, self.max_draft)
         matches = [ngram_match(r.tokens, num_draft, self.max_ngram, self.min_ngram) for r in requests]
-        return self.proposal_from_matches(matches, [r.index for r in requests], num_draft)
+        roots = [r.tokens[-1] for r in requests]
+        return self.proposal_from_matches(matches, [r.index for r in requests], num_draft, roots)
 
     def proposal_from_matches(
-        self, matches: list[NgramMatch], request_ids: list[int], num_draft: int
+        self,
+        matches: list[NgramMatch],
+        request_ids: list[int],
+        num_draft: int,
+        roots: list[int] | None = None,
     ) -> Proposal:
-        """Proposal for raw matches (also what a replay of stored matches calls)."""
+        """Proposal for raw matches (also what a replay of stored matches calls). ``roots``:
+        each request's last token, the parent of its first draft (a batched estimator's
+        transition memory keys on it; ``update`` reuses this step's)."""
         B, F = len(matches), len(NGRAM_FEATURES)
+        self._roots = None if roots is None else torch.tensor(roots, dtype=torch.long)
         tokens = torch.full((B, num_draft), -1, dtype=torch.long)
         features = torch.zeros(B, num_draft, F)
         token_logprobs = torch.full((B, num_draft), float("-inf"))
@@ -175,7 +184,9 @@ class NgramDrafter:
             if not batched:
                 token_logprobs[b, :n] = self.calibration.predict(features[b, :n], request).log().float()
         if batched:  # one call for the whole batch (estimators.NgramLogistic)
-            estimates = self.calibration.predict_batch(features, request_ids, tokens).log().float()
+            estimates = (
+                self.calibration.predict_batch(features, request_ids, tokens, self._roots).log().float()
+            )
             token_logprobs = torch.where(tokens >= 0, estimates, token_logprobs)
         cum_logprobs = token_logprobs.cumsum(1)  # chains: the path is the prefix
         return Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
@@ -184,7 +195,9 @@ class NgramDrafter:
         tested = outcome.tested(proposal)
         if hasattr(self.calibration, "update_batch"):  # one call for the whole batch
             ids = [r.index for r in requests]
-            self.calibration.update_batch(proposal.features, ids, tested, outcome.accepted, proposal.tokens)
+            self.calibration.update_batch(
+                proposal.features, ids, tested, outcome.accepted, proposal.tokens, self._roots
+            )
             return
         for b, request in enumerate(requests):
             if tested[b].any():

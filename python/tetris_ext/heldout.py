@@ -55,13 +55,17 @@ class Predictions:
     token_accepted: Tensor  # [M] bool
     path_estimate: Tensor  # [K] float64, p(accepted), every verified candidate
     path_accepted: Tensor  # [K] bool
+    token_depth: Tensor | None = None  # [M] int64, depth of each tested token (1: first draft)
 
     @staticmethod
     def cat(parts: list[Predictions]) -> Predictions:
+        fields = ("token_estimate", "token_accepted", "path_estimate", "path_accepted", "token_depth")
         return Predictions(
             *(
-                torch.cat([getattr(p, f) for p in parts])
-                for f in ("token_estimate", "token_accepted", "path_estimate", "path_accepted")
+                None
+                if any(getattr(p, f) is None for p in parts)
+                else torch.cat([getattr(p, f) for p in parts])
+                for f in fields
             )
         )
 
@@ -96,6 +100,7 @@ def collect(trace, calibration, batch_size: int = 8) -> Predictions:
         accepted[tested],
         torch.tensor(c["predicted"], dtype=torch.float64),
         accepted,
+        torch.tensor(c["depth"], dtype=torch.long)[tested],
     )
 
 
@@ -136,7 +141,30 @@ def score(predictions: Predictions, bins: int = 10) -> dict:
         "verified_candidates": int(p.path_accepted.numel()),
         "path_brier": brier_score(p.path_estimate, p.path_accepted),
         "path_auc": auc(p.path_estimate, p.path_accepted),
+        "by_depth": _by_depth(p),
     }
+
+
+DEPTH_GROUPS = ((1, 1), (2, 2), (3, 4), (5, 1 << 30))
+
+
+def _by_depth(p: Predictions) -> dict:
+    """Tested tokens, acceptance rate, Brier and share of the squared error per depth group."""
+    if p.token_depth is None:
+        return {}
+    squared = (p.token_estimate.double() - p.token_accepted.double()) ** 2
+    total = float(squared.sum()) or 1.0
+    out = {}
+    for low, high in DEPTH_GROUPS:
+        inside = (p.token_depth >= low) & (p.token_depth <= high)
+        if inside.any():
+            out[f"{low}" if low == high else f"{low}+" if high > 64 else f"{low}-{high}"] = {
+                "tested_tokens": int(inside.sum()),
+                "acceptance_rate": float(p.token_accepted[inside].double().mean()),
+                "brier": float(squared[inside].mean()),
+                "error_share": float(squared[inside].sum()) / total,
+            }
+    return out
 
 
 def plot_reliability(tables: dict[str, list[dict]], path, title: str) -> None:

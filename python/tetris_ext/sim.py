@@ -457,7 +457,8 @@ class _ProposalSource:
             matches = [
                 NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()) for b, k in enumerate(counts)
             ]
-            return self.drafter.proposal_from_matches(matches, [r.index for r in requests], n)
+            roots = [r.root for r in requests]
+            return self.drafter.proposal_from_matches(matches, [r.index for r in requests], n, roots)
         parents = None if not tr.is_tree else torch.from_numpy(tr.draft_parents[rows, ts, :n].copy())
         return Proposal(
             torch.from_numpy(tokens.copy()),
