@@ -231,11 +231,11 @@ def test_also_price_equals_a_replay_under_that_model(ngram_trace):
 
 def test_steady_protocol_cuts_outputs_and_measures_the_full_batch_window(ngram_trace):
     """truncate_outputs: seeded lengths in [fraction x recorded, recorded]; steady_window: a
-    closed loop at one second per step, autoregressive, keeps the batch full until the queue
-    empties, so the window makes exactly B tokens a second, while the whole run (the drain of
-    unequal requests included) makes fewer."""
+    closed loop at one second per step (and 10 ms per prompt token to prefill), autoregressive,
+    keeps the batch full until the queue empties, so the window makes exactly B tokens per
+    decoding second, while the whole run (the drain of unequal requests included) makes fewer."""
     B, n = 4, 40
-    every_step = LinearCostModel({"step": 1.0}, padded=True)
+    every_step = LinearCostModel({"step": 1.0, "prefill_token": 0.01}, padded=True)
     runs = [
         replay(
             ngram_trace,
@@ -258,8 +258,10 @@ def test_steady_protocol_cuts_outputs_and_measures_the_full_batch_window(ngram_t
     assert [r["row"] for r in runs[0].requests] == [r["row"] for r in full.requests]  # same draw
     assert runs[0].requests == runs[1].requests and runs[0].requests != runs[2].requests
     m = runs[0].metrics
-    assert m["steady_throughput_tokens_per_s"] == pytest.approx(B)
-    assert m["steady_steps"] == m["steady_seconds"] > 0
+    assert m["steady_decode_throughput_tokens_per_s"] == pytest.approx(B)
+    assert 0.5 * B < m["steady_throughput_tokens_per_s"] < B  # the window's prefill counted
+    assert m["steady_steps"] == pytest.approx(m["steady_decode_seconds"])
+    assert m["steady_seconds"] > m["steady_steps"] > 0
     assert m["throughput_tokens_per_s"] < 0.95 * B
     assert m["service_per_token_p50_s"] == pytest.approx(1.0, rel=0.1)
     assert runs[0].per_step == [] and "steady_seconds" not in full.metrics

@@ -649,13 +649,19 @@ def replay(
 def _steady_metrics(done: list[_SimRequest], step_ends: list[float], per_step: list[dict]) -> dict:
     """Throughput over the steady window, from the first finish (the first batch is prefilled
     and starts turning over) to the last admission (then the queue is empty and the batch
-    drains): the tokens of the steps that end inside it over its seconds. And each request's
-    service time (admission to finish, without the wait in the queue), whole and per token."""
+    drains): the tokens of the steps that end inside it over its seconds, and over its decoding
+    seconds alone (without the prefill of joining requests: every policy prefills the same
+    prompts, but which of them fall inside the window varies by a percent or so, which the
+    prefill-heavy window throughput then shows as a difference between policies). And each
+    request's service time (admission to finish, without the wait in the queue), whole and per
+    token."""
     first_finish, last_start = min(r.finish for r in done), max(r.start for r in done)
     ends = np.array(step_ends)
     generated = np.array([sum(s["generated"]) for s in per_step])
+    decoding = np.array([s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"] for s in per_step])
     inside = (ends > first_finish) & (ends <= last_start)
     seconds, tokens = last_start - first_finish, int(generated[inside].sum())
+    decode_seconds = float(decoding[inside].sum())
     service = np.array([r.finish - r.start for r in done])
     per_token = service / np.array([max(1, r.t) for r in done])
     return {
@@ -663,6 +669,8 @@ def _steady_metrics(done: list[_SimRequest], step_ends: list[float], per_step: l
         "steady_steps": int(inside.sum()),
         "steady_tokens": tokens,
         "steady_throughput_tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
+        "steady_decode_seconds": decode_seconds,
+        "steady_decode_throughput_tokens_per_s": tokens / decode_seconds if decode_seconds > 0 else math.nan,
         "service_p50_s": float(np.percentile(service, 50)),
         "service_p90_s": float(np.percentile(service, 90)),
         "service_per_token_p50_s": float(np.percentile(per_token, 50)),
