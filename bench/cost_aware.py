@@ -19,8 +19,9 @@ t=0 with its recorded 64 tokens (a queue of twice the batch on the roofline) and
 the whole run's, the drain at the end included. --steady: a closed loop of STEADY_WAVES x the
 batch requests (a finished request is replaced at once), each output cut at a seeded length
 between STEADY_TRUNCATE and all of its recorded length, and throughput over the steady window
-(first finish to last admission; tetris_ext.sim.replay's steady_window), with each request's
-service time per token.
+(first finish to last admission; tetris_ext.sim.replay's steady_window) per second of decoding
+(the ratios; the prefill of the prompts that join, the same work under every policy, left out)
+and per second of the window (prefill included), with each request's service time per token.
 
 Live (--live): the same policies through decoding.generate on Gemma 3 270M bf16, one thread,
 the source's prompts (more than the batch), reporting tokens per CPU second and per wall second.
@@ -135,7 +136,9 @@ def sweep(
                 "policy": name,
                 "policy_object": m["policy"],
                 "protocol": "steady" if steady else "burst",
-                "throughput": m["steady_throughput_tokens_per_s" if steady else "throughput_tokens_per_s"],
+                "throughput": m[
+                    "steady_decode_throughput_tokens_per_s" if steady else "throughput_tokens_per_s"
+                ],
                 "replay_seconds": time.perf_counter() - t0,
             }
             | (
@@ -168,7 +171,11 @@ def sweep(
                 ("steps", "steps"),
             ]
             + (
-                [("service_per_token_p50_ms", "ms/tok p50"), ("service_per_token_p90_ms", "p90")]
+                [
+                    ("steady_throughput_tokens_per_s", "with prefill"),
+                    ("service_per_token_p50_ms", "ms/tok p50"),
+                    ("service_per_token_p90_ms", "p90"),
+                ]
                 if steady
                 else []
             ),
