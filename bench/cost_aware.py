@@ -2,6 +2,7 @@
 
     python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
     python bench/cost_aware.py --steady --out bench/results/cost_aware_steady   # steady protocol
+    python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
 
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
@@ -56,8 +57,9 @@ STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
 
-def policies(padded: bool, cost_model=None) -> dict:
-    """name -> (policy factory, estimator factory or None for the default calibration)."""
+def policies(padded: bool, cost_model=None, growths=()) -> dict:
+    """name -> (policy factory, estimator factory or None for the default calibration); with
+    ``growths``, the online-cost policy once per trust-region growth (--tune-growth)."""
     runs = {"Autoregressive": (Autoregressive, None)}
     runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
     runs |= {
@@ -72,6 +74,11 @@ def policies(padded: bool, cost_model=None) -> dict:
             NgramLogistic,
         ),
     }
+    for growth in growths:
+        runs[f"CostAwareTetris (online cost, growth {growth:g}) + NgramLogistic"] = (
+            lambda growth=growth: CostAwareTetris(MAX_DRAFT, padded, growth=growth),
+            NgramLogistic,
+        )
     if cost_model is not None:
         runs["CostAwareTetris (known cost) + NgramLogistic"] = (
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
@@ -108,7 +115,14 @@ def pool(traces: list[Trace]) -> Trace:
 
 
 def sweep(
-    label: str, trace: Trace, cost_model, padded: bool, batch: int, requests: int | None, steady: bool = False
+    label: str,
+    trace: Trace,
+    cost_model,
+    padded: bool,
+    batch: int,
+    requests: int | None,
+    steady: bool = False,
+    growths=(),
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc)."""
@@ -117,7 +131,7 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    for name, (make_policy, estimator) in policies(padded, cost_model).items():
+    for name, (make_policy, estimator) in policies(padded, cost_model, growths).items():
         t0 = time.perf_counter()
         m = replay(
             trace,
@@ -234,6 +248,12 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
+    if args.tune_growth:  # the tuning trace only, on the roofline (the trust region's growth)
+        tuning = pool([traces[n] for n in TUNING])
+        for batch in args.gpu_batches:
+            n = max(tuning.num_requests, 2 * batch)
+            rows += sweep("tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth)
+        return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
         rows += sweep(label, trace, cpu, True, 8, None, args.steady)
@@ -242,6 +262,10 @@ def run_replays(args) -> int:
         rows += sweep(
             "held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch), args.steady
         )
+    return write_replays(args, rows, held, cpu, gpu)
+
+
+def write_replays(args, rows: list[dict], held: list[str], cpu, gpu) -> int:
     meta = run_metadata("cpu") | {
         "model": args.model,
         "protocol": {"steady_waves": STEADY_WAVES, "truncate_outputs": STEADY_TRUNCATE}
@@ -378,6 +402,12 @@ def main(argv=None) -> int:
         "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"
     )
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 128, 256, 512])
+    ap.add_argument(
+        "--tune-growth",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace on the roofline only, the online-cost policy once per growth",
+    )
     ap.add_argument(
         "--steady",
         action="store_true",

@@ -162,6 +162,7 @@ def test_invalid_arguments():
         lambda: CostAwareTetris(0),
         lambda: CostAwareTetris(4, capacity=-1),
         lambda: CostAwareTetris(4, margin=-0.1),
+        lambda: CostAwareTetris(4, padded=False, growth=1.0),
     ):
         with pytest.raises(ValueError):
             make()

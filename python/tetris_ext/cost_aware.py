@@ -157,7 +157,8 @@ class CostAwareTetris(_GoodputPolicy):
     capacity: never verify more than this many candidates per step. width_residual: a padded
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
-    0: verify every candidate that breaks even.
+    0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
+    step compute at most this many times the tokens of the largest step seen (``_trusted``).
     """
 
     def __init__(
@@ -168,10 +169,13 @@ class CostAwareTetris(_GoodputPolicy):
         capacity: int | None = None,
         width_residual: bool = True,
         margin: float = MARGIN,
+        growth: float = GROWTH,
     ):
         super().__init__()
-        if max_draft < 1 or (capacity is not None and capacity < 0) or not margin >= 0:
-            raise ValueError("CostAwareTetris: need max_draft >= 1, capacity >= 0 and margin >= 0")
+        if max_draft < 1 or (capacity is not None and capacity < 0) or not margin >= 0 or not growth > 1:
+            raise ValueError(
+                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0 and growth > 1"
+            )
         self.max_draft, self.padded, self.capacity, self.margin = max_draft, padded, capacity, margin
         self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
         model = "" if cost_model is None else f", cost={cost_model.name}"
@@ -181,7 +185,7 @@ class CostAwareTetris(_GoodputPolicy):
         )
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
-        self.growth = GROWTH
+        self.growth = growth
         if not padded and cost_model is None:
             self.verify_latency = KneeLatencyModel()
 
