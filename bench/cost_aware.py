@@ -114,6 +114,22 @@ def pool(traces: list[Trace]) -> Trace:
     )
 
 
+COLUMNS = [
+    ("policy", "policy"),
+    ("throughput", "tok/s"),
+    ("vs_best_baseline", "vs best"),
+    ("verification_success_rate", "VSR"),
+    ("accepted_per_step", "acc/step"),
+    ("verified_per_step", "ver/step"),
+    ("steps", "steps"),
+]
+STEADY_COLUMNS = [
+    ("steady_throughput_tokens_per_s", "with prefill"),
+    ("service_per_token_p50_ms", "ms/tok p50"),
+    ("service_per_token_p90_ms", "p90"),
+]
+
+
 def sweep(
     label: str,
     trace: Trace,
@@ -172,30 +188,7 @@ def sweep(
         f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
         f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
     )
-    print(
-        format_table(
-            rows,
-            [
-                ("policy", "policy"),
-                ("throughput", "tok/s"),
-                ("vs_best_baseline", "vs best"),
-                ("verification_success_rate", "VSR"),
-                ("accepted_per_step", "acc/step"),
-                ("verified_per_step", "ver/step"),
-                ("steps", "steps"),
-            ]
-            + (
-                [
-                    ("steady_throughput_tokens_per_s", "with prefill"),
-                    ("service_per_token_p50_ms", "ms/tok p50"),
-                    ("service_per_token_p90_ms", "p90"),
-                ]
-                if steady
-                else []
-            ),
-        ),
-        flush=True,
-    )
+    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else [])), flush=True)
     return rows
 
 
