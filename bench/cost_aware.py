@@ -1,6 +1,8 @@
 """CostAwareTetris against the baselines: replays of the held-out traces, and the live run.
 
     python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
+    python bench/cost_aware.py --steady --out bench/results/cost_aware_steady   # steady protocol
+    python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
 
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
@@ -12,6 +14,15 @@ reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2), GoodputTetris
 default n-gram calibration (AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with
 NgramLogistic, to tell the estimates' share from the policy's. The bundled (tuning) trace is
 replayed too, labelled as tuned-on.
+
+Protocols (bench/README.md says what each favours): by default every request is waiting at
+t=0 with its recorded 64 tokens (a queue of twice the batch on the roofline) and throughput is
+the whole run's, the drain at the end included. --steady: a closed loop of STEADY_WAVES x the
+batch requests (a finished request is replaced at once), each output cut at a seeded length
+between STEADY_TRUNCATE and all of its recorded length, and throughput over the steady window
+(first finish to last admission; tetris_ext.sim.replay's steady_window) per second of decoding
+(the ratios; the prefill of the prompts that join, the same work under every policy, left out)
+and per second of the window (prefill included), with each request's service time per token.
 
 Live (--live): the same policies through decoding.generate on Gemma 3 270M bf16, one thread,
 the source's prompts (more than the batch), reporting tokens per CPU second and per wall second.
@@ -42,10 +53,13 @@ from tetris_ext.sim import Trace, replay  # noqa: E402
 CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 RECOMMENDED = "CostAwareTetris"
+STEADY_WAVES = 8  # --steady: requests per replay, in batches
+STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
 
-def policies(padded: bool, cost_model=None) -> dict:
-    """name -> (policy factory, estimator factory or None for the default calibration)."""
+def policies(padded: bool, cost_model=None, growths=()) -> dict:
+    """name -> (policy factory, estimator factory or None for the default calibration); with
+    ``growths``, the online-cost policy once per trust-region growth (--tune-growth)."""
     runs = {"Autoregressive": (Autoregressive, None)}
     runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
     runs |= {
@@ -60,6 +74,11 @@ def policies(padded: bool, cost_model=None) -> dict:
             NgramLogistic,
         ),
     }
+    for growth in growths:
+        runs[f"CostAwareTetris (online cost, growth {growth:g}) + NgramLogistic"] = (
+            lambda growth=growth: CostAwareTetris(MAX_DRAFT, padded, growth=growth),
+            NgramLogistic,
+        )
     if cost_model is not None:
         runs["CostAwareTetris (known cost) + NgramLogistic"] = (
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
@@ -95,9 +114,40 @@ def pool(traces: list[Trace]) -> Trace:
     )
 
 
-def sweep(label: str, trace: Trace, cost_model, padded: bool, batch: int, requests: int | None) -> list[dict]:
+COLUMNS = [
+    ("policy", "policy"),
+    ("throughput", "tok/s"),
+    ("vs_best_baseline", "vs best"),
+    ("verification_success_rate", "VSR"),
+    ("accepted_per_step", "acc/step"),
+    ("verified_per_step", "ver/step"),
+    ("steps", "steps"),
+]
+STEADY_COLUMNS = [
+    ("steady_throughput_tokens_per_s", "with prefill"),
+    ("service_per_token_p50_ms", "ms/tok p50"),
+    ("service_per_token_p90_ms", "p90"),
+]
+
+
+def sweep(
+    label: str,
+    trace: Trace,
+    cost_model,
+    padded: bool,
+    batch: int,
+    requests: int | None,
+    steady: bool = False,
+    growths=(),
+) -> list[dict]:
+    """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
+    whole run's, or with ``steady`` the steady window's of the steady protocol (module doc)."""
     rows = []
-    for name, (make_policy, estimator) in policies(padded, cost_model).items():
+    protocol = {}
+    if steady:
+        requests = max(trace.num_requests, STEADY_WAVES * batch)
+        protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
+    for name, (make_policy, estimator) in policies(padded, cost_model, growths).items():
         t0 = time.perf_counter()
         m = replay(
             trace,
@@ -107,6 +157,7 @@ def sweep(label: str, trace: Trace, cost_model, padded: bool, batch: int, reques
             num_requests=requests,
             keep_steps=False,
             drafter=drafter_for(trace, estimator),
+            **protocol,
         ).metrics
         rows.append(
             m
@@ -114,37 +165,30 @@ def sweep(label: str, trace: Trace, cost_model, padded: bool, batch: int, reques
                 "workload": label,
                 "policy": name,
                 "policy_object": m["policy"],
+                "protocol": "steady" if steady else "burst",
+                "throughput": m[
+                    "steady_decode_throughput_tokens_per_s" if steady else "throughput_tokens_per_s"
+                ],
                 "replay_seconds": time.perf_counter() - t0,
             }
+            | (
+                {f"service_per_token_{q}_ms": 1e3 * m[f"service_per_token_{q}_s"] for q in ("p50", "p90")}
+                if steady
+                else {}
+            )
         )
-    best_sd = max(
-        (r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput_tokens_per_s"]
-    )
+    best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput"])
     baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
-    best = max(baselines, key=lambda r: r["throughput_tokens_per_s"])
+    best = max(baselines, key=lambda r: r["throughput"])
     for r in rows:
-        r["vs_best_sd"] = r["throughput_tokens_per_s"] / best_sd["throughput_tokens_per_s"]
-        r["vs_best_baseline"] = r["throughput_tokens_per_s"] / best["throughput_tokens_per_s"]
+        r["vs_best_sd"] = r["throughput"] / best_sd["throughput"]
+        r["vs_best_baseline"] = r["throughput"] / best["throughput"]
         r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
     print(
         f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
         f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
     )
-    print(
-        format_table(
-            rows,
-            [
-                ("policy", "policy"),
-                ("throughput_tokens_per_s", "tok/s"),
-                ("vs_best_baseline", "vs best"),
-                ("verification_success_rate", "VSR"),
-                ("accepted_per_step", "acc/step"),
-                ("verified_per_step", "ver/step"),
-                ("steps", "steps"),
-            ],
-        ),
-        flush=True,
-    )
+    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else [])), flush=True)
     return rows
 
 
@@ -173,8 +217,8 @@ def plot(rows: list[dict], path: Path) -> None:
             pick = [
                 r for r in sel if r["policy"] == (sel[0]["best_sd"] if name == "best StandardSD" else name)
             ]
-            ar = [r for r in sel if r["policy"] == "Autoregressive"][0]["throughput_tokens_per_s"]
-            values.append(pick[0]["throughput_tokens_per_s"] / ar if pick else np.nan)
+            ar = [r for r in sel if r["policy"] == "Autoregressive"][0]["throughput"]
+            values.append(pick[0]["throughput"] / ar if pick else np.nan)
         ax.bar(np.arange(len(configs)) + i * width, values, width, label=name)
     ax.set_xticks(
         np.arange(len(configs)) + 0.4 - width / 2,
@@ -182,7 +226,8 @@ def plot(rows: list[dict], path: Path) -> None:
         fontsize=7,
     )
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_ylabel("throughput / Autoregressive (replay)")
+    steady = rows[0]["protocol"] == "steady"
+    ax.set_ylabel(f"{'steady-window ' if steady else ''}throughput / Autoregressive (replay)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,14 +241,29 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
+    if args.tune_growth:  # the tuning trace only, on the roofline (the trust region's growth)
+        tuning = pool([traces[n] for n in TUNING])
+        for batch in args.gpu_batches:
+            n = max(tuning.num_requests, 2 * batch)
+            rows += sweep("tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth)
+        return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
-        rows += sweep(label, trace, cpu, True, 8, None)
+        rows += sweep(label, trace, cpu, True, 8, None, args.steady)
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
-        rows += sweep("held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch))
+        rows += sweep(
+            "held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch), args.steady
+        )
+    return write_replays(args, rows, held, cpu, gpu)
+
+
+def write_replays(args, rows: list[dict], held: list[str], cpu, gpu) -> int:
     meta = run_metadata("cpu") | {
         "model": args.model,
+        "protocol": {"steady_waves": STEADY_WAVES, "truncate_outputs": STEADY_TRUNCATE}
+        if args.steady
+        else "burst",
         "held_out": held,
         "tuning": list(TUNING),
         "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()},
@@ -345,6 +405,17 @@ def main(argv=None) -> int:
         "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"
     )
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 128, 256, 512])
+    ap.add_argument(
+        "--tune-growth",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace on the roofline only, the online-cost policy once per growth",
+    )
+    ap.add_argument(
+        "--steady",
+        action="store_true",
+        help="replay: the steady protocol (closed loop, unequal output lengths, steady-window throughput)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

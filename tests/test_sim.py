@@ -273,3 +273,41 @@ def test_oracle_replay_verifies_only_accepted_tokens_and_never_takes_more_steps(
     assert oracle["steps"] <= estimated["steps"]
     full = replay(ngram_trace, StandardSD(4), oracle=True, **common).metrics
     assert full["generated_tokens"] == estimated["generated_tokens"]
+
+
+def test_steady_protocol_cuts_outputs_and_measures_the_full_batch_window(ngram_trace):
+    """truncate_outputs: seeded lengths in [fraction x recorded, recorded]; steady_window: a
+    closed loop at one second per step (and 10 ms per prompt token to prefill), autoregressive,
+    keeps the batch full until the queue empties, so the window makes exactly B tokens per
+    decoding second, while the whole run (the drain of unequal requests included) makes fewer."""
+    B, n = 4, 40
+    every_step = LinearCostModel({"step": 1.0, "prefill_token": 0.01}, padded=True)
+    runs = [
+        replay(
+            ngram_trace,
+            Autoregressive(),
+            batch_size=B,
+            cost_model=every_step,
+            num_requests=n,
+            truncate_outputs=0.25,
+            steady_window=True,
+            keep_steps=False,
+            seed=seed,
+        )
+        for seed in (0, 0, 1)
+    ]
+    full = replay(ngram_trace, Autoregressive(), batch_size=B, cost_model=every_step, num_requests=n)
+    recorded = {r["id"]: r["tokens"] for r in full.requests}
+    cut = {r["id"]: r["tokens"] for r in runs[0].requests}
+    assert all(math.ceil(0.25 * recorded[i]) <= cut[i] <= recorded[i] for i in cut)
+    assert sum(cut.values()) < 0.8 * sum(recorded.values())
+    assert [r["row"] for r in runs[0].requests] == [r["row"] for r in full.requests]  # same draw
+    assert runs[0].requests == runs[1].requests and runs[0].requests != runs[2].requests
+    m = runs[0].metrics
+    assert m["steady_decode_throughput_tokens_per_s"] == pytest.approx(B)
+    assert 0.5 * B < m["steady_throughput_tokens_per_s"] < B  # the window's prefill counted
+    assert m["steady_steps"] == pytest.approx(m["steady_decode_seconds"])
+    assert m["steady_seconds"] > m["steady_steps"] > 0
+    assert m["throughput_tokens_per_s"] < 0.95 * B
+    assert m["service_per_token_p50_s"] == pytest.approx(1.0, rel=0.1)
+    assert runs[0].per_step == [] and "steady_seconds" not in full.metrics

@@ -24,10 +24,18 @@ The step cost depends on the engine:
   the block is computed whatever it holds) drops a candidate whose estimate is below the floor
   of that real-token cost.
 
-T comes from ``LatencyModel`` fitted online on the observed steps (as GoodputSD /
-GoodputTetris, with their exploration steps; on the tokens the engine computes, slopes >= 0;
-for a padded loop plus the residual of each block width tried, ``WidthResidual``), or from a fixed ``cost_model``
-(tetris_ext.cost_models) when one is known, which needs no exploration.
+T comes from a fixed ``cost_model`` (tetris_ext.cost_models) when one is known, which needs no
+exploration; otherwise it is fitted online on the observed steps (on the tokens the engine
+computes, slopes >= 0):
+
+- ``padded=True``: ``LatencyModel`` (a line, as GoodputSD / GoodputTetris, with their
+  exploration steps) plus the residual of each block width tried (``WidthResidual``);
+- ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
+  roofline's shape), without exploration steps: a step computes at most twice the tokens of
+  the largest step seen (``_trusted``), so the fit grows into the unknown step by step. The
+  line and the fixed exploration fractions cost the online policy 2-3% at batch 64-512 on the
+  roofline: the line charged the free tokens below the knee, and one exploration step
+  verified all 8 x B candidates (at batch 512 a 3.5k-token step, 13 autoregressive steps).
 
 Margin: verification's marginal seconds are charged at ``1 + margin`` (a candidate must beat
 its cost by that fraction, not merely break even). A break-even candidate gains nothing in
@@ -54,7 +62,7 @@ import torch
 from torch import Tensor
 
 from .cost_models import CostModel, StepShape, price_step
-from .policies import StepFeedback, _GoodputPolicy, _select
+from .policies import KneeLatencyModel, StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
 __all__ = ["CostAwareTetris", "MARGIN"]
@@ -64,6 +72,9 @@ __all__ = ["CostAwareTetris", "MARGIN"]
 # configuration (CPU fit batch 8 +1.4% known / +1.6% online cost; roofline batch 64 +0.5% / +1.4%,
 # 128 +0.2%, 256 +1.6%, 512 equal); 0.3 and 0.5 gained more on the CPU and at 64 but lost at 128.
 MARGIN = 0.2
+# A flattened engine's online fit: a step computes at most GROWTH x the largest step seen so
+# far (CostAwareTetris._trusted). Chosen on the tuning trace only (see bench/README.md).
+GROWTH = 2.0
 
 
 class _FixedLatency:
@@ -146,7 +157,8 @@ class CostAwareTetris(_GoodputPolicy):
     capacity: never verify more than this many candidates per step. width_residual: a padded
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
-    0: verify every candidate that breaks even.
+    0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
+    step compute at most this many times the tokens of the largest step seen (``_trusted``).
     """
 
     def __init__(
@@ -157,10 +169,13 @@ class CostAwareTetris(_GoodputPolicy):
         capacity: int | None = None,
         width_residual: bool = True,
         margin: float = MARGIN,
+        growth: float = GROWTH,
     ):
         super().__init__()
-        if max_draft < 1 or (capacity is not None and capacity < 0) or not margin >= 0:
-            raise ValueError("CostAwareTetris: need max_draft >= 1, capacity >= 0 and margin >= 0")
+        if max_draft < 1 or (capacity is not None and capacity < 0) or not margin >= 0 or not growth > 1:
+            raise ValueError(
+                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0 and growth > 1"
+            )
         self.max_draft, self.padded, self.capacity, self.margin = max_draft, padded, capacity, margin
         self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
         model = "" if cost_model is None else f", cost={cost_model.name}"
@@ -170,6 +185,9 @@ class CostAwareTetris(_GoodputPolicy):
         )
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
+        self.growth = growth
+        if not padded and cost_model is None:
+            self.verify_latency = KneeLatencyModel()
 
     def num_draft(self, num_requests: int) -> int:
         return self.max_draft
@@ -195,7 +213,23 @@ class CostAwareTetris(_GoodputPolicy):
         super().observe(feedback)
 
     def _exploring(self):
-        return None if self.fixed is not None else super()._exploring()
+        """Exploration steps only for a padded loop's line fit: a known model needs none, and a
+        flattened engine's knee fit grows into the unknown step by step (``_trusted``)."""
+        return None if self.fixed is not None or not self.padded else super()._exploring()
+
+    def _trusted(self, B: int) -> int:
+        """A flattened engine's online fit: the most tokens a step may compute. Beyond the steps
+        it has seen the knee fit knows nothing (flat so far, it calls every candidate free, and
+        one step verifying all 8 x 512 candidates costs 13 autoregressive steps), so a step
+        computes at most ``growth`` x the largest one seen (x B, the step that verifies
+        nothing, before any). One size seen tells no slope: the next step goes half way down
+        to B instead (cheaper than going up where the step is compute bound)."""
+        if self.fixed is not None or self.padded:
+            return 1 << 62
+        fit = self.verify_latency
+        if fit.count and fit.min_tokens == fit.max_tokens > B:
+            return (B + fit.max_tokens) // 2
+        return int(self.growth * max(B, fit.max_tokens))
 
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
         if self.fixed is not None:
@@ -232,7 +266,7 @@ class CostAwareTetris(_GoodputPolicy):
         """Flattened engine: the best prefix of the batch-wide ranking."""
         B = proposal.batch_size
         ranked = probs.reshape(-1).sort(descending=True, stable=True).values
-        ranked = ranked[ranked > 0][: self.capacity]
+        ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
         if explore is not None:
             return _select(proposal, round(explore * len(ranked)))
         m = torch.arange(len(ranked) + 1, dtype=torch.float64)

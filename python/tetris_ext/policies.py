@@ -35,6 +35,7 @@ __all__ = [
     "ThresholdSD",
     "GoodputTetris",
     "LatencyModel",
+    "KneeLatencyModel",
     "AcceptanceRate",
 ]
 
@@ -203,6 +204,54 @@ class LatencyModel:
     def predict(self, real_tokens, padded_tokens) -> Tensor:
         """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
         return (self._features(real_tokens, padded_tokens) @ self.coefficients).clamp(min=1e-6)
+
+
+class KneeLatencyModel:
+    """Step latency flat up to a knee, linear beyond it, fitted online: the roofline's shape.
+
+    seconds = a + s * max(0, tokens - knee), s >= 0. A GPU step reads all weights whatever it
+    computes, so its first tokens are (nearly) free and every token past the knee, where the
+    step turns compute bound, costs the same; a straight line through such steps charges the
+    free tokens and undercharges the costly ones. For each knee of a geometric grid (8 per
+    doubling, and 0: a straight line) the fit is one-variable least squares on running sums
+    (n, z, z^2, t, t^2, z t with z = max(0, tokens - knee)), so an observation costs O(knees)
+    and no step is stored; the knee with the least squared error wins (the lowest one among
+    equals: data that a line fits exactly are read as a line, never as a wall past the last
+    point). ``min_tokens`` / ``max_tokens``: the smallest and largest step observed.
+
+    Same interface as LatencyModel (real and padded tokens); it reads ``real_tokens`` only,
+    the tokens a flattened engine computes."""
+
+    def __init__(self, per_doubling: int = 32, doublings: int = 20):
+        steps = torch.arange(per_doubling * doublings + 1, dtype=torch.float64)
+        self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)])
+        self.sums = torch.zeros(6, len(self.knees), dtype=torch.float64)
+        self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
+        self.intercept, self.slope, self.knee = 0.0, 0.0, 0.0
+
+    def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        z = (float(real_tokens) - self.knees).clamp(min=0)
+        t = torch.full_like(z, float(seconds))
+        self.sums += torch.stack([torch.ones_like(z), z, z * z, t, t * t, z * t])
+        self.count += 1
+        self.min_tokens = min(self.min_tokens, int(real_tokens))
+        self.max_tokens = max(self.max_tokens, int(real_tokens))
+        self._refit()
+
+    def _refit(self) -> None:
+        n, sz, szz, st, stt, szt = self.sums
+        var_z, cov, var_t = szz - sz * sz / n, szt - sz * st / n, stt - st * st / n
+        spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
+        slope = torch.where(spread, cov / torch.where(spread, var_z, 1.0), 0.0).clamp(min=0)
+        error = var_t - 2 * slope * cov + slope * slope * var_z
+        best = int((error <= error.min() + 1e-9 * float(stt[0])).nonzero()[0])
+        self.slope, self.knee = float(slope[best]), float(self.knees[best])
+        self.intercept = float((st[best] - slope[best] * sz[best]) / n[best])
+
+    def predict(self, real_tokens, padded_tokens=None) -> Tensor:
+        """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
+        real = torch.as_tensor(real_tokens, dtype=torch.float64)
+        return (self.intercept + self.slope * (real - self.knee).clamp(min=0)).clamp(min=1e-6)
 
 
 class AcceptanceRate:

@@ -383,6 +383,17 @@ class _SimRequest:
     def finished(self) -> bool:
         return self.t >= self.out_len
 
+    def summary(self) -> dict:
+        """ReplayResult.requests' record of this request."""
+        return {
+            "id": self.index,
+            "row": self.row,
+            "arrival": self.arrival,
+            "start": self.start,
+            "finish": self.finish,
+            "tokens": self.t,
+        }
+
     def advance(self, out_tokens: list[int]) -> int:
         """The verified tokens are the recorded continuation's: only count them, up to the
         recorded output length (which ends at the first EOS)."""
@@ -495,6 +506,7 @@ class ReplayTarget:
         self.max_draft = max_draft
         self.clock = 0.0
         self.clocks_also = [0.0] * len(also_price)
+        self.step_ends: list[float] = []  # the clock after each step (steady_window)
 
     def now(self) -> float:
         return self.clock
@@ -525,6 +537,7 @@ class ReplayTarget:
         shape = self._shape(record)
         cost = price_step(self.cost_model, shape)
         self.clock += cost.seconds
+        self.step_ends.append(self.clock)
         for i, model in enumerate(self.also_price):
             self.clocks_also[i] += price_step(model, shape).seconds
         return StepTimes(draft=cost.draft_seconds, select=0.0, verify=cost.verify_seconds, step=cost.seconds)
@@ -573,17 +586,28 @@ def _arrival_times(arrival, n: int, rng: np.random.Generator) -> np.ndarray:
     return times
 
 
-def _waiting_requests(trace: Trace, arrival, num_requests: int | None, seed: int) -> deque:
+def _waiting_requests(
+    trace: Trace, arrival, num_requests: int | None, seed: int, truncate_outputs: float | None = None
+) -> deque:
     """The replay's requests in arrival order: every trace row once (ids = rows), or
-    `num_requests` rows drawn with replacement (ids 0..n-1)."""
+    `num_requests` rows drawn with replacement (ids 0..n-1); with `truncate_outputs`, each
+    output cut at a length drawn uniformly from [fraction x recorded length, recorded length]."""
     rng = np.random.default_rng(seed)
     if num_requests is None:
         rows = np.arange(trace.num_requests)
     else:
         rows = rng.integers(0, trace.num_requests, size=num_requests)
     arrivals = _arrival_times(arrival, len(rows), rng)
+    requests = [_SimRequest(int(i), int(row), float(arrivals[i]), trace) for i, row in enumerate(rows)]
+    if truncate_outputs is not None:
+        if not 0.0 < truncate_outputs <= 1.0:
+            raise ValueError("replay: truncate_outputs must be a fraction in (0, 1]")
+        # its own generator: the rows and arrivals stay those of the untruncated replay
+        cut = np.random.default_rng([seed, 1]).uniform(truncate_outputs, 1.0, size=len(rows))
+        for r, fraction in zip(requests, cut):
+            r.out_len = max(1, math.ceil(fraction * r.out_len))
     order = np.argsort(arrivals, kind="stable")
-    return deque(_SimRequest(int(i), int(rows[i]), float(arrivals[i]), trace) for i in order)
+    return deque(requests[i] for i in order)
 
 
 def replay(
@@ -600,6 +624,8 @@ def replay(
     progress: bool = False,
     keep_candidates: bool = False,
     oracle: bool = False,
+    truncate_outputs: float | None = None,
+    steady_window: bool = False,
 ) -> ReplayResult:
     """Simulate continuous batching of the trace's requests under `policy`.
 
@@ -616,15 +642,22 @@ def replay(
     keep_candidates: keep every verified candidate's estimates and outcome (ReplayResult.candidates,
     the estimate calibration data of tetris_ext.heldout). oracle: the policy sees the true
     outcome as its estimates (``oracle_estimates``): the ceiling of any estimator.
+
+    A steady serving protocol (bench/README.md says what each favours): num_requests several
+    times the batch (a closed loop: a finished request is replaced at once), truncate_outputs
+    (each output cut at a seeded uniform length between that fraction of its recorded length
+    and all of it, so requests stop finishing in waves) and steady_window (metrics also over
+    the window between the first finish and the last admission, without the first prefill
+    and the drain: ``_steady_metrics``).
     """
     if batch_size < 1:
         raise ValueError("replay: batch_size must be >= 1")
     if also_price and not (arrival is None or arrival == "all"):
         raise ValueError("replay: also_price needs arrival='all' (arrivals interact with the clock)")
-    waiting = _waiting_requests(trace, arrival, num_requests, seed)
+    waiting = _waiting_requests(trace, arrival, num_requests, seed, truncate_outputs)
     source = _ProposalSource(trace, drafter, oracle)
     target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft)
-    stats = RunStats(keep_steps=keep_steps, keep_candidates=keep_candidates)
+    stats = RunStats(keep_steps=keep_steps or steady_window, keep_candidates=keep_candidates)
     bar = _progress_bar(progress, sum(r.out_len for r in waiting), f"replay {policy} B={batch_size}", "tok")
     with torch.inference_mode():
         done = Engine(target, source, policy, stats).run(waiting, batch_size, progress=bar)
@@ -642,23 +675,44 @@ def replay(
         )
         for i, model in enumerate(also_price)
     }
-    return ReplayResult(
-        _metrics(totals, [r.finish - r.arrival for r in done], target.clock, policy, batch_size, cost_model),
-        stats.per_step,
-        [
-            {
-                "id": r.index,
-                "row": r.row,
-                "arrival": r.arrival,
-                "start": r.start,
-                "finish": r.finish,
-                "tokens": r.t,
-            }
-            for r in sorted(done, key=lambda r: r.index)
-        ],
-        also,
-        dict(stats.candidates),
-    )
+    latencies = [r.finish - r.arrival for r in done]
+    metrics = _metrics(totals, latencies, target.clock, policy, batch_size, cost_model)
+    if steady_window:
+        metrics |= _steady_metrics(done, target.step_ends, stats.per_step)
+    requests = [r.summary() for r in sorted(done, key=lambda r: r.index)]
+    return ReplayResult(metrics, stats.per_step if keep_steps else [], requests, also, dict(stats.candidates))
+
+
+def _steady_metrics(done: list[_SimRequest], step_ends: list[float], per_step: list[dict]) -> dict:
+    """Throughput over the steady window, from the first finish (the first batch is prefilled
+    and starts turning over) to the last admission (then the queue is empty and the batch
+    drains): the tokens of the steps that end inside it over its seconds, and over its decoding
+    seconds alone (without the prefill of joining requests: every policy prefills the same
+    prompts, but which of them fall inside the window varies by a percent or so, which the
+    prefill-heavy window throughput then shows as a difference between policies). And each
+    request's service time (admission to finish, without the wait in the queue), whole and per
+    token."""
+    first_finish, last_start = min(r.finish for r in done), max(r.start for r in done)
+    ends = np.array(step_ends)
+    generated = np.array([sum(s["generated"]) for s in per_step])
+    decoding = np.array([s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"] for s in per_step])
+    inside = (ends > first_finish) & (ends <= last_start)
+    seconds, tokens = last_start - first_finish, int(generated[inside].sum())
+    decode_seconds = float(decoding[inside].sum())
+    service = np.array([r.finish - r.start for r in done])
+    per_token = service / np.array([max(1, r.t) for r in done])
+    return {
+        "steady_seconds": seconds,
+        "steady_steps": int(inside.sum()),
+        "steady_tokens": tokens,
+        "steady_throughput_tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
+        "steady_decode_seconds": decode_seconds,
+        "steady_decode_throughput_tokens_per_s": tokens / decode_seconds if decode_seconds > 0 else math.nan,
+        "service_p50_s": float(np.percentile(service, 50)),
+        "service_p90_s": float(np.percentile(service, 90)),
+        "service_per_token_p50_s": float(np.percentile(per_token, 50)),
+        "service_per_token_p90_s": float(np.percentile(per_token, 90)),
+    }
 
 
 def _metrics(totals: dict, latencies: list[float], clock: float, policy, batch_size, cost_model) -> dict:
