@@ -3,6 +3,8 @@
     python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
     python bench/cost_aware.py --steady --out bench/results/cost_aware_steady   # steady protocol
     python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
+    python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
+        --out bench/results/cost_aware_tune_margin
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
 
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
@@ -57,9 +59,10 @@ STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
 
-def policies(padded: bool, cost_model=None, growths=()) -> dict:
+def policies(padded: bool, cost_model=None, growths=(), margins=()) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
-    ``growths``, the online-cost policy once per trust-region growth (--tune-growth)."""
+    ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
+    ``margins``, the online- and the known-cost policy once per margin (--tune-margin)."""
     runs = {"Autoregressive": (Autoregressive, None)}
     runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
     runs |= {
@@ -79,6 +82,18 @@ def policies(padded: bool, cost_model=None, growths=()) -> dict:
             lambda growth=growth: CostAwareTetris(MAX_DRAFT, padded, growth=growth),
             NgramLogistic,
         )
+    for margin in margins:
+        runs[f"CostAwareTetris (online cost, margin {margin:g}) + NgramLogistic"] = (
+            lambda margin=margin: CostAwareTetris(MAX_DRAFT, padded, margin=margin),
+            NgramLogistic,
+        )
+        if cost_model is not None:
+            runs[f"CostAwareTetris (known cost, margin {margin:g}) + NgramLogistic"] = (
+                lambda margin=margin: CostAwareTetris(
+                    MAX_DRAFT, padded, cost_model=cost_model, margin=margin
+                ),
+                NgramLogistic,
+            )
     if cost_model is not None:
         runs["CostAwareTetris (known cost) + NgramLogistic"] = (
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
@@ -139,6 +154,7 @@ def sweep(
     requests: int | None,
     steady: bool = False,
     growths=(),
+    margins=(),
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc)."""
@@ -147,7 +163,7 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    for name, (make_policy, estimator) in policies(padded, cost_model, growths).items():
+    for name, (make_policy, estimator) in policies(padded, cost_model, growths, margins).items():
         t0 = time.perf_counter()
         m = replay(
             trace,
@@ -246,6 +262,15 @@ def run_replays(args) -> int:
         for batch in args.gpu_batches:
             n = max(tuning.num_requests, 2 * batch)
             rows += sweep("tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth)
+        return write_replays(args, rows, held, cpu, gpu)
+    if args.tune_margin:  # the tuning trace only: CPU fit at batch 8, roofline (known and online cost)
+        tuning = pool([traces[n] for n in TUNING])
+        rows += sweep("tuning", tuning, cpu, True, 8, None, args.steady, margins=args.tune_margin)
+        for batch in args.gpu_batches:
+            n = max(tuning.num_requests, 2 * batch)
+            rows += sweep(
+                "tuning pooled", tuning, gpu, False, batch, n, args.steady, margins=args.tune_margin
+            )
         return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
@@ -410,6 +435,12 @@ def main(argv=None) -> int:
         type=float,
         nargs="+",
         help="replay the tuning trace on the roofline only, the online-cost policy once per growth",
+    )
+    ap.add_argument(
+        "--tune-margin",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace only (CPU fit at batch 8, roofline), the cost-aware policies once per margin",
     )
     ap.add_argument(
         "--steady",
