@@ -36,6 +36,7 @@ from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
 from tetris_ext.estimators import (  # noqa: E402
     FEATURES,
     PRIOR_PATH,
+    PRIOR_WITH_CLASSES_PATH,
     ConstantRate,
     NgramLogistic,
     NgramPrior,
@@ -145,13 +146,15 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         fitted[label] = {"weights": list(priors[label].weights), "samples": samples, "loco_brier": briers}
         print(f"fitted prior ({label}):", dict(zip(FEATURES, [round(v, 3) for v in priors[label].weights])))
     if write_prior:
-        priors["no_classes"].save(
-            PRIOR_PATH,
-            command="python bench/estimates.py --write-prior",
-            tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
-            loco_brier=fitted["no_classes"]["loco_brier"],
-        )
-        print(f"wrote {PRIOR_PATH}")
+        for label, path in (("no_classes", PRIOR_PATH), ("classes", PRIOR_WITH_CLASSES_PATH)):
+            priors[label].save(
+                path,
+                command="python bench/estimates.py --write-prior",
+                tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
+                token_classes=label == "classes",
+                loco_brier=fitted[label]["loco_brier"],
+            )
+            print(f"wrote {path}")
     plain, with_classes = priors["no_classes"], priors["classes"]
     return {
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
@@ -159,6 +162,9 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         # The file as it is now (also right after --write-prior rewrote it).
         "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(
             NgramPrior.load()
+        ),
+        "NgramLogistic (shipped prior + token classes: the default with a tokenizer)": lambda: NgramLogistic(
+            NgramPrior.load(PRIOR_WITH_CLASSES_PATH), token_classes=token_classes
         ),
         "NgramLogistic (tuning fit, frozen weights)": lambda: NgramLogistic(plain, math.inf),
         f"NgramLogistic (tuning fit, online, prior = {plain.samples:.0f} tokens)": lambda: NgramLogistic(
@@ -279,7 +285,9 @@ def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: i
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
-    ap.add_argument("--write-prior", action="store_true", help="write the no-class prior (Gemma only)")
+    ap.add_argument(
+        "--write-prior", action="store_true", help="write the priors, without and with classes (Gemma only)"
+    )
     ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
     ap.add_argument(
         "--model",

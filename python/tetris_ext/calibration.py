@@ -26,13 +26,14 @@ from torch import Tensor
 __all__ = ["AcceptanceCalibration", "NGRAM_FEATURES", "brier_score", "reliability"]
 
 # Raw statistics of one drafted token, in this order (see drafters.ngram_match).
-NGRAM_FEATURES = ("match_length", "occurrences", "agreement", "depth")
+NGRAM_FEATURES = ("match_length", "occurrences", "agreement", "depth", "transition_agreement")
 
 
 def _design(features: Tensor) -> Tensor:
-    """Raw features [..., 4] -> model inputs [..., 5] (float64): bias, then scaled statistics."""
+    """Raw features [..., 4 or 5] -> model inputs [..., 5] (float64): bias, then scaled
+    statistics of the first four ``NGRAM_FEATURES`` (this model ignores the fifth)."""
     f = features.to(torch.float64)
-    match_length, occurrences, agreement, depth = f.unbind(-1)
+    match_length, occurrences, agreement, depth = f[..., :4].unbind(-1)
     return torch.stack(
         [
             torch.ones_like(match_length),
@@ -87,7 +88,7 @@ class AcceptanceCalibration:
 
         features [K, 4]; accepted [K] bool. One SGD step per token, in order.
         """
-        x = _design(features.reshape(-1, len(NGRAM_FEATURES)))
+        x = _design(features.reshape(-1, features.shape[-1]))
         y = accepted.reshape(-1).to(torch.float64)
         for xi, yi in zip(x, y):
             bias = self.request_bias.get(request, 0.0)
