@@ -62,7 +62,7 @@ def test_ngram_drafter_proposal_layout():
     proposal = drafter.propose(requests, num_draft=3)
     assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, -1, -1]]
     assert proposal.parents is None and proposal.draft_probs is None
-    assert proposal.features.shape == (3, 3, 4)
+    assert proposal.features.shape == (3, 3, 5)
     valid = proposal.tokens >= 0
     assert (
         torch.isinf(proposal.token_logprobs[~valid]).all()
