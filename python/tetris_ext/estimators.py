@@ -10,7 +10,9 @@ with x (``FEATURES``):
 
 - the match statistics (``calibration.NGRAM_FEATURES``): log1p(match length),
   log1p(earlier occurrences), agreement of those occurrences, log1p(depth), and whether the
-  occurrences were unanimous (agreement == 1);
+  occurrences were unanimous (agreement == 1); and the transition agreement (the fifth raw
+  feature, ``drafters.transition_agreements``: how often the request's context follows the
+  token's parent with this token; without it, the n-gram agreement stands in);
 - the request's own history: the log-odds of its running acceptance rate of *first* draft
   tokens (accepted / tested, exponentially decayed and smoothed towards the prior rate, so it is
   0 at a request's first step; the first token is where requests differ most, and a rate over
@@ -20,19 +22,20 @@ with x (``FEATURES``):
   ``token_classes`` built once from the tokenizer (``token_class_table``); all zeros without one;
 - ``first``: whether the token is the first of its draft (it follows the request's root, the
   target's own last token, rather than a drafted parent), and its products with the match
-  statistics and the copy run: a first token behaves differently (held-out Gemma traces:
+  statistics, the copy run and the transition agreement: a first token behaves differently (held-out Gemma traces:
   acceptance 0.71 at depth 1 against 0.87-0.92 deeper, ``by_depth`` in bench/results/estimates.json);
 - the request's transition memory: whether the same transition (parent token -> drafted token)
   was verified in an earlier step of this request and accepted (``accepted_before``) or
   rejected (``rejected_before``). A greedy target that took a transition once tends to take it
-  again (weights +1.5 / -1.2 in the shipped fit, data/ngram_prior.json). The parent of the
+  again (weights +1.3 / -1.0 in the shipped fit, data/ngram_prior.json). The parent of the
   first token is the request's root: callers pass ``roots``; without them (or without
   ``tokens``) the memory reads "never seen", which is what the model assumes of a new request.
 
-Weights are Bayesian: the prior is a Gaussian around ``PRIOR.weights``, the offline fit on the
-*tuning* traces only (bundled prompt set, Gemma 3 270M bf16; see bench/estimates.py
-``--write-prior``), with precision ``prior_samples`` x the fit's mean per-token Hessian: the
-prior counts as that many tuning tokens. Each step takes one Newton step of the posterior
+Weights are Bayesian: the prior is a Gaussian around ``PRIOR.weights`` (``PRIOR_WITH_CLASSES``
+with a token-class table), the offline fit on the *tuning* traces only (bundled prompt set,
+Gemma 3 270M bf16; see bench/estimates.py ``--write-prior``), with precision
+``prior_samples`` x the fit's mean per-token Hessian: the prior counts as that many tuning
+tokens. Each step takes one Newton step of the posterior
 (the step's tested tokens add their Hessian to the precision), i.e. an online Laplace
 approximation: the weights follow a new target or workload quickly at first and settle as
 evidence accumulates. ``prior_samples=math.inf`` freezes the weights.
@@ -256,7 +259,7 @@ class NgramLogistic:
     def design(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
     ) -> Tensor:
-        """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 4] of
+        """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 5] (or 4) of
         the requests ``requests`` (one per row), their drafted tokens [B, N] (-1: padding) and
         roots [B] (the requests' last accepted tokens, the parents of the first drafts)."""
         f = features.to(torch.float64)
@@ -319,7 +322,7 @@ class NgramLogistic:
         tokens: Tensor | None = None,
         roots: Tensor | None = None,
     ) -> None:
-        """Learn from one step: features [B, N, 4], tested / accepted [B, N] bool (tested: the
+        """Learn from one step: features [B, N, 5] (or 4), tested / accepted [B, N] bool (tested: the
         candidate's own acceptance was decided). One Newton step of the shared weights'
         posterior; every request's first-token rate, copy run and transition memory advance."""
         x = self.design(features, requests, tokens, roots)[tested]
@@ -348,7 +351,7 @@ class NgramLogistic:
 
     # -- the interfaces of AcceptanceCalibration (per request, and vllm/proposer.py's lists) --
     def predict_many(self, features: Tensor, requests: list) -> Tensor:
-        """``predict_batch`` without tokens: features [R, N, 4], one request per row -> [R, N]."""
+        """``predict_batch`` without tokens: features [R, N, 5] (or 4), one request per row -> [R, N]."""
         return self.predict_batch(features, list(requests))
 
     def update_many(self, features: list[tuple[float, ...]], requests: list, accepted: list[bool]) -> None:
