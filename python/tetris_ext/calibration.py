@@ -76,7 +76,7 @@ class AcceptanceCalibration:
         return _design(features) @ self.weights + self.request_bias.get(request, 0.0)
 
     def predict(self, features: Tensor, request: int) -> Tensor:
-        """Acceptance probabilities [...] (float64) for raw features [..., 4] of one request.
+        """Acceptance probabilities [...] (float64) for raw features [..., 4 or 5] of one request.
 
         Clamped to [1 - max_probability, max_probability]: no draft statistic makes a token certain.
         """
@@ -86,7 +86,7 @@ class AcceptanceCalibration:
     def update(self, features: Tensor, request: int, accepted: Tensor) -> None:
         """Learn from tokens of one request that were verified with their parent accepted.
 
-        features [K, 4]; accepted [K] bool. One SGD step per token, in order.
+        features [K, 4 or 5]; accepted [K] bool. One SGD step per token, in order.
         """
         x = _design(features.reshape(-1, features.shape[-1]))
         y = accepted.reshape(-1).to(torch.float64)
@@ -101,7 +101,7 @@ class AcceptanceCalibration:
             self.updates += 1
 
     def predict_many(self, features: Tensor, requests: list) -> Tensor:
-        """`predict` for many requests at once: features [R, N, 4], one request per row -> [R, N]."""
+        """`predict` for many requests at once: features [R, N, 4 or 5], one request per row -> [R, N]."""
         bias = torch.tensor([self.request_bias.get(r, 0.0) for r in requests], dtype=torch.float64)
         p = torch.sigmoid(_design(features) @ self.weights + bias[:, None])
         return p.clamp(1.0 - self.max_probability, self.max_probability)
