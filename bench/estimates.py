@@ -3,7 +3,7 @@ log loss, ranking (AUC) and reliability, fitted on the tuning sources only.
 
     python bench/estimates.py                 # fit on the tuning sources, score on the held-out ones
     python bench/estimates.py --write-prior   # also write the fitted prior (tetris_ext/data/ngram_prior.json)
-    python bench/estimates.py --speed         # CPU cost per request per step, batched vs per request
+    python bench/estimates.py --speed         # CPU cost per request per step: estimators, n-gram drafting
 
 Traces (tetris_ext.sim.record, Gemma 3 270M bf16, n-gram drafter, 8 drafts, 64 tokens), one per
 prompt source; record a missing one with
@@ -36,6 +36,7 @@ from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
 from tetris_ext.estimators import (  # noqa: E402
     FEATURES,
     PRIOR_PATH,
+    PRIOR_WITH_CLASSES_PATH,
     ConstantRate,
     NgramLogistic,
     NgramPrior,
@@ -145,13 +146,15 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         fitted[label] = {"weights": list(priors[label].weights), "samples": samples, "loco_brier": briers}
         print(f"fitted prior ({label}):", dict(zip(FEATURES, [round(v, 3) for v in priors[label].weights])))
     if write_prior:
-        priors["no_classes"].save(
-            PRIOR_PATH,
-            command="python bench/estimates.py --write-prior",
-            tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
-            loco_brier=fitted["no_classes"]["loco_brier"],
-        )
-        print(f"wrote {PRIOR_PATH}")
+        for label, path in (("no_classes", PRIOR_PATH), ("classes", PRIOR_WITH_CLASSES_PATH)):
+            priors[label].save(
+                path,
+                command="python bench/estimates.py --write-prior",
+                tuning={k: str(v.relative_to(REPO)) for k, v in SOURCES.items() if k in tuning},
+                token_classes=label == "classes",
+                loco_brier=fitted[label]["loco_brier"],
+            )
+            print(f"wrote {path}")
     plain, with_classes = priors["no_classes"], priors["classes"]
     return {
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
@@ -159,6 +162,9 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         # The file as it is now (also right after --write-prior rewrote it).
         "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(
             NgramPrior.load()
+        ),
+        "NgramLogistic (shipped prior + token classes: the default with a tokenizer)": lambda: NgramLogistic(
+            NgramPrior.load(PRIOR_WITH_CLASSES_PATH), token_classes=token_classes
         ),
         "NgramLogistic (tuning fit, frozen weights)": lambda: NgramLogistic(plain, math.inf),
         f"NgramLogistic (tuning fit, online, prior = {plain.samples:.0f} tokens)": lambda: NgramLogistic(
@@ -276,10 +282,48 @@ def estimator_cost(batch: int = 64, drafts: int = 8, steps: int = 30, repeats: i
     return rows
 
 
+def drafting_cost(repeats: int = 3) -> list[dict]:
+    """CPU ms per call of the live drafter's ``ngram_match`` (8 drafts) on real contexts (the
+    held-out code trace's prompts + outputs at 0, 32 and 63 tokens), and of the part of it that
+    computes the transition agreements, back to back in each repetition."""
+    import time
+
+    from tetris_ext.drafters import ngram_match, transition_agreements
+
+    trace = Trace.load(SOURCES["code"])
+    contexts = [
+        p + trace.continuation[r, :t].tolist() for r, p in enumerate(trace.prompts) for t in (0, 32, 63)
+    ]
+    drafts = [ngram_match(c, 8).tokens for c in contexts]
+    rows = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for c in contexts:
+            ngram_match(c, 8)
+        t1 = time.process_time()
+        for c, d in zip(contexts, drafts):
+            transition_agreements(c, d)
+        t2 = time.process_time()
+        rows.append(
+            {
+                "ngram_match_ms": 1e3 * (t1 - t0) / len(contexts),
+                "transitions_ms": 1e3 * (t2 - t1) / len(contexts),
+            }
+        )
+        print(
+            f"per request per step, CPU, contexts of {sum(map(len, contexts)) / len(contexts):.0f} tokens: "
+            f"ngram_match {rows[-1]['ngram_match_ms']:.4f} ms, of which transition agreements "
+            f"{rows[-1]['transitions_ms']:.4f} ms"
+        )
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tuning", nargs="+", default=list(TUNING), help="tuning sources (the rest is held out)")
-    ap.add_argument("--write-prior", action="store_true", help="write the no-class prior (Gemma only)")
+    ap.add_argument(
+        "--write-prior", action="store_true", help="write the priors, without and with classes (Gemma only)"
+    )
     ap.add_argument("--speed", action="store_true", help="only: CPU cost of the estimators at batch 64")
     ap.add_argument(
         "--model",
@@ -293,6 +337,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if args.speed:
         estimator_cost()
+        drafting_cost()
         return 0
     if args.record_smollm2:
         record_smollm2()

@@ -8,7 +8,7 @@ import torch
 import tetris_ext  # noqa: F401
 from tetris_ext.calibration import AcceptanceCalibration, brier_score, reliability
 from tetris_ext.decoding import generate
-from tetris_ext.drafters import ModelDrafter, NgramDrafter, ngram_match
+from tetris_ext.drafters import ModelDrafter, NgramDrafter, ngram_match, transition_agreements
 from tetris_ext.models import tiny_llama
 from tetris_ext.policies import Tetris
 from tetris_ext.proposal import Outcome
@@ -31,10 +31,21 @@ def test_ngram_match_takes_the_longest_suffix_and_its_most_recent_occurrence():
     match = ngram_match(context, max_draft=3, max_ngram=3)
     # Suffix [7, 2, 3] never occurred; [2, 3] occurred at 1 and 5; the most recent (5) continues 4, 5, 7.
     assert match.tokens == [4, 5, 7]
-    lengths, occurrences, agreement, depth = zip(*match.features)
+    lengths, occurrences, agreement, depth, transition = zip(*match.features)
     assert lengths == (2.0, 2.0, 2.0) and occurrences == (2.0, 2.0, 2.0) and depth == (1.0, 2.0, 3.0)
     # After [2, 3]: 9 (at 3) and 4 (at 7): half agree on 4; then 1 vs 5, then 2 vs 7.
     assert agreement == (0.5, 0.5, 0.5)
+    # Transitions: 3 is followed by 9 and 4 (half 3 -> 4); 4 only by 5, 5 only by 7.
+    assert transition == (0.5, 1.0, 1.0)
+
+
+def test_transition_agreements():
+    #          0  1  2  3  4  5  6  7
+    context = [1, 2, 1, 3, 1, 2, 4, 1]
+    # Root 1 is followed by 2, 3, 2 (the last 1 by nothing): 1 -> 2 in 2 of 3; 2 -> 4 in 1 of 2;
+    # 4 -> 9 never; 9 never occurs: 0.
+    assert transition_agreements(context, [2, 4, 9, 5]) == [2 / 3, 0.5, 0.0, 0.0]
+    assert transition_agreements(context, []) == []
 
 
 def test_ngram_match_edge_cases():
@@ -51,7 +62,7 @@ def test_ngram_drafter_proposal_layout():
     proposal = drafter.propose(requests, num_draft=3)
     assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, -1, -1]]
     assert proposal.parents is None and proposal.draft_probs is None
-    assert proposal.features.shape == (3, 3, 4)
+    assert proposal.features.shape == (3, 3, 5)
     valid = proposal.tokens >= 0
     assert (
         torch.isinf(proposal.token_logprobs[~valid]).all()

@@ -12,6 +12,7 @@ from tetris_ext.estimators import (
     FEATURES,
     PRIOR,
     PRIOR_WEIGHTS,
+    PRIOR_WITH_CLASSES,
     ConstantRate,
     NgramLogistic,
     NgramPrior,
@@ -292,16 +293,46 @@ def test_prior_file_round_trip_and_fit_prior(tmp_path):
 
 
 def test_columns_the_prior_never_saw_move_only_moderately():
-    """The shipped prior was fitted without token classes: with a table, their weights start at
-    0 and learn, but one surprising step cannot throw them far (without the ridge, a Newton
-    step on two unlikely tokens that were accepted moves a fresh column by about 1 / p)."""
+    """``PRIOR`` was fitted without token classes: with a table, their weights start at 0 and
+    learn, but one surprising step cannot throw them far (without the ridge, a Newton step on
+    two unlikely tokens that were accepted moves a fresh column by about 1 / p)."""
     features = torch.tensor([[[1.0, 1.0, 0.0, 1.0]]]).expand(2, 1, 4)  # a poor match: p ~ 0.05
     classes = torch.tensor([0, 1, 2, 3], dtype=torch.int8)
     tokens = torch.tensor([[2], [2]])  # word pieces
-    model = NgramLogistic(token_classes=classes)
+    model = NgramLogistic(PRIOR, token_classes=classes)
     assert float(model.predict_batch(features, [0, 1], tokens)[0, 0]) < 0.1
     model.update_batch(
         features, [0, 1], torch.ones(2, 1, dtype=torch.bool), torch.ones(2, 1, dtype=torch.bool), tokens
     )
     word = float(model.weights[FEATURES.index("class_word")])
     assert 0.0 < word < 2.0
+
+
+def test_transition_agreement_is_the_fifth_raw_feature_and_the_ngram_agreement_stands_in():
+    features, _, _ = synthetic(50)
+    column = FEATURES.index("transition_agreement")
+    model = NgramLogistic(prior_samples=math.inf)
+    four = model.design(features, list(range(50)))
+    # Without a fifth column the n-gram agreement stands in (the two are equal for one-token matches).
+    torch.testing.assert_close(four[..., column], features[..., 2].double())
+    low, high = (torch.cat([features, torch.full_like(features[..., :1], v)], -1) for v in (0.1, 0.9))
+    torch.testing.assert_close(
+        model.design(high, list(range(50)))[..., column], torch.full((50, 1), 0.9, dtype=torch.float64)
+    )
+    # The shipped prior: a step the context usually takes is more likely accepted.
+    assert PRIOR.weights[column] > 0
+    assert bool(
+        (model.predict_batch(high, list(range(50))) > model.predict_batch(low, list(range(50)))).all()
+    )
+
+
+def test_the_default_prior_matches_the_inputs():
+    table = torch.tensor([0, 1, 2, 3], dtype=torch.int8)
+    assert NgramLogistic().prior.tolist() == list(PRIOR.weights)
+    assert NgramLogistic(token_classes=table).prior.tolist() == list(PRIOR_WITH_CLASSES.weights)
+    assert PRIOR_WITH_CLASSES.weights != PRIOR.weights
+    # Only the fit with classes has class weights; an explicit prior wins.
+    classes = [FEATURES.index(f"class_{c}") for c in ("whitespace", "punctuation", "word")]
+    assert all(PRIOR.weights[i] == 0.0 for i in classes)
+    assert any(PRIOR_WITH_CLASSES.weights[i] != 0.0 for i in classes)
+    assert NgramLogistic(PRIOR, token_classes=table).prior.tolist() == list(PRIOR.weights)

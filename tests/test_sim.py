@@ -7,6 +7,7 @@ model-drafted chains and model-drafted trees. Plus the cost models and the repla
 bookkeeping at scale (resampled requests, Poisson arrivals).
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -88,6 +89,24 @@ def test_replay_reproduces_live_run_with_the_batched_estimator(copier, ngram_tra
     assert torch.equal(replay_model.weights, live_model.weights)
     assert not torch.equal(live_model.weights, live_model.prior)  # it did learn
     assert live_model.tracked_requests == replay_model.tracked_requests == 0  # all released
+
+
+def test_a_trace_recorded_without_transition_agreements_replays_like_the_live_run(copier, ngram_trace):
+    """Traces recorded before the fifth n-gram feature hold four; the replay recomputes the
+    transition agreements from each request's context, exactly as the live drafter does."""
+    assert ngram_trace.draft_features.shape[-1] == 5
+    old = dataclasses.replace(ngram_trace, draft_features=ngram_trace.draft_features[..., :4].copy())
+    live_drafter = NgramDrafter(4, calibration=NgramLogistic())
+    replay_drafter = NgramDrafter(4, calibration=NgramLogistic())
+    live = generate(
+        copier, old.prompts, Tetris(2, 2), drafter=live_drafter, max_new_tokens=24, max_batch_size=3
+    )
+    replayed = replay(old, Tetris(2, 2), batch_size=3, cost_model=COST, drafter=replay_drafter)
+    assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
+    assert torch.equal(replay_drafter.calibration.weights, live_drafter.calibration.weights)
+    # Not vacuous: the agreements are not all the n-gram agreement the 4-feature path falls back on.
+    recorded = ngram_trace.draft_features[ngram_trace.draft_tokens >= 0]
+    assert (recorded[:, 4] != recorded[:, 2]).any()
 
 
 @pytest.mark.parametrize(

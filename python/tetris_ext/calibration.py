@@ -26,13 +26,14 @@ from torch import Tensor
 __all__ = ["AcceptanceCalibration", "NGRAM_FEATURES", "brier_score", "reliability"]
 
 # Raw statistics of one drafted token, in this order (see drafters.ngram_match).
-NGRAM_FEATURES = ("match_length", "occurrences", "agreement", "depth")
+NGRAM_FEATURES = ("match_length", "occurrences", "agreement", "depth", "transition_agreement")
 
 
 def _design(features: Tensor) -> Tensor:
-    """Raw features [..., 4] -> model inputs [..., 5] (float64): bias, then scaled statistics."""
+    """Raw features [..., 4 or 5] -> model inputs [..., 5] (float64): bias, then scaled
+    statistics of the first four ``NGRAM_FEATURES`` (this model ignores the fifth)."""
     f = features.to(torch.float64)
-    match_length, occurrences, agreement, depth = f.unbind(-1)
+    match_length, occurrences, agreement, depth = f[..., :4].unbind(-1)
     return torch.stack(
         [
             torch.ones_like(match_length),
@@ -75,7 +76,7 @@ class AcceptanceCalibration:
         return _design(features) @ self.weights + self.request_bias.get(request, 0.0)
 
     def predict(self, features: Tensor, request: int) -> Tensor:
-        """Acceptance probabilities [...] (float64) for raw features [..., 4] of one request.
+        """Acceptance probabilities [...] (float64) for raw features [..., 4 or 5] of one request.
 
         Clamped to [1 - max_probability, max_probability]: no draft statistic makes a token certain.
         """
@@ -85,9 +86,9 @@ class AcceptanceCalibration:
     def update(self, features: Tensor, request: int, accepted: Tensor) -> None:
         """Learn from tokens of one request that were verified with their parent accepted.
 
-        features [K, 4]; accepted [K] bool. One SGD step per token, in order.
+        features [K, 4 or 5]; accepted [K] bool. One SGD step per token, in order.
         """
-        x = _design(features.reshape(-1, len(NGRAM_FEATURES)))
+        x = _design(features.reshape(-1, features.shape[-1]))
         y = accepted.reshape(-1).to(torch.float64)
         for xi, yi in zip(x, y):
             bias = self.request_bias.get(request, 0.0)
@@ -100,7 +101,7 @@ class AcceptanceCalibration:
             self.updates += 1
 
     def predict_many(self, features: Tensor, requests: list) -> Tensor:
-        """`predict` for many requests at once: features [R, N, 4], one request per row -> [R, N]."""
+        """`predict` for many requests at once: features [R, N, 4 or 5], one request per row -> [R, N]."""
         bias = torch.tensor([self.request_bias.get(r, 0.0) for r in requests], dtype=torch.float64)
         p = torch.sigmoid(_design(features) @ self.weights + bias[:, None])
         return p.clamp(1.0 - self.max_probability, self.max_probability)

@@ -15,6 +15,7 @@ proposes candidates for every row. The loop (``engine.Engine``) calls:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,14 @@ from .calibration import NGRAM_FEATURES, AcceptanceCalibration
 from .kv_cache import RaggedKVCache
 from .proposal import Outcome, Proposal
 
-__all__ = ["NgramDrafter", "ModelDrafter", "NgramMatch", "ngram_match", "NgramIndex"]
+__all__ = [
+    "NgramDrafter",
+    "ModelDrafter",
+    "NgramMatch",
+    "ngram_match",
+    "NgramIndex",
+    "transition_agreements",
+]
 
 
 # ------------------------------------------------------------------------------------------
@@ -38,11 +46,42 @@ class NgramMatch:
 
     tokens: the drafted continuation. features: one row per token, ``NGRAM_FEATURES`` =
     (match length, number of earlier occurrences of the suffix, fraction of those occurrences
-    that continue with this token at this offset, depth starting at 1).
+    that continue with this token at this offset, depth starting at 1, transition agreement:
+    fraction of the context's occurrences of the token's parent that this token follows,
+    see ``transition_agreements``).
     """
 
     tokens: list[int]
-    features: list[tuple[float, float, float, float]]
+    features: list[tuple[float, float, float, float, float]]
+
+
+def _agreements(pairs: Counter, parents: Counter, root: int, tokens: list[int]) -> list[float]:
+    """``transition_agreements`` from the context's transition counts ``pairs`` ((a, b): how
+    often b follows a) and ``parents`` (a: how often a is followed by a token)."""
+    out = []
+    for parent, token in zip([root] + tokens[:-1], tokens):
+        total = parents.get(parent, 0)
+        out.append(pairs.get((parent, token), 0) / total if total else 0.0)
+    return out
+
+
+def transition_agreements(context: list[int], tokens: list[int]) -> list[float]:
+    """For each drafted token (a chain continuing ``context``): of the places in ``context``
+    where its parent (the previous drafted token; for the first, the context's last token)
+    is followed by a token, the fraction where that token is this one. Unlike the n-gram
+    agreement, which counts only the occurrences of the matched suffix, this asks whether the
+    step parent -> token is the context's habit (held-out-free tuning: leave-one-category-out
+    Brier 0.0995 -> 0.0961 on the bundled Gemma trace, bench/README.md)."""
+    parents = [context[-1]] + tokens[:-1]
+    # One pass that keeps only the followers of the (at most len(tokens)) parents in question:
+    # 3x cheaper than counting every transition of the context.
+    followers: dict[int, list[int]] = {parent: [] for parent in parents}
+    for a, b in zip(context, context[1:]):
+        if a in followers:
+            followers[a].append(b)
+    return [
+        followers[p].count(t) / len(followers[p]) if followers[p] else 0.0 for p, t in zip(parents, tokens)
+    ]
 
 
 def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> NgramMatch:
@@ -58,11 +97,12 @@ def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngra
             continue
         source = starts[-1] + n
         tokens = context[source : source + max_draft]
+        transitions = transition_agreements(context, tokens)
         features = []
         for depth, token in enumerate(tokens):
             followers = [context[s + n + depth] for s in starts if s + n + depth < L]
             agreement = sum(f == token for f in followers) / len(followers)
-            features.append((float(n), float(len(starts)), agreement, float(depth + 1)))
+            features.append((float(n), float(len(starts)), agreement, float(depth + 1), transitions[depth]))
         return NgramMatch(tokens, features)
     return NgramMatch([], [])
 
@@ -85,11 +125,16 @@ class NgramIndex:
         self.followers: dict[int, dict[tuple[int, ...], list[int]]] = {
             n: {} for n in range(min_ngram, max_ngram + 1)
         }
+        self.pairs: Counter = Counter()  # (a, b): how often b follows a (transition agreements)
+        self.parents: Counter = Counter()  # a: how often a is followed by a token
 
     def extend(self, tokens: list[int]) -> None:
         context = self.tokens
         for token in tokens:
             p = len(context)  # the new token follows the n-grams that end at p - 1
+            if p:
+                self.pairs[context[p - 1], token] += 1
+                self.parents[context[p - 1]] += 1
             context.append(token)
             for n, index in self.followers.items():
                 if p >= n:
@@ -103,11 +148,14 @@ class NgramIndex:
                 continue
             source = positions[-1]
             tokens = context[source : source + max_draft]
+            transitions = _agreements(self.pairs, self.parents, context[-1], tokens)
             features = []
             for depth, token in enumerate(tokens):
                 followers = [context[p + depth] for p in positions if p + depth < L]
                 agreement = sum(f == token for f in followers) / len(followers)
-                features.append((float(n), float(len(positions)), agreement, float(depth + 1)))
+                features.append(
+                    (float(n), float(len(positions)), agreement, float(depth + 1), transitions[depth])
+                )
             return NgramMatch(tokens, features)
         return NgramMatch([], [])
 

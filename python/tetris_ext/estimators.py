@@ -10,7 +10,9 @@ with x (``FEATURES``):
 
 - the match statistics (``calibration.NGRAM_FEATURES``): log1p(match length),
   log1p(earlier occurrences), agreement of those occurrences, log1p(depth), and whether the
-  occurrences were unanimous (agreement == 1);
+  occurrences were unanimous (agreement == 1); and the transition agreement (the fifth raw
+  feature, ``drafters.transition_agreements``: how often the request's context follows the
+  token's parent with this token; without it, the n-gram agreement stands in);
 - the request's own history: the log-odds of its running acceptance rate of *first* draft
   tokens (accepted / tested, exponentially decayed and smoothed towards the prior rate, so it is
   0 at a request's first step; the first token is where requests differ most, and a rate over
@@ -20,19 +22,20 @@ with x (``FEATURES``):
   ``token_classes`` built once from the tokenizer (``token_class_table``); all zeros without one;
 - ``first``: whether the token is the first of its draft (it follows the request's root, the
   target's own last token, rather than a drafted parent), and its products with the match
-  statistics and the copy run: a first token behaves differently (held-out Gemma traces:
+  statistics, the copy run and the transition agreement: a first token behaves differently (held-out Gemma traces:
   acceptance 0.71 at depth 1 against 0.87-0.92 deeper, ``by_depth`` in bench/results/estimates.json);
 - the request's transition memory: whether the same transition (parent token -> drafted token)
   was verified in an earlier step of this request and accepted (``accepted_before``) or
   rejected (``rejected_before``). A greedy target that took a transition once tends to take it
-  again (weights +1.5 / -1.2 in the shipped fit, data/ngram_prior.json). The parent of the
+  again (weights +1.3 / -1.0 in the shipped fit, data/ngram_prior.json). The parent of the
   first token is the request's root: callers pass ``roots``; without them (or without
   ``tokens``) the memory reads "never seen", which is what the model assumes of a new request.
 
-Weights are Bayesian: the prior is a Gaussian around ``PRIOR.weights``, the offline fit on the
-*tuning* traces only (bundled prompt set, Gemma 3 270M bf16; see bench/estimates.py
-``--write-prior``), with precision ``prior_samples`` x the fit's mean per-token Hessian: the
-prior counts as that many tuning tokens. Each step takes one Newton step of the posterior
+Weights are Bayesian: the prior is a Gaussian around ``PRIOR.weights`` (``PRIOR_WITH_CLASSES``
+with a token-class table), the offline fit on the *tuning* traces only (bundled prompt set,
+Gemma 3 270M bf16; see bench/estimates.py ``--write-prior``), with precision
+``prior_samples`` x the fit's mean per-token Hessian: the prior counts as that many tuning
+tokens. Each step takes one Newton step of the posterior
 (the step's tested tokens add their Hessian to the precision), i.e. an online Laplace
 approximation: the weights follow a new target or workload quickly at first and settle as
 evidence accumulates. ``prior_samples=math.inf`` freezes the weights.
@@ -58,6 +61,7 @@ __all__ = [
     "ConstantRate",
     "FEATURES",
     "PRIOR",
+    "PRIOR_WITH_CLASSES",
     "PRIOR_WEIGHTS",
     "TOKEN_CLASSES",
     "token_class_table",
@@ -67,7 +71,14 @@ __all__ = [
 
 TOKEN_CLASSES = ("whitespace", "punctuation", "word", "other")
 # The columns that `first` multiplies: their effect on a draft's first token differs.
-FIRST_INTERACTIONS = ("log_match_length", "log_occurrences", "agreement", "unanimous", "log_copy_run")
+FIRST_INTERACTIONS = (
+    "log_match_length",
+    "log_occurrences",
+    "agreement",
+    "unanimous",
+    "log_copy_run",
+    "transition_agreement",
+)
 FEATURES = (
     (
         "bias",
@@ -78,6 +89,7 @@ FEATURES = (
         "unanimous",
         "request_first_log_odds",
         "log_copy_run",
+        "transition_agreement",
     )
     + tuple(f"class_{c}" for c in TOKEN_CLASSES[:-1])
     + ("first",)
@@ -89,6 +101,8 @@ FEATURES = (
 # one with probability about n / MEMORY_BUCKETS (1% at 160).
 MEMORY_BUCKETS = 16381
 PRIOR_PATH = Path(__file__).resolve().parent / "data" / "ngram_prior.json"
+# The same fit with the token classes (for callers with a tokenizer, see ``token_class_table``).
+PRIOR_WITH_CLASSES_PATH = PRIOR_PATH.with_name("ngram_prior_classes.json")
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,7 @@ class NgramPrior:
 
 
 PRIOR = NgramPrior.load()
+PRIOR_WITH_CLASSES = NgramPrior.load(PRIOR_WITH_CLASSES_PATH)
 PRIOR_WEIGHTS = PRIOR.weights
 
 
@@ -140,8 +155,10 @@ class NgramLogistic:
     """p(accepted | parent accepted) for n-gram drafts, batched (see the module docstring).
 
     ``prior``: initial weights over ``FEATURES`` (the mean of the Gaussian prior); a tuple of
-    weights or an ``NgramPrior``. ``hessian``: the prior's per-token precision [F, F] (default:
-    the ``NgramPrior``'s, else 0.25 x identity, the curvature of a logistic at p = 1/2).
+    weights or an ``NgramPrior``; default the shipped fit, ``PRIOR_WITH_CLASSES`` when
+    ``token_classes`` is given (held-out Gemma Brier 2 points lower), else ``PRIOR``.
+    ``hessian``: the prior's per-token precision [F, F] (default: the ``NgramPrior``'s, else
+    0.25 x identity, the curvature of a logistic at p = 1/2).
     ``prior_samples``: how many tokens' worth of evidence the prior is (default: the
     ``NgramPrior``'s, else 300); ``math.inf`` freezes the weights (no online learning).
     ``rate_prior``: the first-token acceptance rate a new request starts from (the tuning
@@ -151,7 +168,7 @@ class NgramLogistic:
 
     def __init__(
         self,
-        prior: NgramPrior | tuple[float, ...] = PRIOR,
+        prior: NgramPrior | tuple[float, ...] | None = None,
         prior_samples: float | None = None,
         hessian: Tensor | None = None,
         rate_prior: float = 0.65,
@@ -159,6 +176,8 @@ class NgramLogistic:
         token_classes: Tensor | None = None,
         max_probability: float = 0.98,
     ):
+        if prior is None:  # the shipped fit that matches the inputs
+            prior = PRIOR if token_classes is None else PRIOR_WITH_CLASSES
         weights = prior.weights if isinstance(prior, NgramPrior) else tuple(prior)
         if len(weights) != len(FEATURES):
             raise ValueError(
@@ -240,12 +259,15 @@ class NgramLogistic:
     def design(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
     ) -> Tensor:
-        """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 4] of
+        """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 5] (or 4) of
         the requests ``requests`` (one per row), their drafted tokens [B, N] (-1: padding) and
         roots [B] (the requests' last accepted tokens, the parents of the first drafts)."""
         f = features.to(torch.float64)
         B, N = f.shape[:2]
-        match_length, occurrences, agreement, depth = f.unbind(-1)
+        match_length, occurrences, agreement, depth = f[..., :4].unbind(-1)
+        # Without the transition agreement (4 raw features: a trace or a caller from before
+        # it), the n-gram agreement stands in: the two are equal for a one-token match.
+        transition = f[..., 4] if f.shape[-1] > 4 else agreement
         slots = self._slot_indices(list(requests))  # may grow the state: index after
         accepted, tested, run = self._state[slots].unbind(-1)
         strength = 2.0  # pseudo-observations of the prior rate
@@ -262,6 +284,7 @@ class NgramLogistic:
             "agreement": agreement,
             "unanimous": (agreement >= 1.0).to(torch.float64),
             "log_copy_run": torch.log1p(run)[:, None].expand(B, N),
+            "transition_agreement": transition,
         }
         first = (depth == 1).to(torch.float64)
         memory = torch.zeros(B, N, 2, dtype=torch.float64)
@@ -278,6 +301,7 @@ class NgramLogistic:
             base["unanimous"],
             log_odds[:, None].expand(B, N),
             base["log_copy_run"],
+            transition,
         ]
         interactions = [first] + [first * base[name] for name in FIRST_INTERACTIONS]
         return torch.cat([torch.stack(columns, -1), classes, torch.stack(interactions, -1), memory], -1)
@@ -298,7 +322,7 @@ class NgramLogistic:
         tokens: Tensor | None = None,
         roots: Tensor | None = None,
     ) -> None:
-        """Learn from one step: features [B, N, 4], tested / accepted [B, N] bool (tested: the
+        """Learn from one step: features [B, N, 5] (or 4), tested / accepted [B, N] bool (tested: the
         candidate's own acceptance was decided). One Newton step of the shared weights'
         posterior; every request's first-token rate, copy run and transition memory advance."""
         x = self.design(features, requests, tokens, roots)[tested]
@@ -327,7 +351,7 @@ class NgramLogistic:
 
     # -- the interfaces of AcceptanceCalibration (per request, and vllm/proposer.py's lists) --
     def predict_many(self, features: Tensor, requests: list) -> Tensor:
-        """``predict_batch`` without tokens: features [R, N, 4], one request per row -> [R, N]."""
+        """``predict_batch`` without tokens: features [R, N, 5] (or 4), one request per row -> [R, N]."""
         return self.predict_batch(features, list(requests))
 
     def update_many(self, features: list[tuple[float, ...]], requests: list, accepted: list[bool]) -> None:

@@ -43,9 +43,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .calibration import NGRAM_FEATURES
 from .cost_models import CostModel, StepShape, price_step
 from .decoding import Request, generate
-from .drafters import NgramDrafter, NgramMatch
+from .drafters import NgramDrafter, NgramMatch, transition_agreements
 from .engine import Engine, StepRecord, StepTimes
 from .policies import Autoregressive, Policy
 from .proposal import Outcome, Proposal
@@ -421,6 +422,16 @@ def oracle_estimates(proposal: Proposal, truth: Tensor) -> Proposal:
     )
 
 
+def _with_transition_agreements(features: np.ndarray, tokens: np.ndarray, counts: list[int], requests):
+    """Recorded n-gram features [B, n, 4] with the transition agreements appended, computed
+    from each request's context as the drafter computes them live."""
+    column = np.zeros(features.shape[:2] + (1,), dtype=features.dtype)
+    for b, (k, request) in enumerate(zip(counts, requests)):
+        if k:
+            column[b, :k, 0] = transition_agreements(request.tokens, tokens[b, :k].tolist())
+    return np.concatenate([features, column], -1)
+
+
 class _ProposalSource:
     """The replay's drafter: rebuilds each step's Proposal from the trace, through the n-gram
     drafter's own `proposal_from_matches` (its calibration), or from the recorded confidences."""
@@ -465,6 +476,8 @@ class _ProposalSource:
         if self.drafter is not None and tr.draft_features is not None:
             feats = tr.draft_features[rows, ts, :n]
             counts = (tokens >= 0).sum(1).tolist()
+            if feats.shape[-1] < len(NGRAM_FEATURES):  # recorded before transition agreements
+                feats = _with_transition_agreements(feats, tokens, counts, requests)
             matches = [
                 NgramMatch(tokens[b, :k].tolist(), feats[b, :k].tolist()) for b, k in enumerate(counts)
             ]

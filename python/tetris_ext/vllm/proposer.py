@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..calibration import AcceptanceCalibration
+from ..calibration import NGRAM_FEATURES, AcceptanceCalibration
 from ..cost_aware import CostAwareTetris
 from ..drafters import NgramIndex
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
@@ -176,7 +176,7 @@ class DraftSelection:
             matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
         B = len(active)
         tokens = torch.full((B, N), -1, dtype=torch.long)
-        features = torch.zeros(B, N, 4)
+        features = torch.zeros(B, N, len(NGRAM_FEATURES))
         for b, match in enumerate(matches):
             if match.tokens:
                 tokens[b, : len(match.tokens)] = torch.tensor(match.tokens)
