@@ -122,7 +122,7 @@ def test_budget_never_exceeded_and_state_released(options):
         assert sum(map(len, out)) == sum(record.returned) <= record.budget
         assert max(map(len, out)) <= options.max_drafts
     assert set(selection.requests) == set(engine.req_ids)  # finished requests released
-    assert set(selection.calibration.request_bias) <= set(engine.req_ids)
+    assert selection.estimator.tracked_requests <= len(engine.req_ids)  # and their estimator state
     assert selection.totals["accepted"] > 0.5 * selection.totals["verified"] > 0  # repetitive text
     if options.policy in (
         "goodput",
@@ -156,3 +156,34 @@ def test_tetris_spends_its_budget_on_the_likeliest_drafts():
     token_ids[1, 39] = token_ids[1, 10]  # one weak match
     out = selection.step(["a", "b"], [[109], [1]], np.array([40, 40]), token_ids)
     assert len(out[0]) > 2 and len(out[0]) + len(out[1]) <= 4
+
+
+def test_estimator_learns_each_outcome_with_its_drafts_and_root():
+    """Every update the proposer gives its NgramLogistic holds the drafts it returned one step
+    earlier (tokens, in order), the token they followed (the request's last token then) and
+    which of them the engine accepted: the per-request transition memory depends on all three."""
+    selection = DraftSelection(ProposerOptions("tetris", 3, 2), max_model_len=512)
+    engine = FakeEngine(selection, seed=1)
+    for _ in range(8):
+        engine.add()
+    seen, learn = [], selection.estimator.update_batch
+
+    def spy(features, requests, tested, accepted, tokens, roots):
+        for b, rid in enumerate(requests):
+            seen.append((rid, tokens[b][tested[b]].tolist(), int(roots[b]), accepted[b][tested[b]].tolist()))
+        learn(features, requests, tested, accepted, tokens, roots)
+
+    selection.estimator.update_batch = spy
+    checked = 0
+    for _ in range(30):
+        before = {rid: int(engine.num_tokens[row]) for row, rid in enumerate(engine.req_ids)}
+        drafts_before = dict(engine.drafts)
+        seen.clear()
+        engine.step()
+        for rid, tokens, root, accepted in seen:
+            n, truth = before[rid], engine.truth[rid]
+            assert root == truth[n - 1]
+            assert tokens == drafts_before[rid][: len(tokens)]
+            assert accepted == [t == truth[n + i] for i, t in enumerate(tokens)]
+        checked += len(seen)
+    assert checked > 50

@@ -11,10 +11,13 @@ just sampled included), and ``sampled_token_ids[i]`` is what this step produced 
 for a request still in prefill). `DraftSelection.step` then
 
 1. learns from the previous step: a request that had v drafts verified and now produced s
-   tokens accepted s - 1 of them (its calibration and, for "goodput", the step-time model);
+   tokens accepted s - 1 of them (its acceptance estimator and, for "goodput" and
+   "cost-aware", the step-time model);
 2. drafts up to k + extra tokens per decoding request with an incremental n-gram index
    (`tetris_ext.drafters.NgramIndex`: only the new tokens are indexed each step);
-3. scores them with the online `AcceptanceCalibration` and lets a `tetris_ext.policies` policy
+3. scores them with `tetris_ext.estimators.NgramLogistic` (batched, learning online from the
+   step's outcomes, with its per-request memory of accepted / rejected transitions; no token
+   classes: the proposer has no tokenizer) and lets a `tetris_ext.policies` policy
    pick the drafts to verify with ``torch.ops.tetris.select`` under the batch budget;
 4. returns each request's selected prefix (chains: what `select` keeps is a prefix).
 
@@ -35,9 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..calibration import NGRAM_FEATURES, AcceptanceCalibration
+from ..calibration import NGRAM_FEATURES
 from ..cost_aware import CostAwareTetris
 from ..drafters import NgramIndex
+from ..estimators import NgramLogistic
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -62,7 +66,11 @@ _COST_FITTED = (GoodputTetris, CostAwareTetris)
 @dataclass
 class _Request:
     index: NgramIndex
-    pending: list[tuple[float, ...]] = field(default_factory=list)  # features of last step's drafts
+    # The drafts returned last step (their features, tokens and the root they follow), whose
+    # outcome the next step reveals.
+    pending: list[tuple[float, ...]] = field(default_factory=list)
+    pending_tokens: list[int] = field(default_factory=list)
+    root: int = -1
 
 
 @dataclass
@@ -77,11 +85,11 @@ class StepRecord:
 
 
 class DraftSelection:
-    """The proposer's engine-independent part: per-request n-gram indexes, calibration, policy."""
+    """The proposer's engine-independent part: per-request n-gram indexes, estimator, policy."""
 
     def __init__(self, options: ProposerOptions, max_model_len: int):
         self.options, self.max_model_len = options, max_model_len
-        self.calibration = AcceptanceCalibration()
+        self.estimator = NgramLogistic()
         self.policy = _make_policy(options)
         self.requests: dict[str, _Request] = {}
         self.record = False
@@ -111,7 +119,7 @@ class DraftSelection:
         req_ids = self.last_req_ids = list(req_ids[:rows])
         for gone in self.requests.keys() - set(req_ids):  # finished, aborted or preempted
             del self.requests[gone]
-            self.calibration.forget(gone)
+            self.estimator.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
         active = [i for i in range(rows) if sampled_token_ids[i] and num_tokens[i] + 1 < self.max_model_len]
         self._drafted_last = {req_ids[i] for i in active}
@@ -126,7 +134,7 @@ class DraftSelection:
 
     def _learn(self, req_ids, sampled_token_ids, verified, now: float, step_tokens: int | None) -> None:
         """Calibration (and step-time) updates from what the engine accepted of the last drafts."""
-        features, owners, labels, counts = [], [], [], []
+        outcomes, counts = [], []  # (request, tested drafts' features, tokens, root, accepted), (v, a)
         for rid, sampled in zip(req_ids, sampled_token_ids):
             state = self.requests.get(rid)
             if state is None or rid not in self._drafted_last:
@@ -138,13 +146,12 @@ class DraftSelection:
             v = len(pending) if verified is None else min(verified.get(rid, 0), len(pending))
             a = min(len(sampled) - 1, v)
             tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
-            features += pending[:tested]
-            owners += [rid] * tested
-            labels += [True] * a + [False] * (tested - a)
+            if tested:
+                outcomes.append((rid, pending[:tested], state.pending_tokens[:tested], state.root, a))
             counts.append((v, a))
         if not counts:
             return
-        self.calibration.update_many(features, owners, labels)
+        self._update_estimator(outcomes)
         v_all, a_all = zip(*counts)
         self.totals["verified"] += sum(v_all)
         self.totals["accepted"] += sum(a_all)
@@ -162,9 +169,27 @@ class DraftSelection:
                     )
                 )
 
+    def _update_estimator(self, outcomes: list[tuple]) -> None:
+        """One batched update of the estimator from (request, the features and tokens of its
+        tested drafts, the root they follow, how many of them were accepted) tuples."""
+        if not outcomes:
+            return
+        R, N = len(outcomes), max(len(tokens) for _, _, tokens, _, _ in outcomes)
+        features = torch.zeros(R, N, len(NGRAM_FEATURES))
+        tokens = torch.full((R, N), -1, dtype=torch.long)
+        for b, (_, drafted_features, drafted_tokens, _, _) in enumerate(outcomes):
+            features[b, : len(drafted_tokens)] = torch.tensor(drafted_features)
+            tokens[b, : len(drafted_tokens)] = torch.tensor(drafted_tokens)
+        position = torch.arange(N)
+        tested = tokens >= 0
+        accepted = position < torch.tensor([a for *_, a in outcomes])[:, None]
+        roots = torch.tensor([root for _, _, _, root, _ in outcomes])
+        owners = [rid for rid, *_ in outcomes]
+        self.estimator.update_batch(features, owners, tested, accepted & tested, tokens, roots)
+
     def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
         options, N = self.options, self.options.max_drafts
-        matches = []
+        matches, roots = [], []
         for i in active:
             state = self.requests.get(req_ids[i])
             if state is None:
@@ -174,6 +199,7 @@ class DraftSelection:
                 state.index = NgramIndex(options.max_ngram, options.min_ngram)
             state.index.extend(token_ids[i, len(state.index.tokens) : length].tolist())
             matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
+            roots.append(int(token_ids[i, length - 1]))  # the token the drafts follow
         B = len(active)
         tokens = torch.full((B, N), -1, dtype=torch.long)
         features = torch.zeros(B, N, len(NGRAM_FEATURES))
@@ -182,7 +208,9 @@ class DraftSelection:
                 tokens[b, : len(match.tokens)] = torch.tensor(match.tokens)
                 features[b, : len(match.tokens)] = torch.tensor(match.features)
         owners = [req_ids[i] for i in active]
-        token_logprobs = self.calibration.predict_many(features, owners).log().float()
+        token_logprobs = (
+            self.estimator.predict_batch(features, owners, tokens, torch.tensor(roots)).log().float()
+        )
         token_logprobs[tokens < 0] = -math.inf
         cum_logprobs = token_logprobs.cumsum(1)
         if options.min_prob is not None:  # the floor, for every policy
@@ -192,7 +220,9 @@ class DraftSelection:
         counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
         for b, (i, match) in enumerate(zip(active, matches)):
             drafts[i] = match.tokens[: counts[b]]
-            self.requests[owners[b]].pending = match.features[: counts[b]]
+            state = self.requests[owners[b]]
+            state.pending, state.pending_tokens = match.features[: counts[b]], match.tokens[: counts[b]]
+            state.root = roots[b]
         self.totals["steps"] += 1
         self.totals["drafted"] += int((tokens >= 0).sum())
         if self.record:
