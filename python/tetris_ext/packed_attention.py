@@ -1,0 +1,85 @@
+"""A flattened (packed) forward over a ragged KV cache: every linear layer sees real tokens only.
+
+The padded step runs the model on a [B, q] block, so every row pays for the widest one: the
+projections, the MLP and the norms (most of a small model's work outside the output head) run
+on ``B * q`` tokens however few of them carry a token. The packed step runs the decoder on the
+``N`` real tokens of all rows as one sequence [1, N] (as vLLM's flattened batches do), and only
+attention goes back to the per-row layout, through an attention function registered with
+transformers' ``AttentionInterface``:
+
+    queries, new keys/values [1, heads, N, D]
+      -> scattered into [B, heads, q, D] (slot (row, j) of the block; holes stay zero)
+      -> keys/values appended to the cache as usual (``DynamicCache.update``)
+      -> SDPA (the model's implementation, required) with the very mask the padded step uses
+         (``RaggedKVCache._attention_mask``: holes, tree block, sliding window per layer type)
+      -> outputs of the real slots gathered back to [1, N, heads, D]
+
+So the cache layout, the masks and rollback are those of the padded step, exactly; only the
+token-wise work shrinks. Attention itself still runs over the padded queries, a small share of
+the step for short blocks.
+
+The model's attention implementation is switched to ``PACKED`` once (``use_packed_attention``);
+without a ``packed_step`` argument the function is plain SDPA, so
+padded forwards (prefill, probes) of the same model behave as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+__all__ = ["PACKED", "PackedStep", "use_packed_attention"]
+
+PACKED = "tetris_packed"
+
+
+@dataclass
+class PackedStep:
+    """Where the packed tokens of one forward live in the padded block: token i is slot
+    ``slots[i]`` of row ``rows[i]`` of a [batch, width] block; ``cache`` takes the new keys."""
+
+    rows: Tensor  # [N] int64
+    slots: Tensor  # [N] int64
+    batch: int
+    width: int
+    cache: DynamicCache
+
+
+def _unpack(packed: Tensor, step: PackedStep) -> Tensor:
+    """[1, heads, N, D] -> [B, heads, q, D], zeros on the slots no token fills."""
+    heads, dim = packed.shape[1], packed.shape[3]
+    out = packed.new_zeros(step.batch, step.width, heads, dim)
+    out[step.rows, step.slots] = packed[0].transpose(0, 1)
+    return out.transpose(1, 2)
+
+
+def packed_attention(module, query, key, value, attention_mask, packed_step: PackedStep | None = None, **kwargs):
+    """``AttentionInterface`` function: SDPA on the per-row layout (see the module docstring);
+    without ``packed_step``, plain SDPA."""
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if packed_step is None:
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+    step = packed_step
+    keys, values = step.cache.update(_unpack(key, step), _unpack(value, step), module.layer_idx)
+    out, weights = sdpa(module, _unpack(query, step), keys, values, attention_mask, **kwargs)
+    # SDPA returns [B, q, heads, D]; keep the real slots, in packed order.
+    return out[step.rows, step.slots].unsqueeze(0), weights
+
+
+AttentionInterface.register(PACKED, packed_attention)
+
+
+def use_packed_attention(model: PreTrainedModel) -> None:
+    """Switch ``model`` to the packed attention function (plain SDPA for unpacked forwards)."""
+    current = model.config.get_text_config()._attn_implementation
+    if current == PACKED:
+        return
+    if current != "sdpa":
+        raise ValueError(
+            f"packed (flat) verification wraps SDPA attention; {type(model).__name__} uses "
+            f"{current!r} (load it with attn_implementation='sdpa')"
+        )
+    model.set_attn_implementation(PACKED)
