@@ -166,11 +166,11 @@ class Engine:
         return done
 
     def _admit(self, joining: list) -> None:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         self.target.admit(joining)
         if self.drafter is not None:
             self.drafter.add(joining)
-        self.stats.add_prefill(time.perf_counter() - start)
+        self.stats.add_prefill(time.perf_counter() - start, time.process_time() - cpu_start)
 
     def step(self, requests: list, joining: Sequence = ()) -> list[int]:
         """One draft-select-verify step for every active request; returns the tokens each

@@ -5,8 +5,9 @@
 - totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
   generated_tokens, padded_tokens (requests * block width, summed over steps), wall_seconds,
   cpu_seconds (process CPU time: with one thread, robust to other processes on a shared
-  machine), prefill_seconds (wall time admitting requests: the live loop's prefill forwards; a
-  replay prices prefill within its steps instead), draft_seconds, select_seconds, verify_seconds;
+  machine), prefill_seconds and prefill_cpu_seconds (wall and process CPU time admitting
+  requests: the live loop's prefill forwards, the same for every policy; a replay prices
+  prefill within its steps instead), draft_seconds, select_seconds, verify_seconds;
 - ``per_step``: one record per verification step: the active request ids (row order), and
   per request the drafted, verified, accepted and generated counts, plus the block width and
   the step's draft / select / verify / step seconds (``engine.StepTimes``);
@@ -44,6 +45,7 @@ _TOTALS = (
     "wall_seconds",
     "cpu_seconds",
     "prefill_seconds",
+    "prefill_cpu_seconds",
     "draft_seconds",
     "select_seconds",
     "verify_seconds",
@@ -60,9 +62,10 @@ class RunStats:
         self.per_step: list[dict] = []
         self.candidates: dict[str, list] = defaultdict(list)
 
-    def add_prefill(self, seconds: float) -> None:
+    def add_prefill(self, seconds: float, cpu_seconds: float = 0.0) -> None:
         self.totals["target_forwards"] += 1
         self.totals["prefill_seconds"] += seconds
+        self.totals["prefill_cpu_seconds"] += cpu_seconds
 
     def add_step(
         self,
