@@ -162,7 +162,7 @@ class RaggedKVCache:
         B, q = tokens.shape
         self._take_batch_size(B)
         mask = self._attention_mask(positions, block_mask, extra)
-        if self.packed and real is not None:
+        if self.packed and real is not None and bool(real.any()):  # (none: a prefill of empty rows)
             hidden = self._packed_forward(tokens, positions, mask, real)
             if logits_at is not None:
                 logits_at = logits_at[real]  # the same row-major order, over the packed tokens
