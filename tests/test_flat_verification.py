@@ -156,3 +156,14 @@ def test_flat_needs_sdpa_attention():
     model.set_attn_implementation("eager")
     with pytest.raises(ValueError, match="'eager'.*attn_implementation='sdpa'"):
         generate(model, [[1, 2, 3]], StandardSD(2), NgramDrafter(3), max_new_tokens=2, flat=True)
+
+
+def test_flat_sampling_draws_the_padded_loops_samples(llama):
+    # The same logits (up to float rounding) and the same generator: the same samples.
+    target, prompts, _ = llama
+    runs = [
+        generate(target, prompts, Tetris(2, 2), NgramDrafter(4), NEW, 4, temperature=0.8, seed=3, flat=flat)
+        for flat in (False, True)
+    ]
+    assert runs[0].tokens == runs[1].tokens
+    assert _per_step_counts(runs[0].stats) == _per_step_counts(runs[1].stats)

@@ -14,6 +14,10 @@ rows, padding slots of a verification block, rejected drafts. No query ever atte
   blocked) built from ``valid`` (plus the tree mask inside the block). For models with
   sliding-window layers (Gemma 3) we pass one mask per layer type, the sliding one also
   blocking keys at positions ``<= query position - window`` (transformers' convention).
+- A packed cache (``RaggedKVCache(model, packed=True)``, the live loop's ``flat`` mode) runs the
+  model on the real slots of a block only, as one sequence; its attention function
+  (``tetris_ext.packed_attention``) writes the keys into this same layout and applies the same
+  masks, so nothing else here changes.
 - Holes cost memory and attention work, so ``compact`` squeezes them out (a gather along the
   sequence axis) once they are more than a quarter of the width.
 

@@ -106,7 +106,8 @@ AttentionMaskInterface.register(PACKED, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def use_packed_attention(model: PreTrainedModel) -> None:
-    """Switch ``model`` to the packed attention function (plain SDPA for unpacked forwards)."""
+    """Switch ``model`` to the packed attention function (grouped SDPA for unpacked forwards;
+    ``decoding.generate(flat=True)`` switches it back after its run)."""
     current = model.config.get_text_config()._attn_implementation
     if current == PACKED:
         return
