@@ -12,7 +12,8 @@ layers on the real tokens only. On one KV cache of 8 requests with contexts of 3
   loop runs it today (transformers' SDPA);
 - grouped[w]: the same padded block through the packed attention function without packing
   (the query heads sharing a key/value head folded together; what attention alone gains);
-- packed[w]: the same tokens through the packed (flat) forward, attention grouped as well;
+- packed[w]: the same tokens through the packed (flat) forward: linear layers and attention on
+  the real tokens only, attention grouped as well;
 - uneven *: a TETRIS-like allocation of 34 tokens (8 roots + 26 drafts = Tetris(3, 2)'s
   budget), rows of 1 + [5, 5, 5, 5, 5, 1, 0, 0]: an [8, 6] block padded / grouped, or the 34
   real tokens packed.

@@ -74,6 +74,16 @@ def test_packed_forward_gives_the_padded_logits_and_an_exact_cache(name):
         torch.testing.assert_close(logits[b], fresh, atol=1e-4, rtol=1e-4)
 
 
+@torch.inference_mode()
+def test_packed_forward_refuses_real_slots_that_are_not_a_prefix():
+    cache = RaggedKVCache(MODELS["llama"](), packed=True)
+    cache.append([[1, 2, 3], [4, 5]])
+    tokens, positions, mask, _ = _chain_block([[1, 2, 3, 7], [4, 5, 8]], [3, 3], torch.Generator())
+    real = torch.tensor([[True, True, True], [True, False, True]])
+    with pytest.raises(ValueError, match="prefix"):
+        cache.forward(tokens, positions, mask, logits_at=real, real=real)
+
+
 @pytest.fixture(scope="module")
 def llama():
     target = tiny_llama(vocab_size=VOCAB)

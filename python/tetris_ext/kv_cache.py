@@ -159,8 +159,9 @@ class RaggedKVCache:
         invalid columns the new tokens may also see (a drafter's tree nodes not yet committed).
         logits_at: [B, q] bool or None: the rows of the returned logits [n, V] (float32, in
         row-major order of the True entries); only those go through the output head.
-        real: [B, q] bool or None (all): the slots that carry a token; a packed cache runs the
-        model on these only (the others stay zero holes), and ``logits_at`` must lie within them.
+        real: [B, q] bool or None (all): the slots that carry a token, a prefix of each row; a
+        packed cache runs the model on these only (the others stay zero holes), and
+        ``logits_at`` must lie within them.
         Columns stay invalid until ``commit``.
         """
         B, q = tokens.shape
@@ -188,8 +189,8 @@ class RaggedKVCache:
 
     def _packed_forward(self, tokens: Tensor, positions: Tensor, mask, real: Tensor) -> Tensor:
         """The decoder over the real slots as one sequence [1, N]; returns hidden [N, H]."""
-        rows, slots = real.nonzero(as_tuple=True)
-        step = PackedStep(rows, slots, tokens.shape[0], tokens.shape[1], self.cache)
+        step = PackedStep.of(real, self.cache)
+        rows, slots = step.rows, step.slots
         # No past_key_values: the packed attention function appends the keys itself, in the
         # per-row layout; the dict mask (or 4D tensor) is taken as given by the model.
         return self.model.get_decoder()(

@@ -8,17 +8,19 @@ attention goes back to the per-row layout, through an attention function registe
 transformers' ``AttentionInterface``:
 
     queries, new keys/values [1, heads, N, D]
-      -> scattered into [B, heads, q, D] (slot (row, j) of the block; holes stay zero)
-      -> keys/values appended to the cache as usual (``DynamicCache.update``)
-      -> SDPA (the model's implementation, required) with the very mask the padded step uses
-         (``RaggedKVCache._attention_mask``: holes, tree block, sliding window per layer type),
-         the query heads that share a key/value head folded into one (``_grouped_sdpa``: on
-         this CPU the attention of a [8, 1 + w] block then costs ~2.5x less than transformers'
-         SDPA, which repeats the keys per query head whenever a mask is given)
-      -> outputs of the real slots gathered back to [1, N, heads, D]
+      -> new keys/values scattered into [B, kv_heads, q, D] (slot (row, j) of the block; holes
+         stay zero) and appended to the cache as usual (``DynamicCache.update``)
+      -> SDPA (the model's implementation, required) of the real queries only, one call per run
+         of adjacent rows with the same number of tokens (views of the cache, no copies), with
+         the rows of the very mask the padded step uses (``RaggedKVCache._attention_mask``:
+         holes, tree block, sliding window per layer type), the query heads that share a
+         key/value head folded into one (``_grouped_sdpa``: on this CPU the attention of a
+         [8, 1 + w] block then costs ~2.5x less than transformers' SDPA, which repeats the
+         keys per query head whenever a mask is given)
+      -> outputs [1, N, heads, D] in packed order
 
 So the cache layout, the masks and rollback are those of the padded step, exactly; only the
-token-wise work shrinks. Attention itself still runs over the padded queries.
+work shrinks to the real tokens.
 
 The model's attention implementation is switched to ``PACKED`` once (``use_packed_attention``);
 without a ``packed_step`` argument the function is (grouped) SDPA on the given layout, so
@@ -42,20 +44,41 @@ PACKED = "tetris_packed"
 
 @dataclass
 class PackedStep:
-    """Where the packed tokens of one forward live in the padded block: token i is slot
-    ``slots[i]`` of row ``rows[i]`` of a [batch, width] block; ``cache`` takes the new keys."""
+    """Where the packed tokens of one forward live in the padded [batch, width] block: row b's
+    ``sizes[b]`` tokens fill its first slots (token i is slot ``slots[i]`` of row ``rows[i]``);
+    ``cache`` takes the new keys."""
 
     rows: Tensor  # [N] int64
     slots: Tensor  # [N] int64
-    batch: int
+    sizes: list[int]  # [B] tokens per row
     width: int
     cache: DynamicCache
+
+    @classmethod
+    def of(cls, real: Tensor, cache: DynamicCache) -> PackedStep:
+        """From real [B, q] bool, each row's real slots a prefix (root, then candidates)."""
+        sizes = real.sum(1)
+        if not bool((real == (torch.arange(real.shape[1], device=real.device) < sizes[:, None])).all()):
+            raise ValueError("a packed forward needs each row's real slots first (a prefix of the block)")
+        rows, slots = real.nonzero(as_tuple=True)
+        return cls(rows, slots, sizes.tolist(), real.shape[1], cache)
+
+    def runs(self):
+        """(first row, end row, tokens per row, first packed token) of each run of adjacent rows
+        with the same number of tokens: one attention call each, on views of the cache."""
+        start, offset = 0, 0
+        for b in range(1, len(self.sizes) + 1):
+            if b == len(self.sizes) or self.sizes[b] != self.sizes[start]:
+                if self.sizes[start]:
+                    yield start, b, self.sizes[start], offset
+                offset += (b - start) * self.sizes[start]
+                start = b
 
 
 def _unpack(packed: Tensor, step: PackedStep) -> Tensor:
     """[1, heads, N, D] -> [B, heads, q, D], zeros on the slots no token fills."""
     heads, dim = packed.shape[1], packed.shape[3]
-    out = packed.new_zeros(step.batch, step.width, heads, dim)
+    out = packed.new_zeros(len(step.sizes), step.width, heads, dim)
     out[step.rows, step.slots] = packed[0].transpose(0, 1)
     return out.transpose(1, 2)
 
@@ -66,14 +89,24 @@ def packed_attention(
     """``AttentionInterface`` function: SDPA on the per-row layout (see the module docstring).
     Without ``packed_step`` (an unpacked forward of the same model) it is SDPA alone."""
     step = packed_step
-    if step is not None:
-        query = _unpack(query, step)
-        key, value = step.cache.update(_unpack(key, step), _unpack(value, step), module.layer_idx)
-    out, weights = _grouped_sdpa(module, query, key, value, attention_mask, **kwargs)
     if step is None:
-        return out, weights
-    # out is [B, q, heads, D]; keep the real slots, in packed order.
-    return out[step.rows, step.slots].unsqueeze(0), weights
+        return _grouped_sdpa(module, query, key, value, attention_mask, **kwargs)
+    keys, values = step.cache.update(_unpack(key, step), _unpack(value, step), module.layer_idx)
+    heads, dim = query.shape[1], query.shape[3]
+    outs = []
+    for first, end, size, offset in step.runs():
+        # Rows first..end-1 hold `size` tokens each, consecutive in packed order.
+        run_query = query[0, :, offset : offset + (end - first) * size].reshape(heads, end - first, size, dim)
+        out, _ = _grouped_sdpa(
+            module,
+            run_query.transpose(0, 1),
+            keys[first:end],
+            values[first:end],
+            attention_mask[first:end, :, :size],
+            **kwargs,
+        )
+        outs.append(out.reshape(-1, heads, dim))  # [rows * size, heads, D], packed order
+    return torch.cat(outs).unsqueeze(0), None
 
 
 def _grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
