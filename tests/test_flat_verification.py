@@ -103,6 +103,8 @@ SAME_DECISIONS = [
     ("threshold-ngram", lambda: ThresholdSD(0.7, 4), ("ngram", 1)),
     ("tetris-noisy-chain", lambda: Tetris(2, 2), ("noisy", 1)),
     ("tetris-noisy-tree", lambda: Tetris(2, 2), ("noisy", 2)),
+    # the target drafts for itself: its padded drafting forwards run on the switched model
+    ("standard-same-chain", lambda: StandardSD(3), ("same", 1)),
 ]
 
 
@@ -110,7 +112,8 @@ def _drafter(spec, target):
     kind, width = spec
     if kind == "ngram":
         return NgramDrafter(6)
-    return ModelDrafter(noisy_copy(target, 0.05, seed=1), max_draft=6, tree_width=width)
+    draft = target if kind == "same" else noisy_copy(target, 0.05, seed=1)
+    return ModelDrafter(draft, max_draft=6, tree_width=width)
 
 
 @pytest.mark.parametrize("name,make_policy,spec", SAME_DECISIONS, ids=[c[0] for c in SAME_DECISIONS])
