@@ -6,6 +6,7 @@
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
+    python bench/cost_aware.py --live --flat --repeat 2 --only 'StandardSD(3)' ...  # padded vs flat loop
 
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
 recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost
@@ -28,6 +29,8 @@ and per second of the window (prefill included), with each request's service tim
 
 Live (--live): the same policies through decoding.generate on Gemma 3 270M bf16, one thread,
 the source's prompts (more than the batch), reporting tokens per CPU second and per wall second.
+With --flat every policy also runs on the flat loop (generate(flat=True): the model on the real
+tokens only; CostAwareTetris priced for it, padded=False), back to back with its padded run.
 """
 
 from __future__ import annotations
@@ -300,7 +303,7 @@ def write_replays(args, rows: list[dict], held: list[str], cpu, gpu) -> int:
     return 0
 
 
-def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, reference) -> dict:
+def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, reference, flat=False) -> dict:
     from tetris_ext.decoding import generate
 
     cfg = {"max_draft": MAX_DRAFT, "max_ngram": 4, "min_ngram": 1}
@@ -314,13 +317,15 @@ def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, re
         max_new_tokens=args.max_new_tokens,
         max_batch_size=args.batch,
         eos_token_id=tokenizer.eos_token_id,
+        flat=flat,
     )
     s = result.stats
     # bfloat16 rounding can flip a greedy token between a wide block and a one-token step
     # (bench/e2e.py --dtype says more): count the outputs equal to the autoregressive ones.
     same = sum(a == b for a, b in zip(result.tokens, reference or result.tokens))
     return {
-        "policy": name,
+        "policy": name + (" [flat]" if flat else ""),
+        "flat": flat,
         "same_output": f"{same}/{len(prompts)}",
         "tokens": s["generated_tokens"],
         "tok_per_cpu_s": s["generated_tokens"] / s["cpu_seconds"],
@@ -358,13 +363,23 @@ def run_live(args) -> int:
         for n, v in policies(True, known).items()
         if (n in args.only if args.only else "known cost" not in n) or n == "Autoregressive"
     }
-    rounds, reference = {name: [] for name in chosen}, None
+    variants = {name: {False: v} for name, v in chosen.items()}
+    if args.flat:  # each policy on the flat loop too, a cost-aware budget priced for it
+        flat_policies = policies(False, known)
+        for name in chosen:
+            variants[name][True] = flat_policies[name]
+    rounds, reference = {}, None
     for round_ in range(args.repeat):
-        for name, (make_policy, estimator) in chosen.items():
-            row, tokens = live_once(target, tokenizer, prompts, name, make_policy, estimator, args, reference)
-            reference = reference or tokens
-            rounds[name].append(row | {"round": round_})
-            print(rounds[name][-1], flush=True)
+        for name, by_loop in variants.items():
+            # padded and flat back to back, alternating which goes first
+            for flat in sorted(by_loop, reverse=round_ % 2 == 1):
+                make_policy, estimator = by_loop[flat]
+                row, tokens = live_once(
+                    target, tokenizer, prompts, name, make_policy, estimator, args, reference, flat
+                )
+                reference = reference or tokens
+                rounds.setdefault(row["policy"], []).append(row | {"round": round_})
+                print(rounds[row["policy"]][-1], flush=True)
     rows = []
     for runs in rounds.values():
         ranked = sorted(runs, key=lambda r: r["tok_per_cpu_s"])
@@ -375,37 +390,59 @@ def run_live(args) -> int:
                 "rounds_tok_per_wall_s": [r["tok_per_wall_s"] for r in runs],
             }
         )
-    best = max((r for r in rows if not r["policy"].startswith(RECOMMENDED)), key=lambda r: r["tok_per_cpu_s"])
-    best_decode = max(
-        (r for r in rows if not r["policy"].startswith(RECOMMENDED)), key=lambda r: r["tok_per_decode_cpu_s"]
+    compare_live_rows(rows, rounds)
+    table = format_table(
+        rows,
+        [
+            ("policy", "policy"),
+            ("tok_per_cpu_s", "tok/CPU s"),
+            ("vs_best_baseline_cpu", "vs best"),
+            ("tok_per_decode_cpu_s", "tok/decode CPU s"),
+            ("vs_best_baseline_decode_cpu", "vs best"),
+            ("tok_per_wall_s", "tok/wall s"),
+            ("cpu_seconds", "CPU s"),
+            ("wall_seconds", "wall s"),
+            ("vsr", "VSR"),
+            ("steps", "steps"),
+            ("same_output", "same"),
+        ]
+        + (
+            [("flat_vs_padded_cpu_s", "flat/padded"), ("flat_vs_padded_decode_cpu_s", "flat/padded decode")]
+            if args.flat
+            else []
+        ),
     )
-    for r in rows:
-        r["vs_best_baseline_cpu"] = r["tok_per_cpu_s"] / best["tok_per_cpu_s"]
-        r["vs_best_baseline_decode_cpu"] = r["tok_per_decode_cpu_s"] / best_decode["tok_per_decode_cpu_s"]
-        r["vs_best_baseline_wall"] = r["tok_per_wall_s"] / best["tok_per_wall_s"]
-    print(
-        format_table(
-            rows,
-            [
-                ("policy", "policy"),
-                ("tok_per_cpu_s", "tok/CPU s"),
-                ("vs_best_baseline_cpu", "vs best"),
-                ("tok_per_decode_cpu_s", "tok/decode CPU s"),
-                ("vs_best_baseline_decode_cpu", "vs best"),
-                ("tok_per_wall_s", "tok/wall s"),
-                ("cpu_seconds", "CPU s"),
-                ("wall_seconds", "wall s"),
-                ("vsr", "VSR"),
-                ("steps", "steps"),
-                ("same_output", "same"),
-            ],
-        )
+    print(table)
+    out = args.out.with_name(
+        f"{args.out.name}_live{'_flat' if args.flat else ''}_{args.source}_b{args.batch}"
     )
-    out = args.out.with_name(f"{args.out.name}_live_{args.source}_b{args.batch}")
     meta = run_metadata("cpu") | {"repeat": args.repeat, "prompts": len(prompts)}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    if args.flat:
+        out.with_suffix(".txt").write_text(f"{meta['command']}\n{table}\n")
     print(f"wrote {out}.json")
     return 0
+
+
+def compare_live_rows(rows: list[dict], rounds: dict) -> None:
+    """Each row against the best baseline of its own loop (padded or flat); a flat row also
+    against the same policy on the padded loop, round by round (paired: the same spell of the
+    shared machine), median over rounds."""
+    for flat in {r["flat"] for r in rows}:
+        loop = [r for r in rows if r["flat"] == flat]
+        baselines = [r for r in loop if not r["policy"].startswith(RECOMMENDED)]
+        best = max(baselines, key=lambda r: r["tok_per_cpu_s"])
+        best_decode = max(baselines, key=lambda r: r["tok_per_decode_cpu_s"])
+        for r in loop:
+            r["vs_best_baseline_cpu"] = r["tok_per_cpu_s"] / best["tok_per_cpu_s"]
+            r["vs_best_baseline_decode_cpu"] = r["tok_per_decode_cpu_s"] / best_decode["tok_per_decode_cpu_s"]
+            r["vs_best_baseline_wall"] = r["tok_per_wall_s"] / best["tok_per_wall_s"]
+    for r in rows:
+        padded = rounds.get(r["policy"].removesuffix(" [flat]")) if r["flat"] else None
+        if padded:
+            for key in ("tok_per_cpu_s", "tok_per_decode_cpu_s"):
+                ratios = [f[key] / p[key] for f, p in zip(rounds[r["policy"]], padded)]
+                r[f"flat_vs_padded_{key.removeprefix('tok_per_')}"] = float(np.median(ratios))
 
 
 def main(argv=None) -> int:
@@ -428,6 +465,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"
+    )
+    ap.add_argument(
+        "--flat",
+        action="store_true",
+        help="live: every policy on the padded and the flat loop (generate(flat=True)), back to back",
     )
     ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 64, 128, 256, 512])
     ap.add_argument(

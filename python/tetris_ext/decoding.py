@@ -85,11 +85,12 @@ class GenerationResult:
 class LiveTarget:
     """The engine's target (``engine.Target``) for a real model: one forward over the
     verification block on the batch's KV cache, then the rejected slots rolled back. Time is
-    the wall clock, measured."""
+    the wall clock, measured. ``flat``: forwards (prefill and verification) run the model on
+    the real tokens only, not the padded block (``tetris_ext.packed_attention``)."""
 
-    def __init__(self, model):
-        self.model = model
-        self.cache = RaggedKVCache(model)
+    def __init__(self, model, flat: bool = False):
+        self.model, self.flat = model, flat
+        self.cache = RaggedKVCache(model, packed=flat)
         self.start = time.perf_counter()
 
     def now(self) -> float:
@@ -100,7 +101,7 @@ class LiveTarget:
 
     def admit(self, joining: list[Request]) -> None:
         """Prefill the joining requests (all prompt tokens but the root) and append them as rows."""
-        prefill = RaggedKVCache(self.model)
+        prefill = RaggedKVCache(self.model, packed=self.flat)
         prefill.append([r.tokens[:-1] for r in joining])
         self.cache.extend(prefill)
 
@@ -113,7 +114,7 @@ class LiveTarget:
         """One target forward over the block, then keep what the target accepts."""
         first_column = self.cache.width
         logits = self.cache.forward(
-            block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real
+            block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real, real=block.real
         )
         verified = verify(block, logits, proposal, temperature, generator)
         # Roll back: only the root and the accepted slots of each row stay in the cache.
@@ -138,6 +139,7 @@ def generate(
     seed: int = 0,
     eos_token_id: int | list[int] | None = None,
     progress=None,
+    flat: bool = False,
 ) -> GenerationResult:
     """Decode ``prompts`` (lists of token ids) with ``target`` under ``policy``.
 
@@ -146,17 +148,25 @@ def generate(
     and the next waiting prompt joins at the next step. ``temperature`` 0 is greedy (the output
     is exactly the target's greedy output); above 0, outputs are samples from the target's
     distribution (``seed`` fixes them). ``progress``: a tqdm-like object updated with the
-    number of generated tokens.
+    number of generated tokens. ``flat``: every forward runs the model on the real tokens of
+    all requests packed together (a flattened step, as vLLM runs them) instead of a block
+    padded to the widest request; the model's attention implementation (SDPA required) is
+    switched for the run and restored after it. Same outputs, less work for uneven blocks.
     """
     budgets = _budgets(prompts, max_new_tokens)
     eos = frozenset(_eos_set(eos_token_id))
     waiting = deque(Request(i, list(p), len(p), n, eos) for i, (p, n) in enumerate(zip(prompts, budgets)))
     stats = RunStats()
     generator = torch.Generator().manual_seed(seed)
-    engine = Engine(LiveTarget(target), drafter, policy, stats, temperature, generator)
+    attention = target.config.get_text_config()._attn_implementation
+    engine = Engine(LiveTarget(target, flat), drafter, policy, stats, temperature, generator)
     start, cpu_start = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        done = engine.run(waiting, max_batch_size or max(1, len(prompts)), progress)
+    try:
+        with torch.inference_mode():
+            done = engine.run(waiting, max_batch_size or max(1, len(prompts)), progress)
+    finally:
+        if flat:
+            target.set_attn_implementation(attention)
     stats.totals["wall_seconds"] = time.perf_counter() - start
     stats.totals["cpu_seconds"] = time.process_time() - cpu_start
     outputs: list[list[int]] = [[] for _ in prompts]

@@ -14,6 +14,10 @@ rows, padding slots of a verification block, rejected drafts. No query ever atte
   blocked) built from ``valid`` (plus the tree mask inside the block). For models with
   sliding-window layers (Gemma 3) we pass one mask per layer type, the sliding one also
   blocking keys at positions ``<= query position - window`` (transformers' convention).
+- A packed cache (``RaggedKVCache(model, packed=True)``, the live loop's ``flat`` mode) runs the
+  model on the real slots of a block only, as one sequence; its attention function
+  (``tetris_ext.packed_attention``) writes the keys into this same layout and applies the same
+  masks, so nothing else here changes.
 - Holes cost memory and attention work, so ``compact`` squeezes them out (a gather along the
   sequence axis) once they are more than a quarter of the width.
 
@@ -29,6 +33,8 @@ import weakref
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
+
+from .packed_attention import PackedStep, use_packed_attention
 
 __all__ = ["RaggedKVCache", "accepts_custom_mask", "CustomMaskUnsupported"]
 
@@ -104,12 +110,20 @@ def accepts_custom_mask(model: PreTrainedModel) -> bool:
 class RaggedKVCache:
     """KV cache of one model for a batch of requests with ragged lengths (see module docstring)."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, packed: bool = False):
         self.model = model
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.window = _sliding_window(model)
         self.custom_mask = accepts_custom_mask(model)
+        self.packed = packed  # run the model on the real slots only (tetris_ext.packed_attention)
+        if packed:
+            use_packed_attention(model)
+            if not self.custom_mask:
+                raise CustomMaskUnsupported(
+                    f"{type(model).__name__} does not apply a custom 4D attention mask, which a "
+                    "packed (flat) forward needs; use the padded loop (flat=False)"
+                )
         self.cache = DynamicCache()
         self.positions = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [B, L]
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [B, L]
@@ -136,6 +150,7 @@ class RaggedKVCache:
         block_mask: Tensor,
         extra: Tensor | None = None,
         logits_at: Tensor | None = None,
+        real: Tensor | None = None,
     ) -> Tensor | None:
         """Run the model on q new tokens per row, appending them as q new (invalid) columns.
 
@@ -144,25 +159,47 @@ class RaggedKVCache:
         invalid columns the new tokens may also see (a drafter's tree nodes not yet committed).
         logits_at: [B, q] bool or None: the rows of the returned logits [n, V] (float32, in
         row-major order of the True entries); only those go through the output head.
+        real: [B, q] bool or None (all): the slots that carry a token, a prefix of each row; a
+        packed cache runs the model on these only (the others stay zero holes), and
+        ``logits_at`` must lie within them.
         Columns stay invalid until ``commit``.
         """
         B, q = tokens.shape
         self._take_batch_size(B)
         mask = self._attention_mask(positions, block_mask, extra)
-        # transformers 5 appends the q new keys of every layer at the end of its DynamicLayer
-        # (no cache_position any more); positions come from position_ids alone.
-        hidden = self.model.get_decoder()(
-            input_ids=tokens,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-        ).last_hidden_state
+        if self.packed and real is not None and bool(real.any()):  # (none: a prefill of empty rows)
+            hidden = self._packed_forward(tokens, positions, mask, real)
+            if logits_at is not None:
+                logits_at = logits_at[real]  # the same row-major order, over the packed tokens
+        else:
+            # transformers 5 appends the q new keys of every layer at the end of its
+            # DynamicLayer (no cache_position any more); positions come from position_ids alone.
+            hidden = self.model.get_decoder()(
+                input_ids=tokens,
+                position_ids=positions,
+                attention_mask=mask,
+                past_key_values=self.cache,
+                use_cache=True,
+            ).last_hidden_state
         self.positions = torch.cat([self.positions, positions], dim=1)
         self.valid = torch.cat([self.valid, torch.zeros_like(tokens, dtype=torch.bool)], dim=1)
         if logits_at is None:
             return None
         return _logits(self.model, hidden[logits_at])
+
+    def _packed_forward(self, tokens: Tensor, positions: Tensor, mask, real: Tensor) -> Tensor:
+        """The decoder over the real slots as one sequence [1, N]; returns hidden [N, H]."""
+        step = PackedStep.of(real, self.cache)
+        rows, slots = step.rows, step.slots
+        # No past_key_values: the packed attention function appends the keys itself, in the
+        # per-row layout; the dict mask (or 4D tensor) is taken as given by the model.
+        return self.model.get_decoder()(
+            input_ids=tokens[rows, slots].unsqueeze(0),
+            position_ids=positions[rows, slots].unsqueeze(0),
+            attention_mask=mask,
+            use_cache=False,
+            packed_step=step,
+        ).last_hidden_state[0]
 
     def _take_batch_size(self, B: int) -> None:
         if self.width == 0 and self.batch_size != B:  # a fresh cache: rows of its first forward
@@ -198,6 +235,7 @@ class RaggedKVCache:
             positions.to(self.device),
             causal.to(self.device),
             logits_at=None if last is None else last.to(self.device),
+            real=real.to(self.device),
         )
         self.commit(columns.to(self.device))
         return logits
