@@ -15,8 +15,9 @@ held-out traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roo
 engine). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
 reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2), GoodputTetris, all with the
 default n-gram calibration (AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with
-NgramLogistic, to tell the estimates' share from the policy's. The bundled (tuning) trace is
-replayed too, labelled as tuned-on.
+NgramLogistic, to tell the estimates' share from the policy's. NgramLogistic rows use the token
+classes of the traces' (or the live target's) tokenizer, the recommended pairing. The bundled
+(tuning) trace is replayed too, labelled as tuned-on.
 
 Protocols (bench/README.md says what each favours): by default every request is waiting at
 t=0 with its recorded 64 tokens (a queue of twice the batch on the roofline) and throughput is
@@ -39,13 +40,14 @@ import argparse
 import json
 import sys
 import time
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from estimates import SMOLLM2_SOURCES, SOURCES, TUNING  # noqa: E402
+from estimates import SMOLLM2_SOURCES, SOURCES, TUNING, load_token_classes  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
@@ -58,14 +60,24 @@ from tetris_ext.sim import Trace, replay  # noqa: E402
 CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 RECOMMENDED = "CostAwareTetris"
+ESTIMATOR = "NgramLogistic (token classes)"  # the rows' label of ngram_estimator()
 STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
 
-def policies(padded: bool, cost_model=None, growths=(), margins=()) -> dict:
+@cache
+def ngram_estimator(model: str = "gemma3-270m"):
+    """Factory of the recommended estimator: NgramLogistic with the token classes of ``model``'s
+    vocabulary (the tokenizer only, loaded once per run; bench/estimates.py)."""
+    return partial(NgramLogistic, token_classes=load_token_classes(model))
+
+
+def policies(padded: bool, cost_model=None, growths=(), margins=(), model: str = "gemma3-270m") -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
-    ``margins``, the online- and the known-cost policy once per margin (--tune-margin)."""
+    ``margins``, the online- and the known-cost policy once per margin (--tune-margin).
+    ``model``: whose vocabulary the NgramLogistic rows' token classes come from."""
+    est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
     runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
     runs |= {
@@ -73,34 +85,31 @@ def policies(padded: bool, cost_model=None, growths=(), margins=()) -> dict:
         "ThresholdSD(0.7, 6)": (lambda: ThresholdSD(0.7, 6), None),
         "Tetris(3, 2)": (lambda: Tetris(3, 2), None),
         "GoodputTetris(5)": (lambda: GoodputTetris(5), None),
-        "ThresholdSD(0.7, 6) + NgramLogistic": (lambda: ThresholdSD(0.7, 6), NgramLogistic),
-        "Tetris(3, 2) + NgramLogistic": (lambda: Tetris(3, 2), NgramLogistic),
-        "CostAwareTetris (online cost) + NgramLogistic": (
-            lambda: CostAwareTetris(MAX_DRAFT, padded),
-            NgramLogistic,
-        ),
+        f"ThresholdSD(0.7, 6) + {est}": (lambda: ThresholdSD(0.7, 6), logistic),
+        f"Tetris(3, 2) + {est}": (lambda: Tetris(3, 2), logistic),
+        f"CostAwareTetris (online cost) + {est}": (lambda: CostAwareTetris(MAX_DRAFT, padded), logistic),
     }
     for growth in growths:
-        runs[f"CostAwareTetris (online cost, growth {growth:g}) + NgramLogistic"] = (
+        runs[f"CostAwareTetris (online cost, growth {growth:g}) + {est}"] = (
             lambda growth=growth: CostAwareTetris(MAX_DRAFT, padded, growth=growth),
-            NgramLogistic,
+            logistic,
         )
     for margin in margins:
-        runs[f"CostAwareTetris (online cost, margin {margin:g}) + NgramLogistic"] = (
+        runs[f"CostAwareTetris (online cost, margin {margin:g}) + {est}"] = (
             lambda margin=margin: CostAwareTetris(MAX_DRAFT, padded, margin=margin),
-            NgramLogistic,
+            logistic,
         )
         if cost_model is not None:
-            runs[f"CostAwareTetris (known cost, margin {margin:g}) + NgramLogistic"] = (
+            runs[f"CostAwareTetris (known cost, margin {margin:g}) + {est}"] = (
                 lambda margin=margin: CostAwareTetris(
                     MAX_DRAFT, padded, cost_model=cost_model, margin=margin
                 ),
-                NgramLogistic,
+                logistic,
             )
     if cost_model is not None:
-        runs["CostAwareTetris (known cost) + NgramLogistic"] = (
+        runs[f"CostAwareTetris (known cost) + {est}"] = (
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
-            NgramLogistic,
+            logistic,
         )
     return runs
 
@@ -158,6 +167,7 @@ def sweep(
     steady: bool = False,
     growths=(),
     margins=(),
+    model: str = "gemma3-270m",
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc)."""
@@ -166,7 +176,7 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    for name, (make_policy, estimator) in policies(padded, cost_model, growths, margins).items():
+    for name, (make_policy, estimator) in policies(padded, cost_model, growths, margins, model).items():
         t0 = time.perf_counter()
         m = replay(
             trace,
@@ -224,8 +234,8 @@ def plot(rows: list[dict], path: Path) -> None:
         "ThresholdSD(0.7, 6)",
         "Tetris(3, 2)",
         "GoodputTetris(5)",
-        "CostAwareTetris (online cost) + NgramLogistic",
-        "CostAwareTetris (known cost) + NgramLogistic",
+        f"CostAwareTetris (online cost) + {ESTIMATOR}",
+        f"CostAwareTetris (known cost) + {ESTIMATOR}",
     ]
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(configs)), 4.5))
     width = 0.8 / len(shown)
@@ -264,24 +274,43 @@ def run_replays(args) -> int:
         tuning = pool([traces[n] for n in TUNING])
         for batch in args.gpu_batches:
             n = max(tuning.num_requests, 2 * batch)
-            rows += sweep("tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth)
+            rows += sweep(
+                "tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth, model=args.model
+            )
         return write_replays(args, rows, held, cpu, gpu)
     if args.tune_margin:  # the tuning trace only: CPU fit at batch 8, roofline (known and online cost)
         tuning = pool([traces[n] for n in TUNING])
-        rows += sweep("tuning", tuning, cpu, True, 8, None, args.steady, margins=args.tune_margin)
+        rows += sweep(
+            "tuning", tuning, cpu, True, 8, None, args.steady, margins=args.tune_margin, model=args.model
+        )
         for batch in args.gpu_batches:
             n = max(tuning.num_requests, 2 * batch)
             rows += sweep(
-                "tuning pooled", tuning, gpu, False, batch, n, args.steady, margins=args.tune_margin
+                "tuning pooled",
+                tuning,
+                gpu,
+                False,
+                batch,
+                n,
+                args.steady,
+                margins=args.tune_margin,
+                model=args.model,
             )
         return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
-        rows += sweep(label, trace, cpu, True, 8, None, args.steady)
+        rows += sweep(label, trace, cpu, True, 8, None, args.steady, model=args.model)
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
         rows += sweep(
-            "held-out pooled", pooled, gpu, False, batch, max(pooled.num_requests, 2 * batch), args.steady
+            "held-out pooled",
+            pooled,
+            gpu,
+            False,
+            batch,
+            max(pooled.num_requests, 2 * batch),
+            args.steady,
+            model=args.model,
         )
     return write_replays(args, rows, held, cpu, gpu)
 
@@ -461,7 +490,7 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         help="live: these policies (names as printed) and Autoregressive; "
-        "'CostAwareTetris (known cost) + NgramLogistic' (the fitted CPU cost model) runs only when named",
+        f"'CostAwareTetris (known cost) + {ESTIMATOR}' (the fitted CPU cost model) runs only when named",
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="live: rounds over all policies (the lower median reported)"

