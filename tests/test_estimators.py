@@ -199,29 +199,6 @@ def test_token_classes_and_constant_rate():
         NgramLogistic(prior=PRIOR_WEIGHTS[:-1])
 
 
-def test_flat_list_interface_equals_the_batched_one():
-    g = torch.Generator().manual_seed(5)
-    features = torch.rand(3, 4, 4, generator=g) * torch.tensor([4.0, 8.0, 1.0, 4.0])
-    tested = torch.tensor(
-        [[True, True, False, False], [True, False, False, False], [True, True, True, False]]
-    )
-    accepted = torch.tensor(
-        [[True, False, False, False], [False, False, False, False], [True, True, False, False]]
-    )
-    batched, lists = NgramLogistic(), NgramLogistic()
-    batched.update_batch(features, [4, 5, 6], tested, accepted)
-    flat = [(b, n) for b in range(3) for n in range(4) if tested[b, n]]
-    lists.update_many(
-        [tuple(features[b, n].tolist()) for b, n in flat],
-        [[4, 5, 6][b] for b, _ in flat],
-        [bool(accepted[b, n]) for b, n in flat],
-    )
-    torch.testing.assert_close(lists.weights, batched.weights)
-    torch.testing.assert_close(
-        lists.predict_many(features, [4, 5, 6]), batched.predict_batch(features, [4, 5, 6])
-    )
-
-
 def test_online_updates_move_the_weights_and_frozen_weights_stay():
     features, _, accepted = synthetic(400)
     ones = torch.ones(400, 1, dtype=torch.bool)
@@ -263,13 +240,13 @@ def test_transition_memory_raises_accepted_and_lowers_rejected_transitions_per_r
     )
 
 
-def test_without_tokens_the_flat_interface_still_learns_and_stays_in_range():
-    """The path of a serving engine that passes no tokens (vllm/proposer.py's lists)."""
+def test_without_tokens_it_still_learns_and_stays_in_range():
+    """The path of a caller that passes no tokens or roots (no transition memory)."""
     features, _, accepted = synthetic(300, seed=2)
     model = NgramLogistic()
-    flat = [tuple(f[0].tolist()) for f in features]
-    model.update_many(flat, [i % 7 for i in range(300)], accepted.tolist())
-    p = model.predict_many(features[:50], list(range(50)))
+    ones = torch.ones(300, 1, dtype=torch.bool)
+    model.update_batch(features, list(range(300)), ones, accepted[:, None])
+    p = model.predict_batch(features[:50], list(range(50)))
     assert bool(((p >= 0.02) & (p <= 0.98)).all()) and not torch.equal(model.weights, model.prior)
 
 

@@ -349,41 +349,6 @@ class NgramLogistic:
             rows = slots[:, None].expand_as(buckets)[seen]
             self._memory[rows, (~accepted[seen]).long(), buckets[seen]] = True
 
-    # -- the interfaces of AcceptanceCalibration (per request, and vllm/proposer.py's lists) --
-    def predict_many(self, features: Tensor, requests: list) -> Tensor:
-        """``predict_batch`` without tokens: features [R, N, 5] (or 4), one request per row -> [R, N]."""
-        return self.predict_batch(features, list(requests))
-
-    def update_many(self, features: list[tuple[float, ...]], requests: list, accepted: list[bool]) -> None:
-        """Learn from flat lists (one entry per tested token, a request's tokens in path order),
-        as a serving engine collects them: grouped into one row per request, then
-        ``update_batch``."""
-        rows: dict = {}
-        for f, r, y in zip(features, requests, accepted):
-            rows.setdefault(r, []).append((f, y))
-        if not rows:
-            return
-        N = max(len(v) for v in rows.values())
-        x = torch.zeros(len(rows), N, len(features[0]))
-        tested = torch.zeros(len(rows), N, dtype=torch.bool)
-        hits = torch.zeros(len(rows), N, dtype=torch.bool)
-        for b, entries in enumerate(rows.values()):
-            x[b, : len(entries)] = torch.tensor([f for f, _ in entries])
-            tested[b, : len(entries)] = True
-            hits[b, : len(entries)] = torch.tensor([bool(y) for _, y in entries])
-        self.update_batch(x, list(rows), tested, hits)
-
-    # -- the per-request interface of AcceptanceCalibration ----------------------------------
-    def predict(self, features: Tensor, request: int) -> Tensor:
-        return self.predict_batch(features.reshape(1, -1, features.shape[-1]), [request]).reshape(
-            features.shape[:-1]
-        )
-
-    def update(self, features: Tensor, request: int, accepted: Tensor) -> None:
-        f = features.reshape(1, -1, features.shape[-1])
-        a = accepted.reshape(1, -1)
-        self.update_batch(f, [request], torch.ones_like(a, dtype=torch.bool), a)
-
 
 class ConstantRate:
     """The baseline estimator: every drafted token is accepted with the same probability
