@@ -2,6 +2,7 @@
 
     python bench/cost_aware_live_tuning.py --repeat 2    # -> results/cost_aware_live_tuning.{json,txt}
     python bench/cost_aware_live_tuning.py --fit-log chat   # -> results/cost_aware_fit_log_chat.json
+    python bench/cost_aware_live_tuning.py --fit-log bundled --fit-k 3  # -> ..._fit_log_bundled_sd3.json
 
 Gemma 3 270M bf16, one thread, batch 8, the bundled prompt set (the tuning part: nothing here is
 held out), 64 new tokens, `generate(..., flat=True)`. StandardSD(3..5) and
@@ -10,9 +11,12 @@ policy once per round, rounds back to back. Reports decode tokens per CPU second
 excluded), steps and VSR per round: the spread between rounds of the same policy shows how much
 its choices depend on the measured step times.
 
---fit-log SOURCE: instead, one run of the default policy on that source's prompts, logging per
-step the tokens it computed, the measured seconds, the online fit (intercept, slope past the
-knee, knee) and the floor and budget it chose.
+--fit-log SOURCE: instead, one run of the default policy (or StandardSD(k) with --fit-k k) on
+that prompt set (bundled: the tuning prompts), logging per step the tokens it computed, the
+measured wall and thread CPU seconds of verification, the context, the ranked estimates of the
+candidates, and for the cost-aware policy its online fit (intercept, slope past the knee, knee)
+and the floor and budget it chose; bench/cost_fit_offline.py replays such logs through fit
+variants.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,42 +35,74 @@ from sim import bundled_prompts, load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
-from tetris_ext.decoding import generate  # noqa: E402
+from tetris_ext.decoding import LiveTarget, generate  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
 from tetris_ext.policies import StandardSD  # noqa: E402
 
 
-def fit_log(target, tokenizer, source: str, estimator, out: Path) -> None:
-    """One run of CostAwareTetris(8, padded=False) on the flat loop, its fit logged per step."""
-    path = Path(__file__).resolve().parent / "prompts" / f"estimates_{source}.jsonl"
-    prompts = [
-        tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line
-    ]
-    policy, log = CostAwareTetris(8, padded=False), []
-    observe = policy.observe
+def fit_log(target, tokenizer, source: str, k: int | None, estimator, out: Path) -> None:
+    """One run on the flat loop, logged per step: CostAwareTetris(8, padded=False) (k None) or
+    StandardSD(k) (steps of other sizes, for fitting offline), both drafting with ``estimator``."""
+    if source == "bundled":
+        prompts = bundled_prompts(tokenizer)
+    else:
+        path = Path(__file__).resolve().parent / "prompts" / f"estimates_{source}.jsonl"
+        prompts = [
+            tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line
+        ]
+    policy, log, pending = (CostAwareTetris(8, padded=False) if k is None else StandardSD(k)), [], {}
+    choose, observe, verify = policy.choose, policy.observe, LiveTarget.verify
 
-    def logged(feedback):
+    def logged_choose(proposal):
+        probs = torch.nan_to_num(proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0))
+        ranked = probs.reshape(-1).sort(descending=True).values
+        pending["ranked"] = [round(float(p), 4) for p in ranked[ranked > 0]]
+        return choose(proposal)
+
+    def timed_verify(self, requests, *args, **kwargs):
+        # The step's thread CPU seconds and its context (the attention's other factor), which the
+        # engine's feedback (wall seconds) does not carry.
+        start = time.thread_time()
+        result = verify(self, requests, *args, **kwargs)
+        pending["verify_cpu_s"] = time.thread_time() - start
+        pending["context_tokens"] = sum(len(r.tokens) for r in requests)
+        return result
+
+    def logged_observe(feedback):
         observe(feedback)
-        fit = policy.verify_latency
-        log.append(
-            {
-                "tokens": feedback.num_requests + int(feedback.verified.sum()),
-                "seconds": feedback.verify_seconds,
+        step = {
+            "requests": feedback.num_requests,
+            "tokens": feedback.num_requests + int(feedback.verified.sum()),
+            "accepted": int(feedback.accepted.sum()),
+            "seconds": feedback.verify_seconds,
+            "draft_seconds": feedback.draft_seconds,
+            **pending,
+        }
+        if k is None:
+            fit = policy.verify_latency
+            step |= {
                 "intercept_s": fit.intercept,
                 "slope_s_per_token": fit.slope,
                 "knee_tokens": fit.knee,
                 "floor": policy.last_floor,
                 "budget": policy.last_budget,
             }
-        )
+        log.append(step)
+        pending.clear()
 
-    policy.observe = logged
-    drafter = NgramDrafter(8, 4, 1, calibration=estimator())
-    kwargs = dict(max_new_tokens=64, max_batch_size=8, eos_token_id=tokenizer.eos_token_id, flat=True)
-    stats = generate(target, prompts, policy, drafter, **kwargs).stats
-    meta = run_metadata("cpu") | {"source": source, "steps": stats["steps"]}
+    policy.choose, policy.observe, LiveTarget.verify = logged_choose, logged_observe, timed_verify
+    try:
+        drafter = NgramDrafter(8, 4, 1, calibration=estimator())
+        kwargs = dict(max_new_tokens=64, max_batch_size=8, eos_token_id=tokenizer.eos_token_id, flat=True)
+        stats = generate(target, prompts, policy, drafter, **kwargs).stats
+    finally:
+        LiveTarget.verify = verify
+    meta = run_metadata("cpu") | {"source": source, "policy": policy.name, "steps": stats["steps"]}
+    meta["tok_per_decode_cpu_s"] = stats["generated_tokens"] / (
+        stats["cpu_seconds"] - stats["prefill_cpu_seconds"]
+    )
     out.write_text(json.dumps({"meta": meta, "steps": log}, indent=1))
-    print(f"{stats['steps']} steps; wrote {out}")
+    print(f"{policy.name}: {stats['steps']} steps; wrote {out}")
 
 
 def main(argv=None) -> int:
@@ -73,13 +110,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware_live_tuning")
-    ap.add_argument("--fit-log", choices=["code", "chat", "rewrite"], help="log the online fit on one source")
+    ap.add_argument(
+        "--fit-log",
+        choices=["bundled", "code", "chat", "rewrite"],
+        help="log one run per step on this prompt set (bundled: the tuning prompts)",
+    )
+    ap.add_argument("--fit-k", type=int, help="--fit-log: StandardSD(k) instead of the cost-aware policy")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     target, tokenizer = load_target()
     if args.fit_log:
-        out = RESULTS_DIR / f"cost_aware_fit_log_{args.fit_log}.json"
-        fit_log(target, tokenizer, args.fit_log, ngram_estimator("gemma3-270m"), out)
+        name = args.fit_log + ("" if args.fit_k is None else f"_sd{args.fit_k}")
+        out = RESULTS_DIR / f"cost_aware_fit_log_{name}.json"
+        fit_log(target, tokenizer, args.fit_log, args.fit_k, ngram_estimator("gemma3-270m"), out)
         return 0
     prompts = bundled_prompts(tokenizer)
     estimator = ngram_estimator("gemma3-270m")

@@ -31,8 +31,10 @@ computes, slopes >= 0):
 - ``padded=True``: ``LatencyModel`` (a line, as GoodputSD / GoodputTetris, with their
   exploration steps) plus the residual of each block width tried (``WidthResidual``);
 - ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
-  roofline's shape), without exploration steps: a step computes at most twice the tokens of
-  the largest step seen (``_trusted``), so the fit grows into the unknown step by step. The
+  roofline's shape; a knee only where the data show one clearly, ``KNEE_EVIDENCE``: a CPU's
+  noisy line otherwise grows spurious knees that move the floor), without exploration steps:
+  a step computes at most twice the tokens of the largest step seen (``_trusted``), so the fit
+  grows into the unknown step by step. The
   line and the fixed exploration fractions cost the online policy 2-3% at batch 64-512 on the
   roofline: the line charged the free tokens below the knee, and one exploration step
   verified all 8 x B candidates (at batch 512 a 3.5k-token step, 13 autoregressive steps).
@@ -81,6 +83,13 @@ MARGIN = 0.3
 # A flattened engine's online fit: a step computes at most GROWTH x the largest step seen so
 # far (CostAwareTetris._trusted). Chosen on the tuning trace only (see bench/README.md).
 GROWTH = 2.0
+# A flattened engine's online fit reads a knee only when its F statistic against a line exceeds
+# this (KneeLatencyModel.knee_evidence). Chosen offline on per-step logs of live flat-loop runs
+# on the tuning prompts (`python bench/cost_fit_offline.py`; bench/README.md, "fit-log"): there
+# the largest F of any knee was 7.8 (the CPU's step is a line plus noise), and refusing those
+# knees cut the floor's distance to a hindsight cost's floor by half and the goodput lost per
+# step from 2.0% to 0.15%; forgetting (0.02-0.1) and clipping outlier steps did not help there.
+KNEE_EVIDENCE = 30.0
 
 
 class _FixedLatency:
@@ -193,7 +202,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
         self.growth = growth
         if not padded and cost_model is None:
-            self.verify_latency = KneeLatencyModel()
+            self.verify_latency = KneeLatencyModel(knee_evidence=KNEE_EVIDENCE)
 
     def num_draft(self, num_requests: int) -> int:
         return self.max_draft
