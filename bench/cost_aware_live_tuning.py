@@ -1,12 +1,15 @@
 """The online-cost CostAwareTetris on the live flat loop, on the TUNING prompts: margins, rounds.
 
     python bench/cost_aware_live_tuning.py --repeat 2    # -> results/cost_aware_live_tuning.{json,txt}
+    python bench/cost_aware_live_tuning.py --repeat 4 --margins 0.3 --knee-evidence 0 30 \
+      --out bench/results/cost_aware_livefit_tuning   # the knee test against the fit before it
     python bench/cost_aware_live_tuning.py --fit-log chat   # -> results/cost_aware_fit_log_chat.json
     python bench/cost_aware_live_tuning.py --fit-log bundled --fit-k 3  # -> ..._fit_log_bundled_sd3.json
 
 Gemma 3 270M bf16, one thread, batch 8, the bundled prompt set (the tuning part: nothing here is
 held out), 64 new tokens, `generate(..., flat=True)`. StandardSD(3..5) and
-`CostAwareTetris(8, padded=False, margin=m)` + NgramLogistic with Gemma's token classes, every
+`CostAwareTetris(8, padded=False, margin=m)` (its online fit with ``knee_evidence`` e, for each
+of --knee-evidence) + NgramLogistic with Gemma's token classes, every
 policy once per round, rounds back to back. Reports decode tokens per CPU second (prefill CPU
 excluded), steps and VSR per round: the spread between rounds of the same policy shows how much
 its choices depend on the measured step times.
@@ -22,6 +25,7 @@ variants.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -34,10 +38,10 @@ from cost_aware import ngram_estimator  # noqa: E402
 from sim import bundled_prompts, load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
+from tetris_ext.cost_aware import KNEE_EVIDENCE, CostAwareTetris  # noqa: E402
 from tetris_ext.decoding import LiveTarget, generate  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
-from tetris_ext.policies import StandardSD  # noqa: E402
+from tetris_ext.policies import KneeLatencyModel, StandardSD  # noqa: E402
 
 
 def fit_log(target, tokenizer, source: str, k: int | None, estimator, out: Path) -> None:
@@ -105,11 +109,28 @@ def fit_log(target, tokenizer, source: str, k: int | None, estimator, out: Path)
     print(f"{policy.name}: {stats['steps']} steps; wrote {out}")
 
 
+def with_knee_evidence(policy: CostAwareTetris, evidence: float) -> CostAwareTetris:
+    """The policy with its online fit reading a knee only at an F statistic above ``evidence``."""
+    policy.verify_latency = KneeLatencyModel(knee_evidence=evidence)
+    return policy
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.3])
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware_live_tuning")
+    ap.add_argument(
+        "--knee-evidence",
+        type=float,
+        nargs="+",
+        default=[KNEE_EVIDENCE],
+        help="the online fit's KneeLatencyModel.knee_evidence (0: the fit before it had one)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="output path (default results/cost_aware_live_tuning; --fit-log: results/cost_aware_fit_log_SOURCE[_sdK].json)",
+    )
     ap.add_argument(
         "--fit-log",
         choices=["bundled", "code", "chat", "rewrite"],
@@ -121,15 +142,16 @@ def main(argv=None) -> int:
     target, tokenizer = load_target()
     if args.fit_log:
         name = args.fit_log + ("" if args.fit_k is None else f"_sd{args.fit_k}")
-        out = RESULTS_DIR / f"cost_aware_fit_log_{name}.json"
+        out = args.out or RESULTS_DIR / f"cost_aware_fit_log_{name}.json"
         fit_log(target, tokenizer, args.fit_log, args.fit_k, ngram_estimator("gemma3-270m"), out)
         return 0
+    out = args.out or RESULTS_DIR / "cost_aware_live_tuning"
     prompts = bundled_prompts(tokenizer)
     estimator = ngram_estimator("gemma3-270m")
     runs = {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in (3, 4, 5)}
-    for m in args.margins:
-        runs[f"CostAwareTetris (online cost, margin {m})"] = (
-            lambda m=m: CostAwareTetris(8, padded=False, margin=m),
+    for m, e in itertools.product(args.margins, args.knee_evidence):
+        runs[f"CostAwareTetris (online cost, margin {m}, knee evidence {e:g})"] = (
+            lambda m=m, e=e: with_knee_evidence(CostAwareTetris(8, padded=False, margin=m), e),
             estimator,
         )
     rows = []
@@ -161,8 +183,8 @@ def main(argv=None) -> int:
     table = format_table(rows, columns + [("steps", "steps"), ("vsr", "VSR")])
     print(table)
     meta = run_metadata("cpu") | {"prompts": len(prompts), "repeat": args.repeat}
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    args.out.with_suffix(".txt").write_text(f"{meta['command']}\n{table}\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out.with_suffix(".txt").write_text(f"{meta['command']}\n{table}\n")
     return 0
 
 
