@@ -1,15 +1,15 @@
 """The online-cost CostAwareTetris on the live flat loop, on the TUNING prompts: margins, rounds.
 
     python bench/cost_aware_live_tuning.py --repeat 2    # -> results/cost_aware_live_tuning.{json,txt}
-    python bench/cost_aware_live_tuning.py --repeat 4 --margins 0.3 --knee-evidence 0 30 \
-      --out bench/results/cost_aware_livefit_tuning   # the knee test against the fit before it
+    python bench/cost_aware_live_tuning.py --repeat 4 --margins 0.3 --fits before knee default \
+      --out bench/results/cost_aware_livefit_tuning2   # the online fit's variants side by side
     python bench/cost_aware_live_tuning.py --fit-log chat   # -> results/cost_aware_fit_log_chat.json
     python bench/cost_aware_live_tuning.py --fit-log bundled --fit-k 3  # -> ..._fit_log_bundled_sd3.json
 
 Gemma 3 270M bf16, one thread, batch 8, the bundled prompt set (the tuning part: nothing here is
 held out), 64 new tokens, `generate(..., flat=True)`. StandardSD(3..5) and
-`CostAwareTetris(8, padded=False, margin=m)` (its online fit with ``knee_evidence`` e, for each
-of --knee-evidence) + NgramLogistic with Gemma's token classes, every
+`CostAwareTetris(8, padded=False, margin=m)` (its online fit as each of --fits: FITS) +
+NgramLogistic with Gemma's token classes, every
 policy once per round, rounds back to back. Reports decode tokens per CPU second (prefill CPU
 excluded), steps and VSR per round: the spread between rounds of the same policy shows how much
 its choices depend on the measured step times.
@@ -38,7 +38,7 @@ from cost_aware import ngram_estimator  # noqa: E402
 from sim import bundled_prompts, load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from tetris_ext.cost_aware import KNEE_EVIDENCE, CostAwareTetris  # noqa: E402
+from tetris_ext.cost_aware import FIT_CLIP, FIT_FORGET, KNEE_EVIDENCE, CostAwareTetris  # noqa: E402
 from tetris_ext.decoding import LiveTarget, generate  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
 from tetris_ext.policies import KneeLatencyModel, StandardSD  # noqa: E402
@@ -98,20 +98,31 @@ def fit_log(target, tokenizer, source: str, k: int | None, estimator, out: Path)
     try:
         drafter = NgramDrafter(8, 4, 1, calibration=estimator())
         kwargs = dict(max_new_tokens=64, max_batch_size=8, eos_token_id=tokenizer.eos_token_id, flat=True)
-        stats = generate(target, prompts, policy, drafter, **kwargs).stats
+        result = generate(target, prompts, policy, drafter, **kwargs)
+        stats = result.stats
     finally:
         LiveTarget.verify = verify
     meta = run_metadata("cpu") | {"source": source, "policy": policy.name, "steps": stats["steps"]}
     meta["tok_per_decode_cpu_s"] = stats["generated_tokens"] / (
         stats["cpu_seconds"] - stats["prefill_cpu_seconds"]
     )
-    out.write_text(json.dumps({"meta": meta, "steps": log}, indent=1))
+    # The outputs too: bf16 rounding differs between verification shapes, so two runs of the
+    # same policy can decode different text, and their steps then differ for that reason alone.
+    out.write_text(json.dumps({"meta": meta, "steps": log, "outputs": result.tokens}))
     print(f"{policy.name}: {stats['steps']} steps; wrote {out}")
 
 
-def with_knee_evidence(policy: CostAwareTetris, evidence: float) -> CostAwareTetris:
-    """The policy with its online fit reading a knee only at an F statistic above ``evidence``."""
-    policy.verify_latency = KneeLatencyModel(knee_evidence=evidence)
+# The online fit's variants: as shipped, the knee test alone, and the fit before either.
+FITS = {
+    "default": dict(forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP),
+    "knee": dict(knee_evidence=KNEE_EVIDENCE),
+    "before": dict(),
+}
+
+
+def with_fit(policy: CostAwareTetris, fit: str) -> CostAwareTetris:
+    """The policy with its online fit (KneeLatencyModel) set as ``FITS[fit]``."""
+    policy.verify_latency = KneeLatencyModel(**FITS[fit])
     return policy
 
 
@@ -120,11 +131,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     ap.add_argument(
-        "--knee-evidence",
-        type=float,
+        "--fits",
         nargs="+",
-        default=[KNEE_EVIDENCE],
-        help="the online fit's KneeLatencyModel.knee_evidence (0: the fit before it had one)",
+        choices=list(FITS),
+        default=["default"],
+        help="the online fit: default (as shipped), knee (the knee test only), before (neither)",
     )
     ap.add_argument(
         "--out",
@@ -149,9 +160,9 @@ def main(argv=None) -> int:
     prompts = bundled_prompts(tokenizer)
     estimator = ngram_estimator("gemma3-270m")
     runs = {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in (3, 4, 5)}
-    for m, e in itertools.product(args.margins, args.knee_evidence):
-        runs[f"CostAwareTetris (online cost, margin {m}, knee evidence {e:g})"] = (
-            lambda m=m, e=e: with_knee_evidence(CostAwareTetris(8, padded=False, margin=m), e),
+    for m, fit in itertools.product(args.margins, args.fits):
+        runs[f"CostAwareTetris (online cost, margin {m}, fit {fit})"] = (
+            lambda m=m, fit=fit: with_fit(CostAwareTetris(8, padded=False, margin=m), fit),
             estimator,
         )
     rows = []

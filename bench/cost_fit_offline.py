@@ -3,10 +3,10 @@
     python bench/cost_fit_offline.py    # -> results/cost_fit_offline.{json,txt}
 
 Reads the logs of live flat-loop runs on the TUNING prompts (`python
-bench/cost_aware_live_tuning.py --fit-log bundled [--fit-k k]`, results/cost_aware_fit_log_bundled*.json:
-the cost-aware policy and StandardSD(2, 4, 6), so steps of many sizes) and feeds each log's
-steps, in order, to every variant (forgetting x knee evidence x clipping). Deterministic: no
-model runs. Per variant, pooled over the logs (steps from the 6th on):
+bench/cost_aware_live_tuning.py --fit-log bundled [--fit-k k]`,
+results/cost_aware*fit_log_bundled*.json: the cost-aware policy with the fit before and after
+the knee test, and StandardSD(2, 4, 6), so steps of many sizes) and feeds each log's steps, in
+order, to every variant (forgetting x knee evidence x clipping). Deterministic: no model runs. Per variant, pooled over the logs (steps from the 6th on):
 
 - one-step-ahead error of the verification seconds (the fit of the steps before, predicting
   this one): median and mean absolute error in ms;
@@ -94,7 +94,7 @@ def replay(steps: list[dict], make_fit) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--logs", type=Path, nargs="+", default=sorted(RESULTS_DIR.glob("cost_aware_fit_log_bundled*.json"))
+        "--logs", type=Path, nargs="+", default=sorted(RESULTS_DIR.glob("cost_aware*fit_log_bundled*.json"))
     )
     ap.add_argument("--forget", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     ap.add_argument("--knee-evidence", type=float, nargs="+", default=[0.0, 10.0, 30.0, 100.0])
