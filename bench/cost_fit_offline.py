@@ -6,7 +6,8 @@ Reads the logs of live flat-loop runs on the TUNING prompts (`python
 bench/cost_aware_live_tuning.py --fit-log bundled [--fit-k k]`,
 results/cost_aware*fit_log_bundled*.json: the cost-aware policy with the fit before and after
 the knee test, and StandardSD(2, 4, 6), so steps of many sizes) and feeds each log's steps, in
-order, to every variant (forgetting x knee evidence x clipping). Deterministic: no model runs. Per variant, pooled over the logs (steps from the 6th on):
+order, to every variant (forgetting x knee evidence x clipping). Deterministic: no model runs.
+Per variant, pooled over the logs (steps from the 6th on):
 
 - one-step-ahead error of the verification seconds (the fit of the steps before, predicting
   this one): median and mean absolute error in ms;
