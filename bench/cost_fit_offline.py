@@ -15,7 +15,7 @@ Per variant, pooled over the logs (steps from the 6th on):
   the default margin, on the logged ranked estimates of that step): the median step-to-step
   change, its spread (the 10th-90th percentile range) over a log, and its mean absolute
   difference from the floor of the reference cost below (the step's estimates move the floor
-  too: the reference's own floor is not constant);
+  too: the reference's own floor spread is printed above the table);
 - decision regret: the goodput lost by the variant's chosen prefix against the best prefix of
   a reference cost: per log, the least-squares fit of all its steps to seconds = a + b tokens +
   c tokens x context (the attention's work; outliers beyond 3 sigma dropped, a hindsight
@@ -68,7 +68,7 @@ def choose(B: int, ranked: np.ndarray, seconds: np.ndarray, margin: float) -> tu
 def replay(steps: list[dict], make_fit) -> dict:
     """One variant on one log: per step (from SKIP on) the prediction error, floor, regret."""
     fit, truth, draft = make_fit(), reference_cost(steps), 0.0
-    errors, floors, floor_errors, regrets = [], [], [], []
+    errors, floors, reference_floors, floor_errors, regrets = [], [], [], [], []
     for i, s in enumerate(steps):
         B, ranked = s["requests"], np.array(s.get("ranked", []), dtype=float)
         if i >= SKIP:
@@ -78,12 +78,16 @@ def replay(steps: list[dict], make_fit) -> dict:
             m, floor, _ = choose(B, trusted, fit.predict(torch.tensor(sizes)).numpy() + draft, MARGIN)
             _, reference_floor, best = choose(B, trusted, truth(sizes, s["context_tokens"]) + draft, MARGIN)
             floors.append(floor)
+            reference_floors.append(reference_floor)
             floor_errors.append(abs(floor - reference_floor))
             regrets.append(1 - best[m] / best.max())
         fit.observe(s["tokens"], s["tokens"], s["seconds"])
         draft = s["draft_seconds"] if i == 0 else 0.8 * draft + 0.2 * s["draft_seconds"]
     floors = np.array(floors)
     return {
+        "reference_floor_range": float(
+            np.percentile(reference_floors, 90) - np.percentile(reference_floors, 10)
+        ),
         "errors": errors,
         "regrets": regrets,
         "floor_change": np.abs(np.diff(floors)).tolist(),
@@ -139,9 +143,15 @@ def main(argv=None) -> int:
     ]
     table = format_table(rows, columns)
     print(table)
+    # The hindsight cost's own floor moves with each step's estimates: the spread no fit removes.
+    reference = float(
+        np.mean([replay(steps, KneeLatencyModel)["reference_floor_range"] for steps in logs.values()])
+    )
     meta = run_metadata("cpu") | {"logs": list(logs), "skip": SKIP, "margin": MARGIN}
+    meta["reference_floor_range_mean"] = reference
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    args.out.with_suffix(".txt").write_text(f"{meta['command']}\nlogs: {', '.join(logs)}\n{table}\n")
+    summary = f"logs: {', '.join(logs)}\nthe hindsight cost's own floor p10-p90: {reference:.3g}"
+    args.out.with_suffix(".txt").write_text(f"{meta['command']}\n{summary}\n{table}\n")
     return 0
 
 
