@@ -222,8 +222,8 @@ class KneeLatencyModel:
     Three guards for measured (noisy) step times, each off at 0 / None:
 
     - ``forget``: every observation first scales the sums by 1 - forget (exponential
-      forgetting, an effective window of about 1 / forget steps): the context grows and the
-      requests change, so old steps describe another cost.
+      forgetting, an effective window of about 1 / forget steps): the context grows, the
+      requests change and a shared machine has slow spells, so old steps describe another cost.
     - ``knee_evidence``: a knee replaces the line only when it explains the data clearly: the
       F statistic of the extra parameter, (SSE_line - SSE_knee) * (n - 3) / SSE_knee with n the
       (weighted) count, must exceed it. On a CPU, whose step is a line plus noise, the best of
