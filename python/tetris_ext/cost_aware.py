@@ -36,8 +36,9 @@ computes, slopes >= 0):
   outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps: a step
   computes at most twice the tokens of the largest step seen (``_trusted``), so the fit grows
   into the unknown step by step. The line and the fixed exploration fractions cost the online
-  policy 2-3% at batch 64-512 on the roofline: the line charged the free tokens below the knee, and one exploration step
-  verified all 8 x B candidates (at batch 512 a 3.5k-token step, 13 autoregressive steps).
+  policy 2-3% at batch 64-512 on the roofline: the line charged the free tokens below the
+  knee, and one exploration step verified all 8 x B candidates (at batch 512 a 3.5k-token
+  step, 13 autoregressive steps).
 
 Margin: verification's marginal seconds are charged at ``1 + margin`` (a candidate must beat
 its cost by that fraction, not merely break even). A break-even candidate gains nothing in
