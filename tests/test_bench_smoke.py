@@ -79,3 +79,29 @@ def test_sim_bench_replays_the_committed_trace(tmp_path):
     # Tetris and StandardSD verify the same at batch 1 (one request's best k drafts are its first k)
     same = [r for r in rows if r["batch_size"] == 1 and r["policy"] in ("StandardSD(3)", "Tetris(3, 2)")]
     assert len({(r["verified_tokens"], r["accepted_tokens"]) for r in same}) == 1
+
+
+def test_cost_fit_offline_replays_the_committed_logs(tmp_path):
+    """bench/cost_fit_offline.py on two committed per-step logs of the tuning prompts (no model):
+    one row per variant, and the knee test lowers the regret of the fit before it (as the
+    committed results/cost_fit_offline.txt says)."""
+    prefix = tmp_path / "fit_smoke"
+    logs = [str(ROOT / "bench" / "results" / f"cost_aware_fit_log_bundled{s}.json") for s in ("", "_sd4")]
+    run_bench(
+        "cost_fit_offline.py",
+        "--logs",
+        *logs,
+        "--forget",
+        "0",
+        "--knee-evidence",
+        "0",
+        "30",
+        "--clip",
+        "0",
+        "--out",
+        str(prefix),
+    )
+    rows = {r["knee_evidence"]: r for r in json.loads(prefix.with_suffix(".json").read_text())["rows"]}
+    assert set(rows) == {0.0, 30.0}
+    assert all(math.isfinite(r["median_abs_error_ms"]) and r["regret_pct"] >= 0 for r in rows.values())
+    assert rows[30.0]["regret_pct"] < rows[0.0]["regret_pct"]

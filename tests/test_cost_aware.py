@@ -295,6 +295,137 @@ def test_knee_fit_recovers_a_roofline_a_line_cannot():
     assert knee.min_tokens == 96 and knee.max_tokens == 512
 
 
+def cpu_like_steps(count, seed=0, slope=0.002, intercept=0.04):
+    """(tokens, seconds) of a CPU's flat verification step: a line (40 ms + 2 ms a token) plus
+    a few ms of noise, 9-40 tokens, as bench/results/cost_aware_fit_log_bundled*.json."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(9, 41, (count,), generator=g)
+    noise = 0.004 * torch.randn(count, generator=g, dtype=torch.float64)
+    return [(int(t), intercept + slope * int(t) + float(e)) for t, e in zip(tokens, noise)]
+
+
+def test_knee_evidence_reads_a_noisy_line_as_a_line_and_a_roofline_as_a_knee():
+    """Without the evidence test some knee of the grid always fits a noisy line's noise a
+    little better, and the fit jumps between knees (a floor moved by half, live); with it the
+    line stays a line, while a roofline's knee (noise and all) still passes by far."""
+    from tetris_ext.cost_aware import KNEE_EVIDENCE
+    from tetris_ext.policies import KneeLatencyModel
+
+    knees = {}
+    for evidence in (0.0, KNEE_EVIDENCE):
+        fit = KneeLatencyModel(knee_evidence=evidence)
+        seen = set()
+        for tokens, seconds in cpu_like_steps(120):
+            fit.observe(tokens, tokens, seconds)
+            seen.add(fit.knee)
+        knees[evidence] = seen
+    assert knees[0.0] != {0.0}  # the unguarded fit read knees into the noise
+    assert knees[KNEE_EVIDENCE] == {0.0}
+    roofline = KneeLatencyModel(knee_evidence=KNEE_EVIDENCE)
+    g = torch.Generator().manual_seed(1)
+    for tokens in torch.randint(64, 700, (40,), generator=g).tolist():
+        roofline.observe(
+            tokens, tokens, roofline_seconds(tokens) * (1 + 0.01 * float(torch.randn(1, generator=g)))
+        )
+    assert roofline.knee == pytest.approx(240, rel=0.1)
+    assert roofline.slope == pytest.approx(6e-5, rel=0.1)
+
+
+def test_knee_evidence_needs_more_than_three_steps():
+    """Some knee fits any three points exactly: a knee needs a fourth step to be believed."""
+    from tetris_ext.policies import KneeLatencyModel
+
+    fit = KneeLatencyModel(knee_evidence=30.0)
+    for tokens in (100, 240, 500):
+        fit.observe(tokens, tokens, roofline_seconds(tokens))
+    assert fit.knee == 0.0
+    fit.observe(300, 300, roofline_seconds(300))
+    assert fit.knee == pytest.approx(240, rel=0.05)
+
+
+def test_forgetting_follows_a_cost_that_changes():
+    """The step's slope doubles halfway (the context grew): a fit that forgets old steps ends
+    near the new slope, the running sums without forgetting halfway between."""
+    from tetris_ext.policies import KneeLatencyModel
+
+    slopes = {}
+    for forget in (0.0, 0.05):
+        fit = KneeLatencyModel(forget=forget, knee_evidence=30.0)
+        for tokens, seconds in cpu_like_steps(150, seed=2) + cpu_like_steps(150, seed=3, slope=0.004):
+            fit.observe(tokens, tokens, seconds)
+        slopes[forget] = fit.slope
+    assert slopes[0.05] == pytest.approx(0.004, rel=0.1)
+    assert slopes[0.0] < 0.0035
+
+
+def test_clipping_bounds_an_outlier_step_inside_the_seen_sizes_only():
+    """A preempted step (+100 ms) among sizes already seen moves a clipped fit by a few
+    sigmas' worth at most; a step past the largest seen is never clipped (it is how the fit
+    learns the unknown)."""
+    from tetris_ext.policies import KneeLatencyModel
+
+    steps = cpu_like_steps(60, seed=4)
+    fits = {clip: KneeLatencyModel(knee_evidence=30.0, clip=clip) for clip in (None, 3.0)}
+    for fit in fits.values():
+        for tokens, seconds in steps:
+            fit.observe(tokens, tokens, seconds)
+    before = float(fits[3.0].predict(20))
+    for fit in fits.values():
+        fit.observe(20, 20, before + 0.1)
+    assert float(fits[None].predict(20)) - before > 1e-3
+    assert float(fits[3.0].predict(20)) - before < 0.4e-3
+    far = KneeLatencyModel(clip=3.0)
+    for tokens, seconds in steps:
+        far.observe(tokens, tokens, seconds)
+    far.observe(200, 200, 2.0)  # beyond every size seen: taken as measured
+    assert float(far.predict(200)) > 1.0
+
+
+def test_online_flat_floor_recovers_from_a_slow_spell():
+    """The live flat loop's fit: a slow spell on the first 20 steps (the other tenants of a
+    shared CPU) that hits the large steps hardest (10 ms + 5 ms a token instead of 40 ms + 2 ms;
+    in the tuning logs' worst run the fit read 2.7 ms a token for the rest of the run) must not
+    set the floor for the rest of the run. After 100 normal steps the policy's floor is within
+    2% of a policy's that never saw the spell; running sums without forgetting keep the spell
+    (bench/README.md, "fit-log")."""
+    from tetris_ext.policies import KneeLatencyModel
+
+    B = 8
+    g = torch.Generator().manual_seed(5)
+    probs = (0.2 + 0.8 * torch.rand(B, 8, generator=g, dtype=torch.float64)).cumprod(1)
+    proposal = Proposal(torch.full((B, 8), 7), None, probs.log().float(), probs.log().float())
+    spell = cpu_like_steps(20, seed=6, slope=0.005, intercept=0.01)
+    normal = cpu_like_steps(100, seed=7)
+    floors = {}
+    for name, steps in (("spell", spell + normal), ("unforgetting", spell + normal), ("calm", normal)):
+        policy = CostAwareTetris(8, padded=False)
+        if name == "unforgetting":
+            policy.verify_latency = KneeLatencyModel(knee_evidence=30.0)
+        for tokens, seconds in steps:
+            verified = torch.zeros(B, dtype=torch.long)
+            verified[: tokens - B] = 1
+            verified[0] += max(0, tokens - 2 * B)
+            feed(policy, B, verified.tolist(), seconds, 1)
+        policy.choose(proposal)
+        floors[name] = policy.last_floor
+    assert floors["spell"] == pytest.approx(floors["calm"], rel=0.02)
+    assert floors["unforgetting"] > 1.05 * floors["calm"]
+
+
+def test_knee_fit_rejects_bad_settings():
+    from tetris_ext.policies import KneeLatencyModel
+
+    for kwargs in (
+        {"forget": 1.0},
+        {"forget": -0.1},
+        {"knee_evidence": -1},
+        {"clip": 0.0},
+        {"clip_floor": -1},
+    ):
+        with pytest.raises(ValueError, match="KneeLatencyModel"):
+            KneeLatencyModel(**kwargs)
+
+
 def test_online_flat_policy_finds_the_known_cost_budget_cheaply():
     """A flattened engine on a roofline, batch 64, the cost fitted online: within a few steps
     the policy verifies what the known-cost policy verifies, and getting there never costs a

@@ -31,11 +31,14 @@ computes, slopes >= 0):
 - ``padded=True``: ``LatencyModel`` (a line, as GoodputSD / GoodputTetris, with their
   exploration steps) plus the residual of each block width tried (``WidthResidual``);
 - ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
-  roofline's shape), without exploration steps: a step computes at most twice the tokens of
-  the largest step seen (``_trusted``), so the fit grows into the unknown step by step. The
-  line and the fixed exploration fractions cost the online policy 2-3% at batch 64-512 on the
-  roofline: the line charged the free tokens below the knee, and one exploration step
-  verified all 8 x B candidates (at batch 512 a 3.5k-token step, 13 autoregressive steps).
+  roofline's shape; a knee only where the data show one clearly, ``KNEE_EVIDENCE``: a CPU's
+  noisy line otherwise grows spurious knees that move the floor; old steps forgotten and
+  outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps: a step
+  computes at most twice the tokens of the largest step seen (``_trusted``), so the fit grows
+  into the unknown step by step. The line and the fixed exploration fractions cost the online
+  policy 2-3% at batch 64-512 on the roofline: the line charged the free tokens below the
+  knee, and one exploration step verified all 8 x B candidates (at batch 512 a 3.5k-token
+  step, 13 autoregressive steps).
 
 Margin: verification's marginal seconds are charged at ``1 + margin`` (a candidate must beat
 its cost by that fraction, not merely break even). A break-even candidate gains nothing in
@@ -81,6 +84,18 @@ MARGIN = 0.3
 # A flattened engine's online fit: a step computes at most GROWTH x the largest step seen so
 # far (CostAwareTetris._trusted). Chosen on the tuning trace only (see bench/README.md).
 GROWTH = 2.0
+# A flattened engine's online fit (KneeLatencyModel): a knee only when its F statistic against a
+# line exceeds KNEE_EVIDENCE, old steps forgotten at FIT_FORGET per step, a step further than
+# FIT_CLIP residual sigmas from the fit (within the sizes seen) counted as that far. Chosen
+# offline on per-step logs of live flat-loop runs on the tuning prompts (`python
+# bench/cost_fit_offline.py`; bench/README.md, "fit-log"): the largest F of any knee there was
+# 7.8 (the CPU's step is a line plus noise), and refusing those knees cut the goodput lost per
+# step against a hindsight cost from 2.0% to 0.15% on the first 4 logs; 4 more logs, one with a
+# slow spell in its first 20 steps that the unforgetting fit kept as a 25% higher slope for
+# the rest of the run, made forgetting and clipping pay: 0.76% -> 0.53% over all 8.
+KNEE_EVIDENCE = 30.0
+FIT_FORGET = 0.05
+FIT_CLIP = 3.0
 
 
 class _FixedLatency:
@@ -193,7 +208,9 @@ class CostAwareTetris(_GoodputPolicy):
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
         self.growth = growth
         if not padded and cost_model is None:
-            self.verify_latency = KneeLatencyModel()
+            self.verify_latency = KneeLatencyModel(
+                forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP
+            )
 
     def num_draft(self, num_requests: int) -> int:
         return self.max_draft

@@ -219,19 +219,54 @@ class KneeLatencyModel:
     equals: data that a line fits exactly are read as a line, never as a wall past the last
     point). ``min_tokens`` / ``max_tokens``: the smallest and largest step observed.
 
+    Three guards for measured (noisy) step times, each off at 0 / None:
+
+    - ``forget``: every observation first scales the sums by 1 - forget (exponential
+      forgetting, an effective window of about 1 / forget steps): the context grows, the
+      requests change and a shared machine has slow spells, so old steps describe another cost.
+    - ``knee_evidence``: a knee replaces the line only when it explains the data clearly: the
+      F statistic of the extra parameter, (SSE_line - SSE_knee) * (n - 3) / SSE_knee with n the
+      (weighted) count, must exceed it. On a CPU, whose step is a line plus noise, the best of
+      hundreds of knees always fits the noise a little better, and a spurious knee moved the
+      floor by half (bench/README.md, "fit-log"); a roofline's steps pass by orders of
+      magnitude.
+    - ``clip``: a step whose size lies within those seen, and whose seconds lie further than
+      ``clip`` residual standard deviations (at least ``clip_floor`` of the prediction) from
+      the fit, counts as that far: one preempted step does not move the fit. Steps beyond the
+      sizes seen are never clipped: they are how the fit learns the unknown.
+
     Same interface as LatencyModel (real and padded tokens); it reads ``real_tokens`` only,
     the tokens a flattened engine computes."""
 
-    def __init__(self, per_doubling: int = 32, doublings: int = 20):
+    def __init__(
+        self,
+        per_doubling: int = 32,
+        doublings: int = 20,
+        forget: float = 0.0,
+        knee_evidence: float = 0.0,
+        clip: float | None = None,
+        clip_floor: float = 0.1,
+    ):
+        if not 0.0 <= forget < 1.0 or knee_evidence < 0 or (clip is not None and clip <= 0) or clip_floor < 0:
+            raise ValueError(
+                "KneeLatencyModel: need 0 <= forget < 1, knee_evidence >= 0, clip > 0 (or None), clip_floor >= 0"
+            )
+        self.forget, self.knee_evidence, self.clip, self.clip_floor = forget, knee_evidence, clip, clip_floor
         steps = torch.arange(per_doubling * doublings + 1, dtype=torch.float64)
         self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)])
         self.sums = torch.zeros(6, len(self.knees), dtype=torch.float64)
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
-        self.intercept, self.slope, self.knee = 0.0, 0.0, 0.0
+        self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
 
     def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        seconds = float(seconds)
+        if self.clip is not None and self.count >= 3 and self.min_tokens <= real_tokens <= self.max_tokens:
+            predicted = float(self.predict(real_tokens))
+            reach = max(self.clip * self.residual, self.clip_floor * predicted)
+            seconds = min(max(seconds, predicted - reach), predicted + reach)
         z = (float(real_tokens) - self.knees).clamp(min=0)
-        t = torch.full_like(z, float(seconds))
+        t = torch.full_like(z, seconds)
+        self.sums *= 1.0 - self.forget
         self.sums += torch.stack([torch.ones_like(z), z, z * z, t, t * t, z * t])
         self.count += 1
         self.min_tokens = min(self.min_tokens, int(real_tokens))
@@ -245,8 +280,18 @@ class KneeLatencyModel:
         slope = torch.where(spread, cov / torch.where(spread, var_z, 1.0), 0.0).clamp(min=0)
         error = var_t - 2 * slope * cov + slope * slope * var_z
         best = int((error <= error.min() + 1e-9 * float(stt[0])).nonzero()[0])
+        line_error, best_error = max(0.0, float(error[0])), max(0.0, float(error[best]))
+        if best and self.knee_evidence and not self._knee_clear(line_error, best_error, float(n[0])):
+            best, best_error = 0, line_error
         self.slope, self.knee = float(slope[best]), float(self.knees[best])
         self.intercept = float((st[best] - slope[best] * sz[best]) / n[best])
+        self.residual = (best_error / float(n[best])) ** 0.5  # for ``clip``
+
+    def _knee_clear(self, line_error: float, knee_error: float, n: float) -> bool:
+        """Whether the knee's gain over the line passes the F test (``knee_evidence``)."""
+        if n <= 3:
+            return False  # three points: some knee fits any three exactly
+        return (line_error - knee_error) * (n - 3) > self.knee_evidence * knee_error
 
     def predict(self, real_tokens, padded_tokens=None) -> Tensor:
         """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
