@@ -32,23 +32,42 @@ def test_default_policies_are_the_issues_six():
         "ThresholdSD(0.7, 6)",
         "Tetris(3, 2)",
         "GoodputTetris(5)",
-        "CostAwareTetris(5, padded)",
+        "CostAwareTetris(5, flat)",  # priced for the loop it runs in
     ]
-    assert args.batch_size == 8 and args.max_new_tokens == 64
+    assert args.batch_size == 8 and args.max_new_tokens == 64 and args.loop == "flat"
+    padded = demo.make_policies(demo.parse_args(["--loop", "padded", "--policy", "cost-aware"]))
+    assert [p.name for p in padded] == ["Autoregressive", "CostAwareTetris(5, padded)"]
     args = demo.parse_args(["--policy", "tetris", "--k", "2", "--extra", "1", "--batch-size", "4"])
     assert [p.name for p in demo.make_policies(args)] == ["Autoregressive", "Tetris(2, 1)"]
 
 
-def test_demo_pipeline_on_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("loop", ["flat", "padded"])
+def test_demo_pipeline_on_a_tiny_model(tmp_path, loop, monkeypatch):
+    loops = []  # the loop of every generate call the demo makes
+
+    def generate(*args, flat=False, **kwargs):
+        loops.append("flat" if flat else "padded")
+        return real_generate(*args, flat=flat, **kwargs)
+
+    real_generate = demo.generate
+    monkeypatch.setattr(demo, "generate", generate)
     target = tiny_llama(vocab_size=48, seed=2)
     g = torch.Generator().manual_seed(0)
     # Prompts with repeats, so that n-gram drafting has something to find.
     prompts = [(torch.randint(0, 48, (4,), generator=g).tolist() * 3)[:n] for n in (5, 12, 7, 9, 3, 11)]
-    policies = demo.make_policies(demo.parse_args([]))
+    policies = demo.make_policies(demo.parse_args(["--loop", loop]))
     runs = demo.run_policies(
-        target, prompts, policies, lambda: NgramDrafter(6), batch_size=4, max_new_tokens=8, progress=False
+        target,
+        prompts,
+        policies,
+        lambda: NgramDrafter(6),
+        batch_size=4,
+        max_new_tokens=8,
+        progress=False,
+        flat=loop == "flat",
     )
     assert [r["policy"] for r in runs] == [p.name for p in policies]
+    assert loops == [loop] * (1 + len(policies))  # the warm-up, then one run per policy
     assert runs[0]["speedup"] == 1.0
     for r in runs:
         assert r["same_output_as_baseline"] == len(prompts)  # greedy: every policy gives the same text
