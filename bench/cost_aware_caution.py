@@ -1,6 +1,10 @@
 """Is CostAwareTetris over-cautious on chat-like prompts? A diagnosis on the TUNING trace only.
 
     python bench/cost_aware_caution.py          # -> results/cost_aware_caution.{json,txt}
+    python bench/cost_aware_caution.py --live 3 --out bench/results/cost_aware_caution_live
+    python bench/cost_aware_caution.py --group-fit-logs chat-like 2 3 4 6
+    python bench/cost_aware_caution.py --shape-cost 31 --out bench/results/cost_aware_caution_shape
+    python bench/cost_aware_caution.py --profile chat-like --out bench/results/cost_aware_caution_profile
 
 The bundled trace (bench/results/traces/gemma3-270m-bf16_ngram_d8_t64.npz, the bundled prompts:
 the tuning part; nothing held out is read) replayed on a *flat* CPU step cost resembling the
@@ -14,6 +18,15 @@ code-free, code-pattern) and chat-like (data, free-text, list, summary, text-pat
 2. Calibration of the path estimates (every drafted candidate verified: StandardSD(8), the
    estimator learning online as in the policy) per group and depth, in bins of the estimate
    around the floor (0.35-0.8): observed acceptance against the mean estimate.
+3. The per-step logs of live flat-loop runs on the tuning prompts (``fit_logs``): per run the
+   decode CPU a step that no policy is told of, and a pooled fit of what a cost-aware step
+   costs beyond a fixed-k step of the same size.
+
+The other modes load Gemma 3 270M and run live, one thread (bench/README.md, "Is the
+online-cost policy over-cautious on chat?"): --live (StandardSD(3), (4) and the policy per
+group, rounds), --group-fit-logs (bench/cost_aware_live_tuning.py's per-step logs on one
+group), --shape-cost (packed forwards of one size in 1-8 runs of equal rows), --profile
+(cProfile of the engine's uneven-step costs).
 """
 
 from __future__ import annotations
@@ -91,9 +104,10 @@ def run_group(label: str, trace: Trace, cost_model, margins, batch: int, unseen:
 
             policy.choose = logged
         estimator = ngram_estimator() if logistic else None
-        m = replay(
-            trace, policy, batch, cost_model, keep_steps=False, drafter=drafter_for(trace, estimator)
-        ).metrics
+        result = replay(trace, policy, batch, cost_model, drafter=drafter_for(trace, estimator))
+        m = result.metrics
+        # Runs of adjacent rows verifying as many tokens: one attention call each on the flat loop.
+        runs = [1 + sum(a != b for a, b in zip(v, v[1:])) for v in (s["verified"] for s in result.per_step)]
         finite = torch.tensor([f for f in floors if f == f and f > 0], dtype=torch.float64)
         rows.append(
             {
@@ -105,6 +119,7 @@ def run_group(label: str, trace: Trace, cost_model, margins, batch: int, unseen:
                 "accepted_per_step": m["accepted_per_step"],
                 "vsr": m["verification_success_rate"],
                 "floor_median": float(finite.median()) if len(finite) else float("nan"),
+                "runs_per_step": sum(runs) / len(runs),
             }
         )
     best = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput"])
@@ -171,6 +186,7 @@ def fit_logs(paths: list[Path], skip: int = 5) -> tuple[list[dict], dict]:
                 "policy": meta["policy"],
                 "steps": len(steps),
                 "tokens_per_step": sum(s["tokens"] for s in steps) / len(steps),
+                "verify_cpu_ms_per_step": 1e3 * sum(s["verify_cpu_s"] for s in steps) / len(steps),
                 "decode_cpu_ms_per_step": 1e3 * decode_cpu / len(steps),
                 "unseen_ms_per_step": 1e3 * (decode_cpu - seen) / len(steps),
             }
@@ -291,6 +307,58 @@ def live_groups(repeat: int) -> list[dict]:
     return rows
 
 
+def group_fit_logs(group: str, ks: list[int]) -> None:
+    """bench/cost_aware_live_tuning.py's per-step log (``fit_log``) of the default policy and of
+    StandardSD(k) for each of ``ks`` on one prompt group of the bundled prompts, to
+    results/cost_aware_caution_fit_log_GROUP_{ca,sdK}.json."""
+    import cost_aware_live_tuning as tuning
+    from sim import bundled_prompts, load_target
+
+    target, tokenizer = load_target()
+    categories = prompt_categories("bundled")
+    part = [p for p, c in zip(bundled_prompts(tokenizer), categories) if (c in CODE) == (group == "code")]
+    tuning.bundled_prompts = lambda tokenizer: part  # fit_log("bundled") reads the group only
+    for k in [None, *ks]:
+        out = RESULTS_DIR / f"cost_aware_caution_fit_log_{group}_{'ca' if k is None else f'sd{k}'}.json"
+        tuning.fit_log(target, tokenizer, "bundled", k, ngram_estimator(), out)
+
+
+PROFILED = ("packed_attention", "maybe_compact", "_map_layers", "_logits", "_packed_forward", "verify")
+
+
+def profile_group(group: str) -> list[dict]:
+    """cProfile of the live flat loop on one prompt group: StandardSD(3) and the default
+    CostAwareTetris, both drafting with NgramLogistic (token classes); cumulative ms per step of
+    the functions named in PROFILED (the attention calls, the KV cache's compaction of holes,
+    the output head, the packed forward, the verification)."""
+    import cProfile
+    import pstats
+
+    from sim import bundled_prompts, load_target
+
+    from tetris_ext.decoding import generate
+    from tetris_ext.drafters import NgramDrafter
+
+    target, tokenizer = load_target()
+    categories = prompt_categories("bundled")
+    part = [p for p, c in zip(bundled_prompts(tokenizer), categories) if (c in CODE) == (group == "code")]
+    rows = []
+    for name, make in (
+        ("StandardSD(3)", lambda: StandardSD(3)),
+        ("CostAwareTetris", lambda: CostAwareTetris(8, padded=False)),
+    ):
+        drafter, profile = NgramDrafter(8, 4, 1, calibration=ngram_estimator()()), cProfile.Profile()
+        kwargs = dict(max_new_tokens=64, max_batch_size=8, eos_token_id=tokenizer.eos_token_id, flat=True)
+        stats = profile.runcall(generate, target, part, make(), drafter, **kwargs).stats
+        steps = stats["steps"]
+        row = {"policy": name, "steps": steps, "verified_per_step": stats["verified_tokens"] / steps}
+        for (file, _, function), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items():
+            if function in PROFILED and ("tetris_ext" in file or function == "packed_attention"):
+                row[f"{Path(file).stem}.{function} ms/step"] = 1e3 * cumulative / steps
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--margins", type=float, nargs="+", default=list(MARGINS))
@@ -306,12 +374,29 @@ def main(argv=None) -> int:
         metavar="REPEAT",
         help="instead: time packed forwards of SHAPES (loads Gemma 3 270M), REPEAT rounds",
     )
+    ap.add_argument(
+        "--group-fit-logs",
+        nargs="+",
+        metavar="GROUP_THEN_K",
+        help="instead: group_fit_logs (e.g. chat-like 2 3 4 6)",
+    )
+    ap.add_argument("--profile", metavar="GROUP", help="instead: profile_group (code or chat-like)")
     ap.add_argument("--live", type=int, metavar="REPEAT", help="instead: live_groups, REPEAT rounds")
     ap.add_argument("--context", type=int, nargs=2, default=[80, 160], help="--shape-cost: context range")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.shape_cost or args.live:
-        rows = shape_cost(args.shape_cost, tuple(args.context)) if args.shape_cost else live_groups(args.live)
+    if args.group_fit_logs:
+        group_fit_logs(args.group_fit_logs[0], [int(k) for k in args.group_fit_logs[1:]])
+        return 0
+    if args.shape_cost or args.live or args.profile:
+        if args.profile:
+            rows = profile_group(args.profile)
+        else:
+            rows = (
+                shape_cost(args.shape_cost, tuple(args.context))
+                if args.shape_cost
+                else live_groups(args.live)
+            )
         text = format_table(rows, [(k, k) for k in rows[0]])
         print(text)
         args.out.with_suffix(".txt").write_text(text + "\n")
@@ -338,25 +423,32 @@ def main(argv=None) -> int:
     columns = [
         (k, k)
         for k in ("group", "policy", "throughput", "vs_best_sd", "steps", "verified_per_step")
-        + ("accepted_per_step", "vsr", "floor_median")
+        + ("accepted_per_step", "vsr", "floor_median", "runs_per_step")
     ]
     text = f"cost model: {cost_model.name}, batch {args.batch}\n\n" + format_table(rows, columns)
     if calib:
         text += "\n\ncalibration of path estimates (StandardSD(8) verifies every candidate)\n\n"
         text += format_table(calib, [(k, k) for k in ("group", "depth", "bin", "n", "predicted", "observed")])
-    logs = sorted(RESULTS_DIR.glob("cost_aware*fit_log_bundled*.json"))
-    runs, pooled = fit_logs(logs)
-    text += "\n\nlive flat loop, tuning prompts: per-step logs\n\n" + format_table(
-        runs, [(k, k) for k in runs[0]]
-    )
-    text += "\n\npooled fit of the verification forward's CPU ms: " + ", ".join(
-        f"{k} {v:.3g}" for k, v in pooled.items()
-    )
+    fitted = {}
+    for name, pattern in (
+        ("bundled", "cost_aware*fit_log_bundled*.json"),
+        ("chat-like", "cost_aware_caution_fit_log_chat-like_*.json"),
+    ):
+        logs = sorted(RESULTS_DIR.glob(pattern))
+        if not logs:
+            continue
+        runs, pooled = fit_logs(logs)
+        fitted[name] = {"runs": runs, "pooled": pooled}
+        text += f"\n\nlive flat loop, tuning prompts ({name}): per-step logs\n\n"
+        text += format_table(runs, [(k, k) for k in runs[0]])
+        text += "\n\npooled fit of the verification forward's CPU ms: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in pooled.items()
+        )
     print(text)
     args.out.with_suffix(".txt").write_text(text + "\n")
     meta = run_metadata("cpu")
     payload = {"meta": meta, "cost_model": cost_model.to_json(), "rows": rows, "calibration": calib}
-    payload["fit_logs"] = {"runs": runs, "pooled": pooled}
+    payload["fit_logs"] = fitted
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     return 0
 
