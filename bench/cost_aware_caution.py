@@ -44,7 +44,7 @@ from cost_aware import drafter_for, ngram_estimator  # noqa: E402
 from estimates import SOURCES, prompt_categories, subset  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
+from tetris_ext.cost_aware import MARGIN, CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel  # noqa: E402
 from tetris_ext.policies import StandardSD, Tetris, ThresholdSD  # noqa: E402
 from tetris_ext.sim import Trace, replay  # noqa: E402
@@ -262,7 +262,7 @@ def shape_cost(repeat: int, context: tuple[int, int], seed: int = 0) -> list[dic
     ]
 
 
-def live_groups(repeat: int) -> list[dict]:
+def live_groups(repeat: int, groups=("code", "chat-like"), margins=(MARGIN,)) -> list[dict]:
     """The live flat loop (Gemma 3 270M bf16, one thread, batch 8, 64 new tokens) on each prompt
     group of the bundled (tuning) prompts: StandardSD(3), StandardSD(4) and the default
     CostAwareTetris (online cost) + NgramLogistic (token classes), every policy once per round,
@@ -277,11 +277,13 @@ def live_groups(repeat: int) -> list[dict]:
     runs = {
         "StandardSD(3)": (lambda: StandardSD(3), None),
         "StandardSD(4)": (lambda: StandardSD(4), None),
-        "CostAwareTetris (online cost)": (lambda: CostAwareTetris(8, padded=False), ngram_estimator()),
     }
+    for m in margins:
+        name = "CostAwareTetris (online cost)" + ("" if m == MARGIN else f", margin {m:g}")
+        runs[name] = (lambda m=m: CostAwareTetris(8, padded=False, margin=m), ngram_estimator())
     rows = []
     for round_ in range(repeat):
-        for group in ("code", "chat-like"):
+        for group in groups:
             part = [p for p, c in zip(prompts, categories) if (c in CODE) == (group == "code")]
             for name, (make, estimator) in runs.items():
                 drafter = NgramDrafter(8, 4, 1, calibration=estimator() if estimator else None)
@@ -382,6 +384,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--profile", metavar="GROUP", help="instead: profile_group (code or chat-like)")
     ap.add_argument("--live", type=int, metavar="REPEAT", help="instead: live_groups, REPEAT rounds")
+    ap.add_argument("--live-groups", nargs="+", default=["code", "chat-like"], help="--live: the groups")
+    ap.add_argument(
+        "--live-margins", type=float, nargs="+", default=[MARGIN], help="--live: the policy's margins"
+    )
     ap.add_argument("--context", type=int, nargs=2, default=[80, 160], help="--shape-cost: context range")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -395,7 +401,7 @@ def main(argv=None) -> int:
             rows = (
                 shape_cost(args.shape_cost, tuple(args.context))
                 if args.shape_cost
-                else live_groups(args.live)
+                else live_groups(args.live, args.live_groups, args.live_margins)
             )
         text = format_table(rows, [(k, k) for k in rows[0]])
         print(text)
