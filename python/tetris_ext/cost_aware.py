@@ -90,9 +90,9 @@ MARGIN = 0.3
 GROWTH = 2.0
 # ... and before the fit knows a slope, at most PROBE x B candidates (a step compute bound from
 # its first token loses at most this fraction of a step). Chosen on the tuning traces only (Gemma
-# and SmolLM2 bundled, roofline batch 64-512, both protocols, several request draws; `python
-# bench/cost_aware.py --tune-probe ...`, bench/README.md): 1/16 against 1/8, 1/32 and the
-# previous probe of B candidates.
+# and SmolLM2 bundled, roofline batch 8-512, both protocols, three request draws under burst;
+# `python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 ...`, bench/README.md "The first
+# probe"): 1/16 left the fewest cells at 64-512 below the best baseline (8 of 24, a probe of B 17).
 PROBE = 1 / 16
 
 
