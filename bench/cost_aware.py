@@ -3,6 +3,9 @@
     python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
     python bench/cost_aware.py --steady --out bench/results/cost_aware_steady   # steady protocol
     python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
+    python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 --gpu-batches 64 128 256 512 \
+        --draws 3 --out bench/results/cost_aware_tune_probe        # (and --model, --steady)
+    python bench/cost_aware.py --tuning-only --model smollm2-135m   # the tuning trace, defaults only
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
@@ -73,10 +76,13 @@ def ngram_estimator(model: str = "gemma3-270m"):
     return partial(NgramLogistic, token_classes=load_token_classes(model))
 
 
-def policies(padded: bool, cost_model=None, growths=(), margins=(), model: str = "gemma3-270m") -> dict:
+def policies(
+    padded: bool, cost_model=None, growths=(), margins=(), model: str = "gemma3-270m", probes=()
+) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
-    ``margins``, the online- and the known-cost policy once per margin (--tune-margin).
+    ``margins``, the online- and the known-cost policy once per margin (--tune-margin); with
+    ``probes``, the online-cost policy once per first-probe fraction (--tune-probe).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -93,6 +99,11 @@ def policies(padded: bool, cost_model=None, growths=(), margins=(), model: str =
     for growth in growths:
         runs[f"CostAwareTetris (online cost, growth {growth:g}) + {est}"] = (
             lambda growth=growth: CostAwareTetris(MAX_DRAFT, padded, growth=growth),
+            logistic,
+        )
+    for probe in probes:
+        runs[f"CostAwareTetris (online cost, probe {probe:g}) + {est}"] = (
+            lambda probe=probe: CostAwareTetris(MAX_DRAFT, padded, probe=probe),
             logistic,
         )
     for margin in margins:
@@ -169,15 +180,20 @@ def sweep(
     growths=(),
     margins=(),
     model: str = "gemma3-270m",
+    probes=(),
+    seed: int = 0,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
-    whole run's, or with ``steady`` the steady window's of the steady protocol (module doc)."""
+    whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
+    ``seed``: the replay's draw of the requests (with replacement) when ``requests`` is given."""
     rows = []
     protocol = {}
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    for name, (make_policy, estimator) in policies(padded, cost_model, growths, margins, model).items():
+    for name, (make_policy, estimator) in policies(
+        padded, cost_model, growths, margins, model, probes
+    ).items():
         t0 = time.perf_counter()
         m = replay(
             trace,
@@ -187,12 +203,14 @@ def sweep(
             num_requests=requests,
             keep_steps=False,
             drafter=drafter_for(trace, estimator),
+            seed=seed,
             **protocol,
         ).metrics
         rows.append(
             m
             | {
                 "workload": label,
+                "draw": seed,
                 "policy": name,
                 "policy_object": m["policy"],
                 "protocol": "steady" if steady else "burst",
@@ -215,7 +233,7 @@ def sweep(
         r["vs_best_baseline"] = r["throughput"] / best["throughput"]
         r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
     print(
-        f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests "
+        f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests{f' (draw {seed})' if seed else ''} "
         f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
     )
     print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else [])), flush=True)
@@ -228,7 +246,9 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = list(dict.fromkeys((r["workload"], r["batch_size"], r["cost_model"]) for r in rows))
+    configs = list(
+        dict.fromkeys((r["workload"], r["batch_size"], r["cost_model"], r.get("draw", 0)) for r in rows)
+    )
     shown = [
         "best StandardSD",
         "GoodputSD(6)",
@@ -243,7 +263,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for i, name in enumerate(shown):
         values = []
         for c in configs:
-            sel = [r for r in rows if (r["workload"], r["batch_size"], r["cost_model"]) == c]
+            sel = [
+                r for r in rows if (r["workload"], r["batch_size"], r["cost_model"], r.get("draw", 0)) == c
+            ]
             pick = [
                 r for r in sel if r["policy"] == (sel[0]["best_sd"] if name == "best StandardSD" else name)
             ]
@@ -252,7 +274,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.bar(np.arange(len(configs)) + i * width, values, width, label=name)
     ax.set_xticks(
         np.arange(len(configs)) + 0.4 - width / 2,
-        [f"{w}\nB={b}\n{'cpu' if 'cpu' in c else 'gpu'}" for w, b, c in configs],
+        [f"{w}\nB={b}\n{'cpu' if 'cpu' in c else 'gpu'}{f' #{d}' if d else ''}" for w, b, c, d in configs],
         fontsize=7,
     )
     ax.axhline(1.0, color="grey", lw=0.8)
@@ -279,10 +301,36 @@ def run_replays(args) -> int:
                 "tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth, model=args.model
             )
         return write_replays(args, rows, held, cpu, gpu)
-    if args.tune_margin:  # the tuning trace only: CPU fit at batch 8, roofline (known and online cost)
+    if args.tune_probe:  # the tuning trace only, on the roofline, several draws of the requests
+        tuning = pool([traces[n] for n in TUNING])
+        for batch in args.gpu_batches:
+            for draw in range(args.draws):
+                n = max(tuning.num_requests, 2 * batch)
+                rows += sweep(
+                    "tuning pooled",
+                    tuning,
+                    gpu,
+                    False,
+                    batch,
+                    n,
+                    args.steady,
+                    model=args.model,
+                    probes=args.tune_probe,
+                    seed=draw,
+                )
+        return write_replays(args, rows, held, cpu, gpu)
+    if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
         tuning = pool([traces[n] for n in TUNING])
         rows += sweep(
-            "tuning", tuning, cpu, True, 8, None, args.steady, margins=args.tune_margin, model=args.model
+            "tuning",
+            tuning,
+            cpu,
+            True,
+            8,
+            None,
+            args.steady,
+            margins=args.tune_margin or (),
+            model=args.model,
         )
         for batch in args.gpu_batches:
             n = max(tuning.num_requests, 2 * batch)
@@ -294,7 +342,7 @@ def run_replays(args) -> int:
                 batch,
                 n,
                 args.steady,
-                margins=args.tune_margin,
+                margins=args.tune_margin or (),
                 model=args.model,
             )
         return write_replays(args, rows, held, cpu, gpu)
@@ -518,6 +566,23 @@ def main(argv=None) -> int:
         type=float,
         nargs="+",
         help="replay the tuning trace only (CPU fit at batch 8, roofline), the cost-aware policies once per margin",
+    )
+    ap.add_argument(
+        "--tune-probe",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace on the roofline only, the online-cost policy once per first-probe fraction",
+    )
+    ap.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="--tune-probe: replays per batch, each its own draw of the requests",
+    )
+    ap.add_argument(
+        "--tuning-only",
+        action="store_true",
+        help="replay the tuning trace only (CPU fit at batch 8, roofline at --gpu-batches): for choices",
     )
     ap.add_argument(
         "--steady",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
-from tetris_ext.cost_aware import CostAwareTetris
+from tetris_ext.cost_aware import PROBE, CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel, StepShape
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import NgramDrafter
@@ -34,14 +34,14 @@ def rows(selected):
 
 
 class KinkedCost:
-    """Flat up to `free` query tokens (padded or real), `steep` seconds per token beyond."""
+    """`base` seconds up to `free` query tokens (padded or real), `steep` seconds per token beyond."""
 
-    def __init__(self, free, steep, padded):
-        self.name, self.free, self.steep, self.padded = "kinked", free, steep, padded
+    def __init__(self, free, steep, padded, base=0.1):
+        self.name, self.free, self.steep, self.padded, self.base = "kinked", free, steep, padded, base
 
     def step_seconds(self, s):
         tokens = s.padded_query_tokens if self.padded else s.query_tokens
-        return 0.1 + self.steep * max(0, tokens - self.free)
+        return self.base + self.steep * max(0, tokens - self.free)
 
     def draft_seconds(self, s):
         return 0.0
@@ -163,6 +163,7 @@ def test_invalid_arguments():
         lambda: CostAwareTetris(4, capacity=-1),
         lambda: CostAwareTetris(4, margin=-0.1),
         lambda: CostAwareTetris(4, padded=False, growth=1.0),
+        lambda: CostAwareTetris(4, padded=False, probe=0.0),
     ):
         with pytest.raises(ValueError):
             make()
@@ -483,3 +484,44 @@ def test_caution_diagnosis_replays_the_tuning_trace(tmp_path):
         assert policy["steps"] <= rows[(group, "StandardSD(2)")]["steps"]
     pooled = result["fit_logs"]["bundled"]["pooled"]
     assert all(math.isfinite(v) for v in pooled.values()) and pooled["token_ms"] > 0
+
+
+def test_online_flat_probe_is_bounded_where_every_token_costs():
+    """Batch 256 on a step compute bound from the first token (the 70B roofline's shape
+    there: 0.06 ms a token), the cost fitted online: before the fit knows a slope the policy
+    verifies at most B / 16 candidates, then nothing (a second step size at no risk), and from
+    then on nothing, as the known-cost policy and autoregressive decoding do. (The previous
+    trust region's first probe verified B candidates: a step of twice the cost.)"""
+    B, N = 256, 8
+    g = torch.Generator().manual_seed(1)
+    first = 0.5 + 0.45 * torch.rand(B, 1, generator=g, dtype=torch.float64)
+    probs = first * torch.linspace(1.0, 0.6, N, dtype=torch.float64).cumprod(0)
+    proposal = Proposal(torch.full((B, N), 7), None, probs.log().float(), probs.log().float())
+    compute_bound = KinkedCost(0, 6e-5, padded=False, base=1.5e-3)
+    assert int(CostAwareTetris(N, padded=False, cost_model=compute_bound).choose(proposal).sum()) == 0
+    online = CostAwareTetris(N, padded=False)
+    chosen = []
+    for _ in range(10):
+        verified = online.choose(proposal).sum(1)
+        chosen.append(int(verified.sum()))
+        seconds = compute_bound.step_seconds(StepShape(requests=B, query_tokens=B + chosen[-1]))
+        feed(online, B, verified.tolist(), seconds, N + 1)
+    assert 0 < chosen[0] <= math.ceil(B * PROBE), chosen
+    assert chosen[1:] == [0] * 9, chosen
+
+
+def test_online_flat_probe_never_exceeds_its_bound_then_grows_where_tokens_are_free():
+    """Until the fit has seen two step sizes a step verifies at most ceil(probe x B) candidates
+    (at least one), whatever the estimates; then, where tokens are free, the trust region
+    doubles from the largest step seen."""
+    for B, probe in ((8, PROBE), (64, PROBE), (64, 0.25), (512, PROBE)):
+        proposal = Proposal(
+            torch.full((B, 8), 7), None, torch.zeros(B, 8), torch.full((B, 8), -1e-3)
+        )  # every candidate ~certain
+        policy = CostAwareTetris(8, padded=False, probe=probe)
+        first = int(policy.choose(proposal).sum())
+        assert first == max(1, math.ceil(probe * B))
+        feed(policy, B, [1] * first + [0] * (B - first), 0.02, 9)
+        assert int(policy.choose(proposal).sum()) == 0  # the second size, at no risk
+        feed(policy, B, [0] * B, 0.02, 9)
+        assert int(policy.choose(proposal).sum()) == min(8 * B, 2 * (B + first) - B)  # flat: doubles

@@ -33,12 +33,16 @@ computes, slopes >= 0):
 - ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
   roofline's shape; a knee only where the data show one clearly, ``KNEE_EVIDENCE``: a CPU's
   noisy line otherwise grows spurious knees that move the floor; old steps forgotten and
-  outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps: a step
-  computes at most twice the tokens of the largest step seen (``_trusted``), so the fit grows
-  into the unknown step by step. The line and the fixed exploration fractions cost the online
-  policy 2-3% at batch 64-512 on the roofline: the line charged the free tokens below the
-  knee, and one exploration step verified all 8 x B candidates (at batch 512 a 3.5k-token
-  step, 13 autoregressive steps).
+  outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps but a trust
+  region (``_trusted``): until the fit has seen two step sizes (a slope), a step verifies at
+  most ``probe`` x B candidates (a sixteenth of the batch: where the step is compute bound from
+  the first token, at most a sixteenth of a step at risk) and then one verifies nothing (the
+  second size, free); after that a step computes at most twice the tokens of the largest step
+  seen, so the fit grows into the unknown step by step. The line and the fixed exploration
+  fractions cost the online policy 2-3% at batch 64-512 on the roofline: the line charged the
+  free tokens below the knee, and one exploration step verified all 8 x B candidates (at batch
+  512 a 3.5k-token step, 13 autoregressive steps); a first probe of B candidates (then B / 2)
+  still cost 0.3% at batch 256, where autoregressive decoding is best.
 
 Margin: verification's marginal seconds are charged at ``1 + margin`` (a candidate must beat
 its cost by that fraction, not merely break even). A break-even candidate gains nothing in
@@ -61,6 +65,8 @@ verified (autoregressive decoding).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -68,7 +74,7 @@ from .cost_models import CostModel, StepShape, price_step
 from .policies import KneeLatencyModel, StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
-__all__ = ["CostAwareTetris", "MARGIN"]
+__all__ = ["CostAwareTetris", "MARGIN", "GROWTH", "PROBE"]
 
 # Chosen on the tuning trace only (bundled prompts; replay, CostAwareTetris + NgramLogistic as
 # shipped since its online Bayesian update; `python bench/cost_aware.py --tune-margin 0 0.1 0.2
@@ -84,6 +90,12 @@ MARGIN = 0.3
 # A flattened engine's online fit: a step computes at most GROWTH x the largest step seen so
 # far (CostAwareTetris._trusted). Chosen on the tuning trace only (see bench/README.md).
 GROWTH = 2.0
+# ... and before the fit knows a slope, at most PROBE x B candidates (a step compute bound from
+# its first token loses at most this fraction of a step). Chosen on the tuning traces only (Gemma
+# and SmolLM2 bundled, roofline batch 8-512, both protocols, three request draws under burst;
+# `python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 ...`, bench/README.md "The first
+# probe"): 1/16 left the fewest cells at 64-512 below the best baseline (8 of 24, a probe of B 17).
+PROBE = 1 / 16
 # A flattened engine's online fit (KneeLatencyModel): a knee only when its F statistic against a
 # line exceeds KNEE_EVIDENCE, old steps forgotten at FIT_FORGET per step, a step further than
 # FIT_CLIP residual sigmas from the fit (within the sizes seen) counted as that far. Chosen
@@ -179,7 +191,8 @@ class CostAwareTetris(_GoodputPolicy):
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
     0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
-    step compute at most this many times the tokens of the largest step seen (``_trusted``).
+    step compute at most this many times the tokens of the largest step seen (``_trusted``);
+    probe: and, before it knows a slope, verify at most this fraction of B candidates.
     """
 
     def __init__(
@@ -191,11 +204,18 @@ class CostAwareTetris(_GoodputPolicy):
         width_residual: bool = True,
         margin: float = MARGIN,
         growth: float = GROWTH,
+        probe: float = PROBE,
     ):
         super().__init__()
-        if max_draft < 1 or (capacity is not None and capacity < 0) or not margin >= 0 or not growth > 1:
+        if (
+            max_draft < 1
+            or (capacity is not None and capacity < 0)
+            or not margin >= 0
+            or not growth > 1
+            or not probe > 0
+        ):
             raise ValueError(
-                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0 and growth > 1"
+                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0, growth > 1 and probe > 0"
             )
         self.max_draft, self.padded, self.capacity, self.margin = max_draft, padded, capacity, margin
         self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
@@ -206,7 +226,7 @@ class CostAwareTetris(_GoodputPolicy):
         )
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
-        self.growth = growth
+        self.growth, self.probe = growth, probe
         if not padded and cost_model is None:
             self.verify_latency = KneeLatencyModel(
                 forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP
@@ -243,15 +263,18 @@ class CostAwareTetris(_GoodputPolicy):
     def _trusted(self, B: int) -> int:
         """A flattened engine's online fit: the most tokens a step may compute. Beyond the steps
         it has seen the knee fit knows nothing (flat so far, it calls every candidate free, and
-        one step verifying all 8 x 512 candidates costs 13 autoregressive steps), so a step
-        computes at most ``growth`` x the largest one seen (x B, the step that verifies
-        nothing, before any). One size seen tells no slope: the next step goes half way down
-        to B instead (cheaper than going up where the step is compute bound)."""
+        one step verifying all 8 x 512 candidates costs 13 autoregressive steps). Until it has
+        seen two step sizes it knows no slope, and where the step is compute bound from the
+        first token (batch 256 and up on the 70B roofline) every verified candidate costs:
+        so first a probe of ``probe`` x B candidates (B / 16: at most a sixteenth of a step
+        at risk), then a step that verifies nothing (a second size at no risk); then at most
+        ``growth`` x the largest step seen, where the fit's slope prices what it adds."""
         if self.fixed is not None or self.padded:
             return 1 << 62
         fit = self.verify_latency
-        if fit.count and fit.min_tokens == fit.max_tokens > B:
-            return (B + fit.max_tokens) // 2
+        if not fit.count or fit.min_tokens == fit.max_tokens:  # no slope known yet
+            seen_above = fit.count and fit.max_tokens > B
+            return B if seen_above else B + max(1, math.ceil(self.probe * B))
         return int(self.growth * max(B, fit.max_tokens))
 
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
