@@ -359,6 +359,26 @@ def test_forgetting_follows_a_cost_that_changes():
     assert slopes[0.0] < 0.0035
 
 
+def test_forgetting_keeps_the_slope_while_steps_settle_on_one_size():
+    """A few steps of two sizes tell the slope (60 us a token); then 300 steps of one size whose
+    seconds creep up 60% (a compute-bound policy verifying nothing while contexts grow): the
+    forgotten window alone holds almost only that size, and its slope drifts towards 0 (every
+    token free); falling back on every step seen keeps most of it."""
+    from tetris_ext.policies import KneeLatencyModel
+
+    def run(min_spread):
+        fit = KneeLatencyModel(forget=0.05, knee_evidence=30.0, min_spread=min_spread)
+        for i in range(6):
+            tokens = 512 if i % 2 else 1024
+            fit.observe(tokens, tokens, 0.01 + 6e-5 * tokens)
+        for i in range(300):
+            fit.observe(512, 512, (0.01 + 6e-5 * 512) * (1 + 0.6 * i / 300))
+        return fit.slope
+
+    assert run(1.0) > 3e-5  # every step: at least half the true slope
+    assert run(0.0) < 2e-5  # the forgotten window alone
+
+
 def test_clipping_bounds_an_outlier_step_inside_the_seen_sizes_only():
     """A preempted step (+100 ms) among sizes already seen moves a clipped fit by a few
     sigmas' worth at most; a step past the largest seen is never clipped (it is how the fit
@@ -422,6 +442,7 @@ def test_knee_fit_rejects_bad_settings():
         {"knee_evidence": -1},
         {"clip": 0.0},
         {"clip_floor": -1},
+        {"min_spread": -1},
     ):
         with pytest.raises(ValueError, match="KneeLatencyModel"):
             KneeLatencyModel(**kwargs)

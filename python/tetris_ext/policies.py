@@ -224,6 +224,12 @@ class KneeLatencyModel:
     - ``forget``: every observation first scales the sums by 1 - forget (exponential
       forgetting, an effective window of about 1 / forget steps): the context grows, the
       requests change and a shared machine has slow spells, so old steps describe another cost.
+      Only while the window's steps still tell a slope: when their sizes spread by less than
+      ``min_spread`` tokens (a policy that has settled on one size, e.g. verifying nothing for
+      hundreds of steps where the step is compute bound), the fit uses every step seen
+      instead; the forgotten sizes alone would leave the slope to the drift of a single size's
+      seconds, and a slope read as 0 calls every token free (steady replay, batch 512: one
+      step verified 576 candidates after 239 steps of none).
     - ``knee_evidence``: a knee replaces the line only when it explains the data clearly: the
       F statistic of the extra parameter, (SSE_line - SSE_knee) * (n - 3) / SSE_knee with n the
       (weighted) count, must exceed it. On a CPU, whose step is a line plus noise, the best of
@@ -246,15 +252,20 @@ class KneeLatencyModel:
         knee_evidence: float = 0.0,
         clip: float | None = None,
         clip_floor: float = 0.1,
+        min_spread: float = 1.0,
     ):
-        if not 0.0 <= forget < 1.0 or knee_evidence < 0 or (clip is not None and clip <= 0) or clip_floor < 0:
+        bad = knee_evidence < 0 or (clip is not None and clip <= 0) or clip_floor < 0 or min_spread < 0
+        if not 0.0 <= forget < 1.0 or bad:
             raise ValueError(
-                "KneeLatencyModel: need 0 <= forget < 1, knee_evidence >= 0, clip > 0 (or None), clip_floor >= 0"
+                "KneeLatencyModel: need 0 <= forget < 1, knee_evidence >= 0, clip > 0 (or None), "
+                "clip_floor >= 0, min_spread >= 0"
             )
         self.forget, self.knee_evidence, self.clip, self.clip_floor = forget, knee_evidence, clip, clip_floor
+        self.min_spread = min_spread
         steps = torch.arange(per_doubling * doublings + 1, dtype=torch.float64)
         self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)])
         self.sums = torch.zeros(6, len(self.knees), dtype=torch.float64)
+        self.all_sums = self.sums.clone()  # never forgotten (``forget``)
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
         self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
 
@@ -266,15 +277,26 @@ class KneeLatencyModel:
             seconds = min(max(seconds, predicted - reach), predicted + reach)
         z = (float(real_tokens) - self.knees).clamp(min=0)
         t = torch.full_like(z, seconds)
+        step = torch.stack([torch.ones_like(z), z, z * z, t, t * t, z * t])
         self.sums *= 1.0 - self.forget
-        self.sums += torch.stack([torch.ones_like(z), z, z * z, t, t * t, z * t])
+        self.sums += step
+        if self.forget:
+            self.all_sums += step
         self.count += 1
         self.min_tokens = min(self.min_tokens, int(real_tokens))
         self.max_tokens = max(self.max_tokens, int(real_tokens))
         self._refit()
 
+    def _window(self) -> Tensor:
+        """The sums to fit: the forgotten ones while their step sizes spread (``forget``)."""
+        if not self.forget:
+            return self.sums
+        n, sz, szz = (float(v) for v in self.sums[:3, 0])  # knee 0: z = the step's tokens
+        spread = max(0.0, szz / n - (sz / n) ** 2) ** 0.5
+        return self.sums if spread >= self.min_spread else self.all_sums
+
     def _refit(self) -> None:
-        n, sz, szz, st, stt, szt = self.sums
+        n, sz, szz, st, stt, szt = self._window()
         var_z, cov, var_t = szz - sz * sz / n, szt - sz * st / n, stt - st * st / n
         spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
         slope = torch.where(spread, cov / torch.where(spread, var_z, 1.0), 0.0).clamp(min=0)
