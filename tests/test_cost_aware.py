@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
-from tetris_ext.cost_aware import PROBE, CostAwareTetris
+from tetris_ext.cost_aware import MIN_PROBE, PROBE, CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel, StepShape
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import NgramDrafter
@@ -531,17 +531,40 @@ def test_online_flat_probe_is_bounded_where_every_token_costs():
     assert chosen[1:] == [0] * 9, chosen
 
 
+def test_online_flat_policy_does_not_stick_at_verifying_nothing_on_a_noisy_line():
+    """Batch 8 on a CPU-like flat step (38 ms + 2.2 ms a token, 5 ms of noise), where the known
+    cost verifies a dozen candidates a step: the first probe must move the step's seconds by
+    more than the noise. A one-candidate probe (B / 16 alone) let noise read a steep slope in
+    some runs, and the policy then verified nothing for good (5 of 20 seeds)."""
+    B, N = 8, 5
+    stuck = 0
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        policy, late = CostAwareTetris(N, padded=False), 0
+        for step in range(40):
+            first = 0.5 + 0.45 * torch.rand(B, 1, generator=g, dtype=torch.float64)
+            probs = first * torch.linspace(1.0, 0.75, N, dtype=torch.float64).cumprod(0)
+            logprobs = probs.log().float()
+            verified = policy.choose(Proposal(torch.full((B, N), 7), None, logprobs, logprobs)).sum(1)
+            tokens = B + int(verified.sum())
+            seconds = 0.038 + 0.0022 * tokens + 0.005 * float(torch.randn(1, generator=g))
+            feed(policy, B, verified.tolist(), seconds, N + 1)
+            late += int(verified.sum()) if step >= 10 else 0
+        stuck += late == 0
+    assert stuck == 0
+
+
 def test_online_flat_probe_never_exceeds_its_bound_then_grows_where_tokens_are_free():
     """Until the fit has seen two step sizes a step verifies at most ceil(probe x B) candidates
-    (at least one), whatever the estimates; then, where tokens are free, the trust region
-    doubles from the largest step seen."""
+    (at least MIN_PROBE, or B), whatever the estimates; then, where tokens are free, the trust
+    region doubles from the largest step seen."""
     for B, probe in ((8, PROBE), (64, PROBE), (64, 0.25), (512, PROBE)):
         proposal = Proposal(
             torch.full((B, 8), 7), None, torch.zeros(B, 8), torch.full((B, 8), -1e-3)
         )  # every candidate ~certain
         policy = CostAwareTetris(8, padded=False, probe=probe)
         first = int(policy.choose(proposal).sum())
-        assert first == max(1, math.ceil(probe * B))
+        assert first == max(math.ceil(probe * B), min(B, MIN_PROBE))
         feed(policy, B, [1] * first + [0] * (B - first), 0.02, 9)
         assert int(policy.choose(proposal).sum()) == 0  # the second size, at no risk
         feed(policy, B, [0] * B, 0.02, 9)

@@ -36,7 +36,8 @@ computes, slopes >= 0):
   outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps but a trust
   region (``_trusted``): until the fit has seen two step sizes (a slope), a step verifies at
   most ``probe`` x B candidates (a sixteenth of the batch: where the step is compute bound from
-  the first token, at most a sixteenth of a step at risk) and then one verifies nothing (the
+  the first token, at most a sixteenth of a step at risk; but at least ``MIN_PROBE`` or B, so
+  that a noisy step shows its slope) and then one verifies nothing (the
   second size, free); after that a step computes at most twice the tokens of the largest step
   seen, so the fit grows into the unknown step by step. The line and the fixed exploration
   fractions cost the online policy 2-3% at batch 64-512 on the roofline: the line charged the
@@ -96,6 +97,14 @@ GROWTH = 2.0
 # `python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 ...`, bench/README.md "The first
 # probe"): 1/16 left the fewest cells at 64-512 below the best baseline (8 of 24, a probe of B 17).
 PROBE = 1 / 16
+# ... but at least MIN_PROBE candidates (at most B): the probe must move a noisy step's seconds by
+# more than their noise, or the fit may read a slope high enough to verify nothing from then on
+# (and a step that verifies nothing teaches it nothing new). Live on this CPU's flat loop (~38 ms +
+# 2.2 ms a token, a few ms of noise) the B / 16 probe at batch 8 was one candidate: the demo's
+# CostAwareTetris verified 0.07 tokens a step, and synthetic runs on that line with 5 ms of noise
+# stuck in 5 of 20 (tests/test_cost_aware.py, "stuck"). On the roofline, batches up to 128 are
+# memory bound to ~240 tokens, so such a probe costs nothing there; from 256 up B / 16 >= 16.
+MIN_PROBE = 16
 # A flattened engine's online fit (KneeLatencyModel): a knee only when its F statistic against a
 # line exceeds KNEE_EVIDENCE, old steps forgotten at FIT_FORGET per step, a step further than
 # FIT_CLIP residual sigmas from the fit (within the sizes seen) counted as that far. Chosen
@@ -267,14 +276,15 @@ class CostAwareTetris(_GoodputPolicy):
         seen two step sizes it knows no slope, and where the step is compute bound from the
         first token (batch 256 and up on the 70B roofline) every verified candidate costs:
         so first a probe of ``probe`` x B candidates (B / 16: at most a sixteenth of a step
-        at risk), then a step that verifies nothing (a second size at no risk); then at most
+        at risk; at least ``MIN_PROBE``, or B, so that a noisy step shows its slope), then a
+        step that verifies nothing (a second size at no risk); then at most
         ``growth`` x the largest step seen, where the fit's slope prices what it adds."""
         if self.fixed is not None or self.padded:
             return 1 << 62
         fit = self.verify_latency
         if not fit.count or fit.min_tokens == fit.max_tokens:  # no slope known yet
             seen_above = fit.count and fit.max_tokens > B
-            return B if seen_above else B + max(1, math.ceil(self.probe * B))
+            return B if seen_above else B + max(math.ceil(self.probe * B), min(B, MIN_PROBE), 1)
         return int(self.growth * max(B, fit.max_tokens))
 
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
