@@ -102,9 +102,10 @@ PROBE = 1 / 16
 # (and a step that verifies nothing teaches it nothing new). Live on this CPU's flat loop (~38 ms +
 # 2.2 ms a token, a few ms of noise) the B / 16 probe at batch 8 was one candidate: the demo's
 # CostAwareTetris verified 0.07 tokens a step, and synthetic runs on that line with 5 ms of noise
-# stuck in 5 of 20 (tests/test_cost_aware.py, "stuck"). On the roofline, batches up to 128 are
-# memory bound to ~240 tokens, so such a probe costs nothing there; from 256 up B / 16 >= 16.
-MIN_PROBE = 16
+# stuck in 5 of 20 (tests/test_cost_aware.py, "stick"); with 8, none of 40 at batch 8 with 5 or
+# 10 ms of noise. Larger floors cost on the roofline's tuning trace (steady, batch 64: 1.029x
+# with B / 16 alone, 1.011x with 8, 0.996x with 16); from batch 128 up B / 16 >= 8 anyway.
+MIN_PROBE = 8
 # A flattened engine's online fit (KneeLatencyModel): a knee only when its F statistic against a
 # line exceeds KNEE_EVIDENCE, old steps forgotten at FIT_FORGET per step, a step further than
 # FIT_CLIP residual sigmas from the fit (within the sizes seen) counted as that far. Chosen
