@@ -167,3 +167,14 @@ def save_figure(fig, path: Path, title: str, top: float) -> None:
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def decode_summary(stats: dict) -> dict:
+    """A live run's decode throughput (generated tokens per CPU second, prefill excluded),
+    steps and verification success rate, from ``generate(...).stats``."""
+    return {
+        "tok_per_decode_cpu_s": stats["generated_tokens"]
+        / (stats["cpu_seconds"] - stats["prefill_cpu_seconds"]),
+        "steps": stats["steps"],
+        "vsr": stats["accepted_tokens"] / max(1, stats["verified_tokens"]),
+    }

@@ -293,15 +293,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    if args.tune_growth:  # the tuning trace only, on the roofline (the trust region's growth)
-        tuning = pool([traces[n] for n in TUNING])
-        for batch in args.gpu_batches:
-            n = max(tuning.num_requests, 2 * batch)
-            rows += sweep(
-                "tuning pooled", tuning, gpu, False, batch, n, args.steady, args.tune_growth, model=args.model
-            )
-        return write_replays(args, rows, held, cpu, gpu)
-    if args.tune_probe:  # the tuning trace only, on the roofline, several draws of the requests
+    if args.tune_growth or args.tune_probe:  # the tuning trace only, on the roofline, --draws draws
         tuning = pool([traces[n] for n in TUNING])
         for batch in args.gpu_batches:
             for draw in range(args.draws):
@@ -314,8 +306,9 @@ def run_replays(args) -> int:
                     batch,
                     n,
                     args.steady,
+                    growths=args.tune_growth or (),
                     model=args.model,
-                    probes=args.tune_probe,
+                    probes=args.tune_probe or (),
                     seed=draw,
                 )
         return write_replays(args, rows, held, cpu, gpu)
@@ -577,7 +570,7 @@ def main(argv=None) -> int:
         "--draws",
         type=int,
         default=1,
-        help="--tune-probe: replays per batch, each its own draw of the requests",
+        help="--tune-probe / --tune-growth: replays per batch, each its own draw of the requests",
     )
     ap.add_argument(
         "--tuning-only",

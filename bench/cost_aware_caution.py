@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_aware import drafter_for, ngram_estimator  # noqa: E402
 from estimates import SOURCES, prompt_categories, subset  # noqa: E402
 
-from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
+from common import RESULTS_DIR, decode_summary, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import MARGIN, CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel  # noqa: E402
 from tetris_ext.policies import StandardSD, Tetris, ThresholdSD  # noqa: E402
@@ -294,11 +294,8 @@ def live_groups(repeat: int, groups=("code", "chat-like"), margins=(MARGIN,)) ->
                         "round": round_,
                         "group": group,
                         "policy": name,
-                        "tok_per_decode_cpu_s": s["generated_tokens"]
-                        / (s["cpu_seconds"] - s["prefill_cpu_seconds"]),
-                        "steps": s["steps"],
-                        "vsr": s["accepted_tokens"] / max(1, s["verified_tokens"]),
                     }
+                    | decode_summary(s)
                 )
                 print(rows[-1], file=sys.stderr, flush=True)
     for r in rows:

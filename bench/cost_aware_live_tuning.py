@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_aware import ngram_estimator  # noqa: E402
 from sim import bundled_prompts, load_target  # noqa: E402
 
-from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
+from common import RESULTS_DIR, decode_summary, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import FIT_CLIP, FIT_FORGET, KNEE_EVIDENCE, CostAwareTetris  # noqa: E402
 from tetris_ext.decoding import LiveTarget, generate  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
@@ -183,11 +183,8 @@ def main(argv=None) -> int:
                 {
                     "round": round_,
                     "policy": name,
-                    "tok_per_decode_cpu_s": s["generated_tokens"]
-                    / (s["cpu_seconds"] - s["prefill_cpu_seconds"]),
-                    "steps": s["steps"],
-                    "vsr": s["accepted_tokens"] / max(1, s["verified_tokens"]),
                 }
+                | decode_summary(s)
             )
             print(rows[-1], flush=True)
     columns = [("round", "round"), ("policy", "policy"), ("tok_per_decode_cpu_s", "tok/decode CPU s")]

@@ -105,3 +105,20 @@ def test_cost_fit_offline_replays_the_committed_logs(tmp_path):
     assert set(rows) == {0.0, 30.0}
     assert all(math.isfinite(r["median_abs_error_ms"]) and r["regret_pct"] >= 0 for r in rows.values())
     assert rows[30.0]["regret_pct"] < rows[0.0]["regret_pct"]
+
+
+def test_caution_diagnosis_replays_the_tuning_trace(tmp_path):
+    """bench/cost_aware_caution.py's replay part (no model): one row per group and policy, the
+    cost-aware policy's floor inside (0, 1) and its steps on the flat line at most a fixed-k
+    policy's worst, and the pooled fit of the committed live logs finite."""
+    out = tmp_path / "caution"
+    run_bench("cost_aware_caution.py", "--margins", "0.3", "--skip-calibration", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {(r["group"], r["policy"]): r for r in result["rows"]}
+    for group in ("code", "chat-like", "all"):
+        policy = rows[(group, "CostAware online, margin 0.3")]
+        assert 0 < policy["floor_median"] < 1
+        assert policy["runs_per_step"] >= 1
+        assert policy["steps"] <= rows[(group, "StandardSD(2)")]["steps"]
+    pooled = result["fit_logs"]["bundled"]["pooled"]
+    assert all(math.isfinite(v) for v in pooled.values()) and pooled["token_ms"] > 0

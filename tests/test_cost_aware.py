@@ -472,41 +472,6 @@ def test_online_flat_policy_finds_the_known_cost_budget_cheaply():
     assert abs(int(online.choose(proposal).sum()) - known) <= 0.03 * known
 
 
-def test_caution_diagnosis_replays_the_tuning_trace(tmp_path):
-    """bench/cost_aware_caution.py's replay part (no model): one row per group and policy, the
-    cost-aware policy's floor inside (0, 1) and its steps on the flat line at most a fixed-k
-    policy's worst, and the pooled fit of the committed live logs finite."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    package_root = str(Path(tetris_ext.__file__).parents[1])
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    out = tmp_path / "caution"
-    args = ["--margins", "0.3", "--skip-calibration", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, str(root / "bench" / "cost_aware_caution.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(out.with_suffix(".json").read_text())
-    rows = {(r["group"], r["policy"]): r for r in result["rows"]}
-    for group in ("code", "chat-like", "all"):
-        policy = rows[(group, "CostAware online, margin 0.3")]
-        assert 0 < policy["floor_median"] < 1
-        assert policy["runs_per_step"] >= 1
-        assert policy["steps"] <= rows[(group, "StandardSD(2)")]["steps"]
-    pooled = result["fit_logs"]["bundled"]["pooled"]
-    assert all(math.isfinite(v) for v in pooled.values()) and pooled["token_ms"] > 0
-
-
 def test_online_flat_probe_is_bounded_where_every_token_costs():
     """Batch 256 on a step compute bound from the first token (the 70B roofline's shape
     there: 0.06 ms a token), the cost fitted online: before the fit knows a slope the policy
