@@ -245,6 +245,11 @@ class NgramLogistic:
     def tracked_requests(self) -> int:
         return len(self._slots)
 
+    @property
+    def request_ids(self) -> set[int]:
+        """The requests whose state is held (seen and not forgotten)."""
+        return set(self._slots)
+
     @staticmethod
     def _buckets(tokens: Tensor, roots: Tensor | None) -> Tensor:
         """[B, N] memory bucket of each (parent, token) transition of chains; -1 where unknown
