@@ -74,7 +74,9 @@ def policies(padded: bool) -> dict:
 def groups(trace: Trace) -> dict[str, Trace]:
     categories = prompt_categories("bundled")
     if len(categories) != trace.num_requests:
-        raise ValueError(f"the bundled trace has {trace.num_requests} requests, the prompt file {len(categories)}")
+        raise ValueError(
+            f"the bundled trace has {trace.num_requests} requests, the prompt file {len(categories)}"
+        )
     return {
         "code": subset(trace, [r for r, c in enumerate(categories) if c in CODE]),
         "chat-like": subset(trace, [r for r, c in enumerate(categories) if c not in CODE]),
@@ -171,6 +173,8 @@ COLUMNS = [
     ("policy", "policy"),
     ("estimator", "estimator"),
     ("steps", "steps"),
+    ("accepted_per_step", "acc/step"),
+    ("verified_per_step", "ver/step"),
     ("vsr", "VSR"),
     ("vsr_minus_sd3", "VSR-SD3"),
     ("throughput", "tok/s"),
@@ -179,14 +183,17 @@ COLUMNS = [
     ("vsr_minus_sd3_draws_mean", "VSR-SD3 (draws)"),
 ]
 QUALITY_COLUMNS = [
-    (k, k) for k in ("model", "group", "estimator", "tested_tokens", "acceptance_rate", "brier", "auc", "path_auc")
+    (k, k)
+    for k in ("model", "group", "estimator", "tested_tokens", "acceptance_rate", "brier", "auc", "path_auc")
 ]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--draws", type=int, default=0, help="resampled request sets per cell (4 x the batch each)")
+    ap.add_argument(
+        "--draws", type=int, default=0, help="resampled request sets per cell (4 x the batch each)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "fixed_budget_estimates")
     args = ap.parse_args(argv)
     rows, quality = [], []

@@ -123,7 +123,9 @@ def test_ngram_drafter_proposal_layout(make):
         again = calibration.predict(proposal.features[0], 0).log().float()
     else:  # the batched estimator also reads the tokens and their roots (the last tokens)
         roots = torch.tensor([r.tokens[-1] for r in requests])
-        again = calibration.predict_batch(proposal.features, [0, 1, 2], proposal.tokens, roots)[0].log().float()
+        again = (
+            calibration.predict_batch(proposal.features, [0, 1, 2], proposal.tokens, roots)[0].log().float()
+        )
     torch.testing.assert_close(again, proposal.token_logprobs[0])
 
 
