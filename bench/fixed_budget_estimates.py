@@ -19,7 +19,9 @@ NgramLogistic() without token classes; NgramLogistic with the model's token clas
    (bench/cost_aware_caution.flat_cpu_line); steps, VSR and throughput over StandardSD(3)'s;
    with --draws, also the mean over resampled request sets (with replacement, 4 x the batch);
    and Tetris(3, 2) with the true outcomes as its estimates (``replay(oracle=True)``): the VSR
-   no estimator can beat under this budget;
+   no estimator can beat under this budget; and a diagnostic, Tetris(3, 2)'s ranking with
+   StandardSD(3)'s verified count of each step as the budget (``SDBudgetTetris``): its VSR
+   against StandardSD(3)'s is the ranking's share, the rest is the budget's;
 2. the estimates themselves (tetris_ext.heldout.collect: every drafted token verified): token
    Brier score, AUC of the token estimates and AUC of the path estimates TETRIS ranks by.
 """
@@ -38,7 +40,7 @@ from cost_aware_caution import CODE, flat_cpu_line  # noqa: E402
 from estimates import SMOLLM2_SOURCES, SOURCES, load_token_classes, prompt_categories, subset  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from tetris_ext import heldout  # noqa: E402
+from tetris_ext import heldout, ops  # noqa: E402
 from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel  # noqa: E402
@@ -50,6 +52,20 @@ MODELS = {"gemma3-270m": SOURCES["bundled"], "smollm2-135m": SMOLLM2_SOURCES["bu
 BATCH = 8
 BASELINE = "StandardSD(3)"
 ORACLE, ORACLE_POLICY = "oracle (true outcomes)", "Tetris(3, 2)"
+
+
+class SDBudgetTetris(Tetris):
+    """Diagnostic, bench only: Tetris(k, extra)'s batch-wide ranking with StandardSD(k)'s
+    verified count of the step as its budget (the sum over requests of min(k, drafted)), so
+    that its VSR against StandardSD(k)'s measures the ranking alone, not the budget."""
+
+    def __init__(self, k: int, extra: int):
+        super().__init__(k, extra)
+        self.name = f"Tetris({k}, {extra}) at SD({k})'s budget"
+
+    def choose(self, proposal):
+        budget = int(proposal.counts().clamp(max=self.k).sum())
+        return ops.select(proposal.cum_logprobs, budget, proposal.parents)[0]
 
 
 def estimators(model: str) -> dict:
@@ -66,6 +82,7 @@ def policies(padded: bool) -> dict:
     return {
         BASELINE: lambda: StandardSD(3),
         "Tetris(3, 2)": lambda: Tetris(3, 2),
+        "Tetris(3, 2) at SD(3)'s budget": lambda: SDBudgetTetris(3, 2),
         "ThresholdSD(0.7, 6)": lambda: ThresholdSD(0.7, 6),
         "CostAwareTetris(8)": lambda: CostAwareTetris(8, padded),
     }
