@@ -9,6 +9,7 @@ import tetris_ext  # noqa: F401
 from tetris_ext.calibration import AcceptanceCalibration, brier_score, reliability
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter, ngram_match, transition_agreements
+from tetris_ext.estimators import PRIOR, PRIOR_WITH_CLASSES, NgramLogistic
 from tetris_ext.models import tiny_llama
 from tetris_ext.policies import Tetris
 from tetris_ext.proposal import Outcome
@@ -56,8 +57,54 @@ def test_ngram_match_edge_cases():
     assert ngram_match([1, 2, 1], 4, min_ngram=2).tokens == []
 
 
-def test_ngram_drafter_proposal_layout():
+def test_ngram_drafter_defaults_to_the_batched_logistic_estimator():
+    """The recommended estimator is the default (bench/fixed_budget_estimates.py): without a
+    tokenizer it has no token classes and the prior fitted without them; drafters do not share
+    one; the old calibration is still there by explicit argument."""
     drafter = NgramDrafter(4)
+    assert type(drafter.calibration) is NgramLogistic
+    assert drafter.calibration.token_classes is None
+    assert drafter.calibration.prior.tolist() == list(PRIOR.weights)
+    assert NgramDrafter(4).calibration is not drafter.calibration
+    old = AcceptanceCalibration()
+    assert NgramDrafter(4, calibration=old).calibration is old
+
+
+def test_ngram_drafter_with_tokenizer_uses_its_token_classes():
+    class Tokenizer:  # what token_class_table reads of a Hugging Face tokenizer
+        pieces = ["\u2581", ",", "\u2581def", "x1", "\u00e9!"]
+
+        def __len__(self):
+            return len(self.pieces)
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.pieces[i] for i in ids]
+
+    drafter = NgramDrafter.with_tokenizer(Tokenizer(), 5, max_ngram=3, vocab_size=7)
+    assert (drafter.max_draft, drafter.max_ngram, drafter.min_ngram) == (5, 3, 1)
+    estimator = drafter.calibration
+    assert type(estimator) is NgramLogistic
+    # whitespace, punctuation, word, word, other; ids past the tokenizer: other
+    assert estimator.token_classes.tolist() == [0, 1, 2, 2, 3, 3, 3]
+    assert estimator.prior.tolist() == list(PRIOR_WITH_CLASSES.weights)
+    requests = [R(0, [1, 2, 3, 1, 2])]
+    drafter.add(requests)
+    assert drafter.propose(requests, num_draft=3).tokens.tolist() == [[3, 1, 2]]
+
+
+BOTH = {"NgramLogistic (default)": lambda: None, "AcceptanceCalibration": AcceptanceCalibration}
+
+
+def tracked(calibration) -> set:
+    """The request ids a calibration holds state for."""
+    if isinstance(calibration, AcceptanceCalibration):
+        return set(calibration.request_bias)
+    return calibration.request_ids
+
+
+@pytest.mark.parametrize("make", BOTH.values(), ids=BOTH.keys())
+def test_ngram_drafter_proposal_layout(make):
+    drafter = NgramDrafter(4, calibration=make())
     requests = [R(0, [1, 2, 3, 1, 2]), R(1, [4, 5, 6]), R(2, [8, 8, 8, 8])]
     proposal = drafter.propose(requests, num_draft=3)
     assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, -1, -1]]
@@ -71,7 +118,14 @@ def test_ngram_drafter_proposal_layout():
     assert (proposal.token_logprobs[valid] < 0).all()
     torch.testing.assert_close(proposal.cum_logprobs[0], proposal.token_logprobs[0].cumsum(0))
     # The same raw features give the same probabilities through the calibration.
-    again = drafter.calibration.predict(proposal.features[0], 0).log().float()
+    calibration = drafter.calibration
+    if isinstance(calibration, AcceptanceCalibration):
+        again = calibration.predict(proposal.features[0], 0).log().float()
+    else:  # the batched estimator also reads the tokens and their roots (the last tokens)
+        roots = torch.tensor([r.tokens[-1] for r in requests])
+        again = (
+            calibration.predict_batch(proposal.features, [0, 1, 2], proposal.tokens, roots)[0].log().float()
+        )
     torch.testing.assert_close(again, proposal.token_logprobs[0])
 
 
@@ -100,8 +154,9 @@ def test_calibration_is_deterministic_for_replay():
     assert torch.equal(run(), run())
 
 
-def test_ngram_drafter_update_learns_only_from_tested_candidates():
-    drafter = NgramDrafter(4)
+@pytest.mark.parametrize("make", BOTH.values(), ids=BOTH.keys())
+def test_ngram_drafter_update_learns_only_from_tested_candidates(make):
+    drafter = NgramDrafter(4, calibration=make())
     requests = [R(0, [1, 2, 3, 1, 2])]
     proposal = drafter.propose(requests, num_draft=3)
     selected = torch.tensor([[True, True, False]])
@@ -110,31 +165,33 @@ def test_ngram_drafter_update_learns_only_from_tested_candidates():
     assert drafter.calibration.updates == 1
 
 
-def test_ngram_drafter_forgets_the_requests_that_leave():
-    drafter = NgramDrafter(4)
+@pytest.mark.parametrize("make", BOTH.values(), ids=BOTH.keys())
+def test_ngram_drafter_forgets_the_requests_that_leave(make):
+    drafter = NgramDrafter(4, calibration=make())
     requests = [R(7, [1, 2, 3, 1, 2]), R(8, [4, 5, 4, 5]), R(9, [6, 6, 6])]
     drafter.add(requests)
     proposal = drafter.propose(requests, num_draft=2)
     selected = proposal.tokens >= 0
     accepted = torch.zeros_like(selected)
     drafter.update(requests, proposal, Outcome(selected, accepted, torch.full((3, 2), -1)))
-    assert set(drafter.calibration.request_bias) == {7, 8, 9}
+    assert tracked(drafter.calibration) == {7, 8, 9}
     drafter.keep([2, 0])  # request 8 left; the rows are now 9, 7
-    assert set(drafter.calibration.request_bias) == {7, 9}
+    assert tracked(drafter.calibration) == {7, 9}
     drafter.keep([0])
-    assert set(drafter.calibration.request_bias) == {9}
+    assert tracked(drafter.calibration) == {9}
     drafter.add([R(10, [1, 1])])
     drafter.keep([1])  # rows were 9, 10
-    assert drafter.calibration.request_bias == {}
+    assert tracked(drafter.calibration) == set()
 
 
-def test_a_reused_ngram_drafter_starts_each_run_without_request_offsets(model):
-    # Every generate call numbers its prompts from 0: a leftover offset would be applied to
-    # another prompt of the next call.
-    drafter = NgramDrafter(4)
+@pytest.mark.parametrize("make", BOTH.values(), ids=BOTH.keys())
+def test_a_reused_ngram_drafter_starts_each_run_without_request_state(model, make):
+    # Every generate call numbers its prompts from 0: leftover state (an offset, a running
+    # rate, a transition memory) would be applied to another prompt of the next call.
+    drafter = NgramDrafter(4, calibration=make())
     prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5, 4, 5, 4]]
     generate(model, prompts, Tetris(2, 1), drafter, max_new_tokens=8, max_batch_size=1)
-    assert drafter.calibration.updates > 0 and drafter.calibration.request_bias == {}
+    assert drafter.calibration.updates > 0 and tracked(drafter.calibration) == set()
 
 
 def test_brier_and_reliability():

@@ -14,6 +14,10 @@ being accepted is told apart from one whose drafts keep failing. Both take one s
 gradient step on the log-loss per observed token. Everything is deterministic and independent
 of models: a trace replay that stores the raw features and the outcomes re-runs the same code
 and gets the same probabilities.
+
+It is no longer ``NgramDrafter``'s default: ``estimators.NgramLogistic`` (batched, richer
+features) estimates better (bench/README.md, "The default n-gram estimator"); pass
+``NgramDrafter(..., calibration=AcceptanceCalibration())`` to use this one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Batched acceptance estimates for n-gram drafts: a Bayesian logistic model over richer features.
 
+``NgramLogistic()`` is ``drafters.NgramDrafter``'s default calibration
+(``NgramDrafter.with_tokenizer`` adds a tokenizer's token classes).
+
 ``AcceptanceCalibration`` (calibration.py) scores a drafted token from its match statistics
 alone and learns one SGD step per token in a Python loop. ``NgramLogistic`` adds what a
 request and a token tell beyond the match, and scores and learns a whole batch per tensor op:
@@ -244,6 +247,11 @@ class NgramLogistic:
     @property
     def tracked_requests(self) -> int:
         return len(self._slots)
+
+    @property
+    def request_ids(self) -> set[int]:
+        """The requests whose state is held (seen and not forgotten)."""
+        return set(self._slots)
 
     @staticmethod
     def _buckets(tokens: Tensor, roots: Tensor | None) -> Tensor:

@@ -648,8 +648,9 @@ def replay(
     replays every trace request once, in order (ids = trace rows, as in the live run);
     otherwise that many requests drawn uniformly with replacement from the trace (seed).
     drafter: for n-gram traces, a fresh NgramDrafter to re-run (default: one with the
-    recorded settings and the default calibration). The policy object is used as is (pass a
-    fresh one: policies keep state). also_price: more cost models that price the very same
+    recorded settings and NgramDrafter's default calibration, ``estimators.NgramLogistic()``
+    without token classes: what a live ``NgramDrafter(...)`` uses). The policy object is used
+    as is (pass a fresh one: policies keep state). also_price: more cost models that price the very same
     steps (valid when every request arrives at once and the policy's decisions do not depend
     on latency, i.e. not for GoodputSD / GoodputTetris, which see `cost_model`'s latencies).
     keep_candidates: keep every verified candidate's estimates and outcome (ReplayResult.candidates,
