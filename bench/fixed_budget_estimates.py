@@ -12,16 +12,17 @@ For each estimator in the n-gram drafter (AcceptanceCalibration, the old default
 NgramLogistic() without token classes; NgramLogistic with the model's token classes):
 
 1. the policies whose selection reads the estimates, and StandardSD(3), whose selection does
-   not (the same row for every estimator: a check): Tetris(3, 2) (the paper's fixed budget,
-   batch-wide ranking), ThresholdSD(0.7, 6) and CostAwareTetris(8) (online cost fit), replayed
+   not (the same row for every estimator: a check): Tetris(3, 2) (the fixed budget: StandardSD(3)'s
+   verified count, batch-wide ranking), ThresholdSD(0.7, 6) and CostAwareTetris(8) (online cost fit), replayed
    at batch 8 with every request waiting at t=0 under two CPU cost models: the fitted padded
    loop (bench/results/cost_model_cpu_gemma3-270m-bf16.json) and the flat loop's line
    (bench/cost_aware_caution.flat_cpu_line); steps, VSR and throughput over StandardSD(3)'s;
    with --draws, also the mean over resampled request sets (with replacement, 4 x the batch);
    and Tetris(3, 2) with the true outcomes as its estimates (``replay(oracle=True)``): the VSR
-   no estimator can beat under this budget; and a diagnostic, Tetris(3, 2)'s ranking with
-   StandardSD(3)'s verified count of each step as the budget (``SDBudgetTetris``): its VSR
-   against StandardSD(3)'s is the ranking's share, the rest is the budget's;
+   no estimator can beat under this budget; and Tetris(3, 2, full_budget), k x B candidates
+   every step (the budget rule before 2026-11-30: the slots StandardSD(3) leaves empty when
+   drafts run short go to other requests' deeper drafts). Tetris(3, 2) verifies StandardSD(3)'s
+   count each step, so its VSR against StandardSD(3)'s is the ranking's share alone;
 2. the estimates themselves (tetris_ext.heldout.collect: every drafted token verified): token
    Brier score, AUC of the token estimates and AUC of the path estimates TETRIS ranks by.
 """
@@ -40,7 +41,7 @@ from cost_aware_caution import CODE, flat_cpu_line  # noqa: E402
 from estimates import SMOLLM2_SOURCES, SOURCES, load_token_classes, prompt_categories, subset  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
-from tetris_ext import heldout, ops  # noqa: E402
+from tetris_ext import heldout  # noqa: E402
 from tetris_ext.calibration import AcceptanceCalibration  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.cost_models import LinearCostModel  # noqa: E402
@@ -52,20 +53,6 @@ MODELS = {"gemma3-270m": SOURCES["bundled"], "smollm2-135m": SMOLLM2_SOURCES["bu
 BATCH = 8
 BASELINE = "StandardSD(3)"
 ORACLE, ORACLE_POLICY = "oracle (true outcomes)", "Tetris(3, 2)"
-
-
-class SDBudgetTetris(Tetris):
-    """Diagnostic, bench only: Tetris(k, extra)'s batch-wide ranking with StandardSD(k)'s
-    verified count of the step as its budget (the sum over requests of min(k, drafted)), so
-    that its VSR against StandardSD(k)'s measures the ranking alone, not the budget."""
-
-    def __init__(self, k: int, extra: int):
-        super().__init__(k, extra)
-        self.name = f"Tetris({k}, {extra}) at SD({k})'s budget"
-
-    def choose(self, proposal):
-        budget = int(proposal.counts().clamp(max=self.k).sum())
-        return ops.select(proposal.cum_logprobs, budget, proposal.parents)[0]
 
 
 def estimators(model: str) -> dict:
@@ -82,7 +69,7 @@ def policies(padded: bool) -> dict:
     return {
         BASELINE: lambda: StandardSD(3),
         "Tetris(3, 2)": lambda: Tetris(3, 2),
-        "Tetris(3, 2) at SD(3)'s budget": lambda: SDBudgetTetris(3, 2),
+        "Tetris(3, 2, full_budget)": lambda: Tetris(3, 2, full_budget=True),
         "ThresholdSD(0.7, 6)": lambda: ThresholdSD(0.7, 6),
         "CostAwareTetris(8)": lambda: CostAwareTetris(8, padded),
     }

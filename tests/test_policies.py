@@ -64,6 +64,20 @@ def test_tetris_moves_capacity_to_the_confident_requests():
     assert rows(selected) == [[0, 1, 2, 3, 4], [], [0]]
 
 
+def test_tetris_capacity_is_what_standard_sd_verifies_when_drafts_run_short():
+    # Request 1 drafted one token, request 2 none: StandardSD(2) verifies 2 + 1 + 0 = 3 tokens,
+    # so Tetris(2, .) verifies 3, the best 3 of the batch, not 2 x 3 = 6 (which would spend
+    # the slots SD leaves empty on request 0's deep, doubtful drafts).
+    proposal = chain_proposal([[0.9, 0.8, 0.7, 0.6, 0.5], [0.3], []])
+    sd = StandardSD(2).choose(proposal)
+    tetris = Tetris(2, 3)
+    assert tetris.step_budget(proposal) == int(sd.sum()) == 3
+    assert rows(tetris.choose(proposal)) == [[0, 1, 2], [], []]  # 0.9 * 0.8 * 0.7 = 0.50 > 0.3
+    full = Tetris(2, 3, full_budget=True)
+    assert full.name == "Tetris(2, 3, full_budget)" and full.step_budget(proposal) == 6
+    assert rows(full.choose(proposal)) == [[0, 1, 2, 3, 4], [0], []]
+
+
 def test_tetris_absolute_capacity_and_probability_floor():
     proposal = chain_proposal([[0.9, 0.9, 0.9], [0.4, 0.4, 0.4]])
     assert rows(Tetris(capacity=4, extra=0).choose(proposal)) == [[0, 1, 2], [0]]
@@ -163,6 +177,7 @@ def test_invalid_arguments():
         lambda: Tetris(2, capacity=3),
         lambda: Tetris(2, -1),
         lambda: Tetris(2, 1, min_prob=2.0),
+        lambda: Tetris(capacity=4, full_budget=True),
         lambda: ThresholdSD(1.5),
         lambda: GoodputSD(0),
         lambda: GoodputTetris(0),

@@ -115,13 +115,23 @@ class StandardSD(Policy):
 class Tetris(Policy):
     """TETRIS: draft k + extra per request, verify the best candidates of the whole batch.
 
-    Capacity: ``k * active requests`` (the same number of verified tokens as StandardSD(k)),
-    or the absolute ``capacity``. ``min_prob``: never verify a candidate whose estimated
-    probability of being accepted is below it, even with capacity left.
+    Capacity: the number of tokens StandardSD(k) verifies in the same step: k per request,
+    fewer for a request that drafted fewer (the paper's ``k * B`` whenever every request drafts
+    at least k, as a draft model does); or the absolute ``capacity``. ``full_budget``: ``k * B``
+    every step whatever was drafted (the paper's formula read literally): with drafters that
+    run short (n-gram drafts), the slots StandardSD(k) would leave empty then go to other
+    requests' deeper, less likely drafts, and the batch-wide ranking verifies worse than
+    StandardSD(k) (bench/fixed_budget_estimates.py). ``min_prob``: never verify a candidate
+    whose estimated probability of being accepted is below it, even with capacity left.
     """
 
     def __init__(
-        self, k: int | None = None, extra: int = 1, capacity: int | None = None, min_prob: float | None = None
+        self,
+        k: int | None = None,
+        extra: int = 1,
+        capacity: int | None = None,
+        min_prob: float | None = None,
+        full_budget: bool = False,
     ):
         if (k is None) == (capacity is None):
             raise ValueError("Tetris: give exactly one of k (capacity k per request) and capacity")
@@ -129,19 +139,33 @@ class Tetris(Policy):
             raise ValueError("Tetris: need k >= 1, capacity >= 0, extra >= 0")
         if min_prob is not None and not 0.0 <= min_prob <= 1.0:
             raise ValueError("Tetris: min_prob must be in [0, 1]")
+        if full_budget and k is None:
+            raise ValueError("Tetris: full_budget goes with k (an absolute capacity is always spent)")
         self.k, self.extra, self.capacity, self.min_prob = k, extra, capacity, min_prob
+        self.full_budget = full_budget
         size = f"{k}, {extra}" if k is not None else f"capacity={capacity}, extra={extra}"
-        self.name = f"Tetris({size}{'' if min_prob is None else f', min_prob={min_prob:g}'})"
+        options = ("" if min_prob is None else f", min_prob={min_prob:g}") + (
+            ", full_budget" if full_budget else ""
+        )
+        self.name = f"Tetris({size}{options})"
 
     def budget(self, num_requests: int) -> int:
+        """The most candidates a step of ``num_requests`` requests verifies."""
         return self.capacity if self.capacity is not None else self.k * num_requests
+
+    def step_budget(self, proposal: Proposal) -> int:
+        """This step's capacity: StandardSD(k)'s verified count (each request's first k
+        candidates at most), unless ``full_budget`` or an absolute ``capacity``."""
+        if self.capacity is not None or self.full_budget:
+            return self.budget(proposal.batch_size)
+        return int(proposal.counts().clamp(max=self.k).sum())
 
     def num_draft(self, num_requests: int) -> int:
         per_request = self.k if self.k is not None else math.ceil(self.capacity / max(1, num_requests))
         return per_request + self.extra
 
     def choose(self, proposal: Proposal) -> Tensor:
-        return _select(proposal, self.budget(proposal.batch_size), min_prob=self.min_prob)
+        return _select(proposal, self.step_budget(proposal), min_prob=self.min_prob)
 
 
 class ThresholdSD(Policy):
