@@ -231,7 +231,7 @@ class DraftSelection:
     def _budget(self, B: int, N: int) -> int:
         if isinstance(self.policy, _COST_FITTED):
             return self.policy.last_budget
-        return self.options.k * B  # tetris: the batch's k x requests; sd: k per request
+        return self.options.k * B  # the most: tetris verifies what sd would (k per request at most)
 
 
 class TetrisProposer:
