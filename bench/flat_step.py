@@ -24,6 +24,7 @@ back after each forward; medians over repeats. Writes bench/results/flat_step_b8
 
     python bench/flat_step.py --attention-calls 15 --context 80 160
     python bench/flat_step.py --attention-only 15
+    python bench/flat_step.py --holes 15 --context 80 160
 
 --attention-calls times the packed forward of each row-size shape of CALL_SHAPES three ways,
 interleaved: attention as one SDPA call per run of adjacent equal rows (the loop before
@@ -31,7 +32,9 @@ interleaved: attention as one SDPA call per run of adjacent equal rows (the loop
 planned (``CALL_COST``); paired ratios to per run. --attention-only times the attention function
 alone (Gemma 3 270M's first attention module, 18 calls as in a forward, keys of 100-500 columns)
 per run and in one call for each shape, and fits CPU time = c + a * calls + b * query slots x
-keys x heads x head dim: ``CALL_COST`` = a / b. Write bench/results/flat_step_attention_*.
+keys x heads x head dim: ``CALL_COST`` = a / b. --holes times what hole columns of the ragged
+KV cache cost a packed forward and what ``maybe_compact`` costs to squeeze them out. Write
+bench/results/flat_step_{attention_*,holes_*}.
 """
 
 from __future__ import annotations
@@ -247,6 +250,56 @@ def _timed_attention(module, sizes, keys: int, dims, call_cost: float, generator
         packed_attention.CALL_COST = saved
 
 
+def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
+    """What holes cost a packed step and what squeezing them out costs: on one cache (contexts
+    in ``context``), with h hole columns appended to every row, the packed forward of the
+    tetris-like shape of CALL_SHAPES, and ``maybe_compact`` removing the h holes; interleaved in
+    a shuffled order per repeat. Fits ms per hole column per forward and ms per compaction."""
+    import numpy as np
+
+    from tetris_ext.kv_cache import _pad_columns
+
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(context[0], context[1] + 1, (BATCH,), generator=generator)
+    sizes = CALL_SHAPES["tetris-like: 9, 2, 1, 1, 3, 1, 4, 1"]
+    holes = (0, 16, 32, 64, 128)
+    configs = [("forward", h) for h in holes] + [("compact", h) for h in holes[1:]]
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    with torch.inference_mode():
+        cache = RaggedKVCache(model, packed=True)
+        cache.append([torch.randint(0, vocab, (int(n),), generator=generator).tolist() for n in lengths])
+        width, order = cache.width, random.Random(seed)
+        for _ in range(repeat + 1):  # the first round warms up
+            order.shuffle(configs)
+            for op, h in configs:
+                cache.positions, cache.valid = (
+                    _pad_columns(t, width + h) for t in (cache.positions, cache.valid)
+                )
+                cache._map_layers(lambda t, h=h: _pad_columns(t, width + h, dim=2))
+                if op == "forward":
+                    block = _block(cache, sizes, vocab, generator)
+                    times[op, h].append(_timed_forward(cache, block, "packed"))
+                    cache.maybe_compact(0.0)
+                else:
+                    start = time.process_time()
+                    cache.maybe_compact(0.0)
+                    times[op, h].append(time.process_time() - start)
+                assert cache.width == width
+    ms = {c: 1e3 * statistics.median(t[1:]) for c, t in times.items()}
+    slope = np.polyfit(holes, [ms["forward", h] for h in holes], 1)[0]
+    rows = [
+        {"holes": h, "forward_cpu_ms": ms["forward", h], "compact_cpu_ms": ms.get(("compact", h), 0.0)}
+        for h in holes
+    ]
+    header = (
+        f"Gemma 3 270M bf16, one thread, batch {BATCH}, contexts {lengths.tolist()} (width {width}), tetris-like "
+        f"step {sizes}, {repeat} repeats (python bench/flat_step.py --holes {repeat} --context {context[0]} "
+        f"{context[1]}): a hole column costs {slope:.4f} ms a forward (least squares)\n"
+    )
+    _write(rows, header, f"flat_step_holes_{context[0]}-{context[1]}", {"ms_per_hole_column": slope})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,12 +310,16 @@ def main() -> None:
     parser.add_argument(
         "--attention-calls", type=int, metavar="REPEAT", help="instead: attention splits, REPEAT rounds"
     )
+    parser.add_argument("--holes", type=int, metavar="REPEAT", help="instead: hole_cost, REPEAT rounds")
     parser.add_argument(
         "--attention-only", type=int, metavar="REPEAT", help="instead: fit CALL_COST, REPEAT rounds"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_target()
+    if args.holes:
+        hole_cost(model, args.holes, args.context, args.seed)
+        return
     if args.attention_only:
         attention_only(model, args.attention_only, args.seed)
         return

@@ -38,6 +38,9 @@ from .packed_attention import PackedStep, use_packed_attention
 
 __all__ = ["RaggedKVCache", "accepts_custom_mask", "CustomMaskUnsupported"]
 
+# ``maybe_compact`` squeezes out holes once they are more than this fraction of the width.
+MAX_HOLE_FRACTION = 0.25
+
 
 class CustomMaskUnsupported(RuntimeError):
     """The model cannot take the custom 4D attention mask this decoding needs (token trees, or a
@@ -316,19 +319,28 @@ class RaggedKVCache:
         for k, v in self._layers():
             yield _pad_columns(k, width, dim=2), _pad_columns(v, width, dim=2)
 
-    def maybe_compact(self, max_hole_fraction: float = 0.25) -> None:
-        """Squeeze out holes when they are more than ``max_hole_fraction`` of the width."""
+    def maybe_compact(self, max_hole_fraction: float | None = None) -> None:
+        """Squeeze out holes when they are more than ``max_hole_fraction`` (default
+        ``MAX_HOLE_FRACTION``) of the width."""
+        if max_hole_fraction is None:
+            max_hole_fraction = MAX_HOLE_FRACTION
         longest = int(self.lengths().max()) if self.batch_size else 0
         if self.width - longest <= max_hole_fraction * self.width:
             return
         # Valid columns first, in their original order (a stable sort of ~valid).
+        B, width = self.valid.shape
         order = torch.sort((~self.valid).to(torch.int8), dim=1, stable=True).indices[:, :longest]
         self.positions = self.positions.gather(1, order)
         self.valid = self.valid.gather(1, order)
 
         def gather(t: Tensor) -> Tensor:
-            index = order[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3])
-            return t.gather(2, index)
+            # Each layer as [B * heads * width, head_dim] rows, row (b, h, order[b, j]) kept: one
+            # index_select copying whole head_dim rows (an element-wise torch.gather with an
+            # expanded index was ~10x slower on this CPU: bench/flat_step.py --holes).
+            heads, dim = t.shape[1], t.shape[3]
+            first = (torch.arange(B * heads, device=t.device) * width).view(B, heads, 1)
+            index = (first + order.unsqueeze(1)).reshape(-1)
+            return t.reshape(-1, dim).index_select(0, index).view(B, heads, longest, dim)
 
         self._map_layers(gather)
 

@@ -10,14 +10,29 @@ transformers' ``AttentionInterface``:
     queries, new keys/values [1, heads, N, D]
       -> new keys/values scattered into [B, kv_heads, q, D] (slot (row, j) of the block; holes
          stay zero) and appended to the cache as usual (``DynamicCache.update``)
-      -> SDPA (the model's implementation, required) of the real queries only, one call per run
-         of adjacent rows with the same number of tokens (views of the cache, no copies), with
-         the rows of the very mask the padded step uses (``RaggedKVCache._attention_mask``:
-         holes, tree block, sliding window per layer type), the query heads that share a
-         key/value head folded into one (``_grouped_sdpa``; transformers' SDPA repeats the
+      -> SDPA (the model's implementation, required) in as few calls as pay: the rows split
+         into runs of adjacent rows (``plan_segments``), one call per run on views of the cache,
+         its queries in the run's [rows, heads, widest, D] block (a view where the rows are of
+         equal size; else zero queries in the holes, whose outputs are dropped), with the rows
+         of the very mask the padded step uses (``RaggedKVCache._attention_mask``: holes, tree
+         block, sliding window per layer type; blocked entries are finfo.min, never -inf, so a
+         hole's query that sees nothing still has a finite softmax), the query heads that share
+         a key/value head folded into one (``_grouped_sdpa``; transformers' SDPA repeats the
          keys per query head whenever a mask is given: on this CPU the folding alone makes a
          padded [8, 1 + w] forward of Gemma 3 270M 0.84-0.91x as costly, bench/flat_step.py)
       -> outputs [1, N, heads, D] in packed order
+
+Why a plan and not always one call: a call costs ``CALL_COST`` beyond its arithmetic, but a
+padded query slot costs its full arithmetic against every key of the row. On this CPU (Gemma 3
+270M bf16, one thread, ``bench/flat_step.py --attention-only 15``) a call costs 22 us and a
+slot 56 ps per query head x head dim x key, so ``CALL_COST`` = 3.9e5: at 300 keys one padded slot
+of Gemma's 4 x 256 costs 17 us, about a call. One call for a whole step is cheapest when the
+rows differ little (rows of 4 and 6 alternating: one call instead of 8) and up to 1.15x (at
+100-160 keys) or 1.38x (300-500 keys) the per-run forward when one wide row pads many short
+ones; the plan is the cheapest split under this cost (an O(B^2) dynamic programme, once a step):
+0.97-1.01x the per-run forward at contexts 104-160, and the per-run split at 300-500
+(``bench/flat_step.py --attention-calls``, bench/README.md "One attention call per packed
+step"). On a GPU a call costs far more than a slot, so the plan tends to one call.
 
 So the cache layout, the masks and rollback are those of the padded step, exactly; only the
 work shrinks to the real tokens.
@@ -45,7 +60,7 @@ PACKED = "tetris_packed"
 # one key (query heads x head dim per slot-key): measured on this CPU, bench/flat_step.py
 # --attention-only (the module docstring). 0 would give one call per run of equal rows; a huge
 # value one call per step.
-CALL_COST = 330_000.0
+CALL_COST = 390_000.0
 
 
 @dataclass
