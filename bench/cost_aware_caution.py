@@ -6,6 +6,9 @@
     python bench/cost_aware_caution.py --shape-cost 31 --out bench/results/cost_aware_caution_shape
     python bench/cost_aware_caution.py --profile chat-like --out bench/results/cost_aware_caution_profile
     python bench/cost_aware_caution.py --engine chat-like 3 --out bench/results/flat_engine_chat-like
+    python bench/cost_aware_caution.py --engine chat-like 8 --out bench/results/flat_engine_chat-like_ab \
+        --engine-variants "before: per run, gather, holes 1/4" "planned, holes 1/4" \
+        --engine-policies "StandardSD(3)" "CostAwareTetris (flat CPU line)"
 
 The bundled trace (bench/results/traces/gemma3-270m-bf16_ngram_d8_t64.npz, the bundled prompts:
 the tuning part; nothing held out is read) replayed on a *flat* CPU step cost resembling the
@@ -334,23 +337,7 @@ ENGINES = {
 }
 
 
-def _gather_compact(cache, max_hole_fraction: float) -> None:
-    """RaggedKVCache.maybe_compact as it was before index_select: torch.gather, expanded index."""
-    from tetris_ext.kv_cache import DynamicCache
-
-    longest = int(cache.lengths().max()) if cache.batch_size else 0
-    if cache.width - longest <= max_hole_fraction * cache.width:
-        return
-    order = torch.sort((~cache.valid).to(torch.int8), dim=1, stable=True).indices[:, :longest]
-    cache.positions, cache.valid = cache.positions.gather(1, order), cache.valid.gather(1, order)
-
-    def gather(t):
-        return t.gather(2, order[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3]))
-
-    cache.cache = DynamicCache(ddp_cache_data=[(gather(k), gather(v)) for k, v in cache._layers()])
-
-
-def engine_ab(group: str, repeat: int) -> list[dict]:
+def engine_ab(group: str, repeat: int, engines=None, policies=None) -> list[dict]:
     """The live flat loop on one prompt group of the tuning prompts under each engine variant of
     ENGINES (attention calls, compaction), every (policy, variant) once per round in a shuffled
     order: decode CPU ms a step, its ratio to the first variant's in the same round, compactions
@@ -359,6 +346,7 @@ def engine_ab(group: str, repeat: int) -> list[dict]:
     in another order; ``same_output`` says whether the tokens equal the first variant's)."""
     import random
 
+    from flat_step import gather_compact as _gather_compact
     from sim import bundled_prompts, load_target
 
     from tetris_ext import kv_cache, packed_attention
@@ -375,6 +363,8 @@ def engine_ab(group: str, repeat: int) -> list[dict]:
         "CostAwareTetris (flat CPU line)": lambda: CostAwareTetris(8, padded=False, cost_model=known),
         "CostAwareTetris (online cost)": lambda: CostAwareTetris(8, padded=False),
     }
+    runs = {name: make for name, make in runs.items() if not policies or name in policies}
+    engines = engines or list(ENGINES)
     planned, compact = packed_attention.CALL_COST, kv_cache.RaggedKVCache.maybe_compact
     compactions = [0]
 
@@ -388,7 +378,7 @@ def engine_ab(group: str, repeat: int) -> list[dict]:
             compact(cache, max_hole_fraction)
         compactions[0] += cache.width != width
 
-    configs, rows, order = [(p, e) for p in runs for e in ENGINES], [], random.Random(0)
+    configs, rows, order = [(p, e) for p in runs for e in engines], [], random.Random(0)
     kv_cache.RaggedKVCache.maybe_compact = counted
     try:
         for round_ in range(repeat):
@@ -410,18 +400,18 @@ def engine_ab(group: str, repeat: int) -> list[dict]:
     finally:
         packed_attention.CALL_COST, kv_cache.MAX_HOLE_FRACTION = planned, 0.25
         kv_cache.RaggedKVCache.maybe_compact = compact
-    return _engine_ratios(rows)
+    return _engine_ratios(rows, engines)
 
 
-def _engine_ratios(rows: list[dict]) -> list[dict]:
+def _engine_ratios(rows: list[dict], engines: list[str]) -> list[dict]:
     """Per (policy, engine): median CPU ms a step, steps, the median over rounds of the ratio to
     the first engine of ENGINES in the same round, and whether the outputs equal its outputs."""
     import statistics
 
-    base = next(iter(ENGINES))
+    base = engines[0]
     out = []
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        for engine in ENGINES:
+        for engine in engines:
             mine = sorted(
                 (r for r in rows if (r["policy"], r["engine"]) == (policy, engine)), key=lambda r: r["round"]
             )
@@ -505,6 +495,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--engine", nargs=2, metavar=("GROUP", "REPEAT"), help="instead: engine_ab, REPEAT rounds"
     )
+    ap.add_argument("--engine-variants", nargs="+", help="--engine: these of ENGINES (the first is the base)")
+    ap.add_argument("--engine-policies", nargs="+", help="--engine: these policies only")
     ap.add_argument("--live", type=int, metavar="REPEAT", help="instead: live_groups, REPEAT rounds")
     ap.add_argument("--live-groups", nargs="+", default=["code", "chat-like"], help="--live: the groups")
     ap.add_argument(
@@ -518,7 +510,7 @@ def main(argv=None) -> int:
         return 0
     if args.shape_cost or args.live or args.profile or args.engine:
         if args.engine:
-            rows = engine_ab(args.engine[0], int(args.engine[1]))
+            rows = engine_ab(args.engine[0], int(args.engine[1]), args.engine_variants, args.engine_policies)
         elif args.profile:
             rows = profile_group(args.profile)
         else:

@@ -53,7 +53,7 @@ from sim import load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, paired_ratio, run_metadata, write_json  # noqa: E402
 from tetris_ext import packed_attention  # noqa: E402
-from tetris_ext.kv_cache import RaggedKVCache  # noqa: E402
+from tetris_ext.kv_cache import DynamicCache, RaggedKVCache  # noqa: E402
 from tetris_ext.packed_attention import PACKED  # noqa: E402
 
 BATCH = 8
@@ -250,11 +250,26 @@ def _timed_attention(module, sizes, keys: int, dims, call_cost: float, generator
         packed_attention.CALL_COST = saved
 
 
+def gather_compact(cache, max_hole_fraction: float) -> None:
+    """RaggedKVCache.maybe_compact as it was before index_select: torch.gather, expanded index."""
+    longest = int(cache.lengths().max()) if cache.batch_size else 0
+    if cache.width - longest <= max_hole_fraction * cache.width:
+        return
+    order = torch.sort((~cache.valid).to(torch.int8), dim=1, stable=True).indices[:, :longest]
+    cache.positions, cache.valid = cache.positions.gather(1, order), cache.valid.gather(1, order)
+
+    def gather(t):
+        return t.gather(2, order[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3]))
+
+    cache.cache = DynamicCache(ddp_cache_data=[(gather(k), gather(v)) for k, v in cache._layers()])
+
+
 def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
     """What holes cost a packed step and what squeezing them out costs: on one cache (contexts
     in ``context``), with h hole columns appended to every row, the packed forward of the
     tetris-like shape of CALL_SHAPES, and ``maybe_compact`` removing the h holes; interleaved in
-    a shuffled order per repeat. Fits ms per hole column per forward and ms per compaction."""
+    a shuffled order per repeat (and the element-wise gather compaction of before, for comparison).
+    Fits ms per hole column per forward."""
     import numpy as np
 
     from tetris_ext.kv_cache import _pad_columns
@@ -264,7 +279,7 @@ def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
     lengths = torch.randint(context[0], context[1] + 1, (BATCH,), generator=generator)
     sizes = CALL_SHAPES["tetris-like: 9, 2, 1, 1, 3, 1, 4, 1"]
     holes = (0, 16, 32, 64, 128)
-    configs = [("forward", h) for h in holes] + [("compact", h) for h in holes[1:]]
+    configs = [("forward", h) for h in holes] + [(op, h) for op in ("compact", "gather") for h in holes[1:]]
     times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     with torch.inference_mode():
         cache = RaggedKVCache(model, packed=True)
@@ -282,14 +297,16 @@ def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
                     times[op, h].append(_timed_forward(cache, block, "packed"))
                     cache.maybe_compact(0.0)
                 else:
+                    compact = cache.maybe_compact if op == "compact" else lambda f: gather_compact(cache, f)
                     start = time.process_time()
-                    cache.maybe_compact(0.0)
+                    compact(0.0)
                     times[op, h].append(time.process_time() - start)
                 assert cache.width == width
     ms = {c: 1e3 * statistics.median(t[1:]) for c, t in times.items()}
     slope = np.polyfit(holes, [ms["forward", h] for h in holes], 1)[0]
     rows = [
         {"holes": h, "forward_cpu_ms": ms["forward", h], "compact_cpu_ms": ms.get(("compact", h), 0.0)}
+        | {"gather_compact_before_cpu_ms": ms.get(("gather", h), 0.0)}
         for h in holes
     ]
     header = (
