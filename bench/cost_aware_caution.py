@@ -5,6 +5,10 @@
     python bench/cost_aware_caution.py --group-fit-logs chat-like 2 3 4 6
     python bench/cost_aware_caution.py --shape-cost 31 --out bench/results/cost_aware_caution_shape
     python bench/cost_aware_caution.py --profile chat-like --out bench/results/cost_aware_caution_profile
+    python bench/cost_aware_caution.py --engine chat-like 3 --out bench/results/flat_engine_chat-like
+    python bench/cost_aware_caution.py --engine chat-like 8 --out bench/results/flat_engine_chat-like_ab \
+        --engine-variants "before: per run, gather, holes 1/4" "planned, holes 1/4" \
+        --engine-policies "StandardSD(3)" "CostAwareTetris (flat CPU line)"
 
 The bundled trace (bench/results/traces/gemma3-270m-bf16_ngram_d8_t64.npz, the bundled prompts:
 the tuning part; nothing held out is read) replayed on a *flat* CPU step cost resembling the
@@ -26,7 +30,8 @@ The other modes load Gemma 3 270M and run live, one thread (bench/README.md, "Is
 online-cost policy over-cautious on chat?"): --live (StandardSD(3), (4) and the policy per
 group, rounds), --group-fit-logs (bench/cost_aware_live_tuning.py's per-step logs on one
 group), --shape-cost (packed forwards of one size in 1-8 runs of equal rows), --profile
-(cProfile of the engine's uneven-step costs).
+(cProfile of the engine's uneven-step costs), --engine (the flat loop's CPU a step under
+variants of the engine: attention calls per run or planned, compaction thresholds).
 """
 
 from __future__ import annotations
@@ -322,6 +327,113 @@ def group_fit_logs(group: str, ks: list[int]) -> None:
         tuning.fit_log(target, tokenizer, "bundled", k, ngram_estimator(), out)
 
 
+# (packed_attention.CALL_COST, kv_cache.MAX_HOLE_FRACTION, compaction by an element-wise gather
+# as before) of the engine variants --engine compares; CALL_COST None: the module's
+ENGINES = {
+    "before: per run, gather, holes 1/4": (1e-9, 0.25, True),
+    "planned, holes 1/4": (None, 0.25, False),
+    "planned, holes 1/8": (None, 0.125, False),
+    "planned, holes 1/2": (None, 0.5, False),
+}
+
+
+def engine_ab(group: str, repeat: int, engines=None, policies=None) -> list[dict]:
+    """The live flat loop on one prompt group of the tuning prompts under each engine variant of
+    ENGINES (attention calls, compaction), every (policy, variant) once per round in a shuffled
+    order: decode CPU ms a step, its ratio to the first variant's in the same round, compactions
+    a step. Policies that decide from drafts alone (or CostAwareTetris told the flat CPU line)
+    would take the same steps under every variant but for bf16 rounding (another key layout sums
+    in another order; ``same_output`` says whether the tokens equal the first variant's)."""
+    import random
+
+    from flat_step import gather_compact as _gather_compact
+    from sim import bundled_prompts, load_target
+
+    from tetris_ext import kv_cache, packed_attention
+    from tetris_ext.decoding import generate
+    from tetris_ext.drafters import NgramDrafter
+
+    target, tokenizer = load_target()
+    categories = prompt_categories("bundled")
+    part = [p for p, c in zip(bundled_prompts(tokenizer), categories) if (c in CODE) == (group == "code")]
+    known = flat_cpu_line()
+    runs = {
+        "StandardSD(3)": lambda: StandardSD(3),
+        "Tetris(3, 2)": lambda: Tetris(3, 2),
+        "CostAwareTetris (flat CPU line)": lambda: CostAwareTetris(8, padded=False, cost_model=known),
+        "CostAwareTetris (online cost)": lambda: CostAwareTetris(8, padded=False),
+    }
+    runs = {name: make for name, make in runs.items() if not policies or name in policies}
+    engines = engines or list(ENGINES)
+    planned, compact = packed_attention.CALL_COST, kv_cache.RaggedKVCache.maybe_compact
+    compactions = [0]
+
+    def counted(cache, max_hole_fraction=None):
+        width = cache.width
+        if gather_compact:
+            _gather_compact(
+                cache, kv_cache.MAX_HOLE_FRACTION if max_hole_fraction is None else max_hole_fraction
+            )
+        else:
+            compact(cache, max_hole_fraction)
+        compactions[0] += cache.width != width
+
+    configs, rows, order = [(p, e) for p in runs for e in engines], [], random.Random(0)
+    kv_cache.RaggedKVCache.maybe_compact = counted
+    try:
+        for round_ in range(repeat):
+            order.shuffle(configs)
+            for policy, engine in configs:
+                call_cost, kv_cache.MAX_HOLE_FRACTION, gather_compact = ENGINES[engine]
+                packed_attention.CALL_COST = planned if call_cost is None else call_cost
+                drafter, compactions[0] = NgramDrafter(8, 4, 1, calibration=ngram_estimator()()), 0
+                kwargs = dict(
+                    max_new_tokens=64, max_batch_size=8, eos_token_id=tokenizer.eos_token_id, flat=True
+                )
+                result = generate(target, part, runs[policy](), drafter, **kwargs)
+                s = result.stats
+                decode = s["cpu_seconds"] - s["prefill_cpu_seconds"]
+                rows.append({"round": round_, "policy": policy, "engine": engine, "steps": s["steps"]})
+                rows[-1] |= {"decode_cpu_ms_per_step": 1e3 * decode / s["steps"], "tokens": result.tokens}
+                rows[-1]["compactions_per_step"] = compactions[0] / s["steps"]
+                print({k: v for k, v in rows[-1].items() if k != "tokens"}, file=sys.stderr, flush=True)
+    finally:
+        packed_attention.CALL_COST, kv_cache.MAX_HOLE_FRACTION = planned, 0.25
+        kv_cache.RaggedKVCache.maybe_compact = compact
+    return _engine_ratios(rows, engines)
+
+
+def _engine_ratios(rows: list[dict], engines: list[str]) -> list[dict]:
+    """Per (policy, engine): median CPU ms a step, steps, the median over rounds of the ratio to
+    the first engine of ENGINES in the same round, and whether the outputs equal its outputs."""
+    import statistics
+
+    base = engines[0]
+    out = []
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        for engine in engines:
+            mine = sorted(
+                (r for r in rows if (r["policy"], r["engine"]) == (policy, engine)), key=lambda r: r["round"]
+            )
+            ref = sorted(
+                (r for r in rows if (r["policy"], r["engine"]) == (policy, base)), key=lambda r: r["round"]
+            )
+            ratios = [a["decode_cpu_ms_per_step"] / b["decode_cpu_ms_per_step"] for a, b in zip(mine, ref)]
+            out.append(
+                {
+                    "policy": policy,
+                    "engine": engine,
+                    "steps": "/".join(str(r["steps"]) for r in mine),
+                    "decode_cpu_ms_per_step": statistics.median(r["decode_cpu_ms_per_step"] for r in mine),
+                    "vs_before": statistics.median(ratios),
+                    "ratios": " ".join(f"{x:.3f}" for x in ratios),
+                    "compactions_per_step": statistics.median(r["compactions_per_step"] for r in mine),
+                    "same_output": all(a["tokens"] == b["tokens"] for a, b in zip(mine, ref)),
+                }
+            )
+    return out
+
+
 PROFILED = ("packed_attention", "maybe_compact", "_map_layers", "_logits", "_packed_forward", "verify")
 
 
@@ -380,6 +492,11 @@ def main(argv=None) -> int:
         help="instead: group_fit_logs (e.g. chat-like 2 3 4 6)",
     )
     ap.add_argument("--profile", metavar="GROUP", help="instead: profile_group (code or chat-like)")
+    ap.add_argument(
+        "--engine", nargs=2, metavar=("GROUP", "REPEAT"), help="instead: engine_ab, REPEAT rounds"
+    )
+    ap.add_argument("--engine-variants", nargs="+", help="--engine: these of ENGINES (the first is the base)")
+    ap.add_argument("--engine-policies", nargs="+", help="--engine: these policies only")
     ap.add_argument("--live", type=int, metavar="REPEAT", help="instead: live_groups, REPEAT rounds")
     ap.add_argument("--live-groups", nargs="+", default=["code", "chat-like"], help="--live: the groups")
     ap.add_argument(
@@ -391,8 +508,10 @@ def main(argv=None) -> int:
     if args.group_fit_logs:
         group_fit_logs(args.group_fit_logs[0], [int(k) for k in args.group_fit_logs[1:]])
         return 0
-    if args.shape_cost or args.live or args.profile:
-        if args.profile:
+    if args.shape_cost or args.live or args.profile or args.engine:
+        if args.engine:
+            rows = engine_ab(args.engine[0], int(args.engine[1]), args.engine_variants, args.engine_policies)
+        elif args.profile:
             rows = profile_group(args.profile)
         else:
             rows = (

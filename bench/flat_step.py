@@ -21,6 +21,20 @@ layers on the real tokens only. On one KV cache of 8 requests with contexts of 3
 Every forward takes the output head at its real slots only (as the live loop does). The
 configurations run interleaved in a shuffled order per repeat, each on the same cache, rolled
 back after each forward; medians over repeats. Writes bench/results/flat_step_b8.{json,txt}.
+
+    python bench/flat_step.py --attention-calls 15 --context 80 160
+    python bench/flat_step.py --attention-only 15
+    python bench/flat_step.py --holes 15 --context 80 160
+
+--attention-calls times the packed forward of each row-size shape of CALL_SHAPES three ways,
+interleaved: attention as one SDPA call per run of adjacent equal rows (the loop before
+``packed_attention.plan_segments``), as one call over the block padded to its widest row, and as
+planned (``CALL_COST``); paired ratios to per run. --attention-only times the attention function
+alone (Gemma 3 270M's first attention module, 18 calls as in a forward, keys of 100-500 columns)
+per run and in one call for each shape, and fits CPU time = c + a * calls + b * query slots x
+keys x heads x head dim: ``CALL_COST`` = a / b. --holes times what hole columns of the ragged
+KV cache cost a packed forward and what ``maybe_compact`` costs to squeeze them out. Write
+bench/results/flat_step_{attention_*,holes_*}.
 """
 
 from __future__ import annotations
@@ -38,12 +52,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sim import load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, paired_ratio, run_metadata, write_json  # noqa: E402
-from tetris_ext.kv_cache import RaggedKVCache  # noqa: E402
+from tetris_ext import packed_attention  # noqa: E402
+from tetris_ext.kv_cache import DynamicCache, RaggedKVCache  # noqa: E402
 from tetris_ext.packed_attention import PACKED  # noqa: E402
 
 BATCH = 8
 UNEVEN_DRAFTS = [5, 5, 5, 5, 5, 1, 0, 0]  # 26 drafts = 3 * 8 + 2
 MODES = ("padded", "grouped", "packed")
+# Row sizes (root + verified drafts) of one verification step at batch 8.
+CALL_SHAPES = {
+    "1 run: 5 x 8": [5] * 8,
+    "8 runs: 4, 6 alternating": [4, 6, 4, 6, 4, 6, 4, 6],
+    "8 runs: 2..8 shuffled": [5, 2, 8, 3, 7, 4, 6, 5],
+    "uneven (flat_step)": [1 + d for d in UNEVEN_DRAFTS],
+    "tetris-like: 9, 2, 1, 1, 3, 1, 4, 1": [9, 2, 1, 1, 3, 1, 4, 1],
+    "1-token rows: 1 x 4, 9 x 4": [1, 1, 1, 1, 9, 9, 9, 9],
+    "one wide row: 6, 1 x 7": [6] + [1] * 7,
+    "one wide row: 9, 1 x 7": [9] + [1] * 7,
+}
 
 
 def _block(cache: RaggedKVCache, sizes: list[int], vocab: int, generator):
@@ -79,6 +105,218 @@ def _timed_forward(cache: RaggedKVCache, block, mode: str) -> float:
     return seconds
 
 
+STRATEGIES = {"per run": 1e-9, "one call": 1e30, "planned": packed_attention.CALL_COST}
+
+
+def _timed_packed(cache: RaggedKVCache, block, call_cost: float) -> float:
+    """A packed forward with attention split by ``packed_attention.CALL_COST = call_cost``."""
+    saved, packed_attention.CALL_COST = packed_attention.CALL_COST, call_cost
+    try:
+        return _timed_forward(cache, block, "packed")
+    finally:
+        packed_attention.CALL_COST = saved
+
+
+def _calls(sizes: list[int], call_cost: float) -> int:
+    return len(packed_attention.plan_segments(sizes, 1.0, call_cost))
+
+
+def _write(rows: list[dict], header: str, name: str, meta: dict) -> None:
+    table = format_table(rows, [(k, k.replace("_", " ")) for k in rows[0] if k != "cpu_ms"])
+    print(header + table)
+    (RESULTS_DIR / f"{name}.txt").write_text(header + table + "\n")
+    write_json(RESULTS_DIR / f"{name}.json", {"meta": run_metadata("cpu") | meta, "rows": rows})
+
+
+def attention_calls(model, repeat: int, context: list[int], seed: int) -> None:
+    """The packed forward of every shape of CALL_SHAPES with attention split three ways
+    (STRATEGIES), interleaved in a shuffled order per repeat on one cache; paired ratios."""
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(context[0], context[1] + 1, (BATCH,), generator=generator)
+    configs = [(shape, strategy) for shape in CALL_SHAPES for strategy in STRATEGIES]
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    with torch.inference_mode():
+        cache = RaggedKVCache(model, packed=True)
+        cache.append([torch.randint(0, vocab, (int(n),), generator=generator).tolist() for n in lengths])
+        order = random.Random(seed)
+        for _ in range(repeat + 1):  # the first round warms up
+            order.shuffle(configs)
+            for shape, strategy in configs:
+                block = _block(cache, CALL_SHAPES[shape], vocab, generator)
+                times[shape, strategy].append(_timed_packed(cache, block, STRATEGIES[strategy]))
+    rows = []
+    for shape, sizes in CALL_SHAPES.items():
+        t = {strategy: times[shape, strategy][1:] for strategy in STRATEGIES}
+        rows.append(
+            {"shape": shape, "tokens": sum(sizes), "padded_slots": BATCH * max(sizes)}
+            | {"runs": _calls(sizes, 1e-9), "planned_calls": "?"}
+            | {f"{s.replace(' ', '_')}_cpu_ms": 1e3 * statistics.median(t[s]) for s in STRATEGIES}
+            | {"one_call_vs_per_run": paired_ratio(t["one call"], t["per run"])}
+            | {"planned_vs_per_run": paired_ratio(t["planned"], t["per run"])}
+            | {"cpu_ms": {s: [1e3 * x for x in t[s]] for s in STRATEGIES}}
+        )
+        k = cache.width + max(sizes)
+        rows[-1]["planned_calls"] = len(
+            packed_attention.plan_segments(sizes, 1024 * k, STRATEGIES["planned"])
+        )
+    header = (
+        f"Gemma 3 270M bf16, one thread, batch {BATCH}, contexts {lengths.tolist()}, {repeat} repeats "
+        f"(python bench/flat_step.py --attention-calls {repeat} --context {context[0]} {context[1]}); "
+        f"CALL_COST {STRATEGIES['planned']:g}; ratios paired\n"
+    )
+    meta = {
+        "contexts": lengths.tolist(),
+        "repeat": repeat,
+        "batch": BATCH,
+        "call_cost": STRATEGIES["planned"],
+    }
+    _write(rows, header, f"flat_step_attention_calls_{context[0]}-{context[1]}", meta)
+
+
+def attention_only(model, repeat: int, seed: int) -> None:
+    """Attention alone (18 calls of the packed attention function, keys from a stub cache) per
+    shape, key count and strategy (per run, one call); a least-squares fit of the CPU time on
+    calls and slot-key products gives CALL_COST."""
+    import numpy as np
+
+    config = model.config.get_text_config()
+    heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    module = model.get_decoder().layers[0].self_attn
+    generator = torch.Generator().manual_seed(seed)
+    configs = [(s, k, c) for s in CALL_SHAPES for k in (100, 200, 300, 500) for c in ("per run", "one call")]
+    times: dict[tuple, list[float]] = {c: [] for c in configs}
+    order = random.Random(seed)
+    with torch.inference_mode():
+        for _ in range(repeat + 1):
+            order.shuffle(configs)
+            for shape, keys, strategy in configs:
+                times[shape, keys, strategy].append(
+                    _timed_attention(
+                        module,
+                        CALL_SHAPES[shape],
+                        keys,
+                        (heads, kv_heads, dim),
+                        STRATEGIES[strategy],
+                        generator,
+                    )
+                )
+    rows, design, target = [], [], []
+    for shape, keys, strategy in times:
+        sizes, t = CALL_SHAPES[shape], times[shape, keys, strategy][1:]
+        segments = packed_attention.plan_segments(sizes, 1.0, STRATEGIES[strategy])
+        products = sum((e - f) * w for f, e, w in segments) * (keys + max(sizes)) * heads * dim
+        rows.append({"shape": shape, "keys": keys, "strategy": strategy, "calls": len(segments)})
+        rows[-1] |= {"slot_key_products": products, "median_cpu_ms_18_layers": 1e3 * statistics.median(t)}
+        design.append([1.0, len(segments), products])
+        target.append(statistics.median(t) / 18)
+    (c, a, b), *_ = np.linalg.lstsq(np.array(design), np.array(target), rcond=None)
+    fitted = np.array(design) @ np.array([c, a, b])
+    fit = f"per layer: {c * 1e6:.1f} us + {a * 1e6:.2f} us per call + {b * 1e12:.2f} ps per slot-key product"
+    fit += f" (max |residual| {np.abs(fitted - np.array(target)).max() * 1e6:.1f} us); CALL_COST = a / b = {a / b:.3g}"
+    header = (
+        f"Gemma 3 270M bf16 attention alone ({heads} heads, {kv_heads} KV head, dim {dim}), one thread, "
+        f"batch {BATCH}, {repeat} repeats (python bench/flat_step.py --attention-only {repeat})\n{fit}\n"
+    )
+    _write(
+        sorted(rows, key=lambda r: (r["shape"], r["keys"])), header, "flat_step_attention_only", {"fit": fit}
+    )
+
+
+def _timed_attention(module, sizes, keys: int, dims, call_cost: float, generator) -> float:
+    heads, kv_heads, dim = dims
+    width = max(sizes)
+    real = torch.arange(width).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
+    cached = torch.randn(2, BATCH, kv_heads, keys + width, dim, generator=generator).to(torch.bfloat16)
+
+    class Stub:  # the cache's update: the keys as they stand after appending the block
+        def update(self, *_):
+            return cached[0], cached[1]
+
+    step = packed_attention.PackedStep.of(real, Stub())
+    n = sum(sizes)
+    query = torch.randn(1, heads, n, dim, generator=generator).to(torch.bfloat16)
+    key = torch.randn(1, kv_heads, n, dim, generator=generator).to(torch.bfloat16)
+    mask = torch.zeros(BATCH, 1, width, keys + width, dtype=torch.bfloat16)
+    saved, packed_attention.CALL_COST = packed_attention.CALL_COST, call_cost
+    try:
+        start = time.process_time()
+        for _ in range(18):  # the first layer plans the calls, as in a forward
+            packed_attention.packed_attention(
+                module, query, key, key, mask, packed_step=step, scaling=dim**-0.5
+            )
+        return time.process_time() - start
+    finally:
+        packed_attention.CALL_COST = saved
+
+
+def gather_compact(cache, max_hole_fraction: float) -> None:
+    """RaggedKVCache.maybe_compact as it was before index_select: torch.gather, expanded index."""
+    longest = int(cache.lengths().max()) if cache.batch_size else 0
+    if cache.width - longest <= max_hole_fraction * cache.width:
+        return
+    order = torch.sort((~cache.valid).to(torch.int8), dim=1, stable=True).indices[:, :longest]
+    cache.positions, cache.valid = cache.positions.gather(1, order), cache.valid.gather(1, order)
+
+    def gather(t):
+        return t.gather(2, order[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3]))
+
+    cache.cache = DynamicCache(ddp_cache_data=[(gather(k), gather(v)) for k, v in cache._layers()])
+
+
+def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
+    """What holes cost a packed step and what squeezing them out costs: on one cache (contexts
+    in ``context``), with h hole columns appended to every row, the packed forward of the
+    tetris-like shape of CALL_SHAPES, and ``maybe_compact`` removing the h holes; interleaved in
+    a shuffled order per repeat (and the element-wise gather compaction of before, for comparison).
+    Fits ms per hole column per forward."""
+    import numpy as np
+
+    from tetris_ext.kv_cache import _pad_columns
+
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(context[0], context[1] + 1, (BATCH,), generator=generator)
+    sizes = CALL_SHAPES["tetris-like: 9, 2, 1, 1, 3, 1, 4, 1"]
+    holes = (0, 16, 32, 64, 128)
+    configs = [("forward", h) for h in holes] + [(op, h) for op in ("compact", "gather") for h in holes[1:]]
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    with torch.inference_mode():
+        cache = RaggedKVCache(model, packed=True)
+        cache.append([torch.randint(0, vocab, (int(n),), generator=generator).tolist() for n in lengths])
+        width, order = cache.width, random.Random(seed)
+        for _ in range(repeat + 1):  # the first round warms up
+            order.shuffle(configs)
+            for op, h in configs:
+                cache.positions, cache.valid = (
+                    _pad_columns(t, width + h) for t in (cache.positions, cache.valid)
+                )
+                cache._map_layers(lambda t, h=h: _pad_columns(t, width + h, dim=2))
+                if op == "forward":
+                    block = _block(cache, sizes, vocab, generator)
+                    times[op, h].append(_timed_forward(cache, block, "packed"))
+                    cache.maybe_compact(0.0)
+                else:
+                    compact = cache.maybe_compact if op == "compact" else lambda f: gather_compact(cache, f)
+                    start = time.process_time()
+                    compact(0.0)
+                    times[op, h].append(time.process_time() - start)
+                assert cache.width == width
+    ms = {c: 1e3 * statistics.median(t[1:]) for c, t in times.items()}
+    slope = np.polyfit(holes, [ms["forward", h] for h in holes], 1)[0]
+    rows = [
+        {"holes": h, "forward_cpu_ms": ms["forward", h], "compact_cpu_ms": ms.get(("compact", h), 0.0)}
+        | {"gather_compact_before_cpu_ms": ms.get(("gather", h), 0.0)}
+        for h in holes
+    ]
+    header = (
+        f"Gemma 3 270M bf16, one thread, batch {BATCH}, contexts {lengths.tolist()} (width {width}), tetris-like "
+        f"step {sizes}, {repeat} repeats (python bench/flat_step.py --holes {repeat} --context {context[0]} "
+        f"{context[1]}): a hole column costs {slope:.4f} ms a forward (least squares)\n"
+    )
+    _write(rows, header, f"flat_step_holes_{context[0]}-{context[1]}", {"ms_per_hole_column": slope})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,9 +324,25 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--context", type=int, nargs=2, default=[300, 500])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--attention-calls", type=int, metavar="REPEAT", help="instead: attention splits, REPEAT rounds"
+    )
+    parser.add_argument("--holes", type=int, metavar="REPEAT", help="instead: hole_cost, REPEAT rounds")
+    parser.add_argument(
+        "--attention-only", type=int, metavar="REPEAT", help="instead: fit CALL_COST, REPEAT rounds"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_target()
+    if args.holes:
+        hole_cost(model, args.holes, args.context, args.seed)
+        return
+    if args.attention_only:
+        attention_only(model, args.attention_only, args.seed)
+        return
+    if args.attention_calls:
+        attention_calls(model, args.attention_calls, args.context, args.seed)
+        return
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(args.context[0], args.context[1] + 1, (BATCH,), generator=generator)

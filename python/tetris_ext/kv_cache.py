@@ -18,8 +18,13 @@ rows, padding slots of a verification block, rejected drafts. No query ever atte
   model on the real slots of a block only, as one sequence; its attention function
   (``tetris_ext.packed_attention``) writes the keys into this same layout and applies the same
   masks, so nothing else here changes.
-- Holes cost memory and attention work, so ``compact`` squeezes them out (a gather along the
-  sequence axis) once they are more than a quarter of the width.
+- Holes cost memory and attention work, so ``maybe_compact`` squeezes them out (one
+  index_select of whole head_dim rows per layer) once they are more than ``MAX_HOLE_FRACTION``
+  (a quarter) of the width. On this CPU (Gemma 3 270M, batch 8, contexts 104-160) a compaction
+  costs ~4 ms and a hole column ~0.05 ms a packed step; the live flat loop compacts every 8-15
+  steps at 1/4, and a threshold of 1/8-1/6 would save at most ~0.4 ms a step by this account,
+  which live runs cannot tell from noise, so 1/4 stays (bench/README.md, "One attention call
+  per packed step").
 
 Models that ignore or reject a custom 4D mask (``accepts_custom_mask`` probes this once per
 model) fall back to a 2D padding mask, which is exact for chains only (causal blocks) and
@@ -37,6 +42,9 @@ from transformers import DynamicCache, PreTrainedModel
 from .packed_attention import PackedStep, use_packed_attention
 
 __all__ = ["RaggedKVCache", "accepts_custom_mask", "CustomMaskUnsupported"]
+
+# ``maybe_compact`` squeezes out holes once they are more than this fraction of the width.
+MAX_HOLE_FRACTION = 0.25
 
 
 class CustomMaskUnsupported(RuntimeError):
@@ -316,19 +324,28 @@ class RaggedKVCache:
         for k, v in self._layers():
             yield _pad_columns(k, width, dim=2), _pad_columns(v, width, dim=2)
 
-    def maybe_compact(self, max_hole_fraction: float = 0.25) -> None:
-        """Squeeze out holes when they are more than ``max_hole_fraction`` of the width."""
+    def maybe_compact(self, max_hole_fraction: float | None = None) -> None:
+        """Squeeze out holes when they are more than ``max_hole_fraction`` (default
+        ``MAX_HOLE_FRACTION``) of the width."""
+        if max_hole_fraction is None:
+            max_hole_fraction = MAX_HOLE_FRACTION
         longest = int(self.lengths().max()) if self.batch_size else 0
         if self.width - longest <= max_hole_fraction * self.width:
             return
         # Valid columns first, in their original order (a stable sort of ~valid).
+        B, width = self.valid.shape
         order = torch.sort((~self.valid).to(torch.int8), dim=1, stable=True).indices[:, :longest]
         self.positions = self.positions.gather(1, order)
         self.valid = self.valid.gather(1, order)
 
         def gather(t: Tensor) -> Tensor:
-            index = order[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3])
-            return t.gather(2, index)
+            # Each layer as [B * heads * width, head_dim] rows, row (b, h, order[b, j]) kept: one
+            # index_select copying whole head_dim rows (an element-wise torch.gather with an
+            # expanded index was ~10x slower on this CPU: bench/flat_step.py --holes).
+            heads, dim = t.shape[1], t.shape[3]
+            first = (torch.arange(B * heads, device=t.device) * width).view(B, heads, 1)
+            index = (first + order.unsqueeze(1)).reshape(-1)
+            return t.reshape(-1, dim).index_select(0, index).view(B, heads, longest, dim)
 
         self._map_layers(gather)
 

@@ -10,14 +10,29 @@ transformers' ``AttentionInterface``:
     queries, new keys/values [1, heads, N, D]
       -> new keys/values scattered into [B, kv_heads, q, D] (slot (row, j) of the block; holes
          stay zero) and appended to the cache as usual (``DynamicCache.update``)
-      -> SDPA (the model's implementation, required) of the real queries only, one call per run
-         of adjacent rows with the same number of tokens (views of the cache, no copies), with
-         the rows of the very mask the padded step uses (``RaggedKVCache._attention_mask``:
-         holes, tree block, sliding window per layer type), the query heads that share a
-         key/value head folded into one (``_grouped_sdpa``; transformers' SDPA repeats the
+      -> SDPA (the model's implementation, required) in as few calls as pay: the rows split
+         into runs of adjacent rows (``plan_segments``), one call per run on views of the cache,
+         its queries in the run's [rows, heads, widest, D] block (a view where the rows are of
+         equal size; else zero queries in the holes, whose outputs are dropped), with the rows
+         of the very mask the padded step uses (``RaggedKVCache._attention_mask``: holes, tree
+         block, sliding window per layer type; blocked entries are finfo.min, never -inf, so a
+         hole's query that sees nothing still has a finite softmax), the query heads that share
+         a key/value head folded into one (``_grouped_sdpa``; transformers' SDPA repeats the
          keys per query head whenever a mask is given: on this CPU the folding alone makes a
          padded [8, 1 + w] forward of Gemma 3 270M 0.84-0.91x as costly, bench/flat_step.py)
       -> outputs [1, N, heads, D] in packed order
+
+Why a plan and not always one call: a call costs ``CALL_COST`` beyond its arithmetic, but a
+padded query slot costs its full arithmetic against every key of the row. On this CPU (Gemma 3
+270M bf16, one thread, ``bench/flat_step.py --attention-only 15``) a call costs 22 us and a
+slot 56 ps per query head x head dim x key, so ``CALL_COST`` = 3.9e5: at 300 keys one padded slot
+of Gemma's 4 x 256 costs 17 us, about a call. One call for a whole step is cheapest when the
+rows differ little (rows of 4 and 6 alternating: one call instead of 8) and up to 1.15x (at
+100-160 keys) or 1.38x (300-500 keys) the per-run forward when one wide row pads many short
+ones; the plan is the cheapest split under this cost (an O(B^2) dynamic programme, once a step):
+0.97-1.01x the per-run forward at contexts 104-160, and the per-run split at 300-500
+(``bench/flat_step.py --attention-calls``, bench/README.md "One attention call per packed
+step"). On a GPU a call costs far more than a slot, so the plan tends to one call.
 
 So the cache layout, the masks and rollback are those of the padded step, exactly; only the
 work shrinks to the real tokens.
@@ -29,6 +44,7 @@ padded forwards of the same model (probes) compute what they computed before.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -37,22 +53,30 @@ from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["PACKED", "PackedStep", "use_packed_attention"]
+__all__ = ["PACKED", "PackedStep", "plan_segments", "use_packed_attention"]
 
 PACKED = "tetris_packed"
+# What one attention call costs beyond its arithmetic, in multiply-adds of one query slot against
+# one key (query heads x head dim per slot-key): measured on this CPU, bench/flat_step.py
+# --attention-only (the module docstring). 0 would give one call per run of equal rows; a huge
+# value one call per step.
+CALL_COST = 390_000.0
 
 
 @dataclass
 class PackedStep:
     """Where the packed tokens of one forward live in the padded [batch, width] block: row b's
-    ``sizes[b]`` tokens fill its first slots (token i is slot ``slots[i]`` of row ``rows[i]``);
-    ``cache`` takes the new keys."""
+    ``sizes[b]`` tokens fill its first slots (token i is slot ``slots[i]`` of row ``rows[i]``;
+    row b's first token is packed token ``starts[b]``); ``cache`` takes the new keys;
+    ``calls`` (planned at the first layer) are the attention calls."""
 
     rows: Tensor  # [N] int64
     slots: Tensor  # [N] int64
+    real: Tensor  # [B, width] bool
     sizes: list[int]  # [B] tokens per row
-    width: int
+    starts: list[int]  # [B + 1] packed index of each row's first token, then N
     cache: DynamicCache
+    calls: list[tuple] | None = None  # per attention call (``_plan_calls``), at the first layer
 
     @classmethod
     def of(cls, real: Tensor, cache: DynamicCache) -> PackedStep:
@@ -61,24 +85,42 @@ class PackedStep:
         if not bool((real == (torch.arange(real.shape[1], device=real.device) < sizes[:, None])).all()):
             raise ValueError("a packed forward needs each row's real slots first (a prefix of the block)")
         rows, slots = real.nonzero(as_tuple=True)
-        return cls(rows, slots, sizes.tolist(), real.shape[1], cache)
+        sizes = sizes.tolist()
+        return cls(rows, slots, real, sizes, [0, *itertools.accumulate(sizes)], cache)
 
-    def runs(self):
-        """(first row, end row, tokens per row, first packed token) of each run of adjacent rows
-        with the same number of tokens: one attention call each, on views of the cache."""
-        start, offset = 0, 0
-        for b in range(1, len(self.sizes) + 1):
-            if b == len(self.sizes) or self.sizes[b] != self.sizes[start]:
-                if self.sizes[start]:
-                    yield start, b, self.sizes[start], offset
-                offset += (b - start) * self.sizes[start]
-                start = b
+    @property
+    def width(self) -> int:
+        return self.real.shape[1]
+
+
+def plan_segments(sizes: list[int], slot_cost: float, call_cost: float) -> list[tuple[int, int, int]]:
+    """Split rows into runs of adjacent rows, each one attention call padded to its widest row,
+    at the least total ``call_cost`` per call + ``slot_cost`` per query slot (padding included);
+    rows without tokens alone make no call. Returns (first row, end row, width) per call.
+    Dynamic programming over the end of the last run: O(B^2) for B rows."""
+    B = len(sizes)
+    best, cut = [0.0] + [float("inf")] * B, [0] * (B + 1)
+    for end in range(1, B + 1):
+        width = 0
+        for first in range(end - 1, -1, -1):
+            width = max(width, sizes[first])
+            cost = best[first] + (call_cost + slot_cost * (end - first) * width if width else 0.0)
+            if cost < best[end]:
+                best[end], cut[end] = cost, first
+    segments, end = [], B
+    while end:
+        first = cut[end]
+        width = max(sizes[first:end])
+        if width:
+            segments.append((first, end, width))
+        end = first
+    return segments[::-1]
 
 
 def _unpack(packed: Tensor, step: PackedStep) -> Tensor:
     """[1, heads, N, D] -> [B, heads, q, D], zeros on the slots no token fills."""
     heads, dim = packed.shape[1], packed.shape[3]
-    out = packed.new_zeros(len(step.sizes), step.width, heads, dim)
+    out = packed.new_zeros(*step.real.shape, heads, dim)
     out[step.rows, step.slots] = packed[0].transpose(0, 1)
     return out.transpose(1, 2)
 
@@ -93,20 +135,37 @@ def packed_attention(
         return _grouped_sdpa(module, query, key, value, attention_mask, **kwargs)
     keys, values = step.cache.update(_unpack(key, step), _unpack(value, step), module.layer_idx)
     heads, dim = query.shape[1], query.shape[3]
+    if step.calls is None:  # the same for every layer: all keep every column of the cache
+        step.calls = _plan_calls(step, heads * dim * keys.shape[2])
     outs = []
-    for first, end, size, offset in step.runs():
-        # Rows first..end-1 hold `size` tokens each, consecutive in packed order.
-        run_query = query[0, :, offset : offset + (end - first) * size].reshape(heads, end - first, size, dim)
+    for first, end, width, start, stop, holes in step.calls:
+        run_query = query[0, :, start:stop].transpose(0, 1)  # [n, heads, D]
+        if holes is None:  # rows of equal sizes: a view
+            block = run_query.reshape(end - first, width, heads, dim)
+        else:  # the queries in their slots, zeros in the holes (outputs dropped below)
+            block = query.new_zeros(end - first, width, heads, dim)
+            block[holes] = run_query
         out, _ = _grouped_sdpa(
             module,
-            run_query.transpose(0, 1),
-            keys[first:end],
+            block.transpose(1, 2),
+            keys[first:end],  # views of the cache: adjacent rows
             values[first:end],
-            attention_mask[first:end, :, :size],
+            attention_mask[first:end, :, :width],
             **kwargs,
-        )
-        outs.append(out.reshape(-1, heads, dim))  # [rows * size, heads, D], packed order
+        )  # [rows, width, heads, D]
+        outs.append(out.reshape(-1, heads, dim) if holes is None else out[holes])  # packed order
     return torch.cat(outs).unsqueeze(0), None
+
+
+def _plan_calls(step: PackedStep, slot_cost: float) -> list[tuple]:
+    """(first row, end row, width, first and end packed token, real slots [rows, width] where
+    the call has holes, else None) per attention call of ``plan_segments``."""
+    calls = []
+    for first, end, width in plan_segments(step.sizes, slot_cost, CALL_COST):
+        start, stop = step.starts[first], step.starts[end]
+        holes = None if stop - start == (end - first) * width else step.real[first:end, :width]
+        calls.append((first, end, width, start, stop, holes))
+    return calls
 
 
 def _grouped_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
