@@ -162,6 +162,12 @@ COLUMNS = [
     ("verified_per_step", "ver/step"),
     ("steps", "steps"),
 ]
+BURST_COLUMNS = [
+    ("decode_throughput", "decode tok/s"),
+    ("vs_best_baseline_decode", "vs best"),
+    ("prefill_seconds", "prefill s"),
+    ("prefill_steps", "joins"),
+]
 STEADY_COLUMNS = [
     ("steady_throughput_tokens_per_s", "with prefill"),
     ("service_per_token_p50_ms", "ms/tok p50"),
@@ -195,19 +201,21 @@ def sweep(
         padded, cost_model, growths, margins, model, probes
     ).items():
         t0 = time.perf_counter()
-        m = replay(
+        result = replay(
             trace,
             make_policy(),
             batch,
             cost_model,
             num_requests=requests,
-            keep_steps=False,
+            keep_steps=not steady,
             drafter=drafter_for(trace, estimator),
             seed=seed,
             **protocol,
-        ).metrics
+        )
+        m = result.metrics
         rows.append(
             m
+            | ({} if steady else prefill_split(result))
             | {
                 "workload": label,
                 "draw": seed,
@@ -228,16 +236,41 @@ def sweep(
     best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput"])
     baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
     best = max(baselines, key=lambda r: r["throughput"])
+    best_decode = None if steady else max(baselines, key=lambda r: r["decode_throughput"])
     for r in rows:
         r["vs_best_sd"] = r["throughput"] / best_sd["throughput"]
         r["vs_best_baseline"] = r["throughput"] / best["throughput"]
         r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
+        if best_decode is not None:
+            r["vs_best_baseline_decode"] = r["decode_throughput"] / best_decode["decode_throughput"]
+            r["best_baseline_decode"] = best_decode["policy"]
     print(
         f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests{f' (draw {seed})' if seed else ''} "
         f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
     )
-    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else [])), flush=True)
+    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else BURST_COLUMNS)), flush=True)
     return rows
+
+
+def prefill_split(result) -> dict:
+    """A burst replay's seconds split into decoding and the prefill of joining requests. The
+    prefill is the same prompts under every policy, but a step with joiners prefills them in a
+    forward of its own: on the roofline a few prompts cost a whole weight read, so a policy
+    whose requests finish over more steps pays more (bench/README.md, "The drain and the
+    probe"). ``prefill_steps``: the steps with joiners."""
+    steps = result.per_step
+    decode = sum(s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"] for s in steps)
+    total = sum(s["step_seconds"] for s in steps)
+    joins, before = 0, set()
+    for s in steps:
+        joins += bool(set(s["requests"]) - before)
+        before = set(s["requests"])
+    return {
+        "decode_seconds": decode,
+        "prefill_seconds": total - decode,
+        "prefill_steps": joins,
+        "decode_throughput": result.metrics["generated_tokens"] / decode,
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
