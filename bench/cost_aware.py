@@ -5,6 +5,8 @@
     python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
     python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 --gpu-batches 64 128 256 512 \
         --draws 3 --out bench/results/cost_aware_tune_probe        # (and --model, --steady)
+    python bench/cost_aware.py --tune-knee-bracket 0.125 --gpu-batches 64 128 --draws 6 \
+        --out bench/results/cost_aware_tune_knee_bracket           # (and --model, --steady)
     python bench/cost_aware.py --tuning-only --model smollm2-135m   # the tuning trace, defaults only
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
@@ -77,12 +79,19 @@ def ngram_estimator(model: str = "gemma3-270m"):
 
 
 def policies(
-    padded: bool, cost_model=None, growths=(), margins=(), model: str = "gemma3-270m", probes=()
+    padded: bool,
+    cost_model=None,
+    growths=(),
+    margins=(),
+    model: str = "gemma3-270m",
+    probes=(),
+    brackets=(),
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
     ``margins``, the online- and the known-cost policy once per margin (--tune-margin); with
-    ``probes``, the online-cost policy once per first-probe fraction (--tune-probe).
+    ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
+    ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -104,6 +113,11 @@ def policies(
     for probe in probes:
         runs[f"CostAwareTetris (online cost, probe {probe:g}) + {est}"] = (
             lambda probe=probe: CostAwareTetris(MAX_DRAFT, padded, probe=probe),
+            logistic,
+        )
+    for bracket in brackets:
+        runs[f"CostAwareTetris (online cost, knee bracket {bracket:g}) + {est}"] = (
+            lambda bracket=bracket: CostAwareTetris(MAX_DRAFT, padded, knee_bracket=bracket),
             logistic,
         )
     for margin in margins:
@@ -188,6 +202,7 @@ def sweep(
     model: str = "gemma3-270m",
     probes=(),
     seed: int = 0,
+    brackets=(),
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -198,7 +213,7 @@ def sweep(
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes
+        padded, cost_model, growths, margins, model, probes, brackets
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -326,7 +341,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    if args.tune_growth or args.tune_probe:  # the tuning trace only, on the roofline, --draws draws
+    if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING])
         for batch in args.gpu_batches:
             for draw in range(args.draws):
@@ -343,6 +358,7 @@ def run_replays(args) -> int:
                     model=args.model,
                     probes=args.tune_probe or (),
                     seed=draw,
+                    brackets=args.tune_knee_bracket or (),
                 )
         return write_replays(args, rows, held, cpu, gpu)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
@@ -600,10 +616,16 @@ def main(argv=None) -> int:
         help="replay the tuning trace on the roofline only, the online-cost policy once per first-probe fraction",
     )
     ap.add_argument(
+        "--tune-knee-bracket",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace on the roofline only, the online-cost policy once per knee bracket",
+    )
+    ap.add_argument(
         "--draws",
         type=int,
         default=1,
-        help="--tune-probe / --tune-growth: replays per batch, each its own draw of the requests",
+        help="--tune-probe / --tune-growth / --tune-knee-bracket: replays per batch, each its own draw",
     )
     ap.add_argument(
         "--tuning-only",
