@@ -181,6 +181,8 @@ BURST_COLUMNS = [
     ("vs_best_baseline_decode", "vs best"),
     ("prefill_seconds", "prefill s"),
     ("prefill_steps", "joins"),
+    ("drain_steps", "drain steps"),
+    ("drain_seconds", "drain s"),
 ]
 STEADY_COLUMNS = [
     ("steady_throughput_tokens_per_s", "with prefill"),
@@ -272,18 +274,22 @@ def prefill_split(result) -> dict:
     prefill is the same prompts under every policy, but a step with joiners prefills them in a
     forward of its own: on the roofline a few prompts cost a whole weight read, so a policy
     whose requests finish over more steps pays more (bench/README.md, "The drain and the
-    probe"). ``prefill_steps``: the steps with joiners."""
+    probe"). ``prefill_steps``: the steps with joiners; ``drain_steps`` / ``drain_seconds``: the
+    steps after the last of them (the queue is empty, the batch drains)."""
     steps = result.per_step
     decode = sum(s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"] for s in steps)
     total = sum(s["step_seconds"] for s in steps)
-    joins, before = 0, set()
-    for s in steps:
-        joins += bool(set(s["requests"]) - before)
+    joins, last_join, before = 0, 0, set()
+    for i, s in enumerate(steps):
+        if set(s["requests"]) - before:
+            joins, last_join = joins + 1, i
         before = set(s["requests"])
     return {
         "decode_seconds": decode,
         "prefill_seconds": total - decode,
         "prefill_steps": joins,
+        "drain_steps": len(steps) - 1 - last_join,
+        "drain_seconds": sum(s["step_seconds"] for s in steps[last_join + 1 :]),
         "decode_throughput": result.metrics["generated_tokens"] / decode,
     }
 
