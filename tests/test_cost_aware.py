@@ -551,7 +551,7 @@ def test_online_flat_fit_locates_the_knee_whatever_the_first_probe():
     region's doublings: with the knee's bracketing (``knee_bracket``, opt-in) the online
     policy's steps settle at the knee whatever the first probe's size. Without it (the
     default) they settle where the doublings happened to land (the fit takes the lowest knee
-    between its last flat step and its one steep step), up to 100 tokens below the knee."""
+    between its last flat step and its one steep step), 11 of these 15 runs 18-64 tokens below the knee."""
     B, N = 64, 8
     g = torch.Generator().manual_seed(2)
     first = 0.6 + 0.39 * torch.rand(B, 1, generator=g, dtype=torch.float64)
@@ -567,4 +567,4 @@ def test_online_flat_fit_locates_the_knee_whatever_the_first_probe():
             unbracketed = CostAwareTetris(N, padded=False, min_probe=min_probe)
             step = B + _settled_budget(unbracketed, proposal, roofline)
             missed += [(knee, min_probe, step)] if step < knee - knee / 16 else []
-    assert len(missed) >= 5, missed  # the test can tell the difference
+    assert len(missed) >= 8, missed  # the test can tell the difference
