@@ -209,7 +209,10 @@ class CostAwareTetris(_GoodputPolicy):
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
     0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
     step compute at most this many times the tokens of the largest step seen (``_trusted``);
-    probe: and, before it knows a slope, verify at most this fraction of B candidates.
+    probe: and, before it knows a slope, verify at most this fraction of B candidates (at least
+    min_probe, or B). knee_bracket: None (the default) or a fraction: the online flat fit then
+    places steps inside the knee's bracket until it is that narrow (``_bracket_knee``; opt-in,
+    ``KNEE_BRACKET`` says why).
     """
 
     def __init__(
