@@ -400,6 +400,11 @@ def test_clipping_bounds_an_outlier_step_inside_the_seen_sizes_only():
         far.observe(tokens, tokens, seconds)
     far.observe(200, 200, 2.0)  # beyond every size seen: taken as measured
     assert float(far.predict(200)) > 1.0
+    placed = KneeLatencyModel(knee_evidence=30.0, clip=3.0)  # a step placed to measure: clip=False
+    for tokens, seconds in steps:
+        placed.observe(tokens, tokens, seconds)
+    placed.observe(20, 20, before + 0.1, clip=False)
+    assert float(placed.predict(20)) - before > 1e-3  # as far as the unclipped fit moves
 
 
 def test_online_flat_floor_recovers_from_a_slow_spell():
