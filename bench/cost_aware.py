@@ -5,6 +5,8 @@
     python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
     python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 --gpu-batches 64 128 256 512 \
         --draws 3 --out bench/results/cost_aware_tune_probe        # (and --model, --steady)
+    python bench/cost_aware.py --tune-knee-bracket 0.125 --gpu-batches 64 128 --draws 6 \
+        --out bench/results/cost_aware_tune_knee_bracket           # (and --model, --steady)
     python bench/cost_aware.py --tuning-only --model smollm2-135m   # the tuning trace, defaults only
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
@@ -77,12 +79,19 @@ def ngram_estimator(model: str = "gemma3-270m"):
 
 
 def policies(
-    padded: bool, cost_model=None, growths=(), margins=(), model: str = "gemma3-270m", probes=()
+    padded: bool,
+    cost_model=None,
+    growths=(),
+    margins=(),
+    model: str = "gemma3-270m",
+    probes=(),
+    brackets=(),
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
     ``margins``, the online- and the known-cost policy once per margin (--tune-margin); with
-    ``probes``, the online-cost policy once per first-probe fraction (--tune-probe).
+    ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
+    ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -104,6 +113,11 @@ def policies(
     for probe in probes:
         runs[f"CostAwareTetris (online cost, probe {probe:g}) + {est}"] = (
             lambda probe=probe: CostAwareTetris(MAX_DRAFT, padded, probe=probe),
+            logistic,
+        )
+    for bracket in brackets:
+        runs[f"CostAwareTetris (online cost, knee bracket {bracket:g}) + {est}"] = (
+            lambda bracket=bracket: CostAwareTetris(MAX_DRAFT, padded, knee_bracket=bracket),
             logistic,
         )
     for margin in margins:
@@ -162,6 +176,14 @@ COLUMNS = [
     ("verified_per_step", "ver/step"),
     ("steps", "steps"),
 ]
+BURST_COLUMNS = [
+    ("decode_throughput", "decode tok/s"),
+    ("vs_best_baseline_decode", "vs best"),
+    ("prefill_seconds", "prefill s"),
+    ("prefill_steps", "joins"),
+    ("drain_steps", "drain steps"),
+    ("drain_seconds", "drain s"),
+]
 STEADY_COLUMNS = [
     ("steady_throughput_tokens_per_s", "with prefill"),
     ("service_per_token_p50_ms", "ms/tok p50"),
@@ -182,6 +204,7 @@ def sweep(
     model: str = "gemma3-270m",
     probes=(),
     seed: int = 0,
+    brackets=(),
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -192,22 +215,24 @@ def sweep(
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes
+        padded, cost_model, growths, margins, model, probes, brackets
     ).items():
         t0 = time.perf_counter()
-        m = replay(
+        result = replay(
             trace,
             make_policy(),
             batch,
             cost_model,
             num_requests=requests,
-            keep_steps=False,
+            keep_steps=not steady,
             drafter=drafter_for(trace, estimator),
             seed=seed,
             **protocol,
-        ).metrics
+        )
+        m = result.metrics
         rows.append(
             m
+            | ({} if steady else prefill_split(result))
             | {
                 "workload": label,
                 "draw": seed,
@@ -228,16 +253,45 @@ def sweep(
     best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput"])
     baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
     best = max(baselines, key=lambda r: r["throughput"])
+    best_decode = None if steady else max(baselines, key=lambda r: r["decode_throughput"])
     for r in rows:
         r["vs_best_sd"] = r["throughput"] / best_sd["throughput"]
         r["vs_best_baseline"] = r["throughput"] / best["throughput"]
         r["best_sd"], r["best_baseline"] = best_sd["policy"], best["policy"]
+        if best_decode is not None:
+            r["vs_best_baseline_decode"] = r["decode_throughput"] / best_decode["decode_throughput"]
+            r["best_baseline_decode"] = best_decode["policy"]
     print(
         f"\n== {label}: batch {batch}, {cost_model.name}, {m['requests']} requests{f' (draw {seed})' if seed else ''} "
         f"(best SD in hindsight {best_sd['policy']}, best baseline {best['policy']})"
     )
-    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else [])), flush=True)
+    print(format_table(rows, COLUMNS + (STEADY_COLUMNS if steady else BURST_COLUMNS)), flush=True)
     return rows
+
+
+def prefill_split(result) -> dict:
+    """A burst replay's seconds split into decoding and the prefill of joining requests. The
+    prefill is the same prompts under every policy, but a step with joiners prefills them in a
+    forward of its own: on the roofline a few prompts cost a whole weight read, so a policy
+    whose requests finish over more steps pays more (bench/README.md, "The drain and the
+    probe"). ``prefill_steps``: the steps with joiners; ``drain_steps`` / ``drain_seconds``: the
+    steps after the last of them (the queue is empty, the batch drains)."""
+    steps = result.per_step
+    decode = sum(s["draft_seconds"] + s["select_seconds"] + s["verify_seconds"] for s in steps)
+    total = sum(s["step_seconds"] for s in steps)
+    joins, last_join, before = 0, 0, set()
+    for i, s in enumerate(steps):
+        if set(s["requests"]) - before:
+            joins, last_join = joins + 1, i
+        before = set(s["requests"])
+    return {
+        "decode_seconds": decode,
+        "prefill_seconds": total - decode,
+        "prefill_steps": joins,
+        "drain_steps": len(steps) - 1 - last_join,
+        "drain_seconds": sum(s["step_seconds"] for s in steps[last_join + 1 :]),
+        "decode_throughput": result.metrics["generated_tokens"] / decode,
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -293,7 +347,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    if args.tune_growth or args.tune_probe:  # the tuning trace only, on the roofline, --draws draws
+    if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING])
         for batch in args.gpu_batches:
             for draw in range(args.draws):
@@ -310,6 +364,7 @@ def run_replays(args) -> int:
                     model=args.model,
                     probes=args.tune_probe or (),
                     seed=draw,
+                    brackets=args.tune_knee_bracket or (),
                 )
         return write_replays(args, rows, held, cpu, gpu)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
@@ -567,10 +622,16 @@ def main(argv=None) -> int:
         help="replay the tuning trace on the roofline only, the online-cost policy once per first-probe fraction",
     )
     ap.add_argument(
+        "--tune-knee-bracket",
+        type=float,
+        nargs="+",
+        help="replay the tuning trace on the roofline only, the online-cost policy once per knee bracket",
+    )
+    ap.add_argument(
         "--draws",
         type=int,
         default=1,
-        help="--tune-probe / --tune-growth: replays per batch, each its own draw of the requests",
+        help="--tune-probe / --tune-growth / --tune-knee-bracket: replays per batch, each its own draw",
     )
     ap.add_argument(
         "--tuning-only",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
-from tetris_ext.cost_aware import MIN_PROBE, PROBE, CostAwareTetris
+from tetris_ext.cost_aware import KNEE_BRACKET, MIN_PROBE, PROBE, CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel, StepShape
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import NgramDrafter
@@ -400,6 +400,11 @@ def test_clipping_bounds_an_outlier_step_inside_the_seen_sizes_only():
         far.observe(tokens, tokens, seconds)
     far.observe(200, 200, 2.0)  # beyond every size seen: taken as measured
     assert float(far.predict(200)) > 1.0
+    placed = KneeLatencyModel(knee_evidence=30.0, clip=3.0)  # a step placed to measure: clip=False
+    for tokens, seconds in steps:
+        placed.observe(tokens, tokens, seconds)
+    placed.observe(20, 20, before + 0.1, clip=False)
+    assert float(placed.predict(20)) - before > 1e-3  # as far as the unclipped fit moves
 
 
 def test_online_flat_floor_recovers_from_a_slow_spell():
@@ -534,3 +539,37 @@ def test_online_flat_probe_never_exceeds_its_bound_then_grows_where_tokens_are_f
         assert int(policy.choose(proposal).sum()) == 0  # the second size, at no risk
         feed(policy, B, [0] * B, 0.02, 9)
         assert int(policy.choose(proposal).sum()) == min(8 * B, 2 * (B + first) - B)  # flat: doubles
+
+
+def _settled_budget(policy, proposal, cost, steps=16):
+    """The candidates ``policy`` verifies after ``steps`` steps priced by ``cost``."""
+    B, N = proposal.tokens.shape
+    for _ in range(steps):
+        verified = policy.choose(proposal).sum(1)
+        seconds = cost.step_seconds(StepShape(requests=B, query_tokens=B + int(verified.sum())))
+        feed(policy, B, verified.tolist(), seconds, N + 1)
+    return int(policy.choose(proposal).sum())
+
+
+def test_online_flat_fit_locates_the_knee_whatever_the_first_probe():
+    """Batch 64 on rooflines whose knee binds (nothing pays past it) and lies between the trust
+    region's doublings: with the knee's bracketing (``knee_bracket``, opt-in) the online
+    policy's steps settle at the knee whatever the first probe's size. Without it (the
+    default) they settle where the doublings happened to land (the fit takes the lowest knee
+    between its last flat step and its one steep step), 11 of these 15 runs 18-64 tokens below the knee."""
+    B, N = 64, 8
+    g = torch.Generator().manual_seed(2)
+    first = 0.6 + 0.39 * torch.rand(B, 1, generator=g, dtype=torch.float64)
+    probs = first * torch.linspace(1.0, 0.9, N, dtype=torch.float64).cumprod(0)
+    proposal = Proposal(torch.full((B, N), 7), None, probs.log().float(), probs.log().float())
+    missed = []
+    for knee in (180, 200, 215, 230, 260):
+        roofline = KinkedCost(knee, 1.5e-4, padded=False, base=0.015)
+        for min_probe in (1, 8, 16):
+            online = CostAwareTetris(N, padded=False, min_probe=min_probe, knee_bracket=KNEE_BRACKET)
+            step = B + _settled_budget(online, proposal, roofline)
+            assert knee - knee / 16 <= step <= knee + 2, (knee, min_probe, step)
+            unbracketed = CostAwareTetris(N, padded=False, min_probe=min_probe)
+            step = B + _settled_budget(unbracketed, proposal, roofline)
+            missed += [(knee, min_probe, step)] if step < knee - knee / 16 else []
+    assert len(missed) >= 8, missed  # the test can tell the difference

@@ -118,6 +118,13 @@ MIN_PROBE = 8
 KNEE_EVIDENCE = 30.0
 FIT_FORGET = 0.05
 FIT_CLIP = 3.0
+# Opt-in (CostAwareTetris(knee_bracket=KNEE_BRACKET); off by default): a flattened engine's
+# online fit locates a knee to within this fraction of the step size (_bracket_knee). Tried on
+# the tuning traces (bench/README.md, "The drain and the probe"): +1.7% on Gemma's steady trace
+# at batch 64, but 0.4-0.6% below the default's mean over six burst draws at 64 / 128 on
+# Gemma (the whole run), so not the default.
+KNEE_BRACKET = 1 / 8
+KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per doubling)
 
 
 class _FixedLatency:
@@ -202,7 +209,10 @@ class CostAwareTetris(_GoodputPolicy):
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
     0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
     step compute at most this many times the tokens of the largest step seen (``_trusted``);
-    probe: and, before it knows a slope, verify at most this fraction of B candidates.
+    probe: and, before it knows a slope, verify at most this fraction of B candidates (at least
+    min_probe, or B). knee_bracket: None (the default) or a fraction: the online flat fit then
+    places steps inside the knee's bracket until it is that narrow (``_bracket_knee``; opt-in,
+    ``KNEE_BRACKET`` says why).
     """
 
     def __init__(
@@ -215,6 +225,8 @@ class CostAwareTetris(_GoodputPolicy):
         margin: float = MARGIN,
         growth: float = GROWTH,
         probe: float = PROBE,
+        min_probe: int = MIN_PROBE,
+        knee_bracket: float | None = None,
     ):
         super().__init__()
         if (
@@ -223,9 +235,12 @@ class CostAwareTetris(_GoodputPolicy):
             or not margin >= 0
             or not growth > 1
             or not probe > 0
+            or min_probe < 1
+            or (knee_bracket is not None and not knee_bracket > 0)
         ):
             raise ValueError(
-                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0, growth > 1 and probe > 0"
+                "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0, growth > 1, "
+                "probe > 0, min_probe >= 1 and knee_bracket > 0 (or None)"
             )
         self.max_draft, self.padded, self.capacity, self.margin = max_draft, padded, capacity, margin
         self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
@@ -236,7 +251,10 @@ class CostAwareTetris(_GoodputPolicy):
         )
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
-        self.growth, self.probe = growth, probe
+        self.growth, self.probe, self.min_probe = growth, probe, min_probe
+        self.knee_bracket = knee_bracket
+        self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
+        self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
         if not padded and cost_model is None:
             self.verify_latency = KneeLatencyModel(
                 forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP
@@ -265,6 +283,14 @@ class CostAwareTetris(_GoodputPolicy):
             )
         super().observe(feedback)
 
+    def _observe_latency(self, feedback: StepFeedback) -> None:
+        if self.padded or self.fixed is not None:
+            return super()._observe_latency(feedback)
+        tokens = self._step_tokens(feedback)
+        self.sizes_seen.add(tokens[0])
+        # A step in the knee's bracket measures what the fit does not know: never clipped.
+        self.verify_latency.observe(*tokens, feedback.verify_seconds, clip=not self.bracketing)
+
     def _exploring(self):
         """Exploration steps only for a padded loop's line fit: a known model needs none, and a
         flattened engine's knee fit grows into the unknown step by step (``_trusted``)."""
@@ -285,7 +311,7 @@ class CostAwareTetris(_GoodputPolicy):
         fit = self.verify_latency
         if not fit.count or fit.min_tokens == fit.max_tokens:  # no slope known yet
             seen_above = fit.count and fit.max_tokens > B
-            return B if seen_above else B + max(math.ceil(self.probe * B), min(B, MIN_PROBE), 1)
+            return B if seen_above else B + max(math.ceil(self.probe * B), min(B, self.min_probe))
         return int(self.growth * max(B, fit.max_tokens))
 
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
@@ -330,9 +356,37 @@ class CostAwareTetris(_GoodputPolicy):
         gain = torch.cat([ranked.new_zeros(1), ranked.cumsum(0)]) + B
         latency = self._with_margin(self._latency(B, B + m, B + m))
         goodput = gain / latency
-        best = int(goodput.argmax())
+        best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
         self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))
         return _select(proposal, best)
+
+    def _bracket_knee(self, B: int, best: int, candidates: int) -> int:
+        """A flattened engine's online fit: the step computing ``B + best`` tokens, or one at
+        the middle of the knee's bracket. Between the largest step seen at or below the fitted
+        knee and the smallest seen beyond it every knee fits the steps alike, and the fit takes
+        the lowest (``KneeLatencyModel``): the doubling trust region (``_trusted``) overshoots a
+        roofline's knee by up to 2x, and the policy then settled wherever the lowest knee and the
+        single steep step put its floor, never learning better (steady roofline, batch 64: 147 to
+        161 candidates a step by the first probe's size, 0.996-1.029x the best baseline). So while
+        the chosen step lies inside a bracket wider than ``knee_bracket`` of its upper end, the
+        step is the bracket's middle instead: a flat step there lifts the lowest knee to it, a
+        steep one pins the slope with a second point beyond the knee. Brackets only narrow, so
+        this ends after a few steps. Off (``knee_bracket=None``) by default: ``KNEE_BRACKET``."""
+        self.bracketing = False
+        fit = self.verify_latency
+        if self.knee_bracket is None or self.fixed is not None or self.padded or fit.knee <= 0:
+            return best
+        edge = fit.knee * KNEE_GRID  # the knee grid's resolution: a step there is still flat
+        below = [n for n in self.sizes_seen if n <= edge]
+        above = [n for n in self.sizes_seen if n > edge]
+        if not below or not above:
+            return best
+        low, high = max(below), min(above)
+        width = high - low
+        if width <= self.knee_bracket * high or not low - width < B + best < high:
+            return best  # the knee is known well enough, or the choice does not hinge on it
+        self.bracketing = True
+        return min(max(0, (low + high) // 2 - B), candidates)
 
     def _choose_width(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
         """Padded loop: the best block width 1 + w; every request verifies its w best

@@ -293,9 +293,16 @@ class KneeLatencyModel:
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
         self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
 
-    def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+    def observe(self, real_tokens: int, padded_tokens: int, seconds: float, clip: bool = True) -> None:
+        """One step. ``clip=False``: a step placed to measure where the fit is unsure (a knee's
+        bracket, CostAwareTetris) is taken as measured, as steps beyond the sizes seen are."""
         seconds = float(seconds)
-        if self.clip is not None and self.count >= 3 and self.min_tokens <= real_tokens <= self.max_tokens:
+        if (
+            clip
+            and self.clip is not None
+            and self.count >= 3
+            and self.min_tokens <= real_tokens <= self.max_tokens
+        ):
             predicted = float(self.predict(real_tokens))
             reach = max(self.clip * self.residual, self.clip_floor * predicted)
             seconds = min(max(seconds, predicted - reach), predicted + reach)
@@ -390,13 +397,16 @@ class _GoodputPolicy(Policy):
         return real, feedback.padded_tokens
 
     def observe(self, feedback: StepFeedback) -> None:
-        self.verify_latency.observe(*self._step_tokens(feedback), feedback.verify_seconds)
+        self._observe_latency(feedback)
         self.draft_seconds = (
             feedback.draft_seconds
             if self.steps == 0
             else 0.8 * self.draft_seconds + 0.2 * feedback.draft_seconds
         )
         self.steps += 1
+
+    def _observe_latency(self, feedback: StepFeedback) -> None:
+        self.verify_latency.observe(*self._step_tokens(feedback), feedback.verify_seconds)
 
 
 class GoodputSD(_GoodputPolicy):
