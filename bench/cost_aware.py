@@ -18,9 +18,10 @@ recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fit
 model (bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled
 held-out traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
 engine). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
-reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2), GoodputTetris, all with the
-default n-gram calibration (AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with
-NgramLogistic, to tell the estimates' share from the policy's. NgramLogistic rows use the token
+reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2) (StandardSD(3)'s verified
+count each step) and Tetris(3, 2, full_budget) (3 x requests always), GoodputTetris, all with the
+drafter's default estimator (NgramLogistic without token classes since 2026-11-30; before:
+AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with NgramLogistic and the token
 classes of the traces' (or the live target's) tokenizer, the recommended pairing. The bundled
 (tuning) trace is replayed too, labelled as tuned-on.
 
@@ -100,6 +101,7 @@ def policies(
         "GoodputSD(6)": (lambda: GoodputSD(6), None),
         "ThresholdSD(0.7, 6)": (lambda: ThresholdSD(0.7, 6), None),
         "Tetris(3, 2)": (lambda: Tetris(3, 2), None),
+        "Tetris(3, 2, full_budget)": (lambda: Tetris(3, 2, full_budget=True), None),
         "GoodputTetris(5)": (lambda: GoodputTetris(5), None),
         f"ThresholdSD(0.7, 6) + {est}": (lambda: ThresholdSD(0.7, 6), logistic),
         f"Tetris(3, 2) + {est}": (lambda: Tetris(3, 2), logistic),
