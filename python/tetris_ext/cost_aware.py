@@ -14,10 +14,11 @@ goodput x marginal cost, and the *budget* is where the floor meets the ranked es
 
 The step cost depends on the engine:
 
-- ``padded=False`` (a flattened / varlen engine such as vLLM, the GPU roofline): T grows with
+- ``padded=False`` (a flattened engine: ``generate(flat=True)``, vLLM, the GPU roofline; the
+  loop running the policy sets the flag, ``_GoodputPolicy``): T grows with
   the real verified tokens, so S is a prefix of the batch-wide ranking (the TETRIS order); the
   policy scans every prefix length m.
-- ``padded=True`` (this project's decoding loop, a [B, 1 + w] block): T grows with the block
+- ``padded=True`` (``generate``'s padded loop, a [B, 1 + w] block): T grows with the block
   width, and candidates within the width cost (almost) nothing more, so for each w every
   request verifies its w best candidates (a chain: its first w), and the policy scans
   w = 0..max_draft. A known cost model that charges real tokens too (the online fit does not:

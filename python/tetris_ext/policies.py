@@ -1,7 +1,9 @@
 """Selection policies: how much each request drafts, and which candidates the target verifies.
 
-A policy never touches a model. Each step ``engine.Engine`` (the live loop and the trace replay
-alike) calls
+A policy never touches a model. Before the first step ``engine.Engine`` (the live loop and the
+trace replay alike; the vLLM proposer does the same) calls ``bind_engine(padded, loop)``: the
+shape of what the engine computes, for policies that price steps (``GoodputSD``,
+``GoodputTetris``, ``CostAwareTetris``). Each step it then calls
 
 1. ``num_draft(num_requests) -> int``: how many tokens each active request drafts;
 2. ``choose(proposal) -> selected``: [B, N] bool, the candidates to verify, always decided by
