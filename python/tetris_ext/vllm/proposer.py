@@ -116,7 +116,7 @@ class DraftSelection:
 
         verified: drafts of each request the engine verified in the step that just ran (None:
         all that this object returned); step_tokens: the tokens that step computed (prefill
-        included), for the goodput policy's step-time model.
+        included), what the step-time policies (goodput, cost-aware) fit.
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
