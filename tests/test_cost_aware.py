@@ -119,8 +119,13 @@ def test_respects_capacity_and_never_selects_padding():
 
 
 def feed(policy, B, verified, seconds, width):
+    """One step's feedback from an engine of the policy's shape: a padded one computed the
+    [B, width] block, a flattened one the real tokens."""
+    computed = B * width if policy.padded else B + sum(verified)
     policy.observe(
-        StepFeedback(torch.tensor(verified), torch.zeros(B, dtype=torch.long), B * width, 0.0, seconds)
+        StepFeedback(
+            torch.tensor(verified), torch.zeros(B, dtype=torch.long), computed, 0.0, seconds, policy.padded
+        )
     )
 
 

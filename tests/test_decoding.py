@@ -85,7 +85,6 @@ CASES = [
     ("tetris-same-tree", lambda: Tetris(3, 3), ("same", 3)),
     ("goodput-tetris-noisy-tree", lambda: GoodputTetris(6), ("noisy", 2)),
     ("cost-aware-ngram", lambda: CostAwareTetris(6), ("ngram", 1)),
-    ("cost-aware-flat-noisy-chain", lambda: CostAwareTetris(6, padded=False), ("noisy", 1)),
     ("cost-aware-noisy-tree", lambda: CostAwareTetris(6), ("noisy", 2)),
 ]
 

@@ -32,11 +32,9 @@ def test_default_policies_are_the_issues_six():
         "ThresholdSD(0.7, 6)",
         "Tetris(3, 2)",
         "GoodputTetris(5)",
-        "CostAwareTetris(5, flat)",  # priced for the loop it runs in
+        "CostAwareTetris(5)",  # priced for the loop it runs in, which tells it its shape
     ]
     assert args.batch_size == 8 and args.max_new_tokens == 64 and args.loop == "flat"
-    padded = demo.make_policies(demo.parse_args(["--loop", "padded", "--policy", "cost-aware"]))
-    assert [p.name for p in padded] == ["Autoregressive", "CostAwareTetris(5, padded)"]
     args = demo.parse_args(["--policy", "tetris", "--k", "2", "--extra", "1", "--batch-size", "4"])
     assert [p.name for p in demo.make_policies(args)] == ["Autoregressive", "Tetris(2, 1)"]
 
@@ -68,6 +66,10 @@ def test_demo_pipeline_on_a_tiny_model(tmp_path, loop, monkeypatch):
     )
     assert [r["policy"] for r in runs] == [p.name for p in policies]
     assert loops == [loop] * (1 + len(policies))  # the warm-up, then one run per policy
+    # The policies that price steps were priced for the loop they ran in (the demo passes no flag).
+    pricing = [p for p in policies if p.name.startswith(("GoodputSD", "GoodputTetris", "CostAwareTetris"))]
+    assert len(pricing) == 3 and all(p.padded == (loop == "padded") for p in pricing)
+    assert runs[-1]["policy"] == f"CostAwareTetris(5, {loop})"
     assert runs[0]["speedup"] == 1.0
     for r in runs:
         assert r["same_output_as_baseline"] == len(prompts)  # greedy: every policy gives the same text

@@ -13,7 +13,16 @@ from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.kv_cache import RaggedKVCache
 from tetris_ext.models import noisy_copy, tiny_gemma3, tiny_llama
 from tetris_ext.packed_attention import PACKED
-from tetris_ext.policies import CostAwareTetris, StandardSD, Tetris, ThresholdSD
+from tetris_ext.policies import (
+    CostAwareTetris,
+    GoodputSD,
+    GoodputTetris,
+    KneeLatencyModel,
+    LatencyModel,
+    StandardSD,
+    Tetris,
+    ThresholdSD,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -130,11 +139,64 @@ def test_flat_loop_decodes_exactly_and_takes_the_padded_loops_steps(llama, name,
         assert any(0 in s["verified"] and max(s["verified"]) > 0 for s in runs[True].stats["per_step"])
 
 
-@pytest.mark.parametrize("padded", [True, False])
-def test_cost_aware_tetris_decodes_exactly_flat(llama, padded):
+@pytest.mark.parametrize("spec", [("ngram", 1), ("noisy", 1)], ids=["ngram", "noisy-chain"])
+def test_cost_aware_tetris_decodes_exactly_flat(llama, spec):
     target, prompts, reference = llama
-    result = generate(target, prompts, CostAwareTetris(6, padded=padded), NgramDrafter(6), NEW, 4, flat=True)
+    policy = CostAwareTetris(6)
+    result = generate(target, prompts, policy, _drafter(spec, target), NEW, 4, flat=True)
     assert result.tokens == reference
+    assert policy.padded is False and policy.name == "CostAwareTetris(6, flat)"
+
+
+PRICING = [(GoodputSD, 4), (GoodputTetris, 4), (CostAwareTetris, 6)]
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["padded-loop", "flat-loop"])
+@pytest.mark.parametrize("cls,n", PRICING, ids=[c[0].__name__ for c in PRICING])
+def test_policies_that_price_steps_price_the_loop_they_run_in(llama, monkeypatch, cls, n, flat):
+    """No flag: the loop tells the policy its shape, and every step's feedback and the latency
+    fit then count what the loop computed: the real tokens on the flat loop, the [B, width]
+    block on the padded one (where GoodputSD / GoodputTetris fit the real tokens beside it)."""
+    target, prompts, _ = llama
+    fitted = []  # (real, padded) features of every observation of either latency fit
+    for model in (LatencyModel, KneeLatencyModel):
+        original = model.observe
+        monkeypatch.setattr(
+            model,
+            "observe",
+            lambda self, r, p, *a, _o=original, **k: (fitted.append((r, p)), _o(self, r, p, *a, **k)),
+        )
+    policy = cls(n)
+    feedback = []
+    observe = policy.observe
+    policy.observe = lambda f: (feedback.append(f), observe(f))
+    steps = generate(target, prompts, policy, NgramDrafter(6), NEW, 4, flat=flat).stats["per_step"]
+    assert policy.padded is (not flat)
+    real = [len(s["requests"]) + sum(s["verified"]) for s in steps]
+    block = [len(s["requests"]) * s["block_width"] for s in steps]
+    assert any(r != b for r, b in zip(real, block))  # uneven steps: the two counts differ
+    assert [f.padded for f in feedback] == [not flat] * len(steps)
+    assert [f.computed_tokens for f in feedback] == (real if flat else block)
+    assert [f.real_tokens for f in feedback] == real
+    if flat:
+        expected = list(zip(real, real))
+    else:
+        expected = list(zip(block, block)) if cls is CostAwareTetris else list(zip(real, block))
+    assert fitted == expected
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["padded-loop", "flat-loop"])
+@pytest.mark.parametrize("cls,n", PRICING, ids=[c[0].__name__ for c in PRICING])
+def test_a_flag_that_contradicts_the_loop_raises_before_any_step(llama, cls, n, flat):
+    target, prompts, _ = llama
+    policy = cls(n, padded=flat)  # flat loop, padded=True; padded loop, padded=False
+    drafter = NgramDrafter(6)
+    drafter.propose = drafter.add = None  # any step (or admission) would call them
+    pattern = rf"{cls.__name__}\(.*: padded={flat} contradicts generate\(flat={flat}\)"
+    with pytest.raises(ValueError, match=pattern):
+        generate(target, prompts, policy, drafter, NEW, 4, flat=flat)
+    assert policy.steps == 0
+    assert target.config._attn_implementation == "sdpa"  # the flat loop's switch undone
 
 
 def test_flat_continuous_batching_with_a_queue_and_per_prompt_budgets(llama):

@@ -109,8 +109,11 @@ def test_threshold_sd_stops_each_request_at_its_threshold():
 
 
 def _feed(policy, B, verified, accepted, seconds):
+    """One step of a padded engine (the policies below are pinned padded=True)."""
     policy.observe(
-        StepFeedback(torch.tensor(verified), torch.tensor(accepted), B * (1 + max(verified)), 0.0, seconds)
+        StepFeedback(
+            torch.tensor(verified), torch.tensor(accepted), B * (1 + max(verified)), 0.0, seconds, True
+        )
     )
 
 
@@ -133,8 +136,8 @@ def test_acceptance_rate_follows_the_observed_rate():
 
 def test_goodput_sd_explores_then_picks_the_window_the_estimates_favour():
     B = 4
-    cheap = GoodputSD(5)
-    costly = GoodputSD(5)
+    cheap = GoodputSD(5, padded=True)
+    costly = GoodputSD(5, padded=True)
     for policy, per_token in ((cheap, 0.0005), (costly, 0.2)):
         for _ in range(12):
             k = policy.num_draft(B)
@@ -149,14 +152,14 @@ def test_goodput_sd_explores_then_picks_the_window_the_estimates_favour():
 def test_goodput_tetris_verifies_what_pays_for_itself():
     B = 2
     proposal = chain_proposal([[0.99, 0.99, 0.99, 0.99], [0.05, 0.05, 0.05, 0.05]])
-    policy = GoodputTetris(4)
+    policy = GoodputTetris(4, padded=True)
     # Latency: 10 ms per verified token on top of 100 ms.
     for m in (8, 0, 4, 2, 6):
         _feed(policy, B, [m // 2, m - m // 2], [0, 0], 0.1 + 0.01 * (B + m))
     selected = policy.choose(proposal)
     # The confident request's 4 tokens (each ~0.97 expected) are worth 10 ms; 0.05 ones are not.
     assert rows(selected) == [[0, 1, 2, 3], []]
-    capped = GoodputTetris(4, capacity=2)
+    capped = GoodputTetris(4, capacity=2, padded=True)
     for m in (2, 0, 1):
         _feed(capped, B, [m, 0], [0, 0], 0.1 + 0.01 * (B + m))
     assert int(capped.choose(proposal).sum()) <= 2
@@ -165,7 +168,7 @@ def test_goodput_tetris_verifies_what_pays_for_itself():
 def test_policies_never_select_padding_or_invalid_candidates():
     proposal = chain_proposal([[0.9], [0.8, 0.8, 0.8]])
     proposal.cum_logprobs[1, 2] = float("nan")
-    for policy in (StandardSD(3), Tetris(3, 0), ThresholdSD(0.9, 3), GoodputTetris(3)):
+    for policy in (StandardSD(3), Tetris(3, 0), ThresholdSD(0.9, 3), GoodputTetris(3, padded=True)):
         selected = policy.choose(proposal)
         assert not selected[0, 1:].any() and not selected[1, 2]
 
@@ -184,3 +187,24 @@ def test_invalid_arguments():
     ):
         with pytest.raises(ValueError):
             make()
+
+
+def test_a_policy_that_prices_steps_needs_its_engines_shape_outside_a_loop():
+    """Without a loop to tell it (generate, sim.replay, the vLLM proposer) and without the flag,
+    a policy that prices steps refuses to choose or learn rather than guess the engine."""
+    from tetris_ext.cost_aware import CostAwareTetris
+
+    proposal = chain_proposal([[0.9, 0.9, 0.9], [0.5, 0.4, 0.1]])
+    step = StepFeedback(torch.tensor([2, 1]), torch.tensor([1, 0]), 8, 0.0, 0.1, True)
+    for policy in (GoodputSD(3), GoodputTetris(3), CostAwareTetris(3)):
+        with pytest.raises(ValueError, match=r"\(3\): the engine's shape is unknown.*pass padded=True"):
+            policy.choose(proposal)
+        with pytest.raises(ValueError, match="the engine's shape is unknown"):
+            policy.observe(step)
+        assert policy.steps == 0
+    # The flag set: feedback from an engine of the other shape is refused too.
+    for padded in (True, False):
+        policy = GoodputTetris(3, padded=not padded)
+        with pytest.raises(ValueError, match="but the feedback comes from an engine"):
+            policy.observe(StepFeedback(torch.tensor([2, 1]), torch.tensor([1, 0]), 8, 0.0, 0.1, padded))
+    assert policy.choose(proposal).shape == (2, 3)  # with its flag it chooses

@@ -21,7 +21,15 @@ from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.estimators import NgramLogistic
 from tetris_ext.models import noisy_copy, tiny_llama
-from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
+from tetris_ext.policies import (
+    Autoregressive,
+    CostAwareTetris,
+    GoodputSD,
+    GoodputTetris,
+    StandardSD,
+    Tetris,
+    ThresholdSD,
+)
 from tetris_ext.sim import Trace, record, replay
 
 STEP_KEYS = ("requests", "drafted", "verified", "accepted", "generated", "block_width")
@@ -128,9 +136,8 @@ def test_replay_with_the_live_step_times_reproduces_latency_driven_policies(copi
         max_new_tokens=24,
         max_batch_size=3,
     )
-    replayed = replay(
-        ngram_trace, make_policy(), batch_size=3, cost_model=RecordedStepTimes(live.stats["per_step"])
-    )
+    recorded = RecordedStepTimes(live.stats["per_step"])  # says nothing of the loop's shape
+    replayed = replay(ngram_trace, make_policy(), batch_size=3, cost_model=recorded, padded=True)
     assert step_counts(replayed.per_step) == step_counts(live.stats["per_step"])
     # Not vacuous: the policy chose more than one capacity. How many it chooses depends on the
     # step times this machine measured (a loaded CI machine gave only two), so ask no more.
@@ -240,6 +247,28 @@ def test_replay_runs_goodput_policies(ngram_trace):
     for policy in (GoodputSD(4), GoodputTetris(4)):
         m = replay(ngram_trace, policy, batch_size=4, cost_model=h100x4_llama70b(), num_requests=30).metrics
         assert m["generated_tokens"] > 0 and math.isfinite(m["throughput_tokens_per_s"])
+
+
+def test_replay_tells_the_policy_the_shape_its_cost_model_prices(ngram_trace):
+    flat_cost = LinearCostModel({"step": 1e-3, "query_token": 1e-4}, padded=False)
+    for cost_model, padded in ((COST, True), (flat_cost, False), (h100x4_llama70b(), False)):
+        for policy in (GoodputSD(4), GoodputTetris(4), CostAwareTetris(4)):
+            replay(ngram_trace, policy, batch_size=3, cost_model=cost_model)
+            assert policy.padded is padded, (policy, cost_model.name)
+    # A flag that contradicts the cost model raises before any step, naming policy and loop.
+    policy = CostAwareTetris(4, padded=True)
+    with pytest.raises(ValueError, match=r"CostAwareTetris\(4, padded\): padded=True contradicts sim.replay"):
+        replay(ngram_trace, policy, batch_size=3, cost_model=h100x4_llama70b())
+    assert policy.steps == 0
+    with pytest.raises(ValueError, match="padded=True contradicts cost model"):
+        replay(ngram_trace, Tetris(2, 2), batch_size=3, cost_model=flat_cost, padded=True)
+    # A cost model that does not say (a live run's step times): the replay's flag must, for a
+    # policy that prices steps; one that does not price them replays as before.
+    live = replay(ngram_trace, Tetris(2, 2), batch_size=3, cost_model=COST)
+    with pytest.raises(ValueError, match=r"GoodputTetris\(4\): the engine's shape is unknown"):
+        replay(ngram_trace, GoodputTetris(4), batch_size=3, cost_model=RecordedStepTimes(live.per_step))
+    again = replay(ngram_trace, Tetris(2, 2), batch_size=3, cost_model=RecordedStepTimes(live.per_step))
+    assert step_counts(again.per_step) == step_counts(live.per_step)
 
 
 def test_linear_cost_model_fit_recovers_coefficients():

@@ -131,6 +131,29 @@ def test_budget_never_exceeded_and_state_released(options):
         assert selection.policy.steps >= len(outputs) - 1
 
 
+@pytest.mark.parametrize("policy", ["goodput", "cost-aware"])
+def test_cost_fitted_policies_are_priced_flat(policy):
+    """vLLM flattens every step: the proposer's step-time policies are bound flat (no flag),
+    and what they learn from is the step's computed tokens (the scheduled ones when given)."""
+    selection = DraftSelection(ProposerOptions(policy, 3, 2), max_model_len=512)
+    assert selection.policy.padded is False and selection.policy.name.startswith(
+        {"goodput": "GoodputTetris(5", "cost-aware": "CostAwareTetris(5, flat"}[policy]
+    )
+    feedback = []
+    observe = selection.policy.observe
+    selection.policy.observe = lambda f: (feedback.append(f), observe(f))
+    engine = FakeEngine(selection)
+    for _ in range(4):
+        engine.add()
+    for _ in range(6):
+        engine.step()
+    assert feedback and all(f.padded is False for f in feedback)
+    assert all(f.computed_tokens == f.real_tokens for f in feedback)  # no step_tokens: the real ones
+    tokens = feedback[-1].real_tokens + 7  # e.g. a joining request's prefill chunk in the step
+    selection.step(engine.req_ids, [[1]] * 4, engine.num_tokens, engine.token_ids, None, step_tokens=tokens)
+    assert feedback[-1].computed_tokens == tokens
+
+
 def test_sd_returns_min_k_drafts():
     k = 3
     selection, engine, outputs = run_fake(ProposerOptions("sd", k, 2))

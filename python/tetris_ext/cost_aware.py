@@ -14,10 +14,11 @@ goodput x marginal cost, and the *budget* is where the floor meets the ranked es
 
 The step cost depends on the engine:
 
-- ``padded=False`` (a flattened / varlen engine such as vLLM, the GPU roofline): T grows with
+- ``padded=False`` (a flattened engine: ``generate(flat=True)``, vLLM, the GPU roofline; the
+  loop running the policy sets the flag, ``_GoodputPolicy``): T grows with
   the real verified tokens, so S is a prefix of the batch-wide ranking (the TETRIS order); the
   policy scans every prefix length m.
-- ``padded=True`` (this project's decoding loop, a [B, 1 + w] block): T grows with the block
+- ``padded=True`` (``generate``'s padded loop, a [B, 1 + w] block): T grows with the block
   width, and candidates within the width cost (almost) nothing more, so for each w every
   request verifies its w best candidates (a chain: its first w), and the policy scans
   w = 0..max_draft. A known cost model that charges real tokens too (the online fit does not:
@@ -202,7 +203,10 @@ class CostAwareTetris(_GoodputPolicy):
     """Batch-wide ranking with the floor and the budget from the step-cost model (module doc).
 
     max_draft: candidates drafted per request. padded: the engine computes a [B, width] block
-    (True: this project's live loop) or only the real tokens (False: vLLM, the roofline).
+    (True: ``generate(flat=False)``, a padded cost model) or only the real tokens (False:
+    ``generate(flat=True)``, vLLM, the roofline); None (the default): the loop that runs the
+    policy sets it before the first step, and an explicit flag that contradicts the loop raises
+    ValueError (``_GoodputPolicy``); used directly, ``choose`` / ``observe`` need the flag.
     cost_model: a known step-cost model (no online fit, no exploration); None fits one online.
     capacity: never verify more than this many candidates per step. width_residual: a padded
     loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
@@ -218,7 +222,7 @@ class CostAwareTetris(_GoodputPolicy):
     def __init__(
         self,
         max_draft: int = 8,
-        padded: bool = True,
+        padded: bool | None = None,
         cost_model: CostModel | None = None,
         capacity: int | None = None,
         width_residual: bool = True,
@@ -228,7 +232,7 @@ class CostAwareTetris(_GoodputPolicy):
         min_probe: int = MIN_PROBE,
         knee_bracket: float | None = None,
     ):
-        super().__init__()
+        super().__init__(padded)
         if (
             max_draft < 1
             or (capacity is not None and capacity < 0)
@@ -242,20 +246,30 @@ class CostAwareTetris(_GoodputPolicy):
                 "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0, growth > 1, "
                 "probe > 0, min_probe >= 1 and knee_bracket > 0 (or None)"
             )
-        self.max_draft, self.padded, self.capacity, self.margin = max_draft, padded, capacity, margin
-        self.fixed = None if cost_model is None else _FixedLatency(cost_model, padded)
-        model = "" if cost_model is None else f", cost={cost_model.name}"
-        self.name = (
-            f"CostAwareTetris({max_draft}, {'padded' if padded else 'flat'}{model}"
-            f"{'' if capacity is None else f', capacity={capacity}'})"
-        )
+        self.max_draft, self.capacity, self.margin = max_draft, capacity, margin
+        self.cost_model, self.fixed = cost_model, None
         self.last_budget, self.last_floor = 0, float("nan")
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
         self.knee_bracket = knee_bracket
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
-        if not padded and cost_model is None:
+        self._shape_known()
+
+    def _shape_known(self) -> None:
+        """What depends on the engine's shape: the name, the known cost's pricing, and a
+        flattened engine's online fit (a knee model instead of the line)."""
+        shape = {None: "", True: ", padded", False: ", flat"}[self.padded]
+        model = "" if self.cost_model is None else f", cost={self.cost_model.name}"
+        self.name = (
+            f"CostAwareTetris({self.max_draft}{shape}{model}"
+            f"{'' if self.capacity is None else f', capacity={self.capacity}'})"
+        )
+        if self.padded is None:
+            return
+        if self.cost_model is not None:
+            self.fixed = _FixedLatency(self.cost_model, self.padded)
+        elif not self.padded:
             self.verify_latency = KneeLatencyModel(
                 forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP
             )
@@ -264,26 +278,20 @@ class CostAwareTetris(_GoodputPolicy):
         return self.max_draft
 
     def _step_tokens(self, feedback: StepFeedback) -> tuple[int, int]:
-        """The tokens the engine computes, the online fit's one count: a padded loop computes
+        """The tokens the engine computed, the online fit's one count: a padded loop computes
         its [B, width] block whatever the selection (the real tokens only cost bookkeeping), a
         flattened engine its real tokens. Fitting both counts at once let noise split one
         effect into opposite slopes, and the padded floor, which reads the real-token slope
         alone, then refused every candidate (live on code: 94 steps instead of 64)."""
-        tokens = (
-            feedback.padded_tokens if self.padded else feedback.num_requests + int(feedback.verified.sum())
-        )
-        return tokens, tokens
-
-    def observe(self, feedback: StepFeedback) -> None:
-        if self.padded and self.fixed is None:
-            self.bumps.observe(
-                feedback.padded_tokens // feedback.num_requests,
-                feedback.padded_tokens,
-                feedback.verify_seconds,
-            )
-        super().observe(feedback)
+        return feedback.computed_tokens, feedback.computed_tokens
 
     def _observe_latency(self, feedback: StepFeedback) -> None:
+        if self.padded and self.fixed is None:
+            self.bumps.observe(
+                feedback.computed_tokens // feedback.num_requests,
+                feedback.computed_tokens,
+                feedback.verify_seconds,
+            )
         if self.padded or self.fixed is not None:
             return super()._observe_latency(feedback)
         tokens = self._step_tokens(feedback)
@@ -333,6 +341,7 @@ class CostAwareTetris(_GoodputPolicy):
         return latency + self.margin * (latency - latency[0]).clamp(min=0)
 
     def choose(self, proposal: Proposal) -> Tensor:
+        self._require_shape()
         B, N = proposal.tokens.shape
         probs = torch.nan_to_num(
             proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0)

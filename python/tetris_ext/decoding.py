@@ -90,6 +90,7 @@ class LiveTarget:
 
     def __init__(self, model, flat: bool = False):
         self.model, self.flat = model, flat
+        self.padded, self.loop = not flat, f"generate(flat={flat})"
         self.cache = RaggedKVCache(model, packed=flat)
         self.start = time.perf_counter()
 
@@ -159,9 +160,11 @@ def generate(
     stats = RunStats()
     generator = torch.Generator().manual_seed(seed)
     attention = target.config.get_text_config()._attn_implementation
-    engine = Engine(LiveTarget(target, flat), drafter, policy, stats, temperature, generator)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
+        # Inside the try: the flat target switches the model's attention, and the engine tells
+        # the policy its shape, which raises for a policy pinned to the other one.
+        engine = Engine(LiveTarget(target, flat), drafter, policy, stats, temperature, generator)
         with torch.inference_mode():
             done = engine.run(waiting, max_batch_size or max(1, len(prompts)), progress)
     finally:

@@ -112,8 +112,9 @@ def make_policies(args) -> list:
         "threshold": ThresholdSD(args.threshold, args.max_k),
         "tetris": Tetris(args.k, args.extra),
         "goodput-tetris": GoodputTetris(args.max_draft),
-        # The recommended policy, priced for the loop it runs in.
-        "cost-aware": CostAwareTetris(args.max_draft, padded=args.loop == "padded"),
+        # The recommended policy. It, GoodputSD and GoodputTetris are priced for the loop they
+        # run in: generate tells them its shape (padded or flat) before the first step.
+        "cost-aware": CostAwareTetris(args.max_draft),
     }
     return [Autoregressive()] + [policy for name, policy in every.items() if name in chosen]
 

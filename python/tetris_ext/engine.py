@@ -94,6 +94,12 @@ class StepRecord:
 class Target(Protocol):
     """The model side of a step, and the clock requests arrive on."""
 
+    # The engine's shape: the verification forward computes the padded [B, width] block (True)
+    # or the real tokens only (False; None: unknown, e.g. a replay of recorded step times).
+    # The policy is told before the first step (``Policy.bind_engine``).
+    padded: bool | None
+    loop: str  # names this loop in error messages
+
     def now(self) -> float:
         """The current time on this target's clock."""
 
@@ -131,6 +137,9 @@ class Engine:
     ):
         self.target, self.drafter, self.policy, self.stats = target, drafter, policy, stats
         self.temperature, self.generator = temperature, generator
+        # The shape the feedback reports: the target's, or (a replay of recorded step times)
+        # the policy's own flag; unknown to both, only a policy that prices nothing runs.
+        self.padded = policy.bind_engine(target.padded, target.loop)
 
     def run(self, waiting: deque, max_batch_size: int, progress=None) -> list:
         """Decode every request of ``waiting`` (in arrival order), at most ``max_batch_size``
@@ -194,13 +203,15 @@ class Engine:
         record = StepRecord(requests, joining, num_draft, proposal, block, outcome, prefix_lens, measured)
         times = self.target.times(record)
         # What the policy learns from; stats.py says how a per-step record rebuilds it.
+        padded = self.padded is not False  # unknown: the block, as stats counts it
         self.policy.observe(
             StepFeedback(
                 verified=outcome.num_verified(),
                 accepted=outcome.num_accepted(),
-                padded_tokens=len(requests) * block.width,
+                computed_tokens=len(requests) * block.width if padded else int(block.real.sum()),
                 draft_seconds=times.draft,
                 verify_seconds=times.select + times.verify,
+                padded=padded,
             )
         )
         request_ids = [r.index for r in requests]

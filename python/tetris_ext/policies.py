@@ -1,7 +1,9 @@
 """Selection policies: how much each request drafts, and which candidates the target verifies.
 
-A policy never touches a model. Each step ``engine.Engine`` (the live loop and the trace replay
-alike) calls
+A policy never touches a model. Before the first step ``engine.Engine`` (the live loop and the
+trace replay alike; the vLLM proposer does the same) calls ``bind_engine(padded, loop)``: the
+shape of what the engine computes, for policies that price steps (``GoodputSD``,
+``GoodputTetris``, ``CostAwareTetris``). Each step it then calls
 
 1. ``num_draft(num_requests) -> int``: how many tokens each active request drafts;
 2. ``choose(proposal) -> selected``: [B, N] bool, the candidates to verify, always decided by
@@ -42,28 +44,46 @@ __all__ = [
 
 @dataclass
 class StepFeedback:
-    """What one step cost and achieved.
+    """What one step cost and achieved, and on what shape of engine.
 
-    verified / accepted: [B] int64 per request. num_requests: B. padded_tokens: query tokens
-    of the target's (padded) verification forward, B * block width. draft_seconds /
-    verify_seconds: latency of drafting, and of selection + target forward + verification.
+    verified / accepted: [B] int64 per request. num_requests: B. computed_tokens: the query
+    tokens the target's verification forward computed: B * block width on a padded engine
+    (``padded`` True: this project's [B, 1 + w] block), the real tokens on a flattened one
+    (``padded`` False: ``generate(flat=True)``, the vLLM proposer, a roofline replay; B +
+    verified drafts, and on vLLM also the prefill tokens scheduled in the same step).
+    draft_seconds / verify_seconds: latency of drafting, and of selection + target forward +
+    verification.
     """
 
     verified: Tensor
     accepted: Tensor
-    padded_tokens: int
+    computed_tokens: int
     draft_seconds: float
     verify_seconds: float
+    padded: bool
 
     @property
     def num_requests(self) -> int:
         return self.verified.shape[0]
+
+    @property
+    def real_tokens(self) -> int:
+        """The step's real query tokens: each request's root and its verified drafts."""
+        return self.num_requests + int(self.verified.sum())
 
 
 class Policy:
     """Base class; see the module docstring for the protocol."""
 
     name = "Policy"
+
+    def bind_engine(self, padded: bool | None, loop: str) -> bool | None:
+        """Called by whoever runs the policy (``engine.Engine``: ``generate``, ``sim.replay``;
+        the vLLM proposer) before its first step: the engine computes a padded [B, 1 + w]
+        block (``padded``), the real tokens only (False), or it does not say (None). ``loop``
+        names the loop for error messages. Returns the shape in force (policies that price
+        steps may pin it); policies that do not price steps take the loop's."""
+        return padded
 
     def num_draft(self, num_requests: int) -> int:
         return 0
@@ -374,29 +394,76 @@ class AcceptanceRate:
         return min(max(self.successes / self.trials, 1e-3), 0.999)
 
 
+def _shape_name(padded: bool) -> str:
+    return "a padded [B, 1 + w] block per step" if padded else "the real tokens only (a flattened engine)"
+
+
 class _GoodputPolicy(Policy):
     """Shared machinery: the latency models, and a few exploration steps at different sizes
-    so that the latency fit sees more than one point."""
+    so that the latency fit sees more than one point.
+
+    The engine's shape (``padded``): what a step computes, so what it costs. None (the
+    default): the loop that runs the policy sets it before the first step (``bind_engine``:
+    ``generate`` from its ``flat``, ``sim.replay`` from its cost model, the vLLM proposer
+    flat); True / False pins it, and a loop of the other shape then raises ValueError. A
+    policy used directly (``choose`` / ``observe`` without a loop) needs the flag: without
+    it they raise ValueError rather than guess."""
 
     exploration = (1.0, 0.0, 0.5)  # fractions of the largest size tried in the first steps
-    padded = True  # a [B, 1 + w] block per step; False: a varlen engine (real tokens only)
 
-    def __init__(self):
+    def __init__(self, padded: bool | None = None):
+        self.padded = padded
         self.verify_latency = LatencyModel()
         self.draft_seconds = 0.0  # running mean of the drafting latency
         self.steps = 0
+
+    def bind_engine(self, padded: bool | None, loop: str) -> bool:
+        if padded is None:  # the loop does not say: the policy's flag must
+            self._require_shape(f"{loop} does not say it: pass padded=True or False")
+        elif self.padded is None:
+            self.padded = bool(padded)
+            self._shape_known()
+        elif self.padded != bool(padded):
+            raise ValueError(
+                f"{self.name}: padded={self.padded} contradicts {loop}, which computes "
+                f"{_shape_name(padded)}; leave padded unset (the loop sets it) or run a loop "
+                f"of the policy's shape"
+            )
+        return self.padded
+
+    def _shape_known(self) -> None:
+        """Hook: the engine's shape (``self.padded``) has just been set."""
+
+    def _require_shape(self, why: str = "") -> bool:
+        if self.padded is None:
+            raise ValueError(
+                f"{self.name}: the engine's shape is unknown; "
+                + (
+                    why
+                    or "run the policy in generate, sim.replay or the vLLM proposer (they set "
+                    "it), or pass padded=True (a [B, 1 + w] block per step) or padded=False (a "
+                    "flattened engine: the real tokens only)"
+                )
+            )
+        return self.padded
 
     def _exploring(self) -> float | None:
         return self.exploration[self.steps] if self.steps < len(self.exploration) else None
 
     def _step_tokens(self, feedback: StepFeedback) -> tuple[int, int]:
-        """(real, padded) query tokens of the step, the latency fit's features."""
-        real = feedback.num_requests + int(feedback.verified.sum())
-        if not self.padded:  # varlen engine: padded_tokens holds the real count
-            real = feedback.padded_tokens
-        return real, feedback.padded_tokens
+        """(real, padded) query tokens of the step, the latency fit's features: a padded
+        engine computes its block around the real tokens, a flattened one only what it
+        computed (both features that count)."""
+        if feedback.padded:
+            return feedback.real_tokens, feedback.computed_tokens
+        return feedback.computed_tokens, feedback.computed_tokens
 
     def observe(self, feedback: StepFeedback) -> None:
+        if self._require_shape() != feedback.padded:
+            raise ValueError(
+                f"{self.name}: padded={self.padded}, but the feedback comes from an engine that "
+                f"computes {_shape_name(feedback.padded)}"
+            )
         self._observe_latency(feedback)
         self.draft_seconds = (
             feedback.draft_seconds
@@ -412,10 +479,11 @@ class _GoodputPolicy(Policy):
 class GoodputSD(_GoodputPolicy):
     """DSD / SmartSpec-style: one window k in 0..max_k for the whole batch, chosen each step
     to maximise predicted goodput = (expected accepted tokens + one bonus token per request)
-    / predicted step latency, with a running acceptance rate and the fitted latency model."""
+    / predicted step latency, with a running acceptance rate and the fitted latency model.
+    padded: the engine's shape (``_GoodputPolicy``; None: set by the loop that runs it)."""
 
-    def __init__(self, max_k: int):
-        super().__init__()
+    def __init__(self, max_k: int, padded: bool | None = None):
+        super().__init__(padded)
         if max_k < 1:
             raise ValueError("GoodputSD: max_k must be >= 1")
         self.max_k = max_k
@@ -439,6 +507,7 @@ class GoodputSD(_GoodputPolicy):
         return self.k
 
     def choose(self, proposal: Proposal) -> Tensor:
+        self._require_shape()
         return _select(proposal, self.k * proposal.batch_size, per_request=self.k)
 
     def observe(self, feedback: StepFeedback) -> None:
@@ -450,13 +519,12 @@ class GoodputTetris(_GoodputPolicy):
     """TETRIS ranking with a goodput-chosen capacity: draft ``max_draft`` per request, rank the
     batch's candidates like Tetris, and verify the top m, m chosen to maximise
     (sum of the top m acceptance estimates + one bonus per request) / predicted latency(m).
-    Never more than ``capacity`` when given. ``padded=False``: a varlen engine (vLLM), where a
-    step costs its real tokens, not requests x block width; `observe` then reads
-    ``padded_tokens`` as the step's real token count."""
+    Never more than ``capacity`` when given. padded: the engine's shape (``_GoodputPolicy``;
+    None: set by the loop that runs it): a padded step costs requests x block width, a
+    flattened one (``generate(flat=True)``, vLLM) its real tokens."""
 
-    def __init__(self, max_draft: int, capacity: int | None = None, padded: bool = True):
-        super().__init__()
-        self.padded = padded
+    def __init__(self, max_draft: int, capacity: int | None = None, padded: bool | None = None):
+        super().__init__(padded)
         if max_draft < 1 or (capacity is not None and capacity < 0):
             raise ValueError("GoodputTetris: need max_draft >= 1 and capacity >= 0")
         self.max_draft, self.capacity = max_draft, capacity
@@ -467,6 +535,7 @@ class GoodputTetris(_GoodputPolicy):
         return self.max_draft
 
     def choose(self, proposal: Proposal) -> Tensor:
+        self._require_shape()
         B = proposal.batch_size
         limit = B * proposal.num_candidates if self.capacity is None else self.capacity
         # The batch's candidates in TETRIS order (best estimate first; ancestors never rank

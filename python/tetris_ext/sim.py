@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .calibration import NGRAM_FEATURES
-from .cost_models import CostModel, StepShape, price_step
+from .cost_models import CostModel, RooflineCostModel, StepShape, price_step
 from .decoding import Request, generate
 from .drafters import NgramDrafter, NgramMatch, transition_agreements
 from .engine import Engine, StepRecord, StepTimes
@@ -507,12 +507,21 @@ class _ProposalSource:
 class ReplayTarget:
     """The engine's target (``engine.Target``) in a replay: the target's greedy tokens come
     from the trace's continuation, and each step is priced by ``cost_model`` (and by each of
-    ``also_price``, on clocks of their own) on a simulated clock."""
+    ``also_price``, on clocks of their own) on a simulated clock. ``padded``: the engine shape
+    the cost model prices (``engine_shape``)."""
 
     def __init__(
-        self, trace: Trace, cost_model: CostModel, also_price: tuple[CostModel, ...], max_draft: int
+        self,
+        trace: Trace,
+        cost_model: CostModel,
+        also_price: tuple[CostModel, ...],
+        max_draft: int,
+        padded: bool | None = None,
     ):
         self.trace, self.cost_model, self.also_price = trace, cost_model, also_price
+        self.padded = engine_shape(cost_model, padded)
+        shape = {None: "shape unknown", True: "padded", False: "flat"}[self.padded]
+        self.loop = f"sim.replay (cost model {cost_model.name}: {shape})"
         self.continuation = torch.from_numpy(trace.continuation)
         # Drafting costs a draft model one pass per drafted token; n-gram drafting costs none.
         self.draft_passes_per_token = 0 if trace.drafter.get("kind") == "ngram" else 1
@@ -570,6 +579,17 @@ class ReplayTarget:
             prefill_tokens=sum(len(self.trace.prompts[r.row]) - 1 for r in record.joining),
             prefill_requests=len(record.joining),
         )
+
+
+def engine_shape(cost_model: CostModel, padded: bool | None = None) -> bool | None:
+    """The engine a cost model prices: a padded [B, width] block per step (True) or the real
+    tokens only (False). A model with a ``padded`` flag says (``LinearCostModel``); a roofline
+    prices the real tokens; others (``RecordedStepTimes``: a live run's seconds) say nothing,
+    and ``padded`` (the replay's argument) must. ``padded`` contradicting the model raises."""
+    known = False if isinstance(cost_model, RooflineCostModel) else getattr(cost_model, "padded", None)
+    if padded is not None and known is not None and bool(padded) != bool(known):
+        raise ValueError(f"replay: padded={padded} contradicts cost model {cost_model.name} (padded={known})")
+    return known if padded is None else bool(padded)
 
 
 @dataclass
@@ -639,6 +659,7 @@ def replay(
     oracle: bool = False,
     truncate_outputs: float | None = None,
     steady_window: bool = False,
+    padded: bool | None = None,
 ) -> ReplayResult:
     """Simulate continuous batching of the trace's requests under `policy`.
 
@@ -655,7 +676,11 @@ def replay(
     on latency, i.e. not for GoodputSD / GoodputTetris, which see `cost_model`'s latencies).
     keep_candidates: keep every verified candidate's estimates and outcome (ReplayResult.candidates,
     the estimate calibration data of tetris_ext.heldout). oracle: the policy sees the true
-    outcome as its estimates (``oracle_estimates``): the ceiling of any estimator.
+    outcome as its estimates (``oracle_estimates``): the ceiling of any estimator. padded: the
+    engine shape the replay stands for, told to the policy before its first step (a policy
+    pricing steps needs it: ``GoodputSD``, ``GoodputTetris``, ``CostAwareTetris``); None
+    takes ``cost_model``'s (``engine_shape``: a LinearCostModel's flag, a roofline: flat),
+    needed for one that does not say (``RecordedStepTimes``: the recorded run's loop).
 
     A steady serving protocol (bench/README.md says what each favours): num_requests several
     times the batch (a closed loop: a finished request is replaced at once), truncate_outputs
@@ -670,7 +695,7 @@ def replay(
         raise ValueError("replay: also_price needs arrival='all' (arrivals interact with the clock)")
     waiting = _waiting_requests(trace, arrival, num_requests, seed, truncate_outputs)
     source = _ProposalSource(trace, drafter, oracle)
-    target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft)
+    target = ReplayTarget(trace, cost_model, tuple(also_price), source.max_draft, padded)
     stats = RunStats(keep_steps=keep_steps or steady_window, keep_candidates=keep_candidates)
     bar = _progress_bar(progress, sum(r.out_len for r in waiting), f"replay {policy} B={batch_size}", "tok")
     with torch.inference_mode():

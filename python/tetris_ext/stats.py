@@ -17,8 +17,9 @@
   accepted, so its own acceptance was decided) and accepted.
 
 The per-step counts are what a trace replay must reproduce. The policy's feedback of a step
-is rebuilt exactly from its record: ``StepFeedback(verified, accepted, padded_tokens =
-len(requests) * block_width, draft_seconds, verify_seconds = select_seconds + verify_seconds)``.
+is rebuilt exactly from its record: ``StepFeedback(verified, accepted, computed_tokens =
+len(requests) * block_width on a padded loop, len(requests) + sum(verified) on a flat one,
+draft_seconds, verify_seconds = select_seconds + verify_seconds, padded)``.
 The candidate lists give the calibration of the acceptance estimates (Brier score,
 reliability chart).
 """

@@ -55,8 +55,12 @@ def _make_policy(options: ProposerOptions):
     if options.policy == "tetris":
         return Tetris(options.k, options.extra)
     if options.policy == "cost-aware":  # floor and budget from the engine's step cost, fitted online
-        return CostAwareTetris(options.max_drafts, padded=False)
-    return GoodputTetris(options.max_drafts, padded=False)
+        policy = CostAwareTetris(options.max_drafts)
+    else:
+        policy = GoodputTetris(options.max_drafts)
+    # vLLM flattens every step: it computes the real tokens only.
+    policy.bind_engine(False, "the vLLM proposer (a flattened engine)")
+    return policy
 
 
 # Policies that fit the engine's step time online and choose their own budget each step.
@@ -112,7 +116,7 @@ class DraftSelection:
 
         verified: drafts of each request the engine verified in the step that just ran (None:
         all that this object returned); step_tokens: the tokens that step computed (prefill
-        included), for the goodput policy's step-time model.
+        included), what the step-time policies (goodput, cost-aware) fit.
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
@@ -157,15 +161,17 @@ class DraftSelection:
         self.totals["accepted"] += sum(a_all)
         if isinstance(self.policy, _COST_FITTED) and self._last_end is not None:
             engine_seconds = now - self._last_end
+            # What the flattened step computed: its scheduled tokens (prefill included).
             tokens = step_tokens if step_tokens is not None else len(counts) + sum(v_all)
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
                 self.policy.observe(
                     StepFeedback(
                         torch.tensor(v_all),
                         torch.tensor(a_all),
-                        tokens,
-                        self.totals["seconds"] / max(1, self.totals["steps"]),
-                        engine_seconds,
+                        computed_tokens=tokens,
+                        draft_seconds=self.totals["seconds"] / max(1, self.totals["steps"]),
+                        verify_seconds=engine_seconds,
+                        padded=False,
                     )
                 )
 
