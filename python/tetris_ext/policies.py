@@ -178,6 +178,8 @@ class Tetris(Policy):
         candidates at most), unless ``full_budget`` or an absolute ``capacity``."""
         if self.capacity is not None or self.full_budget:
             return self.budget(proposal.batch_size)
+        # A host read of the proposal (a sync where a drafter's proposal lives on a GPU): the
+        # count depends on what was drafted, and ops.select takes the budget as an int.
         return int(proposal.counts().clamp(max=self.k).sum())
 
     def num_draft(self, num_requests: int) -> int:
