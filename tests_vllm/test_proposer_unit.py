@@ -210,3 +210,45 @@ def test_estimator_learns_each_outcome_with_its_drafts_and_root():
             assert accepted == [t == truth[n + i] for i, t in enumerate(tokens)]
         checked += len(seen)
     assert checked > 50
+
+
+def test_token_classes_reach_the_estimator_and_a_missing_tokenizer_only_warns(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from tetris_ext.vllm.proposer import served_token_classes
+
+    classes = torch.tensor([0, 1, 2, 3] * 16, dtype=torch.int8)
+    selection = DraftSelection(ProposerOptions(policy="cost-aware"), 512, classes)
+    assert selection.estimator.token_classes is classes
+    assert DraftSelection(ProposerOptions(), 512).estimator.token_classes is None
+    missing = SimpleNamespace(
+        tokenizer=str(tmp_path / "no-such-tokenizer"),
+        tokenizer_revision=None,
+        trust_remote_code=False,
+        get_vocab_size=lambda: 64,
+    )
+    with pytest.warns(UserWarning, match="no token classes"):
+        assert served_token_classes(missing) is None
+
+
+def test_served_token_classes_come_from_the_models_tokenizer():
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tetris_ext.estimators import TOKEN_CLASSES
+    from tetris_ext.vllm import gemma3_270m_path
+    from tetris_ext.vllm.proposer import served_token_classes
+
+    path = gemma3_270m_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = SimpleNamespace(
+        tokenizer=path, tokenizer_revision=None, trust_remote_code=False, get_vocab_size=lambda: 262_144
+    )
+    table = served_token_classes(config)
+    assert table.shape == (262_144,)
+    ids = {c: tokenizer.convert_tokens_to_ids(t) for c, t in (("whitespace", "\n"), ("punctuation", ","))}
+    for name, token_id in ids.items():
+        assert table[token_id] == TOKEN_CLASSES.index(name)

@@ -16,8 +16,10 @@ for a request still in prefill). `DraftSelection.step` then
 2. drafts up to k + extra tokens per decoding request with an incremental n-gram index
    (`tetris_ext.drafters.NgramIndex`: only the new tokens are indexed each step);
 3. scores them with `tetris_ext.estimators.NgramLogistic` (batched, learning online from the
-   step's outcomes, with its per-request memory of accepted / rejected transitions; no token
-   classes: the proposer has no tokenizer) and lets a `tetris_ext.policies` policy
+   step's outcomes, with its per-request memory of accepted / rejected transitions, and the
+   token classes of the served model's tokenizer: held-out Brier -26.1% against -23.8%
+   without, bench/README.md; without a loadable tokenizer it warns and scores without
+   them) and lets a `tetris_ext.policies` policy
    pick the drafts to verify with ``torch.ops.tetris.select`` under the batch budget;
 4. returns each request's selected prefix (chains: what `select` keeps is a prefix).
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +44,7 @@ import torch
 from ..calibration import NGRAM_FEATURES
 from ..cost_aware import CostAwareTetris
 from ..drafters import NgramIndex
-from ..estimators import NgramLogistic
+from ..estimators import NgramLogistic, token_class_table
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -91,9 +94,12 @@ class StepRecord:
 class DraftSelection:
     """The proposer's engine-independent part: per-request n-gram indexes, estimator, policy."""
 
-    def __init__(self, options: ProposerOptions, max_model_len: int):
+    def __init__(
+        self, options: ProposerOptions, max_model_len: int, token_classes: torch.Tensor | None = None
+    ):
+        """token_classes: [V] class of every token id (`estimators.token_class_table`), or None."""
         self.options, self.max_model_len = options, max_model_len
-        self.estimator = NgramLogistic()
+        self.estimator = NgramLogistic(token_classes=token_classes)
         self.policy = _make_policy(options)
         self.requests: dict[str, _Request] = {}
         self.record = False
@@ -253,6 +259,7 @@ class TetrisProposer:
         spec = vllm_config.speculative_config
         self.num_speculative_tokens = spec.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
+        self.token_classes = served_token_classes(vllm_config.model_config)
         self.configure(self.options)
 
     def configure(self, options: ProposerOptions) -> None:
@@ -262,7 +269,7 @@ class TetrisProposer:
                 f"tetris_ext.vllm: k + extra = {options.max_drafts} exceeds the engine's "
                 f"num_speculative_tokens = {self.num_speculative_tokens}"
             )
-        self.selection = DraftSelection(options, self.max_model_len)
+        self.selection = DraftSelection(options, self.max_model_len, self.token_classes)
 
     def load_model(self, *args, **kwargs) -> None:
         pass  # n-gram drafting: no model
@@ -280,6 +287,28 @@ class TetrisProposer:
             verified,
             scheduler_output.total_num_scheduled_tokens,
         )
+
+
+def served_token_classes(model_config) -> torch.Tensor | None:
+    """The token classes of the served model's tokenizer (built once per proposer, ~1 s for a
+    262k vocabulary), or None with a warning when transformers cannot load that tokenizer
+    (the estimates then lack the classes; nothing else changes)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_config.tokenizer,
+            revision=model_config.tokenizer_revision,
+            trust_remote_code=model_config.trust_remote_code,
+        )
+        return token_class_table(tokenizer, model_config.get_vocab_size())
+    except Exception as error:  # any tokenizer vLLM serves but transformers cannot load
+        warnings.warn(
+            f"tetris_ext.vllm: no token classes ({type(error).__name__}: {error}); "
+            "drafts are scored without them",
+            stacklevel=2,
+        )
+        return None
 
 
 def _calling_runner():
