@@ -13,10 +13,10 @@ from tetris_ext.proposal import Outcome
 def test_ngram_index_matches_ngram_match():
     rng = random.Random(0)
     for _ in range(200):
-        context = [rng.randrange(6) for _ in range(rng.randrange(1, 60))]
+        context = [rng.randrange(6) for _ in range(rng.randrange(1, 90))]
         index, done = NgramIndex(4, 1), 0
         while done < len(context):  # grow in random pieces, as an engine step does
-            step = rng.randrange(1, 5)
+            step = rng.randrange(1, 5) if rng.random() < 0.8 else rng.randrange(5, 40)  # a prompt
             index.extend(context[done : done + step])
             done = min(len(context), done + step)
             expected = ngram_match(context[:done], 5, 4, 1)

@@ -133,14 +133,26 @@ class NgramIndex:
         self.parents: Counter = Counter()  # a: how often a is followed by a token
 
     def extend(self, tokens: list[int]) -> None:
+        # A step's few tokens: one short loop each. A prompt: whole-slice passes (zip,
+        # Counter.update), half the time per token but ~7 us to set up (measured crossover ~16).
+        if len(tokens) > 16:
+            return self._extend_many(tokens)
+        context, pairs, parents = self.tokens, self.pairs, self.parents
+        for token in tokens:
+            p = len(context)  # the new token follows the n-grams that end at p - 1
+            if p:
+                pairs[context[p - 1], token] += 1
+                parents[context[p - 1]] += 1
+            context.append(token)
+            for n, index in self.followers.items():
+                if p >= n:
+                    index[tuple(context[p - n : p])].append(p)
+
+    def _extend_many(self, tokens: list[int]) -> None:
         context = self.tokens
         start = len(context)
         context.extend(tokens)
         end = len(context)
-        if end == start:
-            return
-        # Whole-slice passes (zip, Counter.update) rather than a Python loop per token: a
-        # request joining an engine indexes its prompt in one call.
         head = max(start - 1, 0)
         self.pairs.update(zip(context[head : end - 1], context[head + 1 : end]))
         self.parents.update(context[head : end - 1])
