@@ -52,18 +52,26 @@ SOURCES = {  # source -> trace (one prompt file each)
     "chat": TRACES / "estimates_gemma3-270m-bf16_chat_d8_t64.npz",  # bench/prompts/estimates_chat.jsonl
     "rewrite": TRACES
     / "estimates_gemma3-270m-bf16_rewrite_d8_t64.npz",  # bench/prompts/estimates_rewrite.jsonl
+    # Tuning sources of the held-out kinds (never the held-out files): bench/prompts/tuning_*.jsonl
+    "tuning_chat": TRACES / "tuning_gemma3-270m-bf16_chat_d8_t64.npz",
+    "tuning_code": TRACES / "tuning_gemma3-270m-bf16_code_d8_t64.npz",
 }
 SMOLLM2_SOURCES = {  # the same prompt files, SmolLM2-135M-Instruct (float32) traces (--record-smollm2)
     name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz"
     for name in ("bundled", "code", "chat", "rewrite")
 }
-PROMPT_FILES = {
-    "bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"
-} | {
-    name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl"
-    for name in ("code", "chat", "rewrite")
-}
-TUNING = ("bundled",)
+PROMPT_FILES = (
+    {"bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"}
+    | {
+        name: Path(__file__).resolve().parent / "prompts" / f"estimates_{name}.jsonl"
+        for name in ("code", "chat", "rewrite")
+    }
+    | {
+        name: Path(__file__).resolve().parent / "prompts" / f"{name}.jsonl"
+        for name in ("tuning_chat", "tuning_code")
+    }
+)
+TUNING = ("bundled", "tuning_chat", "tuning_code")
 REPO = Path(__file__).resolve().parents[1]
 PRIOR_SAMPLES = (100.0, 300.0, 1000.0, 3000.0)  # candidates, chosen by leave-one-category-out
 
@@ -114,18 +122,21 @@ def prompt_categories(name: str) -> list[str]:
 
 def choose_prior_samples(tuning: dict, rows: dict, token_classes) -> tuple[float, dict]:
     """The prior's weight (in tuning tokens) by leave-one-category-out on the tuning part: the
-    prior fitted on the other categories, the online estimator replayed on the held category;
-    the value with the lowest pooled Brier wins."""
+    prior fitted on every other category (of every tuning source; a source without categories
+    is one), the online estimator replayed on the held category; the value with the lowest
+    pooled Brier wins."""
     briers = {}
+    x_all, y_all, req = (torch.cat([rows[name][i] for name in tuning]) for i in (0, 1, 2))
+    owner = torch.cat([torch.full_like(rows[name][2], k) for k, name in enumerate(tuning)])
     for samples in PRIOR_SAMPLES:
         parts = []
-        for name, trace in tuning.items():
-            x, y, req = rows[name]
+        for k, (name, trace) in enumerate(tuning.items()):
             categories = prompt_categories(name)
             for category in sorted(set(categories)):
                 inside = [r for r, c in enumerate(categories) if c == category]
-                fit_on = ~torch.isin(req, torch.tensor(inside))
-                prior = fit_prior(x[fit_on], y[fit_on], samples)
+                # The fit sees every tuning source but the held category's rows of this one.
+                fit_on = ~((owner == k) & torch.isin(req, torch.tensor(inside)))
+                prior = fit_prior(x_all[fit_on], y_all[fit_on], samples)
                 make = partial(NgramLogistic, prior, token_classes=token_classes)
                 parts.append(heldout.collect(subset(trace, inside), make()))
         briers[samples] = heldout.score(heldout.Predictions.cat(parts))["brier"]
@@ -160,7 +171,7 @@ def estimators(tuning: dict, token_classes, write_prior: bool) -> tuple[dict, di
         f"constant({rate:.3f})": lambda: ConstantRate(rate),
         "AcceptanceCalibration (match stats, per-request SGD)": lambda: AcceptanceCalibration(),
         # The file as it is now (also right after --write-prior rewrote it).
-        "NgramLogistic (shipped prior: the Gemma bundled fit, no token classes)": lambda: NgramLogistic(
+        "NgramLogistic (shipped prior: the Gemma tuning fit, no token classes)": lambda: NgramLogistic(
             NgramPrior.load()
         ),
         "NgramLogistic (shipped prior + token classes: the default with a tokenizer)": lambda: NgramLogistic(

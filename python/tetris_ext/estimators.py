@@ -35,8 +35,9 @@ with x (``FEATURES``):
   ``tokens``) the memory reads "never seen", which is what the model assumes of a new request.
 
 Weights are Bayesian: the prior is a Gaussian around ``PRIOR.weights`` (``PRIOR_WITH_CLASSES``
-with a token-class table), the offline fit on the *tuning* traces only (bundled prompt set,
-Gemma 3 270M bf16; see bench/estimates.py ``--write-prior``), with precision
+with a token-class table), the offline fit on the *tuning* traces only (Gemma 3 270M bf16: the
+bundled prompt set and two tuning sources of the held-out kinds, bench/prompts/tuning_chat.jsonl
+and tuning_code.jsonl; see bench/estimates.py ``--write-prior``), with precision
 ``prior_samples`` x the fit's mean per-token Hessian: the prior counts as that many tuning
 tokens. Each step takes one Newton step of the posterior
 (the step's tested tokens add their Hessian to the precision), i.e. an online Laplace
