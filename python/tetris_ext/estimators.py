@@ -376,18 +376,19 @@ class NgramLogistic:
         default: the last prediction's when it scored these inputs, else computed."""
         if design is None:
             design = self._design_since_prediction(features, requests, tokens, roots)
-        x = design[tested]
-        y = accepted[tested].to(torch.float64)
-        if self.precision is not None and len(y):
+        # Boolean masks in numpy (the same rows, in the same order, as torch's), then tensors.
+        tested, accepted = tested.numpy(), accepted.numpy()
+        x = torch.from_numpy(design.numpy()[tested])
+        y = torch.from_numpy(accepted[tested].astype(np.float64))
+        if self.precision is not None and len(x):
             p = torch.sigmoid(x @ self.weights)
             self.precision += (x * (p * (1.0 - p))[:, None]).T @ x
             self.weights += torch.linalg.solve(self.precision, x.T @ (y - p))
-        self.updates += len(y)
+        self.updates += len(x)
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
-        tested, accepted = tested.numpy(), accepted.numpy()
-        first = tested & (features[..., 3] == 1).numpy()
+        first = tested & (features.numpy()[..., 3] == 1)
         first_trials = first.sum(1).astype(np.float64)
         state = self._state.numpy()
         rows = state[slots]
@@ -402,9 +403,9 @@ class NgramLogistic:
         state[slots] = rows
         if tokens is not None:
             buckets = self._buckets(tokens.numpy(), roots)
-            seen = tested & (buckets >= 0)
-            owners = np.broadcast_to(slots[:, None], buckets.shape)[seen]
-            self._memory.numpy()[owners, (~accepted[seen]).astype(np.int64), buckets[seen]] = True
+            seen_b, seen_n = np.nonzero(tested & (buckets >= 0))  # row-major, as a mask selects
+            outcome = (~accepted[seen_b, seen_n]).astype(np.int64)  # 0: accepted, 1: rejected
+            self._memory.numpy()[slots[seen_b], outcome, buckets[seen_b, seen_n]] = True
 
 
 def _copies(*tensors: Tensor | None) -> tuple:

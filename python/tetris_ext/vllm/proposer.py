@@ -249,10 +249,11 @@ class DraftSelection:
             state.pending, state.pending_tokens = match.features[: counts[b]], match.tokens[: counts[b]]
             state.pending_design = design_rows[b, : counts[b]]
             state.root = roots[b]
+        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
         self.totals["steps"] += 1
-        self.totals["drafted"] += int((tokens >= 0).sum())
+        self.totals["drafted"] += drafted
         if self.record:
-            self.records.append(StepRecord(B, self._budget(B, N), int((tokens >= 0).sum()), counts, 0.0))
+            self.records.append(StepRecord(B, self._budget(B, N), drafted, counts, 0.0))
 
     def _budget(self, B: int, N: int) -> int:
         if isinstance(self.policy, _COST_FITTED):
