@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
+from tetris_ext import estimators
 from tetris_ext.drafters import NgramDrafter
 from tetris_ext.estimators import (
     FEATURES,
@@ -313,3 +314,113 @@ def test_the_default_prior_matches_the_inputs():
     assert all(PRIOR.weights[i] == 0.0 for i in classes)
     assert any(PRIOR_WITH_CLASSES.weights[i] != 0.0 for i in classes)
     assert NgramLogistic(PRIOR, token_classes=table).prior.tolist() == list(PRIOR.weights)
+
+
+class ColumnStacking(NgramLogistic):
+    """The straightforward formula NgramLogistic had before its numpy fill: torch columns
+    stacked, per-request state updated by torch ops. The reference its outputs must equal."""
+
+    @staticmethod
+    def _torch_buckets(tokens, roots):
+        B, N = tokens.shape
+        root = roots.reshape(B, 1) if roots is not None else tokens.new_full((B, 1), -1)
+        parents = torch.cat([root, tokens[:, :-1]], 1)
+        known = (parents >= 0) & (tokens >= 0)
+        return torch.where(known, (parents * 1_000_003 + tokens) % estimators.MEMORY_BUCKETS, -1)
+
+    def design(self, features, requests, tokens=None, roots=None):
+        f = features.to(torch.float64)
+        B, N = f.shape[:2]
+        match_length, occurrences, agreement, depth = f[..., :4].unbind(-1)
+        transition = f[..., 4] if f.shape[-1] > 4 else agreement
+        slots = torch.from_numpy(self._slot_indices(list(requests)))
+        accepted, tested, run = self._state[slots].unbind(-1)
+        rate = (accepted + 2.0 * self.rate_prior) / (tested + 2.0)
+        log_odds = torch.logit(rate) - math.log(self.rate_prior / (1.0 - self.rate_prior))
+        classes = torch.zeros(B, N, 3, dtype=torch.float64)
+        if self.token_classes is not None and tokens is not None:
+            ids = tokens.clamp(0, self.token_classes.shape[0] - 1)
+            one_hot = torch.nn.functional.one_hot(self.token_classes[ids].long(), 4)
+            classes = (one_hot[..., :-1] * (tokens >= 0)[..., None]).to(torch.float64)
+        base = {
+            "log_match_length": torch.log1p(match_length),
+            "log_occurrences": torch.log1p(occurrences),
+            "agreement": agreement,
+            "unanimous": (agreement >= 1.0).to(torch.float64),
+            "log_copy_run": torch.log1p(run)[:, None].expand(B, N),
+            "transition_agreement": transition,
+        }
+        first = (depth == 1).to(torch.float64)
+        memory = torch.zeros(B, N, 2, dtype=torch.float64)
+        if tokens is not None:
+            buckets = self._torch_buckets(tokens, roots)
+            seen = self._memory[slots[:, None], :, buckets.clamp(min=0)]
+            memory = (seen & (buckets >= 0)[..., None]).to(torch.float64)
+        columns = [torch.ones_like(match_length), base["log_match_length"], base["log_occurrences"]]
+        columns += [agreement, torch.log1p(depth), base["unanimous"], log_odds[:, None].expand(B, N)]
+        columns += [base["log_copy_run"], transition]
+        interactions = [first] + [first * base[name] for name in estimators.FIRST_INTERACTIONS]
+        return torch.cat([torch.stack(columns, -1), classes, torch.stack(interactions, -1), memory], -1)
+
+    def update_batch(self, features, requests, tested, accepted, tokens=None, roots=None):
+        x = self.design(features, requests, tokens, roots)[tested]
+        y = accepted[tested].to(torch.float64)
+        if self.precision is not None and len(y):
+            p = torch.sigmoid(x @ self.weights)
+            self.precision += (x * (p * (1.0 - p))[:, None]).T @ x
+            self.weights += torch.linalg.solve(self.precision, x.T @ (y - p))
+        self.updates += len(y)
+        slots = torch.from_numpy(self._slot_indices(list(requests)))
+        hits = (tested & accepted).sum(1).to(torch.float64)
+        first = tested & (features[..., 3] == 1)
+        first_trials = first.sum(1).to(torch.float64)
+        state = self._state[slots]
+        decay = torch.where(first_trials > 0, self.rate_decay, 1.0)
+        state[:, 0] = decay * state[:, 0] + (first & accepted).sum(1).to(torch.float64)
+        state[:, 1] = decay * state[:, 1] + first_trials
+        rejected = (tested & ~accepted).any(1)
+        state[:, 2] = torch.where(rejected, 0.0, state[:, 2] + hits)
+        self._state[slots] = state
+        if tokens is not None:
+            buckets = self._torch_buckets(tokens, roots)
+            seen = tested & (buckets >= 0)
+            rows = slots[:, None].expand_as(buckets)[seen]
+            self._memory[rows, (~accepted[seen]).long(), buckets[seen]] = True
+
+
+@pytest.mark.parametrize("raw", [5, 4])
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_design_and_updates_equal_the_column_stacking_formula_bit_for_bit(raw, with_classes):
+    """Over many steps of random shapes (batch 1-33, 1-9 drafts), non-integer features,
+    requests coming and going: every design matrix, estimate, weight, precision and state."""
+    g = torch.Generator().manual_seed(7 + raw)
+    classes = torch.randint(0, 4, (50,), generator=g, dtype=torch.int8) if with_classes else None
+    fast, reference = NgramLogistic(token_classes=classes), ColumnStacking(token_classes=classes)
+    for step in range(60):
+        B, N = int(torch.randint(1, 34, (1,), generator=g)), int(torch.randint(1, 10, (1,), generator=g))
+        ids = torch.randperm(40, generator=g)[:B].tolist()
+        features = torch.rand(B, N, raw, generator=g) * torch.tensor([4.0, 9.0, 1.0, 8.0, 1.0][:raw])
+        features[..., 3] = torch.randint(1, 4, (B, N), generator=g).float()  # depth 1 often
+        features[..., 2] = torch.where(torch.rand(B, N, generator=g) < 0.3, 1.0, features[..., 2])
+        tokens = torch.randint(-1, 50, (B, N), generator=g)
+        roots = torch.randint(0, 50, (B,), generator=g) if step % 3 else None
+        tested = torch.rand(B, N, generator=g) < 0.7
+        accepted = tested & (torch.rand(B, N, generator=g) < 0.6)
+        given = (tokens, roots) if step % 4 else (None, None)
+        assert torch.equal(fast.design(features, ids, *given), reference.design(features, ids, *given))
+        assert torch.equal(
+            fast.predict_batch(features, ids, *given), reference.predict_batch(features, ids, *given)
+        )
+        if step % 5 == 0:  # changed in place after the prediction: its design must not be reused
+            features[..., 0] += 1.0
+        if step % 7 == 0:  # a request forgotten in between starts afresh
+            fast.forget(ids[0])
+            reference.forget(ids[0])
+        fast.update_batch(features, ids, tested, accepted, *given)
+        reference.update_batch(features, ids, tested, accepted, *given)
+        for name in ("weights", "precision", "_state", "_memory"):
+            assert torch.equal(getattr(fast, name), getattr(reference, name)), (step, name)
+        for r in torch.randperm(40, generator=g)[:5].tolist():
+            fast.forget(r)
+            reference.forget(r)
+    assert fast.updates == reference.updates > 500

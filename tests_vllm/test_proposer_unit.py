@@ -191,10 +191,10 @@ def test_estimator_learns_each_outcome_with_its_drafts_and_root():
         engine.add()
     seen, learn = [], selection.estimator.update_batch
 
-    def spy(features, requests, tested, accepted, tokens, roots):
+    def spy(features, requests, tested, accepted, tokens, roots, **kwargs):
         for b, rid in enumerate(requests):
             seen.append((rid, tokens[b][tested[b]].tolist(), int(roots[b]), accepted[b][tested[b]].tolist()))
-        learn(features, requests, tested, accepted, tokens, roots)
+        learn(features, requests, tested, accepted, tokens, roots, **kwargs)
 
     selection.estimator.update_batch = spy
     checked = 0

@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,6 +101,11 @@ FEATURES = (
     + tuple(f"first_x_{name}" for name in FIRST_INTERACTIONS)
     + ("accepted_before", "rejected_before")
 )
+# Where `design` writes each group of columns.
+_CLASS_COLUMNS = FEATURES.index(f"class_{TOKEN_CLASSES[0]}")
+_FIRST = FEATURES.index("first")
+_FIRST_COLUMNS = [FEATURES.index(name) for name in FIRST_INTERACTIONS]
+_MEMORY_COLUMNS = slice(FEATURES.index("accepted_before"), FEATURES.index("rejected_before") + 1)
 # Transition memory: a transition (parent, token) sets one of this many buckets (a prime) per
 # request and outcome. A request with n distinct transitions mistakes an unseen one for a seen
 # one with probability about n / MEMORY_BUCKETS (1% at 160).
@@ -220,9 +226,14 @@ class NgramLogistic:
         self._state = torch.zeros(0, 3, dtype=torch.float64)
         self._memory = torch.zeros(0, 2, MEMORY_BUCKETS, dtype=torch.bool)
         self.updates = 0
+        # The last prediction's inputs and design matrix: an update on the very same inputs
+        # (the decoding loop's drafter updates with the proposal it predicted for) reuses it.
+        # `_revision` counts changes of the per-request state, which the design reads.
+        self._revision = 0
+        self._last_design: tuple | None = None
 
     # -- per-request memory -------------------------------------------------------------
-    def _slot_indices(self, requests: list[int]) -> Tensor:
+    def _slot_indices(self, requests: list[int]) -> np.ndarray:
         for r in requests:
             if r not in self._slots:
                 if not self._free:
@@ -237,13 +248,14 @@ class NgramLogistic:
                 self._state[slot] = 0.0
                 self._memory[slot] = False
                 self._slots[r] = slot
-        return torch.tensor([self._slots[r] for r in requests], dtype=torch.long)
+        return np.array([self._slots[r] for r in requests], dtype=np.int64)
 
     def forget(self, request: int) -> None:
         """Free a finished request's state (its slot is reused)."""
         slot = self._slots.pop(request, None)
         if slot is not None:
             self._free.append(slot)
+            self._revision += 1
 
     @property
     def tracked_requests(self) -> int:
@@ -255,16 +267,21 @@ class NgramLogistic:
         return set(self._slots)
 
     @staticmethod
-    def _buckets(tokens: Tensor, roots: Tensor | None) -> Tensor:
+    def _buckets(tokens: np.ndarray, roots: Tensor | None) -> np.ndarray:
         """[B, N] memory bucket of each (parent, token) transition of chains; -1 where unknown
         (padding, or a first token without its root)."""
-        B, N = tokens.shape
-        root = roots.reshape(B, 1) if roots is not None else tokens.new_full((B, 1), -1)
-        parents = torch.cat([root, tokens[:, :-1]], 1)
+        B = tokens.shape[0]
+        root = roots.numpy().reshape(B, 1) if roots is not None else np.full((B, 1), -1, dtype=np.int64)
+        parents = np.concatenate([root, tokens[:, :-1]], 1)
         known = (parents >= 0) & (tokens >= 0)
-        return torch.where(known, (parents * 1_000_003 + tokens) % MEMORY_BUCKETS, -1)
+        return np.where(known, (parents * 1_000_003 + tokens) % MEMORY_BUCKETS, -1)
 
     # -- the model ------------------------------------------------------------------------
+    # The design matrix is filled column by column in one float64 numpy array (one tensor at
+    # the end): the same values as stacking torch columns, for a fraction of the small-op
+    # overhead. Only exact operations (copies, comparisons, products with 0 / 1, + - * /) run
+    # in numpy; the transcendental ones (log1p, logit) stay torch calls on the same inputs, so
+    # every value is bit for bit what the column-stacking formula gave (tests/ compare them).
     def design(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
     ) -> Tensor:
@@ -273,54 +290,73 @@ class NgramLogistic:
         roots [B] (the requests' last accepted tokens, the parents of the first drafts)."""
         f = features.to(torch.float64)
         B, N = f.shape[:2]
-        match_length, occurrences, agreement, depth = f[..., :4].unbind(-1)
+        raw = f.numpy()
+        slots = self._slot_indices(list(requests))  # may grow the state: read it after
+        state = self._state.numpy()[slots]  # accepted, tested, copy run of first tokens
+        x = np.empty((B, N, len(FEATURES)))
+        x[..., 0] = 1.0
+        x[..., 1] = torch.log1p(f[..., 0]).numpy()  # match length
+        x[..., 2] = torch.log1p(f[..., 1]).numpy()  # occurrences
+        x[..., 3] = raw[..., 2]  # agreement
+        x[..., 4] = torch.log1p(f[..., 3]).numpy()  # depth
+        x[..., 5] = raw[..., 2] >= 1.0  # unanimous
+        x[..., 6] = self._request_log_odds(state)[:, None]
+        x[..., 7] = torch.log1p(torch.from_numpy(state[:, 2])).numpy()[:, None]  # copy run
         # Without the transition agreement (4 raw features: a trace or a caller from before
         # it), the n-gram agreement stands in: the two are equal for a one-token match.
-        transition = f[..., 4] if f.shape[-1] > 4 else agreement
-        slots = self._slot_indices(list(requests))  # may grow the state: index after
-        accepted, tested, run = self._state[slots].unbind(-1)
+        x[..., 8] = raw[..., 4] if raw.shape[-1] > 4 else raw[..., 2]
+        x[..., _CLASS_COLUMNS:_FIRST] = 0.0
+        tokens_np = None if tokens is None else tokens.numpy()
+        if self.token_classes is not None and tokens_np is not None:
+            table = self.token_classes.numpy()
+            classes = table[np.clip(tokens_np, 0, table.shape[0] - 1)]
+            for c in range(len(TOKEN_CLASSES) - 1):
+                x[..., _CLASS_COLUMNS + c] = (classes == c) & (tokens_np >= 0)
+        first = raw[..., 3] == 1.0
+        x[..., _FIRST] = first
+        x[..., _FIRST + 1 : _MEMORY_COLUMNS.start] = x[..., _FIRST_COLUMNS] * first[..., None]
+        x[..., _MEMORY_COLUMNS] = 0.0
+        if tokens_np is not None:
+            buckets = self._buckets(tokens_np, roots)
+            seen = self._memory.numpy()[slots[:, None], :, np.maximum(buckets, 0)]  # [B, N, 2]
+            x[..., _MEMORY_COLUMNS] = seen & (buckets >= 0)[..., None]
+        return torch.from_numpy(x)
+
+    def _request_log_odds(self, state: np.ndarray) -> np.ndarray:
+        """[B] log-odds of each request's smoothed first-token rate, less the prior's."""
         strength = 2.0  # pseudo-observations of the prior rate
-        rate = (accepted + strength * self.rate_prior) / (tested + strength)
-        log_odds = torch.logit(rate) - math.log(self.rate_prior / (1.0 - self.rate_prior))
-        classes = torch.zeros(B, N, len(TOKEN_CLASSES) - 1, dtype=torch.float64)
-        if self.token_classes is not None and tokens is not None:
-            ids = tokens.clamp(0, self.token_classes.shape[0] - 1)
-            one_hot = torch.nn.functional.one_hot(self.token_classes[ids].long(), len(TOKEN_CLASSES))
-            classes = (one_hot[..., :-1] * (tokens >= 0)[..., None]).to(torch.float64)
-        base = {
-            "log_match_length": torch.log1p(match_length),
-            "log_occurrences": torch.log1p(occurrences),
-            "agreement": agreement,
-            "unanimous": (agreement >= 1.0).to(torch.float64),
-            "log_copy_run": torch.log1p(run)[:, None].expand(B, N),
-            "transition_agreement": transition,
-        }
-        first = (depth == 1).to(torch.float64)
-        memory = torch.zeros(B, N, 2, dtype=torch.float64)
-        if tokens is not None:
-            buckets = self._buckets(tokens, roots)
-            seen = self._memory[slots[:, None], :, buckets.clamp(min=0)]  # [B, N, 2]
-            memory = (seen & (buckets >= 0)[..., None]).to(torch.float64)
-        columns = [
-            torch.ones_like(match_length),
-            base["log_match_length"],
-            base["log_occurrences"],
-            agreement,
-            torch.log1p(depth),
-            base["unanimous"],
-            log_odds[:, None].expand(B, N),
-            base["log_copy_run"],
-            transition,
-        ]
-        interactions = [first] + [first * base[name] for name in FIRST_INTERACTIONS]
-        return torch.cat([torch.stack(columns, -1), classes, torch.stack(interactions, -1), memory], -1)
+        rate = (state[:, 0] + strength * self.rate_prior) / (state[:, 1] + strength)
+        return (
+            torch.logit(torch.from_numpy(rate)) - math.log(self.rate_prior / (1.0 - self.rate_prior))
+        ).numpy()
 
     def predict_batch(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
     ) -> Tensor:
         """[B, N] float64 acceptance estimates, clamped to [1 - max_probability, max_probability]."""
-        p = torch.sigmoid(self.design(features, requests, tokens, roots) @ self.weights)
+        x = self.design(features, requests, tokens, roots)
+        self._last_design = (_copies(features, tokens, roots), list(requests), self._revision, x)
+        return self.predict_design(x)
+
+    def predict_design(self, design: Tensor) -> Tensor:
+        """Estimates [...] for rows [..., len(FEATURES)] of `design` (see `predict_batch`)."""
+        p = torch.sigmoid(design @ self.weights)
         return p.clamp(1.0 - self.max_probability, self.max_probability)
+
+    def _design_since_prediction(
+        self, features: Tensor, requests: list[int], tokens: Tensor | None, roots: Tensor | None
+    ) -> Tensor:
+        """`design` of these inputs: the last prediction's matrix when it scored equal inputs
+        and no request state changed since (the same values, by construction), else computed
+        afresh. Inputs compare by value against copies (inference tensors, which the decoding
+        loop makes, track no in-place changes): a few microseconds against ~40 for a design."""
+        last, self._last_design = self._last_design, None
+        if last is not None:
+            copies, last_requests, revision, x = last
+            if revision == self._revision and last_requests == list(requests):
+                if all(_equal(a, b) for a, b in zip(copies, (features, tokens, roots))):
+                    return x
+        return self.design(features, requests, tokens, roots)
 
     def update_batch(
         self,
@@ -330,33 +366,56 @@ class NgramLogistic:
         accepted: Tensor,
         tokens: Tensor | None = None,
         roots: Tensor | None = None,
+        design: Tensor | None = None,
     ) -> None:
         """Learn from one step: features [B, N, 5] (or 4), tested / accepted [B, N] bool (tested: the
         candidate's own acceptance was decided). One Newton step of the shared weights'
-        posterior; every request's first-token rate, copy run and transition memory advance."""
-        x = self.design(features, requests, tokens, roots)[tested]
-        y = accepted[tested].to(torch.float64)
-        if self.precision is not None and len(y):
+        posterior; every request's first-token rate, copy run and transition memory advance.
+        design: ``design(features, requests, tokens, roots)`` (its tested rows at least), for a
+        caller that kept the rows of a prediction after which no update ran (the same values);
+        default: the last prediction's when it scored these inputs, else computed."""
+        if design is None:
+            design = self._design_since_prediction(features, requests, tokens, roots)
+        # Boolean masks in numpy (the same rows, in the same order, as torch's), then tensors.
+        tested, accepted = tested.numpy(), accepted.numpy()
+        x = torch.from_numpy(design.numpy()[tested])
+        y = torch.from_numpy(accepted[tested].astype(np.float64))
+        if self.precision is not None and len(x):
             p = torch.sigmoid(x @ self.weights)
             self.precision += (x * (p * (1.0 - p))[:, None]).T @ x
             self.weights += torch.linalg.solve(self.precision, x.T @ (y - p))
-        self.updates += len(y)
+        self.updates += len(x)
+        self._revision += 1
+        # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
-        hits = (tested & accepted).sum(1).to(torch.float64)
-        first = tested & (features[..., 3] == 1)
-        first_trials = first.sum(1).to(torch.float64)
-        state = self._state[slots]
-        decay = torch.where(first_trials > 0, self.rate_decay, 1.0)
-        state[:, 0] = decay * state[:, 0] + (first & accepted).sum(1).to(torch.float64)
-        state[:, 1] = decay * state[:, 1] + first_trials
+        first = tested & (features.numpy()[..., 3] == 1)
+        first_trials = first.sum(1).astype(np.float64)
+        state = self._state.numpy()
+        rows = state[slots]
+        # The decay in float32, as the torch.where of two Python floats (the default dtype)
+        # that computed it first: a float64 one would change every request's rate in the
+        # last bits (outputs stay bit for bit those of earlier versions).
+        decay = np.where(first_trials > 0, np.float32(self.rate_decay), np.float32(1.0))
+        rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1).astype(np.float64)
+        rows[:, 1] = decay * rows[:, 1] + first_trials
         rejected = (tested & ~accepted).any(1)
-        state[:, 2] = torch.where(rejected, 0.0, state[:, 2] + hits)
-        self._state[slots] = state
+        rows[:, 2] = np.where(rejected, 0.0, rows[:, 2] + (tested & accepted).sum(1).astype(np.float64))
+        state[slots] = rows
         if tokens is not None:
-            buckets = self._buckets(tokens, roots)
-            seen = tested & (buckets >= 0)
-            rows = slots[:, None].expand_as(buckets)[seen]
-            self._memory[rows, (~accepted[seen]).long(), buckets[seen]] = True
+            buckets = self._buckets(tokens.numpy(), roots)
+            seen_b, seen_n = np.nonzero(tested & (buckets >= 0))  # row-major, as a mask selects
+            outcome = (~accepted[seen_b, seen_n]).astype(np.int64)  # 0: accepted, 1: rejected
+            self._memory.numpy()[slots[seen_b], outcome, buckets[seen_b, seen_n]] = True
+
+
+def _copies(*tensors: Tensor | None) -> tuple:
+    return tuple(None if t is None else t.clone() for t in tensors)
+
+
+def _equal(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
 class ConstantRate:

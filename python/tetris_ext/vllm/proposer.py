@@ -37,14 +37,14 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..calibration import NGRAM_FEATURES
 from ..cost_aware import CostAwareTetris
-from ..drafters import NgramIndex
-from ..estimators import NgramLogistic, token_class_table
+from ..drafters import NgramIndex, NgramMatch, match_arrays
+from ..estimators import FEATURES, NgramLogistic, token_class_table
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -78,6 +78,21 @@ class _Request:
     pending: list[tuple[float, ...]] = field(default_factory=list)
     pending_tokens: list[int] = field(default_factory=list)
     root: int = -1
+    # Their rows of the estimator's design matrix: the update that learns their outcome reuses
+    # them (the request's estimator state cannot change in between: updates run once a step).
+    pending_design: np.ndarray | None = None
+
+
+class _Outcome(NamedTuple):
+    """What one request's last drafts taught: its tested drafts (features, tokens, design
+    rows), the root they followed, and how many of them the engine accepted."""
+
+    request: str
+    features: list[tuple[float, ...]]
+    tokens: list[int]
+    design: np.ndarray
+    root: int
+    accepted: int
 
 
 @dataclass
@@ -144,7 +159,7 @@ class DraftSelection:
 
     def _learn(self, req_ids, sampled_token_ids, verified, now: float, step_tokens: int | None) -> None:
         """Calibration (and step-time) updates from what the engine accepted of the last drafts."""
-        outcomes, counts = [], []  # (request, tested drafts' features, tokens, root, accepted), (v, a)
+        outcomes, counts = [], []  # _Outcome per request with tested drafts, (v, a) per request
         for rid, sampled in zip(req_ids, sampled_token_ids):
             state = self.requests.get(rid)
             if state is None or rid not in self._drafted_last:
@@ -157,7 +172,16 @@ class DraftSelection:
             a = min(len(sampled) - 1, v)
             tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
             if tested:
-                outcomes.append((rid, pending[:tested], state.pending_tokens[:tested], state.root, a))
+                outcomes.append(
+                    _Outcome(
+                        rid,
+                        pending[:tested],
+                        state.pending_tokens[:tested],
+                        state.pending_design[:tested],
+                        state.root,
+                        a,
+                    )
+                )
             counts.append((v, a))
         if not counts:
             return
@@ -181,23 +205,23 @@ class DraftSelection:
                     )
                 )
 
-    def _update_estimator(self, outcomes: list[tuple]) -> None:
-        """One batched update of the estimator from (request, the features and tokens of its
-        tested drafts, the root they follow, how many of them were accepted) tuples."""
+    def _update_estimator(self, outcomes: list[_Outcome]) -> None:
+        """One batched update of the estimator from the requests' outcomes."""
         if not outcomes:
             return
-        R, N = len(outcomes), max(len(tokens) for _, _, tokens, _, _ in outcomes)
-        features = torch.zeros(R, N, len(NGRAM_FEATURES))
-        tokens = torch.full((R, N), -1, dtype=torch.long)
-        for b, (_, drafted_features, drafted_tokens, _, _) in enumerate(outcomes):
-            features[b, : len(drafted_tokens)] = torch.tensor(drafted_features)
-            tokens[b, : len(drafted_tokens)] = torch.tensor(drafted_tokens)
-        position = torch.arange(N)
+        N = max(len(o.tokens) for o in outcomes)
+        # The batch's tensors built once (numpy, then one conversion each), not per request.
+        tokens, features = match_arrays([NgramMatch(o.tokens, o.features) for o in outcomes], N)
+        design = np.zeros((len(outcomes), N, len(FEATURES)))
+        for b, o in enumerate(outcomes):
+            design[b, : len(o.tokens)] = o.design
         tested = tokens >= 0
-        accepted = position < torch.tensor([a for *_, a in outcomes])[:, None]
-        roots = torch.tensor([root for _, _, _, root, _ in outcomes])
-        owners = [rid for rid, *_ in outcomes]
-        self.estimator.update_batch(features, owners, tested, accepted & tested, tokens, roots)
+        accepted = torch.from_numpy(np.arange(N) < np.array([o.accepted for o in outcomes])[:, None])
+        roots = torch.tensor([o.root for o in outcomes])
+        owners = [o.request for o in outcomes]
+        self.estimator.update_batch(
+            features, owners, tested, accepted & tested, tokens, roots, design=torch.from_numpy(design)
+        )
 
     def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
         options, N = self.options, self.options.max_drafts
@@ -213,16 +237,10 @@ class DraftSelection:
             matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
             roots.append(int(token_ids[i, length - 1]))  # the token the drafts follow
         B = len(active)
-        tokens = torch.full((B, N), -1, dtype=torch.long)
-        features = torch.zeros(B, N, len(NGRAM_FEATURES))
-        for b, match in enumerate(matches):
-            if match.tokens:
-                tokens[b, : len(match.tokens)] = torch.tensor(match.tokens)
-                features[b, : len(match.tokens)] = torch.tensor(match.features)
+        tokens, features = match_arrays(matches, N)
         owners = [req_ids[i] for i in active]
-        token_logprobs = (
-            self.estimator.predict_batch(features, owners, tokens, torch.tensor(roots)).log().float()
-        )
+        design = self.estimator.design(features, owners, tokens, torch.tensor(roots))
+        token_logprobs = self.estimator.predict_design(design).log().float()
         token_logprobs[tokens < 0] = -math.inf
         cum_logprobs = token_logprobs.cumsum(1)
         if options.min_prob is not None:  # the floor, for every policy
@@ -230,15 +248,18 @@ class DraftSelection:
             cum_logprobs[cum_logprobs < floor] = -math.inf
         proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
         counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
+        design_rows = design.numpy()
         for b, (i, match) in enumerate(zip(active, matches)):
             drafts[i] = match.tokens[: counts[b]]
             state = self.requests[owners[b]]
             state.pending, state.pending_tokens = match.features[: counts[b]], match.tokens[: counts[b]]
+            state.pending_design = design_rows[b, : counts[b]]
             state.root = roots[b]
+        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
         self.totals["steps"] += 1
-        self.totals["drafted"] += int((tokens >= 0).sum())
+        self.totals["drafted"] += drafted
         if self.record:
-            self.records.append(StepRecord(B, self._budget(B, N), int((tokens >= 0).sum()), counts, 0.0))
+            self.records.append(StepRecord(B, self._budget(B, N), drafted, counts, 0.0))
 
     def _budget(self, B: int, N: int) -> int:
         if isinstance(self.policy, _COST_FITTED):
