@@ -22,7 +22,9 @@ reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2) (StandardSD(3)
 count each step) and Tetris(3, 2, full_budget) (3 x requests always), GoodputTetris, all with the
 drafter's default estimator (NgramLogistic without token classes since 2026-11-30; before:
 AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with NgramLogistic and the token
-classes of the traces' (or the live target's) tokenizer, the recommended pairing. The bundled
+classes of the traces' (or the live target's) tokenizer, the recommended pairing (ThresholdSD
+at 0.7, the SpecDec++-style default, and at 0.5, its best on the tuning traces with today's
+prior: bench/threshold_tuning.py). The bundled
 (tuning) trace is replayed too, labelled as tuned-on.
 
 Protocols (bench/README.md says what each favours): by default every request is waiting at
@@ -104,6 +106,9 @@ def policies(
         "Tetris(3, 2, full_budget)": (lambda: Tetris(3, 2, full_budget=True), None),
         "GoodputTetris(5)": (lambda: GoodputTetris(5), None),
         f"ThresholdSD(0.7, 6) + {est}": (lambda: ThresholdSD(0.7, 6), logistic),
+        # The threshold chosen on the tuning traces with the prior refitted on three tuning
+        # sources (bench/threshold_tuning.py: 0.5 the best of 0.5-0.9 on each).
+        f"ThresholdSD(0.5, 6) + {est}": (lambda: ThresholdSD(0.5, 6), logistic),
         f"Tetris(3, 2) + {est}": (lambda: Tetris(3, 2), logistic),
         f"CostAwareTetris (online cost) + {est}": (lambda: CostAwareTetris(MAX_DRAFT, padded), logistic),
     }
