@@ -8,15 +8,18 @@ flat loop's cost line (`cost_aware_caution.flat_cpu_line`) with every step's sec
 lognormal noise (sigma, seeded), the policy fitting its cost online as live, against
 StandardSD(4) priced with the same noise. Deterministic; about 3 minutes.
 
-    python bench/cost_aware_noise.py      # results/cost_aware_noise.{json,txt}
+    python bench/cost_aware_noise.py --optimism 0    # the fit before OPTIMISM: results/cost_aware_noise.*
+    python bench/cost_aware_noise.py --optimism 0 1 2 3 --out bench/results/cost_aware_noise_optimism
 
 For the run furthest behind StandardSD(4) it prints the fit step by step (computed tokens, seconds, the
-fit's intercept / slope, the floor, the candidates verified): the failure it shows is one of
-exploration, not of estimates.
+fit's intercept / slope, the floor, the candidates verified): without optimism the failure it
+shows is one of exploration, not of estimates (a noisy first probe, a slope too steep that steps
+of one size never correct); ``cost_aware.OPTIMISM`` was chosen with ``--optimism``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -54,9 +57,9 @@ class NoisyCost:
         return StepCost(cost.seconds * factor, cost.draft_seconds * factor, cost.verify_seconds * factor)
 
 
-def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None) -> dict:
+def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None, optimism=None) -> dict:
     """The online-cost policy and StandardSD(4) under the same noise; ``log`` gets the fit per step."""
-    policy = CostAwareTetris(8, padded=False)
+    policy = CostAwareTetris(8, padded=False, optimism=optimism)
     if log is not None:
         observe = policy.observe
 
@@ -79,6 +82,7 @@ def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None)
     )
     sd = replay(trace, StandardSD(4), 8, NoisyCost(flat_cpu_line(), sigma, seed), keep_steps=False)
     return {
+        "optimism": policy.optimism,
         "sigma": sigma,
         "seed": seed,
         "steps": ours.metrics["steps"],
@@ -88,37 +92,42 @@ def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None)
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--optimism", type=float, nargs="+", help="CostAwareTetris(optimism=) values (default: its own)"
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware_noise")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     classes = load_token_classes("gemma3-270m")
     rows, lines = (
         [],
         [f"tuning traces, batch 8, {flat_cpu_line().name} x lognormal noise; CostAwareTetris (online)"],
     )
-    for source in TUNING:
-        trace = Trace.load(SOURCES[source])
-        for sigma in SIGMAS:
-            cells = [
-                run(trace, sigma, seed, classes) | {"source": source} for seed in range(SEEDS if sigma else 1)
-            ]
-            rows += cells
-            steps = [c["steps"] for c in cells]
-            ratios = [c["vs_sd4"] for c in cells]
-            lines.append(
-                f"{source:12s} sigma {sigma:<4g} steps {min(steps)}-{max(steps)} (median {int(np.median(steps))}), "
-                f"vs StandardSD(4) {min(ratios):.3f}-{max(ratios):.3f} (median {np.median(ratios):.3f})"
-            )
-            print(lines[-1], flush=True)
+    for optimism in args.optimism or [None]:
+        for source in TUNING:
+            trace = Trace.load(SOURCES[source])
+            for sigma in SIGMAS:
+                seeds = range(SEEDS if sigma else 1)
+                cells = [run(trace, sigma, s, classes, optimism=optimism) | {"source": source} for s in seeds]
+                rows += cells
+                steps, ratios = [c["steps"] for c in cells], [c["vs_sd4"] for c in cells]
+                lines.append(
+                    f"optimism {cells[0]['optimism']:g} {source:12s} sigma {sigma:<4g} steps {min(steps)}-{max(steps)} "
+                    f"(median {int(np.median(steps))}), vs StandardSD(4) {min(ratios):.3f}-{max(ratios):.3f} "
+                    f"(median {np.median(ratios):.3f})"
+                )
+                print(lines[-1], flush=True)
     worst = min(rows, key=lambda r: r["vs_sd4"])
     log: list = []
-    run(Trace.load(SOURCES[worst["source"]]), worst["sigma"], worst["seed"], classes, log)
+    run(Trace.load(SOURCES[worst["source"]]), worst["sigma"], worst["seed"], classes, log, worst["optimism"])
     lines.append(f"the run furthest behind StandardSD(4) ({worst}), step by step:")
     lines.append("  step [computed tokens, ms, fit intercept ms, fit slope ms/token, floor, verified]")
     lines += [f"  {i:3d} {entry}" for i, entry in enumerate(log[:40])]
     print("\n".join(lines[-41:]))
-    out = RESULTS_DIR / "cost_aware_noise"
-    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    meta = run_metadata("cpu") | {"command": "python bench/cost_aware_noise.py"}
-    out.with_suffix(".json").write_text(
+    args.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    meta = run_metadata("cpu") | {"command": "python bench/cost_aware_noise.py " + " ".join(sys.argv[1:])}
+    args.out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": rows, "worst_log": log}, indent=1) + "\n"
     )
 

@@ -418,7 +418,8 @@ def test_online_flat_floor_recovers_from_a_slow_spell():
     in the tuning logs' worst run the fit read 2.7 ms a token for the rest of the run) must not
     set the floor for the rest of the run. After 100 normal steps the policy's floor is within
     2% of a policy's that never saw the spell; running sums without forgetting keep the spell
-    (bench/README.md, "fit-log")."""
+    (bench/README.md, "fit-log"). The fit's own slope, without ``optimism`` (which lowers an
+    uncertain slope and so would also soften the unforgetting fit's spell)."""
     from tetris_ext.policies import KneeLatencyModel
 
     B = 8
@@ -429,7 +430,7 @@ def test_online_flat_floor_recovers_from_a_slow_spell():
     normal = cpu_like_steps(100, seed=7)
     floors = {}
     for name, steps in (("spell", spell + normal), ("unforgetting", spell + normal), ("calm", normal)):
-        policy = CostAwareTetris(8, padded=False)
+        policy = CostAwareTetris(8, padded=False, optimism=0.0)
         if name == "unforgetting":
             policy.verify_latency = KneeLatencyModel(knee_evidence=30.0)
         for tokens, seconds in steps:
@@ -578,3 +579,27 @@ def test_online_flat_fit_locates_the_knee_whatever_the_first_probe():
             step = B + _settled_budget(unbracketed, proposal, roofline)
             missed += [(knee, min_probe, step)] if step < knee - knee / 16 else []
     assert len(missed) >= 8, missed  # the test can tell the difference
+
+
+def test_optimistic_slope_is_the_fit_when_noiseless_and_lower_by_its_standard_error_when_noisy():
+    import random
+
+    from tetris_ext.policies import KneeLatencyModel
+
+    exact = KneeLatencyModel()
+    for tokens in (8, 16, 8, 12, 8):
+        exact.observe(tokens, tokens, 0.038 + 0.0022 * tokens)
+    assert exact.slope_error < 1e-9
+    torch.testing.assert_close(exact.predict_optimistic([8, 40], 2.0), exact.predict([8, 40]))
+    rng = random.Random(0)
+    noisy = KneeLatencyModel()
+    for tokens in [16] + [8] * 30:  # one probe, then steps of one size: a poorly known slope
+        noisy.observe(tokens, tokens, (0.038 + 0.0022 * tokens) * (1 + 0.15 * rng.uniform(-1, 1)))
+    assert noisy.slope_error > 0.0003
+    at_mean = noisy.mean_z + noisy.knee
+    torch.testing.assert_close(noisy.predict_optimistic(at_mean, 1.0), noisy.predict(at_mean))
+    lowered = max(0.0, noisy.slope - 1.0 * noisy.slope_error)
+    gap = noisy.predict(40) - noisy.predict_optimistic(40, 1.0)
+    assert float(gap) == pytest.approx((noisy.slope - lowered) * (40 - at_mean), rel=1e-9)
+    with pytest.raises(ValueError, match="optimism"):
+        CostAwareTetris(8, padded=False, optimism=-1.0)
