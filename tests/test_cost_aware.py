@@ -590,16 +590,16 @@ def test_optimistic_slope_is_the_fit_when_noiseless_and_lower_by_its_standard_er
     for tokens in (8, 16, 8, 12, 8):
         exact.observe(tokens, tokens, 0.038 + 0.0022 * tokens)
     assert exact.slope_error < 1e-9
-    torch.testing.assert_close(exact.predict_optimistic([8, 40], 2.0), exact.predict([8, 40]))
+    torch.testing.assert_close(exact.predict([8, 40], deviations=2.0), exact.predict([8, 40]))
     rng = random.Random(0)
     noisy = KneeLatencyModel()
     for tokens in [16] + [8] * 30:  # one probe, then steps of one size: a poorly known slope
         noisy.observe(tokens, tokens, (0.038 + 0.0022 * tokens) * (1 + 0.15 * rng.uniform(-1, 1)))
     assert noisy.slope_error > 0.0003
     at_mean = noisy.mean_z + noisy.knee
-    torch.testing.assert_close(noisy.predict_optimistic(at_mean, 1.0), noisy.predict(at_mean))
+    torch.testing.assert_close(noisy.predict(at_mean, deviations=1.0), noisy.predict(at_mean))
     lowered = max(0.0, noisy.slope - 1.0 * noisy.slope_error)
-    gap = noisy.predict(40) - noisy.predict_optimistic(40, 1.0)
+    gap = noisy.predict(40) - noisy.predict(40, deviations=1.0)
     assert float(gap) == pytest.approx((noisy.slope - lowered) * (40 - at_mean), rel=1e-9)
     with pytest.raises(ValueError, match="optimism"):
         CostAwareTetris(8, padded=False, optimism=-1.0)

@@ -120,7 +120,7 @@ KNEE_EVIDENCE = 30.0
 FIT_FORGET = 0.05
 FIT_CLIP = 3.0
 # A flattened engine's online fit prices steps with its slope lowered by this many standard
-# errors (``KneeLatencyModel.predict_optimistic``): optimism while noise leaves the slope
+# errors (``KneeLatencyModel.predict(deviations=)``): optimism while noise leaves the slope
 # uncertain, so that a slope read too steep from a noisy first probe is tested by larger steps
 # instead of refusing every candidate for the rest of the run (bench/cost_aware_noise.py). Chosen
 # on the tuning traces with lognormal step noise (`--optimism 0 1 2 3`): at sigma 0.15 the worst
@@ -338,10 +338,9 @@ class CostAwareTetris(_GoodputPolicy):
         if self.fixed is not None:
             return self.fixed.predict(B, real, padded)
         tokens = padded if self.padded else real
-        if not self.padded and self.optimism:
-            seconds = self.verify_latency.predict_optimistic(tokens, self.optimism) + self.draft_seconds
-        else:
-            seconds = self.verify_latency.predict(tokens, tokens) + self.draft_seconds
+        # A padded loop's line fit (LatencyModel) has no slope error: the knee fit's alone.
+        optimism = {} if self.padded else {"deviations": self.optimism}
+        seconds = self.verify_latency.predict(tokens, tokens, **optimism) + self.draft_seconds
         if self.padded and self.use_bumps:
             seconds = (
                 seconds

@@ -314,7 +314,7 @@ class KneeLatencyModel:
         self.all_sums = self.sums.clone()  # never forgotten (``forget``)
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
         self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
-        self.slope_error, self.mean_z = 0.0, 0.0  # for ``predict_optimistic``
+        self.slope_error, self.mean_z = 0.0, 0.0  # for ``predict(deviations=)``
 
     def observe(self, real_tokens: int, padded_tokens: int, seconds: float, clip: bool = True) -> None:
         """One step. ``clip=False``: a step placed to measure where the fit is unsure (a knee's
@@ -363,7 +363,7 @@ class KneeLatencyModel:
         self.intercept = float((st[best] - slope[best] * sz[best]) / n[best])
         self.residual = (best_error / float(n[best])) ** 0.5  # for ``clip``
         # The slope's standard error (n - 2 degrees of freedom; 0 until a third step shows the
-        # noise) and the mean step size it pivots about, for ``predict_optimistic``.
+        # noise) and the mean step size it pivots about, for ``predict(deviations=)``.
         dof, var = float(n[best]) - 2.0, float(var_z[best])
         self.slope_error = (best_error / dof / var) ** 0.5 if dof > 0 and bool(spread[best]) else 0.0
         self.mean_z = float(sz[best] / n[best])
@@ -374,15 +374,11 @@ class KneeLatencyModel:
             return False  # three points: some knee fits any three exactly
         return (line_error - knee_error) * (n - 3) > self.knee_evidence * knee_error
 
-    def predict(self, real_tokens, padded_tokens=None) -> Tensor:
-        """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
-        real = torch.as_tensor(real_tokens, dtype=torch.float64)
-        return (self.intercept + self.slope * (real - self.knee).clamp(min=0)).clamp(min=1e-6)
-
-    def predict_optimistic(self, real_tokens, deviations: float) -> Tensor:
-        """``predict`` with the slope lowered by ``deviations`` standard errors (not below 0),
-        the line turned about the mean step size it was fitted on: what a step of another size
-        may cost at best while noise leaves the slope uncertain (a noiseless fit: ``predict``)."""
+    def predict(self, real_tokens, padded_tokens=None, deviations: float = 0.0) -> Tensor:
+        """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6.
+        ``deviations`` > 0: the slope lowered by that many standard errors (not below 0), the
+        line turned about the mean step size it was fitted on: what a step of another size may
+        cost at best while noise leaves the slope uncertain (a noiseless fit: unchanged)."""
         slope = max(0.0, self.slope - deviations * self.slope_error)
         intercept = self.intercept + (self.slope - slope) * self.mean_z
         real = torch.as_tensor(real_tokens, dtype=torch.float64)
