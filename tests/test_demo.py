@@ -29,7 +29,7 @@ def test_default_policies_are_the_issues_six():
         "Autoregressive",
         "StandardSD(3)",
         "GoodputSD(6)",
-        "ThresholdSD(0.7, 6)",
+        "ThresholdSD(0.5, 6)",
         "Tetris(3, 2)",
         "GoodputTetris(5)",
         "CostAwareTetris(5)",  # priced for the loop it runs in, which tells it its shape

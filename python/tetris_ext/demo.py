@@ -57,7 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-draft", type=int, default=5, help="GoodputTetris's drafts per request (default 5)")
     p.add_argument(
-        "--threshold", type=float, default=0.7, help="ThresholdSD's rejection-probability threshold"
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="ThresholdSD's rejection-probability threshold (0.5: the best of 0.3-0.9 on the tuning "
+        "traces, bench/threshold_tuning.py)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="requests decoding together (default 8)")
     p.add_argument(
@@ -216,14 +220,15 @@ def format_table(runs: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
+    width = max(22, *(len(r["policy"]) for r in runs))
     head = (
-        f"{'policy':<22} {'tok/s':>7} {'speed-up':>8} {'(cpu)':>6} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
+        f"{'policy':<{width}} {'tok/s':>7} {'speed-up':>8} {'(cpu)':>6} {'VSR':>6} {'acc/step':>8} {'ver/step':>8} "
         f"{'steps':>6} {'ms/step':>7} {'Brier':>6} {'same':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
-            f"{r['policy']:<22} {r['tokens_per_second']:>7.1f} {r['speedup']:>7.2f}x {r['cpu_speedup']:>5.2f}x "
+            f"{r['policy']:<{width}} {r['tokens_per_second']:>7.1f} {r['speedup']:>7.2f}x {r['cpu_speedup']:>5.2f}x "
             f"{fmt(r['verification_success_rate'], '>6.2f')} {r['accepted_per_step']:>8.2f} "
             f"{r['verified_per_step']:>8.2f} {r['steps']:>6} {r['ms_per_step']:>7.1f} "
             f"{fmt(r['brier_path'], '>6.3f')} {r['same_output_as_baseline']:>2}/{len(r['outputs'])}"
