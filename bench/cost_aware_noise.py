@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -44,20 +45,29 @@ SEEDS = 8
 
 
 class NoisyCost:
-    """``base`` with every step's seconds times exp(N(0, sigma)), from a seeded generator."""
+    """``base`` with every step's seconds times exp(x), x ~ N(0, sigma) from a seeded generator.
+
+    rho > 0 correlates x from step to step (an AR(1) process with the same marginal N(0, sigma):
+    x' = rho x + sqrt(1 - rho^2) N(0, sigma)), so the noise comes in slow spells, as live on a
+    shared machine; rho = 0 is independent noise (the same draws as before rho existed)."""
 
     padded = False
 
-    def __init__(self, base, sigma: float, seed: int):
-        self.base, self.sigma, self.rng = base, sigma, np.random.default_rng(seed)
-        self.name = f"{base.name} x lognormal({sigma:g})"
+    def __init__(self, base, sigma: float, seed: int, rho: float = 0.0):
+        self.base, self.sigma, self.rho, self.rng = base, sigma, rho, np.random.default_rng(seed)
+        self.log_factor = 0.0
+        self.name = f"{base.name} x lognormal({sigma:g}{f', rho {rho:g}' if rho else ''})"
 
     def price(self, step) -> StepCost:
-        cost, factor = price_step(self.base, step), float(np.exp(self.rng.normal(0.0, self.sigma)))
+        innovation = self.rng.normal(0.0, self.sigma)
+        self.log_factor = self.rho * self.log_factor + math.sqrt(1 - self.rho**2) * innovation
+        cost, factor = price_step(self.base, step), math.exp(self.log_factor)
         return StepCost(cost.seconds * factor, cost.draft_seconds * factor, cost.verify_seconds * factor)
 
 
-def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None, optimism=None) -> dict:
+def run(
+    trace: Trace, sigma: float, seed: int, classes, log: list | None = None, optimism=None, rho: float = 0.0
+) -> dict:
     """The online-cost policy and StandardSD(4) under the same noise; ``log`` gets the fit per step."""
     policy = CostAwareTetris(8, padded=False, optimism=optimism)
     if log is not None:
@@ -77,12 +87,12 @@ def run(trace: Trace, sigma: float, seed: int, classes, log: list | None = None,
 
         policy.observe = logged
     drafter = NgramDrafter(8, calibration=NgramLogistic(token_classes=classes))
-    ours = replay(
-        trace, policy, 8, NoisyCost(flat_cpu_line(), sigma, seed), drafter=drafter, keep_steps=False
-    )
-    sd = replay(trace, StandardSD(4), 8, NoisyCost(flat_cpu_line(), sigma, seed), keep_steps=False)
+    noise = NoisyCost(flat_cpu_line(), sigma, seed, rho)
+    ours = replay(trace, policy, 8, noise, drafter=drafter, keep_steps=False)
+    sd = replay(trace, StandardSD(4), 8, NoisyCost(flat_cpu_line(), sigma, seed, rho), keep_steps=False)
     return {
         "optimism": policy.optimism,
+        "rho": rho,
         "sigma": sigma,
         "seed": seed,
         "steps": ours.metrics["steps"],
@@ -96,6 +106,13 @@ def main() -> None:
     ap.add_argument(
         "--optimism", type=float, nargs="+", help="CostAwareTetris(optimism=) values (default: its own)"
     )
+    ap.add_argument(
+        "--rho",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="step-to-step correlation of the log noise (slow spells; default 0: independent)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware_noise")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -104,23 +121,35 @@ def main() -> None:
         [],
         [f"tuning traces, batch 8, {flat_cpu_line().name} x lognormal noise; CostAwareTetris (online)"],
     )
-    for optimism in args.optimism or [None]:
+    for optimism, rho in [(o, r) for o in args.optimism or [None] for r in args.rho]:
         for source in TUNING:
             trace = Trace.load(SOURCES[source])
             for sigma in SIGMAS:
                 seeds = range(SEEDS if sigma else 1)
-                cells = [run(trace, sigma, s, classes, optimism=optimism) | {"source": source} for s in seeds]
+                cells = [
+                    run(trace, sigma, s, classes, optimism=optimism, rho=rho) | {"source": source}
+                    for s in seeds
+                ]
                 rows += cells
                 steps, ratios = [c["steps"] for c in cells], [c["vs_sd4"] for c in cells]
                 lines.append(
-                    f"optimism {cells[0]['optimism']:g} {source:12s} sigma {sigma:<4g} steps {min(steps)}-{max(steps)} "
+                    f"optimism {cells[0]['optimism']:g} rho {rho:g} {source:12s} sigma {sigma:<4g} "
+                    f"steps {min(steps)}-{max(steps)} "
                     f"(median {int(np.median(steps))}), vs StandardSD(4) {min(ratios):.3f}-{max(ratios):.3f} "
                     f"(median {np.median(ratios):.3f})"
                 )
                 print(lines[-1], flush=True)
     worst = min(rows, key=lambda r: r["vs_sd4"])
     log: list = []
-    run(Trace.load(SOURCES[worst["source"]]), worst["sigma"], worst["seed"], classes, log, worst["optimism"])
+    run(
+        Trace.load(SOURCES[worst["source"]]),
+        worst["sigma"],
+        worst["seed"],
+        classes,
+        log,
+        worst["optimism"],
+        worst["rho"],
+    )
     lines.append(f"the run furthest behind StandardSD(4) ({worst}), step by step:")
     lines.append("  step [computed tokens, ms, fit intercept ms, fit slope ms/token, floor, verified]")
     lines += [f"  {i:3d} {entry}" for i, entry in enumerate(log[:40])]
