@@ -140,6 +140,7 @@ def random_proposal(g, B, N):
     lengths = torch.randint(0, N + 1, (B,), generator=g)
     tokens = torch.where(torch.arange(N) < lengths[:, None], 7, -1)
     token_logprobs[tokens < 0] = -math.inf
+    token_logprobs[torch.rand(B, N, generator=g) < 0.02] = math.nan  # a broken estimate: never verified
     return Proposal(tokens, None, token_logprobs, token_logprobs.cumsum(1))
 
 
@@ -196,7 +197,7 @@ def run_both(seed, B, N, kind, steps=40, **options):
 @pytest.mark.parametrize("kind", ["cpu", "roofline"])
 @pytest.mark.parametrize("B", [8, 64])
 def test_online_flat_choice_is_the_torch_formulation_bit_for_bit(kind, B):
-    for seed in range(3):
+    for seed in range(5):
         run_both(seed, B, 5, kind)
     run_both(7, B, 8, kind, knee_bracket=1 / 8)
     run_both(8, B, 5, kind, margin=0.0, capacity=3 * B)
@@ -211,10 +212,11 @@ def test_known_cost_and_padded_choices_are_the_torch_formulation_bit_for_bit():
 
 
 def test_reference_is_not_vacuous():
-    """The online runs settle on budgets strictly between nothing and everything, and the fit
-    sees slopes and (on the roofline) knees, so the comparisons above exercise the objective."""
-    policy = run_both(0, 64, 5, "roofline")
-    assert 0 < policy.last_budget < 64 * 5 and policy.verify_latency.slope > 0
-    assert policy.verify_latency.knee > 0
+    """The online runs settle on budgets strictly between nothing and everything, with floors
+    above 0, and the roofline's fits include knees and lines (the knee_evidence test both ways),
+    so the comparisons above exercise the whole objective and fit."""
+    roofline = [run_both(seed, 64, 5, "roofline") for seed in range(5)]
+    assert all(0 < policy.last_budget < 64 * 5 for policy in roofline)
+    assert {policy.verify_latency.knee > 0 for policy in roofline} == {True, False}
     cpu = run_both(1, 8, 5, "cpu")
-    assert cpu.verify_latency.slope > 0 and cpu.last_floor > 0
+    assert 0 < cpu.last_budget < 8 * 5 and cpu.verify_latency.slope > 0 and cpu.last_floor > 0

@@ -363,15 +363,13 @@ class CostAwareTetris(_GoodputPolicy):
 
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
-        # exp in torch (numpy's may differ in the last bit), the rest in numpy; padding, NaN: 0.
-        probs = np.nan_to_num(
-            proposal.cum_logprobs.double().exp().cpu().numpy() * (proposal.tokens >= 0).cpu().numpy()
-        )
+        # padding, NaN: 0
+        probs = proposal.cum_logprobs.double().exp().masked_fill_(proposal.tokens < 0, 0.0).nan_to_num_()
         explore = self._exploring()
         if self.padded:
-            selected = self._choose_width(proposal, torch.from_numpy(probs), explore)
-        else:
-            selected = self._choose_prefix(proposal, probs, explore)
+            selected = self._choose_width(proposal, probs, explore)
+        else:  # the scan in numpy (float64); the estimates stay torch's (numpy's exp may differ)
+            selected = self._choose_prefix(proposal, probs.cpu().numpy(), explore)
         self.last_budget = int(selected.sum())
         return selected
 

@@ -317,6 +317,7 @@ class KneeLatencyModel:
         self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)]).numpy()
         self.sums = np.zeros((6, len(self.knees)))
         self.all_sums = self.sums.copy()  # never forgotten (``forget``)
+        self._step = np.ones_like(self.sums)  # one observation's terms (``observe``)
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
         self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
         self.slope_error, self.mean_z = 0.0, 0.0  # for ``predict(deviations=)``
@@ -334,17 +335,12 @@ class KneeLatencyModel:
             predicted = float(self.predict_array(real_tokens))
             reach = max(self.clip * self.residual, self.clip_floor * predicted)
             seconds = min(max(seconds, predicted - reach), predicted + reach)
-        z = np.maximum(float(real_tokens) - self.knees, 0.0)
-        step = np.stack(
-            [
-                np.ones_like(z),
-                z,
-                z * z,
-                np.full_like(z, seconds),
-                np.full_like(z, seconds * seconds),
-                z * seconds,
-            ]
-        )
+        # The step's row of every sum, (1, z, z^2, t, t^2, z t) per knee, written into one buffer.
+        step = self._step
+        z = np.maximum(float(real_tokens) - self.knees, 0.0, out=step[1])
+        np.multiply(z, z, out=step[2])
+        step[3], step[4] = seconds, seconds * seconds
+        np.multiply(z, seconds, out=step[5])
         self.sums *= 1.0 - self.forget
         self.sums += step
         if self.forget:
