@@ -355,10 +355,10 @@ class CostAwareTetris(_GoodputPolicy):
             return self.fixed.predict(B, steps, steps).numpy()
         return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
 
-    def _with_margin(self, latency):
+    def _with_margin(self, latency: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Step seconds with verification's extra seconds (beyond ``latency[0]``, the step that
         verifies nothing) charged at 1 + margin: a candidate must beat its marginal cost by
-        that fraction, not merely break even (module doc, "Margin"). A tensor or numpy array."""
+        that fraction, not merely break even (module doc, "Margin")."""
         return latency + self.margin * (latency - latency[0]).clip(min=0)
 
     def choose(self, proposal: Proposal) -> Tensor:
@@ -374,7 +374,9 @@ class CostAwareTetris(_GoodputPolicy):
         return selected
 
     def _choose_prefix(self, proposal: Proposal, probs: np.ndarray, explore) -> Tensor:
-        """Flattened engine: the best prefix of the batch-wide ranking."""
+        """Flattened engine: the best prefix of the batch-wide ranking. probs: [B, N] estimates
+        (float64 numpy, 0 for padding); the scan is numpy for speed, exact as torch's
+        (tests/test_policy_speed_equivalence.py)."""
         B = proposal.batch_size
         ranked = np.sort(probs.reshape(-1))[::-1]  # best first
         ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
