@@ -17,7 +17,9 @@ held-out prompt files), one thread:
   greedy target accepts (all drafts verified) each step.
 
 Each figure is ms per step, CPU (time.process_time) and wall, the median over --repeat runs
-(warm-up steps excluded). The script also writes digests of every step's drafts and estimates
+(warm-up steps excluded); beside them, the collections of Python's cyclic garbage collector
+during the runs (full ones, and ms per step in any, warm-up and the simulated engine's part
+included). The script also writes digests of every step's drafts and estimates
 (the proposer's NgramLogistic outputs, the live drafter's token log-probabilities), computed on
 a separate pass with a fake clock (the cost-fitted policies read the step time): a run of other
 code on the same inputs must give the same digests (--compare FILE checks it, bit for bit).
@@ -27,6 +29,7 @@ Results: bench/results/drafting_overhead_{label}.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import statistics
@@ -201,24 +204,53 @@ def greedy_outcome(tokens: torch.Tensor, requests, full) -> tuple[Outcome, list[
     return Outcome(tokens >= 0, accepted, path), gains
 
 
+class GcTally:
+    """Python's cyclic garbage collections while it is on (gc.callbacks): how many full
+    (generation 2) collections ran and the seconds spent in collections of any generation.
+    Objects a step leaves behind (an n-gram index per joining request) set off full
+    collections, each a pass over every tracked object of the process."""
+
+    def __init__(self):
+        self.full, self.seconds, self._start = 0, 0.0, 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.full += info["generation"] == 2
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
 def measure(args, texts) -> dict:
     """Median ms/step of every workload over interleaved repeats (noise hits all alike)."""
     workloads = {f"proposer/{p}/b{b}": ("proposer", p, b) for b in args.batch for p in POLICIES}
     workloads |= {f"live/ctx{c}/b{args.live_batch}": ("live", c, args.live_batch) for c in args.context}
     samples = {name: [] for name in workloads}
+    tallies = {name: GcTally() for name in workloads}
     for _ in range(args.repeat):
         for name, (kind, what, batch) in workloads.items():
-            if kind == "proposer":
-                samples[name].append(proposer_run(texts, what, batch, args.steps, args.warmup, None))
-            else:
-                samples[name].append(
-                    live_run(texts, batch, what, args.num_draft, args.steps, args.warmup, None)
-                )
+            with tallies[name]:  # the whole run: warm-up and the simulated engine's part included
+                if kind == "proposer":
+                    samples[name].append(proposer_run(texts, what, batch, args.steps, args.warmup, None))
+                else:
+                    samples[name].append(
+                        live_run(texts, batch, what, args.num_draft, args.steps, args.warmup, None)
+                    )
+    steps = args.repeat * (args.steps + args.warmup)
     return {
         name: {
             "cpu_ms_per_step": statistics.median(c for c, _ in runs),
             "wall_ms_per_step": statistics.median(w for _, w in runs),
             "cpu_ms_runs": [round(c, 4) for c, _ in runs],
+            "gc_full_collections": tallies[name].full,
+            "gc_ms_per_step": 1e3 * tallies[name].seconds / steps,
         }
         for name, runs in samples.items()
     }
@@ -286,7 +318,10 @@ def main() -> None:
     result["digests"] = digests(args, texts)
     result["ms_per_step"] = measure(args, texts)
     for name, row in result["ms_per_step"].items():
-        print(f"{name:28s} cpu {row['cpu_ms_per_step']:.3f} ms/step  wall {row['wall_ms_per_step']:.3f}")
+        print(
+            f"{name:28s} cpu {row['cpu_ms_per_step']:.3f} ms/step  wall {row['wall_ms_per_step']:.3f}  "
+            f"gc {row['gc_ms_per_step']:.3f} ms/step ({row['gc_full_collections']} full)"
+        )
     if args.compare is not None:
         other = json.loads(args.compare.read_text())
         same = {name: other["digests"].get(name) == d for name, d in result["digests"].items()}

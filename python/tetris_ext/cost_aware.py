@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -335,49 +336,55 @@ class CostAwareTetris(_GoodputPolicy):
         return int(self.growth * max(B, fit.max_tokens))
 
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
+        """Predicted step seconds of a padded loop (tensors), from a known cost or the line fit."""
         if self.fixed is not None:
             return self.fixed.predict(B, real, padded)
-        tokens = padded if self.padded else real
-        # A padded loop's line fit (LatencyModel) has no slope error: the knee fit's alone.
-        optimism = {} if self.padded else {"deviations": self.optimism}
-        seconds = self.verify_latency.predict(tokens, tokens, **optimism) + self.draft_seconds
-        if self.padded and self.use_bumps:
+        seconds = self.verify_latency.predict(padded, padded) + self.draft_seconds
+        if self.use_bumps:
             seconds = (
                 seconds
                 + self.bumps.predict(torch.div(padded, B, rounding_mode="floor").long(), self.verify_latency)
             ).clamp(min=1e-6)
         return seconds
 
-    def _with_margin(self, latency: Tensor) -> Tensor:
+    def _flat_latency(self, B: int, tokens: np.ndarray) -> np.ndarray:
+        """Predicted step seconds of a flattened engine computing ``tokens`` (float64 numpy: the
+        per-step scan stays off torch's per-op dispatch), from a known cost or the knee fit."""
+        if self.fixed is not None:
+            steps = torch.from_numpy(tokens)
+            return self.fixed.predict(B, steps, steps).numpy()
+        return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
+
+    def _with_margin(self, latency: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Step seconds with verification's extra seconds (beyond ``latency[0]``, the step that
         verifies nothing) charged at 1 + margin: a candidate must beat its marginal cost by
         that fraction, not merely break even (module doc, "Margin")."""
-        return latency + self.margin * (latency - latency[0]).clamp(min=0)
+        return latency + self.margin * (latency - latency[0]).clip(min=0)
 
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
-        B, N = proposal.tokens.shape
-        probs = torch.nan_to_num(
-            proposal.cum_logprobs.double().exp() * (proposal.tokens >= 0)
-        )  # padding, NaN: 0
+        # padding, NaN: 0
+        probs = proposal.cum_logprobs.double().exp().masked_fill_(proposal.tokens < 0, 0.0).nan_to_num_()
         explore = self._exploring()
         if self.padded:
             selected = self._choose_width(proposal, probs, explore)
-        else:
-            selected = self._choose_prefix(proposal, probs, explore)
+        else:  # the scan in numpy (float64); the estimates stay torch's (numpy's exp may differ)
+            selected = self._choose_prefix(proposal, probs.cpu().numpy(), explore)
         self.last_budget = int(selected.sum())
         return selected
 
-    def _choose_prefix(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
-        """Flattened engine: the best prefix of the batch-wide ranking."""
+    def _choose_prefix(self, proposal: Proposal, probs: np.ndarray, explore) -> Tensor:
+        """Flattened engine: the best prefix of the batch-wide ranking. probs: [B, N] estimates
+        (float64 numpy, 0 for padding); the scan is numpy for speed, exact as torch's
+        (tests/test_policy_speed_equivalence.py)."""
         B = proposal.batch_size
-        ranked = probs.reshape(-1).sort(descending=True, stable=True).values
+        ranked = np.sort(probs.reshape(-1))[::-1]  # best first
         ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
         if explore is not None:
             return _select(proposal, round(explore * len(ranked)))
-        m = torch.arange(len(ranked) + 1, dtype=torch.float64)
-        gain = torch.cat([ranked.new_zeros(1), ranked.cumsum(0)]) + B
-        latency = self._with_margin(self._latency(B, B + m, B + m))
+        m = np.arange(len(ranked) + 1, dtype=np.float64)
+        gain = np.concatenate([[0.0], ranked.cumsum()]) + B
+        latency = self._with_margin(self._flat_latency(B, B + m))
         goodput = gain / latency
         best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
         self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))

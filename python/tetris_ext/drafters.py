@@ -16,7 +16,7 @@ proposes candidates for every row. The loop (``engine.Engine``) calls:
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +111,27 @@ def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngra
     return NgramMatch([], [])
 
 
+# An n-gram's followers in `NgramIndex`: the position of its one follower (an int), or the list
+# of positions once it has several. Most n-grams of a context occur once, and an int leaves
+# nothing for Python's cyclic garbage collector, where a one-element list per n-gram (every
+# joining request's prompt adds hundreds) set off full collections of the whole heap, about
+# half of the vLLM proposer's step at batch 64 (bench/README.md, "Cheaper policy step (2)").
+def _add_follower(index: dict, gram: tuple[int, ...], position: int) -> None:
+    known = index.get(gram)
+    if known is None:
+        index[gram] = position
+    elif type(known) is int:
+        index[gram] = [known, position]
+    else:
+        known.append(position)
+
+
+def _followers(index: dict, gram: tuple[int, ...]) -> list[int] | tuple[int, ...]:
+    """The positions that followed ``gram`` (increasing; empty if none)."""
+    known = index.get(gram, ())
+    return (known,) if type(known) is int else known
+
+
 class NgramIndex:
     """`ngram_match` for one growing context at the cost of its new tokens only.
 
@@ -126,8 +147,9 @@ class NgramIndex:
             raise ValueError("NgramIndex: need 1 <= min_ngram <= max_ngram")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.tokens: list[int] = []
-        self.followers: dict[int, defaultdict[tuple[int, ...], list[int]]] = {
-            n: defaultdict(list) for n in range(min_ngram, max_ngram + 1)
+        # n -> n-gram -> the positions of the tokens that followed it (`_add_follower`)
+        self.followers: dict[int, dict[tuple[int, ...], int | list[int]]] = {
+            n: {} for n in range(min_ngram, max_ngram + 1)
         }
         self.pairs: Counter = Counter()  # (a, b): how often b follows a (transition agreements)
         self.parents: Counter = Counter()  # a: how often a is followed by a token
@@ -146,7 +168,7 @@ class NgramIndex:
             context.append(token)
             for n, index in self.followers.items():
                 if p >= n:
-                    index[tuple(context[p - n : p])].append(p)
+                    _add_follower(index, tuple(context[p - n : p]), p)
 
     def _extend_many(self, tokens: list[int]) -> None:
         context = self.tokens
@@ -160,12 +182,12 @@ class NgramIndex:
             first = max(start, n)  # the first new position that follows a whole n-gram
             grams = zip(*(context[first - n + i : end - n + i] for i in range(n)))
             for gram, position in zip(grams, range(first, end)):
-                index[gram].append(position)
+                _add_follower(index, gram, position)
 
     def match(self, max_draft: int) -> NgramMatch:
         context, L = self.tokens, len(self.tokens)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            positions = self.followers[n].get(tuple(context[L - n :]))
+            positions = _followers(self.followers[n], tuple(context[L - n :]))
             if not positions:
                 continue
             source = positions[-1]

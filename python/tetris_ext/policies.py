@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -309,9 +310,14 @@ class KneeLatencyModel:
         self.forget, self.knee_evidence, self.clip, self.clip_floor = forget, knee_evidence, clip, clip_floor
         self.min_spread = min_spread
         steps = torch.arange(per_doubling * doublings + 1, dtype=torch.float64)
-        self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)])
-        self.sums = torch.zeros(6, len(self.knees), dtype=torch.float64)
-        self.all_sums = self.sums.clone()  # never forgotten (``forget``)
+        # The fit runs in numpy (float64): a policy observes and predicts every step on vectors of
+        # a few hundred values, where each torch op's dispatch cost more than its arithmetic. Only
+        # exact elementwise operations and comparisons, so the numbers are torch's bit for bit
+        # (tests/test_policy_speed_equivalence.py); the grid's powers stay torch's.
+        self.knees = torch.cat([torch.zeros(1, dtype=torch.float64), 2.0 ** (steps / per_doubling)]).numpy()
+        self.sums = np.zeros((6, len(self.knees)))
+        self.all_sums = self.sums.copy()  # never forgotten (``forget``)
+        self._step = np.ones_like(self.sums)  # one observation's terms (``observe``)
         self.count, self.min_tokens, self.max_tokens = 0, 1 << 62, 0
         self.intercept, self.slope, self.knee, self.residual = 0.0, 0.0, 0.0, 0.0
         self.slope_error, self.mean_z = 0.0, 0.0  # for ``predict(deviations=)``
@@ -326,12 +332,15 @@ class KneeLatencyModel:
             and self.count >= 3
             and self.min_tokens <= real_tokens <= self.max_tokens
         ):
-            predicted = float(self.predict(real_tokens))
+            predicted = float(self.predict_array(real_tokens))
             reach = max(self.clip * self.residual, self.clip_floor * predicted)
             seconds = min(max(seconds, predicted - reach), predicted + reach)
-        z = (float(real_tokens) - self.knees).clamp(min=0)
-        t = torch.full_like(z, seconds)
-        step = torch.stack([torch.ones_like(z), z, z * z, t, t * t, z * t])
+        # The step's row of every sum, (1, z, z^2, t, t^2, z t) per knee, written into one buffer.
+        step = self._step
+        z = np.maximum(float(real_tokens) - self.knees, 0.0, out=step[1])
+        np.multiply(z, z, out=step[2])
+        step[3], step[4] = seconds, seconds * seconds
+        np.multiply(z, seconds, out=step[5])
         self.sums *= 1.0 - self.forget
         self.sums += step
         if self.forget:
@@ -341,7 +350,7 @@ class KneeLatencyModel:
         self.max_tokens = max(self.max_tokens, int(real_tokens))
         self._refit()
 
-    def _window(self) -> Tensor:
+    def _window(self) -> np.ndarray:
         """The sums to fit: the forgotten ones while their step sizes spread (``forget``)."""
         if not self.forget:
             return self.sums
@@ -353,9 +362,9 @@ class KneeLatencyModel:
         n, sz, szz, st, stt, szt = self._window()
         var_z, cov, var_t = szz - sz * sz / n, szt - sz * st / n, stt - st * st / n
         spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
-        slope = torch.where(spread, cov / torch.where(spread, var_z, 1.0), 0.0).clamp(min=0)
+        slope = np.maximum(np.where(spread, cov / np.where(spread, var_z, 1.0), 0.0), 0.0)
         error = var_t - 2 * slope * cov + slope * slope * var_z
-        best = int((error <= error.min() + 1e-9 * float(stt[0])).nonzero()[0])
+        best = int(np.flatnonzero(error <= error.min() + 1e-9 * float(stt[0]))[0])
         line_error, best_error = max(0.0, float(error[0])), max(0.0, float(error[best]))
         if best and self.knee_evidence and not self._knee_clear(line_error, best_error, float(n[0])):
             best, best_error = 0, line_error
@@ -379,10 +388,14 @@ class KneeLatencyModel:
         ``deviations`` > 0: the slope lowered by that many standard errors (not below 0), the
         line turned about the mean step size it was fitted on: what a step of another size may
         cost at best while noise leaves the slope uncertain (a noiseless fit: unchanged)."""
+        return torch.as_tensor(self.predict_array(real_tokens, deviations))
+
+    def predict_array(self, real_tokens, deviations: float = 0.0) -> np.ndarray:
+        """``predict`` as a float64 numpy array (or scalar): the policies' per-step scan."""
         slope = max(0.0, self.slope - deviations * self.slope_error)
         intercept = self.intercept + (self.slope - slope) * self.mean_z
-        real = torch.as_tensor(real_tokens, dtype=torch.float64)
-        return (intercept + slope * (real - self.knee).clamp(min=0)).clamp(min=1e-6)
+        real = np.asarray(real_tokens, dtype=np.float64)
+        return np.maximum(intercept + slope * np.maximum(real - self.knee, 0.0), 1e-6)
 
 
 class AcceptanceRate:
