@@ -1,0 +1,217 @@
+"""tetris_ext.drain: once no request waits to join, CostAwareTetris values each request's tokens
+by how much they shorten the drain; the engine hands the policy each request's progress."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import tetris_ext  # noqa: F401
+from tetris_ext.cost_aware import CostAwareTetris
+from tetris_ext.cost_models import LinearCostModel
+from tetris_ext.decoding import generate
+from tetris_ext.drain import drain_weighted_probs, draining, finish_last_probabilities
+from tetris_ext.models import tiny_llama
+from tetris_ext.policies import Autoregressive
+from tetris_ext.proposal import Proposal
+from tetris_ext.sim import Trace, replay
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def chain_proposal(probs, tokens_left=None, waiting=None):
+    """Rows of per-token acceptance probabilities -> a chain proposal with progress."""
+    tokens = torch.full((len(probs), len(probs[0])), 7, dtype=torch.long)
+    token_logprobs = torch.tensor(probs, dtype=torch.float32).log()
+    left = None if tokens_left is None else torch.tensor(tokens_left, dtype=torch.long)
+    return Proposal(tokens, None, token_logprobs, token_logprobs.cumsum(1), tokens_left=left, waiting=waiting)
+
+
+def per_request(selected):
+    return selected.sum(1).tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# Proposal's progress fields
+
+
+def test_proposal_progress_fields_are_validated():
+    probs = [[0.9, 0.8], [0.7, 0.6]]
+    chain_proposal(probs, [3, 1], False)  # valid
+    chain_proposal(probs)  # unknown: both None
+    bad_left = [
+        torch.tensor([3.0, 1.0]),  # float
+        torch.tensor([3, 1], dtype=torch.int32),  # int32
+        torch.tensor([3, 1, 2]),  # one per request, not three
+        torch.tensor([[3, 1]]),  # 2-D
+        torch.tensor([3, 0]),  # a request with nothing left has finished
+        [3, 1],  # not a tensor
+    ]
+    for left in bad_left:
+        with pytest.raises(ValueError, match="tokens_left"):
+            Proposal(
+                torch.zeros(2, 2, dtype=torch.long),
+                None,
+                torch.zeros(2, 2),
+                torch.zeros(2, 2),
+                tokens_left=left,
+            )
+    for waiting in (0, 1, "no", np.bool_(False)):
+        with pytest.raises(ValueError, match="waiting"):
+            chain_proposal(probs, [3, 1], waiting)
+
+
+# ------------------------------------------------------------------------------------------
+# The value of a request's tokens in the drain
+
+
+def test_finish_last_probabilities():
+    equal = finish_last_probabilities(torch.tensor([20, 20, 20, 20]), 2.0, 1.0)
+    assert torch.allclose(equal, torch.full((4,), 0.25, dtype=torch.float64))
+    one_long = finish_last_probabilities(torch.tensor([60, 10, 12, 8]), 2.0, 1.0)
+    assert abs(float(one_long.sum()) - 1) < 1e-9 and float(one_long[0]) > 0.999
+    graded = finish_last_probabilities(torch.tensor([30, 28, 26, 10]), 2.0, 1.0)
+    assert graded.tolist() == sorted(graded.tolist(), reverse=True) and float(graded[3]) < 1e-6
+    # No variance (autoregressive): a tie for the most tokens shares the weight, nobody else has any.
+    ties = finish_last_probabilities(torch.tensor([9, 9, 5]), 1.0, 0.0)
+    assert abs(float(ties[0] - ties[1])) < 1e-9 and float(ties[2]) < 1e-6
+
+
+def test_drain_weights_are_one_when_all_have_as_much_left_and_favour_the_longest():
+    probs = torch.tensor([[0.9, 0.8, 0.5], [0.7, 0.6, 0.2], [0.95, 0.9, 0.85]], dtype=torch.float64)
+    same = chain_proposal(probs.tolist(), [40, 40, 40], False)
+    assert torch.allclose(drain_weighted_probs(same, probs), probs)
+    skewed = chain_proposal(probs.tolist(), [40, 5, 5], False)
+    weighted = drain_weighted_probs(skewed, probs)
+    assert torch.allclose(
+        weighted.sum(1).sum() / probs[0].sum(), torch.tensor(3.0, dtype=torch.float64), atol=1e-6
+    )
+    assert float(weighted[1:].max()) < 1e-6
+    # A candidate deeper than the tokens left is worth nothing: 2 left -> only the first counts.
+    short = chain_proposal(probs.tolist(), [2, 2, 2], False)
+    assert torch.equal(drain_weighted_probs(short, probs)[:, 1:], torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_drain_weights_for_trees_use_depth():
+    tokens = torch.full((1, 3), 5, dtype=torch.long)
+    parents = torch.tensor([[-1, -1, 0]])  # two children of the root, one grandchild
+    logp = torch.tensor([[0.6, 0.3, 0.5]]).log()
+    cum = torch.tensor([[0.6, 0.3, 0.3]]).log()
+    tree = Proposal(tokens, parents, logp, cum, tokens_left=torch.tensor([2]), waiting=False)
+    weighted = drain_weighted_probs(tree, cum.double().exp())
+    assert weighted[0, 2] == 0 and weighted[0, 0] > 0 and weighted[0, 1] > 0
+
+
+# ------------------------------------------------------------------------------------------
+# CostAwareTetris(drain=True)
+
+PROBS = [[0.95, 0.9, 0.85, 0.8], [0.9, 0.85, 0.8, 0.7], [0.6, 0.5, 0.4, 0.3], [0.9, 0.8, 0.7, 0.6]]
+COST = LinearCostModel({"step": 0.1, "query_token": 0.01}, padded=False)
+
+
+def choose(drain, proposal, cost=COST):
+    return CostAwareTetris(4, padded=False, cost_model=cost, drain=drain).choose(proposal)
+
+
+def test_drain_rule_is_inert_without_progress_or_with_a_queue():
+    for left, waiting in [(None, None), (None, False), ([40, 5, 60, 7], True), ([40, 5, 60, 7], None)]:
+        proposal = chain_proposal(PROBS, left, waiting)
+        assert not draining(proposal) or left is None
+        assert torch.equal(choose(True, proposal), choose(False, proposal))
+    # Draining, but every request as far from its end: the same selection as the goodput rule.
+    even = chain_proposal(PROBS, [40, 40, 40, 40], False)
+    assert torch.equal(choose(True, even), choose(False, even))
+
+
+def test_drain_rule_verifies_for_the_request_that_finishes_last():
+    """Request 2 has by far the most tokens left and the lowest estimates: the goodput rule
+    verifies others' candidates first; in the drain only request 2's shorten the run."""
+    queued = chain_proposal(PROBS, [40, 5, 60, 7], True)
+    draining_ = chain_proposal(PROBS, [40, 5, 60, 7], False)
+    default, drain = choose(False, queued), choose(True, draining_)
+    assert per_request(default) == [4, 3, 1, 2]
+    # Request 2's path estimates 0.6, 0.3, 0.12, ... are worth B = 4 times as much; the third
+    # (0.48) does not pay for its 0.01 s at the step's value per second; the others are worthless.
+    assert per_request(drain) == [0, 0, 2, 0]
+    # Chains: a request's selection is a prefix of its candidates.
+    for row in drain:
+        k = int(row.sum())
+        assert bool(row[:k].all())
+
+
+def test_drain_rule_never_verifies_candidates_beyond_the_tokens_left():
+    cheap = LinearCostModel({"step": 0.1}, padded=False)  # verification is free
+    proposal = chain_proposal(PROBS, [3, 3, 3, 3], False)
+    assert per_request(choose(False, proposal, cheap)) == [4, 4, 4, 4]
+    assert per_request(choose(True, proposal, cheap)) == [2, 2, 2, 2]  # 2 accepted + the bonus = 3
+
+
+# ------------------------------------------------------------------------------------------
+# The engine hands the policy the progress, live and in a replay
+
+
+class ProgressSpy(Autoregressive):
+    def __init__(self):
+        self.seen = []
+
+    def choose(self, proposal):
+        self.seen.append((proposal.tokens_left.tolist(), proposal.waiting))
+        return super().choose(proposal)
+
+
+def test_generate_and_replay_fill_in_the_progress():
+    model = tiny_llama(vocab_size=16, seed=0)
+    spy = ProgressSpy()
+    generate(model, [[1, 2, 3], [4, 5], [6, 7, 8]], spy, max_new_tokens=[3, 2, 2], max_batch_size=2)
+    assert spy.seen[0] == ([3, 2], True)  # the third prompt waits
+    assert spy.seen[1] == ([2, 1], True)
+    assert spy.seen[2] == ([1, 2], False)  # it joined: nobody waits, the batch drains
+    assert spy.seen[3] == ([1], False)
+    trace = synthetic_trace([0.9] * 3, out_len=[6, 6, 3])
+    spy = ProgressSpy()
+    replay(trace, spy, batch_size=2, cost_model=COST)
+    assert spy.seen[0] == ([6, 6], True)
+    # The third joins at step 6 and stops after 3 tokens (as at an EOS): the replay reports what
+    # an engine knows, max_new_tokens less the output, not the recorded length.
+    assert spy.seen[6:] == [([6], False), ([5], False), ([4], False)]
+
+
+def synthetic_trace(estimates, T=6, D=4, out_len=None):
+    """R requests whose drafts are always right, request r's estimated per token
+    ``estimates[r]`` (recorded confidences, not a calibrating drafter)."""
+    R = len(estimates)
+    rng = np.random.default_rng(0)
+    continuation = rng.integers(0, 50, size=(R, T + D + 1))
+    positions = np.arange(T)[:, None] + np.arange(D)[None, :]
+    draft_tokens = continuation[:, positions]  # [R, T, D]: the target's own next tokens
+    logp = np.log(np.array(estimates, dtype=np.float32))[:, None, None] * np.ones((1, T, D), np.float32)
+    return Trace(
+        prompts=[[1, 2, 3 + r] for r in range(R)],
+        continuation=continuation,
+        out_len=np.array(out_len if out_len is not None else [T] * R),
+        draft_tokens=draft_tokens,
+        draft_parents=None,
+        draft_features=None,
+        draft_token_logprobs=logp,
+        draft_cum_logprobs=logp.cumsum(2).astype(np.float32),
+        accept_len=np.full((R, T), D),
+        drafter={"kind": "synthetic", "max_draft": D},
+        max_new_tokens=T,
+    )
+
+
+def test_replay_drain_rule_shortens_the_drain():
+    """A burst of 6 requests at batch 3; the last admitted ones' drafts are always right but
+    estimated low: the goodput rule spends the step on the others' confident candidates, the
+    drain rule on those of the request that finishes last."""
+    trace = synthetic_trace([0.95, 0.95, 0.95, 0.95, 0.5, 0.5], T=24)
+    cost = LinearCostModel({"step": 1.0, "query_token": 0.05}, padded=False)
+    runs = {
+        drain: replay(trace, CostAwareTetris(4, padded=False, cost_model=cost, drain=drain), 3, cost)
+        for drain in (False, True)
+    }
+    seconds = {d: r.metrics["simulated_seconds"] for d, r in runs.items()}
+    assert runs[True].metrics["generated_tokens"] == runs[False].metrics["generated_tokens"]
+    assert seconds[True] < seconds[False] - 1.0, seconds  # at least a step shorter
+    assert not math.isnan(seconds[True])
