@@ -68,14 +68,12 @@ verified (autoregressive decoding).
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import Tensor
 
-from . import ops
 from .cost_models import CostModel, StepShape, price_step
-from .drain import drain_weighted_probs, draining
+from .drain import drain_select, draining
 from .policies import KneeLatencyModel, StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
@@ -137,7 +135,7 @@ OPTIMISM = 1.0
 # Gemma (the whole run), so not the default.
 KNEE_BRACKET = 1 / 8
 KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per doubling)
-# Value tokens by the drain's objective once no request waits to join (tetris_ext.drain).
+# A flattened engine's choice in the drain (no request waits to join): tetris_ext.drain.
 DRAIN = False
 
 
@@ -212,12 +210,6 @@ class WidthResidual:
         return (residual * self.count / (self.count + 1))[widths]
 
 
-def _select_by(probs: Tensor, parents: Tensor | None, budget: int) -> Tensor:
-    """The ``budget`` best candidates by ``probs`` (the drain's values, not the estimates)."""
-    scores = torch.where(probs > 0, probs.log(), -math.inf).float()
-    return ops.select(scores, budget, parents, None, None)[0]
-
-
 class CostAwareTetris(_GoodputPolicy):
     """Batch-wide ranking with the floor and the budget from the step-cost model (module doc).
 
@@ -237,10 +229,10 @@ class CostAwareTetris(_GoodputPolicy):
     places steps inside the knee's bracket until it is that narrow (``_bracket_knee``; opt-in,
     ``KNEE_BRACKET`` says why). optimism: a flattened engine's online fit prices steps with its
     slope lowered by this many standard errors (``OPTIMISM``; 0: the fitted slope as is).
-    drain: a flattened engine's choice values each request's tokens by how much they shorten
-    the drain once no request waits to join (tetris_ext.drain; needs the engine's
-    ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded loop's
-    block-width choice (``_choose_width``) does not use it.
+    drain: a flattened engine's choice, once no request waits to join, minimises the drain's
+    expected remaining time instead of maximising the step's goodput (tetris_ext.drain; needs
+    the engine's ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded
+    loop's block-width choice (``_choose_width``) does not use it.
     """
 
     def __init__(
@@ -386,15 +378,14 @@ class CostAwareTetris(_GoodputPolicy):
         return selected
 
     def _choose_prefix(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
-        """Flattened engine: the best prefix of the batch-wide ranking. In the drain (no request
-        waits to join, each one's tokens left known; opt-in ``drain=True``), each estimate is
-        weighted by how much its request's progress shortens the drain (tetris_ext.drain)."""
+        """Flattened engine: the best prefix of the batch-wide ranking; in the drain (no request
+        waits to join, each one's tokens left known; ``drain``), the drain's (tetris_ext.drain)."""
         B = proposal.batch_size
         if self.drain and explore is None and draining(proposal):
-            probs = drain_weighted_probs(proposal, probs)
-            select = partial(_select_by, probs, proposal.parents)
-        else:
-            select = partial(_select, proposal)
+            self.last_floor = float("nan")
+            limit = min(self._trusted(B) - B, probs.numel() if self.capacity is None else self.capacity)
+            seconds = lambda m: self._with_margin(self._latency(B, B + m, B + m))  # noqa: E731
+            return drain_select(proposal, probs, seconds, limit)
         ranked = probs.reshape(-1).sort(descending=True, stable=True).values
         ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
         if explore is not None:
@@ -405,7 +396,7 @@ class CostAwareTetris(_GoodputPolicy):
         goodput = gain / latency
         best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
         self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))
-        return select(best)
+        return _select(proposal, best)
 
     def _bracket_knee(self, B: int, best: int, candidates: int) -> int:
         """A flattened engine's online fit: the step computing ``B + best`` tokens, or one at
