@@ -8,6 +8,8 @@
     python bench/cost_aware.py --tune-knee-bracket 0.125 --gpu-batches 64 128 --draws 6 \
         --out bench/results/cost_aware_tune_knee_bracket           # (and --model, --steady)
     python bench/cost_aware.py --tuning-only --model smollm2-135m   # the tuning trace, defaults only
+    python bench/cost_aware.py --tuning-only --drain --cost-aware-only --draws 3 --gpu-batches 8 64 128 256 512 \
+        --out bench/results/cost_aware_tune_drain_gemma_burst       # the drain rule beside the default
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
@@ -607,6 +609,20 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
                 r[f"flat_vs_padded_{key.removeprefix('tok_per_')}"] = float(np.median(ratios))
 
 
+def add_variant_flags(ap) -> None:
+    """Replay flags for side-by-side runs of cost-aware variants (--drain, --cost-aware-only)."""
+    ap.add_argument(
+        "--drain",
+        action="store_true",
+        help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
+    )
+    ap.add_argument(
+        "--cost-aware-only",
+        action="store_true",
+        help="replay: no baselines but Autoregressive (a faster side-by-side of cost-aware variants)",
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--live", action="store_true")
@@ -670,16 +686,7 @@ def main(argv=None) -> int:
         help="--tune-probe / --tune-growth / --tune-knee-bracket / --tuning-only: roofline replays per batch, "
         "each its own draw",
     )
-    ap.add_argument(
-        "--drain",
-        action="store_true",
-        help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
-    )
-    ap.add_argument(
-        "--cost-aware-only",
-        action="store_true",
-        help="replay: no baselines but Autoregressive (a faster side-by-side of cost-aware variants)",
-    )
+    add_variant_flags(ap)
     ap.add_argument(
         "--tuning-only",
         action="store_true",
