@@ -199,3 +199,18 @@ def test_replay_drain_rule_shortens_the_drain():
         if set(s["requests"]) - set(runs[False].per_step[max(0, i - 1)]["requests"])
     ]
     assert first > max(joins)
+
+
+def test_live_flat_loop_with_the_drain_rule_decodes_the_greedy_output():
+    """generate(flat=True) with every prompt admitted at once: the batch drains from its first
+    step, the rule chooses every step, and greedy decoding still returns the target's output."""
+    from tetris_ext.drafters import NgramDrafter
+
+    model = tiny_llama(vocab_size=16, seed=0)
+    prompts = [[1, 2, 3, 1, 2, 3], [4, 5, 4, 5], [6, 7, 8, 6, 7]]
+    reference = generate(model, prompts, Autoregressive(), max_new_tokens=[12, 9, 6])
+    cost = LinearCostModel({"step": 0.1, "query_token": 0.001}, padded=False)
+    policy = CostAwareTetris(4, cost_model=cost, drain=True)
+    out = generate(model, prompts, policy, drafter=NgramDrafter(4), max_new_tokens=[12, 9, 6], flat=True)
+    assert out.tokens == reference.tokens
+    assert out.stats["verified_tokens"] > 0
