@@ -8,6 +8,8 @@
     python bench/cost_aware.py --tune-knee-bracket 0.125 --gpu-batches 64 128 --draws 6 \
         --out bench/results/cost_aware_tune_knee_bracket           # (and --model, --steady)
     python bench/cost_aware.py --tuning-only --model smollm2-135m   # the tuning trace, defaults only
+    python bench/cost_aware.py --tuning-only --drain --cost-aware-only --draws 3 --gpu-batches 8 64 128 256 512 \
+        --out bench/results/cost_aware_tune_drain_gemma_burst       # the drain rule beside the default
     python bench/cost_aware.py --tune-margin 0 0.1 0.2 0.3 --gpu-batches 64 128 256 512 \
         --out bench/results/cost_aware_tune_margin
     python bench/cost_aware.py --live --source code --batch 8   # live on this CPU (one thread)
@@ -89,13 +91,17 @@ def policies(
     model: str = "gemma3-270m",
     probes=(),
     brackets=(),
+    drain=False,
+    cost_aware_only=False,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
     ``margins``, the online- and the known-cost policy once per margin (--tune-margin); with
     ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
     ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
-    ``model``: whose vocabulary the NgramLogistic rows' token classes come from."""
+    ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
+    cost-aware policies also with ``drain=True`` (--drain); ``cost_aware_only``: no baselines
+    but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
     runs |= {f"StandardSD({k})": (lambda k=k: StandardSD(k), None) for k in range(1, MAX_DRAFT + 1)}
@@ -144,6 +150,18 @@ def policies(
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
             logistic,
         )
+    for variant in [False, True] if drain else []:
+        known = {"cost_model": cost_model} if cost_model is not None else None
+        for label, kwargs in [("online cost", {}), ("known cost", known)]:
+            if kwargs is not None:
+                runs[f"CostAwareTetris ({label}, drain {variant}) + {est}"] = (
+                    lambda kwargs=kwargs, variant=variant: CostAwareTetris(
+                        MAX_DRAFT, padded, drain=variant, **kwargs
+                    ),
+                    logistic,
+                )
+    if cost_aware_only:
+        runs = {k: v for k, v in runs.items() if k == "Autoregressive" or k.startswith(RECOMMENDED)}
     return runs
 
 
@@ -157,6 +175,7 @@ def drafter_for(trace_or_cfg, estimator):
 def pool(traces: list[Trace]) -> Trace:
     """One trace holding the requests of several (same lengths and draft size)."""
     first = traces[0]
+    width = min(t.draft_features.shape[-1] for t in traces)
     cat = lambda name: np.concatenate([getattr(t, name) for t in traces])  # noqa: E731
     return Trace(
         prompts=[p for t in traces for p in t.prompts],
@@ -164,7 +183,9 @@ def pool(traces: list[Trace]) -> Trace:
         out_len=cat("out_len"),
         draft_tokens=cat("draft_tokens"),
         draft_parents=None,
-        draft_features=cat("draft_features"),
+        # Traces recorded before the transition agreement hold 4 features: the replay recomputes
+        # the fifth from each request's tokens (tetris_ext.sim), so a pool keeps the common ones.
+        draft_features=np.concatenate([t.draft_features[..., :width] for t in traces]),
         draft_token_logprobs=cat("draft_token_logprobs"),
         draft_cum_logprobs=cat("draft_cum_logprobs"),
         accept_len=cat("accept_len"),
@@ -212,6 +233,8 @@ def sweep(
     probes=(),
     seed: int = 0,
     brackets=(),
+    drain=False,
+    cost_aware_only=False,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -222,7 +245,7 @@ def sweep(
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes, brackets
+        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -257,7 +280,9 @@ def sweep(
                 else {}
             )
         )
-    best_sd = max((r for r in rows if r["policy"].startswith("StandardSD")), key=lambda r: r["throughput"])
+    sd_rows = [r for r in rows if r["policy"].startswith("StandardSD")]
+    sd_rows = sd_rows or [r for r in rows if r["policy"] == "Autoregressive"]  # --cost-aware-only
+    best_sd = max(sd_rows, key=lambda r: r["throughput"])
     baselines = [r for r in rows if not r["policy"].startswith(RECOMMENDED)]
     best = max(baselines, key=lambda r: r["throughput"])
     best_decode = None if steady else max(baselines, key=lambda r: r["decode_throughput"])
@@ -354,8 +379,9 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
+    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
-        tuning = pool([traces[n] for n in TUNING])
+        tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         for batch in args.gpu_batches:
             for draw in range(args.draws):
                 n = max(tuning.num_requests, 2 * batch)
@@ -375,7 +401,7 @@ def run_replays(args) -> int:
                 )
         return write_replays(args, rows, held, cpu, gpu)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
-        tuning = pool([traces[n] for n in TUNING])
+        tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         rows += sweep(
             "tuning",
             tuning,
@@ -386,24 +412,28 @@ def run_replays(args) -> int:
             args.steady,
             margins=args.tune_margin or (),
             model=args.model,
+            **variants,
         )
         for batch in args.gpu_batches:
             n = max(tuning.num_requests, 2 * batch)
-            rows += sweep(
-                "tuning pooled",
-                tuning,
-                gpu,
-                False,
-                batch,
-                n,
-                args.steady,
-                margins=args.tune_margin or (),
-                model=args.model,
-            )
+            for draw in range(args.draws):
+                rows += sweep(
+                    "tuning pooled",
+                    tuning,
+                    gpu,
+                    False,
+                    batch,
+                    n,
+                    args.steady,
+                    margins=args.tune_margin or (),
+                    model=args.model,
+                    seed=draw,
+                    **variants,
+                )
         return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
-        rows += sweep(label, trace, cpu, True, 8, None, args.steady, model=args.model)
+        rows += sweep(label, trace, cpu, True, 8, None, args.steady, model=args.model, **variants)
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
         rows += sweep(
@@ -415,6 +445,7 @@ def run_replays(args) -> int:
             max(pooled.num_requests, 2 * batch),
             args.steady,
             model=args.model,
+            **variants,
         )
     return write_replays(args, rows, held, cpu, gpu)
 
@@ -578,6 +609,20 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
                 r[f"flat_vs_padded_{key.removeprefix('tok_per_')}"] = float(np.median(ratios))
 
 
+def add_variant_flags(ap) -> None:
+    """Replay flags for side-by-side runs of cost-aware variants (--drain, --cost-aware-only)."""
+    ap.add_argument(
+        "--drain",
+        action="store_true",
+        help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
+    )
+    ap.add_argument(
+        "--cost-aware-only",
+        action="store_true",
+        help="replay: no baselines but Autoregressive (a faster side-by-side of cost-aware variants)",
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--live", action="store_true")
@@ -638,8 +683,10 @@ def main(argv=None) -> int:
         "--draws",
         type=int,
         default=1,
-        help="--tune-probe / --tune-growth / --tune-knee-bracket: replays per batch, each its own draw",
+        help="--tune-probe / --tune-growth / --tune-knee-bracket / --tuning-only: roofline replays per batch, "
+        "each its own draw",
     )
+    add_variant_flags(ap)
     ap.add_argument(
         "--tuning-only",
         action="store_true",

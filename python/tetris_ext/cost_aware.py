@@ -74,6 +74,7 @@ import torch
 from torch import Tensor
 
 from .cost_models import CostModel, StepShape, price_step
+from .drain import drain_select, draining
 from .policies import KneeLatencyModel, StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
@@ -135,6 +136,8 @@ OPTIMISM = 1.0
 # Gemma (the whole run), so not the default.
 KNEE_BRACKET = 1 / 8
 KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per doubling)
+# A flattened engine's choice in the drain (no request waits to join): tetris_ext.drain.
+DRAIN = False
 
 
 class _FixedLatency:
@@ -227,6 +230,10 @@ class CostAwareTetris(_GoodputPolicy):
     places steps inside the knee's bracket until it is that narrow (``_bracket_knee``; opt-in,
     ``KNEE_BRACKET`` says why). optimism: a flattened engine's online fit prices steps with its
     slope lowered by this many standard errors (``OPTIMISM``; 0: the fitted slope as is).
+    drain: a flattened engine's choice, once no request waits to join, minimises the drain's
+    expected remaining time instead of maximising the step's goodput (tetris_ext.drain; needs
+    the engine's ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded
+    loop's block-width choice (``_choose_width``) does not use it.
     """
 
     def __init__(
@@ -242,6 +249,7 @@ class CostAwareTetris(_GoodputPolicy):
         min_probe: int = MIN_PROBE,
         knee_bracket: float | None = None,
         optimism: float | None = None,
+        drain: bool | None = None,
     ):
         super().__init__(padded)
         optimism = OPTIMISM if optimism is None else optimism
@@ -265,6 +273,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
         self.knee_bracket, self.optimism = knee_bracket, optimism
+        self.drain = DRAIN if drain is None else drain
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
         self._shape_known()
@@ -355,6 +364,10 @@ class CostAwareTetris(_GoodputPolicy):
             return self.fixed.predict(B, steps, steps).numpy()
         return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
 
+    def _flat_seconds(self, B: int):
+        """m [M] float64 tensor -> the seconds, margin included, of flat steps computing B + m."""
+        return lambda m: torch.from_numpy(self._with_margin(self._flat_latency(B, (B + m).numpy())))
+
     def _with_margin(self, latency: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Step seconds with verification's extra seconds (beyond ``latency[0]``, the step that
         verifies nothing) charged at 1 + margin: a candidate must beat its marginal cost by
@@ -374,10 +387,15 @@ class CostAwareTetris(_GoodputPolicy):
         return selected
 
     def _choose_prefix(self, proposal: Proposal, probs: np.ndarray, explore) -> Tensor:
-        """Flattened engine: the best prefix of the batch-wide ranking. probs: [B, N] estimates
-        (float64 numpy, 0 for padding); the scan is numpy for speed, exact as torch's
-        (tests/test_policy_speed_equivalence.py)."""
+        """Flattened engine: the best prefix of the batch-wide ranking; in the drain (no request
+        waits to join, each one's tokens left known; ``drain``), the drain's (tetris_ext.drain).
+        probs: [B, N] estimates (float64 numpy, 0 for padding); the scan is numpy for speed,
+        exact as torch's (tests/test_policy_speed_equivalence.py)."""
         B = proposal.batch_size
+        if self.drain and explore is None and draining(proposal):
+            self.last_floor = float("nan")
+            limit = min(self._trusted(B) - B, probs.size if self.capacity is None else self.capacity)
+            return drain_select(proposal, torch.from_numpy(probs), self._flat_seconds(B), limit)
         ranked = np.sort(probs.reshape(-1))[::-1]  # best first
         ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
         if explore is not None:

@@ -58,6 +58,11 @@ class Request:
     def prefix_len(self) -> int:
         return len(self.tokens) - 1
 
+    @property
+    def tokens_left(self) -> int:
+        """Its budget less its output (an upper bound: an EOS may end it earlier)."""
+        return self.max_new_tokens - (len(self.tokens) - self.prompt_len)
+
     def advance(self, out_tokens: list[int]) -> int:
         """Append accepted + bonus tokens (-1 padded), stopping at EOS or the budget; returns
         how many."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -57,6 +57,11 @@ class DecodingRequest(Protocol):
     @property
     def prefix_len(self) -> int:
         """Tokens in the target's cache (prompt + output - the root) = the root's position."""
+
+    @property
+    def tokens_left(self) -> int:
+        """Tokens it may still generate (>= 1 while not finished): its budget less its output,
+        an upper bound (an EOS may end it earlier). ``Proposal.tokens_left``."""
 
     def advance(self, out_tokens: list[int]) -> int:
         """Take the step's accepted tokens + bonus (-1 padded); returns how many were taken."""
@@ -161,7 +166,9 @@ class Engine:
             if joining:
                 self._admit(joining)
                 active += joining
-            generated = self.step(active, joining)
+            # Progress for the policy (Proposal.waiting): an arrived request still waits to join.
+            queued = bool(waiting) and waiting[0].arrival <= self.target.now()
+            generated = self.step(active, joining, queued)
             if progress is not None:
                 progress.update(sum(generated))
             if any(r.finished for r in active):
@@ -181,12 +188,15 @@ class Engine:
             self.drafter.add(joining)
         self.stats.add_prefill(time.perf_counter() - start, time.process_time() - cpu_start)
 
-    def step(self, requests: list, joining: Sequence = ()) -> list[int]:
+    def step(self, requests: list, joining: Sequence = (), waiting: bool | None = None) -> list[int]:
         """One draft-select-verify step for every active request; returns the tokens each
-        request generated."""
+        request generated. ``waiting``: a request waits to join (``Proposal.waiting``)."""
         t0 = time.perf_counter()
         num_draft = self.policy.num_draft(len(requests))
         proposal = self._propose(requests, num_draft)
+        # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
+        left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
+        proposal = replace(proposal, tokens_left=left, waiting=waiting)
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()

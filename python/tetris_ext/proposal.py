@@ -33,6 +33,15 @@ class Proposal:
         deterministically (greedy drafts, top-k trees, n-gram matches).
     features: [B, N, F] float32 or None: raw drafter statistics behind token_logprobs (the
         n-gram drafter's match statistics), kept so that a replay can recompute them.
+
+    Progress, what an engine knows of each request beyond its drafts (``tetris_ext.drain``):
+    the shared step (``engine.Engine``, hence ``decoding.generate`` and ``sim.replay``) fills
+    both; a drafter leaves them None, and so does the vLLM proposer (its scheduler's queue and
+    budgets are not passed to it): None = unknown, and a policy then ignores them.
+    tokens_left: [B] int64 >= 1 or None: tokens each request may still generate (its
+        max_new_tokens less its output so far): an upper bound, as an EOS may end it earlier.
+    waiting: bool or None: a request is waiting to join the batch (arrived, not yet admitted).
+        False: the batch drains, and the run's remaining time is that of its slowest request.
     """
 
     tokens: Tensor
@@ -41,6 +50,23 @@ class Proposal:
     cum_logprobs: Tensor
     draft_probs: Tensor | None = None
     features: Tensor | None = None
+    tokens_left: Tensor | None = None
+    waiting: bool | None = None
+
+    def __post_init__(self):
+        B = self.tokens.shape[0]
+        left = self.tokens_left
+        if left is not None and (
+            not isinstance(left, Tensor) or left.dtype != torch.int64 or tuple(left.shape) != (B,)
+        ):
+            got = f"{left.dtype} {tuple(left.shape)}" if isinstance(left, Tensor) else type(left).__name__
+            raise ValueError(
+                f"Proposal: tokens_left must be an int64 tensor of shape ({B},) or None, got {got}"
+            )
+        if left is not None and B and int(left.min()) < 1:
+            raise ValueError("Proposal: tokens_left must be >= 1 (a request with none left has finished)")
+        if self.waiting is not None and not isinstance(self.waiting, bool):
+            raise ValueError(f"Proposal: waiting must be a bool or None, got {type(self.waiting).__name__}")
 
     @property
     def batch_size(self) -> int:

@@ -384,6 +384,12 @@ class _SimRequest:
     def finished(self) -> bool:
         return self.t >= self.out_len
 
+    @property
+    def tokens_left(self) -> int:
+        """What an engine would know: the recording's max_new_tokens less the output so far,
+        not the recorded length (an EOS, or the steady protocol's cut, ends it unannounced)."""
+        return self._trace.max_new_tokens - self.t
+
     def summary(self) -> dict:
         """ReplayResult.requests' record of this request."""
         return {
