@@ -515,7 +515,7 @@ def run_live(args) -> int:
     from tetris_ext.decoding import generate
 
     torch.set_num_threads(1)
-    target, tokenizer = load_target()
+    target, tokenizer = load_target(args.dtype)
     path = Path(f"bench/prompts/estimates_{args.source}.jsonl")
     prompts = [
         tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line
@@ -626,6 +626,13 @@ def add_variant_flags(ap) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--live", action="store_true")
+    ap.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="--live: the target's dtype (bfloat16, the default, rounds differently in blocks of other "
+        "shapes, so policies can decode different text; float32: the same text under every policy)",
+    )
     ap.add_argument("--source", default="code", choices=["code", "chat", "rewrite"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)

@@ -4,6 +4,7 @@
     python bench/cost_aware_live_tuning.py --repeat 4 --margins 0.3 --fits before knee default \
       --out bench/results/cost_aware_livefit_tuning2   # the online fit's variants side by side
     python bench/cost_aware_live_tuning.py --fit-log chat   # -> results/cost_aware_fit_log_chat.json
+    python bench/cost_aware_live_tuning.py --fit-log tuning_chat   # prompts/tuning_chat.jsonl
     python bench/cost_aware_live_tuning.py --fit-log bundled --fit-k 3  # -> ..._fit_log_bundled_sd3.json
 
 Gemma 3 270M bf16, one thread, batch 8, the bundled prompt set (the tuning part: nothing here is
@@ -50,7 +51,8 @@ def fit_log(target, tokenizer, source: str, k: int | None, estimator, out: Path)
     if source == "bundled":
         prompts = bundled_prompts(tokenizer)
     else:
-        path = Path(__file__).resolve().parent / "prompts" / f"estimates_{source}.jsonl"
+        name = source + ".jsonl" if source.startswith("tuning_") else f"estimates_{source}.jsonl"
+        path = Path(__file__).resolve().parent / "prompts" / name
         prompts = [
             tokenizer(json.loads(line)["prompt"]).input_ids for line in path.read_text().splitlines() if line
         ]
@@ -144,8 +146,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--fit-log",
-        choices=["bundled", "code", "chat", "rewrite"],
-        help="log one run per step on this prompt set (bundled: the tuning prompts)",
+        choices=["bundled", "tuning_chat", "tuning_code", "code", "chat", "rewrite"],
+        help="log one run per step on this prompt set (bundled, tuning_*: tuning prompts; code, chat, "
+        "rewrite: the held-out ones, for diagnosis only)",
     )
     ap.add_argument("--fit-k", type=int, help="--fit-log: StandardSD(k) instead of the cost-aware policy")
     args = ap.parse_args(argv)
