@@ -15,9 +15,9 @@ verifies), mu(S) = 1 + (sum_{i in S} p_i) / B the tokens a request generates per
 drain verifies the S that minimises it (``drain_select``), scanning the prefixes of one order,
 each candidate's estimate times its first-order value, P(b finishes last) + E[max X] / (B mu)
 (the derivative: through the slowest request's tokens, and through the rate). Where every
-request has as many tokens left, the maximum hardly moves and the choice is the goodput rule's
-(T(S) / mu(S) least); where one has far more left than the others, its candidates come first,
-and the others' only while they pay for their seconds through the rate. The expected maximum
+request has as many steps left, the maximum hardly moves and the choice is the goodput rule's
+(T(S) / mu(S) least); where one has far more steps left than the others, its candidates come
+first, and the others' only while they pay for their seconds through the rate. The expected maximum
 is computed exactly under the model below, not linearised: a token of one of ten requests tied
 for last shortens nothing until the nine others advance too. A candidate the request cannot
 use (its depth >= the request's tokens left: the request ends on its accepted tokens, the bonus
@@ -25,11 +25,13 @@ dropped) is never verified.
 
 The model, from what the step knows and no tuned constant: F_b is the number of steps to
 generate the L_b tokens b has left (``tokens_left``; after this step L_b - 1 - its expected
-accepted tokens) at the batch's tokens per step, whose mean mu and variance sigma^2 are those
-of this step's proposals if every candidate were verified (1 + the accepted path, over the
-requests of the batch). By the renewal approximation F_b ~ Normal(L_b / mu, L_b sigma^2 / mu^3
-+ 1/12) (1/12: a step count is a whole number), independently across requests; P(b last) =
-integral of f_b(t) prod_{c != b} F_c(t) dt and E[max F] = integral of 1 - prod_b F_b(t) dt, on
+accepted tokens) at b's own tokens per step (``request_rates``): mean mu_b and variance
+sigma_b^2 those of its proposal if every candidate were verified (1 + the accepted path), the
+mean corrected by what it realised so far (``Proposal.steps_done`` / ``tokens_done``: its
+estimates may be overconfident, and a request whose drafts keep failing finishes last). By the
+renewal approximation F_b ~ Normal(L_b / mu_b, L_b sigma_b^2 / mu_b^3 + 1/12) (1/12: a step count
+is a whole number), independently across requests; P(b last) = integral of
+f_b(t) prod_{c != b} F_c(t) dt and E[max F] = integral of 1 - prod_b F_b(t) dt, on
 a grid. tokens_left is an upper bound (an EOS may end a request earlier), so a request about to
 stop looks longer than it is, and its tokens are overvalued.
 """
