@@ -185,12 +185,12 @@ def test_request_rates_weigh_what_each_request_realised():
 
 
 def test_drain_rule_favours_the_request_that_realised_less():
-    """Same tokens left, same estimates, room for one candidate: the request whose past steps
-    generated fewer tokens finishes last, so its candidate is verified (without a history the
-    two tie and the stable order picks request 0)."""
+    """Same tokens left, same estimates, a candidate's marginal cost about its value: without a
+    history the two tie for last and one's token alone shortens nothing, so none is verified;
+    the request whose past steps generated fewer tokens finishes last, and its candidate is."""
     probs = [[0.7, 0.6, 0.5, 0.4], [0.7, 0.6, 0.5, 0.4]]
     cost = LinearCostModel({"step": 0.1, "query_token": 0.06}, padded=False)
-    assert per_request(choose(True, chain_proposal(probs, [30, 30], False), cost)) == [1, 0]
+    assert per_request(choose(True, chain_proposal(probs, [30, 30], False), cost)) == [0, 0]
     slow_second = chain_proposal(probs, [30, 30], False, ([20, 20], [60, 22]))
     assert per_request(choose(True, slow_second, cost)) == [0, 1]
     slow_first = chain_proposal(probs, [30, 30], False, ([20, 20], [22, 60]))
