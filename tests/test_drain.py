@@ -9,7 +9,7 @@ import tetris_ext  # noqa: F401
 from tetris_ext.cost_aware import CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel
 from tetris_ext.decoding import generate
-from tetris_ext.drain import drain_select, draining, finish_last_probabilities, request_rates
+from tetris_ext.drain import drain_select, draining, finish_last_probabilities
 from tetris_ext.models import tiny_llama
 from tetris_ext.policies import Autoregressive
 from tetris_ext.proposal import Proposal
@@ -18,23 +18,12 @@ from tetris_ext.sim import Trace, replay
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def chain_proposal(probs, tokens_left=None, waiting=None, done=None):
-    """Rows of per-token acceptance probabilities -> a chain proposal with progress; ``done``:
-    (steps_done, tokens_done) lists or None."""
+def chain_proposal(probs, tokens_left=None, waiting=None):
+    """Rows of per-token acceptance probabilities -> a chain proposal with progress."""
     tokens = torch.full((len(probs), len(probs[0])), 7, dtype=torch.long)
     token_logprobs = torch.tensor(probs, dtype=torch.float32).log()
     left = None if tokens_left is None else torch.tensor(tokens_left, dtype=torch.long)
-    steps, generated = (None, None) if done is None else (torch.tensor(d, dtype=torch.long) for d in done)
-    return Proposal(
-        tokens,
-        None,
-        token_logprobs,
-        token_logprobs.cumsum(1),
-        tokens_left=left,
-        waiting=waiting,
-        steps_done=steps,
-        tokens_done=generated,
-    )
+    return Proposal(tokens, None, token_logprobs, token_logprobs.cumsum(1), tokens_left=left, waiting=waiting)
 
 
 def per_request(selected):
@@ -69,17 +58,6 @@ def test_proposal_progress_fields_are_validated():
     for waiting in (0, 1, "no", np.bool_(False)):
         with pytest.raises(ValueError, match="waiting"):
             chain_proposal(probs, [3, 1], waiting)
-    chain_proposal(probs, [3, 1], False, ([0, 4], [0, 9]))  # valid: a request may have no step yet
-    for name in ("steps_done", "tokens_done"):
-        for bad in (torch.tensor([1.0, 2.0]), torch.tensor([1, 2, 3]), torch.tensor([-1, 2]), [1, 2]):
-            with pytest.raises(ValueError, match=name):
-                Proposal(
-                    torch.zeros(2, 2, dtype=torch.long),
-                    None,
-                    torch.zeros(2, 2),
-                    torch.zeros(2, 2),
-                    **{name: bad},
-                )
 
 
 # ------------------------------------------------------------------------------------------
@@ -114,15 +92,9 @@ def test_drain_rule_is_inert_without_progress_or_with_a_queue():
         proposal = chain_proposal(PROBS, left, waiting)
         assert not draining(proposal)
         assert torch.equal(choose(True, proposal), choose(False, proposal))
-    # Draining, every request as far from its end at the same rate (a long history of 2 tokens a
-    # step outweighs this step's estimates): the maximum hardly moves, the goodput rule's choice.
-    even = chain_proposal(PROBS, [40, 40, 40, 40], False, ([1000] * 4, [2000] * 4))
+    # Draining, every request as far from its end: the maximum hardly moves, the goodput rule's choice.
+    even = chain_proposal(PROBS, [40, 40, 40, 40], False)
     assert draining(even) and torch.equal(choose(True, even), choose(False, even))
-    # Without a history each request's rate is its estimates': request 0 (the most confident)
-    # finishes early, and its last candidate, which the goodput rule verifies, buys nothing.
-    alone = chain_proposal(PROBS, [40, 40, 40, 40], False)
-    assert per_request(choose(False, alone)) == [4, 3, 1, 2]
-    assert per_request(choose(True, alone)) == [3, 3, 1, 2]
 
 
 def test_drain_rule_prefers_the_request_that_finishes_last():
@@ -159,42 +131,10 @@ def test_drain_rule_never_verifies_candidates_beyond_the_tokens_left():
 class ProgressSpy(Autoregressive):
     def __init__(self):
         self.seen = []
-        self.done = []
 
     def choose(self, proposal):
         self.seen.append((proposal.tokens_left.tolist(), proposal.waiting))
-        self.done.append(list(zip(proposal.steps_done.tolist(), proposal.tokens_done.tolist())))
         return super().choose(proposal)
-
-
-def test_request_rates_weigh_what_each_request_realised():
-    """Each request's own tokens per step: its estimates alone without a history; with one, the
-    realised rate with this step's estimate as one more step."""
-    probs = [[0.9, 0.9], [0.5, 0.0]]
-    proposal = chain_proposal(probs, [20, 20], False)
-    usable = torch.tensor(probs, dtype=torch.float64)
-    depth = torch.tensor([[1, 2], [1, 2]])
-    mean, variance = request_rates(proposal, usable, depth)
-    assert torch.allclose(mean, torch.tensor([2.8, 1.5], dtype=torch.float64))
-    # Request 1: A in {0, 1} with P(1) = 0.5: variance 0.25.
-    assert abs(float(variance[1]) - 0.25) < 1e-12
-    # Request 0 generated 20 tokens in 19 steps (its estimates overstate it), request 1 no step yet.
-    history = chain_proposal(probs, [20, 20], False, ([19, 0], [20, 0]))
-    mean, _ = request_rates(history, usable, depth)
-    assert torch.allclose(mean, torch.tensor([(20 + 2.8) / 20, 1.5], dtype=torch.float64))
-
-
-def test_drain_rule_favours_the_request_that_realised_less():
-    """Same tokens left, same estimates, a candidate's marginal cost about its value: without a
-    history the two tie for last and one's token alone shortens nothing, so none is verified;
-    the request whose past steps generated fewer tokens finishes last, and its candidate is."""
-    probs = [[0.7, 0.6, 0.5, 0.4], [0.7, 0.6, 0.5, 0.4]]
-    cost = LinearCostModel({"step": 0.1, "query_token": 0.06}, padded=False)
-    assert per_request(choose(True, chain_proposal(probs, [30, 30], False), cost)) == [0, 0]
-    slow_second = chain_proposal(probs, [30, 30], False, ([20, 20], [60, 22]))
-    assert per_request(choose(True, slow_second, cost)) == [0, 1]
-    slow_first = chain_proposal(probs, [30, 30], False, ([20, 20], [22, 60]))
-    assert per_request(choose(True, slow_first, cost)) == [1, 0]
 
 
 def test_generate_and_replay_fill_in_the_progress():
@@ -205,9 +145,6 @@ def test_generate_and_replay_fill_in_the_progress():
     assert spy.seen[1] == ([2, 1], True)
     assert spy.seen[2] == ([1, 2], False)  # it joined: nobody waits, the batch drains
     assert spy.seen[3] == ([1], False)
-    # Steps taken and tokens generated so far (autoregressive: one token a step); the third
-    # prompt joins at step 2 with none.
-    assert spy.done == [[(0, 0), (0, 0)], [(1, 1), (1, 1)], [(2, 2), (0, 0)], [(1, 1)]]
     trace = synthetic_trace([0.9] * 3, out_len=[6, 6, 3])
     spy = ProgressSpy()
     replay(trace, spy, batch_size=2, cost_model=COST)

@@ -15,9 +15,9 @@ verifies), mu(S) = 1 + (sum_{i in S} p_i) / B the tokens a request generates per
 drain verifies the S that minimises it (``drain_select``), scanning the prefixes of one order,
 each candidate's estimate times its first-order value, P(b finishes last) + E[max X] / (B mu)
 (the derivative: through the slowest request's tokens, and through the rate). Where every
-request has as many steps left, the maximum hardly moves and the choice is the goodput rule's
-(T(S) / mu(S) least); where one has far more steps left than the others, its candidates come
-first, and the others' only while they pay for their seconds through the rate. The expected maximum
+request has as many tokens left, the maximum hardly moves and the choice is the goodput rule's
+(T(S) / mu(S) least); where one has far more left than the others, its candidates come first,
+and the others' only while they pay for their seconds through the rate. The expected maximum
 is computed exactly under the model below, not linearised: a token of one of ten requests tied
 for last shortens nothing until the nine others advance too. A candidate the request cannot
 use (its depth >= the request's tokens left: the request ends on its accepted tokens, the bonus
@@ -25,13 +25,11 @@ dropped) is never verified.
 
 The model, from what the step knows and no tuned constant: F_b is the number of steps to
 generate the L_b tokens b has left (``tokens_left``; after this step L_b - 1 - its expected
-accepted tokens) at b's own tokens per step (``request_rates``): mean mu_b and variance
-sigma_b^2 those of its proposal if every candidate were verified (1 + the accepted path), the
-mean corrected by what it realised so far (``Proposal.steps_done`` / ``tokens_done``: its
-estimates may be overconfident, and a request whose drafts keep failing finishes last). By the
-renewal approximation F_b ~ Normal(L_b / mu_b, L_b sigma_b^2 / mu_b^3 + 1/12) (1/12: a step count
-is a whole number), independently across requests; P(b last) = integral of
-f_b(t) prod_{c != b} F_c(t) dt and E[max F] = integral of 1 - prod_b F_b(t) dt, on
+accepted tokens) at the batch's tokens per step, whose mean mu and variance sigma^2 are those
+of this step's proposals if every candidate were verified (1 + the accepted path, over the
+requests of the batch). By the renewal approximation F_b ~ Normal(L_b / mu, L_b sigma^2 / mu^3
++ 1/12) (1/12: a step count is a whole number), independently across requests; P(b last) =
+integral of f_b(t) prod_{c != b} F_c(t) dt and E[max F] = integral of 1 - prod_b F_b(t) dt, on
 a grid. tokens_left is an upper bound (an EOS may end a request earlier), so a request about to
 stop looks longer than it is, and its tokens are overvalued.
 """
@@ -69,10 +67,9 @@ def _depths(proposal: Proposal) -> Tensor:
     return depth
 
 
-def finish_last_probabilities(tokens_left: Tensor, mean, variance) -> Tensor:
+def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float) -> Tensor:
     """[B] float64: P(request b finishes last) when each needs tokens_left[b] tokens at ``mean``
-    tokens per step with per-step ``variance`` (floats, or [B] tensors: each request's own;
-    renewal approximation, module doc). Sums to 1."""
+    tokens per step with per-step ``variance`` (renewal approximation, module doc). Sums to 1."""
     left = tokens_left.double()
     steps = left / mean
     sd = (left * variance / mean**3 + 1 / 12).sqrt()
@@ -96,27 +93,19 @@ def _usable(proposal: Proposal, probs: Tensor) -> tuple[Tensor, Tensor]:
     return probs * (depth < proposal.tokens_left.to(probs.device)[:, None]), depth
 
 
-def request_rates(proposal: Proposal, usable: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
-    """[B] float64 each: the mean and variance of request b's own tokens per step (1 + its
-    accepted path). From its estimates if every usable candidate were verified: P(A >= k) = the
-    estimates at depth k sum to, so E[A] = sum p and E[A^2] = sum (2 depth - 1) p. Estimates may
-    be overconfident, and the engine knows what each request realised (``steps_done``,
-    ``tokens_done``): the mean is the realised tokens per step with this step's estimate counted
-    as one more step, (tokens_done + 1 + E[A]) / (steps_done + 1), the evidence of its past steps
-    outweighing one step's estimate as they accumulate."""
+def _step_tokens(usable: Tensor, depth: Tensor) -> tuple[float, float]:
+    """Mean and variance of a request's tokens per step (1 + its accepted path) if every usable
+    candidate were verified, over the batch: P(A >= k) = the estimates at depth k sum to, so
+    E[A] = sum p and E[A^2] = sum (2 depth - 1) p."""
     accepted = usable.sum(1)
     second = (usable * (2 * depth - 1)).sum(1)
-    estimate = 1 + accepted
-    variance = (second + 2 * accepted + 1 - estimate**2).clamp(min=0)
-    if proposal.steps_done is None or proposal.tokens_done is None:
-        return estimate, variance
-    steps, tokens = proposal.steps_done.double(), proposal.tokens_done.double()
-    return (tokens + estimate) / (steps + 1), variance
+    mean = 1 + float(accepted.mean())
+    return mean, max(0.0, float((second + 2 * accepted + 1).mean()) - mean**2)
 
 
-def _log_cdfs(left: Tensor, mean: Tensor, variance: Tensor, t: Tensor) -> Tensor:
+def _log_cdfs(left: Tensor, mean: float, variance: float, t: Tensor) -> Tensor:
     """[..., G]: log P(F <= t) of requests with ``left`` [...] tokens still to generate after this
-    step (0 or less: done, F = 0) at ``mean`` tokens per step of ``variance`` (broadcast to left)."""
+    step (0 or less: done, F = 0)."""
     steps = left.clamp(min=0) / mean
     sd = (left.clamp(min=0) * variance / mean**3 + 1 / 12).sqrt()
     log_cdf = torch.special.log_ndtr((t - steps[..., None]) / sd[..., None])
@@ -130,7 +119,7 @@ def drain_select(proposal: Proposal, probs: Tensor, latency, limit: int) -> Tens
     tokens, m a [M] float64 tensor. Call only while ``draining(proposal)``."""
     B, N = probs.shape
     usable, depth = _usable(proposal, probs.double())
-    mean, variance = request_rates(proposal, usable, depth)
+    mean, variance = _step_tokens(usable, depth)
     last = finish_last_probabilities(proposal.tokens_left, mean, variance)
     # Each request's usable candidates, best first (for chains: the chain), and what each adds.
     sorted_p = usable.sort(dim=1, descending=True, stable=True).values
@@ -140,18 +129,16 @@ def drain_select(proposal: Proposal, probs: Tensor, latency, limit: int) -> Tens
     t = torch.linspace(
         0.0, max(float((left.clamp(min=0) / mean + 6 * spread).max()), 1.0), GRID, dtype=torch.float64
     )
-    before = _log_cdfs(left, mean, variance, t)  # [B, G], in steps at each request's rate
-    steps = _log_cdfs(after, mean[:, None], variance[:, None], t)  # [B, N, G]
+    before = _log_cdfs(left, mean, variance, t)  # [B, G], in steps at the rate ``mean``
+    steps = _log_cdfs(after, mean, variance, t)  # [B, N, G]
     delta = steps - torch.cat([before[:, None], steps[:, :-1]], 1)  # what candidate j changes
     dt = float(t[1] - t[0])
-    # Steps to tokens at the batch's mean rate (the unit the rate term divides by).
-    batch_rate = float(mean.mean())
-    most_left = batch_rate * float((1 - before.sum(0).exp()).sum()) * dt  # E[max X] before, in tokens
+    most_left = mean * float((1 - before.sum(0).exp()).sum()) * dt  # E[max X] before, in tokens
     # First-order value of a candidate: -dJ/dp ~ P(b last) + E[max X] / (B mu), times p.
-    key = (sorted_p * (B * last + most_left / batch_rate)[:, None]).flatten()
+    key = (sorted_p * (B * last + most_left / mean)[:, None]).flatten()
     ranked = key.argsort(descending=True, stable=True)[: min(int((key > 0).sum()), max(0, limit))]
     log_all = torch.cat([before.sum(0)[None], before.sum(0) + delta.flatten(0, 1)[ranked].cumsum(0)])
-    most_lefts = batch_rate * (1 - log_all.exp()).sum(1) * dt  # E[max X] after each prefix, in tokens
+    most_lefts = mean * (1 - log_all.exp()).sum(1) * dt  # E[max X] after each prefix, in tokens
     rate = 1 + torch.cat([sorted_p.new_zeros(1), sorted_p.flatten()[ranked].cumsum(0)]) / B
     m = torch.arange(len(ranked) + 1, dtype=torch.float64)
     best = int((latency(m) * (1 + most_lefts / rate)).argmin())

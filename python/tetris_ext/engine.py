@@ -145,8 +145,6 @@ class Engine:
         # The shape the feedback reports: the target's, or (a replay of recorded step times)
         # the policy's own flag; unknown to both, only a policy that prices nothing runs.
         self.padded = policy.bind_engine(target.padded, target.loop)
-        # Request index -> [steps taken, tokens generated] so far (Proposal.steps_done / tokens_done).
-        self.done: dict[int, list[int]] = {}
 
     def run(self, waiting: deque, max_batch_size: int, progress=None) -> list:
         """Decode every request of ``waiting`` (in arrival order), at most ``max_batch_size``
@@ -198,10 +196,7 @@ class Engine:
         proposal = self._propose(requests, num_draft)
         # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
         left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
-        done = torch.tensor([self.done.get(r.index, [0, 0]) for r in requests], dtype=torch.long).view(-1, 2)
-        proposal = replace(
-            proposal, tokens_left=left, waiting=waiting, steps_done=done[:, 0], tokens_done=done[:, 1]
-        )
+        proposal = replace(proposal, tokens_left=left, waiting=waiting)
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()
@@ -214,9 +209,6 @@ class Engine:
             self.drafter.update(requests, proposal, outcome)  # rollback, calibration
         t3 = time.perf_counter()
         generated = [r.advance(tokens) for r, tokens in zip(requests, verified.out_tokens.tolist())]
-        for r, n in zip(requests, generated):
-            counts = self.done.setdefault(r.index, [0, 0])
-            counts[0], counts[1] = counts[0] + 1, counts[1] + n
         measured = StepTimes(draft=t1 - t0, select=t2 - t1, verify=t3 - t2, step=t3 - t0)
         record = StepRecord(requests, joining, num_draft, proposal, block, outcome, prefix_lens, measured)
         times = self.target.times(record)

@@ -42,9 +42,6 @@ class Proposal:
         max_new_tokens less its output so far): an upper bound, as an EOS may end it earlier.
     waiting: bool or None: a request is waiting to join the batch (arrived, not yet admitted).
         False: the batch drains, and the run's remaining time is that of its slowest request.
-    steps_done, tokens_done: [B] int64 >= 0 or None: the steps each request has taken part in
-        so far and the tokens it generated in them (accepted + bonus): its realised tokens per
-        step, which its estimates may overstate.
     """
 
     tokens: Tensor
@@ -55,8 +52,6 @@ class Proposal:
     features: Tensor | None = None
     tokens_left: Tensor | None = None
     waiting: bool | None = None
-    steps_done: Tensor | None = None
-    tokens_done: Tensor | None = None
 
     def __post_init__(self):
         B = self.tokens.shape[0]
@@ -72,8 +67,6 @@ class Proposal:
             raise ValueError("Proposal: tokens_left must be >= 1 (a request with none left has finished)")
         if self.waiting is not None and not isinstance(self.waiting, bool):
             raise ValueError(f"Proposal: waiting must be a bool or None, got {type(self.waiting).__name__}")
-        for name in ("steps_done", "tokens_done"):
-            _check_count(name, getattr(self, name), B)
 
     @property
     def batch_size(self) -> int:
@@ -100,17 +93,6 @@ class Proposal:
         tokens = torch.full((batch_size, 0), -1, dtype=torch.long, device=device)
         logprobs = torch.zeros((batch_size, 0), dtype=torch.float32, device=device)
         return Proposal(tokens, None, logprobs, logprobs.clone())
-
-
-def _check_count(name: str, value, B: int) -> None:
-    """A progress count: None or a [B] int64 tensor >= 0."""
-    if value is None:
-        return
-    if not isinstance(value, Tensor) or value.dtype != torch.int64 or tuple(value.shape) != (B,):
-        got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"Proposal: {name} must be an int64 tensor of shape ({B},) or None, got {got}")
-    if B and int(value.min()) < 0:
-        raise ValueError(f"Proposal: {name} must be >= 0")
 
 
 @dataclass
