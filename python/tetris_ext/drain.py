@@ -54,19 +54,6 @@ def draining(proposal: Proposal) -> bool:
     return proposal.waiting is False and proposal.tokens_left is not None
 
 
-def _depths(proposal: Proposal) -> Tensor:
-    """[B, N] int64: each candidate's depth below the root (1 for the root's children)."""
-    B, N = proposal.tokens.shape
-    if proposal.parents is None:
-        return (torch.arange(N, device=proposal.tokens.device) + 1).expand(B, N)
-    parents = proposal.parents
-    depth = torch.ones(B, N, dtype=torch.long, device=parents.device)
-    for n in range(N):  # parents precede their children
-        above = parents[:, n]
-        depth[:, n] = torch.where(above >= 0, depth.gather(1, above.clamp(min=0)[:, None])[:, 0] + 1, 1)
-    return depth
-
-
 def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float) -> Tensor:
     """[B] float64: P(request b finishes last) when each needs tokens_left[b] tokens at ``mean``
     tokens per step with per-step ``variance`` (renewal approximation, module doc). Sums to 1."""
@@ -89,7 +76,7 @@ def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float)
 
 def _usable(proposal: Proposal, probs: Tensor) -> tuple[Tensor, Tensor]:
     """``probs`` with 0 where the request's tokens left cannot use the candidate, and the depths."""
-    depth = _depths(proposal).to(probs.device)
+    depth = proposal.depths().to(probs.device)
     return probs * (depth < proposal.tokens_left.to(probs.device)[:, None]), depth
 
 

@@ -87,6 +87,18 @@ class Proposal:
         B, N = self.tokens.shape
         return (torch.arange(N, device=self.tokens.device) - 1).expand(B, N)
 
+    def depths(self) -> Tensor:
+        """[B, N] int64 depth of each candidate below the root (1 for the root's children)."""
+        B, N = self.tokens.shape
+        if self.parents is None:
+            return (torch.arange(N, device=self.tokens.device) + 1).expand(B, N)
+        depth = torch.zeros(B, N, dtype=torch.long, device=self.parents.device)
+        for n in range(N):  # parents precede their children
+            parent = self.parents[:, n]
+            parent_depth = depth.gather(1, parent.clamp(min=0)[:, None])[:, 0]
+            depth[:, n] = torch.where(parent >= 0, parent_depth, 0) + 1
+        return depth
+
     @staticmethod
     def empty(batch_size: int, device: torch.device | str = "cpu") -> Proposal:
         """No candidates (autoregressive steps)."""

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-from torch import Tensor
-
 from .proposal import Outcome, Proposal
 
 __all__ = ["RunStats"]
@@ -116,7 +113,7 @@ class RunStats:
         rows, columns = outcome.selected.nonzero(as_tuple=True)
         if len(rows) == 0:
             return
-        depth = _depths(proposal.parent_index())
+        depth = proposal.depths()
         tested = outcome.tested(proposal)
         c = self.candidates
         c["step"] += [step] * len(rows)
@@ -129,16 +126,3 @@ class RunStats:
 
     def as_dict(self) -> dict:
         return {**self.totals, "per_step": self.per_step, "candidates": dict(self.candidates)}
-
-
-def _depths(parents: Tensor) -> Tensor:
-    """[B, N] depth of each candidate (1 for children of the root); parents index earlier nodes."""
-    B, N = parents.shape
-    depth = torch.zeros(B, N, dtype=torch.long)
-    for n in range(N):
-        p = parents[:, n]
-        parent_depth = (
-            depth.gather(1, p.clamp(min=0).unsqueeze(1)).squeeze(1) if n else torch.zeros(B, dtype=torch.long)
-        )
-        depth[:, n] = torch.where(p >= 0, parent_depth, 0) + 1
-    return depth
