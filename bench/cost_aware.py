@@ -372,6 +372,28 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def tuning_draws(tuning: Trace, gpu, args, **variants) -> list[dict]:
+    """The tuning trace on the roofline at every --gpu-batches, --draws request draws each (at
+    least twice the batch in requests), with ``sweep``'s variants."""
+    rows = []
+    for batch in args.gpu_batches:
+        n = max(tuning.num_requests, 2 * batch)
+        for draw in range(args.draws):
+            rows += sweep(
+                "tuning pooled",
+                tuning,
+                gpu,
+                False,
+                batch,
+                n,
+                args.steady,
+                model=args.model,
+                seed=draw,
+                **variants,
+            )
+    return rows
+
+
 def run_replays(args) -> int:
     cpu = LinearCostModel.load(CPU_COST_PATH)
     gpu = h100x4_llama70b()
@@ -382,54 +404,20 @@ def run_replays(args) -> int:
     variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
-        for batch in args.gpu_batches:
-            for draw in range(args.draws):
-                n = max(tuning.num_requests, 2 * batch)
-                rows += sweep(
-                    "tuning pooled",
-                    tuning,
-                    gpu,
-                    False,
-                    batch,
-                    n,
-                    args.steady,
-                    growths=args.tune_growth or (),
-                    model=args.model,
-                    probes=args.tune_probe or (),
-                    seed=draw,
-                    brackets=args.tune_knee_bracket or (),
-                )
+        tuned = dict(
+            growths=args.tune_growth or (),
+            probes=args.tune_probe or (),
+            brackets=args.tune_knee_bracket or (),
+        )
+        rows += tuning_draws(tuning, gpu, args, **tuned)
         return write_replays(args, rows, held, cpu, gpu)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
+        margins = args.tune_margin or ()
         rows += sweep(
-            "tuning",
-            tuning,
-            cpu,
-            True,
-            8,
-            None,
-            args.steady,
-            margins=args.tune_margin or (),
-            model=args.model,
-            **variants,
+            "tuning", tuning, cpu, True, 8, None, args.steady, margins=margins, model=args.model, **variants
         )
-        for batch in args.gpu_batches:
-            n = max(tuning.num_requests, 2 * batch)
-            for draw in range(args.draws):
-                rows += sweep(
-                    "tuning pooled",
-                    tuning,
-                    gpu,
-                    False,
-                    batch,
-                    n,
-                    args.steady,
-                    margins=args.tune_margin or (),
-                    model=args.model,
-                    seed=draw,
-                    **variants,
-                )
+        rows += tuning_draws(tuning, gpu, args, margins=margins, **variants)
         return write_replays(args, rows, held, cpu, gpu)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
