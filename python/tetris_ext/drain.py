@@ -54,12 +54,17 @@ def draining(proposal: Proposal) -> bool:
     return proposal.waiting is False and proposal.tokens_left is not None
 
 
+def _finish_steps(left: Tensor, mean: float, variance: float) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of the steps to generate ``left`` tokens (none: 0) at ``mean``
+    tokens per step with per-step ``variance`` (the renewal approximation, module doc)."""
+    left = left.clamp(min=0)
+    return left / mean, (left * variance / mean**3 + 1 / 12).sqrt()
+
+
 def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float) -> Tensor:
     """[B] float64: P(request b finishes last) when each needs tokens_left[b] tokens at ``mean``
     tokens per step with per-step ``variance`` (renewal approximation, module doc). Sums to 1."""
-    left = tokens_left.double()
-    steps = left / mean
-    sd = (left * variance / mean**3 + 1 / 12).sqrt()
+    steps, sd = _finish_steps(tokens_left.double(), mean, variance)
     lo, hi = float((steps - 6 * sd).min()), float((steps + 6 * sd).max())
     t = torch.linspace(lo, hi, GRID, dtype=torch.float64)[:, None]  # [G, 1]
     z = (t - steps) / sd  # [G, B]
@@ -70,7 +75,7 @@ def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float)
     last = density.sum(0)
     total = float(last.sum())
     if not total > 0 or not math.isfinite(total):
-        return torch.full_like(left, 1 / len(left))
+        return torch.full_like(steps, 1 / len(steps))
     return last / total
 
 
@@ -93,8 +98,7 @@ def _step_tokens(usable: Tensor, depth: Tensor) -> tuple[float, float]:
 def _log_cdfs(left: Tensor, mean: float, variance: float, t: Tensor) -> Tensor:
     """[..., G]: log P(F <= t) of requests with ``left`` [...] tokens still to generate after this
     step (0 or less: done, F = 0)."""
-    steps = left.clamp(min=0) / mean
-    sd = (left.clamp(min=0) * variance / mean**3 + 1 / 12).sqrt()
+    steps, sd = _finish_steps(left, mean, variance)
     log_cdf = torch.special.log_ndtr((t - steps[..., None]) / sd[..., None])
     return torch.where(left[..., None] > 0, log_cdf, torch.zeros_like(log_cdf))
 
@@ -112,10 +116,8 @@ def drain_select(proposal: Proposal, probs: Tensor, latency, limit: int) -> Tens
     sorted_p = usable.sort(dim=1, descending=True, stable=True).values
     left = proposal.tokens_left.double() - 1  # after this step's bonus token
     after = left[:, None] - sorted_p.cumsum(1)  # [B, N]: tokens left once its first j+1 are verified
-    spread = (left.clamp(min=0) * variance / mean**3 + 1 / 12).sqrt()
-    t = torch.linspace(
-        0.0, max(float((left.clamp(min=0) / mean + 6 * spread).max()), 1.0), GRID, dtype=torch.float64
-    )
+    steps, spread = _finish_steps(left, mean, variance)
+    t = torch.linspace(0.0, max(float((steps + 6 * spread).max()), 1.0), GRID, dtype=torch.float64)
     before = _log_cdfs(left, mean, variance, t)  # [B, G], in steps at the rate ``mean``
     steps = _log_cdfs(after, mean, variance, t)  # [B, N, G]
     delta = steps - torch.cat([before[:, None], steps[:, :-1]], 1)  # what candidate j changes
