@@ -44,6 +44,7 @@ def test_proposal_progress_fields_are_validated():
         torch.tensor([3, 1, 2]),  # one per request, not three
         torch.tensor([[3, 1]]),  # 2-D
         torch.tensor([3, 0]),  # a request with nothing left has finished
+        torch.tensor([3, 1], device="meta"),  # not on the CPU: its check would wait for a device
         [3, 1],  # not a tensor
     ]
     for left in bad_left:

@@ -38,8 +38,9 @@ class Proposal:
     the shared step (``engine.Engine``, hence ``decoding.generate`` and ``sim.replay``) fills
     both; a drafter leaves them None, and so does the vLLM proposer (its scheduler's queue and
     budgets are not passed to it): None = unknown, and a policy then ignores them.
-    tokens_left: [B] int64 >= 1 or None: tokens each request may still generate (its
-        max_new_tokens less its output so far): an upper bound, as an EOS may end it earlier.
+    tokens_left: [B] int64 >= 1 on the CPU, or None: tokens each request may still generate
+        (its max_new_tokens less its output so far): an upper bound, as an EOS may end it
+        earlier. Host bookkeeping, so checking it never waits for a device.
     waiting: bool or None: a request is waiting to join the batch (arrived, not yet admitted).
         False: the batch drains, and the run's remaining time is that of its slowest request.
     """
@@ -57,11 +58,18 @@ class Proposal:
         B = self.tokens.shape[0]
         left = self.tokens_left
         if left is not None and (
-            not isinstance(left, Tensor) or left.dtype != torch.int64 or tuple(left.shape) != (B,)
+            not isinstance(left, Tensor)
+            or left.dtype != torch.int64
+            or tuple(left.shape) != (B,)
+            or left.device.type != "cpu"
         ):
-            got = f"{left.dtype} {tuple(left.shape)}" if isinstance(left, Tensor) else type(left).__name__
+            got = (
+                f"{left.dtype} {tuple(left.shape)} on {left.device}"
+                if isinstance(left, Tensor)
+                else type(left).__name__
+            )
             raise ValueError(
-                f"Proposal: tokens_left must be an int64 tensor of shape ({B},) or None, got {got}"
+                f"Proposal: tokens_left must be a CPU int64 tensor of shape ({B},) or None, got {got}"
             )
         if left is not None and B and int(left.min()) < 1:
             raise ValueError("Proposal: tokens_left must be >= 1 (a request with none left has finished)")
