@@ -3,6 +3,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,6 +207,42 @@ def test_flat_engine_fits_its_latency_on_real_tokens_only():
     flat = CostAwareTetris(4, padded=False)
     feed(flat, 3, [4, 0, 0], 0.1 + 0.01 * 7, 5)  # padded width 5 -> 15 padded tokens, 7 real
     assert flat.verify_latency.min_tokens == flat.verify_latency.max_tokens == 7  # real, not 15
+
+
+def _fitted_decode_slope(report_prompt: bool, prompt_every: int = 2, seed: int = 0) -> float:
+    """Seconds per decode token that a flat online fit reads from 80 steps of a vLLM-like engine
+    at batch 32: 5 ms + 3 ms a decode token, and every ``prompt_every``-th step (0: none) also a joining
+    request's 300-800 prompt tokens at 0.6 ms each (no logits); 2 ms of noise. The prompt
+    tokens are reported apart (``prefill_tokens``) or, as before, counted as decode tokens."""
+    B, g = 32, torch.Generator().manual_seed(seed)
+    policy = CostAwareTetris(5, padded=False)
+    for step in range(80):
+        verified = torch.randint(0, 3, (B,), generator=g)
+        decode = B + int(verified.sum())
+        prompt = (
+            int(torch.randint(300, 800, (1,), generator=g))
+            if prompt_every and step % prompt_every == 1
+            else 0
+        )
+        seconds = 0.005 + 0.003 * decode + 0.0006 * prompt + 0.002 * float(torch.randn(1, generator=g))
+        computed, reported = (decode, prompt) if report_prompt else (decode + prompt, None)
+        policy.observe(
+            StepFeedback(verified, torch.zeros(B, dtype=torch.long), computed, 0.0, seconds, False, reported)
+        )
+    seconds = policy.verify_latency.predict_array(np.array([64.0, 96.0]), deviations=0)
+    return float(seconds[1] - seconds[0]) / 32
+
+
+def test_prompt_tokens_in_a_decode_step_are_priced_apart():
+    """vLLM schedules a joining request's prompt into a decode step. Those tokens need no logits
+    and cost a fraction of a verified token; counted as decode tokens they flattened the fitted
+    slope (in vLLM at max_num_seqs 32 the proposer then verified ~50 drafts a step at VSR 0.6).
+    Priced apart, the fit reads the decode steps' own slope, and a step without prompt tokens
+    teaches the fit exactly what it taught before."""
+    assert _fitted_decode_slope(report_prompt=True) == pytest.approx(0.003, rel=0.1)
+    assert _fitted_decode_slope(report_prompt=False) < 0.0015
+    never = _fitted_decode_slope(report_prompt=True, prompt_every=0)
+    assert never == _fitted_decode_slope(report_prompt=False, prompt_every=0)
 
 
 # Step times measured live (Gemma 3 270M bf16, one thread, batch 8, held-out code prompts of

@@ -149,9 +149,12 @@ def test_cost_fitted_policies_are_priced_flat(policy):
         engine.step()
     assert feedback and all(f.padded is False for f in feedback)
     assert all(f.computed_tokens == f.real_tokens for f in feedback)  # no step_tokens: the real ones
-    tokens = feedback[-1].real_tokens + 7  # e.g. a joining request's prefill chunk in the step
-    selection.step(engine.req_ids, [[1]] * 4, engine.num_tokens, engine.token_ids, None, step_tokens=tokens)
-    assert feedback[-1].computed_tokens == tokens
+    assert all(f.prefill_tokens is None for f in feedback)
+    # a step that also prefilled a joining request's prompt: the decoding requests' tokens,
+    # and the prompt tokens beside them, priced apart
+    selection.step(engine.req_ids, [[1]] * 4, engine.num_tokens, engine.token_ids, None, step_tokens=500)
+    last = feedback[-1]
+    assert last.computed_tokens == last.real_tokens and last.prefill_tokens == 500 - last.real_tokens > 0
 
 
 def test_sd_returns_min_k_drafts():

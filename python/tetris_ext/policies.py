@@ -18,7 +18,7 @@ candidate and all its ancestors are accepted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,10 +50,15 @@ class StepFeedback:
     verified / accepted: [B] int64 per request. num_requests: B. computed_tokens: the query
     tokens the target's verification forward computed: B * block width on a padded engine
     (``padded`` True: this project's [B, 1 + w] block), the real tokens on a flattened one
-    (``padded`` False: ``generate(flat=True)``, the vLLM proposer, a roofline replay; B +
-    verified drafts, and on vLLM also the prefill tokens scheduled in the same step).
-    draft_seconds / verify_seconds: latency of drafting, and of selection + target forward +
-    verification.
+    (``padded`` False: ``generate(flat=True)``, the vLLM proposer, a roofline replay: B +
+    verified drafts). draft_seconds / verify_seconds: latency of drafting, and of selection +
+    target forward + verification. prefill_tokens: None for an engine whose decode steps
+    compute nothing else (this project's loops, a replay); for one that schedules prompt
+    tokens into its decode steps (vLLM's chunked prefill: a request joining), the prompt
+    tokens this step computed beside its ``computed_tokens``, 0 when none. They are priced
+    apart (``_GoodputPolicy._without_prefill``): a prompt token needs no logits, so on Gemma 3
+    270M (a 262k vocabulary) it cost about a fifth of a verified token on this CPU, and
+    counted as one it let the fit read a fifth of the slope.
     """
 
     verified: Tensor
@@ -62,6 +67,7 @@ class StepFeedback:
     draft_seconds: float
     verify_seconds: float
     padded: bool
+    prefill_tokens: int | None = None
 
     @property
     def num_requests(self) -> int:
@@ -436,10 +442,16 @@ class _GoodputPolicy(Policy):
     it they raise ValueError rather than guess."""
 
     exploration = (1.0, 0.0, 0.5)  # fractions of the largest size tried in the first steps
+    # Steps an engine that mixes prompt tokens into decode steps must have shown before a
+    # step carrying them is priced (``_without_prefill``): the joint fit needs a few points.
+    prefill_warmup = 8
 
     def __init__(self, padded: bool | None = None):
         self.padded = padded
         self.verify_latency = LatencyModel()
+        # seconds ~ c0 + c1 x computed tokens + c2 x prompt tokens, on every step of an engine
+        # that reports prompt tokens (StepFeedback.prefill_tokens): c2 is a prompt token's price.
+        self.prefill_fit = LatencyModel()
         self.draft_seconds = 0.0  # running mean of the drafting latency
         self.steps = 0
 
@@ -490,7 +502,9 @@ class _GoodputPolicy(Policy):
                 f"{self.name}: padded={self.padded}, but the feedback comes from an engine that "
                 f"computes {_shape_name(feedback.padded)}"
             )
-        self._observe_latency(feedback)
+        decode_step = self._without_prefill(feedback)
+        if decode_step is not None:
+            self._observe_latency(decode_step)
         self.draft_seconds = (
             feedback.draft_seconds
             if self.steps == 0
@@ -500,6 +514,23 @@ class _GoodputPolicy(Policy):
 
     def _observe_latency(self, feedback: StepFeedback) -> None:
         self.verify_latency.observe(*self._step_tokens(feedback), feedback.verify_seconds)
+
+    def _without_prefill(self, feedback: StepFeedback) -> StepFeedback | None:
+        """The step as its decode part alone, what the latency fit prices: its seconds less
+        its prompt tokens' price (``prefill_fit``'s c2, a line in both counts fitted on every
+        step of such an engine), or None (nothing to learn) while that fit has seen fewer than
+        ``prefill_warmup`` steps. Unchanged when the engine reports no prompt tokens."""
+        prompt = feedback.prefill_tokens
+        if prompt is None:
+            return feedback
+        self.prefill_fit.observe(feedback.computed_tokens, prompt, feedback.verify_seconds)
+        if not prompt:
+            return replace(feedback, prefill_tokens=None)
+        if self.prefill_fit.count < self.prefill_warmup:
+            return None
+        price = float(self.prefill_fit.coefficients[2])
+        seconds = max(feedback.verify_seconds - price * prompt, 1e-6)
+        return replace(feedback, verify_seconds=seconds, prefill_tokens=None)
 
 
 class GoodputSD(_GoodputPolicy):

@@ -137,7 +137,8 @@ class DraftSelection:
 
         verified: drafts of each request the engine verified in the step that just ran (None:
         all that this object returned); step_tokens: the tokens that step computed (prefill
-        included), what the step-time policies (goodput, cost-aware) fit.
+        included; None: only the decoding requests' roots and verified drafts), which the
+        step-time policies (goodput, cost-aware) fit, the prompt tokens priced apart.
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
@@ -191,17 +192,21 @@ class DraftSelection:
         self.totals["accepted"] += sum(a_all)
         if isinstance(self.policy, _COST_FITTED) and self._last_end is not None:
             engine_seconds = now - self._last_end
-            # What the flattened step computed: its scheduled tokens (prefill included).
-            tokens = step_tokens if step_tokens is not None else len(counts) + sum(v_all)
+            # What the flattened step computed: each decoding request's root and verified drafts,
+            # and beside them the prompt tokens of requests joining (the rest of its scheduled
+            # tokens), which the policy prices apart (StepFeedback.prefill_tokens).
+            decode = len(counts) + sum(v_all)
+            prompt = None if step_tokens is None else max(0, step_tokens - decode)
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
                 self.policy.observe(
                     StepFeedback(
                         torch.tensor(v_all),
                         torch.tensor(a_all),
-                        computed_tokens=tokens,
+                        computed_tokens=decode,
                         draft_seconds=self.totals["seconds"] / max(1, self.totals["steps"]),
                         verify_seconds=engine_seconds,
                         padded=False,
+                        prefill_tokens=prompt,
                     )
                 )
 
