@@ -226,7 +226,8 @@ class LatencyModel:
     seconds = c0 + c1 * real_tokens + c2 * padded_tokens, where real_tokens = requests +
     verified drafts (what a varlen engine computes) and padded_tokens = requests * block width
     (what a padded batch computes). Least squares over every observed step, with a small
-    ridge on the slopes, so that collinear data (padded == real) stays stable.
+    ridge on the slopes, so that collinear data (padded == real) stays stable. The solve runs
+    when the coefficients are read, not at every step observed.
     """
 
     def __init__(self, ridge: float = 1e-3):
@@ -234,7 +235,8 @@ class LatencyModel:
         self.xtx = torch.zeros(3, 3, dtype=torch.float64)
         self.xty = torch.zeros(3, dtype=torch.float64)
         self.count = 0
-        self.coefficients = torch.zeros(3, dtype=torch.float64)
+        self._coefficients = torch.zeros(3, dtype=torch.float64)
+        self._stale = False
 
     @staticmethod
     def _features(real_tokens, padded_tokens) -> Tensor:
@@ -247,12 +249,20 @@ class LatencyModel:
         self.xtx += torch.outer(x, x)
         self.xty += x * seconds
         self.count += 1
-        # A ridge on the two slopes only (never the intercept), relative to the data's scale:
-        # a tie-breaker when real and padded tokens move together, not a bias.
-        penalty = self.ridge * torch.diag(
-            torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
-        )
-        self.coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)  # slopes >= 0
+        self._stale = True
+
+    @property
+    def coefficients(self) -> Tensor:
+        """[3] float64: c0, c1, c2 (slopes >= 0)."""
+        if self._stale:
+            # A ridge on the two slopes only (never the intercept), relative to the data's scale:
+            # a tie-breaker when real and padded tokens move together, not a bias.
+            penalty = self.ridge * torch.diag(
+                torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+            )
+            self._coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)
+            self._stale = False
+        return self._coefficients
 
     def predict(self, real_tokens, padded_tokens) -> Tensor:
         """Predicted seconds (float64 tensor, broadcasting over the inputs); never below 1e-6."""
