@@ -81,7 +81,9 @@ def main() -> None:
     from tetris_ext.vllm.config import ProposerOptions
     from tetris_ext.vllm.proposer import find_proposer
 
-    llm = vllm_e2e.make_engine(gemma3_270m_path(), args.batch, True, speculative_config("tetris", k=3, extra=2))
+    llm = vllm_e2e.make_engine(
+        gemma3_270m_path(), args.batch, True, speculative_config("tetris", k=3, extra=2)
+    )
     prompts = vllm_e2e.prompt_sets(False, args.prompts)[args.set]
     llm.generate(prompts[:2], vllm.SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)  # warm-up
     proposer = find_proposer(llm)
