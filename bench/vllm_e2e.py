@@ -7,7 +7,9 @@ repository's source cut mid-function) and `bench/prompts/estimates_chat.jsonl` (
 Gemma's chat format), 16 prompts each. ``--prompts tuning`` runs the bundled prompts instead
 (tetris_ext/data/prompts.jsonl split into code-* and the rest): the estimator's prior and the
 cost-aware policy's defaults were fitted and chosen on those (as Gemma 3 270M bf16 traces of the
-decoding loop), so they are a tuning set, not a test. Each set is queued at once, with more
+decoding loop), so they are a tuning set, not a test; ``--prompts tuning-files`` runs
+`bench/prompts/tuning_{code,chat}.jsonl`, the held-out files' tuning counterparts (same kinds of
+prompt, other texts), where choices for the vLLM proposer are made. Each set is queued at once, with more
 requests than `max_num_seqs` (a set shorter than 1.5 x max_num_seqs is repeated; prefix caching
 is off so that repeats cost what fresh prompts cost). Configurations, per max_num_seqs:
 
@@ -61,15 +63,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 HELD_OUT = {"code": "estimates_code.jsonl", "text": "estimates_chat.jsonl"}
+# The held-out files' tuning counterparts (same kinds of prompt, other texts): where choices for
+# the vLLM proposer are made (``--prompts tuning-files``).
+TUNING_FILES = {"code": "tuning_code.jsonl", "text": "tuning_chat.jsonl"}
 
 
 def prompt_sets(quick: bool, source: str = "heldout") -> dict[str, list[str]]:
-    """{"code": prompts, "text": prompts} from the held-out files or the bundled (tuning) set."""
-    if source == "heldout":
+    """{"code": prompts, "text": prompts} from the held-out files, their tuning counterparts or
+    the bundled (tuning) set."""
+    if source in ("heldout", "tuning-files"):
         folder = Path(__file__).resolve().parent / "prompts"
         sets = {
             name: [json.loads(line)["prompt"] for line in (folder / file).read_text().splitlines() if line]
-            for name, file in HELD_OUT.items()
+            for name, file in (HELD_OUT if source == "heldout" else TUNING_FILES).items()
         }
     else:
         rows = [
@@ -102,6 +108,15 @@ def configurations(quick: bool) -> list[tuple[str, dict | None]]:
         ("goodput", {"ours": dict(policy="goodput", k=3, extra=2)}),
         ("cost-aware", {"ours": dict(policy="cost-aware", k=3, extra=2)}),
     ]
+
+
+# Variants run only when named in --configs: the drafter's shortest n-gram match (min_ngram; the
+# default 1 drafts from any match, vLLM's built-in n-gram only from prompt_lookup_max tokens).
+VARIANTS = {
+    f"{name} min{m}": {"ours": dict(policy=policy, k=k, extra=e, min_ngram=m)}
+    for name, policy, k, e in (("cost-aware", "cost-aware", 3, 2), ("sd 3", "sd", 3, 0))
+    for m in (2, 3, 4)
+}
 
 
 def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
@@ -253,6 +268,7 @@ def sweep(args) -> list[dict]:
     sets, configs = prompt_sets(args.quick, args.prompts), configurations(args.quick)
     if args.configs:  # a subset (always with "none", the baseline of every ratio)
         configs = [(n, c) for n, c in configs if n == "none" or n in args.configs]
+        configs += [(n, c) for n, c in VARIANTS.items() if n in args.configs]
     rows = []
     for round_, batch in ((r, b) for r in range(args.rounds) for b in args.batch_sizes):
         for spec, names in engines_for(batch, configs):
@@ -418,9 +434,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--prompts",
-        choices=("heldout", "tuning"),
+        choices=("heldout", "tuning", "tuning-files"),
         default="heldout",
-        help="heldout: bench/prompts/estimates_{code,chat}.jsonl (default); tuning: the bundled prompts",
+        help="heldout: bench/prompts/estimates_{code,chat}.jsonl (default); tuning: the bundled prompts; "
+        "tuning-files: bench/prompts/tuning_{code,chat}.jsonl",
     )
     ap.add_argument(
         "--rounds", type=int, default=1, help="run every engine this many times, round after round"

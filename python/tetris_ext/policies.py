@@ -56,9 +56,10 @@ class StepFeedback:
     compute nothing else (this project's loops, a replay); for one that schedules prompt
     tokens into its decode steps (vLLM's chunked prefill: a request joining), the prompt
     tokens this step computed beside its ``computed_tokens``, 0 when none. They are priced
-    apart (``_GoodputPolicy._without_prefill``): a prompt token needs no logits, so on Gemma 3
-    270M (a 262k vocabulary) it cost about a fifth of a verified token on this CPU, and
-    counted as one it let the fit read a fifth of the slope.
+    apart (``_GoodputPolicy._without_prefill``): a prompt token needs no logits, so with Gemma
+    3 270M (a 262k vocabulary) in vLLM on this CPU it cost 0.5 ms against 2-7 ms for a
+    verified one, and counted as one it cut the fitted slope about five times (bench/README.md,
+    "vLLM: prompt tokens priced apart").
     """
 
     verified: Tensor
