@@ -52,9 +52,30 @@ def test_transition_agreements():
 def test_ngram_match_edge_cases():
     assert ngram_match([5], 4).tokens == []
     assert ngram_match([1, 2, 3, 4], 4).tokens == []  # nothing repeats
-    assert ngram_match([7, 7], 4).tokens == [7]  # the continuation may overlap the suffix
-    assert ngram_match([1, 2, 1, 2, 1, 2], 4, max_ngram=2).tokens == [1, 2]
     assert ngram_match([1, 2, 1], 4, min_ngram=2).tokens == []
+    assert ngram_match([1, 2, 1, 2], 0).tokens == []
+
+
+def test_ngram_match_copies_past_the_contexts_end_as_an_overlapping_copy():
+    """A suffix that recurs every p tokens drafts the period again (LZ77's overlapping copy)
+    instead of stopping after p tokens; the copied tokens' agreement counts the most recent
+    occurrence's own token."""
+    assert ngram_match([7, 7], 4).tokens == [7, 7, 7, 7]
+    #          0  1  2  3  4  5
+    context = [1, 2, 1, 2, 1, 2]
+    match = ngram_match(context, 5, max_ngram=2)
+    # [1, 2] last occurred at 2-3, followed by 1, 2 (positions 4, 5); then the copy repeats them.
+    assert match.tokens == [1, 2, 1, 2, 1]
+    lengths, occurrences, agreement, depth, _ = zip(*match.features)
+    assert lengths == (2.0,) * 5 and occurrences == (2.0,) * 5 and depth == (1.0, 2.0, 3.0, 4.0, 5.0)
+    # Occurrences at 0 and 2: at depths 1-2 both followers are in the context and agree; at
+    # depth 3 only the first one's (position 4: 1) and the copy's own; at 4-5 the copy alone.
+    assert agreement == (1.0, 1.0, 1.0, 1.0, 1.0)
+    disagreeing = ngram_match([1, 2, 5, 1, 2, 1, 2], 4, max_ngram=2)
+    # [1, 2] at 0 (followed by 5, 1, 2, 1) and 3 (followed by 1, 2): the copy drafts 1, 2, 1, 2;
+    # the first occurrence disagrees at every depth, the copy's own token agrees at 3 and 4.
+    assert disagreeing.tokens == [1, 2, 1, 2]
+    assert [f[2] for f in disagreeing.features] == [0.5, 0.5, 0.5, 0.5]
 
 
 def test_ngram_drafter_defaults_to_the_batched_logistic_estimator():
@@ -107,7 +128,7 @@ def test_ngram_drafter_proposal_layout(make):
     drafter = NgramDrafter(4, calibration=make())
     requests = [R(0, [1, 2, 3, 1, 2]), R(1, [4, 5, 6]), R(2, [8, 8, 8, 8])]
     proposal = drafter.propose(requests, num_draft=3)
-    assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, -1, -1]]
+    assert proposal.tokens.tolist() == [[3, 1, 2], [-1, -1, -1], [8, 8, 8]]
     assert proposal.parents is None and proposal.draft_probs is None
     assert proposal.features.shape == (3, 3, 5)
     valid = proposal.tokens >= 0

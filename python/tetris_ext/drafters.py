@@ -88,10 +88,26 @@ def transition_agreements(context: list[int], tokens: list[int]) -> list[float]:
     ]
 
 
+def overlapping_copy(context: list[int], source: int, max_draft: int) -> list[int]:
+    """What follows ``context[source]`` onwards, up to ``max_draft`` tokens, copied as LZ77
+    copies: past the context's end the copy reads its own tokens, so a suffix that recurs every
+    p = len(context) - source tokens drafts that period again and again instead of stopping
+    after p tokens. Small models loop (Gemma 3 270M repeats list items and blank lines), and a
+    draft cut at the period left such a request 2 tokens a step where k were right (tuning
+    traces, bench/README.md "The n-gram drafter's overlapping copy")."""
+    period = len(context) - source
+    tokens = context[source : source + max_draft]
+    while len(tokens) < max_draft:
+        tokens.append(tokens[len(tokens) - period])
+    return tokens
+
+
 def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngram: int = 1) -> NgramMatch:
     """Prompt-lookup drafting: find the longest suffix of ``context`` (``max_ngram`` down to
     ``min_ngram`` tokens) that occurred earlier, and propose what followed its most recent
-    earlier occurrence (up to ``max_draft`` tokens)."""
+    earlier occurrence (up to ``max_draft`` tokens, an ``overlapping_copy``). A token's
+    agreement counts the occurrences with a follower at its depth; past the context's end the
+    most recent occurrence's follower is the drafted token itself."""
     L = len(context)
     for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
         suffix = context[L - n :]
@@ -100,12 +116,13 @@ def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngra
         if not starts:
             continue
         source = starts[-1] + n
-        tokens = context[source : source + max_draft]
+        tokens = overlapping_copy(context, source, max_draft)
         transitions = transition_agreements(context, tokens)
         features = []
         for depth, token in enumerate(tokens):
             followers = [context[s + n + depth] for s in starts if s + n + depth < L]
-            agreement = sum(f == token for f in followers) / len(followers)
+            copied = int(source + depth >= L)  # the copy's own token, not one of the context's
+            agreement = (sum(f == token for f in followers) + copied) / (len(followers) + copied)
             features.append((float(n), float(len(starts)), agreement, float(depth + 1), transitions[depth]))
         return NgramMatch(tokens, features)
     return NgramMatch([], [])
@@ -191,7 +208,7 @@ class NgramIndex:
             if not positions:
                 continue
             source = positions[-1]
-            tokens = context[source : source + max_draft]
+            tokens = overlapping_copy(context, source, max_draft)
             transitions = _agreements(self.pairs, self.parents, context[-1], tokens)
             occurrences = float(len(positions))
             features = []
@@ -200,7 +217,8 @@ class NgramIndex:
                 # prefix; map / count run in C (the same counts as a comprehension).
                 followed = bisect_left(positions, L - depth)
                 following = map(context.__getitem__, map(depth.__add__, positions[:followed]))
-                agreement = list(following).count(token) / followed
+                copied = int(source + depth >= L)  # as ngram_match: the copy's own token
+                agreement = (list(following).count(token) + copied) / (followed + copied)
                 features.append((float(n), occurrences, agreement, float(depth + 1), transitions[depth]))
             return NgramMatch(tokens, features)
         return NgramMatch([], [])
