@@ -530,13 +530,13 @@ class _GoodputPolicy(Policy):
         """The step as its decode part alone, what the latency fit prices: its seconds less
         its prompt tokens' price (``prefill_fit``'s c2, a line in both counts fitted on every
         step of such an engine), or None (nothing to learn) while that fit has seen fewer than
-        ``prefill_warmup`` steps. Unchanged when the engine reports no prompt tokens."""
+        ``prefill_warmup`` steps. Unchanged when the step computed no prompt tokens."""
         prompt = feedback.prefill_tokens
         if prompt is None:
             return feedback
         self.prefill_fit.observe(feedback.computed_tokens, prompt, feedback.verify_seconds)
-        if not prompt:
-            return replace(feedback, prefill_tokens=None)
+        if not prompt:  # a decode step already (prefill_tokens 0)
+            return feedback
         if self.prefill_fit.count < self.prefill_warmup:
             return None
         price = float(self.prefill_fit.coefficients[2])
