@@ -30,7 +30,7 @@ from tetris_ext.policies import (
     Tetris,
     ThresholdSD,
 )
-from tetris_ext.sim import Trace, record, replay
+from tetris_ext.sim import Trace, record, redraft, replay
 
 STEP_KEYS = ("requests", "drafted", "verified", "accepted", "generated", "block_width")
 COST = LinearCostModel({"step": 1e-3, "query_token": 1e-4}, padded=True)
@@ -207,6 +207,35 @@ def test_tree_trace_refuses_other_draft_lengths(target_and_draft):
     )
     with pytest.raises(ValueError, match="trees of 4 drafts"):
         replay(trace, StandardSD(2), batch_size=2, cost_model=COST)
+
+
+def test_redraft_gives_what_record_would_with_that_drafter(copier, ngram_trace):
+    # The same drafter: the very trace, bit for bit.
+    again = redraft(ngram_trace, NgramDrafter(4))
+    for name in (
+        "draft_tokens",
+        "draft_features",
+        "draft_token_logprobs",
+        "draft_cum_logprobs",
+        "accept_len",
+    ):
+        assert np.array_equal(getattr(again, name), getattr(ngram_trace, name)), name
+    assert again.prompts == ngram_trace.prompts and again.drafter == ngram_trace.drafter
+    # Another drafter, fewer drafts: what recording with it gives, without running the model.
+    other = redraft(ngram_trace, NgramDrafter(3, max_ngram=2, min_ngram=2), max_draft=3)
+    recorded = record(
+        copier,
+        NgramDrafter(3, max_ngram=2, min_ngram=2),
+        random_prompts(16, 6),
+        max_new_tokens=24,
+        max_draft=3,
+    )
+    assert not np.array_equal(other.draft_tokens, ngram_trace.draft_tokens[:, :, :3])
+    for name in ("draft_tokens", "draft_features", "draft_cum_logprobs", "accept_len", "out_len"):
+        assert np.array_equal(getattr(other, name), getattr(recorded, name)), name
+    assert np.array_equal(other.continuation[:, :28], recorded.continuation)
+    with pytest.raises(ValueError, match="max_draft must be in"):
+        redraft(ngram_trace, NgramDrafter(5), max_draft=5)
 
 
 def test_accept_len_is_what_full_verification_accepts(ngram_trace):

@@ -53,7 +53,7 @@ from .proposal import Outcome, Proposal
 from .stats import RunStats
 from .verification import Block, Verified, verify_greedy_tokens
 
-__all__ = ["Trace", "record", "replay", "ReplayResult", "oracle_estimates"]
+__all__ = ["Trace", "record", "redraft", "replay", "ReplayResult", "oracle_estimates"]
 
 # An oracle's estimate for a candidate off the target's path: small, not 0, so that log
 # probabilities stay finite and policies that rank (rather than threshold) still see order.
@@ -166,6 +166,9 @@ def _drafter_config(drafter) -> dict:
             "max_draft": drafter.max_draft,
             "max_ngram": drafter.max_ngram,
             "min_ngram": drafter.min_ngram,
+            # Drafts continue past the context's end (drafters.overlapping_copy, 2026-11-30);
+            # a trace without this key was drafted by the rule before, which stopped there.
+            "copy": "overlapping",
         }
     return {
         "kind": type(drafter).__name__,
@@ -241,6 +244,62 @@ def record(
     continuation, out_len = _record_continuation(
         target, prompts, max_new_tokens, max_draft, eos, batch_size, progress
     )
+    return _drafted_trace(
+        [list(p) for p in prompts],
+        continuation,
+        out_len,
+        drafter,
+        max_new_tokens,
+        max_draft,
+        eos,
+        batch_size,
+        progress,
+    )
+
+
+def redraft(
+    trace: Trace,
+    drafter,
+    max_draft: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Trace:
+    """The trace's requests and target continuations with `drafter`'s proposals, no model run.
+
+    At temperature 0 the continuation does not depend on the drafter, so a trace recorded
+    with one drafter becomes the trace another drafter (or a later version of the same one)
+    would have recorded: what `record` would return for the same target and prompts.
+    ``max_draft`` (default the trace's) can only shrink: the continuation holds the trace's
+    ``max_draft + 1`` tokens past the end.
+    """
+    D = trace.max_draft if max_draft is None else max_draft
+    if not 1 <= D <= trace.max_draft:
+        raise ValueError(f"redraft: max_draft must be in [1, {trace.max_draft}] (the trace's), got {D}")
+    return _drafted_trace(
+        trace.prompts,
+        trace.continuation,
+        trace.out_len,
+        drafter,
+        trace.max_new_tokens,
+        D,
+        trace.eos_token_ids,
+        batch_size,
+        progress,
+    )
+
+
+def _drafted_trace(
+    prompts,
+    continuation,
+    out_len,
+    drafter,
+    max_new_tokens: int,
+    max_draft: int,
+    eos: list[int],
+    batch_size,
+    progress: bool,
+) -> Trace:
+    """The drafter's proposals at every output position of the recorded continuations."""
     drafts = _DraftArrays(len(prompts), max_new_tokens, max_draft)
     bar = _progress_bar(progress, len(prompts) * max_new_tokens, "record: drafts", "pos")
     chunk = batch_size or len(prompts)
@@ -251,7 +310,7 @@ def record(
     if bar is not None:
         bar.close()
     return Trace(
-        prompts=[list(p) for p in prompts],
+        prompts=prompts,
         continuation=continuation,
         out_len=out_len,
         draft_tokens=drafts.tokens,
@@ -262,7 +321,7 @@ def record(
         accept_len=_greedy_accept_len(drafts.tokens, drafts.parents, continuation),
         drafter=_drafter_config(drafter),
         max_new_tokens=max_new_tokens,
-        eos_token_ids=eos,
+        eos_token_ids=list(eos),
     )
 
 
