@@ -77,6 +77,18 @@ STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their re
 
 
 @cache
+def flat_cpu_line(
+    intercept: float = 0.038, per_token: float = 0.0022, draft: float = 0.0026
+) -> LinearCostModel:
+    """The live flat loop's step as the logs show it: a line in the computed tokens (requests +
+    verified candidates, real tokens only), drafting per step; prefill free (decode only)."""
+    return LinearCostModel(
+        {"step": intercept, "query_token": per_token, "drafting_request": draft / 8},
+        name=f"flat-cpu-line({intercept * 1e3:g}ms+{per_token * 1e3:g}ms/tok)",
+        padded=False,
+    )
+
+
 def ngram_estimator(model: str = "gemma3-270m"):
     """Factory of the recommended estimator: NgramLogistic with the token classes of ``model``'s
     vocabulary (the tokenizer only, loaded once per run; bench/estimates.py)."""
@@ -396,6 +408,7 @@ def tuning_draws(tuning: Trace, gpu, args, **variants) -> list[dict]:
 
 def run_replays(args) -> int:
     cpu = LinearCostModel.load(CPU_COST_PATH)
+    line = flat_cpu_line()  # the live flat loop's step (what the live goal measures), batch 8
     gpu = h100x4_llama70b()
     sources = SMOLLM2_SOURCES if args.model == "smollm2-135m" else SOURCES
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
@@ -410,18 +423,29 @@ def run_replays(args) -> int:
             brackets=args.tune_knee_bracket or (),
         )
         rows += tuning_draws(tuning, gpu, args, **tuned)
-        return write_replays(args, rows, held, cpu, gpu)
+        return write_replays(args, rows, held, cpu, gpu, line)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         margins = args.tune_margin or ()
-        rows += sweep(
-            "tuning", tuning, cpu, True, 8, None, args.steady, margins=margins, model=args.model, **variants
-        )
+        for cost, padded in ((cpu, True), (line, False)):
+            rows += sweep(
+                "tuning",
+                tuning,
+                cost,
+                padded,
+                8,
+                None,
+                args.steady,
+                margins=margins,
+                model=args.model,
+                **variants,
+            )
         rows += tuning_draws(tuning, gpu, args, margins=margins, **variants)
-        return write_replays(args, rows, held, cpu, gpu)
+        return write_replays(args, rows, held, cpu, gpu, line)
     for name, trace in traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
-        rows += sweep(label, trace, cpu, True, 8, None, args.steady, model=args.model, **variants)
+        for cost, padded in ((cpu, True), (line, False)):
+            rows += sweep(label, trace, cost, padded, 8, None, args.steady, model=args.model, **variants)
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
         rows += sweep(
@@ -435,10 +459,10 @@ def run_replays(args) -> int:
             model=args.model,
             **variants,
         )
-    return write_replays(args, rows, held, cpu, gpu)
+    return write_replays(args, rows, held, cpu, gpu, line)
 
 
-def write_replays(args, rows: list[dict], held: list[str], cpu, gpu) -> int:
+def write_replays(args, rows: list[dict], held: list[str], cpu, gpu, line) -> int:
     meta = run_metadata("cpu") | {
         "model": args.model,
         "protocol": {"steady_waves": STEADY_WAVES, "truncate_outputs": STEADY_TRUNCATE}
@@ -446,7 +470,7 @@ def write_replays(args, rows: list[dict], held: list[str], cpu, gpu) -> int:
         else "burst",
         "held_out": held,
         "tuning": list(TUNING),
-        "cost_models": {"cpu": cpu.to_json(), "gpu": gpu.to_json()},
+        "cost_models": {"cpu": cpu.to_json(), "cpu_flat": line.to_json(), "gpu": gpu.to_json()},
     }
     out = args.out
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

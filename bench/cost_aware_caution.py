@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_aware import drafter_for, ngram_estimator  # noqa: E402
+from cost_aware import drafter_for, flat_cpu_line, ngram_estimator  # noqa: E402
 from estimates import SOURCES, prompt_categories, subset  # noqa: E402
 
 from common import RESULTS_DIR, decode_summary, format_table, run_metadata  # noqa: E402
@@ -57,18 +57,6 @@ from tetris_ext.sim import Trace, replay  # noqa: E402
 CODE = ("code-edit", "code-free", "code-pattern")
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.5)
 BINS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
-
-
-def flat_cpu_line(
-    intercept: float = 0.038, per_token: float = 0.0022, draft: float = 0.0026
-) -> LinearCostModel:
-    """The live flat loop's step as the logs show it: a line in the computed tokens (requests +
-    verified candidates, real tokens only), drafting per step; prefill free (decode only)."""
-    return LinearCostModel(
-        {"step": intercept, "query_token": per_token, "drafting_request": draft / 8},
-        name=f"flat-cpu-line({intercept * 1e3:g}ms+{per_token * 1e3:g}ms/tok)",
-        padded=False,
-    )
 
 
 def policies(cost_model, margins, unseen: float) -> dict:

@@ -4,7 +4,7 @@ Live on this CPU, `CostAwareTetris` (online cost) on the held-out chat prompts t
 ~80 steps from one round to the next with identical estimates (bench/README.md, "Three tuning
 sources for the n-gram prior"). This replays the *tuning* traces (the bundled prompts,
 `prompts/tuning_chat.jsonl`, `prompts/tuning_code.jsonl`; nothing held out) at batch 8 on the live
-flat loop's cost line (`cost_aware_caution.flat_cpu_line`) with every step's seconds multiplied by
+flat loop's cost line (`cost_aware.flat_cpu_line`) with every step's seconds multiplied by
 lognormal noise (sigma, seeded), the policy fitting its cost online as live, against
 StandardSD(4) priced with the same noise. Deterministic; about 3 minutes.
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_aware_caution import flat_cpu_line  # noqa: E402
+from cost_aware import flat_cpu_line  # noqa: E402
 from estimates import SOURCES, TUNING, load_token_classes  # noqa: E402
 
 from common import RESULTS_DIR, run_metadata  # noqa: E402

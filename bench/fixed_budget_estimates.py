@@ -16,7 +16,7 @@ NgramLogistic() without token classes; NgramLogistic with the model's token clas
    verified count, batch-wide ranking), ThresholdSD(0.7, 6) and CostAwareTetris(8) (online cost fit), replayed
    at batch 8 with every request waiting at t=0 under two CPU cost models: the fitted padded
    loop (bench/results/cost_model_cpu_gemma3-270m-bf16.json) and the flat loop's line
-   (bench/cost_aware_caution.flat_cpu_line); steps, VSR and throughput over StandardSD(3)'s;
+   (bench/cost_aware.flat_cpu_line); steps, VSR and throughput over StandardSD(3)'s;
    with --draws, also the mean over resampled request sets (with replacement, 4 x the batch);
    and Tetris(3, 2) with the true outcomes as its estimates (``replay(oracle=True)``): the VSR
    no estimator can beat under this budget; and Tetris(3, 2, full_budget), k x B candidates
@@ -36,8 +36,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_aware import CPU_COST_PATH, drafter_for  # noqa: E402
-from cost_aware_caution import CODE, flat_cpu_line  # noqa: E402
+from cost_aware import CPU_COST_PATH, drafter_for, flat_cpu_line  # noqa: E402
+from cost_aware_caution import CODE  # noqa: E402
 from estimates import SMOLLM2_SOURCES, SOURCES, load_token_classes, prompt_categories, subset  # noqa: E402
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402

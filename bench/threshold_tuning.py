@@ -4,8 +4,9 @@
 probability that some drafted token is rejected stays at or below t) with `NgramLogistic` and
 Gemma's token classes, replayed on the three Gemma tuning traces (the bundled prompts,
 `prompts/tuning_chat.jsonl`, `prompts/tuning_code.jsonl`) at batch 8 on the live flat loop's cost
-line (`cost_aware_caution.flat_cpu_line`), against the best StandardSD(3..5) of the same trace,
-beside `CostAwareTetris` (online cost). Deterministic; about 5 minutes on one core.
+line (`cost_aware.flat_cpu_line`), against the best StandardSD(3..5) of the same trace,
+beside `CostAwareTetris` (online cost) with and without its drain rule. Deterministic; about 5
+minutes on one core.
 
     python bench/threshold_tuning.py      # results/threshold_tuning.txt
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_aware_caution import flat_cpu_line  # noqa: E402
+from cost_aware import flat_cpu_line  # noqa: E402
 from estimates import SOURCES, TUNING, load_token_classes  # noqa: E402
 
 from common import RESULTS_DIR  # noqa: E402
@@ -51,7 +52,9 @@ def main() -> None:
             f"ThresholdSD({t:g}, 6) {throughput(trace, ThresholdSD(t, 6), cost, classes) / best:.3f}"
             for t in THRESHOLDS
         ]
-        cells.append(f"CostAwareTetris {throughput(trace, CostAwareTetris(8), cost, classes) / best:.3f}")
+        for drain in (False, True):
+            policy = CostAwareTetris(8, drain=drain)
+            cells.append(f"CostAwareTetris(drain={drain}) {throughput(trace, policy, cost, classes) / best:.3f}")
         lines.append(f"{source:12s} " + "  ".join(cells))
         print(lines[-1], flush=True)
     (RESULTS_DIR / "threshold_tuning.txt").write_text("\n".join(lines) + "\n")

@@ -136,8 +136,16 @@ OPTIMISM = 1.0
 # Gemma (the whole run), so not the default.
 KNEE_BRACKET = 1 / 8
 KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per doubling)
-# A flattened engine's choice in the drain (no request waits to join): tetris_ext.drain.
-DRAIN = False
+# A flattened engine's choice in the drain (no request waits to join): tetris_ext.drain. On since
+# 2026-12-01, chosen on the tuning traces only (`python bench/cost_aware.py --tuning-only --drain
+# --cost-aware-only --draws 3 --gpu-batches 8 64 128 256 512`, both models, both protocols, now with
+# the live flat loop's cost line at batch 8; bench/README.md "The drain rule by default"): at or
+# above the rule-less choice in 159 of 160 cells (+0.1% to +1.9% where it acts: the flat CPU line
+# at batch 8, the roofline at 64-256), 2e-6 below in one (Gemma, roofline 64, online, one draw),
+# within the 1e-5 counted as a tie; `python bench/threshold_tuning.py`: +0.9% to +2.0% on each
+# Gemma tuning source on the flat CPU line. Off before: one cell 1.5e-5 below (earlier traces,
+# and the CPU cells then were the padded loop's, where the rule never acts).
+DRAIN = True
 
 
 class _FixedLatency:
