@@ -54,7 +54,9 @@ def main() -> None:
         ]
         for drain in (False, True):
             policy = CostAwareTetris(8, drain=drain)
-            cells.append(f"CostAwareTetris(drain={drain}) {throughput(trace, policy, cost, classes) / best:.3f}")
+            cells.append(
+                f"CostAwareTetris(drain={drain}) {throughput(trace, policy, cost, classes) / best:.3f}"
+            )
         lines.append(f"{source:12s} " + "  ".join(cells))
         print(lines[-1], flush=True)
     (RESULTS_DIR / "threshold_tuning.txt").write_text("\n".join(lines) + "\n")
