@@ -454,6 +454,9 @@ def main() -> None:
     t0 = time.time()
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    known = {n for n, _ in configurations(args.quick)} | set(VARIANTS)
+    if set(args.configs or ()) - known:  # e.g. ngram 3 unquoted: two names, "ngram" and "3"
+        ap.error(f'--configs: unknown {sorted(set(args.configs) - known)}; quote each, e.g. "ngram 3"')
     rows = sweep(args)
     lines, table = summarize(rows)
     print("\n".join(lines))
