@@ -233,11 +233,23 @@ class LatencyModel:
 
     def __init__(self, ridge: float = 1e-3):
         self.ridge = ridge
-        self.xtx = torch.zeros(3, 3, dtype=torch.float64)
-        self.xty = torch.zeros(3, dtype=torch.float64)
+        # The sums accumulate in numpy (float64): a step's products and sums are exact
+        # elementwise operations, the same bits as torch's for a fraction of the per-op cost
+        # (the vLLM proposer observes every step).
+        self._xtx, self._xty = np.zeros((3, 3)), np.zeros(3)
         self.count = 0
         self._coefficients = torch.zeros(3, dtype=torch.float64)
         self._stale = False
+
+    @property
+    def xtx(self) -> Tensor:
+        """[3, 3] float64: the sum of x x' over the steps, x = (1, real, padded)."""
+        return torch.from_numpy(self._xtx)
+
+    @property
+    def xty(self) -> Tensor:
+        """[3] float64: the sum of x * seconds over the steps."""
+        return torch.from_numpy(self._xty)
 
     @staticmethod
     def _features(real_tokens, padded_tokens) -> Tensor:
@@ -246,9 +258,9 @@ class LatencyModel:
         return torch.stack([torch.ones_like(real), real, padded], dim=-1)
 
     def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-        x = self._features(real_tokens, padded_tokens)
-        self.xtx += torch.outer(x, x)
-        self.xty += x * seconds
+        x = np.array([1.0, float(real_tokens), float(padded_tokens)])
+        self._xtx += np.multiply.outer(x, x)
+        self._xty += x * float(seconds)
         self.count += 1
         self._stale = True
 
@@ -258,10 +270,8 @@ class LatencyModel:
         if self._stale:
             # A ridge on the two slopes only (never the intercept), relative to the data's scale:
             # a tie-breaker when real and padded tokens move together, not a bias.
-            penalty = self.ridge * torch.diag(
-                torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
-            )
-            self._coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)
+            penalty = self.ridge * np.diag(np.diagonal(self._xtx) * np.array([0.0, 1.0, 1.0]))
+            self._coefficients = solve_nonnegative_slopes(torch.from_numpy(self._xtx + penalty), self.xty)
             self._stale = False
         return self._coefficients
 
