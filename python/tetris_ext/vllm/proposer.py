@@ -36,15 +36,15 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..cost_aware import CostAwareTetris
-from ..drafters import NgramIndex, NgramMatch, match_arrays
-from ..estimators import FEATURES, NgramLogistic, token_class_table
+from ..drafters import NgramIndex, match_arrays
+from ..estimators import NgramLogistic, token_class_table
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -73,26 +73,22 @@ _COST_FITTED = (GoodputTetris, CostAwareTetris)
 @dataclass
 class _Request:
     index: NgramIndex
-    # The drafts returned last step (their features, tokens and the root they follow), whose
-    # outcome the next step reveals.
-    pending: list[tuple[float, ...]] = field(default_factory=list)
-    pending_tokens: list[int] = field(default_factory=list)
-    root: int = -1
-    # Their rows of the estimator's design matrix: the update that learns their outcome reuses
-    # them (the request's estimator state cannot change in between: updates run once a step).
-    pending_design: np.ndarray | None = None
+    # The drafts returned last step, whose outcome the next step reveals: their row in that
+    # step's arrays (`_DraftedStep`) and how many (a prefix of the row).
+    row: int = -1
+    returned: int = 0
 
 
-class _Outcome(NamedTuple):
-    """What one request's last drafts taught: its tested drafts (features, tokens, design
-    rows), the root they followed, and how many of them the engine accepted."""
+class _DraftedStep(NamedTuple):
+    """The arrays of the last step's drafts, kept for the update that learns their outcome:
+    tokens [B, N] (-1: none), raw features [B, N, 5], the estimator's design rows [B, N, F]
+    (the request's estimator state cannot change in between: updates run once a step) and the
+    roots [B]. A request's returned drafts are a prefix of its row."""
 
-    request: str
-    features: list[tuple[float, ...]]
-    tokens: list[int]
+    tokens: np.ndarray
+    features: np.ndarray
     design: np.ndarray
-    root: int
-    accepted: int
+    roots: np.ndarray
 
 
 @dataclass
@@ -123,6 +119,7 @@ class DraftSelection:
         self._last_end: float | None = None  # when the previous call returned (step timing)
         self.last_req_ids: list[str] = []
         self._drafted_last: set[str] = set()  # requests the previous call drafted for
+        self._last_drafts: _DraftedStep | None = None  # that call's arrays
 
     def step(
         self,
@@ -160,33 +157,29 @@ class DraftSelection:
 
     def _learn(self, req_ids, sampled_token_ids, verified, now: float, step_tokens: int | None) -> None:
         """Calibration (and step-time) updates from what the engine accepted of the last drafts."""
-        outcomes, counts = [], []  # _Outcome per request with tested drafts, (v, a) per request
+        # Per request with tested drafts: its id, row in the last step's arrays, tested and
+        # accepted drafts; (v, a) per request.
+        owners, rows, tested_counts, accepted_counts, counts = [], [], [], [], []
         for rid, sampled in zip(req_ids, sampled_token_ids):
             state = self.requests.get(rid)
             if state is None or rid not in self._drafted_last:
                 continue
-            pending, state.pending = state.pending, []
+            returned, state.returned = state.returned, 0
             if not sampled:  # the step produced nothing for it (e.g. discarded): no outcome
                 continue
             # A request given 0 drafts still counts: the step-time model must see small steps too.
-            v = len(pending) if verified is None else min(verified.get(rid, 0), len(pending))
+            v = returned if verified is None else min(verified.get(rid, 0), returned)
             a = min(len(sampled) - 1, v)
             tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
             if tested:
-                outcomes.append(
-                    _Outcome(
-                        rid,
-                        pending[:tested],
-                        state.pending_tokens[:tested],
-                        state.pending_design[:tested],
-                        state.root,
-                        a,
-                    )
-                )
+                owners.append(rid)
+                rows.append(state.row)
+                tested_counts.append(tested)
+                accepted_counts.append(a)
             counts.append((v, a))
         if not counts:
             return
-        self._update_estimator(outcomes)
+        self._update_estimator(owners, rows, tested_counts, accepted_counts)
         v_all, a_all = zip(*counts)
         self.totals["verified"] += sum(v_all)
         self.totals["accepted"] += sum(a_all)
@@ -210,22 +203,26 @@ class DraftSelection:
                     )
                 )
 
-    def _update_estimator(self, outcomes: list[_Outcome]) -> None:
-        """One batched update of the estimator from the requests' outcomes."""
-        if not outcomes:
+    def _update_estimator(self, owners, rows, tested_counts, accepted_counts) -> None:
+        """One batched update of the estimator from the requests' outcomes: of each request
+        ``owners[i]`` (row ``rows[i]`` of the last step's arrays) the first ``tested_counts[i]``
+        drafts were tested and the first ``accepted_counts[i]`` accepted."""
+        if not owners:
             return
-        N = max(len(o.tokens) for o in outcomes)
-        # The batch's tensors built once (numpy, then one conversion each), not per request.
-        tokens, features = match_arrays([NgramMatch(o.tokens, o.features) for o in outcomes], N)
-        design = np.zeros((len(outcomes), N, len(FEATURES)))
-        for b, o in enumerate(outcomes):
-            design[b, : len(o.tokens)] = o.design
-        tested = tokens >= 0
-        accepted = torch.from_numpy(np.arange(N) < np.array([o.accepted for o in outcomes])[:, None])
-        roots = torch.tensor([o.root for o in outcomes])
-        owners = [o.request for o in outcomes]
+        last, rows = self._last_drafts, np.array(rows)
+        # The rows gathered from the last step's arrays (the drafts beyond the tested ones are
+        # masked out: every use of them in update_batch is under `tested`).
+        position = np.arange(last.tokens.shape[1])
+        tested = position < np.array(tested_counts)[:, None]
+        accepted = position < np.array(accepted_counts)[:, None]  # a prefix of the tested ones
         self.estimator.update_batch(
-            features, owners, tested, accepted & tested, tokens, roots, design=torch.from_numpy(design)
+            torch.from_numpy(last.features[rows]),
+            owners,
+            torch.from_numpy(tested),
+            torch.from_numpy(accepted),
+            torch.from_numpy(last.tokens[rows]),
+            torch.from_numpy(last.roots[rows]),
+            design=torch.from_numpy(last.design[rows]),
         )
 
     def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
@@ -244,7 +241,8 @@ class DraftSelection:
         B = len(active)
         tokens, features = match_arrays(matches, N)
         owners = [req_ids[i] for i in active]
-        design = self.estimator.design(features, owners, tokens, torch.tensor(roots))
+        roots = torch.from_numpy(np.array(roots, dtype=np.int64))
+        design = self.estimator.design(features, owners, tokens, roots)
         token_logprobs = self.estimator.predict_design(design).log().float()
         token_logprobs[tokens < 0] = -math.inf
         cum_logprobs = token_logprobs.cumsum(1)
@@ -253,13 +251,11 @@ class DraftSelection:
             cum_logprobs[cum_logprobs < floor] = -math.inf
         proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
         counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
-        design_rows = design.numpy()
+        self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
         for b, (i, match) in enumerate(zip(active, matches)):
             drafts[i] = match.tokens[: counts[b]]
             state = self.requests[owners[b]]
-            state.pending, state.pending_tokens = match.features[: counts[b]], match.tokens[: counts[b]]
-            state.pending_design = design_rows[b, : counts[b]]
-            state.root = roots[b]
+            state.row, state.returned = b, counts[b]
         drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
         self.totals["steps"] += 1
         self.totals["drafted"] += drafted
