@@ -377,14 +377,17 @@ class NgramLogistic:
         if design is None:
             design = self._design_since_prediction(features, requests, tokens, roots)
         # Boolean masks in numpy (the same rows, in the same order, as torch's), then tensors.
+        # The Newton step's elementwise parts are numpy's too (exact: the same bits); the
+        # sigmoid, the matrix products and the solve stay torch's.
         tested, accepted = tested.numpy(), accepted.numpy()
-        x = torch.from_numpy(design.numpy()[tested])
-        y = torch.from_numpy(accepted[tested].astype(np.float64))
-        if self.precision is not None and len(x):
-            p = torch.sigmoid(x @ self.weights)
-            self.precision += (x * (p * (1.0 - p))[:, None]).T @ x
-            self.weights += torch.linalg.solve(self.precision, x.T @ (y - p))
-        self.updates += len(x)
+        rows = design.numpy()[tested]
+        if self.precision is not None and len(rows):
+            x = torch.from_numpy(rows)
+            p = torch.sigmoid(x @ self.weights).numpy()
+            self.precision += torch.from_numpy(rows * (p * (1.0 - p))[:, None]).T @ x
+            residual = accepted[tested].astype(np.float64) - p
+            self.weights += torch.linalg.solve(self.precision, x.T @ torch.from_numpy(residual))
+        self.updates += len(rows)
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
