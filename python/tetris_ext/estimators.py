@@ -234,6 +234,10 @@ class NgramLogistic:
 
     # -- per-request memory -------------------------------------------------------------
     def _slot_indices(self, requests: list[int]) -> np.ndarray:
+        try:  # every request known (all but a joining request's first step): one C-level pass
+            return np.fromiter(map(self._slots.__getitem__, requests), dtype=np.int64, count=len(requests))
+        except KeyError:
+            pass
         for r in requests:
             if r not in self._slots:
                 if not self._free:
@@ -326,9 +330,9 @@ class NgramLogistic:
         """[B] log-odds of each request's smoothed first-token rate, less the prior's."""
         strength = 2.0  # pseudo-observations of the prior rate
         rate = (state[:, 0] + strength * self.rate_prior) / (state[:, 1] + strength)
-        return (
-            torch.logit(torch.from_numpy(rate)) - math.log(self.rate_prior / (1.0 - self.rate_prior))
-        ).numpy()
+        return torch.logit(torch.from_numpy(rate)).numpy() - math.log(
+            self.rate_prior / (1.0 - self.rate_prior)
+        )
 
     def predict_batch(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
@@ -377,16 +381,16 @@ class NgramLogistic:
         if design is None:
             design = self._design_since_prediction(features, requests, tokens, roots)
         # Boolean masks in numpy (the same rows, in the same order, as torch's), then tensors.
-        # The Newton step's elementwise parts are numpy's too (exact: the same bits); the
-        # sigmoid, the matrix products and the solve stay torch's.
+        # The Newton step's elementwise parts are numpy's too, in place on views of the tensors
+        # (exact: the same bits); the sigmoid, the matrix products and the solve stay torch's.
         tested, accepted = tested.numpy(), accepted.numpy()
         rows = design.numpy()[tested]
         if self.precision is not None and len(rows):
-            x = torch.from_numpy(rows)
+            x, precision, weights = torch.from_numpy(rows), self.precision.numpy(), self.weights.numpy()
             p = torch.sigmoid(x @ self.weights).numpy()
-            self.precision += torch.from_numpy(rows * (p * (1.0 - p))[:, None]).T @ x
-            residual = accepted[tested].astype(np.float64) - p
-            self.weights += torch.linalg.solve(self.precision, x.T @ torch.from_numpy(residual))
+            precision += (torch.from_numpy(rows * (p * (1.0 - p))[:, None]).T @ x).numpy()
+            residual = torch.from_numpy(accepted[tested].astype(np.float64) - p)
+            weights += torch.linalg.solve(self.precision, x.T @ residual).numpy()
         self.updates += len(rows)
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.

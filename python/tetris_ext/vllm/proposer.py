@@ -193,8 +193,8 @@ class DraftSelection:
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
                 self.policy.observe(
                     StepFeedback(
-                        torch.tensor(v_all),
-                        torch.tensor(a_all),
+                        torch.from_numpy(np.array(v_all, dtype=np.int64)),
+                        torch.from_numpy(np.array(a_all, dtype=np.int64)),
                         computed_tokens=decode,
                         draft_seconds=self.totals["seconds"] / max(1, self.totals["steps"]),
                         verify_seconds=engine_seconds,
@@ -244,13 +244,13 @@ class DraftSelection:
         roots = torch.from_numpy(np.array(roots, dtype=np.int64))
         design = self.estimator.design(features, owners, tokens, roots)
         token_logprobs = self.estimator.predict_design(design).log().float()
-        token_logprobs[tokens < 0] = -math.inf
+        token_logprobs.numpy()[tokens.numpy() < 0] = -math.inf
         cum_logprobs = token_logprobs.cumsum(1)
         if options.min_prob is not None:  # the floor, for every policy
             floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
             cum_logprobs[cum_logprobs < floor] = -math.inf
         proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
-        counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
+        counts = np.count_nonzero(self.policy.choose(proposal).numpy(), axis=1).tolist()  # chains: prefixes
         self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
         for b, (i, match) in enumerate(zip(active, matches)):
             drafts[i] = match.tokens[: counts[b]]
