@@ -240,15 +240,17 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
 @cache
 def _faces(n: int) -> tuple:
     """The faces of ``solve_nonnegative_slopes`` for n unknowns, in its order: per face the
-    indices of the free unknowns (the intercept and the slopes not held at 0)."""
+    indices of the free unknowns (the intercept and the slopes not held at 0), as numpy
+    indices of the gram's rows and columns (an [k, k] grid) and of the moment's ([k, 1])."""
     import itertools
 
     import numpy as np
 
-    return tuple(
-        np.array([0] + [i + 1 for i, zero in enumerate(zeros) if not zero])
-        for zeros in itertools.product((False, True), repeat=n - 1)
-    )
+    faces = []
+    for zeros in itertools.product((False, True), repeat=n - 1):
+        free = np.array([0] + [i + 1 for i, zero in enumerate(zeros) if not zero])
+        faces.append((free, np.ix_(free, free), free[:, None]))
+    return tuple(faces)
 
 
 def solve_nonnegative_slopes(gram, moment):
@@ -262,6 +264,7 @@ def solve_nonnegative_slopes(gram, moment):
     cost-aware floor) then refuses every candidate and never sees the data that would correct
     it. The optimum is the unconstrained optimum of one face (a set of slopes held at 0), so
     every face is solved (2^slopes systems, 4 for LatencyModel) and the best feasible kept.
+    gram, moment: CPU float64 tensors.
     """
     import numpy as np
     import torch
@@ -269,16 +272,16 @@ def solve_nonnegative_slopes(gram, moment):
     # Only the solves and the objective are torch's (LAPACK's least squares, the products);
     # picking a face's rows, scattering its solution and the sign test are exact numpy
     # bookkeeping, cheaper than torch's boolean indexing: the same result bit for bit (the
-    # vLLM proposer runs this on every step a prompt joins; tests/test_cost_aware.py).
-    n = gram.shape[0]
+    # vLLM proposer runs this on every step a prompt joins; tests/test_policy_speed_equivalence.py).
     g, m = gram.numpy(), moment.numpy()
     best, best_value = torch.zeros_like(moment), float("inf")
-    for free in _faces(n):
-        b = np.zeros_like(m)
-        face = torch.linalg.lstsq(torch.from_numpy(g[free][:, free]), torch.from_numpy(m[free, None]))
-        b[free] = face.solution.numpy()[:, 0]
-        if (b[1:] < 0).any():
+    for free, grid, column in _faces(gram.shape[0]):
+        face = torch.linalg.lstsq(torch.from_numpy(g[grid]), torch.from_numpy(m[column]))
+        solution = face.solution.numpy()[:, 0]
+        if (solution[1:] < 0).any():  # a free slope below 0 (free[0] is the intercept)
             continue
+        b = np.zeros_like(m)
+        b[free] = solution
         b = torch.from_numpy(b)
         value = float(b @ gram @ b - 2 * b @ moment)
         if value < best_value:
