@@ -297,7 +297,7 @@ class NgramLogistic:
         raw = f.numpy()
         slots = self._slot_indices(list(requests))  # may grow the state: read it after
         state = self._state.numpy()[slots]  # accepted, tested, copy run of first tokens
-        x = np.empty((B, N, len(FEATURES)))
+        x = np.zeros((B, N, len(FEATURES)))  # the token classes and the memory: 0 unless set
         x[..., 0] = 1.0
         x[..., 1] = torch.log1p(f[..., 0]).numpy()  # match length
         x[..., 2] = torch.log1p(f[..., 1]).numpy()  # occurrences
@@ -309,7 +309,6 @@ class NgramLogistic:
         # Without the transition agreement (4 raw features: a trace or a caller from before
         # it), the n-gram agreement stands in: the two are equal for a one-token match.
         x[..., 8] = raw[..., 4] if raw.shape[-1] > 4 else raw[..., 2]
-        x[..., _CLASS_COLUMNS:_FIRST] = 0.0
         tokens_np = None if tokens is None else tokens.numpy()
         if self.token_classes is not None and tokens_np is not None:
             table = self.token_classes.numpy()
@@ -319,7 +318,6 @@ class NgramLogistic:
         first = raw[..., 3] == 1.0
         x[..., _FIRST] = first
         x[..., _FIRST + 1 : _MEMORY_COLUMNS.start] = x[..., _FIRST_COLUMNS] * first[..., None]
-        x[..., _MEMORY_COLUMNS] = 0.0
         if tokens_np is not None:
             buckets = self._buckets(tokens_np, roots)
             seen = self._memory.numpy()[slots[:, None], :, np.maximum(buckets, 0)]  # [B, N, 2]
@@ -395,18 +393,19 @@ class NgramLogistic:
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
+        # Counts are int64 sums of the masks; adding them to float64 converts them exactly.
         first = tested & (features.numpy()[..., 3] == 1)
-        first_trials = first.sum(1).astype(np.float64)
+        first_trials = first.sum(1)
         state = self._state.numpy()
         rows = state[slots]
         # The decay in float32, as the torch.where of two Python floats (the default dtype)
         # that computed it first: a float64 one would change every request's rate in the
         # last bits (outputs stay bit for bit those of earlier versions).
         decay = np.where(first_trials > 0, np.float32(self.rate_decay), np.float32(1.0))
-        rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1).astype(np.float64)
+        rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1)
         rows[:, 1] = decay * rows[:, 1] + first_trials
-        rejected = (tested & ~accepted).any(1)
-        rows[:, 2] = np.where(rejected, 0.0, rows[:, 2] + (tested & accepted).sum(1).astype(np.float64))
+        hits = tested & accepted
+        rows[:, 2] = np.where((tested > hits).any(1), 0.0, rows[:, 2] + hits.sum(1))  # a rejection resets
         state[slots] = rows
         if tokens is not None:
             buckets = self._buckets(tokens.numpy(), roots)

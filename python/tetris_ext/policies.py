@@ -421,6 +421,8 @@ class KneeLatencyModel:
         """``predict`` as a float64 numpy array (or scalar): the policies' per-step scan."""
         slope = max(0.0, self.slope - deviations * self.slope_error)
         intercept = self.intercept + (self.slope - slope) * self.mean_z
+        if type(real_tokens) is int:  # one step (observe's clip): the same operations on floats
+            return np.float64(max(intercept + slope * max(real_tokens - self.knee, 0.0), 1e-6))
         real = np.asarray(real_tokens, dtype=np.float64)
         return np.maximum(intercept + slope * np.maximum(real - self.knee, 0.0), 1e-6)
 

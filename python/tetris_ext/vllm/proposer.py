@@ -144,11 +144,12 @@ class DraftSelection:
             del self.requests[gone]
             self.estimator.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
-        active = [i for i in range(rows) if sampled_token_ids[i] and num_tokens[i] + 1 < self.max_model_len]
+        lengths = num_tokens[:rows].tolist()
+        active = [i for i in range(rows) if sampled_token_ids[i] and lengths[i] + 1 < self.max_model_len]
         self._drafted_last = {req_ids[i] for i in active}
         drafts: list[list[int]] = [[] for _ in range(rows)]
         if active:
-            self._draft_and_select(active, req_ids, num_tokens, token_ids, drafts)
+            self._draft_and_select(active, req_ids, lengths, token_ids, drafts)
         self.totals["seconds"] += time.perf_counter() - start
         if self.record and active:
             self.records[-1].seconds = time.perf_counter() - start
@@ -225,19 +226,21 @@ class DraftSelection:
             design=torch.from_numpy(last.design[rows]),
         )
 
-    def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
+    def _draft_and_select(self, active, req_ids, lengths, token_ids, drafts) -> None:
         options, N = self.options, self.options.max_drafts
-        matches, roots = [], []
+        states, matches, roots = [], [], []
         for i in active:
             state = self.requests.get(req_ids[i])
             if state is None:
                 state = self.requests[req_ids[i]] = _Request(NgramIndex(options.max_ngram, options.min_ngram))
-            length = int(num_tokens[i])
-            if length < len(state.index.tokens):  # the context shrank (cannot happen in 0.32): rebuild
-                state.index = NgramIndex(options.max_ngram, options.min_ngram)
-            state.index.extend(token_ids[i, len(state.index.tokens) : length].tolist())
-            matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
-            roots.append(int(token_ids[i, length - 1]))  # the token the drafts follow
+            length, index = lengths[i], state.index
+            if length < len(index.tokens):  # the context shrank (cannot happen in 0.32): rebuild
+                index = state.index = NgramIndex(options.max_ngram, options.min_ngram)
+            new = token_ids[i, len(index.tokens) : length].tolist()
+            index.extend(new)
+            matches.append(index.match(min(N, self.max_model_len - length - 1)))
+            roots.append(new[-1] if new else int(token_ids[i, length - 1]))  # the token the drafts follow
+            states.append(state)
         B = len(active)
         tokens, features = match_arrays(matches, N)
         owners = [req_ids[i] for i in active]
@@ -252,11 +255,10 @@ class DraftSelection:
         proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
         counts = np.count_nonzero(self.policy.choose(proposal).numpy(), axis=1).tolist()  # chains: prefixes
         self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
-        for b, (i, match) in enumerate(zip(active, matches)):
-            drafts[i] = match.tokens[: counts[b]]
-            state = self.requests[owners[b]]
-            state.row, state.returned = b, counts[b]
-        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
+        for b, (i, state, match, count) in enumerate(zip(active, states, matches, counts)):
+            drafts[i] = match.tokens[:count]
+            state.row, state.returned = b, count
+        drafted = sum(map(len, (match.tokens for match in matches)))
         self.totals["steps"] += 1
         self.totals["drafted"] += drafted
         if self.record:
