@@ -385,7 +385,7 @@ class CostAwareTetris(_GoodputPolicy):
             probs = probs.cpu().numpy()
             probs[proposal.tokens.cpu().numpy() < 0] = 0.0  # padding, NaN: 0 (exact, as torch's)
             selected = self._choose_prefix(proposal, np.nan_to_num(probs, copy=False), explore)
-        self.last_budget = int(selected.sum())
+        self.last_budget = int(np.count_nonzero(selected.cpu().numpy()))
         return selected
 
     def _choose_prefix(self, proposal: Proposal, probs: np.ndarray, explore) -> Tensor:

@@ -176,6 +176,7 @@ class NgramIndex:
         if len(tokens) > 16:
             return self._extend_many(tokens)
         context, pairs, parents = self.tokens, self.pairs, self.parents
+        tail = tuple(context[-self.max_ngram :])  # the last tokens: every n-gram ending there
         for token in tokens:
             p = len(context)  # the new token follows the n-grams that end at p - 1
             if p:
@@ -186,13 +187,14 @@ class NgramIndex:
             for n, index in self.followers.items():  # n increasing
                 if p < n:
                     break
-                gram = tuple(context[p - n : p])
+                gram = tail[-n:]
                 known = index.setdefault(gram, p)  # as in _add_followers, inlined (per token)
                 if known is not p:
                     if type(known) is int:
                         index[gram] = [known, p]
                     else:
                         known.append(p)
+            tail = (tail if len(tail) < self.max_ngram else tail[1:]) + (token,)
 
     def _extend_many(self, tokens: list[int]) -> None:
         context = self.tokens

@@ -386,23 +386,27 @@ class KneeLatencyModel:
         return self.sums if spread >= self.min_spread else self.all_sums
 
     def _refit(self) -> None:
-        n, sz, szz, st, stt, szt = self._window()
+        sums = self._window()
+        sz, szz, szt = sums[1], sums[2], sums[5]
+        # The count, t and t^2 sums are the same for every knee: scalars (the same operations
+        # per knee as on their rows, fewer vector passes).
+        n, st, stt = float(sums[0, 0]), float(sums[3, 0]), float(sums[4, 0])
         var_z, cov, var_t = szz - sz * sz / n, szt - sz * st / n, stt - st * st / n
         spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
         slope = np.maximum(np.where(spread, cov / np.where(spread, var_z, 1.0), 0.0), 0.0)
         error = var_t - 2 * slope * cov + slope * slope * var_z
-        best = int(np.flatnonzero(error <= error.min() + 1e-9 * float(stt[0]))[0])
+        best = int(np.flatnonzero(error <= error.min() + 1e-9 * stt)[0])
         line_error, best_error = max(0.0, float(error[0])), max(0.0, float(error[best]))
-        if best and self.knee_evidence and not self._knee_clear(line_error, best_error, float(n[0])):
+        if best and self.knee_evidence and not self._knee_clear(line_error, best_error, n):
             best, best_error = 0, line_error
         self.slope, self.knee = float(slope[best]), float(self.knees[best])
-        self.intercept = float((st[best] - slope[best] * sz[best]) / n[best])
-        self.residual = (best_error / float(n[best])) ** 0.5  # for ``clip``
+        self.intercept = float((st - slope[best] * sz[best]) / n)
+        self.residual = (best_error / n) ** 0.5  # for ``clip``
         # The slope's standard error (n - 2 degrees of freedom; 0 until a third step shows the
         # noise) and the mean step size it pivots about, for ``predict(deviations=)``.
-        dof, var = float(n[best]) - 2.0, float(var_z[best])
+        dof, var = n - 2.0, float(var_z[best])
         self.slope_error = (best_error / dof / var) ** 0.5 if dof > 0 and bool(spread[best]) else 0.0
-        self.mean_z = float(sz[best] / n[best])
+        self.mean_z = float(sz[best] / n)
 
     def _knee_clear(self, line_error: float, knee_error: float, n: float) -> bool:
         """Whether the knee's gain over the line passes the F test (``knee_evidence``)."""
