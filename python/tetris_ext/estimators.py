@@ -292,9 +292,9 @@ class NgramLogistic:
         """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 5] (or 4) of
         the requests ``requests`` (one per row), their drafted tokens [B, N] (-1: padding) and
         roots [B] (the requests' last accepted tokens, the parents of the first drafts)."""
-        f = features.to(torch.float64)
-        B, N = f.shape[:2]
-        raw = f.numpy()
+        raw = features.numpy().astype(np.float64)  # float32 -> float64: exact
+        f = torch.from_numpy(raw)
+        B, N = raw.shape[:2]
         slots = self._slot_indices(list(requests))  # may grow the state: read it after
         state = self._state.numpy()[slots]  # accepted, tested, copy run of first tokens
         x = np.zeros((B, N, len(FEATURES)))  # the token classes and the memory: 0 unless set
