@@ -276,16 +276,18 @@ def solve_nonnegative_slopes(gram, moment):
     g, m = gram.numpy(), moment.numpy()
     best, best_value = torch.zeros_like(moment), float("inf")
     for free, grid, column in _faces(gram.shape[0]):
-        face = torch.linalg.lstsq(torch.from_numpy(g[grid]), torch.from_numpy(m[column]))
-        solution = face.solution.numpy()[:, 0]
+        fit = torch.linalg.lstsq(torch.from_numpy(g[grid]), torch.from_numpy(m[column]))
+        solution = fit.solution.numpy()[:, 0]
         if (solution[1:] < 0).any():  # a free slope below 0 (free[0] is the intercept)
             continue
         b = np.zeros_like(m)
         b[free] = solution
-        b = torch.from_numpy(b)
-        value = float(b @ gram @ b - 2 * b @ moment)
+        # b' gram b - 2 b' moment: the products torch's, 2 b and the difference of the two
+        # floats exact in numpy and Python alike.
+        face = torch.from_numpy(b)
+        value = float(face @ gram @ face) - float(torch.from_numpy(2 * b) @ moment)
         if value < best_value:
-            best, best_value = b, value
+            best, best_value = face, value
     return best
 
 
