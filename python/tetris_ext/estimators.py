@@ -343,7 +343,11 @@ class NgramLogistic:
     def predict_design(self, design: Tensor) -> Tensor:
         """Estimates [...] for rows [..., len(FEATURES)] of `design` (see `predict_batch`)."""
         p = torch.sigmoid(design @ self.weights)
-        return p.clamp(1.0 - self.max_probability, self.max_probability)
+        values = p.numpy()  # the clamp in place in numpy (min / max: exact)
+        np.minimum(
+            np.maximum(values, 1.0 - self.max_probability, out=values), self.max_probability, out=values
+        )
+        return p
 
     def _design_since_prediction(
         self, features: Tensor, requests: list[int], tokens: Tensor | None, roots: Tensor | None

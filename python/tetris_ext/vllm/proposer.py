@@ -246,8 +246,10 @@ class DraftSelection:
         owners = [req_ids[i] for i in active]
         roots = torch.from_numpy(np.array(roots, dtype=np.int64))
         design = self.estimator.design(features, owners, tokens, roots)
-        token_logprobs = self.estimator.predict_design(design).log().float()
-        token_logprobs.numpy()[tokens.numpy() < 0] = -math.inf
+        # float32 and the padding's -inf in numpy (a cast and a fill: exact)
+        token_logprobs = self.estimator.predict_design(design).log().numpy().astype(np.float32)
+        token_logprobs[tokens.numpy() < 0] = -math.inf
+        token_logprobs = torch.from_numpy(token_logprobs)
         cum_logprobs = token_logprobs.cumsum(1)
         if options.min_prob is not None:  # the floor, for every policy
             floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
