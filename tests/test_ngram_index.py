@@ -3,6 +3,7 @@ calibration update give exactly what `ngram_match` and `AcceptanceCalibration.up
 
 import random
 
+import pytest
 import torch
 
 from tetris_ext.calibration import AcceptanceCalibration
@@ -10,10 +11,13 @@ from tetris_ext.drafters import NgramDrafter, NgramIndex, ngram_match
 from tetris_ext.proposal import Outcome
 
 
-def test_ngram_index_matches_ngram_match():
-    rng = random.Random(0)
+@pytest.mark.parametrize("vocabulary", [6, 40])
+def test_ngram_index_matches_ngram_match(vocabulary):
+    """A small vocabulary repeats n-grams (several positions per match), a larger one leaves
+    most of them single (the one-occurrence path)."""
+    rng = random.Random(vocabulary)
     for _ in range(200):
-        context = [rng.randrange(6) for _ in range(rng.randrange(1, 90))]
+        context = [rng.randrange(vocabulary) for _ in range(rng.randrange(1, 90))]
         index, done = NgramIndex(4, 1), 0
         while done < len(context):  # grow in random pieces, as an engine step does
             step = rng.randrange(1, 5) if rng.random() < 0.8 else rng.randrange(5, 40)  # a prompt

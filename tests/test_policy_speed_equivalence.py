@@ -6,6 +6,7 @@ selection, a budget, a floor or a fitted parameter fails here.
 The reference is the torch code the policy had before (one op per formula line); keep it
 plain, never "optimise" it."""
 
+import itertools
 import math
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 import tetris_ext  # noqa: F401
 from tetris_ext.cost_aware import CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b
-from tetris_ext.policies import KneeLatencyModel, StepFeedback, _select
+from tetris_ext.policies import KneeLatencyModel, LatencyModel, StepFeedback, _select
 from tetris_ext.proposal import Proposal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -220,3 +221,80 @@ def test_reference_is_not_vacuous():
     assert {policy.verify_latency.knee > 0 for policy in roofline} == {True, False}
     cpu = run_both(1, 8, 5, "cpu")
     assert 0 < cpu.last_budget < 8 * 5 and cpu.verify_latency.slope > 0 and cpu.last_floor > 0
+
+
+def torch_solve_nonnegative_slopes(gram, moment):
+    """solve_nonnegative_slopes as it was in torch (boolean masks), the reference."""
+    n = gram.shape[0]
+    best, best_value = torch.zeros_like(moment), float("inf")
+    for zeros in itertools.product((False, True), repeat=n - 1):
+        free = torch.tensor((True,) + tuple(not z for z in zeros))
+        b = torch.zeros_like(moment)
+        b[free] = torch.linalg.lstsq(gram[free][:, free], moment[free].unsqueeze(1)).solution.squeeze(1)
+        if bool((b[1:] < 0).any()):
+            continue
+        value = float(b @ gram @ b - 2 * b @ moment)
+        if value < best_value:
+            best, best_value = b, value
+    return best
+
+
+class TorchLatencyModel:
+    """LatencyModel's sums and solve in torch, one op per formula line (the reference)."""
+
+    def __init__(self, ridge=1e-3):
+        self.ridge = ridge
+        self.xtx = torch.zeros(3, 3, dtype=torch.float64)
+        self.xty = torch.zeros(3, dtype=torch.float64)
+
+    def observe(self, real_tokens, padded_tokens, seconds):
+        real = torch.as_tensor(real_tokens, dtype=torch.float64)
+        padded = torch.as_tensor(padded_tokens, dtype=torch.float64)
+        x = torch.stack([torch.ones_like(real), real, padded], dim=-1)
+        self.xtx += torch.outer(x, x)
+        self.xty += x * seconds
+
+    @property
+    def coefficients(self):
+        penalty = self.ridge * torch.diag(
+            torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+        )
+        return torch_solve_nonnegative_slopes(self.xtx + penalty, self.xty)
+
+
+def latency_steps(kind, steps, g):
+    """(real tokens, other tokens, seconds) of noisy steps: decode steps with the prompt tokens
+    of requests joining ("prompt"), padded tokens that move with the real ones ("collinear"),
+    or slopes of the given signs ("+-" etc.: a negative one sends the fit to a face)."""
+    for step in range(steps):
+        tokens = int(torch.randint(8, 64, (1,), generator=g))
+        noise = float(torch.randn(1, generator=g, dtype=torch.float64))
+        if kind == "prompt":
+            other = int(torch.randint(0, 300, (1,), generator=g)) if step % 3 == 0 else 0
+            yield tokens, other, 0.02 + 3e-4 * tokens + 1e-4 * other + 0.01 * noise
+        elif kind == "collinear":
+            other = tokens + int(torch.randint(0, 3, (1,), generator=g))
+            yield tokens, other, 0.04 + 2e-3 * tokens + 0.02 * noise
+        else:
+            other = int(torch.randint(8, 64, (1,), generator=g))
+            slopes = [1e-3 if sign == "+" else -1e-3 for sign in kind]
+            yield tokens, other, 0.2 + slopes[0] * tokens + slopes[1] * other + 0.01 * noise
+
+
+@pytest.mark.parametrize("kind", ["prompt", "collinear", "++", "+-", "-+", "--"])
+def test_latency_model_is_the_torch_formulation_bit_for_bit(kind):
+    """LatencyModel (the padded loop's line; the proposer's prompt-price fit, read on every step
+    a prompt joins) against its torch formulation: the sums and the coefficients equal after
+    every step; the slopes' signs put the optimum on each face of the solve in turn."""
+    g = torch.Generator().manual_seed(len(kind) + ord(kind[0]) + ord(kind[-1]))
+    fast, reference = LatencyModel(), TorchLatencyModel()
+    faces = set()
+    for step, (tokens, other, seconds) in enumerate(latency_steps(kind, 100, g)):
+        fast.observe(tokens, other, seconds)
+        reference.observe(tokens, other, seconds)
+        assert torch.equal(fast.xtx, reference.xtx) and torch.equal(fast.xty, reference.xty), step
+        expected = reference.coefficients
+        assert torch.equal(fast.coefficients, expected), (step, fast.coefficients, expected)
+        faces.add("".join("+" if c > 0 else "0" for c in expected[1:]))
+    if len(kind) == 2:  # the fit settles on the face the signs ask for
+        assert kind.replace("-", "0") in faces

@@ -384,14 +384,16 @@ class CostAwareTetris(_GoodputPolicy):
 
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
-        # padding, NaN: 0
-        probs = proposal.cum_logprobs.double().exp().masked_fill_(proposal.tokens < 0, 0.0).nan_to_num_()
+        probs = proposal.cum_logprobs.double().exp()
         explore = self._exploring()
         if self.padded:
+            probs = probs.masked_fill_(proposal.tokens < 0, 0.0).nan_to_num_()  # padding, NaN: 0
             selected = self._choose_width(proposal, probs, explore)
         else:  # the scan in numpy (float64); the estimates stay torch's (numpy's exp may differ)
-            selected = self._choose_prefix(proposal, probs.cpu().numpy(), explore)
-        self.last_budget = int(selected.sum())
+            probs = probs.cpu().numpy()
+            probs[proposal.tokens.cpu().numpy() < 0] = 0.0  # padding, NaN: 0 (exact, as torch's)
+            selected = self._choose_prefix(proposal, np.nan_to_num(probs, copy=False), explore)
+        self.last_budget = int(np.count_nonzero(selected.cpu().numpy()))
         return selected
 
     def _choose_prefix(self, proposal: Proposal, probs: np.ndarray, explore) -> Tensor:

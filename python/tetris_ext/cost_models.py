@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -236,6 +237,22 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
     )
 
 
+@cache
+def _faces(n: int) -> tuple:
+    """The faces of ``solve_nonnegative_slopes`` for n unknowns, in its order: per face the
+    indices of the free unknowns (the intercept and the slopes not held at 0), as numpy
+    indices of the gram's rows and columns (an [k, k] grid) and of the moment's ([k, 1])."""
+    import itertools
+
+    import numpy as np
+
+    faces = []
+    for zeros in itertools.product((False, True), repeat=n - 1):
+        free = np.array([0] + [i + 1 for i, zero in enumerate(zeros) if not zero])
+        faces.append((free, np.ix_(free, free), free[:, None]))
+    return tuple(faces)
+
+
 def solve_nonnegative_slopes(gram, moment):
     """argmin_b  b' gram b - 2 b' moment  subject to b[1:] >= 0 (b[0], the intercept, free):
     least squares from its normal equations with slopes that cannot be negative.
@@ -247,22 +264,30 @@ def solve_nonnegative_slopes(gram, moment):
     cost-aware floor) then refuses every candidate and never sees the data that would correct
     it. The optimum is the unconstrained optimum of one face (a set of slopes held at 0), so
     every face is solved (2^slopes systems, 4 for LatencyModel) and the best feasible kept.
+    gram, moment: CPU float64 tensors.
     """
-    import itertools
-
+    import numpy as np
     import torch
 
-    n = gram.shape[0]
+    # Only the solves and the objective are torch's (LAPACK's least squares, the products);
+    # picking a face's rows, scattering its solution and the sign test are exact numpy
+    # bookkeeping, cheaper than torch's boolean indexing: the same result bit for bit (the
+    # vLLM proposer runs this on every step a prompt joins; tests/test_policy_speed_equivalence.py).
+    g, m = gram.numpy(), moment.numpy()
     best, best_value = torch.zeros_like(moment), float("inf")
-    for zeros in itertools.product((False, True), repeat=n - 1):
-        free = torch.tensor((True,) + tuple(not z for z in zeros))
-        b = torch.zeros_like(moment)
-        b[free] = torch.linalg.lstsq(gram[free][:, free], moment[free].unsqueeze(1)).solution.squeeze(1)
-        if bool((b[1:] < 0).any()):
+    for free, grid, column in _faces(gram.shape[0]):
+        fit = torch.linalg.lstsq(torch.from_numpy(g[grid]), torch.from_numpy(m[column]))
+        solution = fit.solution.numpy()[:, 0]
+        if (solution[1:] < 0).any():  # a free slope below 0 (free[0] is the intercept)
             continue
-        value = float(b @ gram @ b - 2 * b @ moment)
+        b = np.zeros_like(m)
+        b[free] = solution
+        # b' gram b - 2 b' moment: the products torch's, 2 b and the difference of the two
+        # floats exact in numpy and Python alike.
+        face = torch.from_numpy(b)
+        value = float(face @ gram @ face) - float(torch.from_numpy(2 * b) @ moment)
         if value < best_value:
-            best, best_value = b, value
+            best, best_value = face, value
     return best
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
+from operator import countOf
 
 import numpy as np
 import torch
@@ -133,20 +134,18 @@ def ngram_match(context: list[int], max_draft: int, max_ngram: int = 4, min_ngra
 # nothing for Python's cyclic garbage collector, where a one-element list per n-gram (every
 # joining request's prompt adds hundreds) set off full collections of the whole heap, about
 # half of the vLLM proposer's step at batch 64 (bench/README.md, "Cheaper policy step (2)").
-def _add_follower(index: dict, gram: tuple[int, ...], position: int) -> None:
-    known = index.get(gram)
-    if known is None:
-        index[gram] = position
-    elif type(known) is int:
-        index[gram] = [known, position]
-    else:
-        known.append(position)
-
-
-def _followers(index: dict, gram: tuple[int, ...]) -> list[int] | tuple[int, ...]:
-    """The positions that followed ``gram`` (increasing; empty if none)."""
-    known = index.get(gram, ())
-    return (known,) if type(known) is int else known
+def _add_followers(index: dict, grams, positions) -> None:
+    """Index each n-gram of ``grams`` as followed by the position beside it in ``positions``
+    (increasing, each new to ``index``)."""
+    for gram, position in zip(grams, positions):
+        # One lookup: ``setdefault`` returns the very object it was given when the n-gram is
+        # new, and an earlier position (another object) or list when it is not.
+        known = index.setdefault(gram, position)
+        if known is not position:
+            if type(known) is int:
+                index[gram] = [known, position]
+            else:
+                known.append(position)
 
 
 class NgramIndex:
@@ -164,7 +163,7 @@ class NgramIndex:
             raise ValueError("NgramIndex: need 1 <= min_ngram <= max_ngram")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.tokens: list[int] = []
-        # n -> n-gram -> the positions of the tokens that followed it (`_add_follower`)
+        # n -> n-gram -> the positions of the tokens that followed it (`_add_followers`)
         self.followers: dict[int, dict[tuple[int, ...], int | list[int]]] = {
             n: {} for n in range(min_ngram, max_ngram + 1)
         }
@@ -177,15 +176,25 @@ class NgramIndex:
         if len(tokens) > 16:
             return self._extend_many(tokens)
         context, pairs, parents = self.tokens, self.pairs, self.parents
+        tail = tuple(context[-self.max_ngram :])  # the last tokens: every n-gram ending there
         for token in tokens:
             p = len(context)  # the new token follows the n-grams that end at p - 1
             if p:
-                pairs[context[p - 1], token] += 1
-                parents[context[p - 1]] += 1
+                parent = context[-1]
+                pairs[parent, token] = pairs.get((parent, token), 0) + 1
+                parents[parent] = parents.get(parent, 0) + 1
             context.append(token)
-            for n, index in self.followers.items():
-                if p >= n:
-                    _add_follower(index, tuple(context[p - n : p]), p)
+            for n, index in self.followers.items():  # n increasing
+                if p < n:
+                    break
+                gram = tail[-n:]
+                known = index.setdefault(gram, p)  # as in _add_followers, inlined (per token)
+                if known is not p:
+                    if type(known) is int:
+                        index[gram] = [known, p]
+                    else:
+                        known.append(p)
+            tail = (tail if len(tail) < self.max_ngram else tail[1:]) + (token,)
 
     def _extend_many(self, tokens: list[int]) -> None:
         context = self.tokens
@@ -198,18 +207,23 @@ class NgramIndex:
         for n, index in self.followers.items():
             first = max(start, n)  # the first new position that follows a whole n-gram
             grams = zip(*(context[first - n + i : end - n + i] for i in range(n)))
-            for gram, position in zip(grams, range(first, end)):
-                _add_follower(index, gram, position)
+            _add_followers(index, grams, range(first, end))
 
     def match(self, max_draft: int) -> NgramMatch:
         context, L = self.tokens, len(self.tokens)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            positions = _followers(self.followers[n], tuple(context[L - n :]))
-            if not positions:
+            positions = self.followers[n].get(tuple(context[L - n :]))
+            if positions is None:
                 continue
-            source = positions[-1]
+            source = positions if type(positions) is int else positions[-1]
             tokens = overlapping_copy(context, source, max_draft)
             transitions = _agreements(self.pairs, self.parents, context[-1], tokens)
+            if type(positions) is int:
+                # One occurrence: every depth agrees with itself (a follower in the context is
+                # the copied token; past its end the copy's own token counts), as ngram_match.
+                return NgramMatch(
+                    tokens, [(float(n), 1.0, 1.0, float(depth + 1), t) for depth, t in enumerate(transitions)]
+                )
             occurrences = float(len(positions))
             features = []
             for depth, token in enumerate(tokens):
@@ -218,7 +232,7 @@ class NgramIndex:
                 followed = bisect_left(positions, L - depth)
                 following = map(context.__getitem__, map(depth.__add__, positions[:followed]))
                 copied = int(source + depth >= L)  # as ngram_match: the copy's own token
-                agreement = (list(following).count(token) + copied) / (followed + copied)
+                agreement = (countOf(following, token) + copied) / (followed + copied)
                 features.append((float(n), occurrences, agreement, float(depth + 1), transitions[depth]))
             return NgramMatch(tokens, features)
         return NgramMatch([], [])

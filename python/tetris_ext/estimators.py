@@ -234,6 +234,10 @@ class NgramLogistic:
 
     # -- per-request memory -------------------------------------------------------------
     def _slot_indices(self, requests: list[int]) -> np.ndarray:
+        try:  # every request known (all but a joining request's first step): one C-level pass
+            return np.fromiter(map(self._slots.__getitem__, requests), dtype=np.int64, count=len(requests))
+        except KeyError:
+            pass
         for r in requests:
             if r not in self._slots:
                 if not self._free:
@@ -288,12 +292,12 @@ class NgramLogistic:
         """Model inputs [B, N, len(FEATURES)] (float64) for raw n-gram features [B, N, 5] (or 4) of
         the requests ``requests`` (one per row), their drafted tokens [B, N] (-1: padding) and
         roots [B] (the requests' last accepted tokens, the parents of the first drafts)."""
-        f = features.to(torch.float64)
-        B, N = f.shape[:2]
-        raw = f.numpy()
+        raw = features.numpy().astype(np.float64)  # float32 -> float64: exact
+        f = torch.from_numpy(raw)
+        B, N = raw.shape[:2]
         slots = self._slot_indices(list(requests))  # may grow the state: read it after
         state = self._state.numpy()[slots]  # accepted, tested, copy run of first tokens
-        x = np.empty((B, N, len(FEATURES)))
+        x = np.zeros((B, N, len(FEATURES)))  # the token classes and the memory: 0 unless set
         x[..., 0] = 1.0
         x[..., 1] = torch.log1p(f[..., 0]).numpy()  # match length
         x[..., 2] = torch.log1p(f[..., 1]).numpy()  # occurrences
@@ -305,7 +309,6 @@ class NgramLogistic:
         # Without the transition agreement (4 raw features: a trace or a caller from before
         # it), the n-gram agreement stands in: the two are equal for a one-token match.
         x[..., 8] = raw[..., 4] if raw.shape[-1] > 4 else raw[..., 2]
-        x[..., _CLASS_COLUMNS:_FIRST] = 0.0
         tokens_np = None if tokens is None else tokens.numpy()
         if self.token_classes is not None and tokens_np is not None:
             table = self.token_classes.numpy()
@@ -315,7 +318,6 @@ class NgramLogistic:
         first = raw[..., 3] == 1.0
         x[..., _FIRST] = first
         x[..., _FIRST + 1 : _MEMORY_COLUMNS.start] = x[..., _FIRST_COLUMNS] * first[..., None]
-        x[..., _MEMORY_COLUMNS] = 0.0
         if tokens_np is not None:
             buckets = self._buckets(tokens_np, roots)
             seen = self._memory.numpy()[slots[:, None], :, np.maximum(buckets, 0)]  # [B, N, 2]
@@ -326,9 +328,9 @@ class NgramLogistic:
         """[B] log-odds of each request's smoothed first-token rate, less the prior's."""
         strength = 2.0  # pseudo-observations of the prior rate
         rate = (state[:, 0] + strength * self.rate_prior) / (state[:, 1] + strength)
-        return (
-            torch.logit(torch.from_numpy(rate)) - math.log(self.rate_prior / (1.0 - self.rate_prior))
-        ).numpy()
+        return torch.logit(torch.from_numpy(rate)).numpy() - math.log(
+            self.rate_prior / (1.0 - self.rate_prior)
+        )
 
     def predict_batch(
         self, features: Tensor, requests: list[int], tokens: Tensor | None = None, roots: Tensor | None = None
@@ -341,7 +343,11 @@ class NgramLogistic:
     def predict_design(self, design: Tensor) -> Tensor:
         """Estimates [...] for rows [..., len(FEATURES)] of `design` (see `predict_batch`)."""
         p = torch.sigmoid(design @ self.weights)
-        return p.clamp(1.0 - self.max_probability, self.max_probability)
+        values = p.numpy()  # the clamp in place in numpy (min / max: exact)
+        np.minimum(
+            np.maximum(values, 1.0 - self.max_probability, out=values), self.max_probability, out=values
+        )
+        return p
 
     def _design_since_prediction(
         self, features: Tensor, requests: list[int], tokens: Tensor | None, roots: Tensor | None
@@ -377,29 +383,33 @@ class NgramLogistic:
         if design is None:
             design = self._design_since_prediction(features, requests, tokens, roots)
         # Boolean masks in numpy (the same rows, in the same order, as torch's), then tensors.
+        # The Newton step's elementwise parts are numpy's too, in place on views of the tensors
+        # (exact: the same bits); the sigmoid, the matrix products and the solve stay torch's.
         tested, accepted = tested.numpy(), accepted.numpy()
-        x = torch.from_numpy(design.numpy()[tested])
-        y = torch.from_numpy(accepted[tested].astype(np.float64))
-        if self.precision is not None and len(x):
-            p = torch.sigmoid(x @ self.weights)
-            self.precision += (x * (p * (1.0 - p))[:, None]).T @ x
-            self.weights += torch.linalg.solve(self.precision, x.T @ (y - p))
-        self.updates += len(x)
+        rows = design.numpy()[tested]
+        if self.precision is not None and len(rows):
+            x, precision, weights = torch.from_numpy(rows), self.precision.numpy(), self.weights.numpy()
+            p = torch.sigmoid(x @ self.weights).numpy()
+            precision += (torch.from_numpy(rows * (p * (1.0 - p))[:, None]).T @ x).numpy()
+            residual = torch.from_numpy(accepted[tested].astype(np.float64) - p)
+            weights += torch.linalg.solve(self.precision, x.T @ residual).numpy()
+        self.updates += len(rows)
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
+        # Counts are int64 sums of the masks; adding them to float64 converts them exactly.
         first = tested & (features.numpy()[..., 3] == 1)
-        first_trials = first.sum(1).astype(np.float64)
+        first_trials = first.sum(1)
         state = self._state.numpy()
         rows = state[slots]
         # The decay in float32, as the torch.where of two Python floats (the default dtype)
         # that computed it first: a float64 one would change every request's rate in the
         # last bits (outputs stay bit for bit those of earlier versions).
         decay = np.where(first_trials > 0, np.float32(self.rate_decay), np.float32(1.0))
-        rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1).astype(np.float64)
+        rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1)
         rows[:, 1] = decay * rows[:, 1] + first_trials
-        rejected = (tested & ~accepted).any(1)
-        rows[:, 2] = np.where(rejected, 0.0, rows[:, 2] + (tested & accepted).sum(1).astype(np.float64))
+        hits = tested & accepted
+        rows[:, 2] = np.where((tested > hits).any(1), 0.0, rows[:, 2] + hits.sum(1))  # a rejection resets
         state[slots] = rows
         if tokens is not None:
             buckets = self._buckets(tokens.numpy(), roots)

@@ -233,11 +233,23 @@ class LatencyModel:
 
     def __init__(self, ridge: float = 1e-3):
         self.ridge = ridge
-        self.xtx = torch.zeros(3, 3, dtype=torch.float64)
-        self.xty = torch.zeros(3, dtype=torch.float64)
+        # The sums accumulate in numpy (float64): a step's products and sums are exact
+        # elementwise operations, the same bits as torch's for a fraction of the per-op cost
+        # (the vLLM proposer observes every step).
+        self._xtx, self._xty = np.zeros((3, 3)), np.zeros(3)
         self.count = 0
         self._coefficients = torch.zeros(3, dtype=torch.float64)
         self._stale = False
+
+    @property
+    def xtx(self) -> Tensor:
+        """[3, 3] float64: the sum of x x' over the steps, x = (1, real, padded)."""
+        return torch.from_numpy(self._xtx)
+
+    @property
+    def xty(self) -> Tensor:
+        """[3] float64: the sum of x * seconds over the steps."""
+        return torch.from_numpy(self._xty)
 
     @staticmethod
     def _features(real_tokens, padded_tokens) -> Tensor:
@@ -246,9 +258,9 @@ class LatencyModel:
         return torch.stack([torch.ones_like(real), real, padded], dim=-1)
 
     def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-        x = self._features(real_tokens, padded_tokens)
-        self.xtx += torch.outer(x, x)
-        self.xty += x * seconds
+        x = np.array([1.0, float(real_tokens), float(padded_tokens)])
+        self._xtx += np.multiply.outer(x, x)
+        self._xty += x * float(seconds)
         self.count += 1
         self._stale = True
 
@@ -258,10 +270,8 @@ class LatencyModel:
         if self._stale:
             # A ridge on the two slopes only (never the intercept), relative to the data's scale:
             # a tie-breaker when real and padded tokens move together, not a bias.
-            penalty = self.ridge * torch.diag(
-                torch.diagonal(self.xtx) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
-            )
-            self._coefficients = solve_nonnegative_slopes(self.xtx + penalty, self.xty)
+            penalty = self.ridge * np.diag(np.diagonal(self._xtx) * np.array([0.0, 1.0, 1.0]))
+            self._coefficients = solve_nonnegative_slopes(torch.from_numpy(self._xtx + penalty), self.xty)
             self._stale = False
         return self._coefficients
 
@@ -376,23 +386,27 @@ class KneeLatencyModel:
         return self.sums if spread >= self.min_spread else self.all_sums
 
     def _refit(self) -> None:
-        n, sz, szz, st, stt, szt = self._window()
+        sums = self._window()
+        sz, szz, szt = sums[1], sums[2], sums[5]
+        # The count, t and t^2 sums are the same for every knee: scalars (the same operations
+        # per knee as on their rows, fewer vector passes).
+        n, st, stt = float(sums[0, 0]), float(sums[3, 0]), float(sums[4, 0])
         var_z, cov, var_t = szz - sz * sz / n, szt - sz * st / n, stt - st * st / n
         spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
         slope = np.maximum(np.where(spread, cov / np.where(spread, var_z, 1.0), 0.0), 0.0)
         error = var_t - 2 * slope * cov + slope * slope * var_z
-        best = int(np.flatnonzero(error <= error.min() + 1e-9 * float(stt[0]))[0])
+        best = int(np.flatnonzero(error <= error.min() + 1e-9 * stt)[0])
         line_error, best_error = max(0.0, float(error[0])), max(0.0, float(error[best]))
-        if best and self.knee_evidence and not self._knee_clear(line_error, best_error, float(n[0])):
+        if best and self.knee_evidence and not self._knee_clear(line_error, best_error, n):
             best, best_error = 0, line_error
         self.slope, self.knee = float(slope[best]), float(self.knees[best])
-        self.intercept = float((st[best] - slope[best] * sz[best]) / n[best])
-        self.residual = (best_error / float(n[best])) ** 0.5  # for ``clip``
+        self.intercept = float((st - slope[best] * sz[best]) / n)
+        self.residual = (best_error / n) ** 0.5  # for ``clip``
         # The slope's standard error (n - 2 degrees of freedom; 0 until a third step shows the
         # noise) and the mean step size it pivots about, for ``predict(deviations=)``.
-        dof, var = float(n[best]) - 2.0, float(var_z[best])
+        dof, var = n - 2.0, float(var_z[best])
         self.slope_error = (best_error / dof / var) ** 0.5 if dof > 0 and bool(spread[best]) else 0.0
-        self.mean_z = float(sz[best] / n[best])
+        self.mean_z = float(sz[best] / n)
 
     def _knee_clear(self, line_error: float, knee_error: float, n: float) -> bool:
         """Whether the knee's gain over the line passes the F test (``knee_evidence``)."""
@@ -411,6 +425,8 @@ class KneeLatencyModel:
         """``predict`` as a float64 numpy array (or scalar): the policies' per-step scan."""
         slope = max(0.0, self.slope - deviations * self.slope_error)
         intercept = self.intercept + (self.slope - slope) * self.mean_z
+        if type(real_tokens) is int:  # one step (observe's clip): the same operations on floats
+            return np.float64(max(intercept + slope * max(real_tokens - self.knee, 0.0), 1e-6))
         real = np.asarray(real_tokens, dtype=np.float64)
         return np.maximum(intercept + slope * np.maximum(real - self.knee, 0.0), 1e-6)
 

@@ -36,15 +36,15 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..cost_aware import CostAwareTetris
-from ..drafters import NgramIndex, NgramMatch, match_arrays
-from ..estimators import FEATURES, NgramLogistic, token_class_table
+from ..drafters import NgramIndex, match_arrays
+from ..estimators import NgramLogistic, token_class_table
 from ..policies import GoodputTetris, StandardSD, StepFeedback, Tetris
 from ..proposal import Proposal
 from .config import ProposerOptions
@@ -73,26 +73,22 @@ _COST_FITTED = (GoodputTetris, CostAwareTetris)
 @dataclass
 class _Request:
     index: NgramIndex
-    # The drafts returned last step (their features, tokens and the root they follow), whose
-    # outcome the next step reveals.
-    pending: list[tuple[float, ...]] = field(default_factory=list)
-    pending_tokens: list[int] = field(default_factory=list)
-    root: int = -1
-    # Their rows of the estimator's design matrix: the update that learns their outcome reuses
-    # them (the request's estimator state cannot change in between: updates run once a step).
-    pending_design: np.ndarray | None = None
+    # The drafts returned last step, whose outcome the next step reveals: their row in that
+    # step's arrays (`_DraftedStep`) and how many (a prefix of the row).
+    row: int = -1
+    returned: int = 0
 
 
-class _Outcome(NamedTuple):
-    """What one request's last drafts taught: its tested drafts (features, tokens, design
-    rows), the root they followed, and how many of them the engine accepted."""
+class _DraftedStep(NamedTuple):
+    """The arrays of the last step's drafts, kept for the update that learns their outcome:
+    tokens [B, N] (-1: none), raw features [B, N, 5], the estimator's design rows [B, N, F]
+    (the request's estimator state cannot change in between: updates run once a step) and the
+    roots [B]. A request's returned drafts are a prefix of its row."""
 
-    request: str
-    features: list[tuple[float, ...]]
-    tokens: list[int]
+    tokens: np.ndarray
+    features: np.ndarray
     design: np.ndarray
-    root: int
-    accepted: int
+    roots: np.ndarray
 
 
 @dataclass
@@ -123,6 +119,7 @@ class DraftSelection:
         self._last_end: float | None = None  # when the previous call returned (step timing)
         self.last_req_ids: list[str] = []
         self._drafted_last: set[str] = set()  # requests the previous call drafted for
+        self._last_drafts: _DraftedStep | None = None  # that call's arrays
 
     def step(
         self,
@@ -147,11 +144,12 @@ class DraftSelection:
             del self.requests[gone]
             self.estimator.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
-        active = [i for i in range(rows) if sampled_token_ids[i] and num_tokens[i] + 1 < self.max_model_len]
+        lengths = num_tokens[:rows].tolist()
+        active = [i for i in range(rows) if sampled_token_ids[i] and lengths[i] + 1 < self.max_model_len]
         self._drafted_last = {req_ids[i] for i in active}
         drafts: list[list[int]] = [[] for _ in range(rows)]
         if active:
-            self._draft_and_select(active, req_ids, num_tokens, token_ids, drafts)
+            self._draft_and_select(active, req_ids, lengths, token_ids, drafts)
         self.totals["seconds"] += time.perf_counter() - start
         if self.record and active:
             self.records[-1].seconds = time.perf_counter() - start
@@ -160,33 +158,29 @@ class DraftSelection:
 
     def _learn(self, req_ids, sampled_token_ids, verified, now: float, step_tokens: int | None) -> None:
         """Calibration (and step-time) updates from what the engine accepted of the last drafts."""
-        outcomes, counts = [], []  # _Outcome per request with tested drafts, (v, a) per request
+        # Per request with tested drafts: its id, row in the last step's arrays, tested and
+        # accepted drafts; (v, a) per request.
+        owners, rows, tested_counts, accepted_counts, counts = [], [], [], [], []
         for rid, sampled in zip(req_ids, sampled_token_ids):
             state = self.requests.get(rid)
             if state is None or rid not in self._drafted_last:
                 continue
-            pending, state.pending = state.pending, []
+            returned, state.returned = state.returned, 0
             if not sampled:  # the step produced nothing for it (e.g. discarded): no outcome
                 continue
             # A request given 0 drafts still counts: the step-time model must see small steps too.
-            v = len(pending) if verified is None else min(verified.get(rid, 0), len(pending))
+            v = returned if verified is None else min(verified.get(rid, 0), returned)
             a = min(len(sampled) - 1, v)
             tested = min(a + 1, v)  # drafts whose parent was accepted: their own outcome is known
             if tested:
-                outcomes.append(
-                    _Outcome(
-                        rid,
-                        pending[:tested],
-                        state.pending_tokens[:tested],
-                        state.pending_design[:tested],
-                        state.root,
-                        a,
-                    )
-                )
+                owners.append(rid)
+                rows.append(state.row)
+                tested_counts.append(tested)
+                accepted_counts.append(a)
             counts.append((v, a))
         if not counts:
             return
-        self._update_estimator(outcomes)
+        self._update_estimator(owners, rows, tested_counts, accepted_counts)
         v_all, a_all = zip(*counts)
         self.totals["verified"] += sum(v_all)
         self.totals["accepted"] += sum(a_all)
@@ -200,8 +194,8 @@ class DraftSelection:
             if engine_seconds < 30.0:  # a longer gap is an idle engine, not a step
                 self.policy.observe(
                     StepFeedback(
-                        torch.tensor(v_all),
-                        torch.tensor(a_all),
+                        torch.from_numpy(np.array(v_all, dtype=np.int64)),
+                        torch.from_numpy(np.array(a_all, dtype=np.int64)),
                         computed_tokens=decode,
                         draft_seconds=self.totals["seconds"] / max(1, self.totals["steps"]),
                         verify_seconds=engine_seconds,
@@ -210,57 +204,63 @@ class DraftSelection:
                     )
                 )
 
-    def _update_estimator(self, outcomes: list[_Outcome]) -> None:
-        """One batched update of the estimator from the requests' outcomes."""
-        if not outcomes:
+    def _update_estimator(self, owners, rows, tested_counts, accepted_counts) -> None:
+        """One batched update of the estimator from the requests' outcomes: of each request
+        ``owners[i]`` (row ``rows[i]`` of the last step's arrays) the first ``tested_counts[i]``
+        drafts were tested and the first ``accepted_counts[i]`` accepted."""
+        if not owners:
             return
-        N = max(len(o.tokens) for o in outcomes)
-        # The batch's tensors built once (numpy, then one conversion each), not per request.
-        tokens, features = match_arrays([NgramMatch(o.tokens, o.features) for o in outcomes], N)
-        design = np.zeros((len(outcomes), N, len(FEATURES)))
-        for b, o in enumerate(outcomes):
-            design[b, : len(o.tokens)] = o.design
-        tested = tokens >= 0
-        accepted = torch.from_numpy(np.arange(N) < np.array([o.accepted for o in outcomes])[:, None])
-        roots = torch.tensor([o.root for o in outcomes])
-        owners = [o.request for o in outcomes]
+        last, rows = self._last_drafts, np.array(rows)
+        # The rows gathered from the last step's arrays (the drafts beyond the tested ones are
+        # masked out: every use of them in update_batch is under `tested`).
+        position = np.arange(last.tokens.shape[1])
+        tested = position < np.array(tested_counts)[:, None]
+        accepted = position < np.array(accepted_counts)[:, None]  # a prefix of the tested ones
         self.estimator.update_batch(
-            features, owners, tested, accepted & tested, tokens, roots, design=torch.from_numpy(design)
+            torch.from_numpy(last.features[rows]),
+            owners,
+            torch.from_numpy(tested),
+            torch.from_numpy(accepted),
+            torch.from_numpy(last.tokens[rows]),
+            torch.from_numpy(last.roots[rows]),
+            design=torch.from_numpy(last.design[rows]),
         )
 
-    def _draft_and_select(self, active, req_ids, num_tokens, token_ids, drafts) -> None:
+    def _draft_and_select(self, active, req_ids, lengths, token_ids, drafts) -> None:
         options, N = self.options, self.options.max_drafts
-        matches, roots = [], []
+        states, matches, roots = [], [], []
         for i in active:
             state = self.requests.get(req_ids[i])
             if state is None:
                 state = self.requests[req_ids[i]] = _Request(NgramIndex(options.max_ngram, options.min_ngram))
-            length = int(num_tokens[i])
-            if length < len(state.index.tokens):  # the context shrank (cannot happen in 0.32): rebuild
-                state.index = NgramIndex(options.max_ngram, options.min_ngram)
-            state.index.extend(token_ids[i, len(state.index.tokens) : length].tolist())
-            matches.append(state.index.match(min(N, self.max_model_len - length - 1)))
-            roots.append(int(token_ids[i, length - 1]))  # the token the drafts follow
+            length, index = lengths[i], state.index
+            if length < len(index.tokens):  # the context shrank (cannot happen in 0.32): rebuild
+                index = state.index = NgramIndex(options.max_ngram, options.min_ngram)
+            new = token_ids[i, len(index.tokens) : length].tolist()
+            index.extend(new)
+            matches.append(index.match(min(N, self.max_model_len - length - 1)))
+            roots.append(new[-1] if new else int(token_ids[i, length - 1]))  # the token the drafts follow
+            states.append(state)
         B = len(active)
         tokens, features = match_arrays(matches, N)
         owners = [req_ids[i] for i in active]
-        design = self.estimator.design(features, owners, tokens, torch.tensor(roots))
-        token_logprobs = self.estimator.predict_design(design).log().float()
-        token_logprobs[tokens < 0] = -math.inf
+        roots = torch.from_numpy(np.array(roots, dtype=np.int64))
+        design = self.estimator.design(features, owners, tokens, roots)
+        # float32 and the padding's -inf in numpy (a cast and a fill: exact)
+        token_logprobs = self.estimator.predict_design(design).log().numpy().astype(np.float32)
+        token_logprobs[tokens.numpy() < 0] = -math.inf
+        token_logprobs = torch.from_numpy(token_logprobs)
         cum_logprobs = token_logprobs.cumsum(1)
         if options.min_prob is not None:  # the floor, for every policy
             floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
             cum_logprobs[cum_logprobs < floor] = -math.inf
         proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
-        counts = self.policy.choose(proposal).sum(1).tolist()  # chains: a prefix per request
-        design_rows = design.numpy()
-        for b, (i, match) in enumerate(zip(active, matches)):
-            drafts[i] = match.tokens[: counts[b]]
-            state = self.requests[owners[b]]
-            state.pending, state.pending_tokens = match.features[: counts[b]], match.tokens[: counts[b]]
-            state.pending_design = design_rows[b, : counts[b]]
-            state.root = roots[b]
-        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
+        counts = np.count_nonzero(self.policy.choose(proposal).numpy(), axis=1).tolist()  # chains: prefixes
+        self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
+        for b, (i, state, match, count) in enumerate(zip(active, states, matches, counts)):
+            drafts[i] = match.tokens[:count]
+            state.row, state.returned = b, count
+        drafted = sum(map(len, (match.tokens for match in matches)))
         self.totals["steps"] += 1
         self.totals["drafted"] += drafted
         if self.record:
