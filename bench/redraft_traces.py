@@ -5,11 +5,11 @@
 
 A trace's continuation is the target's greedy output, which does not depend on the drafter,
 so `tetris_ext.sim.redraft` gives the trace that recording with today's `NgramDrafter` would
-give (same settings: max_draft, max_ngram, min_ngram). A trace is stale when its drafter
-record lacks the current copy rule (``"copy": "overlapping"``: drafts continue past the
-context's end, drafters.overlapping_copy). Each is rewritten in place; the table printed
-shows what changed: positions with a draft, drafts per position, and the tokens a step
-would accept with every draft verified (the trace's ``accept_len``).
+give (same settings: max_draft, max_ngram, min_ngram). A trace is stale when that differs from
+what it stores (drafts, features, accept_len or drafter record; tests/test_bench_smoke.py fails
+on a stale one, so a change to the drafter comes with its traces). Each stale trace is
+rewritten in place; the table printed shows what changed: positions with a draft, drafts per
+position, and the tokens a step would accept with every draft verified (``accept_len``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,31 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, format_table  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
 from tetris_ext.sim import Trace, redraft  # noqa: E402
 
 TRACES = RESULTS_DIR / "traces"
-COPY_RULE = "overlapping"
+DRAFT_FIELDS = ("draft_tokens", "draft_features", "accept_len")
+
+
+def ngram_traces() -> list[Path]:
+    """The stored traces of the n-gram drafter (not the targets' confidence caches)."""
+    paths = sorted(p for p in TRACES.glob("*.npz") if not p.name.endswith(".target_confidence.npz"))
+    return [p for p in paths if Trace.load(p).drafter.get("kind") == "ngram"]
+
+
+def redrafted_if_stale(trace: Trace) -> Trace | None:
+    """The trace as today's NgramDrafter drafts it, or None when it already is."""
+    cfg = trace.drafter
+    fresh = redraft(trace, NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"]))
+    same = fresh.drafter == cfg and all(
+        np.array_equal(getattr(fresh, name), getattr(trace, name)) for name in DRAFT_FIELDS
+    )
+    return None if same else fresh
 
 
 def summary(trace: Trace) -> dict:
@@ -46,20 +64,15 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="list stale traces, change nothing")
     args = parser.parse_args()
     rows = []
-    for path in sorted(TRACES.glob("*.npz")):
-        if path.name.endswith(".target_confidence.npz"):
-            continue  # the target's confidences: per continuation position, drafter-independent
+    for path in ngram_traces():
         trace = Trace.load(path)
-        cfg = trace.drafter
-        if cfg.get("kind") != "ngram" or cfg.get("copy") == COPY_RULE:
+        fresh = redrafted_if_stale(trace)
+        if fresh is None:
             continue
-        before = summary(trace)
-        row = {"trace": path.name, **{f"{k} before": v for k, v in before.items()}}
+        row = {"trace": path.name, **{f"{k} before": v for k, v in summary(trace).items()}}
+        row.update({f"{k} after": v for k, v in summary(fresh).items()})
         if not args.check:
-            fresh = redraft(trace, NgramDrafter(cfg["max_draft"], cfg["max_ngram"], cfg["min_ngram"]))
-            assert fresh.drafter.get("copy") == COPY_RULE
             fresh.save(path)
-            row.update({f"{k} after": v for k, v in summary(fresh).items()})
         rows.append(row)
     if not rows:
         print("every n-gram trace is drafted by the current rule")

@@ -122,3 +122,11 @@ def test_caution_diagnosis_replays_the_tuning_trace(tmp_path):
         assert policy["steps"] <= rows[(group, "StandardSD(2)")]["steps"]
     pooled = result["fit_logs"]["bundled"]["pooled"]
     assert all(math.isfinite(v) for v in pooled.values()) and pooled["token_ms"] > 0
+
+
+def test_stored_traces_hold_what_todays_ngram_drafter_drafts():
+    """Every committed n-gram trace equals its redraft by today's NgramDrafter (sim.redraft): a
+    change to the drafter must come with `python bench/redraft_traces.py`, or the replays, the
+    prior's fit and the Brier figures would measure drafts the live loop no longer makes."""
+    proc = run_bench("redraft_traces.py", "--check")
+    assert "every n-gram trace is drafted by the current rule" in proc.stdout
