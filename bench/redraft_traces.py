@@ -29,10 +29,13 @@ TRACES = RESULTS_DIR / "traces"
 DRAFT_FIELDS = ("draft_tokens", "draft_features", "accept_len")
 
 
-def ngram_traces() -> list[Path]:
-    """The stored traces of the n-gram drafter (not the targets' confidence caches)."""
-    paths = sorted(p for p in TRACES.glob("*.npz") if not p.name.endswith(".target_confidence.npz"))
-    return [p for p in paths if Trace.load(p).drafter.get("kind") == "ngram"]
+def ngram_traces():
+    """(path, trace) of every stored trace of the n-gram drafter (not the confidence caches)."""
+    for path in sorted(TRACES.glob("*.npz")):
+        if not path.name.endswith(".target_confidence.npz"):
+            trace = Trace.load(path)
+            if trace.drafter.get("kind") == "ngram":
+                yield path, trace
 
 
 def redrafted_if_stale(trace: Trace) -> Trace | None:
@@ -64,8 +67,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="list stale traces, change nothing")
     args = parser.parse_args()
     rows = []
-    for path in ngram_traces():
-        trace = Trace.load(path)
+    for path, trace in ngram_traces():
         fresh = redrafted_if_stale(trace)
         if fresh is None:
             continue

@@ -386,14 +386,15 @@ class NgramLogistic:
         # The Newton step's elementwise parts are numpy's too, in place on views of the tensors
         # (exact: the same bits); the sigmoid, the matrix products and the solve stay torch's.
         tested, accepted = tested.numpy(), accepted.numpy()
-        rows = design.numpy()[tested]
-        if self.precision is not None and len(rows):
-            x, precision, weights = torch.from_numpy(rows), self.precision.numpy(), self.weights.numpy()
+        tested_rows = design.numpy()[tested]  # the design rows of the tested drafts
+        if self.precision is not None and len(tested_rows):
+            x = torch.from_numpy(tested_rows)
+            precision, weights = self.precision.numpy(), self.weights.numpy()  # views: updated in place
             p = torch.sigmoid(x @ self.weights).numpy()
-            precision += (torch.from_numpy(rows * (p * (1.0 - p))[:, None]).T @ x).numpy()
+            precision += (torch.from_numpy(tested_rows * (p * (1.0 - p))[:, None]).T @ x).numpy()
             residual = torch.from_numpy(accepted[tested].astype(np.float64) - p)
             weights += torch.linalg.solve(self.precision, x.T @ residual).numpy()
-        self.updates += len(rows)
+        self.updates += len(tested_rows)
         self._revision += 1
         # The per-request state in numpy (views of the tensors): exact arithmetic, fewer ops.
         slots = self._slot_indices(list(requests))
@@ -408,8 +409,8 @@ class NgramLogistic:
         decay = np.where(first_trials > 0, np.float32(self.rate_decay), np.float32(1.0))
         rows[:, 0] = decay * rows[:, 0] + (first & accepted).sum(1)
         rows[:, 1] = decay * rows[:, 1] + first_trials
-        hits = tested & accepted
-        rows[:, 2] = np.where((tested > hits).any(1), 0.0, rows[:, 2] + hits.sum(1))  # a rejection resets
+        rejected = (tested & ~accepted).any(1)  # a rejection resets the copy run
+        rows[:, 2] = np.where(rejected, 0.0, rows[:, 2] + (tested & accepted).sum(1))
         state[slots] = rows
         if tokens is not None:
             buckets = self._buckets(tokens.numpy(), roots)

@@ -260,7 +260,7 @@ class DraftSelection:
         for b, (i, state, match, count) in enumerate(zip(active, states, matches, counts)):
             drafts[i] = match.tokens[:count]
             state.row, state.returned = b, count
-        drafted = sum(map(len, (match.tokens for match in matches)))
+        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
         self.totals["steps"] += 1
         self.totals["drafted"] += drafted
         if self.record:
