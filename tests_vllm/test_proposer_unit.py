@@ -255,3 +255,18 @@ def test_served_token_classes_come_from_the_models_tokenizer():
     ids = {c: tokenizer.convert_tokens_to_ids(t) for c, t in (("whitespace", "\n"), ("punctuation", ","))}
     for name, token_id in ids.items():
         assert table[token_id] == TOKEN_CLASSES.index(name)
+
+
+def test_vllm_tokenizes_as_the_decoding_loop():
+    """vLLM's tokenizer of the served folder gives the loop's token ids, <bos> first (it once
+    loaded transformers 5's GemmaTokenizer: single characters, no <bos>)."""
+    from transformers import PreTrainedTokenizerFast
+    from vllm.tokenizers import get_tokenizer
+
+    from tetris_ext.vllm import gemma3_270m_path
+
+    path = gemma3_270m_path()
+    text = "The quick brown fox jumps over the lazy dog.\ndef hello_world(x):\n    return x + 1"
+    ids = get_tokenizer(path).encode(text)
+    assert ids == PreTrainedTokenizerFast.from_pretrained(path)(text).input_ids
+    assert ids[0] == 2 and len(ids) < len(text) / 1.5  # <bos>, then pieces longer than a character

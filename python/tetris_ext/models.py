@@ -10,6 +10,7 @@ with ``save_pretrained`` under the cache directory, so later runs load in second
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .model_parts import SplitGGUF, assemble
 
 __all__ = [
     "cache_dir",
+    "gemma3_270m_folder",
     "load_gemma3_270m",
     "load_qwen25_coder",
     "QWEN25_CODER",
@@ -84,6 +86,33 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     _save_converted(model, _with_bos(tokenizer), gguf_path, out_dir)
 
 
+def _load_tokenizer_as_written(folder: Path) -> None:
+    """Make ``AutoTokenizer`` (and so vLLM) load the folder's tokenizer.json as written.
+
+    save_pretrained records the class GemmaTokenizer, and transformers 5's GemmaTokenizer
+    rebuilds a BPE model from the vocabulary alone (the GGUF's is a Unigram one, without merges):
+    it splits text into single characters, without <bos> (a 411-token prompt became 889 tokens,
+    and vLLM refused the longest held-out code prompt, 1035 > max_model_len 1024). The generic
+    fast class keeps tokenizer.json, <bos> template included. Idempotent: folders converted
+    before this rule are mended in place."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def gemma3_270m_folder() -> Path:
+    """The converted Gemma 3 270M folder (float32 safetensors + tokenizer; converts once), the one
+    model of the decoding loop and of vLLM (`tetris_ext.vllm.gemma3_270m_path`)."""
+    path = cache_dir() / GEMMA_DIRNAME
+    if not (path / "config.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gemma_gguf(path)
+    _load_tokenizer_as_written(path)
+    return path
+
+
 def _with_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """transformers 5 reads the GGUF vocabulary without the <bos> that Gemma expects before every
     prompt (4.x added it): put it into the template that tokenizer.json keeps."""
@@ -101,15 +130,9 @@ def load_gemma3_270m(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Gemma 3 270M (de-quantised from Q4_K_M) and its tokenizer; converts once, then loads from cache."""
-    path = cache_dir() / GEMMA_DIRNAME
-    if not (path / "config.json").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gemma_gguf(path)
+    path = gemma3_270m_folder()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    # tokenizer.json as written: transformers 5's GemmaTokenizer class would rebuild a BPE model
-    # from the vocabulary alone (the GGUF's is a Unigram one, without merges) and split text into
-    # single characters.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # as written (_load_tokenizer_as_written)
     return model.eval(), tokenizer
 
 
