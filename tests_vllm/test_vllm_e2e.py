@@ -61,3 +61,32 @@ def test_greedy_outputs_identical_and_budget_kept(reference, tetris_engine, opti
 def test_too_many_drafts_for_the_engine_raise(tetris_engine):
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         find_proposer(tetris_engine).configure(ProposerOptions("tetris", 4, 2))
+
+
+def test_paired_benchmarks_builtin_ngram_drafts_in_our_engine(reference, tetris_engine):
+    """bench/vllm_paired.py's stand-in for vLLM's built-in n-gram (its NgramProposer behind the
+    custom-class call) drafts in our engine, and the outputs stay vLLM's without speculation."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import vllm_paired
+
+    runner = vllm_paired.vllm_e2e.runner_of(tetris_engine)
+    ours = runner.drafter
+    builtin = vllm_paired.BuiltinNgram(tetris_engine.llm_engine.vllm_config, 3)
+    returned: list[int] = []  # drafts per request, every call
+    inner = builtin.propose
+
+    def counted(*args, **kwargs):
+        drafts = inner(*args, **kwargs)
+        returned.extend(len(d) for d in drafts)
+        return drafts
+
+    builtin.propose = counted
+    runner.drafter = builtin
+    try:
+        assert generate(tetris_engine) == reference
+    finally:
+        runner.drafter = ours
+    assert sum(returned) > 0 and max(returned) <= 3
