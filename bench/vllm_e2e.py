@@ -141,11 +141,15 @@ def runner_of(llm):
 
 def time_proposer(llm) -> list[float]:
     """Wrap the engine's proposer so that every `propose` call's seconds are recorded."""
-    runner = runner_of(llm)
     seconds: list[float] = []
-    drafter = getattr(runner, "drafter", None)
-    if drafter is None:
-        return seconds
+    drafter = getattr(runner_of(llm), "drafter", None)
+    if drafter is not None:
+        time_drafter(drafter, seconds)
+    return seconds
+
+
+def time_drafter(drafter, seconds: list[float]):
+    """The drafter, its `propose` calls now timed into ``seconds``."""
     inner = drafter.propose
 
     def timed(*args, **kwargs):
@@ -155,7 +159,7 @@ def time_proposer(llm) -> list[float]:
         return out
 
     drafter.propose = timed
-    return seconds
+    return drafter
 
 
 def spec_counters(llm) -> dict[str, float]:

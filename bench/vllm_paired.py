@@ -89,20 +89,6 @@ class BuiltinNgram:
         return self.inner.propose(self.k, sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
 
 
-def timed(drafter, seconds: list[float]):
-    """The drafter with its `propose` calls timed into ``seconds``."""
-    inner = drafter.propose
-
-    def propose(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = inner(*args, **kwargs)
-        seconds.append(time.perf_counter() - t0)
-        return out
-
-    drafter.propose = propose
-    return drafter
-
-
 def cpu_model() -> str:
     """The CPU's model name (the hosts of this project's runs differ: compare ratios, not tok/s)."""
     try:
@@ -183,13 +169,17 @@ def main() -> None:
     sets = {s: p for s, p in vllm_e2e.prompt_sets(False, args.prompts).items() if s in args.sets}
     runner, ours = vllm_e2e.runner_of(llm), find_proposer(llm)
     seconds: list[float] = []
-    drafters = {
-        n: ours
-        if kind == "ours"
-        else timed(BuiltinNgram(llm.llm_engine.vllm_config, c) if kind == "builtin" else NoDrafts(), seconds)
-        for n, (kind, c) in ((n, CONFIGS[n]) for n in args.configs)
-    }
-    timed(ours, seconds)
+    vllm_config = llm.llm_engine.vllm_config
+
+    def drafter(kind: str, arg):
+        if kind == "ours":
+            return ours  # timed once, below: every configuration of ours is the same object
+        return vllm_e2e.time_drafter(
+            BuiltinNgram(vllm_config, arg) if kind == "builtin" else NoDrafts(), seconds
+        )
+
+    drafters = {name: drafter(*CONFIGS[name]) for name in args.configs}
+    vllm_e2e.time_drafter(ours, seconds)
     warm = vllm.SamplingParams(temperature=0, max_tokens=8)
     for name in args.configs:  # untimed warm-up of every drafter (numba compilation, allocations)
         runner.drafter = drafters[name]
