@@ -251,16 +251,17 @@ def record_smollm2(max_new_tokens: int = 64) -> None:
 
 
 def load_token_classes(model: str = "gemma3-270m"):
-    """The target vocabulary's token classes (the tokenizer only, no weights)."""
+    """The target vocabulary's token classes (the tokenizer only; Gemma's comes from the decoding
+    loop's folder, converted once on a fresh machine, about 2 minutes on 2 cores)."""
     import transformers
 
-    from tetris_ext.models import GEMMA_DIRNAME, cache_dir
+    from tetris_ext.models import gemma3_270m_folder
 
     transformers.logging.set_verbosity_error()
     if model == "smollm2-135m":
         tokenizer = smollm2_tokenizer()
     else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(cache_dir() / GEMMA_DIRNAME)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gemma3_270m_folder())
     return token_class_table(tokenizer)
 
 
