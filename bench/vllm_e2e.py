@@ -111,15 +111,23 @@ def configurations(quick: bool) -> list[tuple[str, dict | None]]:
 
 
 # Variants run only when named in --configs: the drafter's shortest n-gram match (min_ngram; the
-# default 1 drafts from any match, vLLM's built-in n-gram only from prompt_lookup_max tokens).
+# default 1 drafts from any match, vLLM's built-in n-gram only from prompt_lookup_max tokens) ...
 VARIANTS = {
     f"{name} min{m}": {"ours": dict(policy=policy, k=k, extra=e, min_ngram=m)}
     for name, policy, k, e in (("cost-aware", "cost-aware", 3, 2), ("sd 3", "sd", 3, 0))
     for m in (2, 3, 4)
 }
+# ... and what speculation's machinery costs by itself. vLLM turns async scheduling off for n-gram
+# and custom-class proposers (its V1 runner overlaps the next step's scheduling with this step's
+# forward only for EAGLE-like methods), so "none sync" is the plain engine without it, and "no
+# drafts" our speculative engine verifying nothing (estimates are clamped below 1, so a floor of 1
+# drops every draft; the proposer still runs).
+VARIANTS["none sync"] = {"async_scheduling": False}
+VARIANTS["no drafts"] = {"ours": dict(policy="sd", k=1, extra=0, min_prob=1.0)}
 
 
-def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
+def make_engine(model: str, batch: int, eager: bool, spec: dict | None, async_scheduling: bool | None = None):
+    """async_scheduling: None lets vLLM choose (on for a plain engine, off for n-gram / custom drafts)."""
     import vllm
 
     return vllm.LLM(
@@ -132,6 +140,7 @@ def make_engine(model: str, batch: int, eager: bool, spec: dict | None):
         enable_prefix_caching=False,
         disable_log_stats=False,
         speculative_config=spec,
+        async_scheduling=async_scheduling,
     )
 
 
@@ -216,21 +225,24 @@ def run_set(llm, prompts: list[str], batch: int, max_tokens: int, propose_second
     }
 
 
-def engines_for(batch: int, configs) -> list[tuple[dict | None, list[str]]]:
-    """(speculative_config, the configurations that engine serves) for one max_num_seqs."""
+def engines_for(batch: int, configs) -> list[tuple[dict, list[str]]]:
+    """(make_engine's options, the configurations that engine serves) for one max_num_seqs."""
     from tetris_ext.vllm import speculative_config
     from tetris_ext.vllm.config import ProposerOptions
 
-    engines: list[tuple[dict | None, list[str]]] = [(None, ["none"])]
+    engines: list[tuple[dict, list[str]]] = [({"spec": None}, ["none"])]
     engines += [
-        ({"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}, [n])
+        ({"spec": None, "async_scheduling": False}, [n]) for n, c in configs if c and "async_scheduling" in c
+    ]
+    engines += [
+        ({"spec": {"method": "ngram", "num_speculative_tokens": c["ngram"], "prompt_lookup_max": 4}}, [n])
         for n, c in configs
         if c and "ngram" in c
     ]
     ours = [n for n, c in configs if c and "ours" in c]
     if ours:
         most = max(ProposerOptions(**dict(configs)[n]["ours"]).max_drafts for n in ours)
-        engines.append((speculative_config("tetris", k=1, extra=most - 1), ours))
+        engines.append(({"spec": speculative_config("tetris", k=1, extra=most - 1)}, ours))
     return engines
 
 
@@ -242,7 +254,7 @@ def run_engine(job: dict) -> list[dict]:
 
     configs, sets, batch = dict(job["configs"]), job["sets"], job["batch"]
     t0 = time.perf_counter()
-    llm = make_engine(gemma3_270m_path(), batch, job["eager"], job["spec"])
+    llm = make_engine(gemma3_270m_path(), batch, job["eager"], **job["engine"])
     start_s = time.perf_counter() - t0
     import vllm  # untimed warm-up: first-call costs (numba compilation of vLLM's n-gram, allocations)
 
@@ -275,10 +287,10 @@ def sweep(args) -> list[dict]:
         configs += [(n, c) for n, c in VARIANTS.items() if n in args.configs]
     rows = []
     for round_, batch in ((r, b) for r in range(args.rounds) for b in args.batch_sizes):
-        for spec, names in engines_for(batch, configs):
+        for engine, names in engines_for(batch, configs):
             job = {
                 "batch": batch,
-                "spec": spec,
+                "engine": engine,
                 "names": names,
                 "configs": configs,
                 "sets": sets,
@@ -398,7 +410,8 @@ def chart(rows: list[dict], path: Path) -> None:
     groups = sorted({(r["max_num_seqs"], r["set"]) for r in rows})
     fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups)), squeeze=False)
     colors = {
-        "none": "grey",
+        "none": "grey",  # and "none sync"
+        "no": "silver",  # "no drafts"
         "ngram": "tab:blue",
         "sd": "tab:orange",
         "tetris": "tab:green",

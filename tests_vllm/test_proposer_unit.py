@@ -131,6 +131,18 @@ def test_budget_never_exceeded_and_state_released(options):
         assert selection.policy.steps >= len(outputs) - 1
 
 
+@pytest.mark.parametrize("policy", ["sd", "tetris", "cost-aware"])
+def test_a_floor_of_one_verifies_nothing(policy):
+    """Estimates stay below 1 (NgramLogistic clamps them), so min_prob=1 drafts nothing, whatever
+    the policy: bench/vllm_e2e.py's "no drafts" (a speculative engine's cost by itself) relies on it,
+    on text the drafter matches well (the run above accepts most of what it verifies)."""
+    selection, engine, outputs = run_fake(
+        ProposerOptions(policy, 1 if policy == "sd" else 3, 0, min_prob=1.0)
+    )
+    assert outputs and all(sum(map(len, out)) == 0 for out in outputs)
+    assert selection.totals["drafted"] > 0  # the drafter did propose
+
+
 @pytest.mark.parametrize("policy", ["goodput", "cost-aware"])
 def test_cost_fitted_policies_are_priced_flat(policy):
     """vLLM flattens every step: the proposer's step-time policies are bound flat (no flag),

@@ -63,14 +63,38 @@ def test_too_many_drafts_for_the_engine_raise(tetris_engine):
         find_proposer(tetris_engine).configure(ProposerOptions("tetris", 4, 2))
 
 
-def test_paired_benchmarks_builtin_ngram_drafts_in_our_engine(reference, tetris_engine):
-    """bench/vllm_paired.py's stand-in for vLLM's built-in n-gram (its NgramProposer behind the
-    custom-class call) drafts in our engine, and the outputs stay vLLM's without speculation."""
+def _bench(module: str):
+    import importlib
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import vllm_paired
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(module)
+
+
+def test_e2e_measures_speculation_machinery_in_engines_of_their_own():
+    """bench/vllm_e2e.py's "none sync" is a plain engine without async scheduling (what vLLM does to
+    an engine with n-gram or custom drafts), "no drafts" rides in our speculative engine."""
+    e2e = _bench("vllm_e2e")
+    configs = dict(e2e.configurations(quick=False))
+    chosen = [
+        (n, configs.get(n) or e2e.VARIANTS.get(n))
+        for n in ("none", "ngram 3", "none sync", "no drafts", "cost-aware")
+    ]
+    engines = e2e.engines_for(32, chosen)
+    assert ({"spec": None}, ["none"]) in engines
+    assert ({"spec": None, "async_scheduling": False}, ["none sync"]) in engines
+    ours = [(engine, names) for engine, names in engines if "no drafts" in names]
+    assert len(ours) == 1 and ours[0][1] == ["no drafts", "cost-aware"]
+    assert ours[0][0]["spec"]["num_speculative_tokens"] == 5 and len(engines) == 4
+
+
+def test_paired_benchmarks_builtin_ngram_drafts_in_our_engine(reference, tetris_engine):
+    """bench/vllm_paired.py's stand-in for vLLM's built-in n-gram (its NgramProposer behind the
+    custom-class call) drafts in our engine, and the outputs stay vLLM's without speculation."""
+    vllm_paired = _bench("vllm_paired")
 
     runner = vllm_paired.vllm_e2e.runner_of(tetris_engine)
     ours = runner.drafter
