@@ -18,7 +18,10 @@ is off so that repeats cost what fresh prompts cost). Configurations, per max_nu
 - sd k:             our proposer, policy "sd" (each request its first k n-gram drafts), k = 1..5;
 - tetris k+e:       our proposer, policy "tetris" (best k x requests drafts of the batch), k = 2..4, extra = 1..2;
 - goodput:          our proposer, policy "goodput" (k=3, extra=2: budget from the fitted step-time model);
-- cost-aware:       our proposer, policy "cost-aware" (up to 5 drafts: floor and budget from the fitted step cost).
+- cost-aware:       our proposer, policy "cost-aware" (up to 5 drafts: floor and budget from the fitted step cost);
+- only when named in --configs (``VARIANTS``): "cost-aware min2" .. "sd 3 min4" (the drafter's
+  shortest match), "none sync" (no speculation, async scheduling off) and "no drafts" (our
+  engine verifying nothing): what speculation's machinery costs by itself.
 
 Our configurations share one in-process engine (num_speculative_tokens = 6, the most any of them
 drafts) and switch with `TetrisProposer.configure`; every other configuration has its own engine.
