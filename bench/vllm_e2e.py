@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -57,6 +56,8 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+
+from common import cpu_model  # bench/common.py
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -486,7 +487,7 @@ def main() -> None:
     meta = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores (shared)",
         "vllm": vllm.__version__,
         "torch": torch.__version__,
         "model": "Gemma 3 270M float32",

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,8 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the proposer must live in 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import vllm_e2e  # noqa: E402  (bench/vllm_e2e.py: the engine, prompt sets and one run of a set)
+
+from common import cpu_model  # noqa: E402
 
 # name -> ("builtin", k) for vLLM's n-gram asked for k drafts, ("ours", ProposerOptions kwargs), or
 # ("none", 0): no drafts at all (autoregressive steps in this speculative engine; not the
@@ -87,17 +88,6 @@ class BuiltinNgram:
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None):
         return self.inner.propose(self.k, sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (the hosts of this project's runs differ: compare ratios, not tok/s)."""
-    try:
-        names = [
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        ]
-    except OSError:
-        names = []
-    return names[0] if names else platform.machine()
 
 
 def summarize(rows: list[dict]) -> list[dict]:
