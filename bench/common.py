@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from tetris_ext.machine import cpu_model  # noqa: F401 (bench scripts import it from here)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -100,17 +102,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (this project's hosts differ: compare ratios across runs, not rates)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_metadata(device: str) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from importlib import resources
@@ -29,6 +28,7 @@ from .cost_aware import CostAwareTetris
 from .decoding import generate
 from .drafters import ModelDrafter, NgramDrafter
 from .estimators import NgramLogistic, token_class_table
+from .machine import cpu_model
 from .policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD
 
 POLICY_CHOICES = (
@@ -326,15 +326,7 @@ def write_outputs(runs: list[dict], config: dict, out: Path) -> dict[str, Path]:
 def _machine() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
 
 
 def load_models(args):
