@@ -573,6 +573,7 @@ def run_live(args) -> int:
             ("policy", "policy"),
             ("tok_per_cpu_s", "tok/CPU s"),
             ("vs_best_baseline_cpu", "vs best"),
+            ("vs_best_baseline_cpu_range", "rounds vs best"),
             ("tok_per_decode_cpu_s", "tok/decode CPU s"),
             ("vs_best_baseline_decode_cpu", "vs best"),
             ("tok_per_wall_s", "tok/wall s"),
@@ -601,9 +602,10 @@ def run_live(args) -> int:
 
 
 def compare_live_rows(rows: list[dict], rounds: dict) -> None:
-    """Each row against the best baseline of its own loop (padded or flat); a flat row also
-    against the same policy on the padded loop, round by round (paired: the same spell of the
-    shared machine), median over rounds."""
+    """Each row against the best baseline of its own loop (padded or flat), and the same ratio
+    round by round (paired: each round's runs share a spell of the shared machine; their range
+    says how far one figure can be trusted); a flat row also against the same policy on the
+    padded loop, round by round, median over rounds."""
     for flat in {r["flat"] for r in rows}:
         loop = [r for r in rows if r["flat"] == flat]
         baselines = [r for r in loop if not r["policy"].startswith(RECOMMENDED)]
@@ -613,6 +615,12 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
             r["vs_best_baseline_cpu"] = r["tok_per_cpu_s"] / best["tok_per_cpu_s"]
             r["vs_best_baseline_decode_cpu"] = r["tok_per_decode_cpu_s"] / best_decode["tok_per_decode_cpu_s"]
             r["vs_best_baseline_wall"] = r["tok_per_wall_s"] / best["tok_per_wall_s"]
+            per_round = [
+                mine["tok_per_cpu_s"] / theirs["tok_per_cpu_s"]
+                for mine, theirs in zip(rounds[r["policy"]], rounds[best["policy"]])
+            ]
+            r["vs_best_baseline_cpu_rounds"] = per_round
+            r["vs_best_baseline_cpu_range"] = f"{min(per_round):.3f}-{max(per_round):.3f}"
     for r in rows:
         padded = rounds.get(r["policy"].removesuffix(" [flat]")) if r["flat"] else None
         if padded:

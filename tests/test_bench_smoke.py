@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import tetris_ext  # noqa: F401
@@ -130,3 +131,31 @@ def test_stored_traces_hold_what_todays_ngram_drafter_drafts():
     prior's fit and the Brier figures would measure drafts the live loop no longer makes."""
     proc = run_bench("redraft_traces.py", "--check")
     assert "every n-gram trace is drafted by the current rule" in proc.stdout
+
+
+def test_live_rows_carry_each_rounds_ratio_to_the_best_baseline(monkeypatch):
+    """bench/cost_aware.py --live pairs rounds: a row's ratio to the best baseline is also given
+    round by round (the same spell of the shared machine), so a median's spread shows."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from cost_aware import compare_live_rows
+
+    def run(policy, cpu):
+        return {
+            "policy": policy,
+            "flat": True,
+            "tok_per_cpu_s": cpu,
+            "tok_per_decode_cpu_s": cpu,
+            "tok_per_wall_s": cpu,
+        }
+
+    rounds = {
+        "StandardSD(3) [flat]": [run("StandardSD(3) [flat]", c) for c in (10.0, 12.0, 11.0)],
+        "CostAwareTetris [flat]": [run("CostAwareTetris [flat]", c) for c in (9.0, 13.2, 11.0)],
+    }
+    rows = [runs[2] | {} for runs in rounds.values()]  # the median rounds
+    compare_live_rows(rows, rounds)
+    mine = rows[1]
+    assert mine["vs_best_baseline_cpu"] == 1.0
+    assert mine["vs_best_baseline_cpu_rounds"] == pytest.approx([0.9, 1.1, 1.0])
+    assert mine["vs_best_baseline_cpu_range"] == "0.900-1.100"
+    assert rows[0]["vs_best_baseline_cpu_range"] == "1.000-1.000"
