@@ -37,6 +37,12 @@ between STEADY_TRUNCATE and all of its recorded length, and throughput over the 
 (first finish to last admission; tetris_ext.sim.replay's steady_window) per second of decoding
 (the ratios; the prefill of the prompts that join, the same work under every policy, left out)
 and per second of the window (prefill included), with each request's service time per token.
+--chunked-prefill: the roofline engine computes the joining prompts inside the step's forward
+(vLLM V1, SGLang) instead of a forward of their own before it (this project's loop), and the
+policies are told each step's whole forward and its prompt tokens, as vLLM's proposer is (and,
+before the choice, the step's prompt tokens: Proposal.prefill_tokens); decoding seconds are
+then the forwards less what the prompts add to each step's roots alone
+(cost_models.price_step).
 
 Live (--live): the same policies through decoding.generate on Gemma 3 270M bf16, one thread,
 the source's prompts (more than the batch), reporting tokens per CPU second and per wall second.
@@ -72,6 +78,10 @@ CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 RECOMMENDED = "CostAwareTetris"
 ESTIMATOR = "NgramLogistic (token classes)"  # the rows' label of ngram_estimator()
+ROOFLINE_CHUNKED = {
+    "chunked_prefill": True,
+    "name": "roofline-4xH100-70B-chunked-prefill",
+}  # --chunked-prefill
 STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
@@ -409,7 +419,7 @@ def tuning_draws(tuning: Trace, gpu, args, **variants) -> list[dict]:
 def run_replays(args) -> int:
     cpu = LinearCostModel.load(CPU_COST_PATH)
     line = flat_cpu_line()  # the live flat loop's step (what the live goal measures), batch 8
-    gpu = h100x4_llama70b()
+    gpu = h100x4_llama70b(**ROOFLINE_CHUNKED) if args.chunked_prefill else h100x4_llama70b()
     sources = SMOLLM2_SOURCES if args.model == "smollm2-135m" else SOURCES
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
@@ -723,6 +733,11 @@ def main(argv=None) -> int:
         "--steady",
         action="store_true",
         help="replay: the steady protocol (closed loop, unequal output lengths, steady-window throughput)",
+    )
+    ap.add_argument(
+        "--chunked-prefill",
+        action="store_true",
+        help="replay: the roofline engine computes joining prompts inside the step's forward (vLLM V1, SGLang)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)

@@ -245,6 +245,29 @@ def test_prompt_tokens_in_a_decode_step_are_priced_apart():
     assert never == _fitted_decode_slope(report_prompt=False, prompt_every=0)
 
 
+def test_prompts_told_before_the_choice_price_the_candidates_beside_them():
+    """A chunked-prefill engine that tells the step's prompt tokens (Proposal.prefill_tokens):
+    below the knee the candidates ride along free, but beside a long prompt the step is past it
+    and each candidate costs compute, so the policy verifies fewer (the brute force on that
+    forward, the prompts' own cost left to them); with no prompt it chooses as before."""
+    from dataclasses import replace
+
+    proposal = chain_proposal(PROBS)
+    cum = proposal.cum_logprobs.exp().tolist()
+    cost = KinkedCost(free=10, steep=0.02, padded=False)
+    forward = lambda tokens: cost.step_seconds(StepShape(requests=3, query_tokens=tokens))  # noqa: E731
+    counts = {}
+    for prompt in (None, 0, 5, 40):
+        policy = CostAwareTetris(4, padded=False, cost_model=cost)
+        counts[prompt] = int(policy.choose(replace(proposal, prefill_tokens=prompt)).sum())
+        p = prompt or 0
+        seconds = lambda m, p=p: forward(3 + m + p) - (forward(3 + p) - forward(3))  # noqa: E731
+        assert counts[prompt] == brute_force_prefix(cum, 3, seconds, policy.margin)
+    assert counts[None] == counts[0] == 7 and counts[5] < 7 and counts[40] < 7
+    with pytest.raises(ValueError, match="prefill_tokens"):
+        replace(proposal, prefill_tokens=-1)
+
+
 # Step times measured live (Gemma 3 270M bf16, one thread, batch 8, held-out code prompts of
 # 300-500 tokens): by block width. A one-token step is *slower* than a 2-4 token one there
 # (PyTorch's CPU attention for a single query), the kind of bump a linear fit cannot follow.

@@ -16,7 +16,7 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.calibration import AcceptanceCalibration
-from tetris_ext.cost_models import LinearCostModel, RecordedStepTimes, StepShape, h100x4_llama70b
+from tetris_ext.cost_models import LinearCostModel, RecordedStepTimes, StepShape, h100x4_llama70b, price_step
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.estimators import NgramLogistic
@@ -319,6 +319,67 @@ def test_roofline_is_flat_until_compute_bound():
     flops = m.gpus * m.flops_per_s * m.compute_efficiency
     assert t[4] - t[3] == pytest.approx(2 * m.params * 1024 / flops, rel=1e-9)  # linear when compute bound
     assert m.draft_seconds(StepShape(requests=4, query_tokens=8)) == 0.0
+
+
+def test_chunked_prefill_computes_the_prompts_in_the_steps_forward():
+    """A chunked-prefill engine adds the joining prompts' compute to the step's forward, never a
+    second weight read; without prompts the two engines cost the same."""
+    apart, chunked = h100x4_llama70b(), h100x4_llama70b(chunked_prefill=True)
+    decode = StepShape(requests=64, query_tokens=128, context_tokens=64 * 300)
+    joining = dataclasses.replace(decode, prefill_tokens=200, prefill_requests=1)
+    assert chunked.step_seconds(decode) == apart.step_seconds(decode)
+    assert chunked.step_seconds(joining) == apart.step_seconds(dataclasses.replace(decode, query_tokens=328))
+    weights = (
+        apart.params
+        * apart.bytes_per_param
+        / (apart.gpus * apart.hbm_bytes_per_s * apart.bandwidth_efficiency)
+    )
+    # Under the knee the prompts ride along for free: the saving is the whole second weight read.
+    small = dataclasses.replace(joining, prefill_tokens=50)
+    assert apart.step_seconds(small) - chunked.step_seconds(small) == pytest.approx(weights)
+    assert chunked.step_seconds(joining) < apart.step_seconds(joining)
+    # The prompts are charged what they add to the step's roots alone; the candidates the rest.
+    cost = price_step(chunked, joining)
+    roots = dataclasses.replace(decode, query_tokens=64)
+    assert cost.fused_prefill_tokens == 200
+    assert cost.fused_prefill_seconds == pytest.approx(
+        chunked.step_seconds(dataclasses.replace(roots, prefill_tokens=200)) - chunked.step_seconds(roots)
+    )
+    assert cost.draft_seconds + cost.verify_seconds + cost.fused_prefill_seconds == pytest.approx(
+        cost.seconds
+    )
+    assert cost.verify_seconds > price_step(chunked, decode).verify_seconds  # past the knee beside them
+    ar = price_step(chunked, dataclasses.replace(roots, prefill_tokens=200))  # verifies nothing
+    assert ar.verify_seconds == pytest.approx(price_step(chunked, roots).verify_seconds)
+    assert price_step(apart, joining).fused_prefill_tokens is None
+
+
+class _FeedbackLog(Tetris):
+    """Tetris(2, 2) that keeps what each step tells it."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.feedback = []
+
+    def observe(self, feedback):
+        self.feedback.append(feedback)
+        super().observe(feedback)
+
+
+def test_a_chunked_prefill_replay_tells_the_policy_the_whole_forward_and_its_prompt_tokens(ngram_trace):
+    chunked = h100x4_llama70b(chunked_prefill=True)
+    policy = _FeedbackLog()
+    result = replay(ngram_trace, policy, batch_size=3, cost_model=chunked, num_requests=12)
+    rows, seen, joins = {r["id"]: r["row"] for r in result.requests}, set(), []
+    for step in result.per_step:  # a request joins at the first step it decodes in
+        joins.append(sum(len(ngram_trace.prompts[rows[i]]) - 1 for i in step["requests"] if i not in seen))
+        seen |= set(step["requests"])
+    assert [f.prefill_tokens for f in policy.feedback] == joins and sum(joins) > 0
+    for f, step in zip(policy.feedback, result.per_step):  # the forward's seconds, prompts included
+        assert f.draft_seconds + f.verify_seconds == pytest.approx(step["step_seconds"])
+    apart = _FeedbackLog()
+    replay(ngram_trace, apart, batch_size=3, cost_model=h100x4_llama70b(), num_requests=12)
+    assert {f.prefill_tokens for f in apart.feedback} == {None}
 
 
 def test_also_price_equals_a_replay_under_that_model(ngram_trace):

@@ -68,6 +68,7 @@ verified (autoregressive decoding).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -283,6 +284,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
+        self.prompts_told = False  # the last choice was told its step's prompt tokens (_choose_prefix)
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
         self._shape_known()
 
@@ -314,6 +316,17 @@ class CostAwareTetris(_GoodputPolicy):
         effect into opposite slopes, and the padded floor, which reads the real-token slope
         alone, then refused every candidate (live on code: 94 steps instead of 64)."""
         return feedback.computed_tokens, feedback.computed_tokens
+
+    def _without_prefill(self, feedback: StepFeedback) -> StepFeedback | None:
+        """A flattened engine that told the step's prompt tokens before the choice: the choice
+        priced them as computed tokens (``_flat_latency``), so the fit learns the same, the
+        whole forward on all its tokens (a roofline computes a prompt token as a decoding one).
+        Otherwise (vLLM: the step is planned after the proposer drafts) the prompt tokens are
+        priced apart (``_GoodputPolicy._without_prefill``)."""
+        if feedback.prefill_tokens is not None and self.prompts_told and not self.padded:
+            computed = feedback.computed_tokens + feedback.prefill_tokens
+            return replace(feedback, computed_tokens=computed, prefill_tokens=None)
+        return super()._without_prefill(feedback)
 
     def _observe_latency(self, feedback: StepFeedback) -> None:
         if self.padded and self.fixed is None:
@@ -364,17 +377,30 @@ class CostAwareTetris(_GoodputPolicy):
             ).clamp(min=1e-6)
         return seconds
 
-    def _flat_latency(self, B: int, tokens: np.ndarray) -> np.ndarray:
-        """Predicted step seconds of a flattened engine computing ``tokens`` (float64 numpy: the
-        per-step scan stays off torch's per-op dispatch), from a known cost or the knee fit."""
+    def _flat_latency(self, B: int, tokens: np.ndarray, prompt: int = 0) -> np.ndarray:
+        """Predicted step seconds of a flattened engine computing ``tokens`` decoding tokens
+        (float64 numpy: the per-step scan stays off torch's per-op dispatch), from a known cost
+        or the knee fit. ``prompt``: joining requests' prompt tokens in the same forward (a
+        chunked-prefill engine that says so before the choice, ``Proposal.prefill_tokens``):
+        the step then computes ``tokens + prompt``, less what the prompts add to the step that
+        verifies nothing (their own cost, not the candidates'): a candidate pays its marginal
+        seconds beside the prompts, which past the knee is compute even where the decoding
+        tokens alone would sit below it."""
+        if not prompt:
+            return self._flat_forward(B, tokens)
+        own = self._flat_forward(B, np.array([B + prompt, B], dtype=np.float64))
+        return self._flat_forward(B, tokens + prompt) - (own[0] - own[1])
+
+    def _flat_forward(self, B: int, tokens: np.ndarray) -> np.ndarray:
         if self.fixed is not None:
             steps = torch.from_numpy(tokens)
             return self.fixed.predict(B, steps, steps).numpy()
         return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
 
-    def _flat_seconds(self, B: int):
-        """m [M] float64 tensor -> the seconds, margin included, of flat steps computing B + m."""
-        return lambda m: torch.from_numpy(self._with_margin(self._flat_latency(B, (B + m).numpy())))
+    def _flat_seconds(self, B: int, prompt: int = 0):
+        """m [M] float64 tensor -> the seconds, margin included, of flat steps computing B + m
+        decoding tokens (and ``prompt`` prompt tokens, ``_flat_latency``)."""
+        return lambda m: torch.from_numpy(self._with_margin(self._flat_latency(B, (B + m).numpy(), prompt)))
 
     def _with_margin(self, latency: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Step seconds with verification's extra seconds (beyond ``latency[0]``, the step that
@@ -402,17 +428,22 @@ class CostAwareTetris(_GoodputPolicy):
         probs: [B, N] estimates (float64 numpy, 0 for padding); the scan is numpy for speed,
         exact as torch's (tests/test_policy_speed_equivalence.py)."""
         B = proposal.batch_size
+        # A chunked-prefill engine that tells this step's prompt tokens: priced with them, and
+        # the trust region counts them among the step's tokens (``_trusted``).
+        self.prompts_told = proposal.prefill_tokens is not None
+        prompt = proposal.prefill_tokens or 0
+        room = max(0, self._trusted(B) - B - prompt)
         if self.drain and explore is None and draining(proposal):
             self.last_floor = float("nan")
-            limit = min(self._trusted(B) - B, probs.size if self.capacity is None else self.capacity)
-            return drain_select(proposal, torch.from_numpy(probs), self._flat_seconds(B), limit)
+            limit = min(room, probs.size if self.capacity is None else self.capacity)
+            return drain_select(proposal, torch.from_numpy(probs), self._flat_seconds(B, prompt), limit)
         ranked = np.sort(probs.reshape(-1))[::-1]  # best first
-        ranked = ranked[ranked > 0][: self.capacity][: max(0, self._trusted(B) - B)]
+        ranked = ranked[ranked > 0][: self.capacity][:room]
         if explore is not None:
             return _select(proposal, round(explore * len(ranked)))
         m = np.arange(len(ranked) + 1, dtype=np.float64)
         gain = np.concatenate([[0.0], ranked.cumsum()]) + B
-        latency = self._with_margin(self._flat_latency(B, B + m))
+        latency = self._with_margin(self._flat_latency(B, B + m, prompt))
         goodput = gain / latency
         best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
         self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))

@@ -53,6 +53,11 @@ class StepCost:
     seconds: float
     draft_seconds: float
     verify_seconds: float
+    # A chunked-prefill engine computes the joining prompts inside the step's forward: the prompt
+    # tokens it computed there (None: prompts are prefilled apart), and the seconds charged to
+    # them (what they add to the step's roots alone; verify_seconds has the rest of the forward).
+    fused_prefill_tokens: int | None = None
+    fused_prefill_seconds: float = 0.0
 
 
 class CostModel(Protocol):
@@ -187,6 +192,11 @@ class RooflineCostModel:
     compute_efficiency: float = 0.6
     step_overhead_s: float = 1.5e-3  # launches, all-reduces, sampling, scheduling
     draft_params: float = 0.0  # a draft model's parameters (0: model-free drafting)
+    # Where the prompts of joining requests are computed: False, in a forward of their own before
+    # the step (this project's loop; vLLM V0), which reads the weights once more; True, inside
+    # the step's forward beside the decoding tokens (chunked prefill: vLLM V1, SGLang), where
+    # they add compute but no weight read.
+    chunked_prefill: bool = False
 
     def _roofline(self, params: float, tokens: int, kv_bytes: float, attn_flops: float) -> float:
         bw = self.gpus * self.hbm_bytes_per_s * self.bandwidth_efficiency
@@ -198,8 +208,9 @@ class RooflineCostModel:
     def step_seconds(self, s: StepShape) -> float:
         kv = s.context_tokens * self.kv_bytes_per_token
         attn = 4.0 * self.layers * self.q_dim * s.attention_work
-        t = self.step_overhead_s + self._roofline(self.params, s.query_tokens, kv, attn)
-        if s.prefill_tokens:
+        fused = s.prefill_tokens if self.chunked_prefill else 0
+        t = self.step_overhead_s + self._roofline(self.params, s.query_tokens + fused, kv, attn)
+        if s.prefill_tokens and not self.chunked_prefill:
             t += self._roofline(self.params, s.prefill_tokens, 0.0, 0.0)
         return t + self.draft_seconds(s)
 
@@ -298,6 +309,17 @@ def price_step(model: CostModel, step: StepShape) -> StepCost:
     total = model.step_seconds(step)
     without_prefill = model.step_seconds(replace(step, prefill_tokens=0, prefill_requests=0))
     draft = model.draft_seconds(step)
+    if getattr(model, "chunked_prefill", False) and step.prefill_tokens:
+        # The prompts share the forward: charge them what they add to the step's roots alone
+        # (an autoregressive step), and the verified candidates their marginal seconds beside
+        # the prompts (past the knee, compute they would not pay in a step of their own).
+        roots = replace(step, query_tokens=step.requests)
+        prompts = model.step_seconds(roots) - model.step_seconds(
+            replace(roots, prefill_tokens=0, prefill_requests=0)
+        )
+        return StepCost(total, draft, total - prompts - draft, step.prefill_tokens, prompts)
+    if getattr(model, "chunked_prefill", False):
+        return StepCost(total, draft, without_prefill - draft, 0)
     return StepCost(total, draft, without_prefill - draft)
 
 

@@ -114,6 +114,9 @@ class LiveTarget:
     def keep(self, rows: list[int], leaving: list[Request]) -> None:
         self.cache.select_rows(torch.tensor(rows, dtype=torch.long, device=self.cache.device))
 
+    def fused_prefill_tokens(self, joining: list[Request]) -> None:
+        return None  # joining prompts are prefilled apart (admit)
+
     def verify(
         self, requests: list[Request], block: Block, proposal: Proposal, temperature: float, generator
     ) -> Verified:

@@ -71,12 +71,18 @@ class DecodingRequest(Protocol):
 class StepTimes:
     """Seconds of one step: drafting, selection, verification (target forward, acceptance,
     rollback, drafter update) and the whole step (a replay also charges the prefill of joining
-    requests to it). A cost model prices selection within verification (select = 0)."""
+    requests to it). A cost model prices selection within verification (select = 0).
+    ``fused_prefill_tokens``: the prompt tokens of joining requests that the verification
+    forward computed too (a chunked-prefill engine; None: prefilled apart), which added
+    ``fused_prefill`` seconds to it; the policy is then told the whole forward's seconds and
+    that token count, as vLLM's proposer is (``StepFeedback.prefill_tokens``)."""
 
     draft: float
     select: float
     verify: float
     step: float
+    fused_prefill: float = 0.0
+    fused_prefill_tokens: int | None = None
 
     def as_dict(self) -> dict[str, float]:
         return {"draft": self.draft, "select": self.select, "verify": self.verify, "step": self.step}
@@ -124,6 +130,11 @@ class Target(Protocol):
 
     def times(self, record: StepRecord) -> StepTimes:
         """What the step cost: measured (live) or priced (replay)."""
+
+    def fused_prefill_tokens(self, joining: Sequence) -> int | None:
+        """The prompt tokens of ``joining`` that this step's forward computes beside the
+        decoding tokens (a chunked-prefill engine; ``Proposal.prefill_tokens``), or None when
+        they are prefilled apart (``admit``)."""
 
 
 class Engine:
@@ -196,7 +207,8 @@ class Engine:
         proposal = self._propose(requests, num_draft)
         # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
         left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
-        proposal = replace(proposal, tokens_left=left, waiting=waiting)
+        prefill = self.target.fused_prefill_tokens(joining)  # a chunked-prefill engine's prompts
+        proposal = replace(proposal, tokens_left=left, waiting=waiting, prefill_tokens=prefill)
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()
@@ -220,8 +232,9 @@ class Engine:
                 accepted=outcome.num_accepted(),
                 computed_tokens=len(requests) * block.width if padded else int(block.real.sum()),
                 draft_seconds=times.draft,
-                verify_seconds=times.select + times.verify,
+                verify_seconds=times.select + times.verify + times.fused_prefill,
                 padded=padded,
+                prefill_tokens=times.fused_prefill_tokens,
             )
         )
         request_ids = [r.index for r in requests]

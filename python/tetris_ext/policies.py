@@ -53,8 +53,10 @@ class StepFeedback:
     (``padded`` False: ``generate(flat=True)``, the vLLM proposer, a roofline replay: B +
     verified drafts). draft_seconds / verify_seconds: latency of drafting, and of selection +
     target forward + verification. prefill_tokens: None for an engine whose decode steps
-    compute nothing else (this project's loops, a replay); for one that schedules prompt
-    tokens into its decode steps (vLLM's chunked prefill: a request joining), the prompt
+    compute nothing else (this project's loops, a replay priced with prompts prefilled apart);
+    for one that schedules prompt
+    tokens into its decode steps (vLLM's chunked prefill: a request joining; a replay priced
+    by ``RooflineCostModel(chunked_prefill=True)``), the prompt
     tokens this step computed beside its ``computed_tokens``, 0 when none. They are priced
     apart (``_GoodputPolicy._without_prefill``): a prompt token needs no logits, so with Gemma
     3 270M (a 262k vocabulary) in vLLM on this CPU it cost 0.5 ms against 2-7 ms for a

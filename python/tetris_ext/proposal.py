@@ -43,6 +43,11 @@ class Proposal:
         earlier. Host bookkeeping, so checking it never waits for a device.
     waiting: bool or None: a request is waiting to join the batch (arrived, not yet admitted).
         False: the batch drains, and the run's remaining time is that of its slowest request.
+    prefill_tokens: int >= 0 or None: the prompt tokens of joining requests that this step's
+        forward computes beside the decoding tokens (a chunked-prefill engine that knows its
+        step before the choice: ``sim.replay`` priced by ``RooflineCostModel(chunked_prefill=
+        True)``); None when prompts are prefilled apart or the step is not known yet (the
+        decoding loop; vLLM, whose scheduler plans the step after the proposer drafts).
     """
 
     tokens: Tensor
@@ -53,6 +58,7 @@ class Proposal:
     features: Tensor | None = None
     tokens_left: Tensor | None = None
     waiting: bool | None = None
+    prefill_tokens: int | None = None
 
     def __post_init__(self):
         B = self.tokens.shape[0]
@@ -75,6 +81,9 @@ class Proposal:
             raise ValueError("Proposal: tokens_left must be >= 1 (a request with none left has finished)")
         if self.waiting is not None and not isinstance(self.waiting, bool):
             raise ValueError(f"Proposal: waiting must be a bool or None, got {type(self.waiting).__name__}")
+        prompt = self.prefill_tokens
+        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 0):
+            raise ValueError(f"Proposal: prefill_tokens must be an int >= 0 or None, got {prompt!r}")
 
     @property
     def batch_size(self) -> int:

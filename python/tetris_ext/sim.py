@@ -609,6 +609,13 @@ class ReplayTarget:
         for r in leaving:
             r.finish, r.finish_also = self.clock, list(self.clocks_also)
 
+    def _prompt_tokens(self, joining) -> int:
+        return sum(len(self.trace.prompts[r.row]) - 1 for r in joining)
+
+    def fused_prefill_tokens(self, joining) -> int | None:
+        """A chunked-prefill cost model computes the joining prompts in the step's forward."""
+        return self._prompt_tokens(joining) if getattr(self.cost_model, "chunked_prefill", False) else None
+
     def verify(
         self, requests: list[_SimRequest], block: Block, proposal: Proposal, temperature: float, generator
     ) -> Verified:
@@ -627,7 +634,14 @@ class ReplayTarget:
         self.step_ends.append(self.clock)
         for i, model in enumerate(self.also_price):
             self.clocks_also[i] += price_step(model, shape).seconds
-        return StepTimes(draft=cost.draft_seconds, select=0.0, verify=cost.verify_seconds, step=cost.seconds)
+        return StepTimes(
+            draft=cost.draft_seconds,
+            select=0.0,
+            verify=cost.verify_seconds,
+            step=cost.seconds,
+            fused_prefill=cost.fused_prefill_seconds,
+            fused_prefill_tokens=cost.fused_prefill_tokens,
+        )
 
     def _shape(self, record: StepRecord) -> StepShape:
         B, prefix_lens = len(record.requests), record.prefix_lens
@@ -641,7 +655,7 @@ class ReplayTarget:
             drafting_requests=B if record.num_draft > 0 else 0,
             drafted_tokens=int(record.proposal.counts().sum()),
             draft_passes=self.draft_passes_per_token * min(record.num_draft, self.max_draft),
-            prefill_tokens=sum(len(self.trace.prompts[r.row]) - 1 for r in record.joining),
+            prefill_tokens=self._prompt_tokens(record.joining),
             prefill_requests=len(record.joining),
         )
 
