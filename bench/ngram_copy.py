@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tetris_ext.drafters import NgramIndex, _followers, overlapping_copy
+from tetris_ext.drafters import NgramIndex, overlapping_copy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TUNING_TRACES = [
@@ -34,7 +34,7 @@ def drafts(index: NgramIndex, k: int) -> dict[str, list[int]]:
     """Each rule's k drafts for the index's context (none when no suffix recurs)."""
     context, L = index.tokens, len(index.tokens)
     for n in range(min(index.max_ngram, L - 1), index.min_ngram - 1, -1):
-        positions = _followers(index.followers[n], tuple(context[L - n :]))
+        positions = index.follower_positions(n)
         if positions:
             recent, earliest = positions[-1], positions[0]
             return {

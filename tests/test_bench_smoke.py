@@ -159,3 +159,16 @@ def test_live_rows_carry_each_rounds_ratio_to_the_best_baseline(monkeypatch):
     assert mine["vs_best_baseline_cpu_rounds"] == pytest.approx([0.9, 1.1, 1.0])
     assert mine["vs_best_baseline_cpu_range"] == "0.900-1.100"
     assert rows[0]["vs_best_baseline_cpu_range"] == "1.000-1.000"
+
+
+def test_ngram_copy_bench_runs_on_a_trace(tmp_path):
+    """bench/ngram_copy.py (offline, no model): each rule's accepted drafts on one trace; the
+    overlapping copy never drafts less than the cut copy."""
+    out = tmp_path / "ngram_copy"
+    run_bench(
+        "ngram_copy.py", "--traces", "traces/gemma3-270m-bf16_ngram_d8_t64.npz", "--k", "3", "--out", str(out)
+    )
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    rules = row["rules"]
+    assert row["positions"] > 0 and rules["recent, cut"]["accepted"] > 0
+    assert rules["recent, overlapping copy"]["drafted"] >= rules["recent, cut"]["drafted"]

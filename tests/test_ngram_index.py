@@ -28,6 +28,22 @@ def test_ngram_index_matches_ngram_match(vocabulary):
             assert (got.tokens, got.features) == (expected.tokens, expected.features)
 
 
+def test_follower_positions_are_every_earlier_occurrence_of_the_suffix():
+    rng = random.Random(3)
+    for _ in range(100):
+        context = [rng.randrange(5) for _ in range(rng.randrange(1, 60))]
+        index = NgramIndex(4, 2)
+        index.extend(context)
+        L = len(context)
+        for n in range(0, 7):
+            expected = (
+                [i + n for i in range(L - n) if context[i : i + n] == context[L - n :]]
+                if 2 <= n <= min(4, L - 1)
+                else []
+            )
+            assert index.follower_positions(n) == expected
+
+
 def test_update_many_equals_update():
     rng = random.Random(1)
     a, b = AcceptanceCalibration(), AcceptanceCalibration()

@@ -209,6 +209,17 @@ class NgramIndex:
             grams = zip(*(context[first - n + i : end - n + i] for i in range(n)))
             _add_followers(index, grams, range(first, end))
 
+    def follower_positions(self, n: int) -> list[int]:
+        """Where the context's last ``n`` tokens occurred before: the positions of the tokens that
+        followed them, increasing ([] when they did not occur, or n is outside the index)."""
+        L = len(self.tokens)
+        if not self.min_ngram <= n <= min(self.max_ngram, L - 1):
+            return []
+        positions = self.followers[n].get(tuple(self.tokens[L - n :]))
+        if positions is None:
+            return []
+        return [positions] if type(positions) is int else list(positions)
+
     def match(self, max_draft: int) -> NgramMatch:
         context, L = self.tokens, len(self.tokens)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
