@@ -78,10 +78,8 @@ CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 RECOMMENDED = "CostAwareTetris"
 ESTIMATOR = "NgramLogistic (token classes)"  # the rows' label of ngram_estimator()
-ROOFLINE_CHUNKED = {
-    "chunked_prefill": True,
-    "name": "roofline-4xH100-70B-chunked-prefill",
-}  # --chunked-prefill
+# --chunked-prefill: the roofline engine computes joining prompts inside the step's forward
+ROOFLINE_CHUNKED = {"chunked_prefill": True, "name": "roofline-4xH100-70B-chunked-prefill"}
 STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 

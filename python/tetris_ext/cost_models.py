@@ -307,19 +307,18 @@ def price_step(model: CostModel, step: StepShape) -> StepCost:
     if hasattr(model, "price"):
         return model.price(step)
     total = model.step_seconds(step)
-    without_prefill = model.step_seconds(replace(step, prefill_tokens=0, prefill_requests=0))
     draft = model.draft_seconds(step)
-    if getattr(model, "chunked_prefill", False) and step.prefill_tokens:
+    if getattr(model, "chunked_prefill", False):
         # The prompts share the forward: charge them what they add to the step's roots alone
         # (an autoregressive step), and the verified candidates their marginal seconds beside
         # the prompts (past the knee, compute they would not pay in a step of their own).
-        roots = replace(step, query_tokens=step.requests)
-        prompts = model.step_seconds(roots) - model.step_seconds(
-            replace(roots, prefill_tokens=0, prefill_requests=0)
-        )
+        prompts = 0.0
+        if step.prefill_tokens:
+            roots = replace(step, query_tokens=step.requests)
+            no_prompts = replace(roots, prefill_tokens=0, prefill_requests=0)
+            prompts = model.step_seconds(roots) - model.step_seconds(no_prompts)
         return StepCost(total, draft, total - prompts - draft, step.prefill_tokens, prompts)
-    if getattr(model, "chunked_prefill", False):
-        return StepCost(total, draft, without_prefill - draft, 0)
+    without_prefill = model.step_seconds(replace(step, prefill_tokens=0, prefill_requests=0))
     return StepCost(total, draft, without_prefill - draft)
 
 
