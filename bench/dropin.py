@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vllm.v1.worker.gpu.spec_decode import adaptive_verification as av  # noqa: E402
-
 from common import (  # noqa: E402
     RESULTS_DIR,
     format_table,
@@ -39,7 +37,6 @@ from common import (  # noqa: E402
     time_side_by_side,
     write_json,
 )
-from tetris_ext.vllm import dropin  # noqa: E402
 
 BATCHES = (8, 64, 256)
 STEPS = 8
@@ -47,6 +44,11 @@ GOAL = (256, 3.0)  # (B, least speed-up of the drop-in over vLLM's eager functio
 
 
 def contenders(B: int, S: int, device: str, seed: int = 0):
+    # vLLM is imported here, not at the top: `--help` works without it.
+    from vllm.v1.worker.gpu.spec_decode import adaptive_verification as av
+
+    from tetris_ext.vllm import dropin
+
     g = torch.Generator().manual_seed(seed)
     confidences = torch.rand(B, S, generator=g).to(device)
     idx_mapping = torch.randperm(B, generator=g).int().to(device)
@@ -112,6 +114,8 @@ def main(argv=None) -> int:
         ("dropin vs compiled", "dropin vs compiled"),
         ("compiled vs eager", "compiled vs eager"),
     ]
+    from tetris_ext.vllm import dropin
+
     meta = run_metadata(args.device)
     meta.update(
         vllm=dropin.vllm_version(),

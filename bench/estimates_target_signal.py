@@ -18,6 +18,7 @@ cached beside the trace as ``<trace>.target_confidence.npz``), and each tested t
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -86,7 +87,10 @@ def rows_with_signals(trace: Trace, confidence: np.ndarray, token_classes, fill:
     return torch.cat([x, torch.from_numpy(signals)], 1), y
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     from tetris_ext.models import load_gemma3_270m
 
     torch.set_num_threads(1)

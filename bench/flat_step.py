@@ -25,6 +25,16 @@ back after each forward; medians over repeats. Writes bench/results/flat_step_b8
     python bench/flat_step.py --attention-calls 15 --context 80 160
     python bench/flat_step.py --attention-only 15
     python bench/flat_step.py --holes 15 --context 80 160
+    python bench/flat_step.py --prefill 9 --context 80 160 --dtype float32
+
+--prefill asks what chunked prefill (joining prompts computed inside the step's forward, as
+vLLM V1 does) would save the live flat loop, which prefills them in a forward of their own
+(``LiveTarget.admit``): on one cache of 8 decoding rows and the tetris-like step of CALL_SHAPES
+it times, interleaved, the step alone, the step without its output head, J prompts of
+``--prompt-tokens`` tokens prefilled in a forward of their own, and the step with those J prompts
+as J more rows of its forward (through the decoder, not the head). Fusing saves step + prefill -
+fused; the head's share is what a verified token pays beyond the decoder. Writes
+bench/results/flat_step_prefill_*.
 
 --attention-calls times the packed forward of each row-size shape of CALL_SHAPES three ways,
 interleaved: attention as one SDPA call per run of adjacent equal rows (the loop before
@@ -317,6 +327,85 @@ def hole_cost(model, repeat: int, context: list[int], seed: int) -> None:
     _write(rows, header, f"flat_step_holes_{context[0]}-{context[1]}", {"ms_per_hole_column": slope})
 
 
+def prefill_cost(model, repeat: int, context: list[int], prompt_tokens: int, dtype: str, seed: int) -> None:
+    """What a join costs the live flat loop: J prompts prefilled in a forward of their own, or
+    as J more rows of the step's forward (module doc, --prefill). One cache: 8 decoding rows
+    (contexts in ``context``) and max(JOINERS) empty rows for the joiners; every forward is
+    rolled back after it; interleaved in a shuffled order per repeat, medians."""
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(context[0], context[1] + 1, (BATCH,), generator=generator)
+    sizes = CALL_SHAPES["tetris-like: 9, 2, 1, 1, 3, 1, 4, 1"]
+    joiners = (1, 2, 4)
+    rows = BATCH + max(joiners)
+
+    def block(J: int):
+        """The step's slots in the decoding rows and J prompts in the first J joiner rows."""
+        width = max(max(sizes), prompt_tokens if J else 0)
+        size = torch.tensor(sizes + [prompt_tokens] * J + [0] * (rows - BATCH - J))
+        tokens = torch.randint(0, vocab, (rows, width), generator=generator)
+        positions = cache.lengths().unsqueeze(1) + torch.arange(width)
+        real = torch.arange(width).unsqueeze(0) < size.unsqueeze(1)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = torch.where(real.unsqueeze(2), causal, torch.eye(width, dtype=torch.bool))
+        head = real & (torch.arange(rows) < BATCH).unsqueeze(1)  # the head at the step's slots only
+        return tokens, positions, mask, real, head
+
+    def forward(J: int, with_head: bool = True) -> float:
+        tokens, positions, mask, real, head = block(J)
+        width = cache.width
+        start = time.process_time()
+        cache.forward(tokens, positions, mask, logits_at=head if with_head else None, real=real)
+        seconds = time.process_time() - start
+        cache.positions, cache.valid = cache.positions[:, :width], cache.valid[:, :width]
+        cache._map_layers(lambda t: t[:, :, :width])
+        return seconds
+
+    def prefill_apart(J: int) -> float:
+        prompts = [torch.randint(0, vocab, (prompt_tokens,), generator=generator).tolist() for _ in range(J)]
+        start = time.process_time()
+        RaggedKVCache(model, packed=True).append(prompts)  # as LiveTarget.admit, before its extend
+        return time.process_time() - start
+
+    configs = {"step": lambda: forward(0), "step, no head": lambda: forward(0, with_head=False)}
+    for J in joiners:
+        configs[f"prefill {J} apart"] = lambda J=J: prefill_apart(J)
+        configs[f"step + {J} fused"] = lambda J=J: forward(J)
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    with torch.inference_mode():
+        cache = RaggedKVCache(model, packed=True)
+        contexts = [torch.randint(0, vocab, (int(n),), generator=generator).tolist() for n in lengths]
+        cache.append(contexts + [[]] * (rows - BATCH))
+        names, order = list(configs), random.Random(seed)
+        for _ in range(repeat + 1):  # the first round warms up
+            order.shuffle(names)
+            for name in names:
+                times[name].append(configs[name]())
+    ms = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
+    real_tokens = sum(sizes)
+    head_ms = (ms["step"] - ms["step, no head"]) / real_tokens
+    table = [
+        {
+            "joining": J,
+            "step_cpu_ms": ms["step"],
+            "prefill_apart_cpu_ms": ms[f"prefill {J} apart"],
+            "fused_cpu_ms": ms[f"step + {J} fused"],
+            "saved_by_fusing_cpu_ms": ms["step"] + ms[f"prefill {J} apart"] - ms[f"step + {J} fused"],
+            "prompt_token_cpu_ms": (ms[f"step + {J} fused"] - ms["step"]) / (J * prompt_tokens),
+        }
+        for J in joiners
+    ]
+    header = (
+        f"Gemma 3 270M {dtype}, one thread, batch {BATCH}, contexts {lengths.tolist()}, tetris-like step "
+        f"{sizes} ({real_tokens} tokens), prompts of {prompt_tokens} tokens, {repeat} repeats (python "
+        f"bench/flat_step.py --prefill {repeat} --context {context[0]} {context[1]} --prompt-tokens "
+        f"{prompt_tokens} --dtype {dtype}): step {ms['step']:.1f} ms, without its output head "
+        f"{ms['step, no head']:.1f} ms: the head costs {head_ms:.2f} ms a verified token\n"
+    )
+    meta = {"head_cpu_ms_per_token": head_ms, "step_no_head_cpu_ms": ms["step, no head"]}
+    _write(table, header, f"flat_step_prefill_{dtype}_{context[0]}-{context[1]}", meta)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -331,9 +420,15 @@ def main() -> None:
     parser.add_argument(
         "--attention-only", type=int, metavar="REPEAT", help="instead: fit CALL_COST, REPEAT rounds"
     )
+    parser.add_argument("--prefill", type=int, metavar="REPEAT", help="instead: prefill_cost, REPEAT rounds")
+    parser.add_argument("--prompt-tokens", type=int, default=100, help="--prefill: tokens per joining prompt")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, _ = load_target()
+    model, _ = load_target(args.dtype)
+    if args.prefill:
+        prefill_cost(model, args.prefill, args.context, args.prompt_tokens, args.dtype, args.seed)
+        return
     if args.holes:
         hole_cost(model, args.holes, args.context, args.seed)
         return
