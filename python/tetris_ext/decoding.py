@@ -28,7 +28,7 @@ from .kv_cache import RaggedKVCache
 from .policies import Policy
 from .proposal import Proposal
 from .stats import RunStats
-from .verification import Block, Verified, verify, verify_greedy_along_path
+from .verification import Block, Verified, verify
 
 __all__ = ["generate", "GenerationResult", "Request", "LiveTarget"]
 
@@ -91,12 +91,10 @@ class LiveTarget:
     """The engine's target (``engine.Target``) for a real model: one forward over the
     verification block on the batch's KV cache, then the rejected slots rolled back. Time is
     the wall clock, measured. ``flat``: forwards (prefill and verification) run the model on
-    the real tokens only, not the padded block (``tetris_ext.packed_attention``).
-    ``head_on_path``: greedy verification puts only the slots acceptance reads through the
-    output head (``verify_greedy_along_path``), not every verified slot."""
+    the real tokens only, not the padded block (``tetris_ext.packed_attention``)."""
 
-    def __init__(self, model, flat: bool = False, head_on_path: bool = False):
-        self.model, self.flat, self.head_on_path = model, flat, head_on_path
+    def __init__(self, model, flat: bool = False):
+        self.model, self.flat = model, flat
         self.padded, self.loop = not flat, f"generate(flat={flat})"
         self.cache = RaggedKVCache(model, packed=flat)
         self.start = time.perf_counter()
@@ -124,21 +122,10 @@ class LiveTarget:
     ) -> Verified:
         """One target forward over the block, then keep what the target accepts."""
         first_column = self.cache.width
-        on_path = self.head_on_path and temperature <= 0
-        out = self.cache.forward(
-            block.tokens.clamp(min=0),
-            block.positions,
-            block.mask,
-            logits_at=block.real,
-            real=block.real,
-            head=not on_path,
+        logits = self.cache.forward(
+            block.tokens.clamp(min=0), block.positions, block.mask, logits_at=block.real, real=block.real
         )
-        if on_path:  # out: the hidden states of the real slots, through the head where read
-            verified = verify_greedy_along_path(
-                block, lambda at: self.cache.head_logits(out[at]).argmax(-1).cpu()
-            )
-        else:
-            verified = verify(block, out, proposal, temperature, generator)
+        verified = verify(block, logits, proposal, temperature, generator)
         # Roll back: only the root and the accepted slots of each row stay in the cache.
         roots = torch.zeros_like(verified.accepted_slots[:, :1])
         kept_slots = torch.cat([roots, verified.accepted_slots], dim=1)
@@ -162,7 +149,6 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     progress=None,
     flat: bool = False,
-    head_on_path: bool = False,
 ) -> GenerationResult:
     """Decode ``prompts`` (lists of token ids) with ``target`` under ``policy``.
 
@@ -175,11 +161,6 @@ def generate(
     all requests packed together (a flattened step, as vLLM runs them) instead of a block
     padded to the widest request; the model's attention implementation (SDPA required) is
     switched for the run and restored after it. Same outputs, less work for uneven blocks.
-    ``head_on_path``: greedy verification computes the output head in rounds, only where
-    acceptance may read it (``verify_greedy_along_path``: the roots and their children, then
-    below the accepted children) instead of at every verified slot. Same outputs. An
-    experiment: on this CPU (Gemma 3 270M float32) it was 8-21% slower in decode CPU seconds
-    (bench/head_on_path.py), the second head call re-reading the 262k x 640 head weights.
     """
     budgets = _budgets(prompts, max_new_tokens)
     eos = frozenset(_eos_set(eos_token_id))
@@ -191,8 +172,7 @@ def generate(
     try:
         # Inside the try: the flat target switches the model's attention, and the engine tells
         # the policy its shape, which raises for a policy pinned to the other one.
-        live = LiveTarget(target, flat, head_on_path)
-        engine = Engine(live, drafter, policy, stats, temperature, generator)
+        engine = Engine(LiveTarget(target, flat), drafter, policy, stats, temperature, generator)
         with torch.inference_mode():
             done = engine.run(waiting, max_batch_size or max(1, len(prompts)), progress)
     finally:

@@ -159,7 +159,6 @@ class RaggedKVCache:
         extra: Tensor | None = None,
         logits_at: Tensor | None = None,
         real: Tensor | None = None,
-        head: bool = True,
     ) -> Tensor | None:
         """Run the model on q new tokens per row, appending them as q new (invalid) columns.
 
@@ -171,8 +170,6 @@ class RaggedKVCache:
         real: [B, q] bool or None (all): the slots that carry a token, a prefix of each row; a
         packed cache runs the model on these only (the others stay zero holes), and
         ``logits_at`` must lie within them.
-        head: False returns the final hidden states [n, H] at ``logits_at`` instead of their
-        logits, for the caller to put through ``head_logits`` only where it needs them.
         Columns stay invalid until ``commit``.
         """
         B, q = tokens.shape
@@ -196,11 +193,7 @@ class RaggedKVCache:
         self.valid = torch.cat([self.valid, torch.zeros_like(tokens, dtype=torch.bool)], dim=1)
         if logits_at is None:
             return None
-        return _logits(self.model, hidden[logits_at]) if head else hidden[logits_at]
-
-    def head_logits(self, hidden: Tensor) -> Tensor:
-        """float32 logits [n, V] of final hidden states [n, H] (``forward(..., head=False)``)."""
-        return _logits(self.model, hidden)
+        return _logits(self.model, hidden[logits_at])
 
     def _packed_forward(self, tokens: Tensor, positions: Tensor, mask, real: Tensor) -> Tensor:
         """The decoder over the real slots as one sequence [1, N]; returns hidden [N, H]."""

@@ -11,7 +11,6 @@ reads them from a recorded continuation).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor
 from . import ops
 from .proposal import Outcome, Proposal
 
-__all__ = ["Block", "Verified", "build_block", "verify", "verify_greedy_along_path", "verify_greedy_tokens"]
+__all__ = ["Block", "Verified", "build_block", "verify", "verify_greedy_tokens"]
 
 
 @dataclass
@@ -98,53 +97,6 @@ def verify(
     return Verified(
         *ops.verify_sampling(block.tokens, block.slot_parent, target_probs, draft_probs, uniforms)
     )
-
-
-def verify_greedy_along_path(
-    block: Block, target_token_at: Callable[[Tensor], Tensor], lookahead: Sequence[int] = (1,)
-) -> Verified:
-    """Greedy acceptance asking for the target's tokens in rounds, never at a slot below a
-    rejection that the rounds have already seen. ``target_token_at(index)``: the target's
-    greedy tokens after the real slots ``index`` (int64, positions in the row-major order of
-    ``block.real``, as ``verify``'s logits rows). Round k asks, for every row whose walk down
-    its accepted path reached a slot without a token, for that slot and its descendants down
-    to ``lookahead[k]`` levels below it; rounds past the end of ``lookahead`` ask for the
-    whole subtree. So ``()`` asks for every real slot in one round (what ``verify`` gets),
-    ``(0,) * width`` only for the path, one depth per round; the default ``(1,)`` asks for the
-    roots and their children, then, in one more round, for what lies below the children the
-    target accepted. The decision is ``verify``'s on the logits of every real slot: the walk
-    takes the first matching child in slot order, as ``verify_greedy`` does, which then reads
-    only tokens asked for. Where the output head is most of a verified token's cost (a small
-    model with a large vocabulary on a CPU) the rows rejected at depth 1 skip the head of
-    their deeper candidates, for one more head call per step."""
-    B, q = block.tokens.shape
-    row_of_slot = torch.full((B, q), -1, dtype=torch.long)
-    row_of_slot[block.real] = torch.arange(int(block.real.sum()))
-    candidate = block.slot_index >= 0
-    parent = block.slot_parent.clamp(min=0)  # (read only at candidates)
-    known = torch.full((B, q), -1, dtype=torch.long)  # the target's tokens asked for so far
-    rows = torch.arange(B)
-    node = torch.zeros(B, dtype=torch.long)  # each row's walk: its root, then accepted slots
-    walking = torch.ones(B, dtype=torch.bool)
-    rounds = 0
-    while bool(walking.any()):
-        unknown = walking & (known[rows, node] < 0)
-        if bool(unknown.any()):
-            ask = torch.zeros(B, q, dtype=torch.bool)
-            ask[rows[unknown], node[unknown]] = True
-            level = ask
-            for _ in range(lookahead[rounds] if rounds < len(lookahead) else q):
-                level = candidate & level.gather(1, parent)
-                if not bool(level.any()):
-                    break
-                ask = ask | level
-            known[ask] = target_token_at(row_of_slot[ask])
-            rounds += 1
-        wanted = known[rows, node]
-        match = candidate & (block.slot_parent == node.unsqueeze(1)) & (block.tokens == wanted.unsqueeze(1))
-        walking = walking & match.any(1)
-        node = torch.where(walking, match.int().argmax(1), node)  # argmax: the first match
-    return verify_greedy_tokens(block, known)
 
 
 def verify_greedy_tokens(block: Block, target_tokens: Tensor) -> Verified:
