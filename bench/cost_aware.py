@@ -113,6 +113,7 @@ def policies(
     brackets=(),
     drain=False,
     cost_aware_only=False,
+    end_hazard=False,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
@@ -120,7 +121,8 @@ def policies(
     ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
     ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
-    cost-aware policies also with ``drain=True`` (--drain); ``cost_aware_only``: no baselines
+    cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: also with
+    ``end_hazard=True`` (--end-hazard); ``cost_aware_only``: no baselines
     but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -178,6 +180,14 @@ def policies(
                     lambda kwargs=kwargs, variant=variant: CostAwareTetris(
                         MAX_DRAFT, padded, drain=variant, **kwargs
                     ),
+                    logistic,
+                )
+    if end_hazard:
+        known = {"cost_model": cost_model} if cost_model is not None else None
+        for label, kwargs in [("online cost", {}), ("known cost", known)]:
+            if kwargs is not None:
+                runs[f"CostAwareTetris ({label}, end hazard) + {est}"] = (
+                    lambda kwargs=kwargs: CostAwareTetris(MAX_DRAFT, padded, end_hazard=True, **kwargs),
                     logistic,
                 )
     if cost_aware_only:
@@ -255,6 +265,7 @@ def sweep(
     brackets=(),
     drain=False,
     cost_aware_only=False,
+    end_hazard=False,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -265,7 +276,7 @@ def sweep(
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only
+        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only, end_hazard
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -422,7 +433,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only}
+    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only, "end_hazard": args.end_hazard}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         tuned = dict(
@@ -638,7 +649,13 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
 
 
 def add_variant_flags(ap) -> None:
-    """Replay flags for side-by-side runs of cost-aware variants (--drain, --cost-aware-only)."""
+    """Replay flags for side-by-side runs of cost-aware variants (--drain, --end-hazard,
+    --cost-aware-only)."""
+    ap.add_argument(
+        "--end-hazard",
+        action="store_true",
+        help="replay: the cost-aware policies also with end_hazard=True (CostAwareTetris)",
+    )
     ap.add_argument(
         "--drain",
         action="store_true",

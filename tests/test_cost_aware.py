@@ -663,3 +663,41 @@ def test_optimistic_slope_is_the_fit_when_noiseless_and_lower_by_its_standard_er
     assert float(gap) == pytest.approx((noisy.slope - lowered) * (40 - at_mean), rel=1e-9)
     with pytest.raises(ValueError, match="optimism"):
         CostAwareTetris(8, padded=False, optimism=-1.0)
+
+
+def test_end_hazard_discounts_deep_candidates_by_how_often_requests_end_early():
+    """end_hazard: a candidate at depth d counts p (1 - h)^(d - 1), h = requests ended before
+    their budget per generated token so far; until one has ended, the default's choice."""
+    proposal = chain_proposal(PROBS)
+    cost = LinearCostModel({"step": 0.1, "query_token": 2e-2}, padded=False)
+    plain = CostAwareTetris(4, padded=False, cost_model=cost)
+    hazard = CostAwareTetris(4, padded=False, cost_model=cost, end_hazard=True)
+    step = dict(verified=torch.tensor([2, 2, 2]), accepted=torch.tensor([1, 1, 1]), computed_tokens=9)
+    timing = dict(draft_seconds=0.0, verify_seconds=0.28, padded=False)
+    for policy in (plain, hazard):  # no request ended yet: the same choice
+        policy.observe(StepFeedback(**step, **timing, generated=6, ended_early=0))
+    assert hazard.hazard() == 0.0 and torch.equal(hazard.choose(proposal), plain.choose(proposal))
+    for policy in (plain, hazard):  # one request in 4 generated tokens ended before its budget
+        policy.observe(StepFeedback(**step, **timing, generated=2, ended_early=2))
+    assert hazard.hazard() == 0.25
+    chosen, baseline = hazard.choose(proposal), plain.choose(proposal)
+    discounted = (proposal.cum_logprobs + (proposal.depths() - 1).float() * math.log(0.75)).double().exp()
+    best = brute_force_prefix(discounted.tolist(), 3, lambda m: 0.1 + 2e-2 * (3 + m), hazard.margin)
+    assert int(chosen.sum()) == best < int(baseline.sum())
+    # ranked by the discounted value: a shallow doubtful candidate may now beat a deep sure one
+    assert bool((discounted[chosen].min() >= discounted[~chosen].max()) if (~chosen).any() else True)
+
+
+def test_the_engine_tells_the_policy_the_requests_that_ended_before_their_budget():
+    """StepFeedback.generated / ended_early from a replay: the recorded outputs end at an EOS
+    before the budget for some requests, and a policy sums what it is told."""
+    target = tiny_llama(vocab_size=32, seed=3)
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [3, 1, 4, 1, 5]]
+    eos = int(record(target, NgramDrafter(4), prompts, 12, 4).continuation[0, 3])  # a token it says
+    trace = record(target, NgramDrafter(4), prompts, 12, 4, eos_token_id=eos)
+    policy = CostAwareTetris(4, end_hazard=True)
+    result = replay(trace, policy, 2, LinearCostModel({"step": 0.1, "query_token": 1e-3}, padded=False))
+    early = sum(1 for r in result.requests if r["tokens"] < 12)
+    assert early >= 1
+    assert policy.generated == result.metrics["generated_tokens"]
+    assert policy.ended_early == early

@@ -243,6 +243,11 @@ class CostAwareTetris(_GoodputPolicy):
     expected remaining time instead of maximising the step's goodput (tetris_ext.drain; needs
     the engine's ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded
     loop's block-width choice (``_choose_width``) does not use it.
+    end_hazard: a candidate at depth d counts p x (1 - h)^(d - 1), h the rate at which
+    requests have ended before their budget per generated token so far (an EOS; the engine's
+    ``StepFeedback.ended_early`` / ``generated``; 0 until one has): a draft past the request's
+    unannounced end is accepted and thrown away (bench/README.md, "Why the cost-aware policy
+    trails a fixed floor at 64"). Off by default.
     """
 
     def __init__(
@@ -259,6 +264,7 @@ class CostAwareTetris(_GoodputPolicy):
         knee_bracket: float | None = None,
         optimism: float | None = None,
         drain: bool | None = None,
+        end_hazard: bool = False,
     ):
         super().__init__(padded)
         optimism = OPTIMISM if optimism is None else optimism
@@ -283,6 +289,8 @@ class CostAwareTetris(_GoodputPolicy):
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
         self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
+        self.end_hazard = end_hazard
+        self.ended_early, self.generated = 0, 0  # what the engine said (StepFeedback), for end_hazard
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.prompts_told = False  # the last choice was told its step's prompt tokens (_choose_prefix)
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
@@ -408,8 +416,21 @@ class CostAwareTetris(_GoodputPolicy):
         that fraction, not merely break even (module doc, "Margin")."""
         return latency + self.margin * (latency - latency[0]).clip(min=0)
 
+    def observe(self, feedback: StepFeedback) -> None:
+        if feedback.ended_early is not None and feedback.generated is not None:
+            self.ended_early += feedback.ended_early
+            self.generated += feedback.generated
+        super().observe(feedback)
+
+    def hazard(self) -> float:
+        """Requests ended before their budget per generated token, so far (``end_hazard``)."""
+        return self.ended_early / self.generated if self.generated else 0.0
+
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
+        if self.end_hazard and self.ended_early:  # times the chance the request runs to that depth
+            still_running = (proposal.depths() - 1).float() * math.log1p(-min(self.hazard(), 0.5))
+            proposal = replace(proposal, cum_logprobs=proposal.cum_logprobs + still_running)
         probs = proposal.cum_logprobs.double().exp()
         explore = self._exploring()
         if self.padded:

@@ -235,6 +235,8 @@ class Engine:
                 verify_seconds=times.select + times.verify + times.fused_prefill,
                 padded=padded,
                 prefill_tokens=times.fused_prefill_tokens,
+                generated=sum(generated),
+                ended_early=sum(1 for r in requests if r.finished and r.tokens_left > 0),
             )
         )
         request_ids = [r.index for r in requests]

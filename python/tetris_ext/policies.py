@@ -62,6 +62,10 @@ class StepFeedback:
     3 270M (a 262k vocabulary) in vLLM on this CPU it cost 0.5 ms against 2-7 ms for a
     verified one, and counted as one it cut the fitted slope about five times (bench/README.md,
     "vLLM: prompt tokens priced apart").
+    generated / ended_early: the output tokens the step added (accepted drafts and bonus
+    tokens, cut at each request's end) and the requests that ended in it before their budget
+    (an EOS; in a replay, the recorded output's end): how often a request ends unannounced
+    (``CostAwareTetris(end_hazard=True)``); None where the engine does not say.
     """
 
     verified: Tensor
@@ -71,6 +75,8 @@ class StepFeedback:
     verify_seconds: float
     padded: bool
     prefill_tokens: int | None = None
+    generated: int | None = None
+    ended_early: int | None = None
 
     @property
     def num_requests(self) -> int:
