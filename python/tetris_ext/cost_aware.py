@@ -429,6 +429,7 @@ class CostAwareTetris(_GoodputPolicy):
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
         if self.end_hazard and self.ended_early:  # times the chance the request runs to that depth
+            # (h capped at 1/2: requests of one or two tokens would otherwise make it 1, log 0)
             still_running = (proposal.depths() - 1).float() * math.log1p(-min(self.hazard(), 0.5))
             proposal = replace(proposal, cum_logprobs=proposal.cum_logprobs + still_running)
         probs = proposal.cum_logprobs.double().exp()
