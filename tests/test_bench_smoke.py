@@ -193,3 +193,23 @@ def test_every_bench_script_imports():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
     )
     assert len(scripts) > 20 and proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compare_runs_pairs_rows_by_cell_draw_and_policy(tmp_path):
+    def row(policy, draw, throughput, decode):
+        cell = {"workload": "tuning", "cost_model": "line", "batch_size": 8}
+        return cell | {"draw": draw, "policy": policy, "throughput": throughput, "decode_throughput": decode}
+
+    before = [row("SD", 0, 10.0, 20.0), row("SD", 1, 10.0, 20.0), row("AR", 0, 5.0, 5.0)]
+    after = [
+        row("SD", 0, 11.0, 24.0),
+        row("SD", 1, 12.0, 20.0),
+        row("AR", 0, 5.0, 5.0),
+        row("New", 0, 1.0, 1.0),
+    ]
+    for name, rows in (("before", before), ("after", after)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    text = run_bench("compare_runs.py", str(tmp_path / "before.json"), str(tmp_path / "after.json")).stdout
+    lines = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("  ")}
+    assert lines["SD"] == ["1.1500", "(1.1000-1.2000)", "1.1000", "(1.0000-1.2000)"]
+    assert lines["AR"][0] == "1.0000" and "New" not in lines  # a policy run only after: no pair

@@ -41,11 +41,13 @@ def _exact_pair_distribution(target) -> torch.Tensor:
 
 
 def _pair_p_value(target, policy, drafter, seed=0) -> float:
+    """The first two of three new tokens (three: so that the first step may verify, and accept,
+    drafts at depth 1 and 2; with two left it could use depth 1 only, ``Proposal.usable``)."""
     result = generate(
-        target, [PROMPT] * SAMPLES, policy, drafter, max_new_tokens=2, temperature=TEMPERATURE, seed=seed
+        target, [PROMPT] * SAMPLES, policy, drafter, max_new_tokens=3, temperature=TEMPERATURE, seed=seed
     )
     counts = torch.zeros(VOCAB * VOCAB)
-    for t1, t2 in result.tokens:
+    for t1, t2, *_ in result.tokens:
         counts[t1 * VOCAB + t2] += 1
     expected = _exact_pair_distribution(target).reshape(-1).double() * SAMPLES
     # Pool the cells too small for the chi-square approximation into one.

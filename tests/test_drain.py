@@ -9,9 +9,10 @@ import tetris_ext  # noqa: F401
 from tetris_ext.cost_aware import CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel
 from tetris_ext.decoding import generate
+from tetris_ext.drafters import NgramDrafter
 from tetris_ext.drain import drain_select, draining, finish_last_probabilities
 from tetris_ext.models import tiny_llama
-from tetris_ext.policies import Autoregressive
+from tetris_ext.policies import Autoregressive, StandardSD
 from tetris_ext.proposal import Proposal
 from tetris_ext.sim import Trace, replay
 
@@ -155,6 +156,35 @@ def test_generate_and_replay_fill_in_the_progress():
     assert spy.seen[6:] == [([6], False), ([5], False), ([4], False)]
 
 
+class SelectionSpy(StandardSD):
+    """StandardSD(4), recording each step's tokens left and verified drafts per request."""
+
+    def __init__(self):
+        super().__init__(4)
+        self.seen = []
+
+    def choose(self, proposal):
+        selected = super().choose(proposal)
+        self.seen.append((proposal.tokens_left.tolist(), selected.sum(1).tolist()))
+        return selected
+
+
+def test_no_policy_verifies_drafts_past_a_requests_budget():
+    """A request with L tokens left ends on L - 1 accepted drafts and the bonus token: the engine
+    drops deeper candidates before any policy chooses (``Proposal.usable``)."""
+    trace = synthetic_trace([0.9, 0.9], T=6)  # drafts always right, 4 a step
+    spy = SelectionSpy()
+    run = replay(trace, spy, batch_size=2, cost_model=COST)
+    # 4 accepted + the bonus, then 1 token left: nothing to verify (4 drafts before).
+    assert spy.seen == [([6, 6], [4, 4]), ([1, 1], [0, 0])]
+    assert run.metrics["generated_tokens"] == 12
+    model = tiny_llama(vocab_size=16, seed=0)
+    spy = SelectionSpy()
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 4, 5, 4, 5], [6, 7, 6, 7, 6]]
+    generate(model, prompts, spy, drafter=NgramDrafter(4), max_new_tokens=[3, 5, 2], max_batch_size=2)
+    assert all(v < left for lefts, verified in spy.seen for left, v in zip(lefts, verified))
+
+
 def synthetic_trace(estimates, T=6, D=4, out_len=None):
     """R requests whose drafts are always right, request r's estimated per token
     ``estimates[r]`` (recorded confidences, not a calibrating drafter)."""
@@ -180,10 +210,11 @@ def synthetic_trace(estimates, T=6, D=4, out_len=None):
 
 
 def test_replay_drain_rule_shortens_the_drain():
-    """A burst of 6 requests at batch 3; the last admitted ones' drafts are always right but
+    """A burst of 5 requests at batch 3; the last admitted one's drafts are always right but
     estimated low: the goodput rule spends the step on the others' confident candidates, the
-    drain on those of the requests that finish last."""
-    trace = synthetic_trace([0.95, 0.95, 0.95, 0.95, 0.5, 0.5], T=24)
+    drain on those of the request that finishes last. (With two such requests tied for last,
+    one's token shortens nothing alone, and here the rule then chooses as the goodput rule.)"""
+    trace = synthetic_trace([0.95, 0.95, 0.95, 0.95, 0.5], T=24)
     cost = LinearCostModel({"step": 1.0, "query_token": 0.05}, padded=False)
     runs = {
         drain: replay(trace, CostAwareTetris(4, padded=False, cost_model=cost, drain=drain), 3, cost)

@@ -239,13 +239,18 @@ def test_redraft_gives_what_record_would_with_that_drafter(copier, ngram_trace):
 
 
 def test_accept_len_is_what_full_verification_accepts(ngram_trace):
-    # Verifying every drafted token of one request at a time: accepted = accept_len at each position.
+    # Verifying every drafted token of one request at a time: accepted = accept_len at each
+    # position, but for the drafts past the request's budget (Proposal.usable).
     replayed = replay(ngram_trace, StandardSD(4), batch_size=1, cost_model=COST)
     positions = {r: 0 for r in range(ngram_trace.num_requests)}
+    cut = 0
     for s in replayed.per_step:
         (r,) = s["requests"]
-        assert s["accepted"][0] == ngram_trace.accept_len[r, positions[r]]
+        usable = ngram_trace.max_new_tokens - positions[r] - 1
+        assert s["accepted"][0] == min(ngram_trace.accept_len[r, positions[r]], usable)
+        cut += ngram_trace.accept_len[r, positions[r]] > usable
         positions[r] += s["generated"][0]
+    assert cut > 0  # the budget did cut some accepted run short
 
 
 def test_replay_at_scale_with_arrivals(ngram_trace):

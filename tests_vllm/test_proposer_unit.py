@@ -196,6 +196,44 @@ def test_tetris_spends_its_budget_on_the_likeliest_drafts():
     assert len(out[0]) > 2 and len(out[0]) + len(out[1]) <= 4
 
 
+@pytest.mark.parametrize("policy", ["sd", "tetris", "cost-aware"])
+def test_no_drafts_past_a_requests_max_tokens(policy):
+    """A request with L tokens left ends on L - 1 accepted drafts and the bonus token: it is
+    given no more (vLLM's scheduler would verify them and drop their tokens); one with none left
+    (it has just finished) none."""
+    token_ids = np.zeros((3, 256), dtype=np.int32)
+    token_ids[:, :40] = list(range(100, 110)) * 4  # the same confident match in every row
+    sampled, lengths = [[109]] * 3, np.array([40, 40, 40])
+
+    def drafts(tokens_left):
+        selection = DraftSelection(ProposerOptions(policy, 4, 2), max_model_len=256)
+        return [
+            len(d)
+            for d in selection.step(["a", "b", "c"], sampled, lengths, token_ids, tokens_left=tokens_left)
+        ]
+
+    bounded = drafts(np.array([3, 1, 0]))
+    assert bounded[0] <= 2 and bounded[1:] == [0, 0]
+    assert drafts(np.array([100, 100, 100])) == drafts(None)
+    if policy != "cost-aware":  # (whose first steps probe the step cost with a few drafts)
+        assert min(drafts(None)) >= 3 and bounded[0] == 2  # unbounded, every row drafts past 2
+
+
+def test_tokens_left_come_from_the_runners_requests():
+    from types import SimpleNamespace
+
+    from tetris_ext.vllm.proposer import _tokens_left
+
+    def state(prompt, max_tokens):
+        return SimpleNamespace(
+            num_prompt_tokens=prompt, sampling_params=SimpleNamespace(max_tokens=max_tokens)
+        )
+
+    requests = {"a": state(10, 5), "b": state(7, 20), "c": SimpleNamespace(sampling_params=None)}
+    left = _tokens_left(requests, ["a", "b", "c"], np.array([13, 27, 50]))
+    assert left[:2].tolist() == [2, 0] and left[2] > 10**9  # "c": unbounded
+
+
 def test_estimator_learns_each_outcome_with_its_drafts_and_root():
     """Every update the proposer gives its NgramLogistic holds the drafts it returned one step
     earlier (tokens, in order), the token they followed (the request's last token then) and

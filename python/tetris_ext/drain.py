@@ -80,9 +80,9 @@ def finish_last_probabilities(tokens_left: Tensor, mean: float, variance: float)
 
 
 def _usable(proposal: Proposal, probs: Tensor) -> tuple[Tensor, Tensor]:
-    """``probs`` with 0 where the request's tokens left cannot use the candidate, and the depths."""
-    depth = proposal.depths().to(probs.device)
-    return probs * (depth < proposal.tokens_left.to(probs.device)[:, None]), depth
+    """``probs`` with 0 where the request's tokens left cannot use the candidate (an engine has
+    made those padding already, ``Proposal.usable``; a direct caller may not), and the depths."""
+    return probs * proposal.within_budget().to(probs.device), proposal.depths().to(probs.device)
 
 
 def _step_tokens(usable: Tensor, depth: Tensor) -> tuple[float, float]:

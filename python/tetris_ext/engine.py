@@ -10,7 +10,8 @@ The live loop (``decoding.generate``) and the trace replay (``sim.replay``) both
 
 One step for the batch of active requests (rows):
 
-    propose -> the drafter's candidates, ``policy.num_draft`` per request     (drafters)
+    propose -> the drafter's candidates, ``policy.num_draft`` per request,    (drafters)
+               but none past a request's budget of new tokens                 (Proposal.usable)
     choose  -> the candidates the target verifies                              (policy.choose)
     block   -> slots, positions and tree mask of the selection                 (build_block)
     verify  -> the target's decision: accepted slots, output tokens            (target.verify)
@@ -208,7 +209,7 @@ class Engine:
         # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
         left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
         prefill = self.target.fused_prefill_tokens(joining)  # a chunked-prefill engine's prompts
-        proposal = replace(proposal, tokens_left=left, waiting=waiting, prefill_tokens=prefill)
+        proposal = replace(proposal, tokens_left=left, waiting=waiting, prefill_tokens=prefill).usable()
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()

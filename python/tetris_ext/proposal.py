@@ -6,7 +6,8 @@ from recorded data and drives the same policies and drafter calibration with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -115,6 +116,31 @@ class Proposal:
             parent_depth = depth.gather(1, parent.clamp(min=0)[:, None])[:, 0]
             depth[:, n] = torch.where(parent >= 0, parent_depth, 0) + 1
         return depth
+
+    def within_budget(self) -> Tensor:
+        """[B, N] bool: the candidates a request can use. A request with L tokens left
+        (``tokens_left``) ends on its first L - 1 accepted drafts and the bonus token, so a
+        candidate at depth >= L adds nothing. All True without ``tokens_left``."""
+        if self.tokens_left is None:
+            return torch.ones_like(self.tokens, dtype=torch.bool)
+        return self.depths() < self.tokens_left.to(self.tokens.device)[:, None]
+
+    def usable(self) -> Proposal:
+        """The proposal with the candidates outside ``within_budget`` made padding (token -1,
+        log-probabilities -inf; their descendants are deeper, so what stays is ancestor-closed).
+        Every engine applies it before the policy chooses (the shared step, the vLLM proposer),
+        so no policy spends a verified slot past a request's budget. Without ``tokens_left``,
+        the proposal itself."""
+        if self.tokens_left is None or self.num_candidates == 0:
+            return self
+        # Masked whether or not any is beyond: testing would wait for a device holding the drafts.
+        beyond = ~self.within_budget()
+        return replace(
+            self,
+            tokens=self.tokens.masked_fill(beyond, -1),
+            token_logprobs=self.token_logprobs.masked_fill(beyond, -math.inf),
+            cum_logprobs=self.cum_logprobs.masked_fill(beyond, -math.inf),
+        )
 
     @staticmethod
     def empty(batch_size: int, device: torch.device | str = "cpu") -> Proposal:

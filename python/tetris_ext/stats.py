@@ -2,7 +2,8 @@
 
 ``result.stats`` is ``RunStats.as_dict()``:
 
-- totals: steps, target_forwards, drafted_tokens, verified_tokens, accepted_tokens,
+- totals: steps, target_forwards, drafted_tokens (the drafts a request could use: none past
+  its budget, ``Proposal.usable``), verified_tokens, accepted_tokens,
   generated_tokens, padded_tokens (requests * block width, summed over steps), wall_seconds,
   cpu_seconds (process CPU time: with one thread, robust to other processes on a shared
   machine), prefill_seconds and prefill_cpu_seconds (wall and process CPU time admitting

@@ -14,7 +14,8 @@ for a request still in prefill). `DraftSelection.step` then
    tokens accepted s - 1 of them (its acceptance estimator and, for "goodput" and
    "cost-aware", the step-time model);
 2. drafts up to k + extra tokens per decoding request with an incremental n-gram index
-   (`tetris_ext.drafters.NgramIndex`: only the new tokens are indexed each step);
+   (`tetris_ext.drafters.NgramIndex`: only the new tokens are indexed each step), and no
+   more than the request's ``max_tokens`` can use (`Proposal.usable`);
 3. scores them with `tetris_ext.estimators.NgramLogistic` (batched, learning online from the
    step's outcomes, with its per-request memory of accepted / rejected transitions, and the
    token classes of the served model's tokenizer: held-out Brier -26.1% against -23.8%
@@ -129,13 +130,18 @@ class DraftSelection:
         token_ids: np.ndarray,
         verified: dict[str, int] | None = None,
         step_tokens: int | None = None,
+        tokens_left: np.ndarray | None = None,
     ) -> list[list[int]]:
         """Drafts for rows 0..len(sampled_token_ids)-1 of the batch (see the module docstring).
 
         verified: drafts of each request the engine verified in the step that just ran (None:
         all that this object returned); step_tokens: the tokens that step computed (prefill
         included; None: only the decoding requests' roots and verified drafts), which the
-        step-time policies (goodput, cost-aware) fit, the prompt tokens priced apart.
+        step-time policies (goodput, cost-aware) fit, the prompt tokens priced apart;
+        tokens_left: per row, the tokens the request may still generate (its ``max_tokens``
+        less its output; None: unknown). A request with L left is given at most L - 1 drafts
+        (``Proposal.usable``; vLLM's scheduler would verify more and drop what lies past the
+        budget), and one with none left (it has just finished) none.
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
@@ -145,11 +151,17 @@ class DraftSelection:
             self.estimator.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
         lengths = num_tokens[:rows].tolist()
-        active = [i for i in range(rows) if sampled_token_ids[i] and lengths[i] + 1 < self.max_model_len]
+        left = None if tokens_left is None else np.asarray(tokens_left[:rows], dtype=np.int64)
+        active = [
+            i
+            for i in range(rows)
+            if sampled_token_ids[i] and lengths[i] + 1 < self.max_model_len and (left is None or left[i] >= 1)
+        ]
         self._drafted_last = {req_ids[i] for i in active}
         drafts: list[list[int]] = [[] for _ in range(rows)]
         if active:
-            self._draft_and_select(active, req_ids, lengths, token_ids, drafts)
+            active_left = None if left is None else torch.from_numpy(left[active].copy())
+            self._draft_and_select(active, req_ids, lengths, token_ids, drafts, active_left)
         self.totals["seconds"] += time.perf_counter() - start
         if self.record and active:
             self.records[-1].seconds = time.perf_counter() - start
@@ -226,7 +238,7 @@ class DraftSelection:
             design=torch.from_numpy(last.design[rows]),
         )
 
-    def _draft_and_select(self, active, req_ids, lengths, token_ids, drafts) -> None:
+    def _draft_and_select(self, active, req_ids, lengths, token_ids, drafts, tokens_left) -> None:
         options, N = self.options, self.options.max_drafts
         states, matches, roots = [], [], []
         for i in active:
@@ -254,7 +266,9 @@ class DraftSelection:
         if options.min_prob is not None:  # the floor, for every policy
             floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
             cum_logprobs[cum_logprobs < floor] = -math.inf
-        proposal = Proposal(tokens, None, token_logprobs, cum_logprobs, features=features)
+        proposal = Proposal(
+            tokens, None, token_logprobs, cum_logprobs, features=features, tokens_left=tokens_left
+        ).usable()
         counts = np.count_nonzero(self.policy.choose(proposal).numpy(), axis=1).tolist()  # chains: prefixes
         self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
         for b, (i, state, match, count) in enumerate(zip(active, states, matches, counts)):
@@ -305,14 +319,29 @@ class TetrisProposer:
     ) -> list[list[int]]:
         runner, scheduler_output = _calling_runner()
         verified = {rid: len(t) for rid, t in scheduler_output.scheduled_spec_decode_tokens.items()}
+        req_ids = runner.input_batch.req_ids
         return self.selection.step(
-            runner.input_batch.req_ids,
+            req_ids,
             sampled_token_ids,
             num_tokens_no_spec,
             token_ids_cpu,
             verified,
             scheduler_output.total_num_scheduled_tokens,
+            _tokens_left(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
         )
+
+
+def _tokens_left(requests, req_ids, num_tokens) -> np.ndarray:
+    """Per row, the tokens its request may still generate: the prompt plus ``max_tokens`` less
+    the tokens it has (``num_tokens_no_spec``: prompt + output). A request without sampling
+    parameters (none in a generating model) counts as unbounded."""
+    left = np.full(len(req_ids), np.iinfo(np.int64).max, dtype=np.int64)
+    for i, rid in enumerate(req_ids):
+        state = requests.get(rid)
+        params = None if state is None else state.sampling_params
+        if params is not None and params.max_tokens is not None:
+            left[i] = state.num_prompt_tokens + params.max_tokens - int(num_tokens[i])
+    return left
 
 
 def served_token_classes(model_config) -> torch.Tensor | None:
