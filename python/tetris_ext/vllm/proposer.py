@@ -274,7 +274,7 @@ class DraftSelection:
         for b, (i, state, match, count) in enumerate(zip(active, states, matches, counts)):
             drafts[i] = match.tokens[:count]
             state.row, state.returned = b, count
-        drafted = sum(len(match.tokens) for match in matches)  # the count of tokens >= 0
+        drafted = int(proposal.counts().sum())  # offered to the policy: none past a request's budget
         self.totals["steps"] += 1
         self.totals["drafted"] += drafted
         if self.record:
