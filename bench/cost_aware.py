@@ -113,7 +113,7 @@ def policies(
     brackets=(),
     drain=False,
     cost_aware_only=False,
-    end_hazard=False,
+    end_hazard=None,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
@@ -121,8 +121,9 @@ def policies(
     ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
     ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
-    cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: also with
-    ``end_hazard=True`` (--end-hazard); ``cost_aware_only``: no baselines
+    cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: a list of
+    priors: the cost-aware policies also with ``end_hazard=False`` and with each ``end_prior``
+    (--end-hazard [PRIOR ...]); ``cost_aware_only``: no baselines
     but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -182,12 +183,16 @@ def policies(
                     ),
                     logistic,
                 )
-    if end_hazard:
+    hazards = [("end hazard off", {"end_hazard": False})] if end_hazard is not None else []
+    hazards += [(f"end hazard {p:g}", {"end_hazard": True, "end_prior": p}) for p in end_hazard or []]
+    for variant, options in hazards:
         known = {"cost_model": cost_model} if cost_model is not None else None
         for label, kwargs in [("online cost", {}), ("known cost", known)]:
             if kwargs is not None:
-                runs[f"CostAwareTetris ({label}, end hazard) + {est}"] = (
-                    lambda kwargs=kwargs: CostAwareTetris(MAX_DRAFT, padded, end_hazard=True, **kwargs),
+                runs[f"CostAwareTetris ({label}, {variant}) + {est}"] = (
+                    lambda kwargs=kwargs, options=options: CostAwareTetris(
+                        MAX_DRAFT, padded, **options, **kwargs
+                    ),
                     logistic,
                 )
     if cost_aware_only:
@@ -265,7 +270,7 @@ def sweep(
     brackets=(),
     drain=False,
     cost_aware_only=False,
-    end_hazard=False,
+    end_hazard=None,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -653,8 +658,11 @@ def add_variant_flags(ap) -> None:
     --cost-aware-only)."""
     ap.add_argument(
         "--end-hazard",
-        action="store_true",
-        help="replay: the cost-aware policies also with end_hazard=True (CostAwareTetris)",
+        nargs="*",
+        type=float,
+        metavar="PRIOR",
+        help="replay: the cost-aware policies also with end_hazard=False and once per prior in "
+        "pseudo-requests (CostAwareTetris(end_prior=))",
     )
     ap.add_argument(
         "--drain",

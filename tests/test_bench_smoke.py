@@ -213,3 +213,33 @@ def test_compare_runs_pairs_rows_by_cell_draw_and_policy(tmp_path):
     lines = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("  ")}
     assert lines["SD"] == ["1.1500", "(1.1000-1.2000)", "1.1000", "(1.0000-1.2000)"]
     assert lines["AR"][0] == "1.0000" and "New" not in lines  # a policy run only after: no pair
+
+
+def test_compare_variants_pairs_each_variant_with_the_default_of_its_cost_and_cell(tmp_path):
+    def row(policy, batch, draw, throughput):
+        return {
+            "cost_model": "line",
+            "batch_size": batch,
+            "draw": draw,
+            "policy": policy,
+            "throughput": throughput,
+        }
+
+    est = "NgramLogistic"
+    rows = [
+        row(f"CostAwareTetris (online cost) + {est}", 64, 0, 10.0),
+        row(f"CostAwareTetris (online cost, end hazard 4) + {est}", 64, 0, 11.0),
+        row(f"CostAwareTetris (known cost) + {est}", 64, 0, 20.0),
+        row(f"CostAwareTetris (known cost, end hazard 4) + {est}", 64, 0, 19.0),
+        row(f"CostAwareTetris (online cost) + {est}", 512, 0, 10.0),
+        row(f"CostAwareTetris (online cost, end hazard 4) + {est}", 512, 0, 5.0),  # past 128: not summed
+        row("Autoregressive", 64, 0, 1.0),
+    ]
+    (tmp_path / "run.json").write_text(json.dumps({"rows": rows}))
+    text = run_bench("compare_variants.py", str(tmp_path / "run.json")).stdout
+    assert "end hazard 4         online  line" in text
+    assert "online  batch <= 128: mean 1.1000, worst 1.1000" in text
+    assert "known   batch <= 128: mean 0.9500, worst 0.9500" in text
+    assert "0.5000" in text  # the batch-512 cell is listed
+    against = run_bench("compare_variants.py", str(tmp_path / "run.json"), "--against", "end hazard 4").stdout
+    assert "online  batch <= 128: mean 0.9091" in against  # the default over the variant

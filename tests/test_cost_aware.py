@@ -2,6 +2,7 @@
 (TETRIS, StandardSD, autoregressive); the same object runs live and in a replay."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -665,40 +666,60 @@ def test_optimistic_slope_is_the_fit_when_noiseless_and_lower_by_its_standard_er
         CostAwareTetris(8, padded=False, optimism=-1.0)
 
 
-def test_end_hazard_discounts_deep_candidates_by_how_often_requests_end_early():
-    """end_hazard: a candidate at depth d counts p (1 - h)^(d - 1), h = requests ended before
-    their budget per generated token so far; until one has ended, the default's choice."""
-    proposal = chain_proposal(PROBS)
-    cost = LinearCostModel({"step": 0.1, "query_token": 2e-2}, padded=False)
-    plain = CostAwareTetris(4, padded=False, cost_model=cost)
-    hazard = CostAwareTetris(4, padded=False, cost_model=cost, end_hazard=True)
-    step = dict(verified=torch.tensor([2, 2, 2]), accepted=torch.tensor([1, 1, 1]), computed_tokens=9)
-    timing = dict(draft_seconds=0.0, verify_seconds=0.28, padded=False)
-    for policy in (plain, hazard):  # no request ended yet: the same choice
-        policy.observe(StepFeedback(**step, **timing, generated=6, ended_early=0))
-    assert hazard.hazard() == 0.0 and torch.equal(hazard.choose(proposal), plain.choose(proposal))
-    for policy in (plain, hazard):  # one request in 4 generated tokens ended before its budget
-        policy.observe(StepFeedback(**step, **timing, generated=2, ended_early=2))
-    assert hazard.hazard() == 0.25
-    chosen, baseline = hazard.choose(proposal), plain.choose(proposal)
-    discounted = (proposal.cum_logprobs + (proposal.depths() - 1).float() * math.log(0.75)).double().exp()
-    best = brute_force_prefix(discounted.tolist(), 3, lambda m: 0.1 + 2e-2 * (3 + m), hazard.margin)
-    assert int(chosen.sum()) == best < int(baseline.sum())
-    # ranked by the discounted value: a shallow doubtful candidate may now beat a deep sure one
-    assert 0 < best < chosen.numel()
+def test_end_hazard_discounts_deep_candidates_by_where_requests_end():
+    """end_hazard: a candidate at depth d counts p x P(its request reaches depth d), by output
+    length from the requests seen (tetris_ext.end_hazard); until one has ended early, the
+    default's choice. A request just short of the length where others ended loses its deep
+    candidates; one well before it keeps them."""
+    probs = [[0.95, 0.9, 0.85, 0.8], [0.95, 0.9, 0.85, 0.8]]
+    cost = LinearCostModel({"step": 0.1, "query_token": 1e-2}, padded=False)
+    plain = CostAwareTetris(4, padded=False, cost_model=cost, end_hazard=False)
+    hazard = CostAwareTetris(4, padded=False, cost_model=cost)  # on by default (END_HAZARD)
+    lens = torch.tensor([2, 8])  # request 1 at 8 tokens: others ended at their 10th
+    proposal = replace(chain_proposal(probs), output_lens=lens)
+    timing = dict(draft_seconds=0.0, verify_seconds=0.2, padded=False)
+
+    def step(before, after, ended):
+        n = len(before)
+        counts = dict(verified=torch.zeros(n, dtype=torch.long), accepted=torch.zeros(n, dtype=torch.long))
+        feedback = StepFeedback(
+            **counts,
+            computed_tokens=n,
+            **timing,
+            output_lens=torch.tensor(after),
+            generated=torch.tensor(after) - torch.tensor(before),
+            ended_early=torch.tensor(ended),
+        )
+        for policy in (plain, hazard):
+            policy.observe(feedback)
+
+    step([0] * 8, [6] * 8, [False] * 8)  # eight requests, none ended yet: the same choice
+    assert torch.equal(hazard.choose(proposal), plain.choose(proposal))
+    assert int(plain.choose(proposal).sum()) == 8  # cheap: every candidate
+    step([6] * 8, [10] * 4 + [20] * 4, [True] * 4 + [False] * 4)  # four end at 10, four reach their budget
+    chosen = hazard.choose(proposal)
+    reach = hazard.end_hazard.log_reach(lens, proposal.depths())
+    assert reach[1, 1] > reach[1, 2]  # past the 10th token: half the requests ended there
+    discounted = (proposal.cum_logprobs + reach).double().exp()
+    best = brute_force_prefix(discounted.tolist(), 2, lambda m: 0.1 + 1e-2 * (2 + m), hazard.margin)
+    assert int(chosen.sum()) == best < 8
+    # the same estimates in both rows: the request far from length 10 keeps its deepest draft
+    assert chosen[0].all() and not chosen[1, -1]
     assert discounted[chosen].min() >= discounted[~chosen].max()
 
 
-def test_the_engine_tells_the_policy_the_requests_that_ended_before_their_budget():
-    """StepFeedback.generated / ended_early from a replay: the recorded outputs end at an EOS
-    before the budget for some requests, and a policy sums what it is told."""
+def test_the_engine_tells_the_policy_where_requests_ended_before_their_budget():
+    """StepFeedback.output_lens / generated / ended_early from a replay: the recorded outputs
+    end at an EOS before the budget for some requests; the hazard counts each early end at its
+    length and every generated token once."""
     target = tiny_llama(vocab_size=32, seed=3)
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [3, 1, 4, 1, 5]]
     eos = int(record(target, NgramDrafter(4), prompts, 12, 4).continuation[0, 3])  # a token it says
     trace = record(target, NgramDrafter(4), prompts, 12, 4, eos_token_id=eos)
-    policy = CostAwareTetris(4, end_hazard=True)
+    policy = CostAwareTetris(4)
     result = replay(trace, policy, 2, LinearCostModel({"step": 0.1, "query_token": 1e-3}, padded=False))
-    early = sum(1 for r in result.requests if r["tokens"] < 12)
-    assert early >= 1
-    assert policy.generated == result.metrics["generated_tokens"]
-    assert policy.ended_early == early
+    early = [r["tokens"] for r in result.requests if r["tokens"] < 12]
+    assert early
+    assert policy.end_hazard.went_on.sum() == result.metrics["generated_tokens"]
+    assert np.nonzero(policy.end_hazard.ended)[0].tolist() == sorted(set(early))
+    assert policy.end_hazard.ended.sum() == len(early)

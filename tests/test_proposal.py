@@ -3,6 +3,7 @@ candidates a request can still use."""
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from tetris_ext.proposal import Proposal
@@ -60,3 +61,18 @@ def test_usable_trees_stay_ancestor_closed():
     kept = usable.tokens >= 0
     parent_kept = kept.gather(1, usable.parents.clamp(min=0)) | (usable.parents < 0)
     assert (parent_kept | ~kept).all()  # a kept child's parent is kept (or is the root)
+
+
+def test_output_lens_are_checked_as_tokens_left_are():
+    """output_lens: a CPU int64 count per request, >= 0 (a request that joined has none yet)."""
+    proposal = _proposal([[-1, 0]] * 2)
+    assert replace(proposal, output_lens=torch.tensor([0, 5])).output_lens.tolist() == [0, 5]
+    bad = [
+        torch.tensor([0, -1]),  # negative
+        torch.tensor([0, 1], dtype=torch.int32),
+        torch.tensor([0, 1, 2]),  # one per request, not three
+        [0, 1],  # not a tensor
+    ]
+    for lens in bad:
+        with pytest.raises(ValueError, match="output_lens"):
+            replace(proposal, output_lens=lens)

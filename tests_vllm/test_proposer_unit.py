@@ -234,6 +234,46 @@ def test_tokens_left_come_from_the_runners_requests():
     assert left[:2].tolist() == [2, 0] and left[2] > 10**9  # "c": unbounded
 
 
+def test_the_cost_aware_policy_learns_where_requests_end_early():
+    """Each step's sampled tokens grow its requests' outputs; a request vLLM reports finished
+    with tokens left ended early at its last length (counted once, and only then); one that
+    finished at its max_tokens, or left unfinished (preempted), did not."""
+    selection = DraftSelection(ProposerOptions("cost-aware", 4, 2), max_model_len=256)
+    hazard = selection.policy.end_hazard
+    token_ids = np.zeros((3, 256), dtype=np.int32)
+
+    def step(req_ids, sampled, outputs, left, finished=()):
+        n = len(req_ids)
+        lengths = np.array(outputs[:n]) + 10  # 10 prompt tokens each
+        selection.step(
+            req_ids,
+            sampled[:n],
+            lengths,
+            token_ids,
+            tokens_left=np.array(left[:n]),
+            output_lens=np.array(outputs[:n]),
+            finished=set(finished),
+        )
+
+    step(["a", "b", "c"], [[1], [1], [1]], [1, 1, 1], [9, 4, 9])
+    step(["a", "b", "c"], [[1, 2], [1, 2, 3], [1]], [3, 4, 2], [7, 0, 8])  # "b" reaches its max_tokens
+    assert hazard.went_on[:4].tolist() == [3, 3, 2, 1] and not hazard.ended.any()
+    step(["c"], [[1]], [3], [7], finished={"a", "b"})  # "a" ended at 3 tokens, 7 left: early
+    assert hazard.ended.tolist()[:5] == [0, 0, 0, 1, 0] and hazard.ended.sum() == 1
+    step([], [], [], [], finished=set())  # "c" left unfinished (preempted): no end
+    assert hazard.ended.sum() == 1 and hazard.went_on[:4].tolist() == [3, 3, 3, 1]
+    assert not selection.requests  # every request's state released
+
+
+def test_output_lens_come_from_the_runners_requests():
+    from types import SimpleNamespace
+
+    from tetris_ext.vllm.proposer import _output_lens
+
+    requests = {"a": SimpleNamespace(num_prompt_tokens=10), "b": SimpleNamespace(num_prompt_tokens=7)}
+    assert _output_lens(requests, ["a", "b", "z"], np.array([13, 7, 5])).tolist() == [3, 0, -1]
+
+
 def test_estimator_learns_each_outcome_with_its_drafts_and_root():
     """Every update the proposer gives its NgramLogistic holds the drafts it returned one step
     earlier (tokens, in order), the token they followed (the request's last token then) and

@@ -76,6 +76,7 @@ from torch import Tensor
 
 from .cost_models import CostModel, StepShape, price_step
 from .drain import drain_select, draining
+from .end_hazard import PRIOR_REQUESTS, EndHazard
 from .policies import KneeLatencyModel, StepFeedback, _GoodputPolicy, _select
 from .proposal import Proposal
 
@@ -147,6 +148,18 @@ KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per d
 # Gemma tuning source on the flat CPU line. Off before: one cell 1.5e-5 below (earlier traces,
 # and the CPU cells then were the padded loop's, where the rule never acts).
 DRAIN = True
+# A deep candidate discounted by the chance that its request reaches it before an unannounced end
+# (tetris_ext.end_hazard, by output length). On since 2026-12-01, chosen on the tuning traces only
+# (`python bench/cost_aware.py --tuning-only --end-hazard 1 4 16 --cost-aware-only --draws 3
+# --gpu-batches 64 128 256 512`, both models, both protocols, both prefill engines; bench/README.md
+# "An end hazard by output length"), prior 4, over the default without it: where requests end at
+# random lengths (the steady protocol) +0.1% to +2.2% in every online roofline cell at 64 / 128
+# (each model's and engine's mean +0.5% to +1.3%; known cost one draw 0.999); where they end at
+# SmolLM2's EOS under burst the mean is level (0.999-1.002) with single draws from 0.979 to 1.012
+# (mostly equal decode throughput: which group of joiners a request's end falls in, "the prefill
+# split"); where none ends early (Gemma under burst) nothing changes. The constant rate it
+# replaced was left off: it cost up to 1.6% under burst.
+END_HAZARD = True
 
 
 class _FixedLatency:
@@ -243,11 +256,14 @@ class CostAwareTetris(_GoodputPolicy):
     expected remaining time instead of maximising the step's goodput (tetris_ext.drain; needs
     the engine's ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded
     loop's block-width choice (``_choose_width``) does not use it.
-    end_hazard: a candidate at depth d counts p x (1 - h)^(d - 1), h the rate at which
-    requests have ended before their budget per generated token so far (an EOS; the engine's
-    ``StepFeedback.ended_early`` / ``generated``; 0 until one has): a draft past the request's
-    unannounced end is accepted and thrown away (bench/README.md, "Why the cost-aware policy
-    trails a fixed floor at 64"). Off by default.
+    end_hazard: a candidate at depth d counts p x P(its request reaches depth d), the chance
+    that no EOS ends it first, by output length, learnt from the requests seen
+    (tetris_ext.end_hazard; the engine's ``Proposal.output_lens`` and ``StepFeedback.output_lens``
+    / ``generated`` / ``ended_early``; certain until one has ended early): a draft past the
+    request's unannounced end is accepted and thrown away (bench/README.md, "Why the
+    cost-aware policy trails a fixed floor at 64"); inert where the engine does not say
+    (None: ``END_HAZARD``). end_prior: the pseudo-requests each output length's rate is
+    shrunk by (``end_hazard.PRIOR_REQUESTS``).
     """
 
     def __init__(
@@ -264,7 +280,8 @@ class CostAwareTetris(_GoodputPolicy):
         knee_bracket: float | None = None,
         optimism: float | None = None,
         drain: bool | None = None,
-        end_hazard: bool = False,
+        end_hazard: bool | None = None,
+        end_prior: float = PRIOR_REQUESTS,
     ):
         super().__init__(padded)
         optimism = OPTIMISM if optimism is None else optimism
@@ -289,8 +306,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
         self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
-        self.end_hazard = end_hazard
-        self.ended_early, self.generated = 0, 0  # what the engine said (StepFeedback), for end_hazard
+        self.end_hazard = EndHazard(end_prior) if (END_HAZARD if end_hazard is None else end_hazard) else None
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.prompts_told = False  # the last choice was told its step's prompt tokens (_choose_prefix)
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
@@ -417,21 +433,28 @@ class CostAwareTetris(_GoodputPolicy):
         return latency + self.margin * (latency - latency[0]).clip(min=0)
 
     def observe(self, feedback: StepFeedback) -> None:
-        if feedback.ended_early is not None and feedback.generated is not None:
-            self.ended_early += feedback.ended_early
-            self.generated += feedback.generated
+        told = (feedback.output_lens, feedback.generated, feedback.ended_early)
+        if all(t is not None for t in told):
+            after, generated, ended = told
+            self.observe_lengths(after - generated, after, ended)
         super().observe(feedback)
 
-    def hazard(self) -> float:
-        """Requests ended before their budget per generated token, so far (``end_hazard``)."""
-        return self.ended_early / self.generated if self.generated else 0.0
+    def observe_lengths(self, before: Tensor, after: Tensor, ended_early: Tensor) -> None:
+        """Requests' output lengths before and after a step ([B] int64) and whether each ended
+        early in it ([B] bool), for ``end_hazard`` (nothing without it). ``observe`` passes the
+        engine's ``StepFeedback``; the vLLM proposer calls it itself (a request's end shows a
+        step after its last tokens, apart from the step it times)."""
+        if self.end_hazard is not None:
+            self.end_hazard.observe(before, after, ended_early)
 
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
-        if self.end_hazard and self.ended_early:  # times the chance the request runs to that depth
-            # (h capped at 1/2: requests of one or two tokens would otherwise make it 1, log 0)
-            still_running = (proposal.depths() - 1).float() * math.log1p(-min(self.hazard(), 0.5))
-            proposal = replace(proposal, cum_logprobs=proposal.cum_logprobs + still_running)
+        if self.end_hazard is not None and proposal.output_lens is not None:
+            # times the chance the request runs to that depth (0 in log while none ended early)
+            reach = self.end_hazard.log_reach(proposal.output_lens, proposal.depths())
+            proposal = replace(
+                proposal, cum_logprobs=proposal.cum_logprobs + reach.to(proposal.cum_logprobs.device)
+            )
         probs = proposal.cum_logprobs.double().exp()
         explore = self._exploring()
         if self.padded:

@@ -59,9 +59,13 @@ class Request:
         return len(self.tokens) - 1
 
     @property
+    def output_len(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    @property
     def tokens_left(self) -> int:
         """Its budget less its output (an upper bound: an EOS may end it earlier)."""
-        return self.max_new_tokens - (len(self.tokens) - self.prompt_len)
+        return self.max_new_tokens - self.output_len
 
     def advance(self, out_tokens: list[int]) -> int:
         """Append accepted + bonus tokens (-1 padded), stopping at EOS or the budget; returns

@@ -64,6 +64,10 @@ class DecodingRequest(Protocol):
         """Tokens it may still generate (>= 1 while not finished): its budget less its output,
         an upper bound (an EOS may end it earlier). ``Proposal.tokens_left``."""
 
+    @property
+    def output_len(self) -> int:
+        """Tokens it has generated so far. ``Proposal.output_lens``."""
+
     def advance(self, out_tokens: list[int]) -> int:
         """Take the step's accepted tokens + bonus (-1 padded); returns how many were taken."""
 
@@ -208,8 +212,11 @@ class Engine:
         proposal = self._propose(requests, num_draft)
         # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
         left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
+        lengths = torch.tensor([r.output_len for r in requests], dtype=torch.long)
         prefill = self.target.fused_prefill_tokens(joining)  # a chunked-prefill engine's prompts
-        proposal = replace(proposal, tokens_left=left, waiting=waiting, prefill_tokens=prefill).usable()
+        proposal = replace(
+            proposal, tokens_left=left, output_lens=lengths, waiting=waiting, prefill_tokens=prefill
+        ).usable()
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()
@@ -236,8 +243,9 @@ class Engine:
                 verify_seconds=times.select + times.verify + times.fused_prefill,
                 padded=padded,
                 prefill_tokens=times.fused_prefill_tokens,
-                generated=sum(generated),
-                ended_early=sum(1 for r in requests if r.finished and r.tokens_left > 0),
+                output_lens=torch.tensor([r.output_len for r in requests], dtype=torch.long),
+                generated=torch.tensor(generated, dtype=torch.long),
+                ended_early=torch.tensor([r.finished and r.tokens_left > 0 for r in requests]),
             )
         )
         request_ids = [r.index for r in requests]

@@ -62,10 +62,12 @@ class StepFeedback:
     3 270M (a 262k vocabulary) in vLLM on this CPU it cost 0.5 ms against 2-7 ms for a
     verified one, and counted as one it cut the fitted slope about five times (bench/README.md,
     "vLLM: prompt tokens priced apart").
-    generated / ended_early: the output tokens the step added (accepted drafts and bonus
-    tokens, cut at each request's end) and the requests that ended in it before their budget
-    (an EOS; in a replay, the recorded output's end): how often a request ends unannounced
-    (``CostAwareTetris(end_hazard=True)``); None where the engine does not say.
+    output_lens / generated / ended_early: [B] per request, each its output length after the
+    step (int64), the output tokens the step added (accepted drafts and bonus tokens, cut at
+    its end; int64) and whether it ended in the step before its budget (bool: an EOS; in a
+    replay, the recorded output's end): where requests end unannounced, by output length
+    (``CostAwareTetris(end_hazard=True)``, tetris_ext.end_hazard); None where the engine does
+    not say.
     """
 
     verified: Tensor
@@ -75,8 +77,9 @@ class StepFeedback:
     verify_seconds: float
     padded: bool
     prefill_tokens: int | None = None
-    generated: int | None = None
-    ended_early: int | None = None
+    output_lens: Tensor | None = None
+    generated: Tensor | None = None
+    ended_early: Tensor | None = None
 
     @property
     def num_requests(self) -> int:

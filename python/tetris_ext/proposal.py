@@ -42,6 +42,9 @@ class Proposal:
     tokens_left: [B] int64 >= 1 on the CPU, or None: tokens each request may still generate
         (its max_new_tokens less its output so far): an upper bound, as an EOS may end it
         earlier. Host bookkeeping, so checking it never waits for a device.
+    output_lens: [B] int64 >= 0 on the CPU, or None: tokens each request has generated so far
+        (its position in its own output: how likely it is to end before a draft's depth,
+        ``tetris_ext.end_hazard``).
     waiting: bool or None: a request is waiting to join the batch (arrived, not yet admitted).
         False: the batch drains, and the run's remaining time is that of its slowest request.
     prefill_tokens: int >= 0 or None: the prompt tokens of joining requests that this step's
@@ -58,28 +61,33 @@ class Proposal:
     draft_probs: Tensor | None = None
     features: Tensor | None = None
     tokens_left: Tensor | None = None
+    output_lens: Tensor | None = None
     waiting: bool | None = None
     prefill_tokens: int | None = None
 
     def __post_init__(self):
         B = self.tokens.shape[0]
-        left = self.tokens_left
-        if left is not None and (
-            not isinstance(left, Tensor)
-            or left.dtype != torch.int64
-            or tuple(left.shape) != (B,)
-            or left.device.type != "cpu"
-        ):
-            got = (
-                f"{left.dtype} {tuple(left.shape)} on {left.device}"
-                if isinstance(left, Tensor)
-                else type(left).__name__
-            )
-            raise ValueError(
-                f"Proposal: tokens_left must be a CPU int64 tensor of shape ({B},) or None, got {got}"
-            )
-        if left is not None and B and int(left.min()) < 1:
-            raise ValueError("Proposal: tokens_left must be >= 1 (a request with none left has finished)")
+        for name, least in (("tokens_left", 1), ("output_lens", 0)):
+            counts = getattr(self, name)
+            if counts is None:
+                continue
+            if (
+                not isinstance(counts, Tensor)
+                or counts.dtype != torch.int64
+                or tuple(counts.shape) != (B,)
+                or counts.device.type != "cpu"
+            ):
+                got = (
+                    f"{counts.dtype} {tuple(counts.shape)} on {counts.device}"
+                    if isinstance(counts, Tensor)
+                    else type(counts).__name__
+                )
+                raise ValueError(
+                    f"Proposal: {name} must be a CPU int64 tensor of shape ({B},) or None, got {got}"
+                )
+            if B and int(counts.min()) < least:
+                why = " (a request with none left has finished)" if least else ""
+                raise ValueError(f"Proposal: {name} must be >= {least}{why}")
         if self.waiting is not None and not isinstance(self.waiting, bool):
             raise ValueError(f"Proposal: waiting must be a bool or None, got {type(self.waiting).__name__}")
         prompt = self.prefill_tokens

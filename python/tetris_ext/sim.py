@@ -444,6 +444,10 @@ class _SimRequest:
         return self.t >= self.out_len
 
     @property
+    def output_len(self) -> int:
+        return self.t
+
+    @property
     def tokens_left(self) -> int:
         """What an engine would know: the recording's max_new_tokens less the output so far,
         not the recorded length (an EOS, or the steady protocol's cut, ends it unannounced)."""

@@ -20,8 +20,8 @@
 The per-step counts are what a trace replay must reproduce. The policy's feedback of a step
 is rebuilt exactly from its record: ``StepFeedback(verified, accepted, computed_tokens =
 len(requests) * block_width on a padded loop, len(requests) + sum(verified) on a flat one,
-draft_seconds, verify_seconds = select_seconds + verify_seconds, padded, generated =
-sum(generated))`` (but ``ended_early``, which the record does not keep).
+draft_seconds, verify_seconds = select_seconds + verify_seconds, padded, generated)`` (but
+``output_lens`` and ``ended_early``, which the record does not keep).
 The candidate lists give the calibration of the acceptance estimates (Brier score,
 reliability chart).
 """

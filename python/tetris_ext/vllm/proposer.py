@@ -78,6 +78,11 @@ class _Request:
     # step's arrays (`_DraftedStep`) and how many (a prefix of the row).
     row: int = -1
     returned: int = 0
+    # Its output length and tokens left at the last step: if vLLM then reports it finished with
+    # tokens left, it ended early (an EOS or a stop string) at that length (CostAwareTetris's
+    # end hazard).
+    output_len: int = -1
+    left: int = 0
 
 
 class _DraftedStep(NamedTuple):
@@ -131,6 +136,8 @@ class DraftSelection:
         verified: dict[str, int] | None = None,
         step_tokens: int | None = None,
         tokens_left: np.ndarray | None = None,
+        output_lens: np.ndarray | None = None,
+        finished: set[str] | None = None,
     ) -> list[list[int]]:
         """Drafts for rows 0..len(sampled_token_ids)-1 of the batch (see the module docstring).
 
@@ -141,17 +148,26 @@ class DraftSelection:
         tokens_left: per row, the tokens the request may still generate (its ``max_tokens``
         less its output; None: unknown). A request with L left is given at most L - 1 drafts
         (``Proposal.usable``; vLLM's scheduler would verify more and drop what lies past the
-        budget), and one with none left (it has just finished) none.
+        budget), and one with none left (it has just finished) none. output_lens: per row, the
+        request's output tokens so far (-1: unknown; None: all unknown); finished: the requests
+        vLLM finished since the last call (its ``finished_req_ids``; None: unknown). With both,
+        the cost-aware policy learns where requests end early (``CostAwareTetris.observe_lengths``)
+        and discounts deep drafts by it.
         """
         start = time.perf_counter()
         rows = len(sampled_token_ids)
         req_ids = self.last_req_ids = list(req_ids[:rows])
+        left = None if tokens_left is None else np.asarray(tokens_left[:rows], dtype=np.int64)
+        outputs = None if output_lens is None else np.asarray(output_lens[:rows], dtype=np.int64)
+        ended_at = []  # output lengths at which requests ended early since the last call
         for gone in self.requests.keys() - set(req_ids):  # finished, aborted or preempted
-            del self.requests[gone]
+            state = self.requests.pop(gone)
+            if finished is not None and gone in finished and state.left >= 1 and state.output_len >= 1:
+                ended_at.append(state.output_len)
             self.estimator.forget(gone)
         self._learn(req_ids, sampled_token_ids, verified, start, step_tokens)
+        self._learn_lengths(req_ids, sampled_token_ids, outputs, left, ended_at)
         lengths = num_tokens[:rows].tolist()
-        left = None if tokens_left is None else np.asarray(tokens_left[:rows], dtype=np.int64)
         active = [
             i
             for i in range(rows)
@@ -161,7 +177,16 @@ class DraftSelection:
         drafts: list[list[int]] = [[] for _ in range(rows)]
         if active:
             active_left = None if left is None else torch.from_numpy(left[active].copy())
-            self._draft_and_select(active, req_ids, lengths, token_ids, drafts, active_left)
+            active_outputs = None if outputs is None or (outputs[active] < 0).any() else outputs[active]
+            self._draft_and_select(
+                active,
+                req_ids,
+                lengths,
+                token_ids,
+                drafts,
+                active_left,
+                None if active_outputs is None else torch.from_numpy(active_outputs.copy()),
+            )
         self.totals["seconds"] += time.perf_counter() - start
         if self.record and active:
             self.records[-1].seconds = time.perf_counter() - start
@@ -216,6 +241,30 @@ class DraftSelection:
                     )
                 )
 
+    def _learn_lengths(self, req_ids, sampled_token_ids, outputs, left, ended_at) -> None:
+        """The cost-aware policy's end hazard: each row's output grew by this step's sampled
+        tokens, and the requests in ``ended_at`` ended early at those lengths; each request's
+        length and tokens left are kept to tell, once vLLM reports it finished, which."""
+        if outputs is None or not isinstance(self.policy, CostAwareTetris):
+            return
+        rows = [i for i, sampled in enumerate(sampled_token_ids) if sampled and outputs[i] >= 0]
+        after = np.array([outputs[i] for i in rows] + ended_at, dtype=np.int64)
+        grew = np.array([len(sampled_token_ids[i]) for i in rows] + [0] * len(ended_at), dtype=np.int64)
+        ended = np.array([False] * len(rows) + [True] * len(ended_at))
+        if len(after):
+            before = np.maximum(after - grew, 0)
+            self.policy.observe_lengths(
+                torch.from_numpy(before), torch.from_numpy(after), torch.from_numpy(ended)
+            )
+        for i in rows:
+            state = self.requests.get(req_ids[i])
+            if state is None:
+                state = self.requests[req_ids[i]] = _Request(
+                    NgramIndex(self.options.max_ngram, self.options.min_ngram)
+                )
+            state.output_len = int(outputs[i])
+            state.left = np.iinfo(np.int64).max if left is None else int(left[i])
+
     def _update_estimator(self, owners, rows, tested_counts, accepted_counts) -> None:
         """One batched update of the estimator from the requests' outcomes: of each request
         ``owners[i]`` (row ``rows[i]`` of the last step's arrays) the first ``tested_counts[i]``
@@ -238,7 +287,9 @@ class DraftSelection:
             design=torch.from_numpy(last.design[rows]),
         )
 
-    def _draft_and_select(self, active, req_ids, lengths, token_ids, drafts, tokens_left) -> None:
+    def _draft_and_select(
+        self, active, req_ids, lengths, token_ids, drafts, tokens_left, output_lens
+    ) -> None:
         options, N = self.options, self.options.max_drafts
         states, matches, roots = [], [], []
         for i in active:
@@ -267,7 +318,13 @@ class DraftSelection:
             floor = math.log(options.min_prob) if options.min_prob > 0 else -math.inf
             cum_logprobs[cum_logprobs < floor] = -math.inf
         proposal = Proposal(
-            tokens, None, token_logprobs, cum_logprobs, features=features, tokens_left=tokens_left
+            tokens,
+            None,
+            token_logprobs,
+            cum_logprobs,
+            features=features,
+            tokens_left=tokens_left,
+            output_lens=output_lens,
         ).usable()
         counts = np.count_nonzero(self.policy.choose(proposal).numpy(), axis=1).tolist()  # chains: prefixes
         self._last_drafts = _DraftedStep(tokens.numpy(), features.numpy(), design.numpy(), roots.numpy())
@@ -328,6 +385,8 @@ class TetrisProposer:
             verified,
             scheduler_output.total_num_scheduled_tokens,
             _tokens_left(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
+            _output_lens(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
+            scheduler_output.finished_req_ids,
         )
 
 
@@ -342,6 +401,17 @@ def _tokens_left(requests, req_ids, num_tokens) -> np.ndarray:
         if params is not None and params.max_tokens is not None:
             left[i] = state.num_prompt_tokens + params.max_tokens - int(num_tokens[i])
     return left
+
+
+def _output_lens(requests, req_ids, num_tokens) -> np.ndarray:
+    """Per row, its request's output tokens so far (``num_tokens_no_spec`` less the prompt);
+    -1 where the runner has no state for it."""
+    lens = np.full(len(req_ids), -1, dtype=np.int64)
+    for i, rid in enumerate(req_ids):
+        state = requests.get(rid)
+        if state is not None:
+            lens[i] = max(0, int(num_tokens[i]) - state.num_prompt_tokens)
+    return lens
 
 
 def served_token_classes(model_config) -> torch.Tensor | None:
