@@ -48,10 +48,14 @@ def main() -> None:
     parser.add_argument("--out", help="also write the table here")
     args = parser.parse_args()
     lines = compare(_rows(args.before), _rows(args.after))
-    text = "\n".join([f"before: {args.before}", f"after: {args.after}", *lines]) + "\n"
+    emit("\n".join([f"before: {args.before}", f"after: {args.after}", *lines]) + "\n", args.out)
+
+
+def emit(text: str, out: str | None) -> None:
+    """Print the table, and write it to ``out`` too if given."""
     print(text, end="")
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
 
 

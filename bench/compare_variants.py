@@ -21,6 +21,8 @@ import re
 import statistics
 from collections import defaultdict
 
+from compare_runs import emit
+
 VARIANT = re.compile(r"^CostAwareTetris \((online|known) cost(?:, (.+?))?\) \+ (.+)$")
 
 
@@ -68,11 +70,7 @@ def main() -> None:
     parser.add_argument("--against", help="pair with this variant's rows instead of the default's")
     parser.add_argument("--out", help="also write the tables here")
     args = parser.parse_args()
-    text = "\n".join(line for path in args.runs for line in table(path, args.against)) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit("\n".join(line for path in args.runs for line in table(path, args.against)) + "\n", args.out)
 
 
 if __name__ == "__main__":
