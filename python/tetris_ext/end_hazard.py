@@ -11,8 +11,8 @@ does not end at any of the tokens g + 1 .. g + d - 1:
     P(reaches depth d) = prod_{n = g+1}^{g+d-1} (1 - h(n))
 
 A length that few requests reached says little, so each h(n) is shrunk towards the pooled rate
-(all early ends over all the lengths requests passed) by ``prior`` pseudo-requests: with no early end seen
-h = 0 everywhere, and with many requests at n, h(n) is their own rate. A constant rate (the
+(all early ends over all the lengths requests passed) by ``prior`` pseudo-requests: with no
+early end seen h = 0 everywhere, and with many requests at n, h(n) is their own rate. A constant rate (the
 pooled one alone) fits neither lengths that cluster (SmolLM2's EOS) nor a cut at a fraction of
 each answer's length (the replay's steady protocol), whose hazard rises as requests get longer.
 
@@ -28,8 +28,8 @@ from torch import Tensor
 __all__ = ["EndHazard", "PRIOR_REQUESTS"]
 
 # Pseudo-requests behind each length's rate. Chosen on the tuning traces only among 1, 4 and 16
-# (bench/README.md, "An end hazard by output length"): the best worst draw of the three with the
-# online cost, and the best or within 0.1% of the best mean in each model and protocol.
+# (bench/README.md, "An end hazard by output length"): with the online cost, the best worst draw
+# over all cells of the three, and each model's and protocol's best mean or within 0.15% of it.
 PRIOR_REQUESTS = 4.0
 
 
