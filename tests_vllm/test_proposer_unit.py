@@ -219,19 +219,24 @@ def test_no_drafts_past_a_requests_max_tokens(policy):
         assert min(drafts(None)) >= 3 and bounded[0] == 2  # unbounded, every row drafts past 2
 
 
-def test_tokens_left_come_from_the_runners_requests():
+def test_tokens_left_and_output_lens_come_from_the_runners_requests():
     from types import SimpleNamespace
 
-    from tetris_ext.vllm.proposer import _tokens_left
+    from tetris_ext.vllm.proposer import _progress
 
     def state(prompt, max_tokens):
         return SimpleNamespace(
             num_prompt_tokens=prompt, sampling_params=SimpleNamespace(max_tokens=max_tokens)
         )
 
-    requests = {"a": state(10, 5), "b": state(7, 20), "c": SimpleNamespace(sampling_params=None)}
-    left = _tokens_left(requests, ["a", "b", "c"], np.array([13, 27, 50]))
+    requests = {
+        "a": state(10, 5),
+        "b": state(7, 20),
+        "c": SimpleNamespace(num_prompt_tokens=4, sampling_params=None),
+    }
+    left, output = _progress(requests, ["a", "b", "c", "z"], np.array([13, 27, 50, 5]))
     assert left[:2].tolist() == [2, 0] and left[2] > 10**9  # "c": unbounded
+    assert output.tolist() == [3, 20, 46, -1]  # "z": no state in the runner
 
 
 def test_the_cost_aware_policy_learns_where_requests_end_early():
@@ -263,15 +268,6 @@ def test_the_cost_aware_policy_learns_where_requests_end_early():
     step([], [], [], [], finished=set())  # "c" left unfinished (preempted): no end
     assert hazard.ended.sum() == 1 and hazard.went_on[:4].tolist() == [3, 3, 3, 1]
     assert not selection.requests  # every request's state released
-
-
-def test_output_lens_come_from_the_runners_requests():
-    from types import SimpleNamespace
-
-    from tetris_ext.vllm.proposer import _output_lens
-
-    requests = {"a": SimpleNamespace(num_prompt_tokens=10), "b": SimpleNamespace(num_prompt_tokens=7)}
-    assert _output_lens(requests, ["a", "b", "z"], np.array([13, 7, 5])).tolist() == [3, 0, -1]
 
 
 def test_estimator_learns_each_outcome_with_its_drafts_and_root():

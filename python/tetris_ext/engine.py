@@ -229,6 +229,7 @@ class Engine:
             self.drafter.update(requests, proposal, outcome)  # rollback, calibration
         t3 = time.perf_counter()
         generated = [r.advance(tokens) for r, tokens in zip(requests, verified.out_tokens.tolist())]
+        added = torch.tensor(generated, dtype=torch.long)
         measured = StepTimes(draft=t1 - t0, select=t2 - t1, verify=t3 - t2, step=t3 - t0)
         record = StepRecord(requests, joining, num_draft, proposal, block, outcome, prefix_lens, measured)
         times = self.target.times(record)
@@ -243,8 +244,8 @@ class Engine:
                 verify_seconds=times.select + times.verify + times.fused_prefill,
                 padded=padded,
                 prefill_tokens=times.fused_prefill_tokens,
-                output_lens=torch.tensor([r.output_len for r in requests], dtype=torch.long),
-                generated=torch.tensor(generated, dtype=torch.long),
+                output_lens=lengths + added,  # after the step
+                generated=added,
                 ended_early=torch.tensor([r.finished and r.tokens_left > 0 for r in requests]),
             )
         )

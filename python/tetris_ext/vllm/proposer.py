@@ -384,34 +384,27 @@ class TetrisProposer:
             token_ids_cpu,
             verified,
             scheduler_output.total_num_scheduled_tokens,
-            _tokens_left(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
-            _output_lens(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
+            *_progress(runner.requests, req_ids[: len(sampled_token_ids)], num_tokens_no_spec),
             scheduler_output.finished_req_ids,
         )
 
 
-def _tokens_left(requests, req_ids, num_tokens) -> np.ndarray:
-    """Per row, the tokens its request may still generate: the prompt plus ``max_tokens`` less
-    the tokens it has (``num_tokens_no_spec``: prompt + output). A request without sampling
-    parameters (none in a generating model) counts as unbounded."""
+def _progress(requests, req_ids, num_tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, from the runner's request states and ``num_tokens_no_spec`` (prompt + output):
+    the tokens its request may still generate (the prompt plus ``max_tokens`` less the tokens it
+    has; unbounded without sampling parameters, as in no generating model) and its output tokens
+    so far (-1 where the runner has no state for it)."""
     left = np.full(len(req_ids), np.iinfo(np.int64).max, dtype=np.int64)
+    output = np.full(len(req_ids), -1, dtype=np.int64)
     for i, rid in enumerate(req_ids):
         state = requests.get(rid)
-        params = None if state is None else state.sampling_params
+        if state is None:
+            continue
+        output[i] = max(0, int(num_tokens[i]) - state.num_prompt_tokens)
+        params = state.sampling_params
         if params is not None and params.max_tokens is not None:
             left[i] = state.num_prompt_tokens + params.max_tokens - int(num_tokens[i])
-    return left
-
-
-def _output_lens(requests, req_ids, num_tokens) -> np.ndarray:
-    """Per row, its request's output tokens so far (``num_tokens_no_spec`` less the prompt);
-    -1 where the runner has no state for it."""
-    lens = np.full(len(req_ids), -1, dtype=np.int64)
-    for i, rid in enumerate(req_ids):
-        state = requests.get(rid)
-        if state is not None:
-            lens[i] = max(0, int(num_tokens[i]) - state.num_prompt_tokens)
-    return lens
+    return left, output
 
 
 def served_token_classes(model_config) -> torch.Tensor | None:
