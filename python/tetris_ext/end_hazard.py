@@ -12,9 +12,10 @@ does not end at any of the tokens g + 1 .. g + d - 1:
 
 A length that few requests reached says little, so each h(n) is shrunk towards the pooled rate
 (all early ends over all the lengths requests passed) by ``prior`` pseudo-requests: with no
-early end seen h = 0 everywhere, and with many requests at n, h(n) is their own rate. A constant rate (the
-pooled one alone) fits neither lengths that cluster (SmolLM2's EOS) nor a cut at a fraction of
-each answer's length (the replay's steady protocol), whose hazard rises as requests get longer.
+early end seen h = 0 everywhere, and with many requests at n, h(n) is their own rate. A
+constant rate (the pooled one alone) fits neither lengths that cluster (SmolLM2's EOS) nor a
+cut at a fraction of each answer's length (the replay's steady protocol), whose hazard rises as
+requests get longer.
 
 Memory: two counts per output length seen, whatever the number of requests.
 """
