@@ -114,6 +114,7 @@ def policies(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
+    run_rate=False,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
@@ -123,7 +124,8 @@ def policies(
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
     cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: a list of
     priors: the cost-aware policies also with ``end_hazard=False`` and with each ``end_prior``
-    (--end-hazard [PRIOR ...]); ``cost_aware_only``: no baselines
+    (--end-hazard [PRIOR ...]); ``run_rate``: the cost-aware policies also with ``run_rate=False``
+    and ``True`` (--run-rate); ``cost_aware_only``: no baselines
     but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -173,19 +175,11 @@ def policies(
             lambda: CostAwareTetris(MAX_DRAFT, padded, cost_model=cost_model),
             logistic,
         )
-    for variant in [False, True] if drain else []:
-        known = {"cost_model": cost_model} if cost_model is not None else None
-        for label, kwargs in [("online cost", {}), ("known cost", known)]:
-            if kwargs is not None:
-                runs[f"CostAwareTetris ({label}, drain {variant}) + {est}"] = (
-                    lambda kwargs=kwargs, variant=variant: CostAwareTetris(
-                        MAX_DRAFT, padded, drain=variant, **kwargs
-                    ),
-                    logistic,
-                )
-    hazards = [("end hazard off", {"end_hazard": False})] if end_hazard is not None else []
-    hazards += [(f"end hazard {p:g}", {"end_hazard": True, "end_prior": p}) for p in end_hazard or []]
-    for variant, options in hazards:
+    variants = [(f"drain {v}", {"drain": v}) for v in ([False, True] if drain else [])]
+    variants += [("end hazard off", {"end_hazard": False})] if end_hazard is not None else []
+    variants += [(f"end hazard {p:g}", {"end_hazard": True, "end_prior": p}) for p in end_hazard or []]
+    variants += [(f"run rate {v}", {"run_rate": v}) for v in ([False, True] if run_rate else [])]
+    for variant, options in variants:
         known = {"cost_model": cost_model} if cost_model is not None else None
         for label, kwargs in [("online cost", {}), ("known cost", known)]:
             if kwargs is not None:
@@ -271,6 +265,7 @@ def sweep(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
+    run_rate=False,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -280,8 +275,9 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
+    variants = dict(drain=drain, cost_aware_only=cost_aware_only, end_hazard=end_hazard, run_rate=run_rate)
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only, end_hazard
+        padded, cost_model, growths, margins, model, probes, brackets, **variants
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -438,7 +434,12 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only, "end_hazard": args.end_hazard}
+    variants = {
+        "drain": args.drain,
+        "cost_aware_only": args.cost_aware_only,
+        "end_hazard": args.end_hazard,
+        "run_rate": args.run_rate,
+    }
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         tuned = dict(
@@ -655,7 +656,7 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
 
 def add_variant_flags(ap) -> None:
     """Replay flags for side-by-side runs of cost-aware variants (--drain, --end-hazard,
-    --cost-aware-only)."""
+    --run-rate, --cost-aware-only)."""
     ap.add_argument(
         "--end-hazard",
         nargs="*",
@@ -668,6 +669,12 @@ def add_variant_flags(ap) -> None:
         "--drain",
         action="store_true",
         help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
+    )
+    ap.add_argument(
+        "--run-rate",
+        action="store_true",
+        help="replay: the cost-aware policies also with run_rate=False and run_rate=True "
+        "(a step chosen against the run's throughput)",
     )
     ap.add_argument(
         "--cost-aware-only",
