@@ -114,7 +114,6 @@ def policies(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
-    run_rate=False,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
@@ -124,8 +123,7 @@ def policies(
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
     cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: a list of
     priors: the cost-aware policies also with ``end_hazard=False`` and with each ``end_prior``
-    (--end-hazard [PRIOR ...]); ``run_rate``: the cost-aware policies also with ``run_rate=False``
-    and ``True`` (--run-rate); ``cost_aware_only``: no baselines
+    (--end-hazard [PRIOR ...]); ``cost_aware_only``: no baselines
     but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -178,7 +176,6 @@ def policies(
     variants = [(f"drain {v}", {"drain": v}) for v in ([False, True] if drain else [])]
     variants += [("end hazard off", {"end_hazard": False})] if end_hazard is not None else []
     variants += [(f"end hazard {p:g}", {"end_hazard": True, "end_prior": p}) for p in end_hazard or []]
-    variants += [(f"run rate {v}", {"run_rate": v}) for v in ([False, True] if run_rate else [])]
     for variant, options in variants:
         known = {"cost_model": cost_model} if cost_model is not None else None
         for label, kwargs in [("online cost", {}), ("known cost", known)]:
@@ -265,7 +262,6 @@ def sweep(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
-    run_rate=False,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -275,7 +271,7 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    variants = dict(drain=drain, cost_aware_only=cost_aware_only, end_hazard=end_hazard, run_rate=run_rate)
+    variants = dict(drain=drain, cost_aware_only=cost_aware_only, end_hazard=end_hazard)
     for name, (make_policy, estimator) in policies(
         padded, cost_model, growths, margins, model, probes, brackets, **variants
     ).items():
@@ -438,7 +434,6 @@ def run_replays(args) -> int:
         "drain": args.drain,
         "cost_aware_only": args.cost_aware_only,
         "end_hazard": args.end_hazard,
-        "run_rate": args.run_rate,
     }
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
@@ -656,7 +651,7 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
 
 def add_variant_flags(ap) -> None:
     """Replay flags for side-by-side runs of cost-aware variants (--drain, --end-hazard,
-    --run-rate, --cost-aware-only)."""
+    --cost-aware-only)."""
     ap.add_argument(
         "--end-hazard",
         nargs="*",
@@ -669,12 +664,6 @@ def add_variant_flags(ap) -> None:
         "--drain",
         action="store_true",
         help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
-    )
-    ap.add_argument(
-        "--run-rate",
-        action="store_true",
-        help="replay: the cost-aware policies also with run_rate=False and run_rate=True "
-        "(a step chosen against the run's throughput)",
     )
     ap.add_argument(
         "--cost-aware-only",

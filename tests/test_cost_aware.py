@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tetris_ext  # noqa: F401
-from tetris_ext.cost_aware import KNEE_BRACKET, MIN_PROBE, PROBE, RUN_RATE_STEPS, CostAwareTetris
+from tetris_ext.cost_aware import KNEE_BRACKET, MIN_PROBE, PROBE, CostAwareTetris
 from tetris_ext.cost_models import LinearCostModel, StepShape
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import NgramDrafter
@@ -723,47 +723,3 @@ def test_the_engine_tells_the_policy_where_requests_ended_before_their_budget():
     assert policy.end_hazard.went_on.sum() == result.metrics["generated_tokens"]
     assert np.nonzero(policy.end_hazard.ended)[0].tolist() == sorted(set(early))
     assert policy.end_hazard.ended.sum() == len(early)
-
-
-def brute_force_parametric(probs, B, seconds_of, rate, margin):
-    """The best prefix of the batch-wide ranking by (expected + B) - rate x seconds, with
-    verification's seconds charged 1 + margin times (Dinkelbach's form of the ratio)."""
-    ranked = sorted((p for row in probs for p in row), reverse=True)
-    charged = lambda m: seconds_of(m) + margin * (seconds_of(m) - seconds_of(0))  # noqa: E731
-    values = [sum(ranked[:m]) + B - rate * charged(m) for m in range(len(ranked) + 1)]
-    return max(range(len(values)), key=values.__getitem__)
-
-
-def test_run_rate_weighs_a_step_against_the_runs_throughput():
-    """run_rate: once RUN_RATE_STEPS steps are chosen, a step maximises gain - rate x seconds,
-    rate the expected tokens of the steps chosen over their predicted seconds (margin included);
-    before, the step's own goodput. After a run of good steps (a high rate) a second is dear: a
-    higher floor, fewer candidates in the same step; after poor ones the reverse. The drain's
-    steps set no rate."""
-    cost = LinearCostModel({"step": 0.1, "query_token": 0.02}, padded=False)
-    seconds_of = lambda m: 0.1 + 0.02 * (3 + m)  # noqa: E731
-    proposal = chain_proposal(PROBS)
-    cum = proposal.cum_logprobs.exp().tolist()
-    chosen = {}
-    for p in (0.05, 0.6, 0.99):  # the earlier steps' drafts: every token accepted with p
-        earlier = chain_proposal([[p] * 4] * 3)
-        own = CostAwareTetris(4, padded=False, cost_model=cost)
-        policy = CostAwareTetris(4, padded=False, cost_model=cost, run_rate=True)
-        for _ in range(RUN_RATE_STEPS):
-            selected = policy.choose(earlier)
-            assert torch.equal(selected, own.choose(earlier))  # the step's own goodput until then
-        m = int(selected.sum())
-        ranked = sorted((q for row in earlier.cum_logprobs.exp().tolist() for q in row), reverse=True)
-        charged = seconds_of(m) + policy.margin * (seconds_of(m) - seconds_of(0))
-        rate = (sum(ranked[:m]) + 3) / charged
-        assert policy._rate() == pytest.approx(rate)
-        chosen[p] = int(policy.choose(proposal).sum())
-        assert chosen[p] == brute_force_parametric(cum, 3, seconds_of, rate, policy.margin)
-        if chosen[p] < 12:  # the floor: the rate times one more candidate's seconds
-            assert policy.last_floor == pytest.approx(rate * (1 + policy.margin) * 0.02)
-    step_own = int(CostAwareTetris(4, padded=False, cost_model=cost).choose(proposal).sum())
-    assert chosen[0.05] > step_own > chosen[0.99] and chosen[0.05] >= chosen[0.6] >= chosen[0.99]
-    # A drain step (nothing waits, each request's tokens left known) sets no rate.
-    policy = CostAwareTetris(4, padded=False, cost_model=cost, run_rate=True)
-    policy.choose(replace(proposal, tokens_left=torch.tensor([9, 9, 9]), waiting=False))
-    assert policy.run_steps == 0

@@ -160,19 +160,6 @@ DRAIN = True
 # split"); where none ends early (Gemma under burst) nothing changes. The constant rate it
 # replaced was left off: it cost up to 1.6% under burst.
 END_HAZARD = True
-# Opt-in (CostAwareTetris(run_rate=True)): a flattened engine's step is chosen against the run's
-# throughput instead of its own goodput. Maximising each step's ratio gain / T sets each step's
-# floor at that step's own goodput: picky in a step full of good candidates, lax in a poor one.
-# The long-run rate (tokens per second over many steps) is what a second of verification is
-# worth in any step, so the step maximises gain - rate x T (Dinkelbach's parametric form of the
-# ratio; at the run's best rate the two agree on average and the parametric one is the better
-# choice step by step). The rate: the expected tokens of the steps chosen over the seconds the
-# cost model predicted for them (what each step's own goodput weighs: the estimates' and the
-# fit's biases cancel as in that ratio; a joining prompt's own cost left out), outside the
-# drain, forgotten at FIT_FORGET per step, once RUN_RATE_STEPS steps are chosen (the step's own
-# goodput until then).
-RUN_RATE = False
-RUN_RATE_STEPS = 8
 
 
 class _FixedLatency:
@@ -277,10 +264,6 @@ class CostAwareTetris(_GoodputPolicy):
     cost-aware policy trails a fixed floor at 64"); inert where the engine does not say
     (None: ``END_HAZARD``). end_prior: the pseudo-requests each output length's rate is
     shrunk by (``end_hazard.PRIOR_REQUESTS``).
-    run_rate: a flattened engine outside the drain chooses the step that maximises gain - rate
-    x seconds, rate the run's expected tokens per predicted second so far, instead of the step's own
-    goodput gain / seconds (``RUN_RATE``; None: its default). The padded loop's block-width
-    choice does not use it.
     """
 
     def __init__(
@@ -299,7 +282,6 @@ class CostAwareTetris(_GoodputPolicy):
         drain: bool | None = None,
         end_hazard: bool | None = None,
         end_prior: float = PRIOR_REQUESTS,
-        run_rate: bool | None = None,
     ):
         super().__init__(padded)
         optimism = OPTIMISM if optimism is None else optimism
@@ -325,9 +307,6 @@ class CostAwareTetris(_GoodputPolicy):
         self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
         self.end_hazard = EndHazard(end_prior) if (END_HAZARD if end_hazard is None else end_hazard) else None
-        self.run_rate = RUN_RATE if run_rate is None else run_rate
-        # the run's expected tokens and predicted seconds (forgotten at FIT_FORGET per step)
-        self.run_tokens, self.run_seconds, self.run_steps = 0.0, 0.0, 0
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.prompts_told = False  # the last choice was told its step's prompt tokens (_choose_prefix)
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
@@ -453,13 +432,6 @@ class CostAwareTetris(_GoodputPolicy):
         that fraction, not merely break even (module doc, "Margin")."""
         return latency + self.margin * (latency - latency[0]).clip(min=0)
 
-    def _rate(self) -> float | None:
-        """The run's expected tokens per predicted second, or None (not asked for, or too few
-        steps chosen)."""
-        if not self.run_rate or self.run_steps < RUN_RATE_STEPS:
-            return None
-        return self.run_tokens / self.run_seconds
-
     def observe(self, feedback: StepFeedback) -> None:
         told = (feedback.output_lens, feedback.generated, feedback.ended_early)
         if all(t is not None for t in told):
@@ -517,20 +489,9 @@ class CostAwareTetris(_GoodputPolicy):
         m = np.arange(len(ranked) + 1, dtype=np.float64)
         gain = np.concatenate([[0.0], ranked.cumsum()]) + B
         latency = self._with_margin(self._flat_latency(B, B + m, prompt))
-        rate = self._rate()
-        if rate is None:  # the step's own goodput
-            goodput = gain / latency
-            best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
-            rate = goodput[best]
-        else:  # the run's throughput (``run_rate``)
-            best = self._bracket_knee(B, int((gain - rate * latency).argmax()), len(ranked))
-        self.last_floor = float(rate * (latency[min(best + 1, len(m) - 1)] - latency[best]))
-        # The run's rate (``run_rate``): the expected tokens over the predicted seconds (margin
-        # included) of the steps chosen, what each step's own goodput weighs.
-        keep = 1.0 - FIT_FORGET
-        self.run_tokens = keep * self.run_tokens + float(gain[best])
-        self.run_seconds = keep * self.run_seconds + float(latency[best])
-        self.run_steps += 1
+        goodput = gain / latency
+        best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
+        self.last_floor = float(goodput[best] * (latency[min(best + 1, len(m) - 1)] - latency[best]))
         return _select(proposal, best)
 
     def _bracket_knee(self, B: int, best: int, candidates: int) -> int:
