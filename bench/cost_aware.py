@@ -271,9 +271,8 @@ def sweep(
     if steady:
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
-    variants = dict(drain=drain, cost_aware_only=cost_aware_only, end_hazard=end_hazard)
     for name, (make_policy, estimator) in policies(
-        padded, cost_model, growths, margins, model, probes, brackets, **variants
+        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only, end_hazard
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -430,11 +429,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    variants = {
-        "drain": args.drain,
-        "cost_aware_only": args.cost_aware_only,
-        "end_hazard": args.end_hazard,
-    }
+    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only, "end_hazard": args.end_hazard}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         tuned = dict(
