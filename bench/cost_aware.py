@@ -176,8 +176,8 @@ def policies(
     variants = [(f"drain {v}", {"drain": v}) for v in ([False, True] if drain else [])]
     variants += [("end hazard off", {"end_hazard": False})] if end_hazard is not None else []
     variants += [(f"end hazard {p:g}", {"end_hazard": True, "end_prior": p}) for p in end_hazard or []]
+    known = {"cost_model": cost_model} if cost_model is not None else None
     for variant, options in variants:
-        known = {"cost_model": cost_model} if cost_model is not None else None
         for label, kwargs in [("online cost", {}), ("known cost", known)]:
             if kwargs is not None:
                 runs[f"CostAwareTetris ({label}, {variant}) + {est}"] = (
