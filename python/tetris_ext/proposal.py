@@ -35,10 +35,12 @@ class Proposal:
     features: [B, N, F] float32 or None: raw drafter statistics behind token_logprobs (the
         n-gram drafter's match statistics), kept so that a replay can recompute them.
 
-    Progress, what an engine knows of each request beyond its drafts (``tetris_ext.drain``):
-    the shared step (``engine.Engine``, hence ``decoding.generate`` and ``sim.replay``) fills
-    both; a drafter leaves them None, and so does the vLLM proposer (its scheduler's queue and
-    budgets are not passed to it): None = unknown, and a policy then ignores them.
+    Progress, what an engine knows of each request beyond its drafts (``tetris_ext.drain``,
+    ``tetris_ext.end_hazard``): the shared step (``engine.Engine``, hence ``decoding.generate``
+    and ``sim.replay``) fills all four (``prefill_tokens`` where its cost model knows it); the
+    vLLM proposer fills ``tokens_left`` and ``output_lens`` from its runner's request states,
+    not ``waiting`` or ``prefill_tokens`` (its scheduler's queue and next step are not passed
+    to it); a drafter leaves them None. None = unknown, and a policy then ignores it.
     tokens_left: [B] int64 >= 1 on the CPU, or None: tokens each request may still generate
         (its max_new_tokens less its output so far): an upper bound, as an EOS may end it
         earlier. Host bookkeeping, so checking it never waits for a device.
