@@ -536,7 +536,11 @@ def live_once(target, tokenizer, prompts, name, make_policy, estimator, args, re
 def run_live(args) -> int:
     """Every chosen policy once per round, rounds back to back (so that a slow spell of the
     shared machine hits all policies alike); each row is the round with the lower median of
-    tokens per CPU second (of two rounds: the slower one), and lists every round's figure."""
+    tokens per CPU second (of two rounds: the slower one), and lists every round's figure.
+    Each round starts further along the list of policies (`round_order`),
+    so that no policy runs at the same point of every round: a drift within a round (the
+    process's memory, a neighbour on the shared machine) would otherwise favour the policies
+    listed first. Round 0 runs the list as given, the autoregressive reference first."""
     from sim import load_target
 
     from tetris_ext.decoding import generate
@@ -561,7 +565,7 @@ def run_live(args) -> int:
             variants[name] = ({} if args.flat_only else variants[name]) | {True: flat_policies[name]}
     rounds, reference = {}, None
     for round_ in range(args.repeat):
-        for name, by_loop in variants.items():
+        for name, by_loop in round_order(list(variants.items()), round_, args.repeat):
             # padded and flat back to back, alternating which goes first
             for flat in sorted(by_loop, reverse=round_ % 2 == 1):
                 make_policy, estimator = by_loop[flat]
@@ -614,6 +618,14 @@ def run_live(args) -> int:
         out.with_suffix(".txt").write_text(f"{meta['command']}\n{table}\n")
     print(f"wrote {out}.json")
     return 0
+
+
+def round_order(policies: list, round_: int, rounds: int) -> list:
+    """The policies in the order round ``round_`` of ``rounds`` runs them: the list started
+    ``round_ x len / rounds`` along (round 0 as given), so each policy runs at another point of
+    each round (run_live)."""
+    start = round_ * len(policies) // rounds
+    return policies[start:] + policies[:start]
 
 
 def compare_live_rows(rows: list[dict], rounds: dict) -> None:

@@ -161,6 +161,21 @@ def test_live_rows_carry_each_rounds_ratio_to_the_best_baseline(monkeypatch):
     assert rows[0]["vs_best_baseline_cpu_range"] == "1.000-1.000"
 
 
+def test_live_rounds_start_at_another_policy(monkeypatch):
+    """bench/cost_aware.py --live: round 0 runs the policies as listed (the autoregressive
+    reference first), and over the rounds no policy keeps its place in the round."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from cost_aware import round_order
+
+    policies = ["AR", "SD3", "SD4", "SD5", "Tetris", "Threshold", "CostAware"]
+    orders = [round_order(policies, r, 3) for r in range(3)]
+    assert orders[0] == policies
+    assert all(sorted(order) == sorted(policies) for order in orders)
+    for policy in policies:
+        assert len({order.index(policy) for order in orders}) == 3
+    assert round_order(policies, 0, 1) == policies
+
+
 def test_ngram_copy_bench_runs_on_a_trace(tmp_path):
     """bench/ngram_copy.py (offline, no model): each rule's accepted drafts on one trace; the
     overlapping copy never drafts less than the cut copy."""
