@@ -2,6 +2,8 @@
 
     python bench/cost_aware.py                    # replay: fitted CPU cost model and GPU roofline
     python bench/cost_aware.py --steady --out bench/results/cost_aware_steady   # steady protocol
+    python bench/cost_aware.py --roofline A100-8B --roofline-only --gpu-batches 32 64 128 256 512 \
+        --out bench/results/cost_aware_a100   # another GPU machine's roofline, its cells only
     python bench/cost_aware.py --tune-growth 1.25 1.5 2 3 --out bench/results/cost_aware_tune_growth
     python bench/cost_aware.py --tune-probe 1 0.125 0.0625 0.03125 --gpu-batches 64 128 256 512 \
         --draws 3 --out bench/results/cost_aware_tune_probe        # (and --model, --steady)
@@ -19,7 +21,8 @@ Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code
 recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost
 model (bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled
 held-out traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
-engine). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
+engine; --roofline names another machine of cost_models.ROOFLINES, on which nothing was chosen,
+and --roofline-only leaves out the CPU cells). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
 reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2) (StandardSD(3)'s verified
 count each step) and Tetris(3, 2, full_budget) (3 x requests always), GoodputTetris, all with the
 drafter's default estimator (NgramLogistic without token classes since 2026-11-30; before:
@@ -68,7 +71,7 @@ from estimates import SMOLLM2_SOURCES, SOURCES, TUNING, load_token_classes  # no
 
 from common import RESULTS_DIR, format_table, run_metadata  # noqa: E402
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
-from tetris_ext.cost_models import LinearCostModel, h100x4_llama70b  # noqa: E402
+from tetris_ext.cost_models import ROOFLINES, LinearCostModel  # noqa: E402
 from tetris_ext.drafters import NgramDrafter  # noqa: E402
 from tetris_ext.estimators import NgramLogistic  # noqa: E402
 from tetris_ext.policies import Autoregressive, GoodputSD, GoodputTetris, StandardSD, Tetris, ThresholdSD  # noqa: E402
@@ -78,8 +81,6 @@ CPU_COST_PATH = RESULTS_DIR / "cost_model_cpu_gemma3-270m-bf16.json"
 MAX_DRAFT = 8
 RECOMMENDED = "CostAwareTetris"
 ESTIMATOR = "NgramLogistic (token classes)"  # the rows' label of ngram_estimator()
-# --chunked-prefill: the roofline engine computes joining prompts inside the step's forward
-ROOFLINE_CHUNKED = {"chunked_prefill": True, "name": "roofline-4xH100-70B-chunked-prefill"}
 STEADY_WAVES = 8  # --steady: requests per replay, in batches
 STEADY_TRUNCATE = 0.25  # --steady: outputs cut at a uniform 25-100% of their recorded length
 
@@ -399,6 +400,17 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def roofline(name: str, chunked_prefill: bool):
+    """The roofline machine ``name`` (cost_models.ROOFLINES); with ``chunked_prefill`` its engine
+    computes the joining prompts inside the step's forward (--chunked-prefill)."""
+    machine = ROOFLINES[name]
+    return (
+        machine(chunked_prefill=True, name=f"{machine().name}-chunked-prefill")
+        if chunked_prefill
+        else machine()
+    )
+
+
 def tuning_draws(tuning: Trace, gpu, args, **variants) -> list[dict]:
     """The tuning trace on the roofline at every --gpu-batches, --draws request draws each (at
     least twice the batch in requests), with ``sweep``'s variants."""
@@ -424,7 +436,7 @@ def tuning_draws(tuning: Trace, gpu, args, **variants) -> list[dict]:
 def run_replays(args) -> int:
     cpu = LinearCostModel.load(CPU_COST_PATH)
     line = flat_cpu_line()  # the live flat loop's step (what the live goal measures), batch 8
-    gpu = h100x4_llama70b(**ROOFLINE_CHUNKED) if args.chunked_prefill else h100x4_llama70b()
+    gpu = roofline(args.roofline, args.chunked_prefill)
     sources = SMOLLM2_SOURCES if args.model == "smollm2-135m" else SOURCES
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
@@ -457,7 +469,7 @@ def run_replays(args) -> int:
             )
         rows += tuning_draws(tuning, gpu, args, margins=margins, **variants)
         return write_replays(args, rows, held, cpu, gpu, line)
-    for name, trace in traces.items():
+    for name, trace in {} if args.roofline_only else traces.items():
         label = name + (" (tuned-on)" if name in TUNING else " (held-out)")
         for cost, padded in ((cpu, True), (line, False)):
             rows += sweep(label, trace, cost, padded, 8, None, args.steady, model=args.model, **variants)
@@ -764,6 +776,18 @@ def main(argv=None) -> int:
         "--chunked-prefill",
         action="store_true",
         help="replay: the roofline engine computes joining prompts inside the step's forward (vLLM V1, SGLang)",
+    )
+    ap.add_argument(
+        "--roofline",
+        choices=sorted(ROOFLINES),
+        default="4xH100-70B",
+        help="replay: the GPU machine of the roofline cells (cost_models.ROOFLINES; the policies' "
+        "constants were chosen on 4xH100-70B)",
+    )
+    ap.add_argument(
+        "--roofline-only",
+        action="store_true",
+        help="replay: the held-out roofline cells only (no per-source CPU cells at batch 8)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware")
     args = ap.parse_args(argv)

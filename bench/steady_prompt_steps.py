@@ -25,18 +25,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_aware import (  # noqa: E402
     ESTIMATOR,
-    ROOFLINE_CHUNKED,
     STEADY_TRUNCATE,
     STEADY_WAVES,
     TUNING,
     drafter_for,
     policies,
     pool,
+    roofline,
 )
 from estimates import SOURCES  # noqa: E402
 
 from common import RESULTS_DIR  # noqa: E402
-from tetris_ext.cost_models import h100x4_llama70b  # noqa: E402
 from tetris_ext.sim import Trace, replay  # noqa: E402
 
 BATCH, DRAWS = 64, (1, 2)
@@ -87,7 +86,7 @@ def step_split(result) -> list[str]:
 def main() -> int:
     traces = {n: Trace.load(p) for n, p in SOURCES.items() if n in TUNING and p.exists()}
     tuning = pool(list(traces.values()))
-    gpu = h100x4_llama70b(**ROOFLINE_CHUNKED)
+    gpu = roofline("4xH100-70B", chunked_prefill=True)
     runs = policies(False, gpu)
     lines = ["python bench/steady_prompt_steps.py (tuning traces only)"]
     for draw in DRAWS:

@@ -176,6 +176,18 @@ def test_live_rounds_start_at_another_policy(monkeypatch):
     assert round_order(policies, 0, 1) == policies
 
 
+def test_replay_roofline_names_its_machine_and_engine(monkeypatch):
+    """bench/cost_aware.py --roofline / --chunked-prefill: the machine asked for, its engine, and
+    the names the committed results carry (4xH100-70B's chunked engine as before the flag)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from cost_aware import roofline
+
+    assert roofline("4xH100-70B", True).name == "roofline-4xH100-70B-chunked-prefill"
+    small = roofline("A100-8B", False)
+    assert (small.name, small.gpus, small.chunked_prefill) == ("roofline-A100-8B", 1, False)
+    assert roofline("A100-8B", True).chunked_prefill
+
+
 def test_ngram_copy_bench_runs_on_a_trace(tmp_path):
     """bench/ngram_copy.py (offline, no model): each rule's accepted drafts on one trace; the
     overlapping copy never drafts less than the cut copy."""

@@ -16,7 +16,14 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.calibration import AcceptanceCalibration
-from tetris_ext.cost_models import LinearCostModel, RecordedStepTimes, StepShape, h100x4_llama70b, price_step
+from tetris_ext.cost_models import (
+    ROOFLINES,
+    LinearCostModel,
+    RecordedStepTimes,
+    StepShape,
+    h100x4_llama70b,
+    price_step,
+)
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import ModelDrafter, NgramDrafter
 from tetris_ext.estimators import NgramLogistic
@@ -324,6 +331,17 @@ def test_roofline_is_flat_until_compute_bound():
     flops = m.gpus * m.flops_per_s * m.compute_efficiency
     assert t[4] - t[3] == pytest.approx(2 * m.params * 1024 / flops, rel=1e-9)  # linear when compute bound
     assert m.draft_seconds(StepShape(requests=4, query_tokens=8)) == 0.0
+
+
+@pytest.mark.parametrize("name, knee", [("4xH100-70B", (200, 240)), ("A100-8B", (105, 125))])
+def test_roofline_machines_turn_compute_bound_where_they_say(name, knee):
+    """The step of a roofline machine (no context) is flat up to its knee and compute bound
+    after it, at the token count its docstring gives."""
+    m = ROOFLINES[name]()
+    flat = m.step_seconds(StepShape(requests=1, query_tokens=1))
+    low, high = knee
+    assert m.step_seconds(StepShape(requests=1, query_tokens=low)) == pytest.approx(flat, rel=1e-9)
+    assert m.step_seconds(StepShape(requests=1, query_tokens=high)) > flat * 1.01
 
 
 def test_chunked_prefill_computes_the_prompts_in_the_steps_forward():

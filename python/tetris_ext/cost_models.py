@@ -10,7 +10,8 @@ A cost model turns the shape of one decoding step into seconds. Two kinds:
   all weights once (memory bound) and does 2 * params FLOPs per token through the target
   (compute bound); the step takes the larger of the two, plus the KV-cache read and a fixed
   per-step overhead. The default parameters describe Llama-3.1-70B in bf16, tensor-parallel
-  over 4 H100 SXM GPUs (see `h100x4_llama70b`).
+  over 4 H100 SXM GPUs (see `h100x4_llama70b`, what the policies' constants were chosen on);
+  `a100_llama8b` is a smaller machine whose steps turn compute bound at half the tokens.
 
 The two disagree on purpose: on a CPU every verified token costs about as much as a decoded
 one, so verifying doubtful drafts is expensive; on a GPU a step's first ~hundreds of tokens are
@@ -228,8 +229,9 @@ class RooflineCostModel:
 def h100x4_llama70b(**overrides) -> RooflineCostModel:
     """Llama-3.1-70B (80 layers, 64 query heads and 8 KV heads of 128, bf16) on 4x H100 SXM
     (3.35 TB/s HBM3 and 989 dense bf16 TFLOP/s each, tensor parallel). Weights take about
-    17 ms to read per step at 80% of peak bandwidth; a token costs 140 GFLOP, about 0.06 ms at
-    60% of peak, so a step turns compute bound near 300 tokens."""
+    13 ms to read per step at 80% of peak bandwidth (15 ms a step with the overhead); a token
+    costs 140 GFLOP, about 0.06 ms at 60% of peak, so a step without context turns compute bound
+    near 220 tokens (about 240 at 64 requests of 500 tokens, whose KV cache is read too)."""
     return RooflineCostModel(
         **(
             {
@@ -246,6 +248,34 @@ def h100x4_llama70b(**overrides) -> RooflineCostModel:
             | overrides
         )
     )
+
+
+def a100_llama8b(**overrides) -> RooflineCostModel:
+    """Llama-3.1-8B (32 layers, 32 query heads and 8 KV heads of 128, bf16) on one A100 SXM
+    80GB (2.039 TB/s HBM2e, 312 dense bf16 TFLOP/s). Weights take about 9.8 ms to read per step
+    at 80% of peak bandwidth; a token costs 16 GFLOP, about 0.086 ms at 60% of peak, so a step
+    without context turns compute bound near 115 tokens (the KV cache's read moves it later:
+    about 145 at 64 requests of 500 tokens), half the 4x H100 / 70B machine's ~220."""
+    return RooflineCostModel(
+        **(
+            {
+                "name": "roofline-A100-8B",
+                "params": 8.03e9,
+                "layers": 32,
+                "q_dim": 32 * 128,
+                "kv_bytes_per_token": 32 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
+                "bytes_per_param": 2.0,
+                "gpus": 1,
+                "hbm_bytes_per_s": 2.039e12,
+                "flops_per_s": 312e12,
+            }
+            | overrides
+        )
+    )
+
+
+# The roofline machines a replay can be priced on, by name (bench/cost_aware.py --roofline).
+ROOFLINES = {"4xH100-70B": h100x4_llama70b, "A100-8B": a100_llama8b}
 
 
 @cache
