@@ -167,23 +167,31 @@ class _FixedLatency:
 
     A cost model prices one shape at a time; the policy asks for up to B * N sizes per step,
     so the model is priced at ``points`` evenly spaced sizes and interpolated linearly
-    between them (exact for linear models, within one segment for a roofline's kink)."""
+    between them (exact for linear models, within one segment for a roofline's kink).
+
+    The step's context (``Proposal.context_tokens``, the KV cache its attention reads) is priced
+    too: a roofline reads it beside the weights, which moves its knee (Llama-8B on one A100:
+    from ~115 tokens without context to ~145 at 64 requests of 500). Attention work, each
+    computed token against its request's context, is taken at the mean context (the few
+    tokens each verified draft adds to its own request's are left out)."""
 
     def __init__(self, cost_model: CostModel, padded: bool, points: int = 33):
         self.cost_model, self.padded, self.points = cost_model, padded, points
 
-    def _price(self, requests: int, real: int, padded: int) -> float:
+    def _price(self, requests: int, real: int, padded: int, context: int) -> float:
         return price_step(
             self.cost_model,
             StepShape(
                 requests=requests,
                 query_tokens=real,
                 padded_query_tokens=padded if self.padded else real,
+                context_tokens=context,
+                attention_work=round(real * (context / max(1, requests) + 1)),
                 drafting_requests=requests,
             ),
         ).seconds
 
-    def predict(self, requests: int, real_tokens: Tensor, padded_tokens: Tensor) -> Tensor:
+    def predict(self, requests: int, real_tokens: Tensor, padded_tokens: Tensor, context: int = 0) -> Tensor:
         real, padded = real_tokens.double(), padded_tokens.double()
         if len(real) <= self.points:
             grid = range(len(real))
@@ -191,7 +199,7 @@ class _FixedLatency:
             grid = torch.linspace(0, len(real) - 1, self.points).round().long().unique().tolist()
         at = torch.tensor(grid, dtype=torch.float64)
         seconds = torch.tensor(
-            [self._price(requests, int(real[i]), int(padded[i])) for i in grid], dtype=torch.float64
+            [self._price(requests, int(real[i]), int(padded[i]), context) for i in grid], dtype=torch.float64
         )
         if len(at) == 1:
             return seconds.expand(len(real)).clamp(min=1e-9)
@@ -309,6 +317,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.end_hazard = EndHazard(end_prior) if (END_HAZARD if end_hazard is None else end_hazard) else None
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
         self.prompts_told = False  # the last choice was told its step's prompt tokens (_choose_prefix)
+        self.context = 0  # the tokens the current step's requests hold in the cache (choose)
         self.bracketing = False  # the last step chosen was in the knee's bracket (_bracket_knee)
         self._shape_known()
 
@@ -392,7 +401,7 @@ class CostAwareTetris(_GoodputPolicy):
     def _latency(self, B: int, real: Tensor, padded: Tensor) -> Tensor:
         """Predicted step seconds of a padded loop (tensors), from a known cost or the line fit."""
         if self.fixed is not None:
-            return self.fixed.predict(B, real, padded)
+            return self.fixed.predict(B, real, padded, self.context)
         seconds = self.verify_latency.predict(padded, padded) + self.draft_seconds
         if self.use_bumps:
             seconds = (
@@ -418,7 +427,7 @@ class CostAwareTetris(_GoodputPolicy):
     def _flat_forward(self, B: int, tokens: np.ndarray) -> np.ndarray:
         if self.fixed is not None:
             steps = torch.from_numpy(tokens)
-            return self.fixed.predict(B, steps, steps).numpy()
+            return self.fixed.predict(B, steps, steps, self.context).numpy()
         return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
 
     def _flat_seconds(self, B: int, prompt: int = 0):
@@ -449,6 +458,7 @@ class CostAwareTetris(_GoodputPolicy):
 
     def choose(self, proposal: Proposal) -> Tensor:
         self._require_shape()
+        self.context = proposal.context_tokens or 0  # the KV cache a known cost model prices
         if self.end_hazard is not None and proposal.output_lens is not None:
             # times the chance the request runs to that depth (0 in log while none ended early)
             reach = self.end_hazard.log_reach(proposal.output_lens, proposal.depths())

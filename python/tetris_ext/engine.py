@@ -215,7 +215,12 @@ class Engine:
         lengths = torch.tensor([r.output_len for r in requests], dtype=torch.long)
         prefill = self.target.fused_prefill_tokens(joining)  # a chunked-prefill engine's prompts
         proposal = replace(
-            proposal, tokens_left=left, output_lens=lengths, waiting=waiting, prefill_tokens=prefill
+            proposal,
+            tokens_left=left,
+            output_lens=lengths,
+            waiting=waiting,
+            prefill_tokens=prefill,
+            context_tokens=sum(r.prefix_len for r in requests),
         ).usable()
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)

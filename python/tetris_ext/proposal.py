@@ -37,7 +37,7 @@ class Proposal:
 
     Progress, what an engine knows of each request beyond its drafts (``tetris_ext.drain``,
     ``tetris_ext.end_hazard``): the shared step (``engine.Engine``, hence ``decoding.generate``
-    and ``sim.replay``) fills all four (``prefill_tokens`` where its cost model knows it); the
+    and ``sim.replay``) fills all five (``prefill_tokens`` where its cost model knows it); the
     vLLM proposer fills ``tokens_left`` and ``output_lens`` from its runner's request states,
     not ``waiting`` or ``prefill_tokens`` (its scheduler's queue and next step are not passed
     to it); a drafter leaves them None. None = unknown, and a policy then ignores it.
@@ -54,6 +54,9 @@ class Proposal:
         step before the choice: ``sim.replay`` priced by ``RooflineCostModel(chunked_prefill=
         True)``); None when prompts are prefilled apart or the step is not known yet (the
         decoding loop; vLLM, whose scheduler plans the step after the proposer drafts).
+    context_tokens: int >= 0 or None: the tokens the target's cache holds for these requests
+        before the step (prompts and outputs so far): the KV cache the step's attention reads,
+        which a known cost model prices (a GPU roofline reads it beside the weights every step).
     """
 
     tokens: Tensor
@@ -66,6 +69,7 @@ class Proposal:
     output_lens: Tensor | None = None
     waiting: bool | None = None
     prefill_tokens: int | None = None
+    context_tokens: int | None = None
 
     def __post_init__(self):
         B = self.tokens.shape[0]
@@ -92,9 +96,10 @@ class Proposal:
                 raise ValueError(f"Proposal: {name} must be >= {least}{why}")
         if self.waiting is not None and not isinstance(self.waiting, bool):
             raise ValueError(f"Proposal: waiting must be a bool or None, got {type(self.waiting).__name__}")
-        prompt = self.prefill_tokens
-        if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, int) or prompt < 0):
-            raise ValueError(f"Proposal: prefill_tokens must be an int >= 0 or None, got {prompt!r}")
+        for name in ("prefill_tokens", "context_tokens"):
+            count = getattr(self, name)
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+                raise ValueError(f"Proposal: {name} must be an int >= 0 or None, got {count!r}")
 
     @property
     def batch_size(self) -> int:
