@@ -226,28 +226,36 @@ class RooflineCostModel:
         return {"kind": "roofline"} | asdict(self)
 
 
+def _bf16_gqa_target(
+    name, params, layers, query_heads, kv_heads, gpus, hbm_bytes_per_s, flops_per_s, overrides
+):
+    """A dense bf16 target with grouped-query attention (heads of 128) on ``gpus`` GPUs."""
+    head_dim = 128
+    return RooflineCostModel(
+        **(
+            {
+                "name": name,
+                "params": params,
+                "layers": layers,
+                "q_dim": query_heads * head_dim,
+                "kv_bytes_per_token": layers * 2 * kv_heads * head_dim * 2,  # (K, V) per layer, bf16
+                "bytes_per_param": 2.0,
+                "gpus": gpus,
+                "hbm_bytes_per_s": hbm_bytes_per_s,
+                "flops_per_s": flops_per_s,
+            }
+            | overrides
+        )
+    )
+
+
 def h100x4_llama70b(**overrides) -> RooflineCostModel:
     """Llama-3.1-70B (80 layers, 64 query heads and 8 KV heads of 128, bf16) on 4x H100 SXM
     (3.35 TB/s HBM3 and 989 dense bf16 TFLOP/s each, tensor parallel). Weights take about
     13 ms to read per step at 80% of peak bandwidth (15 ms a step with the overhead); a token
     costs 140 GFLOP, about 0.06 ms at 60% of peak, so a step without context turns compute bound
     near 220 tokens (about 240 at 64 requests of 500 tokens, whose KV cache is read too)."""
-    return RooflineCostModel(
-        **(
-            {
-                "name": "roofline-4xH100-70B",
-                "params": 70.6e9,
-                "layers": 80,
-                "q_dim": 64 * 128,
-                "kv_bytes_per_token": 80 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
-                "bytes_per_param": 2.0,
-                "gpus": 4,
-                "hbm_bytes_per_s": 3.35e12,
-                "flops_per_s": 989e12,
-            }
-            | overrides
-        )
-    )
+    return _bf16_gqa_target("roofline-4xH100-70B", 70.6e9, 80, 64, 8, 4, 3.35e12, 989e12, overrides)
 
 
 def a100_llama8b(**overrides) -> RooflineCostModel:
@@ -256,22 +264,7 @@ def a100_llama8b(**overrides) -> RooflineCostModel:
     at 80% of peak bandwidth; a token costs 16 GFLOP, about 0.086 ms at 60% of peak, so a step
     without context turns compute bound near 115 tokens (the KV cache's read moves it later:
     about 145 at 64 requests of 500 tokens), half the 4x H100 / 70B machine's ~220."""
-    return RooflineCostModel(
-        **(
-            {
-                "name": "roofline-A100-8B",
-                "params": 8.03e9,
-                "layers": 32,
-                "q_dim": 32 * 128,
-                "kv_bytes_per_token": 32 * 2 * 8 * 128 * 2,  # layers * (K, V) * kv heads * head dim * bf16
-                "bytes_per_param": 2.0,
-                "gpus": 1,
-                "hbm_bytes_per_s": 2.039e12,
-                "flops_per_s": 312e12,
-            }
-            | overrides
-        )
-    )
+    return _bf16_gqa_target("roofline-A100-8B", 8.03e9, 32, 32, 8, 1, 2.039e12, 312e12, overrides)
 
 
 # The roofline machines a replay can be priced on, by name (bench/cost_aware.py --roofline).
