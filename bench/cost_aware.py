@@ -18,19 +18,19 @@
     python bench/cost_aware.py --live --flat --repeat 2 --only 'StandardSD(3)' ...  # padded vs flat loop
 
 Replay (tetris_ext.sim.replay): every policy on each held-out source trace (code, chat, rewrite;
-recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost
-model (bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled
-held-out traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened
-engine; --roofline names another machine of cost_models.ROOFLINES, on which nothing was chosen,
-and --roofline-only leaves out the CPU cells). Baselines: Autoregressive, StandardSD(k) for every k (the best in hindsight is
-reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2) (StandardSD(3)'s verified
-count each step) and Tetris(3, 2, full_budget) (3 x requests always), GoodputTetris, all with the
-drafter's default estimator (NgramLogistic without token classes since 2026-11-30; before:
-AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with NgramLogistic and the token
-classes of the traces' (or the live target's) tokenizer, the recommended pairing (ThresholdSD
-at 0.7, the SpecDec++-style default, and at 0.5, its best on the tuning traces with today's
-prior: bench/threshold_tuning.py). The bundled
-(tuning) trace is replayed too, labelled as tuned-on.
+recorded with Gemma 3 270M bf16, see bench/estimates.py) at batch 8 with the fitted CPU cost model
+(bench/results/cost_model_cpu_gemma3-270m-bf16.json, a padded loop), and on the pooled held-out
+traces at batch 8, 64, 128, 256 and 512 with the 4xH100 / Llama-70B roofline (a flattened engine;
+--roofline names another machine of cost_models.ROOFLINES, on which nothing was chosen, and
+--roofline-only leaves out the CPU cells). Baselines: Autoregressive, StandardSD(k) for every k
+(the best in hindsight is reported), GoodputSD, ThresholdSD (SpecDec++ style), Tetris(3, 2)
+(StandardSD(3)'s verified count each step) and Tetris(3, 2, full_budget) (3 x requests always),
+GoodputTetris, all with the drafter's default estimator (NgramLogistic without token classes since
+2026-11-30; before: AcceptanceCalibration); ThresholdSD and Tetris(3, 2) also with NgramLogistic
+and the token classes of the traces' (or the live target's) tokenizer, the recommended pairing
+(ThresholdSD at 0.7, the SpecDec++-style default, and at 0.5, its best on the tuning traces with
+today's prior: bench/threshold_tuning.py). The bundled (tuning) trace is replayed too, labelled as
+tuned-on.
 
 Protocols (bench/README.md says what each favours): by default every request is waiting at
 t=0 with its recorded 64 tokens (a queue of twice the batch on the roofline) and throughput is
@@ -549,10 +549,10 @@ def run_live(args) -> int:
     """Every chosen policy once per round, rounds back to back (so that a slow spell of the
     shared machine hits all policies alike); each row is the round with the lower median of
     tokens per CPU second (of two rounds: the slower one), and lists every round's figure.
-    Each round starts further along the list of policies (`round_order`),
-    so that no policy runs at the same point of every round: a drift within a round (the
-    process's memory, a neighbour on the shared machine) would otherwise favour the policies
-    listed first. Round 0 runs the list as given, the autoregressive reference first."""
+    Each round starts further along the list of policies (`round_order`), so that no policy
+    runs at the same point of every round: a drift within a round (the process's memory, a
+    neighbour on the shared machine) would otherwise favour the policies listed first. Round 0
+    runs the list as given, the autoregressive reference first."""
     from sim import load_target
 
     from tetris_ext.decoding import generate

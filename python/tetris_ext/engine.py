@@ -213,6 +213,7 @@ class Engine:
         # What the engine knows of each request's progress, for the policy (tetris_ext.drain).
         left = torch.tensor([r.tokens_left for r in requests], dtype=torch.long)
         lengths = torch.tensor([r.output_len for r in requests], dtype=torch.long)
+        prefix_lens = torch.tensor([r.prefix_len for r in requests], dtype=torch.long)  # cached tokens
         prefill = self.target.fused_prefill_tokens(joining)  # a chunked-prefill engine's prompts
         proposal = replace(
             proposal,
@@ -220,13 +221,12 @@ class Engine:
             output_lens=lengths,
             waiting=waiting,
             prefill_tokens=prefill,
-            context_tokens=sum(r.prefix_len for r in requests),
+            context_tokens=int(prefix_lens.sum()),
         ).usable()
         t1 = time.perf_counter()
         selected = self.policy.choose(proposal)
         t2 = time.perf_counter()
         roots = torch.tensor([r.root for r in requests], dtype=torch.long)
-        prefix_lens = torch.tensor([r.prefix_len for r in requests], dtype=torch.long)
         block = build_block(proposal, selected, roots, prefix_lens)
         verified = self.target.verify(requests, block, proposal, self.temperature, self.generator)
         outcome = verified.outcome(block, selected)

@@ -40,7 +40,8 @@ class Proposal:
     and ``sim.replay``) fills all five (``prefill_tokens`` where its cost model knows it); the
     vLLM proposer fills ``tokens_left`` and ``output_lens`` from its runner's request states,
     not ``waiting`` or ``prefill_tokens`` (its scheduler's queue and next step are not passed
-    to it); a drafter leaves them None. None = unknown, and a policy then ignores it.
+    to it) nor ``context_tokens`` (only a known cost model reads it; the proposer fits its
+    cost online); a drafter leaves them None. None = unknown, and a policy then ignores it.
     tokens_left: [B] int64 >= 1 on the CPU, or None: tokens each request may still generate
         (its max_new_tokens less its output so far): an upper bound, as an EOS may end it
         earlier. Host bookkeeping, so checking it never waits for a device.
