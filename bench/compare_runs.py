@@ -23,11 +23,14 @@ def _rows(path: str) -> dict[tuple, dict]:
 
 def compare(before: dict[tuple, dict], after: dict[tuple, dict]) -> list[str]:
     ratios = defaultdict(lambda: ([], []))
+    # A steady-protocol row has no decode_throughput: its throughput is already the steady
+    # window's decoding throughput (bench/cost_aware.py), so both columns read it.
+    decoding = lambda row: row.get("decode_throughput", row["throughput"])  # noqa: E731
     for key, row in after.items():
         if key in before:
             whole, decode = ratios[key[:3] + key[4:]]
             whole.append(row["throughput"] / before[key]["throughput"])
-            decode.append(row["decode_throughput"] / before[key]["decode_throughput"])
+            decode.append(decoding(row) / decoding(before[key]))
     lines, cell = [], None
     for (workload, cost_model, batch, policy), (whole, decode) in sorted(ratios.items()):
         if (workload, cost_model, batch) != cell:
