@@ -10,7 +10,7 @@ import torch
 
 import tetris_ext  # noqa: F401
 from tetris_ext.cost_aware import KNEE_BRACKET, MIN_PROBE, PROBE, CostAwareTetris, _FixedLatency
-from tetris_ext.cost_models import ROOFLINES, LinearCostModel, StepShape, a100_llama8b
+from tetris_ext.cost_models import ROOFLINES, LinearCostModel, RecordedStepTimes, StepShape, a100_llama8b
 from tetris_ext.decoding import generate
 from tetris_ext.drafters import NgramDrafter
 from tetris_ext.estimators import NgramLogistic
@@ -289,6 +289,19 @@ def test_a_known_cost_is_priced_exactly_at_every_step_size(machine, requests):
         [fixed._price(requests, int(t), int(t), context) for t in sizes], dtype=torch.float64
     )
     torch.testing.assert_close(predicted, exact, rtol=1e-9, atol=0)
+
+
+def test_a_recorded_run_is_no_known_cost_model():
+    """RecordedStepTimes hands out a live run's steps in order, one per replayed step: it cannot
+    predict a step, and the policy says so instead of consuming the recording with its questions."""
+    recorded = RecordedStepTimes(
+        [{"requests": [0], "draft_seconds": 0.0, "select_seconds": 0.0, "verify_seconds": 0.01}]
+    )
+    policy = CostAwareTetris(2, padded=False, cost_model=recorded)
+    probs = torch.full((1, 2), 0.9)
+    with pytest.raises(TypeError, match="RecordedStepTimes"):
+        policy.choose(Proposal(torch.full((1, 2), 3), None, probs.log(), probs.log().cumsum(1)))
+    assert recorded.next == 0
 
 
 def test_a_known_roofline_prices_the_kv_cache_the_step_reads():
