@@ -115,7 +115,6 @@ def policies(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
-    middle_knee=False,
 ) -> dict:
     """name -> (policy factory, estimator factory or None for the default calibration); with
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
@@ -125,8 +124,7 @@ def policies(
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
     cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: a list of
     priors: the cost-aware policies also with ``end_hazard=False`` and with each ``end_prior``
-    (--end-hazard [PRIOR ...]); ``middle_knee``: the online-cost policy also with
-    ``middle_knee=True`` (--middle-knee); ``cost_aware_only``: no baselines
+    (--end-hazard [PRIOR ...]); ``cost_aware_only``: no baselines
     but Autoregressive (--cost-aware-only: a faster side-by-side of variants)."""
     est, logistic = ESTIMATOR, ngram_estimator(model)
     runs = {"Autoregressive": (Autoregressive, None)}
@@ -157,11 +155,6 @@ def policies(
     for bracket in brackets:
         runs[f"CostAwareTetris (online cost, knee bracket {bracket:g}) + {est}"] = (
             lambda bracket=bracket: CostAwareTetris(MAX_DRAFT, padded, knee_bracket=bracket),
-            logistic,
-        )
-    if middle_knee:
-        runs[f"CostAwareTetris (online cost, middle knee) + {est}"] = (
-            lambda: CostAwareTetris(MAX_DRAFT, padded, middle_knee=True),
             logistic,
         )
     for margin in margins:
@@ -270,7 +263,6 @@ def sweep(
     drain=False,
     cost_aware_only=False,
     end_hazard=None,
-    middle_knee=False,
 ) -> list[dict]:
     """Every policy on one trace and cost model. ``throughput`` (what the ratios compare): the
     whole run's, or with ``steady`` the steady window's of the steady protocol (module doc).
@@ -281,17 +273,7 @@ def sweep(
         requests = max(trace.num_requests, STEADY_WAVES * batch)
         protocol = {"truncate_outputs": STEADY_TRUNCATE, "steady_window": True}
     for name, (make_policy, estimator) in policies(
-        padded,
-        cost_model,
-        growths,
-        margins,
-        model,
-        probes,
-        brackets,
-        drain,
-        cost_aware_only,
-        end_hazard,
-        middle_knee,
+        padded, cost_model, growths, margins, model, probes, brackets, drain, cost_aware_only, end_hazard
     ).items():
         t0 = time.perf_counter()
         result = replay(
@@ -459,12 +441,7 @@ def run_replays(args) -> int:
     traces = {name: Trace.load(path) for name, path in sources.items() if path.exists()}
     held = [name for name in traces if name not in TUNING]
     rows = []
-    variants = {
-        "drain": args.drain,
-        "cost_aware_only": args.cost_aware_only,
-        "end_hazard": args.end_hazard,
-        "middle_knee": args.middle_knee,
-    }
+    variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only, "end_hazard": args.end_hazard}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
         tuned = dict(
@@ -693,7 +670,7 @@ def compare_live_rows(rows: list[dict], rounds: dict) -> None:
 
 def add_variant_flags(ap) -> None:
     """Replay flags for side-by-side runs of cost-aware variants (--drain, --end-hazard,
-    --middle-knee, --cost-aware-only)."""
+    --cost-aware-only)."""
     ap.add_argument(
         "--end-hazard",
         nargs="*",
@@ -706,12 +683,6 @@ def add_variant_flags(ap) -> None:
         "--drain",
         action="store_true",
         help="replay: the cost-aware policies also once with drain=False and once with drain=True (tetris_ext.drain)",
-    )
-    ap.add_argument(
-        "--middle-knee",
-        action="store_true",
-        help="replay: the online-cost policy also with middle_knee=True (KneeLatencyModel: the middle "
-        "of the equally good knees, not the lowest)",
     )
     ap.add_argument(
         "--cost-aware-only",

@@ -449,37 +449,6 @@ def test_knee_fit_recovers_a_roofline_a_line_cannot():
     assert knee.min_tokens == 96 and knee.max_tokens == 512
 
 
-def test_the_middle_knee_is_tested_where_the_lowest_confirms_itself():
-    """Flat steps up to 189 tokens and one steep step at 288 fit every knee between them alike.
-    The lowest (the default) prices tokens past 189, so a policy filling each step to the knee
-    stays at 189 and its flat steps there confirm it (the roofline is flat to 223). The middle
-    one (middle_knee) sends the next full step past 223, whose seconds, with the step at 288,
-    pin the knee and the slope. With no step past the knee both read the flat steps as flat."""
-    from tetris_ext.cost_aware import FIT_CLIP, FIT_FORGET, KNEE_EVIDENCE
-    from tetris_ext.policies import KneeLatencyModel
-
-    def roofline(tokens):
-        return 0.015 + 6e-5 * max(0, tokens - 223)
-
-    def fitted(middle, steps):
-        fit = KneeLatencyModel(
-            forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP, middle_knee=middle
-        )
-        for tokens in steps:
-            fit.observe(tokens, tokens, roofline(tokens))
-        return fit
-
-    steps = [64, 72, 144, 288, 146, 177] + [189] * 20
-    lowest, middle = fitted(False, steps), fitted(True, steps)
-    assert 185 <= lowest.knee < 190 and lowest.predict_array(220) > roofline(220)
-    assert 223 < middle.knee < 240  # near sqrt(189 x 288) (the knee grid is geometric): past the true knee
-    tested = fitted(True, steps + [int(middle.knee)])
-    assert abs(tested.knee - 223) <= 223 * 0.03 and tested.slope == pytest.approx(6e-5, rel=0.05)
-    for middle in (False, True):
-        flat = fitted(middle, [64, 72, 144, 189])
-        assert flat.predict_array(1000) == pytest.approx(0.015)
-
-
 def cpu_like_steps(count, seed=0, slope=0.002, intercept=0.04):
     """(tokens, seconds) of a CPU's flat verification step: a line (40 ms + 2 ms a token) plus
     a few ms of noise, 9-40 tokens, as bench/results/cost_aware_fit_log_bundled*.json."""

@@ -160,9 +160,6 @@ DRAIN = True
 # split"); where none ends early (Gemma under burst) nothing changes. The constant rate it
 # replaced was left off: it cost up to 1.6% under burst.
 END_HAZARD = True
-# A flattened engine's online fit: the middle of the equally good knees instead of the lowest
-# (KneeLatencyModel(middle_knee=)). Being tried on the tuning traces (bench/README.md).
-MIDDLE_KNEE = False
 
 
 # A known cost model's segment holds a kink when its middle's price is off the chord by more than
@@ -305,9 +302,7 @@ class CostAwareTetris(_GoodputPolicy):
     request's unannounced end is accepted and thrown away (bench/README.md, "Why the
     cost-aware policy trails a fixed floor at 64"); inert where the engine does not say
     (None: ``END_HAZARD``). end_prior: the pseudo-requests each output length's rate is
-    shrunk by (``end_hazard.PRIOR_REQUESTS``). middle_knee: a flattened engine's online fit takes
-    the middle of the knees that fit its steps equally well, not the lowest
-    (``KneeLatencyModel``; None: ``MIDDLE_KNEE``).
+    shrunk by (``end_hazard.PRIOR_REQUESTS``).
     """
 
     def __init__(
@@ -326,10 +321,8 @@ class CostAwareTetris(_GoodputPolicy):
         drain: bool | None = None,
         end_hazard: bool | None = None,
         end_prior: float = PRIOR_REQUESTS,
-        middle_knee: bool | None = None,
     ):
         super().__init__(padded)
-        self.middle_knee = MIDDLE_KNEE if middle_knee is None else middle_knee
         optimism = OPTIMISM if optimism is None else optimism
         if (
             max_draft < 1
@@ -374,7 +367,7 @@ class CostAwareTetris(_GoodputPolicy):
             self.fixed = _FixedLatency(self.cost_model, self.padded)
         elif not self.padded:
             self.verify_latency = KneeLatencyModel(
-                forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP, middle_knee=self.middle_knee
+                forget=FIT_FORGET, knee_evidence=KNEE_EVIDENCE, clip=FIT_CLIP
             )
 
     def num_draft(self, num_requests: int) -> int:

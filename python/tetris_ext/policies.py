@@ -326,14 +326,6 @@ class KneeLatencyModel:
       the fit, counts as that far: one preempted step does not move the fit. Steps beyond the
       sizes seen are never clipped: they are how the fit learns the unknown.
 
-    ``middle_knee``: where several knees fit equally well and a step beyond them bounds them
-    (no noise: flat steps up to some size, steep ones from a larger size on), the middle one
-    instead of the lowest. A policy that fills each step to the fitted knee sees its steps
-    flat there and never learns that the knee lies further: the lowest knee confirms itself
-    (tuning traces, SmolLM2, batch 64: settled at 189 tokens a step where the roofline is flat
-    to 223). The middle one is tested by the next full step, which either stays flat (the
-    knee is higher) or pins the slope with a second steep size.
-
     Same interface as LatencyModel (real and padded tokens); it reads ``real_tokens`` only,
     the tokens a flattened engine computes."""
 
@@ -346,7 +338,6 @@ class KneeLatencyModel:
         clip: float | None = None,
         clip_floor: float = 0.1,
         min_spread: float = 1.0,
-        middle_knee: bool = False,
     ):
         bad = knee_evidence < 0 or (clip is not None and clip <= 0) or clip_floor < 0 or min_spread < 0
         if not 0.0 <= forget < 1.0 or bad:
@@ -355,7 +346,7 @@ class KneeLatencyModel:
                 "clip_floor >= 0, min_spread >= 0"
             )
         self.forget, self.knee_evidence, self.clip, self.clip_floor = forget, knee_evidence, clip, clip_floor
-        self.min_spread, self.middle_knee = min_spread, middle_knee
+        self.min_spread = min_spread
         steps = torch.arange(per_doubling * doublings + 1, dtype=torch.float64)
         # The fit runs in numpy (float64): a policy observes and predicts every step on vectors of
         # a few hundred values, where each torch op's dispatch cost more than its arithmetic. Only
@@ -415,15 +406,10 @@ class KneeLatencyModel:
         spread = var_z > 1e-9 * (szz + 1)  # at least two distinct z: a slope is defined
         slope = np.maximum(np.where(spread, cov / np.where(spread, var_z, 1.0), 0.0), 0.0)
         error = var_t - 2 * slope * cov + slope * slope * var_z
-        equal = error <= error.min() + 1e-9 * stt
-        best = int(np.flatnonzero(equal)[0])
+        best = int(np.flatnonzero(error <= error.min() + 1e-9 * stt)[0])
         line_error, best_error = max(0.0, float(error[0])), max(0.0, float(error[best]))
         if best and self.knee_evidence and not self._knee_clear(line_error, best_error, n):
             best, best_error = 0, line_error
-        if best and self.middle_knee:
-            worse = np.flatnonzero(~equal[best:])  # the first knee past the equal run fits worse
-            if len(worse):  # bounded by a steep step (else: no step past the knee, keep the lowest)
-                best += (int(worse[0]) - 1) // 2
         self.slope, self.knee = float(slope[best]), float(self.knees[best])
         self.intercept = float((st - slope[best] * sz[best]) / n)
         self.residual = (best_error / n) ** 0.5  # for ``clip``
