@@ -485,14 +485,25 @@ def main() -> None:
             ("ratio", "paired ratio to padded"),
         ],
     )
-    meta = run_metadata("cpu") | {"contexts": lengths.tolist(), "repeat": args.repeat, "batch": BATCH}
+    meta = run_metadata("cpu") | {
+        "contexts": lengths.tolist(),
+        "repeat": args.repeat,
+        "batch": BATCH,
+        "dtype": args.dtype,
+    }
+    # The defaults write flat_step_b8; other dtypes or contexts a file of their own (they used to
+    # overwrite it, and the header said bf16 whatever the model's dtype).
+    options = [] if args.dtype == "bfloat16" else [args.dtype]
+    options += [] if args.context == [300, 500] else [f"{args.context[0]}-{args.context[1]}"]
+    name = "_".join(["flat_step_b8", *options])
     header = (
-        f"Gemma 3 270M bf16, one thread, batch {BATCH}, contexts {lengths.tolist()}, "
-        f"{args.repeat} repeats (python bench/flat_step.py)\n"
+        f"Gemma 3 270M {args.dtype}, one thread, batch {BATCH}, contexts {lengths.tolist()}, "
+        f"{args.repeat} repeats (python bench/flat_step.py --repeat {args.repeat} --context "
+        f"{args.context[0]} {args.context[1]} --dtype {args.dtype})\n"
     )
     print(header + table)
-    (RESULTS_DIR / "flat_step_b8.txt").write_text(header + table + "\n")
-    write_json(RESULTS_DIR / "flat_step_b8.json", {"meta": meta, "forwards": payload})
+    (RESULTS_DIR / f"{name}.txt").write_text(header + table + "\n")
+    write_json(RESULTS_DIR / f"{name}.json", {"meta": meta, "forwards": payload})
 
 
 if __name__ == "__main__":
