@@ -8,7 +8,9 @@ its fit's optimism) and ThresholdSD(0.5, 6), each once. For each: tokens per CPU
 run and decoding only), steps, VSR, verified drafts a step; a least-squares line through its
 steps' verification seconds against their computed tokens (requests + verified drafts); and,
 for the cost-aware policy, its own fit at the end of the run (KneeLatencyModel: intercept, slope
-and the slope's standard error). One round: a diagnosis of what the fit reads, not a timing.
+and the slope's standard error). And the calibration of the estimates it verified: by draft
+depth, the verified candidates, their mean path estimate and the share accepted. One round: a
+diagnosis of what the fit and the estimates read, not a timing.
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def main() -> None:
             f"{s['steps']} steps, VSR {s['accepted_tokens'] / max(1, s['verified_tokens']):.3f}, "
             f"{s['verified_tokens'] / s['steps']:.1f} verified a step; line through its steps "
             f"{1e3 * intercept:.1f} ms + {1e3 * slope:.2f} ms a token ({tokens.min():.0f}-{tokens.max():.0f} tokens)"
+        )
+        cand = s["candidates"]
+        depth, predicted = np.array(cand["depth"]), np.array(cand["predicted"])
+        accepted = np.array(cand["accepted"], dtype=float)
+        print(
+            "  verified by depth (count, mean estimate / accepted): "
+            + ", ".join(
+                f"{d}: {int((depth == d).sum())}, {predicted[depth == d].mean():.2f} / {accepted[depth == d].mean():.2f}"
+                for d in sorted(set(depth.tolist()))
+            )
         )
         fit = getattr(policy, "verify_latency", None)
         if fit is not None:
