@@ -493,8 +493,10 @@ def main() -> None:
     }
     # The defaults write flat_step_b8; other dtypes or contexts a file of their own (they used to
     # overwrite it, and the header said bf16 whatever the model's dtype).
-    options = [] if args.dtype == "bfloat16" else [args.dtype]
-    options += [] if args.context == [300, 500] else [f"{args.context[0]}-{args.context[1]}"]
+    options = [] if args.dtype == parser.get_default("dtype") else [args.dtype]
+    options += (
+        [] if args.context == parser.get_default("context") else [f"{args.context[0]}-{args.context[1]}"]
+    )
     name = "_".join(["flat_step_b8", *options])
     header = (
         f"Gemma 3 270M {args.dtype}, one thread, batch {BATCH}, contexts {lengths.tolist()}, "

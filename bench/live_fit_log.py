@@ -15,7 +15,6 @@ diagnosis of what the fit and the estimates read, not a timing.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_aware import MAX_DRAFT, drafter_for, ngram_estimator  # noqa: E402
-from sim import load_target  # noqa: E402
+from sim import bundled_prompts, load_target  # noqa: E402
 
 from tetris_ext.cost_aware import CostAwareTetris  # noqa: E402
 from tetris_ext.decoding import generate  # noqa: E402
@@ -41,8 +40,7 @@ POLICIES = {
 def main() -> None:
     torch.set_num_threads(1)
     target, tokenizer = load_target("float32")
-    lines = [line for line in PROMPTS.read_text().splitlines() if line]
-    prompts = [tokenizer(json.loads(line)["prompt"]).input_ids for line in lines][:16]
+    prompts = bundled_prompts(tokenizer, limit=16, path=PROMPTS)
     generate(target, prompts[:1], Autoregressive(), max_new_tokens=2)  # warm-up
     drafter_cfg = {"max_draft": MAX_DRAFT, "max_ngram": 4, "min_ngram": 1}
     for name, make_policy in POLICIES.items():

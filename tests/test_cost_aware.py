@@ -273,8 +273,8 @@ def test_prompts_told_before_the_choice_price_the_candidates_beside_them():
 @pytest.mark.parametrize("requests", [32, 128])
 def test_a_known_cost_is_priced_exactly_at_every_step_size(machine, requests):
     """The known cost's interpolation (_FixedLatency) equals the model at every size the policy
-    asks about, the roofline's knee included (a segment with a kink inside is priced size by
-    size). Interpolating over 33 sizes, it charged the free tokens below the knee part of the
+    asks about, the roofline's knee included (a segment with a kink inside is halved until
+    its parts are linear). Interpolating over 33 sizes, it charged the free tokens below the knee part of the
     compute slope: up to 4% of a step off at 128 requests on the A100 / 8B roofline."""
     name, _, chunked = machine.partition(" ")
     if name == "line":

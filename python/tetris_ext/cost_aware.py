@@ -204,7 +204,7 @@ class _FixedLatency:
         )
 
     def predict(self, requests: int, real_tokens: Tensor, padded_tokens: Tensor, context: int = 0) -> Tensor:
-        real, padded = real_tokens.double(), padded_tokens.double()
+        real, padded = real_tokens.tolist(), padded_tokens.tolist()  # priced one size at a time
 
         def price(i: int) -> float:
             return self._price(requests, int(real[i]), int(padded[i]), context)
