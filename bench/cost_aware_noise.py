@@ -66,10 +66,17 @@ class NoisyCost:
 
 
 def run(
-    trace: Trace, sigma: float, seed: int, classes, log: list | None = None, optimism=None, rho: float = 0.0
+    trace: Trace,
+    sigma: float,
+    seed: int,
+    classes,
+    log: list | None = None,
+    optimism=None,
+    rho: float = 0.0,
+    size_residual=None,
 ) -> dict:
     """The online-cost policy and StandardSD(4) under the same noise; ``log`` gets the fit per step."""
-    policy = CostAwareTetris(8, padded=False, optimism=optimism)
+    policy = CostAwareTetris(8, padded=False, optimism=optimism, size_residual=size_residual)
     if log is not None:
         observe = policy.observe
 
@@ -92,6 +99,7 @@ def run(
     sd = replay(trace, StandardSD(4), 8, NoisyCost(flat_cpu_line(), sigma, seed, rho), keep_steps=False)
     return {
         "optimism": policy.optimism,
+        "size_residual": policy.size_residual,
         "rho": rho,
         "sigma": sigma,
         "seed": seed,
@@ -113,6 +121,13 @@ def main() -> None:
         default=[0.0],
         help="step-to-step correlation of the log noise (slow spells; default 0: independent)",
     )
+    ap.add_argument(
+        "--size-residual",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        help="CostAwareTetris(size_residual=) values (default: its own)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cost_aware_noise")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -121,19 +136,24 @@ def main() -> None:
         [],
         [f"tuning traces, batch 8, {flat_cpu_line().name} x lognormal noise; CostAwareTetris (online)"],
     )
-    for optimism, rho in [(o, r) for o in args.optimism or [None] for r in args.rho]:
+    grid = [
+        (o, r, v) for o in args.optimism or [None] for r in args.rho for v in args.size_residual or [None]
+    ]
+    for optimism, rho, residual in grid:
         for source in TUNING:
             trace = Trace.load(SOURCES[source])
             for sigma in SIGMAS:
                 seeds = range(SEEDS if sigma else 1)
                 cells = [
-                    run(trace, sigma, s, classes, optimism=optimism, rho=rho) | {"source": source}
+                    run(trace, sigma, s, classes, optimism=optimism, rho=rho, size_residual=residual)
+                    | {"source": source}
                     for s in seeds
                 ]
                 rows += cells
                 steps, ratios = [c["steps"] for c in cells], [c["vs_sd4"] for c in cells]
                 lines.append(
-                    f"optimism {cells[0]['optimism']:g} rho {rho:g} {source:12s} sigma {sigma:<4g} "
+                    f"optimism {cells[0]['optimism']:g} rho {rho:g} residual {int(cells[0]['size_residual'])} "
+                    f"{source:12s} sigma {sigma:<4g} "
                     f"steps {min(steps)}-{max(steps)} "
                     f"(median {int(np.median(steps))}), vs StandardSD(4) {min(ratios):.3f}-{max(ratios):.3f} "
                     f"(median {np.median(ratios):.3f})"
@@ -149,6 +169,7 @@ def main() -> None:
         log,
         worst["optimism"],
         worst["rho"],
+        worst["size_residual"],
     )
     lines.append(f"the run furthest behind StandardSD(4) ({worst}), step by step:")
     lines.append("  step [computed tokens, ms, fit intercept ms, fit slope ms/token, floor, verified]")

@@ -26,6 +26,7 @@ back after each forward; medians over repeats. Writes bench/results/flat_step_b8
     python bench/flat_step.py --attention-only 15
     python bench/flat_step.py --holes 15 --context 80 160
     python bench/flat_step.py --prefill 9 --context 80 160 --dtype float32
+    python bench/flat_step.py --head 5 --dtype float32
 
 --prefill asks what chunked prefill (joining prompts computed inside the step's forward, as
 vLLM V1 does) would save the live flat loop, which prefills them in a forward of their own
@@ -35,6 +36,9 @@ it times, interleaved, the step alone, the step without its output head, J promp
 as J more rows of its forward (through the decoder, not the head). Fusing saves step + prefill -
 fused; the head's share is what a verified token pays beyond the decoder. Writes
 bench/results/flat_step_prefill_*.
+
+--head times the output head alone by the rows a packed step computes (1-56), the sizes
+shuffled per repeat; writes bench/results/flat_step_head_{dtype}.
 
 --attention-calls times the packed forward of each row-size shape of CALL_SHAPES three ways,
 interleaved: attention as one SDPA call per run of adjacent equal rows (the loop before
@@ -63,7 +67,7 @@ from sim import load_target  # noqa: E402
 
 from common import RESULTS_DIR, format_table, paired_ratio, run_metadata, write_json  # noqa: E402
 from tetris_ext import packed_attention  # noqa: E402
-from tetris_ext.kv_cache import DynamicCache, RaggedKVCache  # noqa: E402
+from tetris_ext.kv_cache import DynamicCache, RaggedKVCache, _logits  # noqa: E402
 from tetris_ext.packed_attention import PACKED  # noqa: E402
 
 BATCH = 8
@@ -406,6 +410,52 @@ def prefill_cost(model, repeat: int, context: list[int], prompt_tokens: int, dty
     _write(table, header, f"flat_step_prefill_{dtype}_{context[0]}-{context[1]}", meta)
 
 
+HEAD_ROWS = [1, 2, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 20, 24, 28, 32, 40, 48, 56]
+
+
+def head_cost(model, repeat: int, dtype: str, seed: int) -> None:
+    """The output head alone (``kv_cache._logits``: the model's output embedding on the rows
+    that need logits) by the rows a packed step computes: random hidden states, the sizes in a
+    shuffled order per repeat, medians. A step's seconds by its size follow this on a CPU
+    whose GEMM picks its kernel by the row count. Beside it, the same product with the weight
+    laid out transposed ([H, V], a copy: ``hidden @ weight_t``), which the live loop does not
+    use (it would double the head's memory)."""
+    hidden_size = model.config.get_text_config().hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    transposed = model.get_output_embeddings().weight.detach().t().contiguous()
+    layouts = {
+        "head": lambda hidden: _logits(model, hidden),
+        "transposed": lambda hidden: hidden @ transposed,
+    }
+    times = {(rows, layout): [] for rows in HEAD_ROWS for layout in layouts}
+    order = random.Random(seed)
+    keys = list(times)
+    with torch.inference_mode():
+        for _ in range(repeat + 1):  # the first round warms up
+            order.shuffle(keys)
+            for rows, layout in keys:
+                hidden = torch.randn(rows, hidden_size, generator=generator).to(model.dtype)
+                start = time.process_time()
+                layouts[layout](hidden)
+                times[rows, layout].append(time.process_time() - start)
+    median = {key: 1e3 * statistics.median(t[1:]) for key, t in times.items()}
+    table = [
+        {
+            "rows": rows,
+            "median_cpu_ms": median[rows, "head"],
+            "per_row_ms": median[rows, "head"] / rows,
+            "transposed_cpu_ms": median[rows, "transposed"],
+        }
+        for rows in HEAD_ROWS
+    ]
+    header = (
+        f"# The output head alone by rows (python bench/flat_step.py --head {repeat} --dtype {dtype}); "
+        f"{model.config.get_text_config().vocab_size} x {hidden_size}, {dtype}, one thread, CPU ms, "
+        f"medians of {repeat}\n"
+    )
+    _write(table, header, f"flat_step_head_{dtype}", {"repeat": repeat})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -422,10 +472,14 @@ def main() -> None:
     )
     parser.add_argument("--prefill", type=int, metavar="REPEAT", help="instead: prefill_cost, REPEAT rounds")
     parser.add_argument("--prompt-tokens", type=int, default=100, help="--prefill: tokens per joining prompt")
+    parser.add_argument("--head", type=int, metavar="REPEAT", help="instead: head_cost, REPEAT rounds")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_target(args.dtype)
+    if args.head:
+        head_cost(model, args.head, args.dtype, args.seed)
+        return
     if args.prefill:
         prefill_cost(model, args.prefill, args.context, args.prompt_tokens, args.dtype, args.seed)
         return

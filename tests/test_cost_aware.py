@@ -427,6 +427,54 @@ def test_padded_policy_learns_a_costly_width_a_line_cannot_fit():
     assert chosen[False] == 1 and chosen[True] > 1
 
 
+def mkl_head_staircase(tokens):
+    """A packed step on an AVX-512 host in float32 (bench/README.md, "The drain's steps on an
+    AVX-512 host"): below 16 tokens MKL's GEMM for the output head rereads its weights every
+    three rows (+65 ms each), from 16 it reads them once; 4 ms a token past 24."""
+    if tokens < 16:
+        return 0.04 + 0.065 * -(-tokens // 3)
+    return 0.24 + 0.004 * max(0, tokens - 24)
+
+
+def test_step_residual_interpolates_between_the_sizes_seen():
+    """Each size's running mean less the current fit, shrunk by n / (n + 1); between sizes
+    seen, interpolated; beyond them, 0. A padded loop's widths are not interpolated."""
+    from tetris_ext.cost_aware import StepResidual
+
+    fit = lambda tokens: 0.01 * tokens  # noqa: E731
+    sizes = StepResidual(interpolate=True)
+    sizes.observe(10, 10, 0.1 + 0.2)  # 0.2 above the fit, once: 0.1 after shrinking
+    for seconds in (0.2, 0.2, 0.2):
+        sizes.observe(20, 20, seconds)  # on the fit
+    residual = sizes.predict(np.array([5, 10, 15, 20, 25, 400]), fit)
+    assert residual == pytest.approx([0.0, 0.1, 0.05, 0.0, 0.0, 0.0])
+    widths = StepResidual(4)
+    widths.observe(1, 8, 0.08 + 0.3)
+    widths.observe(3, 24, 0.24)
+    assert widths.predict(np.array([1, 2, 3, 9]), fit) == pytest.approx([0.15, 0.0, 0.0, 0.0])
+
+
+def test_flat_policy_learns_a_costly_size_a_line_cannot_fit():
+    """The drain of a live flat-loop run on an AVX-512 host: 3 requests left, steps of 10-15
+    tokens cost more than steps of 16-24. After steps at sizes a run shows (full batches of 8
+    from 8 to 48 tokens, a few drain steps), the policy with the residual per size verifies
+    enough to reach the cheap sizes; the line alone (``size_residual=False``) stops in the
+    costly ones, at 1.5x the seconds."""
+    B = 3
+    probs = torch.tensor([[0.8 ** (i + 1) for i in range(8)]] * B, dtype=torch.float64)
+    proposal = Proposal(torch.full((B, 8), 7), None, probs.log().float(), probs.log().cumsum(1).float())
+    sizes = [8, 24, 16, 40, 32, 20, 48, 12, 28, 36, 9, 18, 44, 24, 30, 14, 22, 3, 26, 11]
+    chosen = {}
+    for residual in (True, False):
+        policy = CostAwareTetris(8, padded=False, size_residual=residual)
+        for tokens in sizes:
+            batch = 8 if tokens >= 8 else B
+            feed(policy, batch, [tokens - batch] + [0] * (batch - 1), mkl_head_staircase(tokens), 1)
+        chosen[residual] = B + int(policy.choose(proposal).sum())
+    assert 16 <= chosen[True] <= 24 and 10 <= chosen[False] <= 15
+    assert mkl_head_staircase(chosen[False]) > 1.5 * mkl_head_staircase(chosen[True])
+
+
 def roofline_seconds(tokens):
     """A 70B-on-4-GPUs-like step: 15 ms flat up to a knee at 240 tokens, 0.06 ms a token beyond."""
     return 0.015 + 6e-5 * max(0, tokens - 240)
@@ -567,7 +615,9 @@ def test_online_flat_floor_recovers_from_a_slow_spell():
     set the floor for the rest of the run. After 100 normal steps the policy's floor is within
     2% of a policy's that never saw the spell; running sums without forgetting keep the spell
     (bench/README.md, "fit-log"). The fit's own slope, without ``optimism`` (which lowers an
-    uncertain slope and so would also soften the unforgetting fit's spell)."""
+    uncertain slope and so would also soften the unforgetting fit's spell), and without the
+    residual per step size (``size_residual``, which follows each size's recent steps and so
+    would also mend the unforgetting fit's floor)."""
     from tetris_ext.policies import KneeLatencyModel
 
     B = 8
@@ -578,7 +628,7 @@ def test_online_flat_floor_recovers_from_a_slow_spell():
     normal = cpu_like_steps(100, seed=7)
     floors = {}
     for name, steps in (("spell", spell + normal), ("unforgetting", spell + normal), ("calm", normal)):
-        policy = CostAwareTetris(8, padded=False, optimism=0.0)
+        policy = CostAwareTetris(8, padded=False, optimism=0.0, size_residual=False)
         if name == "unforgetting":
             policy.verify_latency = KneeLatencyModel(knee_evidence=30.0)
         for tokens, seconds in steps:

@@ -9,6 +9,7 @@ plain, never "optimise" it."""
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,10 @@ class TorchCostAware(CostAwareTetris):
             latency = (
                 self.verify_latency.predict(tokens, tokens, deviations=self.optimism) + self.draft_seconds
             )
+            if self.use_bumps:  # the residual per step size: StepResidual's own (tested apart)
+                fitted = lambda t: self.verify_latency.predict(torch.from_numpy(t)).numpy()  # noqa: E731
+                residual = self.bumps.predict(tokens.long().numpy(), fitted)
+                latency = (latency + torch.from_numpy(residual)).clamp(min=1e-6)
         latency = latency + self.margin * (latency - latency[0]).clamp(min=0)
         goodput = gain / latency
         best = self._bracket_knee(B, int(goodput.argmax()), len(ranked))
@@ -202,6 +207,7 @@ def test_online_flat_choice_is_the_torch_formulation_bit_for_bit(kind, B):
         run_both(seed, B, 5, kind)
     run_both(7, B, 8, kind, knee_bracket=1 / 8)
     run_both(8, B, 5, kind, margin=0.0, capacity=3 * B)
+    run_both(3, B, 5, kind, size_residual=False)
 
 
 def test_known_cost_and_padded_choices_are_the_torch_formulation_bit_for_bit():
@@ -217,10 +223,13 @@ def test_reference_is_not_vacuous():
     above 0, and the roofline's fits include knees and lines (the knee_evidence test both ways),
     so the comparisons above exercise the whole objective and fit."""
     roofline = [run_both(seed, 64, 5, "roofline") for seed in range(5)]
+    roofline.append(run_both(3, 64, 5, "roofline", size_residual=False))  # ends on a knee
     assert all(0 < policy.last_budget < 64 * 5 for policy in roofline)
     assert {policy.verify_latency.knee > 0 for policy in roofline} == {True, False}
     cpu = run_both(1, 8, 5, "cpu")
     assert 0 < cpu.last_budget < 8 * 5 and cpu.verify_latency.slope > 0 and cpu.last_floor > 0
+    residual = cpu.bumps.predict(np.arange(8, 48), cpu.verify_latency.predict_array)
+    assert cpu.use_bumps and np.abs(residual).max() > 1e-4  # the residual per size takes part
 
 
 def torch_solve_nonnegative_slopes(gram, moment):

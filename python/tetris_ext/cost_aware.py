@@ -30,7 +30,7 @@ exploration; otherwise it is fitted online on the observed steps (on the tokens 
 computes, slopes >= 0):
 
 - ``padded=True``: ``LatencyModel`` (a line, as GoodputSD / GoodputTetris, with their
-  exploration steps) plus the residual of each block width tried (``WidthResidual``);
+  exploration steps) plus the residual of each block width tried (``StepResidual``);
 - ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
   roofline's shape; a knee only where the data show one clearly, ``KNEE_EVIDENCE``: a CPU's
   noisy line otherwise grows spurious knees that move the floor; old steps forgotten and
@@ -160,6 +160,10 @@ DRAIN = True
 # split"); where none ends early (Gemma under burst) nothing changes. The constant rate it
 # replaced was left off: it cost up to 1.6% under burst.
 END_HAZARD = True
+# A flattened engine's online fit adds, per step size, what the steps of that size cost beyond it
+# (StepResidual, interpolated between the sizes seen). See bench/README.md, "The drain's steps on
+# an AVX-512 host".
+SIZE_RESIDUAL = True
 
 
 # A known cost model's segment holds a kink when its middle's price is off the chord by more than
@@ -241,35 +245,54 @@ class _FixedLatency:
         return (seconds[lower] + weight * (seconds[upper] - seconds[lower])).clamp(min=1e-9)
 
 
-class WidthResidual:
-    """What a padded loop's step costs beyond the linear fit, per block width.
+class StepResidual:
+    """What a step costs beyond the online fit, per step shape: a padded loop's block width, a
+    flattened engine's computed tokens.
 
-    Engines pick kernels by shape, so the cost of a [B, width] block is not linear in the
-    width: on this CPU a one-token step over a 300-500 token context costs more than a
-    two-token one (PyTorch's attention for a single query), about 0.19 s against 0.13 s at
-    batch 8. A linear fit cannot bend there; the residual of each width it has tried can.
-    Per width, running means of the step's seconds and tokens (exponential, weight >=
-    ``rate``, to follow a growing context); the residual is their difference from the
-    *current* fit, shrunk towards 0 by n / (n + 1) so that one noisy step rules out nothing."""
+    Engines pick kernels by shape, so a step's cost is not the fit's line (or knee) in its
+    size. A padded loop on this CPU: a one-token step over a 300-500 token context costs more
+    than a two-token one (PyTorch's attention for a single query), about 0.19 s against 0.13 s
+    at batch 8. A flattened engine: MKL's float32 GEMM for the output head (Gemma 3's 262k x
+    640, a [V, H] weight) rereads the weights every three rows below sixteen rows on an
+    AVX-512 host, so a packed step of 3 / 11 / 14 / 19 tokens costs 105 / 314 / 380 / 232 ms
+    (bench/README.md, "The drain's steps on an AVX-512 host"). A line cannot bend there; the
+    residual of each shape seen can. Per shape, running means of the step's seconds and
+    tokens (exponential, weight >= ``rate``, to follow a growing context); the residual is
+    their difference from the *current* fit (``fitted``: tokens -> seconds), shrunk towards 0
+    by n / (n + 1) so that one noisy step rules out nothing. ``interpolate``: a shape not seen
+    takes the residual interpolated between the nearest shapes seen on either side (0 beyond
+    them): a flattened engine has B x (1 + max_draft) sizes, too many to learn one by one, and
+    neighbouring sizes share their kernels."""
 
-    def __init__(self, max_width: int, rate: float = 0.1):
-        self.seconds = torch.zeros(max_width + 1, dtype=torch.float64)
-        self.tokens = torch.zeros(max_width + 1, dtype=torch.float64)
-        self.count = torch.zeros(max_width + 1, dtype=torch.float64)
-        self.rate = rate
+    def __init__(self, shapes: int = 0, rate: float = 0.1, interpolate: bool = False):
+        self.seconds, self.tokens, self.count = np.zeros(shapes), np.zeros(shapes), np.zeros(shapes)
+        self.rate, self.interpolate = rate, interpolate
 
-    def observe(self, width: int, tokens: int, seconds: float) -> None:
-        width = min(width, len(self.count) - 1)
-        self.count[width] += 1
-        weight = max(1.0 / float(self.count[width]), self.rate)
-        self.seconds[width] += weight * (seconds - self.seconds[width])
-        self.tokens[width] += weight * (tokens - self.tokens[width])
+    def observe(self, shape: int, tokens: int, seconds: float) -> None:
+        if shape >= len(self.count):
+            grow = np.zeros(max(shape + 1, 2 * len(self.count)) - len(self.count))
+            self.seconds, self.tokens, self.count = (
+                np.concatenate([a, grow]) for a in (self.seconds, self.tokens, self.count)
+            )
+        self.count[shape] += 1
+        weight = max(1.0 / float(self.count[shape]), self.rate)
+        self.seconds[shape] += weight * (seconds - self.seconds[shape])
+        self.tokens[shape] += weight * (tokens - self.tokens[shape])
 
-    def predict(self, widths: Tensor, fit) -> Tensor:
-        """The residual of each width in ``widths`` from ``fit`` (a LatencyModel)."""
-        widths = widths.clamp(0, len(self.count) - 1)
-        residual = self.seconds - fit.predict(self.tokens, self.tokens)
-        return (residual * self.count / (self.count + 1))[widths]
+    def predict(self, shapes: np.ndarray, fitted) -> np.ndarray:
+        """The residual (float64) of each shape in ``shapes`` (int array) from ``fitted``."""
+        shapes = np.asarray(shapes)
+        seen = np.flatnonzero(self.count)
+        if not len(seen):
+            return np.zeros(shapes.shape)
+        residual = (self.seconds - np.asarray(fitted(self.tokens), dtype=np.float64)) * (
+            self.count / (self.count + 1)
+        )
+        if self.interpolate:
+            return np.interp(shapes, seen, residual[seen], left=0.0, right=0.0)
+        return np.concatenate([residual, np.zeros(max(0, int(shapes.max(initial=0)) + 1 - len(residual)))])[
+            shapes
+        ]
 
 
 class CostAwareTetris(_GoodputPolicy):
@@ -282,7 +305,7 @@ class CostAwareTetris(_GoodputPolicy):
     ValueError (``_GoodputPolicy``); used directly, ``choose`` / ``observe`` need the flag.
     cost_model: a known step-cost model (no online fit, no exploration); None fits one online.
     capacity: never verify more than this many candidates per step. width_residual: a padded
-    loop's online fit adds each tried width's residual (``WidthResidual``); False: the line only.
+    loop's online fit adds each tried width's residual (``StepResidual``); False: the line only.
     margin: verification's marginal seconds count 1 + margin times (module doc, "Margin");
     0: verify every candidate that breaks even. growth: a flattened engine's online fit lets a
     step compute at most this many times the tokens of the largest step seen (``_trusted``);
@@ -302,7 +325,9 @@ class CostAwareTetris(_GoodputPolicy):
     request's unannounced end is accepted and thrown away (bench/README.md, "Why the
     cost-aware policy trails a fixed floor at 64"); inert where the engine does not say
     (None: ``END_HAZARD``). end_prior: the pseudo-requests each output length's rate is
-    shrunk by (``end_hazard.PRIOR_REQUESTS``).
+    shrunk by (``end_hazard.PRIOR_REQUESTS``). size_residual: a flattened engine's online fit
+    adds what the steps of each size seen cost beyond it (``StepResidual``, interpolated between
+    the sizes seen; None: ``SIZE_RESIDUAL``).
     """
 
     def __init__(
@@ -321,6 +346,7 @@ class CostAwareTetris(_GoodputPolicy):
         drain: bool | None = None,
         end_hazard: bool | None = None,
         end_prior: float = PRIOR_REQUESTS,
+        size_residual: bool | None = None,
     ):
         super().__init__(padded)
         optimism = OPTIMISM if optimism is None else optimism
@@ -341,7 +367,8 @@ class CostAwareTetris(_GoodputPolicy):
         self.max_draft, self.capacity, self.margin = max_draft, capacity, margin
         self.cost_model, self.fixed = cost_model, None
         self.last_budget, self.last_floor = 0, float("nan")
-        self.bumps, self.use_bumps = WidthResidual(max_draft + 1), width_residual
+        self.width_residual = width_residual
+        self.size_residual = SIZE_RESIDUAL if size_residual is None else size_residual
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
         self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
@@ -363,6 +390,14 @@ class CostAwareTetris(_GoodputPolicy):
         )
         if self.padded is None:
             return
+        # The online fit's residual per step shape: a padded loop's width, a flattened engine's
+        # computed tokens (interpolated between the sizes seen; StepResidual).
+        self.bumps = (
+            StepResidual(self.max_draft + 2, interpolate=False)
+            if self.padded
+            else StepResidual(interpolate=True)
+        )
+        self.use_bumps = self.width_residual if self.padded else self.size_residual
         if self.cost_model is not None:
             self.fixed = _FixedLatency(self.cost_model, self.padded)
         elif not self.padded:
@@ -393,18 +428,25 @@ class CostAwareTetris(_GoodputPolicy):
         return super()._without_prefill(feedback)
 
     def _observe_latency(self, feedback: StepFeedback) -> None:
-        if self.padded and self.fixed is None:
+        if self.fixed is not None:
+            return super()._observe_latency(feedback)
+        if self.padded:
             self.bumps.observe(
                 feedback.computed_tokens // feedback.num_requests,
                 feedback.computed_tokens,
                 feedback.verify_seconds,
             )
-        if self.padded or self.fixed is not None:
             return super()._observe_latency(feedback)
         tokens = self._step_tokens(feedback)
         self.sizes_seen.add(tokens[0])
-        # A step in the knee's bracket measures what the fit does not know: never clipped.
-        self.verify_latency.observe(*tokens, feedback.verify_seconds, clip=not self.bracketing)
+        # A step in the knee's bracket measures what the fit does not know: never clipped. Its
+        # residual is clipped as the fit clips the step: one preempted step would otherwise mark
+        # its size (and, interpolated, its neighbours) costly, and a size that looks costly is
+        # not tried again to show otherwise.
+        seconds = feedback.verify_seconds
+        clipped = seconds if self.bracketing else self.verify_latency.clipped(tokens[0], seconds)
+        self.bumps.observe(tokens[0], tokens[0], clipped)
+        self.verify_latency.observe(*tokens, seconds, clip=not self.bracketing)
 
     def _exploring(self):
         """Exploration steps only for a padded loop's line fit: a known model needs none, and a
@@ -435,10 +477,10 @@ class CostAwareTetris(_GoodputPolicy):
             return self.fixed.predict(B, real, padded, self.context)
         seconds = self.verify_latency.predict(padded, padded) + self.draft_seconds
         if self.use_bumps:
-            seconds = (
-                seconds
-                + self.bumps.predict(torch.div(padded, B, rounding_mode="floor").long(), self.verify_latency)
-            ).clamp(min=1e-6)
+            widths = torch.div(padded, B, rounding_mode="floor").long().numpy()
+            fitted = lambda t: self.verify_latency.predict(torch.from_numpy(t), torch.from_numpy(t)).numpy()  # noqa: E731
+            residual = self.bumps.predict(widths, fitted)
+            seconds = (seconds + torch.from_numpy(residual)).clamp(min=1e-6)
         return seconds
 
     def _flat_latency(self, B: int, tokens: np.ndarray, prompt: int = 0) -> np.ndarray:
@@ -459,7 +501,11 @@ class CostAwareTetris(_GoodputPolicy):
         if self.fixed is not None:
             steps = torch.from_numpy(tokens)
             return self.fixed.predict(B, steps, steps, self.context).numpy()
-        return self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
+        seconds = self.verify_latency.predict_array(tokens, deviations=self.optimism) + self.draft_seconds
+        if self.use_bumps:
+            residual = self.bumps.predict(tokens.astype(np.int64), self.verify_latency.predict_array)
+            seconds = np.maximum(seconds + residual, 1e-6)
+        return seconds
 
     def _flat_seconds(self, B: int, prompt: int = 0):
         """m [M] float64 tensor -> the seconds, margin included, of flat steps computing B + m

@@ -363,16 +363,7 @@ class KneeLatencyModel:
     def observe(self, real_tokens: int, padded_tokens: int, seconds: float, clip: bool = True) -> None:
         """One step. ``clip=False``: a step placed to measure where the fit is unsure (a knee's
         bracket, CostAwareTetris) is taken as measured, as steps beyond the sizes seen are."""
-        seconds = float(seconds)
-        if (
-            clip
-            and self.clip is not None
-            and self.count >= 3
-            and self.min_tokens <= real_tokens <= self.max_tokens
-        ):
-            predicted = float(self.predict_array(real_tokens))
-            reach = max(self.clip * self.residual, self.clip_floor * predicted)
-            seconds = min(max(seconds, predicted - reach), predicted + reach)
+        seconds = self.clipped(real_tokens, seconds) if clip else float(seconds)
         # The step's row of every sum, (1, z, z^2, t, t^2, z t) per knee, written into one buffer.
         step = self._step
         z = np.maximum(float(real_tokens) - self.knees, 0.0, out=step[1])
@@ -387,6 +378,16 @@ class KneeLatencyModel:
         self.min_tokens = min(self.min_tokens, int(real_tokens))
         self.max_tokens = max(self.max_tokens, int(real_tokens))
         self._refit()
+
+    def clipped(self, real_tokens: int, seconds: float) -> float:
+        """A step's seconds as the fit takes them (``clip``): within the sizes seen, at most
+        ``clip`` residual standard deviations (at least ``clip_floor`` of the prediction) from it."""
+        seconds = float(seconds)
+        if self.clip is not None and self.count >= 3 and self.min_tokens <= real_tokens <= self.max_tokens:
+            predicted = float(self.predict_array(real_tokens))
+            reach = max(self.clip * self.residual, self.clip_floor * predicted)
+            seconds = min(max(seconds, predicted - reach), predicted + reach)
+        return seconds
 
     def _window(self) -> np.ndarray:
         """The sums to fit: the forgotten ones while their step sizes spread (``forget``)."""
