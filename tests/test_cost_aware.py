@@ -454,6 +454,29 @@ def test_step_residual_interpolates_between_the_sizes_seen():
     assert widths.predict(np.array([1, 2, 3, 9]), fit) == pytest.approx([0.15, 0.0, 0.0, 0.0])
 
 
+def test_step_residual_counts_only_what_stands_out_of_the_noise():
+    """``denoise``: no residual until a size has been seen twice (no noise level known); on a
+    line plus noise the residuals of sizes seen a few times shrink to (nearly) nothing, while a
+    size that costs 10 noise deviations more keeps nearly all of its residual."""
+    from tetris_ext.cost_aware import StepResidual
+
+    fit = lambda tokens: 0.04 + 0.002 * tokens  # noqa: E731
+    rng = np.random.default_rng(0)
+    sizes = StepResidual(interpolate=True, denoise=True)
+    sizes.observe(20, 20, 0.2)
+    assert sizes.predict(np.array([20]), fit) == pytest.approx([0.0])  # no size seen twice yet
+    for _ in range(4):
+        for tokens in range(8, 40, 2):
+            sizes.observe(tokens, tokens, float(fit(tokens)) + 0.005 * rng.standard_normal())
+        sizes.observe(13, 13, float(fit(13)) + 0.05 + 0.005 * rng.standard_normal())
+    residual = sizes.predict(np.arange(8, 40), fit)
+    plain = StepResidual(interpolate=True)
+    plain.seconds, plain.tokens, plain.count = sizes.seconds, sizes.tokens, sizes.count
+    noise = plain.predict(np.arange(8, 40, 2), fit)
+    assert np.abs(residual[::2]).mean() < 0.5 * np.abs(noise).mean()  # noise, mostly shrunk away
+    assert residual[13 - 8] > 0.9 * 0.05 * 4 / 5  # the costly size: n / (n + 1), barely more
+
+
 def test_flat_policy_learns_a_costly_size_a_line_cannot_fit():
     """The drain of a live flat-loop run on an AVX-512 host: 3 requests left, steps of 10-15
     tokens cost more than steps of 16-24. After steps at sizes a run shows (full batches of 8

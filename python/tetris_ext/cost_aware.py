@@ -262,22 +262,31 @@ class StepResidual:
     by n / (n + 1) so that one noisy step rules out nothing. ``interpolate``: a shape not seen
     takes the residual interpolated between the nearest shapes seen on either side (0 beyond
     them): a flattened engine has B x (1 + max_draft) sizes, too many to learn one by one, and
-    neighbouring sizes share their kernels."""
+    neighbouring sizes share their kernels. ``denoise``: a shape's residual counts only as far
+    as it stands out of the noise of its running mean, shrunk further by max(0, 1 - noise^2 /
+    (n r^2)) (James-Stein's positive part; noise^2: the variance of the steps about their own
+    shape's mean, pooled over the shapes seen twice, none until one has been; n: the steps a
+    running mean weighs, at most (2 - rate) / rate). On a step that is a line plus noise the
+    residuals are noise, and a size that looks costly by chance would not be tried again to
+    show otherwise; the variance about each shape's own mean leaves out what the residuals
+    are for, which the scatter about the fit would count as noise."""
 
-    def __init__(self, shapes: int = 0, rate: float = 0.1, interpolate: bool = False):
+    def __init__(self, shapes: int = 0, rate: float = 0.1, interpolate: bool = False, denoise: bool = False):
         self.seconds, self.tokens, self.count = np.zeros(shapes), np.zeros(shapes), np.zeros(shapes)
-        self.rate, self.interpolate = rate, interpolate
+        self.squares = np.zeros(shapes)  # running means of the seconds squared (``denoise``)
+        self.rate, self.interpolate, self.denoise = rate, interpolate, denoise
 
     def observe(self, shape: int, tokens: int, seconds: float) -> None:
         if shape >= len(self.count):
             grow = np.zeros(max(shape + 1, 2 * len(self.count)) - len(self.count))
-            self.seconds, self.tokens, self.count = (
-                np.concatenate([a, grow]) for a in (self.seconds, self.tokens, self.count)
+            self.seconds, self.tokens, self.count, self.squares = (
+                np.concatenate([a, grow]) for a in (self.seconds, self.tokens, self.count, self.squares)
             )
         self.count[shape] += 1
         weight = max(1.0 / float(self.count[shape]), self.rate)
         self.seconds[shape] += weight * (seconds - self.seconds[shape])
         self.tokens[shape] += weight * (tokens - self.tokens[shape])
+        self.squares[shape] += weight * (seconds * seconds - self.squares[shape])
 
     def predict(self, shapes: np.ndarray, fitted) -> np.ndarray:
         """The residual (float64) of each shape in ``shapes`` (int array) from ``fitted``."""
@@ -288,11 +297,24 @@ class StepResidual:
         residual = (self.seconds - np.asarray(fitted(self.tokens), dtype=np.float64)) * (
             self.count / (self.count + 1)
         )
+        if self.denoise:
+            residual = residual * self._signal(residual)
         if self.interpolate:
             return np.interp(shapes, seen, residual[seen], left=0.0, right=0.0)
         return np.concatenate([residual, np.zeros(max(0, int(shapes.max(initial=0)) + 1 - len(residual)))])[
             shapes
         ]
+
+    def _signal(self, residual: np.ndarray) -> np.ndarray:
+        """The share of each shape's residual that stands out of its mean's noise (``denoise``)."""
+        weighed = np.minimum(self.count, (2 - self.rate) / self.rate)
+        repeated = weighed >= 2
+        if not repeated.any():
+            return np.zeros_like(residual)  # no noise level known yet: no residual
+        variance = np.maximum(self.squares - self.seconds * self.seconds, 0.0)
+        noise = float((weighed * variance)[repeated].sum() / (weighed[repeated] - 1).sum())
+        squared = np.maximum(residual * residual * weighed, 1e-300)
+        return np.maximum(0.0, 1.0 - noise / squared)
 
 
 class CostAwareTetris(_GoodputPolicy):
@@ -395,7 +417,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.bumps = (
             StepResidual(self.max_draft + 2, interpolate=False)
             if self.padded
-            else StepResidual(interpolate=True)
+            else StepResidual(interpolate=True, denoise=True)
         )
         self.use_bumps = self.width_residual if self.padded else self.size_residual
         if self.cost_model is not None:
