@@ -429,8 +429,8 @@ def test_padded_policy_learns_a_costly_width_a_line_cannot_fit():
 
 def mkl_head_staircase(tokens):
     """A packed step on an AVX-512 host in float32 (bench/README.md, "The drain's steps on an
-    AVX-512 host"): below 16 tokens MKL's GEMM for the output head rereads its weights every
-    three rows (+65 ms each), from 16 it reads them once; 4 ms a token past 24."""
+    AVX-512 host"): below 16 tokens MKL's GEMM for the output head costs as if it reread its
+    weights every three rows (+65 ms each), from 16 as if once; 4 ms a token past 24."""
     if tokens < 16:
         return 0.04 + 0.065 * -(-tokens // 3)
     return 0.24 + 0.004 * max(0, tokens - 24)

@@ -34,7 +34,9 @@ computes, slopes >= 0):
 - ``padded=False``: ``KneeLatencyModel`` (flat up to a learnt knee, linear beyond: a GPU
   roofline's shape; a knee only where the data show one clearly, ``KNEE_EVIDENCE``: a CPU's
   noisy line otherwise grows spurious knees that move the floor; old steps forgotten and
-  outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), without exploration steps but a trust
+  outlier steps clipped, ``FIT_FORGET`` / ``FIT_CLIP``), plus what each step size seen costs
+  beyond it (``StepResidual``, interpolated and denoised; ``SIZE_RESIDUAL``: an engine's kernels
+  by shape, e.g. a CPU's GEMM by row count), without exploration steps but a trust
   region (``_trusted``): until the fit has seen two step sizes (a slope), a step verifies at
   most ``probe`` x B candidates (a sixteenth of the batch: where the step is compute bound from
   the first token, at most a sixteenth of a step at risk; but at least ``MIN_PROBE`` or B, so
@@ -253,8 +255,8 @@ class StepResidual:
     size. A padded loop on this CPU: a one-token step over a 300-500 token context costs more
     than a two-token one (PyTorch's attention for a single query), about 0.19 s against 0.13 s
     at batch 8. A flattened engine: MKL's float32 GEMM for the output head (Gemma 3's 262k x
-    640, a [V, H] weight) rereads the weights every three rows below sixteen rows on an
-    AVX-512 host, so a packed step of 3 / 11 / 14 / 19 tokens costs 105 / 314 / 380 / 232 ms
+    640, a [V, H] weight) costs below sixteen rows as if it reread the weights every three rows
+    on an AVX-512 host (bench/flat_step.py --head), so a packed step of 3 / 11 / 14 / 19 tokens costs 105 / 314 / 380 / 232 ms
     (bench/README.md, "The drain's steps on an AVX-512 host"). A line cannot bend there; the
     residual of each shape seen can. Per shape, running means of the step's seconds and
     tokens (exponential, weight >= ``rate``, to follow a growing context); the residual is
@@ -349,7 +351,7 @@ class CostAwareTetris(_GoodputPolicy):
     (None: ``END_HAZARD``). end_prior: the pseudo-requests each output length's rate is
     shrunk by (``end_hazard.PRIOR_REQUESTS``). size_residual: a flattened engine's online fit
     adds what the steps of each size seen cost beyond it (``StepResidual``, interpolated between
-    the sizes seen; None: ``SIZE_RESIDUAL``).
+    the sizes seen, counted as far as it stands out of the steps' noise; None: ``SIZE_RESIDUAL``).
     """
 
     def __init__(
