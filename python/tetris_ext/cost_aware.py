@@ -256,8 +256,9 @@ class StepResidual:
     than a two-token one (PyTorch's attention for a single query), about 0.19 s against 0.13 s
     at batch 8. A flattened engine: MKL's float32 GEMM for the output head (Gemma 3's 262k x
     640, a [V, H] weight) costs below sixteen rows as if it reread the weights every three rows
-    on an AVX-512 host (bench/flat_step.py --head), so a packed step of 3 / 11 / 14 / 19 tokens costs 105 / 314 / 380 / 232 ms
-    (bench/README.md, "The drain's steps on an AVX-512 host"). A line cannot bend there; the
+    on an AVX-512 host (bench/flat_step.py --head), so a packed step of 3 / 11 / 14 / 19
+    tokens costs 105 / 314 / 380 / 232 ms (bench/README.md, "The drain's steps on an AVX-512
+    host"). A line cannot bend there; the
     residual of each shape seen can. Per shape, running means of the step's seconds and
     tokens (exponential, weight >= ``rate``, to follow a growing context); the residual is
     their difference from the *current* fit (``fitted``: tokens -> seconds), shrunk towards 0
