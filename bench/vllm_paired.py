@@ -20,6 +20,10 @@ engine, its own `num_speculative_tokens`): `vllm_e2e.py` does.
 
     .venv-vllm/bin/python bench/vllm_paired.py --batch 8 --rounds 5 --prompts heldout \
         --out bench/results/vllm_paired_b8_heldout
+    python bench/vllm_paired.py --ratios-of bench/results/vllm_paired_b8_heldout.json --against "sd 3"
+
+The second command (no engine, no vLLM needed) divides each round by another configuration of
+the same round: our `sd 3` separates what the selection adds from what our drafter adds.
 """
 
 from __future__ import annotations
@@ -121,6 +125,22 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def ratios_to(rows: list[dict], against: str) -> list[str]:
+    """Per (set, configuration): the median and range of the per-round tok/s ratio to ``against``
+    (e.g. "sd 3": our drafter without selection), from a run's rows."""
+    lines = []
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        group = [r for r in rows if r["set"] == set_name]
+        base = {r["round"]: r["tok_per_s"] for r in group if r["config"] == against}
+        for name in dict.fromkeys(r["config"] for r in group):
+            ratios = [r["tok_per_s"] / base[r["round"]] for r in group if r["config"] == name]
+            lines.append(
+                f"{set_name:<5} {name:<11} vs {against} {statistics.median(ratios):.3f}x "
+                f"({min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)"
+            )
+    return lines
+
+
 def line(m: dict) -> str:
     lo, hi = m["vs_best_builtin_range"]
     return (
@@ -138,8 +158,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    ap.add_argument("--out", type=Path, required=True, help="path prefix of the .json and .txt")
+    ap.add_argument("--out", type=Path, help="path prefix of the .json and .txt")
+    ap.add_argument(
+        "--ratios-of", type=Path, help="no run: print a saved run's (.json) per-round ratios to --against"
+    )
+    ap.add_argument("--against", default="sd 3", help="the configuration --ratios-of divides by")
     args = ap.parse_args()
+    if args.ratios_of:
+        print("\n".join(ratios_to(json.loads(args.ratios_of.read_text())["rows"], args.against)))
+        return
+    if args.out is None:
+        ap.error("--out is required for a run")
     if not any(CONFIGS[n][0] == "builtin" for n in args.configs):
         ap.error("--configs needs at least one built-in n-gram (the baseline of every ratio)")
 
@@ -174,6 +203,7 @@ def main() -> None:
     for name in args.configs:  # untimed warm-up of every drafter (numba compilation, allocations)
         runner.drafter = drafters[name]
         llm.generate(next(iter(sets.values()))[:2], warm, use_tqdm=False)
+    vllm_e2e.warm_up(llm, sets, args.batch, args.max_tokens)  # and of the engine's step shapes
     rows = []
     for round_ in range(args.rounds):
         for name in args.configs:
