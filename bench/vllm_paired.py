@@ -101,10 +101,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         names = list(dict.fromkeys(r["config"] for r in group))
         median_tps = {n: statistics.median(r["tok_per_s"] for r in group if r["config"] == n) for n in names}
         best = max((n for n in names if CONFIGS[n][0] == "builtin"), key=median_tps.get)
-        base = {r["round"]: r["tok_per_s"] for r in group if r["config"] == best}
         for name in names:
             runs = [r for r in group if r["config"] == name]
-            ratios = [r["tok_per_s"] / base[r["round"]] for r in runs]
+            ratios = per_round_ratios(group, name, best)
             out.append(
                 {
                     "set": set_name,
@@ -125,15 +124,24 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def per_round_ratios(group: list[dict], name: str, against: str) -> list[float]:
+    """``name``'s tok/s over ``against``'s of the same round, round by round, from one set's rows
+    (the same spell of the shared machine: a round's two runs are seconds apart)."""
+    base = {r["round"]: r["tok_per_s"] for r in group if r["config"] == against}
+    if not base:
+        present = ", ".join(dict.fromkeys(r["config"] for r in group))
+        raise ValueError(f"against={against!r}: no such configuration in the run (it has: {present})")
+    return [r["tok_per_s"] / base[r["round"]] for r in group if r["config"] == name]
+
+
 def ratios_to(rows: list[dict], against: str) -> list[str]:
     """Per (set, configuration): the median and range of the per-round tok/s ratio to ``against``
     (e.g. "sd 3": our drafter without selection), from a run's rows."""
     lines = []
     for set_name in dict.fromkeys(r["set"] for r in rows):
         group = [r for r in rows if r["set"] == set_name]
-        base = {r["round"]: r["tok_per_s"] for r in group if r["config"] == against}
         for name in dict.fromkeys(r["config"] for r in group):
-            ratios = [r["tok_per_s"] / base[r["round"]] for r in group if r["config"] == name]
+            ratios = per_round_ratios(group, name, against)
             lines.append(
                 f"{set_name:<5} {name:<11} vs {against} {statistics.median(ratios):.3f}x "
                 f"({min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)"
@@ -165,7 +173,10 @@ def main() -> None:
     ap.add_argument("--against", default="sd 3", help="the configuration --ratios-of divides by")
     args = ap.parse_args()
     if args.ratios_of:
-        print("\n".join(ratios_to(json.loads(args.ratios_of.read_text())["rows"], args.against)))
+        try:
+            print("\n".join(ratios_to(json.loads(args.ratios_of.read_text())["rows"], args.against)))
+        except ValueError as e:
+            ap.error(f"--against: {e}")
         return
     if args.out is None:
         ap.error("--out is required for a run")

@@ -176,6 +176,33 @@ def test_live_rounds_start_at_another_policy(monkeypatch):
     assert round_order(policies, 0, 1) == policies
 
 
+def test_vllm_paired_ratios_are_per_round(monkeypatch):
+    """bench/vllm_paired.py (no engine): each configuration over the best built-in n-gram of the
+    same set, round by round (best by median tok/s), and over any configuration named with
+    --against; a name absent from the run is an error that names the argument."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # set on import; restored after
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from vllm_paired import ratios_to, summarize
+
+    def row(config, round_, tps):
+        return {
+            "set": "code", "config": config, "round": round_, "tok_per_s": tps, "cpu_s": 1.0, "steps": 10,
+            "verified_per_step": 2.0, "vsr": 0.5, "propose_share": 0.01, "tokens": [1, 2],
+        }  # fmt: skip
+
+    rounds = {"ngram 3": (10.0, 20.0, 10.0), "ngram 4": (9.0, 9.0, 9.0), "sd 3": (11.0, 22.0, 12.0)}
+    rows = [row(c, r, t) for c, tps in rounds.items() for r, t in enumerate(tps)]
+    by_config = {m["config"]: m for m in summarize(rows)}
+    assert {m["best_builtin"] for m in by_config.values()} == {"ngram 3"}  # median 10 > 9
+    assert by_config["sd 3"]["vs_best_builtin"] == pytest.approx(1.1)
+    assert by_config["sd 3"]["vs_best_builtin_range"] == pytest.approx([1.1, 1.2])
+    assert by_config["ngram 4"]["vs_best_builtin_range"] == pytest.approx([0.45, 0.9])
+    lines = ratios_to(rows, "sd 3")
+    assert any(ln.startswith("code  ngram 3") and "0.909x (0.833-0.909, 3 rounds)" in ln for ln in lines)
+    with pytest.raises(ValueError, match="against='sd 9'.*ngram 3, ngram 4, sd 3"):
+        ratios_to(rows, "sd 9")
+
+
 def test_replay_roofline_names_its_machine_and_engine(monkeypatch):
     """bench/cost_aware.py --roofline / --chunked-prefill: the machine asked for, its engine, and
     the names the committed results carry (4xH100-70B's chunked engine as before the flag)."""
