@@ -120,8 +120,7 @@ def policies(
     ``growths``, the online-cost policy once per trust-region growth (--tune-growth); with
     ``margins``, the online- and the known-cost policy once per margin (--tune-margin); with
     ``probes``, the online-cost policy once per first-probe fraction (--tune-probe); with
-    ``brackets``, once per (knee bracket, knee reach or None) (--tune-knee-bracket, --knee-reach,
-    ``CostAwareTetris(knee_bracket=, knee_reach=)``).
+    ``brackets``, once per knee bracket (--tune-knee-bracket, ``CostAwareTetris(knee_bracket=)``).
     ``model``: whose vocabulary the NgramLogistic rows' token classes come from. ``drain``: the
     cost-aware policies also with ``drain=True`` (--drain); ``end_hazard``: a list of
     priors: the cost-aware policies also with ``end_hazard=False`` and with each ``end_prior``
@@ -153,12 +152,9 @@ def policies(
             lambda probe=probe: CostAwareTetris(MAX_DRAFT, padded, probe=probe),
             logistic,
         )
-    for bracket, reach in brackets:
-        name = f"knee bracket {bracket:g}" + ("" if reach is None else f" reach {reach:g}")
-        runs[f"CostAwareTetris (online cost, {name}) + {est}"] = (
-            lambda bracket=bracket, reach=reach: CostAwareTetris(
-                MAX_DRAFT, padded, knee_bracket=bracket, knee_reach=reach
-            ),
+    for bracket in brackets:
+        runs[f"CostAwareTetris (online cost, knee bracket {bracket:g}) + {est}"] = (
+            lambda bracket=bracket: CostAwareTetris(MAX_DRAFT, padded, knee_bracket=bracket),
             logistic,
         )
     for margin in margins:
@@ -451,9 +447,9 @@ def run_replays(args) -> int:
         tuned = dict(
             growths=args.tune_growth or (),
             probes=args.tune_probe or (),
-            brackets=[(b, args.knee_reach) for b in args.tune_knee_bracket or ()],
+            brackets=args.tune_knee_bracket or (),
         )
-        rows += tuning_draws(tuning, gpu, args, **tuned, **variants)
+        rows += tuning_draws(tuning, gpu, args, **tuned, **variants)  # --cost-aware-only etc. too
         return write_replays(args, rows, held, cpu, gpu, line)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
         tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2: bundled only
@@ -757,11 +753,6 @@ def main(argv=None) -> int:
         type=float,
         nargs="+",
         help="replay the tuning trace on the roofline only, the online-cost policy once per knee bracket",
-    )
-    ap.add_argument(
-        "--knee-reach",
-        type=float,
-        help="with --tune-knee-bracket: a bracket's step at most this fraction past the fitted knee",
     )
     ap.add_argument(
         "--draws",

@@ -802,34 +802,6 @@ def test_online_flat_fit_locates_the_knee_whatever_the_first_probe():
     assert len(missed) >= 8, missed  # the test can tell the difference
 
 
-def test_knee_reach_bounds_a_brackets_step_past_the_fitted_knee():
-    """knee_reach (opt-in, with knee_bracket): a bracket's step lies at most that fraction of the
-    fitted knee above it, not at the bracket's middle, however wide the bracket (a chunked-prefill
-    engine's first one spans a decoding step to a wave of prompts); a flat step there lifts the
-    knee and the next one goes as far again, so the steps still settle at the knee."""
-    B, N = 64, 8
-    g = torch.Generator().manual_seed(2)
-    first = 0.6 + 0.39 * torch.rand(B, 1, generator=g, dtype=torch.float64)
-    probs = first * torch.linspace(1.0, 0.9, N, dtype=torch.float64).cumprod(0)
-    proposal = Proposal(torch.full((B, N), 7), None, probs.log().float(), probs.log().float())
-    roofline = KinkedCost(230, 1.5e-4, padded=False, base=0.015)
-    steps = {}
-    for reach in (None, 1 / 8):
-        policy = CostAwareTetris(N, padded=False, knee_bracket=KNEE_BRACKET, knee_reach=reach)
-        for tokens in (72, 64, 144, 576):  # flat, flat, flat, then one step far past the knee
-            verified = [min(N, max(0, tokens - B - N * i)) for i in range(B)]
-            feed(
-                policy, B, verified, roofline.step_seconds(StepShape(requests=B, query_tokens=tokens)), N + 1
-            )
-        steps[reach] = B + int(policy.choose(proposal).sum())
-        if reach is not None:
-            assert 144 < steps[reach] <= math.floor(policy.verify_latency.knee * (1 + reach))
-            assert 230 - 230 / 16 <= B + _settled_budget(policy, proposal, roofline) <= 232
-    assert steps[None] == (144 + 576) // 2  # the bracket's middle: 130 tokens past the knee
-    with pytest.raises(ValueError, match="knee_reach"):
-        CostAwareTetris(N, padded=False, knee_reach=0.0)
-
-
 def test_optimistic_slope_is_the_fit_when_noiseless_and_lower_by_its_standard_error_when_noisy():
     import random
 

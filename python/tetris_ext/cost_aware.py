@@ -137,7 +137,8 @@ OPTIMISM = 1.0
 # online fit locates a knee to within this fraction of the step size (_bracket_knee). Tried on
 # the tuning traces (bench/README.md, "The drain and the probe"): +1.7% on Gemma's steady trace
 # at batch 64, but 0.4-0.6% below the default's mean over six burst draws at 64 / 128 on
-# Gemma (the whole run), so not the default.
+# Gemma (the whole run), so not the default. Its step bounded to 1/8 of the knee past the fitted
+# knee (knee_reach, a0d1c30) was mixed too (bench/README.md, "The knee bracket with a bounded reach").
 KNEE_BRACKET = 1 / 8
 KNEE_GRID = 2 ** (1 / 16)  # two steps of KneeLatencyModel's knee grid (32 per doubling)
 # A flattened engine's choice in the drain (no request waits to join): tetris_ext.drain. On since
@@ -337,10 +338,8 @@ class CostAwareTetris(_GoodputPolicy):
     probe: and, before it knows a slope, verify at most this fraction of B candidates (at least
     min_probe, or B). knee_bracket: None (the default) or a fraction: the online flat fit then
     places steps inside the knee's bracket until it is that narrow (``_bracket_knee``; opt-in,
-    ``KNEE_BRACKET`` says why). knee_reach: None or a fraction: a bracket's step then lies at
-    most that fraction of the fitted knee above it, not at the bracket's middle. optimism: a
-    flattened engine's online fit prices steps with its slope lowered by this many standard
-    errors (``OPTIMISM``; 0: the fitted slope as is).
+    ``KNEE_BRACKET`` says why). optimism: a flattened engine's online fit prices steps with its
+    slope lowered by this many standard errors (``OPTIMISM``; 0: the fitted slope as is).
     drain: a flattened engine's choice, once no request waits to join, minimises the drain's
     expected remaining time instead of maximising the step's goodput (tetris_ext.drain; needs
     the engine's ``Proposal.tokens_left`` / ``waiting``, else inert; None: ``DRAIN``). A padded
@@ -369,7 +368,6 @@ class CostAwareTetris(_GoodputPolicy):
         probe: float = PROBE,
         min_probe: int = MIN_PROBE,
         knee_bracket: float | None = None,
-        knee_reach: float | None = None,
         optimism: float | None = None,
         drain: bool | None = None,
         end_hazard: bool | None = None,
@@ -386,12 +384,11 @@ class CostAwareTetris(_GoodputPolicy):
             or not probe > 0
             or min_probe < 1
             or (knee_bracket is not None and not knee_bracket > 0)
-            or (knee_reach is not None and not knee_reach > 0)
             or not optimism >= 0
         ):
             raise ValueError(
                 "CostAwareTetris: need max_draft >= 1, capacity >= 0, margin >= 0, growth > 1, "
-                "probe > 0, min_probe >= 1, knee_bracket > 0 (or None), knee_reach > 0 (or None) and optimism >= 0"
+                "probe > 0, min_probe >= 1, knee_bracket > 0 (or None) and optimism >= 0"
             )
         self.max_draft, self.capacity, self.margin = max_draft, capacity, margin
         self.cost_model, self.fixed = cost_model, None
@@ -399,7 +396,7 @@ class CostAwareTetris(_GoodputPolicy):
         self.width_residual = width_residual
         self.size_residual = SIZE_RESIDUAL if size_residual is None else size_residual
         self.growth, self.probe, self.min_probe = growth, probe, min_probe
-        self.knee_bracket, self.knee_reach, self.optimism = knee_bracket, knee_reach, optimism
+        self.knee_bracket, self.optimism = knee_bracket, optimism
         self.drain = DRAIN if drain is None else drain
         self.end_hazard = EndHazard(end_prior) if (END_HAZARD if end_hazard is None else end_hazard) else None
         self.sizes_seen: set[int] = set()  # a flattened engine's online fit: the step sizes observed
@@ -636,15 +633,7 @@ class CostAwareTetris(_GoodputPolicy):
         if width <= self.knee_bracket * high or not low - width < B + best < high:
             return best  # the knee is known well enough, or the choice does not hinge on it
         self.bracketing = True
-        target = (low + high) // 2
-        if self.knee_reach is not None:
-            # A short step past the fitted knee, not the bracket's middle: a flat step lifts the
-            # knee by at most this much and the next one goes as far again; a steep one narrows
-            # the bracket to it. Only the last step, the first past the true knee, pays compute,
-            # and for at most ``knee_reach`` x knee tokens (a chunked-prefill engine's first
-            # bracket, a decoding step to a wave of prompts, had the middle thousands past it).
-            target = min(target, max(low + 1, math.floor(fit.knee * (1 + self.knee_reach))))
-        return min(max(0, target - B), candidates)
+        return min(max(0, (low + high) // 2 - B), candidates)
 
     def _choose_width(self, proposal: Proposal, probs: Tensor, explore) -> Tensor:
         """Padded loop: the best block width 1 + w; every request verifies its w best
