@@ -475,17 +475,19 @@ def run_replays(args) -> int:
             rows += sweep(label, trace, cost, padded, 8, None, args.steady, model=args.model, **variants)
     pooled = pool([traces[n] for n in held])
     for batch in args.gpu_batches:
-        rows += sweep(
-            "held-out pooled",
-            pooled,
-            gpu,
-            False,
-            batch,
-            max(pooled.num_requests, 2 * batch),
-            args.steady,
-            model=args.model,
-            **variants,
-        )
+        for draw in range(args.draws):  # draw 0: the requests every single-draw run replayed
+            rows += sweep(
+                "held-out pooled",
+                pooled,
+                gpu,
+                False,
+                batch,
+                max(pooled.num_requests, 2 * batch),
+                args.steady,
+                model=args.model,
+                seed=draw,
+                **variants,
+            )
     return write_replays(args, rows, held, cpu, gpu, line)
 
 
@@ -758,8 +760,8 @@ def main(argv=None) -> int:
         "--draws",
         type=int,
         default=1,
-        help="--tune-probe / --tune-growth / --tune-knee-bracket / --tuning-only: roofline replays per batch, "
-        "each its own draw",
+        help="roofline replays per batch, each its own draw of the requests (the tuning trace's with --tune-* / "
+        "--tuning-only, else the pooled held-out trace's; draw 0 is a single-draw run's)",
     )
     add_variant_flags(ap)
     ap.add_argument(

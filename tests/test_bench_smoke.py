@@ -203,6 +203,33 @@ def test_vllm_paired_ratios_are_per_round(monkeypatch):
         ratios_to(rows, "sd 9")
 
 
+def test_roofline_draws_counts_cells_and_draws_below_the_best_baseline(monkeypatch, tmp_path):
+    """bench/roofline_draws.py: the cost-aware rows' ratio to the best baseline per held-out cell
+    and draw, in draw order; below means by more than TIE; only batch 64-512 (the goal) counted."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from roofline_draws import cells, report
+
+    def row(policy, batch, draw, ratio, workload="held-out pooled"):
+        return {
+            "workload": workload, "cost_model": "roofline-x", "batch_size": batch, "draw": draw,
+            "policy": f"CostAwareTetris ({policy} cost) + NgramLogistic", "vs_best_baseline": ratio,
+        }  # fmt: skip
+
+    rows = [row("online", 64, 1, 0.99), row("online", 64, 0, 1.02), row("known", 64, 0, 1.0 - 1e-6)]
+    rows += [row("online", 32, 0, 0.5), row("online", 64, 0, 0.5, workload="tuning pooled")]
+    assert cells(rows)[("roofline-x", 64)] == {"online": [1.02, 0.99], "known": [1.0 - 1e-6]}
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"rows": rows}))
+    summary = report([run])[-2:]
+    assert summary[0].startswith(
+        "online, batch 64-512: below the best baseline (by > 1e-05) in 1 of 2 cell-draws"
+    )
+    assert summary[1].startswith(
+        "known, batch 64-512: below the best baseline (by > 1e-05) in 0 of 1 cell-draws"
+    )
+    assert [line.split("; ")[1] for line in summary] == ["in 0 of 1 cells by the mean over the draws"] * 2
+
+
 def test_replay_roofline_names_its_machine_and_engine(monkeypatch):
     """bench/cost_aware.py --roofline / --chunked-prefill: the machine asked for, its engine, and
     the names the committed results carry (4xH100-70B's chunked engine as before the flag)."""
