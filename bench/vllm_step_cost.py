@@ -45,7 +45,9 @@ def attach_step_log(selection, log: list[dict], label: list[str]) -> None:
     """Wrap `DraftSelection.step` so that each call appends the engine step it follows."""
     inner = selection.step
 
-    def logged(req_ids, sampled_token_ids, num_tokens, token_ids, verified=None, step_tokens=None):
+    def logged(req_ids, sampled_token_ids, num_tokens, token_ids, verified=None, step_tokens=None, *rest):
+        # rest: what the proposer passes after step_tokens (tokens left, output lengths, finished
+        # requests), handed on untouched: the log needs only the step that just ran.
         now = time.perf_counter()
         last_end = selection._last_end
         if last_end is not None and selection._drafted_last:
@@ -69,7 +71,7 @@ def attach_step_log(selection, log: list[dict], label: list[str]) -> None:
                     "prompt_tokens": None if step_tokens is None else max(0, step_tokens - decode),
                 }
             )
-        return inner(req_ids, sampled_token_ids, num_tokens, token_ids, verified, step_tokens)
+        return inner(req_ids, sampled_token_ids, num_tokens, token_ids, verified, step_tokens, *rest)
 
     selection.step = logged
 

@@ -230,6 +230,36 @@ def test_roofline_draws_counts_cells_and_draws_below_the_best_baseline(monkeypat
     assert [line.split("; ")[1] for line in summary] == ["in 0 of 1 cells by the mean over the draws"] * 2
 
 
+def test_vllm_step_cost_log_passes_the_proposers_whole_call_through(monkeypatch):
+    """bench/vllm_step_cost.py wraps DraftSelection.step to log each engine step: the wrapper must
+    take the call the vLLM proposer makes (every argument, tokens left, output lengths and finished
+    requests included; it once took six and failed in its first engine step) and log the steps."""
+    import numpy as np
+
+    from tetris_ext.vllm.config import ProposerOptions
+    from tetris_ext.vllm.proposer import DraftSelection
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # set on import; restored after
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from vllm_step_cost import attach_step_log
+
+    selection, log = DraftSelection(ProposerOptions("tetris", 3, 2), max_model_len=256), []
+    attach_step_log(selection, log, ["tetris 3+2"])
+    req_ids, pattern = ["a", "b"], [5, 6, 7, 8] * 40
+    token_ids, num_tokens = np.zeros((2, 256), dtype=np.int32), np.array([12, 12], dtype=np.int32)
+    token_ids[:, :160] = pattern
+    drafts = [[], []]
+    for _ in range(3):
+        sampled = [[pattern[int(n)]] for n in num_tokens]
+        num_tokens += 1
+        verified = {rid: len(d) for rid, d in zip(req_ids, drafts)}
+        left, output = np.array([50, 50]), num_tokens - 12
+        drafts = selection.step(
+            req_ids, sampled, num_tokens, token_ids, verified, 2 + sum(verified.values()), left, output, set()
+        )
+    assert log and all(entry["policy"] == "tetris 3+2" and entry["requests"] == 2 for entry in log)
+
+
 def test_replay_roofline_names_its_machine_and_engine(monkeypatch):
     """bench/cost_aware.py --roofline / --chunked-prefill: the machine asked for, its engine, and
     the names the committed results carry (4xH100-70B's chunked engine as before the flag)."""
