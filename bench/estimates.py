@@ -59,6 +59,9 @@ SOURCES = {  # source -> trace (one prompt file each)
 SMOLLM2_SOURCES = {  # the same prompt files, SmolLM2-135M-Instruct (float32) traces (--record-smollm2)
     name: TRACES / f"estimates_smollm2-135m-f32_{name}_d8_t64.npz"
     for name in ("bundled", "code", "chat", "rewrite")
+} | {  # and the tuning sources of the held-out kinds, as Gemma's (recorded 2026-12-02)
+    name: TRACES / f"tuning_smollm2-135m-f32_{name.removeprefix('tuning_')}_d8_t64.npz"
+    for name in ("tuning_chat", "tuning_code")
 }
 PROMPT_FILES = (
     {"bundled": Path(__file__).resolve().parents[1] / "python" / "tetris_ext" / "data" / "prompts.jsonl"}
@@ -223,7 +226,8 @@ def smollm2_tokenizer():
 
 
 def record_smollm2(max_new_tokens: int = 64) -> None:
-    """Record the SmolLM2 trace of every prompt source (sim.record, n-gram drafter, 8 drafts)."""
+    """Record the SmolLM2 trace of every prompt source that has none yet (sim.record, n-gram
+    drafter, 8 drafts); delete a trace to record it again."""
     import time
 
     from tetris_ext.drafters import NgramDrafter
@@ -231,6 +235,8 @@ def record_smollm2(max_new_tokens: int = 64) -> None:
 
     model, tokenizer = load_smollm2()
     for name, path in SMOLLM2_SOURCES.items():
+        if path.exists():
+            continue
         prompts = [
             tokenizer(json.loads(line)["prompt"]).input_ids
             for line in PROMPT_FILES[name].read_text().splitlines()
@@ -362,7 +368,9 @@ def main(argv=None) -> int:
         default="gemma3-270m",
         help="whose traces (smollm2-135m: recorded with --record-smollm2)",
     )
-    ap.add_argument("--record-smollm2", action="store_true", help="record the SmolLM2 traces, then stop")
+    ap.add_argument(
+        "--record-smollm2", action="store_true", help="record the missing SmolLM2 traces, then stop"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "estimates")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
