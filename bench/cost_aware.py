@@ -443,7 +443,7 @@ def run_replays(args) -> int:
     rows = []
     variants = {"drain": args.drain, "cost_aware_only": args.cost_aware_only, "end_hazard": args.end_hazard}
     if args.tune_growth or args.tune_probe or args.tune_knee_bracket:  # tuning trace, roofline, --draws
-        tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2 too since 2026-12-02 16:36
+        tuning = pool([traces[n] for n in TUNING if n in traces])  # the tuning sources recorded for the model
         tuned = dict(
             growths=args.tune_growth or (),
             probes=args.tune_probe or (),
@@ -452,7 +452,7 @@ def run_replays(args) -> int:
         rows += tuning_draws(tuning, gpu, args, **tuned, **variants)  # --cost-aware-only etc. too
         return write_replays(args, rows, held, cpu, gpu, line)
     if args.tune_margin or args.tuning_only:  # the tuning trace only: CPU fit at batch 8, roofline
-        tuning = pool([traces[n] for n in TUNING if n in traces])  # SmolLM2 too since 2026-12-02 16:36
+        tuning = pool([traces[n] for n in TUNING if n in traces])  # the tuning sources recorded for the model
         margins = args.tune_margin or ()
         for cost, padded in ((cpu, True), (line, False)):
             rows += sweep(

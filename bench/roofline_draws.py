@@ -19,10 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from compare_runs import emit
+from compare_variants import VARIANT
 
 TIE = 1e-5  # a ratio this close below 1 counts as level
 GOAL_BATCHES = range(64, 513)  # issue 10's roofline goal: batch 64-512 (other batches printed, not counted)
-MODES = {"online": "CostAwareTetris (online cost)", "known": "CostAwareTetris (known cost)"}
 
 
 def cells(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
@@ -32,16 +32,16 @@ def cells(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
     for r in rows:
         if r["workload"] != "held-out pooled":
             continue
-        for mode, prefix in MODES.items():
-            if r["policy"].startswith(prefix + " +"):
-                out[(r["cost_model"], r["batch_size"])][mode].append((r["draw"], r["vs_best_baseline"]))
+        match = VARIANT.match(r["policy"])
+        if match and match[2] is None:  # the default cost-aware rows, online or known cost
+            out[(r["cost_model"], r["batch_size"])][match[1]].append((r["draw"], r["vs_best_baseline"]))
     return {
         cell: {mode: [v for _, v in sorted(d)] for mode, d in modes.items()} for cell, modes in out.items()
     }
 
 
-def count_below(ratios: list[float]) -> int:
-    return sum(v < 1 - TIE for v in ratios)
+def below(ratio: float) -> bool:
+    return ratio < 1 - TIE
 
 
 def report(paths: list[Path]) -> list[str]:
@@ -56,8 +56,8 @@ def report(paths: list[Path]) -> list[str]:
                 if batch not in GOAL_BATCHES:
                     continue
                 t = totals[mode]
-                t[0], t[1] = t[0] + count_below(ratios), t[1] + len(ratios)
-                t[2], t[3] = t[2] + (mean < 1 - TIE), t[3] + 1
+                t[0], t[1] = t[0] + sum(map(below, ratios)), t[1] + len(ratios)
+                t[2], t[3] = t[2] + below(mean), t[3] + 1
     lines.append("")
     for mode, (draws_below, draws, cells_below, n_cells) in totals.items():
         lines.append(

@@ -176,7 +176,7 @@ def main() -> None:
         try:
             print("\n".join(ratios_to(json.loads(args.ratios_of.read_text())["rows"], args.against)))
         except ValueError as e:
-            ap.error(f"--against: {e}")
+            ap.error(str(e))  # names the argument and the run's configurations
         return
     if args.out is None:
         ap.error("--out is required for a run")
